@@ -1,0 +1,152 @@
+"""Write the derivatives dataset (OUTPUT_DIR): names from entities, description, .bidsignore, sidecars.
+
+File names are built by pybids' ``build_path`` from our own config (``data/pybids_m2i.json``, which adds the
+``stat`` and ``trial`` entities), never pasted together by hand. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..errors import OutputCreateError
+from ..utils import atomic
+
+CODE_URL = "https://github.com/bids-m2i/bids_m2i"
+BIDS_VERSION = "1.10.0"
+
+# Everything we write that the BIDS specification does not define. The validator must report 0 errors on
+# any output folder: a test runs it.
+BIDSIGNORE = """\
+# written by m2i: files and folders outside the BIDS specification
+logs/
+group/
+*.html
+sub-*/figures/
+sub-*/decoding/
+sub-*/images/
+*_statseries.*
+*_statmap.*
+*_boldref.*
+*_timeseries.*
+*_xfm.*
+*_motion.*
+*desc-*_events.*
+"""
+
+
+@lru_cache(maxsize=1)
+def pybids_config() -> dict:
+    text = resources.files("bids_m2i.data").joinpath("pybids_m2i.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def derivative_path(output_dir: Path | str, *, suffix: str, extension: str, datatype: str | None = None,
+                    **entities: Any) -> Path:
+    """The path of one output file, built from entities (``desc`` is always the last entity)."""
+    from bids.layout.writing import build_path
+
+    ents = {k: str(v) for k, v in entities.items() if v is not None and v != ""}
+    if "subject" in ents:
+        ents["subject"] = ents["subject"].removeprefix("sub-")
+    ents.update(suffix=suffix, extension=extension if extension.startswith(".") else "." + extension)
+    if datatype:
+        ents["datatype"] = datatype
+    relative = build_path(ents, pybids_config()["default_path_patterns"], strict=False)
+    if relative is None:
+        raise ValueError(f"no output name pattern matches {ents}")  # a programming error, not user input
+    return Path(output_dir) / relative
+
+
+def container_info() -> dict[str, str] | None:
+    """GeneratedBy.Container from the variables the container image sets (see Dockerfile)."""
+    kind = os.environ.get("M2I_CONTAINER_TYPE")
+    if not kind:
+        return None
+    info = {"Type": kind}
+    if os.environ.get("M2I_CONTAINER_TAG"):
+        info["Tag"] = os.environ["M2I_CONTAINER_TAG"]
+    if os.environ.get("M2I_CONTAINER_URI"):
+        info["URI"] = os.environ["M2I_CONTAINER_URI"]
+    return info
+
+
+def dataset_description(source_dir: Path) -> dict[str, Any]:
+    generated_by: dict[str, Any] = {"Name": "m2i", "Version": __version__, "CodeURL": CODE_URL,
+                                    "Description": "bids_m2i: reconstruction of seen and imagined images from fMRI"}
+    container = container_info()
+    if container:
+        generated_by["Container"] = container
+    source: dict[str, Any] = {"URL": Path(source_dir).resolve().as_uri()}
+    try:
+        source_description = json.loads((Path(source_dir) / "dataset_description.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        source_description = {}
+    if isinstance(source_description, dict):
+        if source_description.get("DatasetDOI"):
+            doi = str(source_description["DatasetDOI"])
+            source["DOI"] = doi if doi.startswith("doi:") else f"doi:{doi.removeprefix('https://doi.org/')}"
+        if source_description.get("Name"):
+            name = source_description["Name"]
+        else:
+            name = Path(source_dir).name
+    else:  # pragma: no cover
+        name = Path(source_dir).name
+    return {
+        "Name": f"m2i reconstructions of {name}",
+        "BIDSVersion": BIDS_VERSION,
+        "DatasetType": "derivative",
+        "GeneratedBy": [generated_by],
+        "SourceDatasets": [source],
+    }
+
+
+def initialize_output_dataset(output_dir: Path, source_dir: Path) -> None:
+    """Create OUTPUT_DIR with its dataset_description.json and .bidsignore (idempotent)."""
+    output_dir = Path(output_dir)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "logs").mkdir(exist_ok=True)
+    except OSError as exc:
+        raise OutputCreateError(f"Cannot create the output folder {output_dir}: {exc.strerror}", path=output_dir,
+                                hint="choose a folder you can write to (OUTPUT_DIR)") from exc
+    if not os.access(output_dir, os.W_OK):
+        raise OutputCreateError(f"The output folder {output_dir} is not writable", path=output_dir,
+                                hint="choose a folder you can write to (OUTPUT_DIR)")
+    description = output_dir / "dataset_description.json"
+    new = dataset_description(source_dir)
+    if description.exists():
+        try:
+            old = json.loads(description.read_text("utf-8"))
+        except (OSError, ValueError):
+            old = None
+        if old == new:
+            new = None
+    if new is not None:
+        atomic.write_json(description, new)
+    bidsignore = output_dir / ".bidsignore"
+    if not bidsignore.exists() or bidsignore.read_text("utf-8") != BIDSIGNORE:
+        atomic.write_text(bidsignore, BIDSIGNORE)
+
+
+def sidecar(sources: list[str | Path] | None = None, source_root: Path | None = None, **fields: Any) -> dict:
+    """A JSON sidecar with ``Sources`` as BIDS URIs (``bids:raw:sub-01/func/...``) where possible."""
+    out = dict(fields)
+    if sources:
+        uris = []
+        for src in sources:
+            src = Path(src)
+            if source_root is not None:
+                try:
+                    uris.append("bids:raw:" + src.resolve().relative_to(Path(source_root).resolve()).as_posix())
+                    continue
+                except ValueError:
+                    pass
+            uris.append(str(src))
+        out["Sources"] = uris
+    return out

@@ -1,0 +1,149 @@
+"""Collect and check everything a participant run needs, before any long step starts.
+
+Fail early and clearly: unreadable or 3-D BOLD, TR missing or disagreeing with the header, events missing or
+unusable, stimulus images missing when pixels are needed. Problems that leave the data usable (events past
+the end of a run, a run without trials) are warnings.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from ..config import Config
+from ..errors import BadDataError, InputMissingError
+from .layout import BoldRun, index_dataset, load_bids_filters, select_bold_runs
+
+LOGGER = logging.getLogger("m2i.bids")
+
+TR_TOLERANCE = 0.01  # relative difference allowed between the sidecar's and the header's TR
+
+
+@dataclass
+class RunInfo:
+    bold: BoldRun
+    n_volumes: int
+    shape: tuple[int, ...]
+    tr: float
+    # fMRIPrep inputs (None with our own preprocessing)
+    preproc_bold: Path | None = None
+    brain_mask: Path | None = None
+    confounds: Path | None = None
+
+
+@dataclass
+class SubjectInputs:
+    subject: str
+    runs: list[RunInfo]
+    trials: pd.DataFrame
+    stimuli_dir: Path
+    warnings: list[str] = field(default_factory=list)
+
+    def runs_of(self, task: str, session: str | None) -> list[RunInfo]:
+        return [r for r in self.runs if r.bold.task == task and r.bold.session == session]
+
+    @property
+    def task_sessions(self) -> list[tuple[str, str | None]]:
+        return list(dict.fromkeys((r.bold.task, r.bold.session) for r in self.runs))
+
+
+def read_bold_header(run: BoldRun) -> tuple[tuple[int, ...], float | None]:
+    """Shape and header TR (seconds) of a BOLD file, reading the header only."""
+    import nibabel as nib
+
+    path = run.path
+    try:
+        if path.stat().st_size == 0:
+            raise BadDataError(f"BOLD file is empty: {path}", path=path, hint="re-export or remove this run")
+        img = nib.load(str(path))
+        shape = tuple(int(s) for s in img.shape)
+        zooms = img.header.get_zooms()
+    except BadDataError:
+        raise
+    except Exception as exc:  # nibabel raises ImageFileError, EOFError, gzip.BadGzipFile, ...
+        raise BadDataError(f"Cannot read the BOLD file {path}: {exc}", path=path,
+                           hint="check the file is a complete NIfTI-1/2 image (re-export or re-download it)") from exc
+    if len(shape) != 4 or shape[3] < 2:
+        raise BadDataError(f"BOLD file {path} is not a 4-D time series (shape {shape})", path=path,
+                           hint="a BOLD run needs one 3-D volume per time point")
+    header_tr = None
+    if len(zooms) >= 4 and zooms[3] > 0:
+        unit = img.header.get_xyzt_units()[1] if hasattr(img.header, "get_xyzt_units") else "sec"
+        scale = {"msec": 1e-3, "usec": 1e-6}.get(unit, 1.0)
+        header_tr = float(zooms[3]) * scale
+    return shape, header_tr
+
+
+def check_tr(run: BoldRun, header_tr: float | None) -> float:
+    sidecar_tr = run.tr
+    if sidecar_tr is None:
+        raise BadDataError(
+            f"RepetitionTime is missing for {run.path.name} (no sidecar JSON defines it)",
+            path=run.path, hint="add RepetitionTime (seconds) to the run's _bold.json or to task-<label>_bold.json",
+        )
+    if sidecar_tr <= 0:
+        raise BadDataError(f"RepetitionTime {sidecar_tr} of {run.path.name} is not positive", path=run.path)
+    if header_tr is not None and abs(header_tr - sidecar_tr) > TR_TOLERANCE * sidecar_tr:
+        raise BadDataError(
+            f"TR mismatch for {run.path.name}: the sidecar says {sidecar_tr} s, the NIfTI header "
+            f"{header_tr:g} s", path=run.path,
+            hint="fix whichever is wrong (the header's pixdim[4] or the sidecar's RepetitionTime)",
+        )
+    if header_tr is None:
+        LOGGER.warning("%s: the NIfTI header has no TR; using the sidecar's %s s", run.path.name, sidecar_tr)
+    return float(sidecar_tr)
+
+
+def collect_inputs(config: Config, work_dir: Path) -> dict[str, SubjectInputs]:
+    from .events import build_trials_table, check_events_within_run, load_events_map
+
+    layout = index_dataset(config.bids_dir, work_dir / "pybids_db")
+    selected = select_bold_runs(
+        layout, participants=config.participant_label, sessions=config.session_label, tasks=config.task,
+        bids_filters=load_bids_filters(config.bids_filter_file),
+    )
+    events_map = load_events_map(config.events_map) if config.events_map else None
+    stimuli_dir = config.bids_dir / "stimuli"
+    needs_events = config.stop_after != "preproc" or config.print_trials
+    out: dict[str, SubjectInputs] = {}
+    for subject, runs in selected.items():
+        infos: list[RunInfo] = []
+        trials_parts = []
+        for run in runs:
+            shape, header_tr = read_bold_header(run)
+            tr = check_tr(run, header_tr)
+            info = RunInfo(run, shape[3], shape[:3], tr)
+            infos.append(info)
+            if not needs_events:
+                continue
+            if run.events is None:
+                raise InputMissingError(
+                    f"No events file for {run.path.name}", path=run.path,
+                    hint="add the run's _events.tsv, filter the run out (--bids-filter-file / --task), or use "
+                    "--stop-after preproc",
+                )
+            trials = build_trials_table([(run.events, dict(run.entities))], events_map=events_map,
+                                        stimuli_dir=stimuli_dir)
+            trials = check_events_within_run(trials, n_volumes=info.n_volumes, tr=tr, path=run.events)
+            trials_parts.append(trials)
+        trials_table = pd.concat(trials_parts, ignore_index=True) if trials_parts else pd.DataFrame()
+        out[subject] = SubjectInputs(subject, infos, trials_table, stimuli_dir)
+        if needs_events and not config.print_trials:
+            _check_trials(out[subject])
+    if config.values.get("derivatives"):
+        from .fmriprep import attach_fmriprep_inputs
+
+        attach_fmriprep_inputs(out, config)
+    return out
+
+
+def _check_trials(inputs: SubjectInputs) -> None:
+    trials = inputs.trials
+    if trials.empty or not (trials["role"] == "trial").any():
+        raise BadDataError(
+            f"No trials found in the events of sub-{inputs.subject}",
+            hint="check the events' columns (m2i --print-trials shows what was read) or give an --events-map",
+        )

@@ -1,0 +1,208 @@
+"""Query the input BIDS dataset: which BOLD runs to process, with their events, TR and geometry.
+
+pybids indexes the dataset without validation, with its database in the work dir (the input is never
+written to). Selection follows the command line: participants, sessions, tasks, and a filter file in
+fMRIPrep's format (``{"bold": {"acquisition": "mb4"}}``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import BadDataError, InputMissingError, NoDataSelected, UsageError
+
+LOGGER = logging.getLogger("m2i.bids")
+
+# entities we keep from input names (strings, never ints: run-01 stays "01")
+_ENTITY_RE = re.compile(r"(?:^|_)(sub|ses|task|acq|ce|rec|dir|run|echo|part)-([a-zA-Z0-9]+)")
+_ENTITY_NAMES = {"sub": "subject", "ses": "session", "task": "task", "acq": "acquisition", "ce": "ceagent",
+                 "rec": "reconstruction", "dir": "direction", "run": "run", "echo": "echo", "part": "part"}
+
+
+def parse_entities(path: str | Path) -> dict[str, str]:
+    """Entities of a BIDS file name, as strings (``run-01`` -> ``{"run": "01"}``)."""
+    name = Path(path).name
+    return {_ENTITY_NAMES[key]: value for key, value in _ENTITY_RE.findall(name)}
+
+
+@dataclass
+class BoldRun:
+    """One BOLD run selected for processing."""
+
+    path: Path
+    entities: dict[str, str]
+    events: Path | None
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def subject(self) -> str:
+        return self.entities["subject"]
+
+    @property
+    def session(self) -> str | None:
+        return self.entities.get("session")
+
+    @property
+    def task(self) -> str:
+        return self.entities["task"]
+
+    @property
+    def run(self) -> str | None:
+        return self.entities.get("run")
+
+    @property
+    def tr(self) -> float | None:
+        value = self.metadata.get("RepetitionTime")
+        return float(value) if value is not None else None
+
+    @property
+    def slice_timing(self) -> list[float] | None:
+        return self.metadata.get("SliceTiming")
+
+    @property
+    def key(self) -> str:
+        """A short unique label (used for node names)."""
+        parts = [f"{k}-{self.entities[e]}" for k, e in (("ses", "session"), ("task", "task"), ("acq", "acquisition"),
+                                                          ("run", "run"), ("echo", "echo")) if e in self.entities]
+        return "_".join(parts)
+
+
+def check_dataset_root(bids_dir: Path) -> None:
+    if not bids_dir.exists():
+        raise InputMissingError(f"BIDS_DIR does not exist: {bids_dir}", hint="check the first argument")
+    if not bids_dir.is_dir():
+        raise InputMissingError(f"BIDS_DIR is not a folder: {bids_dir}", hint="give the dataset's top folder")
+    description = bids_dir / "dataset_description.json"
+    if not description.exists():
+        raise InputMissingError(
+            f"{description} is missing: {bids_dir} is not a BIDS dataset root",
+            path=description,
+            hint="give the top folder of the dataset (the one holding dataset_description.json), or add the file",
+        )
+    try:
+        json.loads(description.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:
+        raise BadDataError(f"{description} is not valid JSON ({exc})", path=description,
+                           hint="fix the file (the BIDS validator shows where)") from exc
+
+
+def index_dataset(bids_dir: Path, database_dir: Path):
+    """Index ``bids_dir`` with pybids (no validation) with the database under ``database_dir``."""
+    import bids
+
+    database_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return bids.BIDSLayout(str(bids_dir), validate=False, derivatives=False,
+                               database_path=str(database_dir), reset_database=True)
+    except Exception as exc:  # pybids raises many types on broken datasets
+        raise BadDataError(f"Cannot index the BIDS dataset {bids_dir}: {exc}", path=bids_dir,
+                           hint="run the BIDS validator on it to see what is wrong") from exc
+
+
+def load_bids_filters(path: Path | None) -> dict:
+    """Read an fMRIPrep-style filter file and return the filters for ``bold``."""
+    if path is None:
+        return {}
+    if not Path(path).exists():
+        raise InputMissingError(f"BIDS filter file not found: {path}", path=path)
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise UsageError(f"BIDS filter file {path} is not valid JSON: {exc}", path=path) from exc
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise UsageError(f"BIDS filter file {path} must map a file type to filters, e.g. "
+                         '{"bold": {"acquisition": "mb4"}}', path=path)
+    unknown = set(data) - {"bold", "t1w", "t2w", "flair", "fmap", "sbref", "roi", "events"}
+    if unknown:
+        raise UsageError(f"BIDS filter file {path}: unknown query name(s) {sorted(unknown)}", path=path,
+                         hint='use "bold" for the functional runs')
+    return dict(data.get("bold", {}))
+
+
+def select_bold_runs(layout, *, participants: list[str], sessions: list[str], tasks: list[str],
+                     bids_filters: dict | None = None) -> dict[str, list[BoldRun]]:
+    """BOLD runs per participant after the filters. Raises NoDataSelected (exit 18) when nothing is left."""
+    available_subjects = sorted(layout.get_subjects())
+    missing = [p for p in participants if p not in available_subjects]
+    if missing:
+        raise NoDataSelected(
+            f"Participant(s) {', '.join(missing)} not found in the dataset",
+            hint=f"participants present: {', '.join(available_subjects) or 'none'}",
+        )
+    for name, wanted, present in (("session", sessions, layout.get_sessions()), ("task", tasks, layout.get_tasks())):
+        unknown = [w for w in wanted if w not in present]
+        if unknown:
+            raise NoDataSelected(f"{name.capitalize()}(s) {', '.join(unknown)} not found in the dataset",
+                                 hint=f"{name}s present: {', '.join(sorted(present)) or 'none'}")
+    query = {"datatype": "func", "suffix": "bold", "extension": [".nii", ".nii.gz"]}
+    for key, value in (bids_filters or {}).items():
+        query[key] = value
+    if participants:
+        query["subject"] = participants
+    if sessions:
+        query["session"] = sessions
+    if tasks:
+        query["task"] = tasks
+    try:
+        files = layout.get(**query)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"Invalid BIDS filter: {exc}", hint="check --bids-filter-file entity names") from exc
+
+    selected: dict[str, list[BoldRun]] = {}
+    for bids_file in sorted(files, key=lambda f: f.path):
+        path = Path(bids_file.path)
+        entities = parse_entities(path)
+        if "subject" not in entities or "task" not in entities:
+            continue
+        try:
+            metadata = layout.get_metadata(bids_file.path)
+        except Exception as exc:  # invalid JSON sidecar
+            raise BadDataError(f"Cannot read the JSON sidecar(s) of {path}: {exc}", path=path,
+                               hint="fix the sidecar JSON (the BIDS validator shows where)") from exc
+        events = find_events_file(layout, path, entities)
+        selected.setdefault(entities["subject"], []).append(BoldRun(path, entities, events, dict(metadata)))
+    if not selected:
+        described = ", ".join(f"{k}={v}" for k, v in query.items() if k not in ("datatype", "suffix", "extension"))
+        raise NoDataSelected("The filters select no BOLD runs" + (f" ({described})" if described else ""),
+                             hint="check --participant-label, --session-label, --task and --bids-filter-file")
+    _check_duplicates(selected)
+    return selected
+
+
+def find_events_file(layout, bold_path: Path, entities: dict[str, str]) -> Path | None:
+    """The events file of a run: same name with ``_events.tsv`` (BIDS inheritance for the rest)."""
+    name = bold_path.name
+    for ext in (".nii.gz", ".nii"):
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+    stem = name[: -len("_bold")] if name.endswith("_bold") else name
+    candidate = bold_path.parent / f"{stem}_events.tsv"
+    if candidate.exists():
+        return candidate
+    # inherited events (e.g. task-x_events.tsv at the top) via pybids
+    query = {k: v for k, v in entities.items() if k in ("subject", "session", "task", "run", "acquisition")}
+    try:
+        matches = layout.get(suffix="events", extension=".tsv", **query)
+    except Exception:  # pragma: no cover - defensive
+        matches = []
+    return Path(matches[0].path) if matches else None
+
+
+def _check_duplicates(selected: dict[str, list[BoldRun]]) -> None:
+    for subject, runs in selected.items():
+        seen: dict[str, Path] = {}
+        for run in runs:
+            key = run.key
+            if key in seen:
+                raise BadDataError(
+                    f"Two BOLD files of sub-{subject} have the same entities ({key}): {seen[key].name} and "
+                    f"{run.path.name}",
+                    path=run.path,
+                    hint="keep one of them (e.g. .nii and .nii.gz of the same run), or filter with "
+                    "--bids-filter-file",
+                )
+            seen[key] = run.path

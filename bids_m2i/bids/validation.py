@@ -1,0 +1,81 @@
+"""Run the official BIDS validator (``bids-validator-deno`` from PyPI) on a dataset."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ValidationFailed
+
+LOGGER = logging.getLogger("m2i.bids")
+
+
+@dataclass
+class ValidationReport:
+    errors: Counter
+    warnings: Counter
+    examples: dict[str, list[str]]
+    raw: dict
+
+    @property
+    def n_errors(self) -> int:
+        return sum(self.errors.values())
+
+    def summary(self, limit: int = 8) -> str:
+        lines = []
+        for code, count in self.errors.most_common(limit):
+            where = ", ".join(self.examples.get(code, [])[:2])
+            lines.append(f"  {code} ({count}x){': ' + where if where else ''}")
+        return "\n".join(lines)
+
+
+def validator_executable() -> str | None:
+    here = Path(sys.executable).parent / "bids-validator-deno"
+    if here.exists():
+        return str(here)
+    return shutil.which("bids-validator-deno")
+
+
+def run_validator(dataset: Path, timeout: float = 600) -> ValidationReport:
+    exe = validator_executable()
+    if exe is None:
+        raise ValidationFailed("The BIDS validator (bids-validator-deno) is not installed",
+                               hint="pip install bids-validator-deno, or use --skip-bids-validation")
+    proc = subprocess.run([exe, str(dataset), "--format", "json", "--ignoreWarnings"],
+                          capture_output=True, text=True, timeout=timeout, check=False)
+    try:
+        raw = json.loads(proc.stdout)
+    except ValueError as exc:
+        raise ValidationFailed(f"The BIDS validator failed on {dataset}: {proc.stderr.strip()[-500:]}",
+                               hint="use --skip-bids-validation to run without it") from exc
+    errors: Counter = Counter()
+    warnings: Counter = Counter()
+    examples: dict[str, list[str]] = {}
+    for issue in raw.get("issues", {}).get("issues", []):
+        code = issue.get("code", "UNKNOWN")
+        if issue.get("severity") == "error":
+            errors[code] += 1
+            location = issue.get("location")
+            if location and len(examples.setdefault(code, [])) < 3:
+                examples[code].append(location)
+        else:
+            warnings[code] += 1
+    return ValidationReport(errors, warnings, examples, raw)
+
+
+def validate_input_dataset(bids_dir: Path) -> ValidationReport:
+    """Validate the input; raise :class:`ValidationFailed` (exit 16) with a short summary on errors."""
+    LOGGER.info("Validating %s with bids-validator-deno", bids_dir)
+    report = run_validator(bids_dir)
+    if report.n_errors:
+        raise ValidationFailed(
+            f"The BIDS validator found {report.n_errors} error(s) in {bids_dir}:\n{report.summary()}",
+            hint="fix them (run `bids-validator-deno DATASET` for details), or run with --skip-bids-validation",
+        )
+    return report

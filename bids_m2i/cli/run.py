@@ -1,0 +1,116 @@
+"""``m2i`` entry point: arguments -> config -> workflow -> exit code.
+
+Every failure becomes a message that names the file and what to do, and a BIDS-Apps exit code
+(``bids_m2i.errors``). Tracebacks go to ``OUTPUT_DIR/logs/``, never to the terminal.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from ..errors import M2IError, UnknownAnalysisLevel, UsageError
+from .parser import expand_multi_value_args, make_command
+
+LOGGER = logging.getLogger("m2i.cli")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console script ``m2i``."""
+    sys.exit(run_cli(argv))
+
+
+def run_cli(argv: list[str] | None = None) -> int:
+    args = expand_multi_value_args(list(sys.argv[1:] if argv is None else argv))
+    command = make_command(_run_from_cli)
+    try:
+        result = command.main(args, prog_name="m2i", standalone_mode=False)
+    except click.exceptions.BadParameter as exc:
+        param = getattr(exc, "param", None)
+        if param is not None and param.name == "analysis_level":
+            _print_error(UnknownAnalysisLevel(f"Unknown analysis level: {exc.format_message()}",
+                                              hint="use `participant` or `group`"))
+            return UnknownAnalysisLevel.exit_code
+        return _usage_error(exc)
+    except click.exceptions.UsageError as exc:
+        return _usage_error(exc)
+    except click.exceptions.Abort:
+        click.echo("m2i: interrupted", err=True)
+        return 130
+    except click.exceptions.ClickException as exc:
+        return _usage_error(exc)
+    return int(result or 0)
+
+
+def _usage_error(exc: click.exceptions.ClickException) -> int:
+    ctx = getattr(exc, "ctx", None)
+    usage = ctx.get_usage() + "\n" if ctx is not None else ""
+    click.echo(f"{usage}m2i: error: {exc.format_message()}\nTry 'm2i --help' for the options.", err=True)
+    return UsageError.exit_code
+
+
+def _print_error(error: M2IError) -> None:
+    click.echo(f"m2i: error: {error}", err=True)
+
+
+class _Terminated(Exception):
+    """Raised in the main process on SIGTERM so that the run stops cleanly."""
+
+
+def _on_sigterm(signum, frame):  # pragma: no cover - exercised by the interruption tests
+    raise _Terminated()
+
+
+def _run_from_cli(bids_dir, output_dir, analysis_level, config_file, values, given) -> int:
+    from ..config import build_config
+    from ..utils.logs import close_handlers, setup_terminal_logging
+
+    setup_terminal_logging(values.get("verbose") or 0)
+    log_file = None
+    previous_handler = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        config = build_config(bids_dir, output_dir, analysis_level, values, given, config_file)
+        from .runner import run
+
+        return run(config, on_log_file=lambda path: _remember(path))
+    except M2IError as error:
+        LOGGER.debug("failure", exc_info=True)
+        _print_error(error)
+        log_file = _LOG_FILE[0]
+        if log_file:
+            click.echo(f"m2i: details in {log_file}", err=True)
+        return error.exit_code
+    except _Terminated:
+        LOGGER.warning("Terminated (SIGTERM): finished steps are kept in the work dir; rerun with the same "
+                       "work dir to resume")
+        return 143
+    except KeyboardInterrupt:
+        LOGGER.warning("Interrupted: rerun with the same work dir to resume")
+        return 130
+    except Exception as exc:  # the last resort: never a traceback on the terminal
+        LOGGER.debug("unexpected failure", exc_info=True)
+        log_file = _LOG_FILE[0]
+        where = f" (traceback in {log_file})" if log_file else ""
+        click.echo(f"m2i: error: unexpected failure: {type(exc).__name__}: {exc}{where}\n"
+                   "  -> please report it with the log file", err=True)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+        close_handlers()
+
+
+_LOG_FILE: list[Path | None] = [None]
+
+
+def _remember(path: Path) -> None:
+    _LOG_FILE[0] = path
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,371 @@
+"""One configuration object with sections, built from a single table of options.
+
+The same table drives the command line (``cli/parser.py``), the TOML config file (``--config``) and the
+resolved config written to ``OUTPUT_DIR/logs/config-<UTC timestamp>.toml``. Precedence:
+command line > config file > defaults. A TOML key is the long option name with ``_`` for ``-``, either at
+the top level or under its section (``[execution] nprocs = 4``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+
+# Choices shared with the engines (DESIGN.md method labels are the values without dashes).
+GLM_METHODS = ("fithrf-denoise-rr", "fithrf", "lss", "lsa")
+TARGETS = ("pixels", "clip")
+DECODERS = ("ridge", "mlp")
+GENERATORS = ("pixels", "unclip")
+STOP_AFTER = ("decode", "preproc", "glm")
+DEVICES = ("auto", "cpu", "cuda")
+SPACES = ("func", "T1w")
+LSS_SPLITS = ("none", "condition")
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One user-facing option: its section, type, default and command-line spellings."""
+
+    name: str  # python / TOML name (long option with _)
+    section: str
+    kind: str  # str | int | float | bool | path | choice | list | paths | choices
+    default: Any
+    help: str
+    flags: tuple[str, ...] = ()
+    choices: tuple[str, ...] = ()
+    metavar: str | None = None
+
+    @property
+    def cli_flags(self) -> tuple[str, ...]:
+        return self.flags or ("--" + self.name.replace("_", "-"),)
+
+
+OPTIONS: tuple[OptionSpec, ...] = (
+    # --- BIDS selection ---
+    OptionSpec("participant_label", "bids", "list", [], "Participant label(s) to process, several after one flag "
+               "(`01 02`); `sub-` optional. Default: all.", ("--participant-label", "--participant_label"),
+               metavar="LABEL"),
+    OptionSpec("session_label", "bids", "list", [], "Session label(s); default all.",
+               ("--session-label", "--session_label"), metavar="LABEL"),
+    OptionSpec("task", "bids", "list", [], "Task label(s); default all.", ("--task", "--task-label"),
+               metavar="TASK"),
+    OptionSpec("bids_filter_file", "bids", "path", None, "JSON file in fMRIPrep's format "
+               "(`{\"bold\": {...}}`) with extra BIDS entity filters.", ("--bids-filter-file", "--bids_filter_file"),
+               metavar="FILE"),
+    OptionSpec("derivatives", "bids", "paths", [], "fMRIPrep output folder (contains its "
+               "dataset_description.json); repeatable. Uses its preprocessed BOLD, masks and confounds.",
+               metavar="DIR"),
+    OptionSpec("space", "bids", "choice", None, "`func`: our own preprocessing onto the participant's grid "
+               "(default without --derivatives); `T1w`: fMRIPrep's T1w-space outputs (default with "
+               "--derivatives).", choices=SPACES),
+    OptionSpec("skip_bids_validation", "bids", "bool", False, "Do not run the BIDS validator on the input.",
+               ("--skip-bids-validation", "--skip_bids_validator", "--skip-bids-validator")),
+    OptionSpec("events_map", "bids", "path", None, "TOML file mapping events to trials per task "
+               "(see docs/events.md). Default: built-in profiles + auto-detection.", metavar="FILE"),
+    OptionSpec("print_trials", "bids", "bool", False, "Read the events, print the trials table summary per "
+               "run (roles, conditions, counts) and exit."),
+    # --- execution ---
+    OptionSpec("work_dir", "execution", "path", Path("work"), "Working directory (reused on rerun).",
+               ("-w", "--work-dir", "--work_dir"), metavar="DIR"),
+    OptionSpec("clean_workdir", "execution", "bool", False, "Empty the working directory before running.",
+               ("--clean-workdir", "--clean_workdir")),
+    OptionSpec("nprocs", "execution", "int", None, "Maximum number of processes/threads (default: all cores).",
+               ("--nprocs", "--n-cpus", "--n_cpus", "--nthreads")),
+    OptionSpec("omp_nthreads", "execution", "int", 1, "Threads per process (torch, BLAS).",
+               ("--omp-nthreads", "--omp_nthreads")),
+    OptionSpec("mem_gb", "execution", "float", None, "Memory limit in GB (default: all memory).",
+               ("--mem-gb", "--mem_gb", "--mem")),
+    OptionSpec("plugin", "execution", "str", "MultiProc", "nipype execution plugin (MultiProc, Linear, SLURM, ...).",
+               metavar="NAME"),
+    OptionSpec("plugin_args", "execution", "str", None, "nipype plugin arguments: a JSON string or a JSON file.",
+               ("--plugin-args", "--plugin_args"), metavar="JSON"),
+    OptionSpec("stop_after", "execution", "choice", "decode", "Last stage to run; the report is always written "
+               "for what ran.", ("--stop-after", "--stop_after"), choices=STOP_AFTER),
+    OptionSpec("device", "execution", "choice", "auto", "Torch device for the engines.", choices=DEVICES),
+    OptionSpec("seed", "execution", "int", 0, "Random seed (same inputs + seed + threads give identical files)."),
+    OptionSpec("verbose", "execution", "count", 0, "More messages on the terminal (repeatable: -vv).",
+               ("-v", "--verbose")),
+    # --- preprocessing ---
+    OptionSpec("fd_threshold", "preproc", "float", 0.5, "Framewise-displacement threshold (mm) drawn in the "
+               "report and used to count high-motion volumes.", ("--fd-threshold", "--fd_threshold")),
+    OptionSpec("dummy_scans", "preproc", "int", None, "Number of non-steady-state volumes at the start of each "
+               "run (default: detected).", ("--dummy-scans", "--dummy_scans")),
+    # --- single-trial GLM ---
+    OptionSpec("glm", "glm", "choice", "fithrf-denoise-rr", "Single-trial beta estimator.", choices=GLM_METHODS),
+    OptionSpec("lss_split", "glm", "choice", "none", "With --glm lss: `condition` models the other trials per "
+               "condition (LSS-N) instead of as one regressor (LSS-1).", ("--lss-split", "--lss_split"),
+               choices=LSS_SPLITS),
+    OptionSpec("zscore_betas", "glm", "bool", False, "z-score betas per voxel within session (NSD/MindEye).",
+               ("--zscore-betas", "--zscore_betas")),
+    # --- decoding ---
+    OptionSpec("target", "decoding", "choices", ["pixels"], "Feature space(s) decoded from the betas; "
+               "`pixels clip` enables the low-level start of unCLIP generation.", choices=TARGETS, metavar="TARGET"),
+    OptionSpec("decoder", "decoding", "choice", "ridge", "Betas-to-features model.", choices=DECODERS),
+    OptionSpec("generator", "decoding", "choice", "pixels", "Image generator (`unclip` needs `--target clip`).",
+               choices=GENERATORS),
+    OptionSpec("average_repeats", "decoding", "bool", True, "Average the betas of a test stimulus' repeats "
+               "before decoding.", ("--average-repeats/--no-average-repeats",)),
+    OptionSpec("roi_mask", "decoding", "path", None, "Voxel-selection mask in the participant grid (NIfTI).",
+               ("--roi-mask", "--roi_mask"), metavar="FILE"),
+    OptionSpec("top_k_voxels", "decoding", "int", None, "Keep the k voxels with the highest ncsnr in the "
+               "training data.", ("--top-k-voxels", "--top_k_voxels")),
+    OptionSpec("finetune_imagery", "decoding", "bool", False, "Fine-tune the decoder on imagery-from-memory "
+               "trials (Mind-to-Image recipe; cross-validated).", ("--finetune-imagery", "--finetune_imagery")),
+    OptionSpec("models_dir", "decoding", "path", None, "Models folder (see docs/models.md); default "
+               "$M2I_MODELS_DIR. Needed only for clip/unclip/feature metrics.", ("--models-dir", "--models_dir"),
+               metavar="DIR"),
+    # --- report ---
+    OptionSpec("report_stimuli", "report", "bool", True, "Show stimulus images in the report (turn off when "
+               "their licence forbids copying).", ("--report-stimuli/--no-report-stimuli",)),
+)
+
+OPTION_BY_NAME = {spec.name: spec for spec in OPTIONS}
+SECTIONS = tuple(dict.fromkeys(spec.section for spec in OPTIONS))
+
+
+@dataclass
+class Config:
+    """The resolved configuration of one run: positional arguments + one value per option."""
+
+    bids_dir: Path
+    output_dir: Path
+    analysis_level: str
+    values: dict[str, Any] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)  # name -> "cli" | "file" | "default"
+    config_file: Path | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        values = self.__dict__.get("values", {})
+        if name in values:
+            return values[name]
+        raise AttributeError(name)
+
+    def section(self, name: str) -> dict[str, Any]:
+        return {spec.name: self.values[spec.name] for spec in OPTIONS if spec.section == name}
+
+    # --- derived settings -------------------------------------------------------------------------------
+    @property
+    def n_procs(self) -> int:
+        return int(self.values["nprocs"] or available_cpus())
+
+    @property
+    def n_threads(self) -> int:
+        """Threads for one process: never more than --nprocs."""
+        return max(1, min(int(self.values["omp_nthreads"] or 1), self.n_procs))
+
+    @property
+    def memory_gb(self) -> float:
+        return float(self.values["mem_gb"] or available_memory_gb())
+
+    @property
+    def resolved_space(self) -> str:
+        return self.values["space"] or ("T1w" if self.values["derivatives"] else "func")
+
+    @property
+    def resolved_models_dir(self) -> Path | None:
+        value = self.values["models_dir"] or os.environ.get("M2I_MODELS_DIR")
+        return Path(value) if value else None
+
+    @property
+    def glm_label(self) -> str:
+        """Method label used in file names (DESIGN.md: no dashes)."""
+        return self.values["glm"].replace("-", "")
+
+    def to_toml_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "bids_dir": str(self.bids_dir),
+            "output_dir": str(self.output_dir),
+            "analysis_level": self.analysis_level,
+        }
+        for section in SECTIONS:
+            table = {}
+            for spec in OPTIONS:
+                if spec.section != section:
+                    continue
+                value = self.values.get(spec.name)
+                if spec.name == "nprocs":
+                    value = self.n_procs
+                elif spec.name == "mem_gb":
+                    value = round(self.memory_gb, 2)
+                elif spec.name == "space":
+                    value = self.resolved_space
+                elif spec.name == "models_dir":
+                    value = self.resolved_models_dir
+                if value is None:
+                    continue  # TOML has no null: an absent key means "not set"
+                table[spec.name] = _to_toml_value(value)
+            out[section] = table
+        return out
+
+
+def _to_toml_value(value):
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_to_toml_value(v) for v in value]
+    return value
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def available_memory_gb() -> float:
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES")
+        page_size = os.sysconf("SC_PAGE_SIZE")
+        total = pages * page_size / 1024**3
+    except (ValueError, OSError, AttributeError):  # pragma: no cover
+        return 8.0
+    # a cgroup limit (containers, SLURM) is lower than the machine's memory
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit_file).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text) / 1024**3)
+    return total
+
+
+# --- config file -----------------------------------------------------------------------------------------
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Read a TOML config file into ``{option_name: value}``; unknown keys or wrong types -> UsageError."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise UsageError(f"Config file not found: {path}", path=path, hint="check the --config path") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"Config file {path} is not valid TOML: {exc}", path=path) from exc
+    except OSError as exc:
+        raise UsageError(f"Cannot read config file {path}: {exc.strerror}", path=path) from exc
+
+    flat: dict[str, Any] = {}
+    positional = {"bids_dir", "output_dir", "analysis_level"}
+    for key, value in raw.items():
+        if isinstance(value, dict) and key in SECTIONS:
+            for sub_key, sub_value in value.items():
+                _add_config_value(flat, sub_key, sub_value, path, section=key)
+        elif key in positional:
+            continue  # written back for provenance; the command line decides these
+        else:
+            _add_config_value(flat, key, value, path)
+    return flat
+
+
+def _add_config_value(flat, key, value, path, section=None):
+    name = key.replace("-", "_")
+    spec = OPTION_BY_NAME.get(name)
+    where = f"[{section}] {key}" if section else key
+    if spec is None or (section is not None and spec.section != section):
+        known = ", ".join(sorted(OPTION_BY_NAME))
+        raise UsageError(f"Unknown key '{where}' in config file {path}", path=path,
+                         hint=f"known keys: {known}")
+    flat[name] = coerce_value(spec, value, origin=f"'{where}' in {path}")
+
+
+def coerce_value(spec: OptionSpec, value: Any, origin: str) -> Any:
+    """Check and convert a config-file value to the option's type."""
+
+    def bad(expected):
+        return UsageError(f"Wrong type for {origin}: expected {expected}, got {value!r}",
+                          hint=f"see `m2i --help` for {spec.cli_flags[0]}")
+
+    if spec.kind in ("bool",):
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if spec.kind in ("int", "count"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+        if value < 0 or (spec.name in ("nprocs", "omp_nthreads") and value < 1):
+            raise bad("a positive integer")
+        return value
+    if spec.kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise bad("a positive number")
+        return float(value)
+    if spec.kind in ("str",):
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    if spec.kind == "path":
+        if not isinstance(value, str):
+            raise bad("a path (string)")
+        return Path(value)
+    if spec.kind == "choice":
+        if not isinstance(value, str) or value not in spec.choices:
+            raise bad("one of " + ", ".join(spec.choices))
+        return value
+    if spec.kind in ("list", "paths", "choices"):
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+            raise bad("a list of strings")
+        if spec.kind == "choices" and any(v not in spec.choices for v in items):
+            raise bad("values among " + ", ".join(spec.choices))
+        if spec.kind == "paths":
+            return [Path(v) for v in items]
+        return list(items)
+    raise AssertionError(spec.kind)  # pragma: no cover
+
+
+def normalize_labels(name: str, labels: list[str]) -> list[str]:
+    """Strip ``sub-``/``ses-``/``task-`` prefixes and split comma lists."""
+    prefix = {"participant_label": "sub-", "session_label": "ses-", "task": "task-"}.get(name)
+    out: list[str] = []
+    for item in labels:
+        for label in str(item).split(","):
+            label = label.strip()
+            if prefix and label.startswith(prefix):
+                label = label[len(prefix):]
+            if label:
+                out.append(label)
+    return list(dict.fromkeys(out))
+
+
+def defaults() -> dict[str, Any]:
+    return {spec.name: (list(spec.default) if isinstance(spec.default, list) else spec.default) for spec in OPTIONS}
+
+
+def build_config(bids_dir, output_dir, analysis_level, cli_values: dict[str, Any], cli_given: set[str],
+                 config_file: Path | None = None) -> Config:
+    """Merge defaults < config file < command line into a :class:`Config`."""
+    values = defaults()
+    sources = {name: "default" for name in values}
+    if config_file is not None:
+        for name, value in read_config_file(Path(config_file)).items():
+            values[name] = value
+            sources[name] = "file"
+    for name in cli_given:
+        values[name] = cli_values[name]
+        sources[name] = "cli"
+    for name in ("participant_label", "session_label", "task"):
+        values[name] = normalize_labels(name, values[name])
+    return Config(Path(bids_dir), Path(output_dir), analysis_level, values, sources,
+                  None if config_file is None else Path(config_file))
+
+
+def write_resolved_config(config: Config, logs_dir: Path, timestamp: str) -> Path:
+    import tomli_w
+
+    from .utils.atomic import write_text
+
+    text = "# m2i resolved configuration (command line > config file > defaults)\n"
+    text += tomli_w.dumps(config.to_toml_dict())
+    return write_text(Path(logs_dir) / f"config-{timestamp}.toml", text)
+
+
+__all__ = [
+    "Config", "OptionSpec", "OPTIONS", "OPTION_BY_NAME", "SECTIONS", "build_config", "read_config_file",
+    "write_resolved_config", "available_cpus", "available_memory_gb",
+]

@@ -1,0 +1,66 @@
+"""Base class of our nipype interfaces: thin glue around an engine, with our error framework.
+
+A node that fails with an :class:`~bids_m2i.errors.M2IError` records the error (exit code, message) as a
+JSON file in ``$M2I_ERROR_DIR`` before nipype turns it into a crash file; the runner reads these records to
+exit with the right code and message instead of nipype's generic "did not execute cleanly".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from nipype.interfaces.base import SimpleInterface
+
+from ..errors import M2IError, error_from_oserror
+
+ERROR_DIR_ENV = "M2I_ERROR_DIR"
+
+
+def record_error(error: M2IError, where: str) -> None:
+    folder = os.environ.get(ERROR_DIR_ENV)
+    if not folder:
+        return
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    record = {
+        "time": time.time(),
+        "where": where,
+        "class": type(error).__name__,
+        "exit_code": error.exit_code,
+        "message": error.message,
+        "path": error.path,
+        "hint": error.hint,
+    }
+    name = f"{time.time_ns()}-{os.getpid()}.json"
+    (Path(folder) / name).write_text(json.dumps(record))
+
+
+def read_error_records(folder: Path) -> list[dict]:
+    records = []
+    for path in sorted(Path(folder).glob("*.json")):
+        try:
+            records.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return sorted(records, key=lambda r: r.get("time", 0))
+
+
+class M2IInterface(SimpleInterface):
+    """SimpleInterface whose ``_run`` (not ``_run_interface``) subclasses implement."""
+
+    def _run_interface(self, runtime):
+        try:
+            self._run(runtime)
+        except M2IError as error:
+            record_error(error, type(self).__name__)
+            raise
+        except OSError as exc:
+            error = error_from_oserror(exc)
+            record_error(error, type(self).__name__)
+            raise error from exc
+        return runtime
+
+    def _run(self, runtime):  # pragma: no cover - abstract
+        raise NotImplementedError

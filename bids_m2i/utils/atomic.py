@@ -1,0 +1,115 @@
+"""Atomic file writing: write to a temporary name in the target folder, then rename.
+
+A reader (or a rerun after a crash) sees either the old file or the complete new one, never half a file.
+Disk-full and permission errors become :class:`~bids_m2i.errors.M2IError` with the right exit code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..errors import error_from_oserror
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` if the block succeeds.
+
+    The temporary name keeps the final suffixes (``.nii.gz``, ``.png``) so that libraries choosing the
+    format from the name write the right thing.
+    """
+    final = Path(path)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise error_from_oserror(exc, final.parent) from exc
+    suffix = "".join(final.suffixes) if final.suffixes else ""
+    stem = final.name[: len(final.name) - len(suffix)] if suffix else final.name
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{suffix}", dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise error_from_oserror(exc, final) from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    return Path(path)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def write_tsv(path: str | os.PathLike, frame) -> Path:
+    """Write a pandas DataFrame as BIDS TSV (tab separated, ``n/a`` for missing values)."""
+    text = frame.to_csv(sep="\t", index=False, na_rep="n/a", lineterminator="\n")
+    return write_text(path, text)
+
+
+def save_nifti(img, path: str | os.PathLike) -> Path:
+    """Save a nibabel image atomically (gzip header without a timestamp, so reruns are byte-identical)."""
+    import gzip
+
+    final = Path(path)
+    with atomic_path(final) as tmp:
+        if str(final).endswith(".gz"):
+            raw = img.to_bytes()
+            with open(tmp, "wb") as fh:
+                # mtime=0 and no file name in the header: identical inputs give identical bytes
+                with gzip.GzipFile(filename="", mode="wb", fileobj=fh, mtime=0, compresslevel=6) as gz:
+                    gz.write(raw)
+        else:
+            with open(tmp, "wb") as fh:
+                fh.write(img.to_bytes())
+    return final
+
+
+def save_npy(path: str | os.PathLike, array) -> Path:
+    import numpy as np
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, array, allow_pickle=False)
+    return Path(path)
+
+
+def save_png(path: str | os.PathLike, image) -> Path:
+    """Save a PIL image as PNG atomically (no timestamp chunks: deterministic bytes)."""
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG", optimize=False)
+    return Path(path)
+
+
+def _json_default(obj):
+    import numpy as np
+
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj)}")

@@ -1,0 +1,63 @@
+"""Logging: short messages on the terminal, everything (with tracebacks) in ``OUTPUT_DIR/logs``."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+TERMINAL_FORMAT = "%(asctime)s m2i %(levelname)s: %(message)s"
+FILE_FORMAT = "%(asctime)s %(name)s %(levelname)s: %(message)s"
+
+
+class NoTracebackFormatter(logging.Formatter):
+    """Terminal formatter: never prints a traceback (those go to the log file)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info = record.exc_text = record.stack_info = None
+        try:
+            return super().format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
+def setup_terminal_logging(verbosity: int) -> logging.Handler:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_m2i", False):
+            root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler._m2i = True  # type: ignore[attr-defined]
+    handler.setFormatter(NoTracebackFormatter(TERMINAL_FORMAT, datefmt="%H:%M:%S"))
+    handler.setLevel(logging.DEBUG if verbosity >= 2 else logging.INFO)
+    # only our own messages reach the terminal at INFO; other libraries' warnings still do
+    handler.addFilter(lambda r: r.name.startswith("m2i") or r.levelno >= logging.WARNING or verbosity >= 2)
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    logging.captureWarnings(True)
+    for noisy in ("nipype.workflow", "nipype.interface", "nipype.utils", "bids", "matplotlib", "PIL",
+                  "urllib3", "filelock", "diffusers", "transformers", "numexpr"):
+        logging.getLogger(noisy).setLevel(logging.INFO if verbosity >= 2 else logging.WARNING)
+    logging.getLogger("py.warnings").setLevel(logging.WARNING)
+    return handler
+
+
+def add_file_logging(log_file: Path) -> logging.Handler:
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(log_file, encoding="utf-8")
+    handler._m2i = True  # type: ignore[attr-defined]
+    handler.setFormatter(logging.Formatter(FILE_FORMAT))
+    handler.setLevel(logging.DEBUG)
+    logging.getLogger().addHandler(handler)
+    return handler
+
+
+def close_handlers() -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_m2i", False):
+            handler.flush()
+            if isinstance(handler, logging.FileHandler):
+                handler.close()
+            root.removeHandler(handler)

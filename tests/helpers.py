@@ -1,0 +1,41 @@
+"""Small hand-made datasets for command-line tests (the simulator makes the realistic ones)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+
+def write_bold(path: Path, shape=(6, 6, 4), n_volumes=40, tr=2.0, seed=0, dtype=np.float32) -> Path:
+    rng = np.random.default_rng(seed)
+    data = (1000 + 10 * rng.standard_normal((*shape, n_volumes))).astype(dtype)
+    img = nib.Nifti1Image(data, np.diag([3.0, 3.0, 3.0, 1.0]))
+    img.header.set_xyzt_units("mm", "sec")
+    img.header["pixdim"][4] = tr
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(img, str(path))
+    return path
+
+
+def make_minimal_bids(root: Path, subjects=("01",), tasks=("perception",), runs=("01",), tr=2.0,
+                      n_volumes=40) -> Path:
+    """A tiny valid BIDS dataset with events in the m2i native format (no stimulus images)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "dataset_description.json").write_text(json.dumps({"Name": "minimal", "BIDSVersion": "1.10.0"}))
+    (root / "README").write_text("A minimal dataset made by the m2i tests.\n")
+    (root / "participants.tsv").write_text("participant_id\n" + "".join(f"sub-{s}\n" for s in subjects))
+    for task in tasks:
+        (root / f"task-{task}_bold.json").write_text(json.dumps({"RepetitionTime": tr, "TaskName": task}))
+    for subject in subjects:
+        for task in tasks:
+            for run in runs:
+                stem = root / f"sub-{subject}" / "func" / f"sub-{subject}_task-{task}_run-{run}"
+                write_bold(Path(f"{stem}_bold.nii.gz"), tr=tr, n_volumes=n_volumes)
+                rows = ["onset\tduration\ttrial_type\tstimulus\tstim_file\tcue\tcue_text\tcategory"]
+                for i in range(6):
+                    rows.append(f"{4 + 10 * i}\t3\tstimulus\timg-{i:04d}\tn/a\tnone\tn/a\tn/a")
+                Path(f"{stem}_events.tsv").write_text("\n".join(rows) + "\n")
+    return root
