@@ -369,3 +369,36 @@ __all__ = [
     "Config", "OptionSpec", "OPTIONS", "OPTION_BY_NAME", "SECTIONS", "build_config", "read_config_file",
     "write_resolved_config", "available_cpus", "available_memory_gb",
 ]
+
+
+def config_to_json(config: Config) -> str:
+    """Serialise a config for a nipype node input (nodes run in other processes)."""
+    import json
+
+    def plain(value):
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    return json.dumps({"bids_dir": str(config.bids_dir), "output_dir": str(config.output_dir),
+                       "analysis_level": config.analysis_level,
+                       "values": {k: plain(v) for k, v in config.values.items()}}, sort_keys=True)
+
+
+def config_from_json(text: str) -> Config:
+    import json
+
+    raw = json.loads(text)
+    values = defaults()
+    for name, value in raw["values"].items():
+        spec = OPTION_BY_NAME.get(name)
+        if spec is None:
+            continue
+        if value is not None and spec.kind == "path":
+            value = Path(value)
+        elif value is not None and spec.kind == "paths":
+            value = [Path(v) for v in value]
+        values[name] = value
+    return Config(Path(raw["bids_dir"]), Path(raw["output_dir"]), raw["analysis_level"], values)

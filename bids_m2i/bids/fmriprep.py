@@ -1,0 +1,163 @@
+"""Use fMRIPrep's outputs instead of our own preprocessing (``--derivatives DIR --space T1w``).
+
+For every selected raw BOLD run we look for fMRIPrep's ``desc-preproc_bold`` in the requested space, its
+``desc-brain_mask`` and the run's ``desc-confounds_timeseries.tsv`` (``desc-confounds_regressors.tsv`` before
+fMRIPrep 20.2). Files are matched by entities, with ``run``/``echo`` compared as numbers (fMRIPrep may write
+``run-1`` for a raw ``run-01``). Missing files or space -> exit 66 with what exists.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+from ..errors import InputMissingError
+from .layout import parse_entities
+
+LOGGER = logging.getLogger("m2i.bids")
+
+_MATCH_ENTITIES = ("subject", "session", "task", "acquisition", "ceagent", "direction", "run", "echo")
+_SPACE_RE_ENTITIES = ("space", "res", "desc")
+
+
+def _norm(key: str, value: str) -> str:
+    if key in ("run", "echo") and value.isdigit():
+        return str(int(value))
+    return value
+
+
+def _key(entities: dict[str, str]) -> tuple:
+    return tuple((k, _norm(k, entities[k])) for k in _MATCH_ENTITIES if k in entities)
+
+
+def _derivative_entities(path: Path) -> dict[str, str]:
+    ents = parse_entities(path)
+    for part in path.name.split("_"):
+        if "-" in part:
+            key, _, value = part.partition("-")
+            if key in _SPACE_RE_ENTITIES:
+                ents[key] = value
+    return ents
+
+
+def check_fmriprep_folder(folder: Path) -> dict:
+    description = Path(folder) / "dataset_description.json"
+    if not description.exists():
+        raise InputMissingError(
+            f"{folder} is not a derivatives dataset: {description.name} is missing", path=description,
+            hint="give fMRIPrep's output folder (the one holding its dataset_description.json)",
+        )
+    try:
+        return json.loads(description.read_text("utf-8"))
+    except ValueError:
+        return {}
+
+
+def index_fmriprep(folders: list[Path]) -> dict[tuple, dict[str, list[Path]]]:
+    """Map each run key to its fMRIPrep files by kind (``bold``, ``mask``, ``confounds``)."""
+    index: dict[tuple, dict[str, list[Path]]] = {}
+    for folder in folders:
+        check_fmriprep_folder(folder)
+        for path in sorted(Path(folder).glob("sub-*/**/func/*")):
+            name = path.name
+            ents = _derivative_entities(path)
+            if "subject" not in ents or "task" not in ents:
+                continue
+            kind = None
+            if name.endswith(("_desc-preproc_bold.nii.gz", "_desc-preproc_bold.nii")):
+                kind = "bold"
+            elif name.endswith(("_desc-brain_mask.nii.gz", "_desc-brain_mask.nii")):
+                kind = "mask"
+            elif name.endswith(("_desc-confounds_timeseries.tsv", "_desc-confounds_regressors.tsv")):
+                kind = "confounds"
+            if kind:
+                index.setdefault(_key(ents), {}).setdefault(kind, []).append(path)
+    return index
+
+
+def _in_space(paths: list[Path], space: str) -> list[Path]:
+    return [p for p in paths if _derivative_entities(p).get("space") == space]
+
+
+def find_fmriprep_files(index: dict, raw_entities: dict[str, str], space: str, raw_name: str) -> dict[str, Path]:
+    files = index.get(_key(raw_entities))
+    if not files or "bold" not in files:
+        raise InputMissingError(
+            f"No fMRIPrep preprocessed BOLD for {raw_name} in the --derivatives folder(s)",
+            hint="run fMRIPrep on this participant first" + _fmriprep_hint(),
+        )
+    bolds = _in_space(files["bold"], space)
+    if not bolds:
+        present = sorted({_derivative_entities(p).get("space", "(none)") for p in files["bold"]})
+        raise InputMissingError(
+            f"fMRIPrep outputs of {raw_name} have no space '{space}'; spaces present: {', '.join(present)}",
+            hint=f"use --space with one of: {', '.join(present)} (T1w or func are supported), or rerun fMRIPrep "
+            f"with --output-spaces {space}",
+        )
+    if len(bolds) > 1:  # e.g. several resolutions: take the first, say so
+        LOGGER.warning("Several fMRIPrep BOLD files in space %s for %s; using %s", space, raw_name, bolds[0].name)
+    bold = bolds[0]
+    res = _derivative_entities(bold).get("res")
+    masks = [m for m in _in_space(files.get("mask", []), space) if _derivative_entities(m).get("res") == res]
+    if not masks:
+        raise InputMissingError(f"fMRIPrep brain mask missing for {bold.name}",
+                                hint="expected ..._space-<space>_desc-brain_mask.nii.gz next to the BOLD file")
+    confounds = files.get("confounds", [])
+    if not confounds:
+        raise InputMissingError(f"fMRIPrep confounds missing for {raw_name}",
+                                hint="expected ..._desc-confounds_timeseries.tsv (or _regressors.tsv) next to it")
+    return {"bold": bold, "mask": masks[0], "confounds": confounds[0]}
+
+
+def attach_fmriprep_inputs(inputs: dict, config) -> None:
+    """Fill ``RunInfo.preproc_bold/brain_mask/confounds`` for every selected run."""
+    space = config.resolved_space
+    if space == "func":
+        LOGGER.info("--space func: using our own preprocessing; --derivatives is ignored")
+        return
+    index = index_fmriprep([Path(p) for p in config.derivatives])
+    for subject_inputs in inputs.values():
+        for run in subject_inputs.runs:
+            found = find_fmriprep_files(index, run.bold.entities, space, run.bold.path.name)
+            run.preproc_bold, run.brain_mask, run.confounds = found["bold"], found["mask"], found["confounds"]
+
+
+def docker_available() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def build_fmriprep_docker_command(bids_dir: Path, output_dir: Path, participants: list[str], *,
+                                  work_dir: Path, fs_license: Path | None = None, nprocs: int | None = None,
+                                  mem_gb: float | None = None, output_spaces: tuple[str, ...] = ("T1w",),
+                                  image_version: str | None = None) -> list[str]:
+    """The ``fmriprep-docker`` command that produces what ``--derivatives DIR --space T1w`` needs."""
+    cmd = ["fmriprep-docker", str(bids_dir), str(output_dir), "participant"]
+    if participants:
+        cmd += ["--participant-label", *participants]
+    cmd += ["--output-spaces", *output_spaces, "-w", str(work_dir)]
+    if fs_license:
+        cmd += ["--fs-license-file", str(fs_license)]
+    if nprocs:
+        cmd += ["--nprocs", str(nprocs)]
+    if mem_gb:
+        cmd += ["--mem-mb", str(int(mem_gb * 1024))]
+    if image_version:
+        cmd += ["-i", f"nipreps/fmriprep:{image_version}"]
+    return cmd
+
+
+def _fmriprep_hint() -> str:
+    if not docker_available():
+        return " (see docs/usage.md: fMRIPrep inputs)"
+    cmd = build_fmriprep_docker_command(Path("BIDS_DIR"), Path("FMRIPREP_DIR"), [], work_dir=Path("WORK_DIR"),
+                                        fs_license=Path("license.txt"))
+    return "; a Docker engine is available, so you can run: " + shlex.join(cmd)

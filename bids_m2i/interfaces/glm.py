@@ -1,0 +1,174 @@
+"""nipype glue for the single-trial GLM engine (:mod:`bids_m2i.glm`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from nipype.interfaces.base import BaseInterfaceInputSpec, File, InputMultiObject, TraitedSpec, traits
+
+from ..errors import BadDataError
+from .base import M2IInterface
+from .images import load_bold, save_like
+
+STATMAPS = ("ncsnr", "r2", "hrfindex", "pcs", "fracridge")
+EVENTS_COLUMNS = ["trial_index", "onset", "duration", "run", "session", "condition", "cue", "stimulus",
+                  "category", "stim_file", "cue_text", "fd_mean"]
+
+
+def read_confounds(path: str | Path) -> tuple[pd.DataFrame, list[int]]:
+    """A confounds table (ours or fMRIPrep's) and its non-steady-state volumes."""
+    path = Path(path)
+    table = pd.read_csv(path, sep="\t", na_values=["n/a"])
+    nonsteady: list[int] = []
+    meta_path = path.with_suffix("").with_suffix(".json") if path.name.endswith(".tsv") else None
+    if meta_path is not None and meta_path.exists():
+        try:
+            meta = json.loads(meta_path.read_text())
+            nonsteady = [int(v) for v in meta.get("NonSteadyStateVolumes", {}).get("Volumes", [])]
+        except (ValueError, AttributeError):
+            nonsteady = []
+    outlier_columns = [c for c in table.columns if c.startswith("non_steady_state_outlier")]
+    for column in outlier_columns:  # fMRIPrep: one indicator column per non-steady-state volume
+        nonsteady += [int(i) for i in np.flatnonzero(table[column].fillna(0).to_numpy() > 0)]
+    return table, sorted(set(nonsteady))
+
+
+def trial_fd_mean(trials: pd.DataFrame, fd_by_run: dict[str, np.ndarray], tr_by_run: dict[str, float]) -> list:
+    """Mean framewise displacement over the volumes acquired during each trial."""
+    out = []
+    for _, row in trials.iterrows():
+        fd = fd_by_run.get(str(row["run"]))
+        if fd is None or not len(fd):
+            out.append(float("nan"))
+            continue
+        tr = tr_by_run[str(row["run"])]
+        first = int(np.floor(float(row["onset"]) / tr))
+        last = int(np.ceil((float(row["onset"]) + max(float(row["duration"]), tr)) / tr))
+        window = fd[max(first, 0):min(max(last, first + 1), len(fd))]
+        window = window[np.isfinite(window)]
+        out.append(float(window.mean()) if window.size else float("nan"))
+    return out
+
+
+def display_design_matrix(run, trials: pd.DataFrame) -> pd.DataFrame:
+    """The first run's LSA design (one column per trial, one per nuisance event type, drifts), for the
+    report's design-matrix figure and its collinearity summary. The engine builds its own designs."""
+    from nilearn.glm.first_level import make_first_level_design_matrix
+
+    kept = trials[trials["role"].isin(["trial", "nuisance"])].reset_index(drop=True)
+    names = [f"trial_{i:03d}" if role == "trial" else f"nuis_{etype}"
+             for i, (role, etype) in enumerate(zip(kept["role"], kept["event_type"]))]
+    events = pd.DataFrame({"onset": kept["onset"].astype(float), "duration": kept["duration"].astype(float),
+                           "trial_type": names})
+    return make_first_level_design_matrix(np.asarray(run.frame_times, dtype=float), events, hrf_model="glover",
+                                          drift_model="cosine", high_pass=0.01)
+
+
+class _SingleTrialInputSpec(BaseInterfaceInputSpec):
+    bold_files = InputMultiObject(File(exists=True), mandatory=True, desc="runs of one task and session")
+    confounds_files = InputMultiObject(File(exists=True), mandatory=True)
+    mask = File(exists=True, mandatory=True)
+    trials = File(exists=True, mandatory=True, desc="trials table of these runs (TSV)")
+    run_labels = traits.List(traits.Str(), mandatory=True, desc="run label of each BOLD file (trials' run column)")
+    trs = traits.List(traits.Float(), mandatory=True)
+    slice_timings = traits.List(traits.Any(), desc="SliceTiming of each run (list or None)")
+    method = traits.Enum("fithrf-denoise-rr", "fithrf", "lss", "lsa", usedefault=True)
+    lss_split = traits.Str("none", usedefault=True)
+    zscore = traits.Bool(False, usedefault=True)
+    mem_gb = traits.Float(4.0, usedefault=True)
+    n_threads = traits.Int(1, usedefault=True)
+    device = traits.Str("cpu", usedefault=True)
+    seed = traits.Int(0, usedefault=True)
+
+
+class _SingleTrialOutputSpec(TraitedSpec):
+    statseries = File(desc="4-D betas, one volume per trial (% BOLD)")
+    statseries_meta = File(desc="JSON sidecar")
+    events = File(desc="row-aligned events table")
+    statmaps = traits.Dict(desc="stat name -> 3-D map")
+    ncsnr = File(desc="ncsnr map")
+    figures = traits.Dict(desc="figure name -> SVG")
+
+
+class SingleTrialBetas(M2IInterface):
+    """Estimate one response per trial and voxel for one task and session (all runs together)."""
+
+    input_spec = _SingleTrialInputSpec
+    output_spec = _SingleTrialOutputSpec
+
+    def _run(self, runtime):
+        import nibabel as nib
+
+        from ..glm.design import RunData
+        from ..glm.estimate import estimate_single_trial_betas
+        from ..reports.figures import plot_design_matrix, plot_ncsnr_histogram
+        from ..utils.atomic import write_json, write_tsv
+
+        cwd = Path(runtime.cwd)
+        mask_img = nib.load(self.inputs.mask)
+        mask = np.asarray(mask_img.dataobj) > 0
+        trials = pd.read_csv(self.inputs.trials, sep="\t", dtype=str, keep_default_na=False)
+        trials["onset"] = trials["onset"].astype(float)
+        trials["duration"] = trials["duration"].astype(float)
+        runs, fd_by_run, tr_by_run = [], {}, {}
+        slice_timings = list(self.inputs.slice_timings) if self.inputs.slice_timings else [None] * len(
+            self.inputs.bold_files)
+        affine = None
+        for path, confounds_path, label, tr, slice_timing in zip(self.inputs.bold_files, self.inputs.confounds_files,
+                                                                 self.inputs.run_labels, self.inputs.trs,
+                                                                 slice_timings):
+            data, affine_run, _ = load_bold(path)
+            if data.shape[:3] != mask.shape:
+                raise BadDataError(f"{Path(path).name} is not on the brain mask's grid", path=path)
+            affine = affine_run if affine is None else affine
+            confounds, nonsteady = read_confounds(confounds_path)
+            if len(confounds) != data.shape[3]:
+                raise BadDataError(f"{Path(confounds_path).name} has {len(confounds)} rows for {data.shape[3]} "
+                                   "volumes", path=confounds_path)
+            if "framewise_displacement" in confounds:
+                fd_by_run[label] = confounds["framewise_displacement"].to_numpy(dtype=float)
+            tr_by_run[label] = tr
+            start = float(np.median(slice_timing)) if slice_timing else 0.0
+            frame_times = start + tr * np.arange(data.shape[3])
+            keep = np.ones(data.shape[3], dtype=bool)
+            keep[[i for i in nonsteady if i < data.shape[3]]] = False
+            runs.append(RunData(data=data[mask][:, keep], tr=tr, run=label, frame_times=frame_times[keep]))
+        result = estimate_single_trial_betas(
+            runs, trials, method=self.inputs.method,
+            lss_split=None if self.inputs.lss_split == "none" else self.inputs.lss_split,
+            zscore=self.inputs.zscore, mem_gb=self.inputs.mem_gb, n_threads=self.inputs.n_threads,
+            device=self.inputs.device, seed=self.inputs.seed,
+        )
+        betas = np.zeros(mask.shape + (result.betas.shape[0],), dtype=np.float32)
+        betas[mask] = result.betas.T
+        self._results["statseries"] = str(save_like(betas, affine, cwd / "statseries.nii.gz"))
+        meta = dict(result.metadata)
+        meta.setdefault("Units", "percent signal change" if not self.inputs.zscore else "z (per voxel, session)")
+        self._results["statseries_meta"] = str(write_json(cwd / "statseries.json", meta))
+
+        rows = result.trial_rows.reset_index(drop=True).copy()
+        rows.insert(0, "trial_index", np.arange(len(rows)))
+        rows["fd_mean"] = trial_fd_mean(rows, fd_by_run, tr_by_run)
+        for column in EVENTS_COLUMNS:
+            if column not in rows:
+                rows[column] = "n/a"
+        self._results["events"] = str(write_tsv(cwd / "events.tsv", rows[EVENTS_COLUMNS]))
+
+        maps = {"ncsnr": result.ncsnr, "r2": result.r2, "hrfindex": result.hrf_index, "pcs": result.n_pcs,
+                "fracridge": result.frac}
+        statmaps = {}
+        for name, values in maps.items():
+            volume = np.zeros(mask.shape, dtype=np.float32)
+            if values is not None:
+                volume[mask] = np.asarray(values, dtype=np.float32)
+            statmaps[name] = str(save_like(volume, affine, cwd / f"{name}.nii.gz"))
+        self._results["statmaps"] = statmaps
+        self._results["ncsnr"] = statmaps["ncsnr"]
+        design = display_design_matrix(runs[0], trials[trials["run"] == runs[0].run])
+        self._results["figures"] = {
+            "ncsnr": str(plot_ncsnr_histogram(result.ncsnr, cwd / "ncsnr.svg")),
+            "design": str(plot_design_matrix(design, cwd / "design.svg")),
+        }

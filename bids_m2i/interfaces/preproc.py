@@ -1,0 +1,182 @@
+"""nipype glue for the preprocessing engine (:mod:`bids_m2i.preproc`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from nipype.interfaces.base import BaseInterfaceInputSpec, File, InputMultiObject, TraitedSpec, traits
+
+from .base import M2IInterface
+from .images import load_bold, save_like
+
+
+class _EstimateHeadMotionInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="raw BOLD run")
+    dummy_scans = traits.Int(-1, usedefault=True, desc="non-steady-state volumes; -1 = detect")
+    n_threads = traits.Int(1, usedefault=True)
+    device = traits.Str("cpu", usedefault=True)
+
+
+class _EstimateHeadMotionOutputSpec(TraitedSpec):
+    out_transforms = File(desc="(T, 4, 4) pull transforms run reference -> volume, world mm (.npy)")
+    out_params = File(desc="(T, 6) motion parameters (.npy)")
+    out_boldref = File(desc="the run's reference volume")
+    out_info = File(desc="JSON: non-steady-state volumes, warnings")
+
+
+class EstimateHeadMotion(M2IInterface):
+    """Rigid realignment of every volume of a run to the run's own reference."""
+
+    input_spec = _EstimateHeadMotionInputSpec
+    output_spec = _EstimateHeadMotionOutputSpec
+
+    def _run(self, runtime):
+        from ..preproc.confounds import detect_nonsteady_volumes
+        from ..preproc.motion import estimate_motion
+        from ..utils.atomic import save_npy, write_json
+
+        data, affine, _ = load_bold(self.inputs.in_file)
+        if self.inputs.dummy_scans >= 0:
+            nonsteady = list(range(min(self.inputs.dummy_scans, data.shape[3] - 1)))
+        else:
+            nonsteady = [int(i) for i in detect_nonsteady_volumes(data)]
+        steady = [i for i in range(data.shape[3]) if i not in set(nonsteady)]
+        result = estimate_motion(data, affine, reference_volumes=steady, n_threads=self.inputs.n_threads,
+                                 device=self.inputs.device)
+        cwd = Path(runtime.cwd)
+        self._results["out_transforms"] = str(save_npy(cwd / "transforms.npy", result.transforms))
+        self._results["out_params"] = str(save_npy(cwd / "params.npy", result.params))
+        self._results["out_boldref"] = str(save_like(result.reference, affine, cwd / "boldref.nii.gz"))
+        self._results["out_info"] = str(write_json(cwd / "info.json", {
+            "nonsteady_volumes": nonsteady, "warnings": list(result.warnings), "in_plane": bool(result.in_plane),
+            "centre_mm": result.centre.tolist(),
+        }))
+
+
+class _ParticipantGridInputSpec(BaseInterfaceInputSpec):
+    boldrefs = InputMultiObject(File(exists=True), mandatory=True, desc="each run's reference, run order")
+    n_threads = traits.Int(1, usedefault=True)
+    device = traits.Str("cpu", usedefault=True)
+
+
+class _ParticipantGridOutputSpec(TraitedSpec):
+    out_reference = File(desc="participant reference (the first run's reference)")
+    out_mask = File(desc="participant brain mask")
+    out_run_to_reference = traits.List(File(), desc="(4, 4) pull transforms participant ref -> run ref (.npy)")
+
+
+class BuildParticipantGrid(M2IInterface):
+    """Register every run's reference to the first run's; the first reference defines the grid and mask."""
+
+    input_spec = _ParticipantGridInputSpec
+    output_spec = _ParticipantGridOutputSpec
+
+    def _run(self, runtime):
+        import nibabel as nib
+
+        from ..preproc.masks import compute_brain_mask
+        from ..preproc.motion import register_rigid
+        from ..utils.atomic import save_npy
+
+        cwd = Path(runtime.cwd)
+        fixed_img = nib.load(self.inputs.boldrefs[0])
+        fixed = np.asarray(fixed_img.dataobj, dtype=np.float32)
+        mask = compute_brain_mask(fixed)
+        outputs = []
+        for i, ref_path in enumerate(self.inputs.boldrefs):
+            if i == 0:
+                matrix = np.eye(4)
+            else:
+                moving_img = nib.load(ref_path)
+                matrix = register_rigid(np.asarray(moving_img.dataobj, dtype=np.float32), moving_img.affine, fixed,
+                                        fixed_img.affine, n_threads=self.inputs.n_threads, device=self.inputs.device)
+            outputs.append(str(save_npy(cwd / f"run{i:03d}_to_reference.npy", matrix)))
+        self._results["out_run_to_reference"] = outputs
+        self._results["out_reference"] = str(save_like(fixed, fixed_img.affine, cwd / "reference.nii.gz"))
+        self._results["out_mask"] = str(save_like(mask.astype(np.uint8), fixed_img.affine, cwd / "brain_mask.nii.gz",
+                                                  dtype=np.uint8))
+
+
+class _ResampleRunInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True)
+    transforms = File(exists=True, mandatory=True)
+    run_to_reference = InputMultiObject(File(exists=True), mandatory=True)
+    run_index = traits.Int(mandatory=True, desc="which of run_to_reference is this run's")
+    reference = File(exists=True, mandatory=True)
+    mask = File(exists=True, mandatory=True)
+    info = File(exists=True, mandatory=True)
+    tr = traits.Float(mandatory=True)
+    fd_threshold = traits.Float(0.5, usedefault=True)
+    n_threads = traits.Int(1, usedefault=True)
+    device = traits.Str("cpu", usedefault=True)
+
+
+class _ResampleRunOutputSpec(TraitedSpec):
+    out_file = File(desc="BOLD on the participant grid")
+    out_confounds = File(desc="confounds table (TSV)")
+    out_confounds_meta = File(desc="confounds sidecar (JSON)")
+    out_figures = traits.Dict(desc="figure name -> SVG path")
+    out_summary = File(desc="JSON: volumes, non-steady-state, FD statistics")
+
+
+class ResampleRun(M2IInterface):
+    """Resample a run once (raw -> participant grid) and compute its confounds and figures."""
+
+    input_spec = _ResampleRunInputSpec
+    output_spec = _ResampleRunOutputSpec
+
+    def _run(self, runtime):
+        import nibabel as nib
+
+        from ..preproc import figures
+        from ..preproc.confounds import compute_confounds
+        from ..preproc.resample import resample_to_grid
+        from ..preproc.transforms import compose_transforms, params_from_matrix
+        from ..utils.atomic import write_json, write_tsv
+
+        cwd = Path(runtime.cwd)
+        data, affine, _ = load_bold(self.inputs.in_file)
+        per_volume = np.load(self.inputs.transforms)
+        run_to_ref = np.load(self.inputs.run_to_reference[self.inputs.run_index])
+        reference = nib.load(self.inputs.reference)
+        mask = np.asarray(nib.load(self.inputs.mask).dataobj) > 0
+        info = json.loads(Path(self.inputs.info).read_text())
+        transforms = compose_transforms(per_volume, run_to_ref)
+        resampled = resample_to_grid(data, affine, transforms, reference.affine, reference.shape[:3],
+                                     n_threads=self.inputs.n_threads, device=self.inputs.device)
+        self._results["out_file"] = str(save_like(resampled, reference.affine, cwd / "bold_preproc.nii.gz",
+                                                  tr=self.inputs.tr))
+        # motion parameters relative to the participant reference (what the user sees and FD uses)
+        from ..preproc.transforms import grid_centre
+
+        params = params_from_matrix(transforms, grid_centre(reference.affine, reference.shape))
+        confounds, meta = compute_confounds(params, resampled, mask)
+        self._results["out_confounds"] = str(write_tsv(cwd / "confounds.tsv", confounds))
+        meta = dict(meta)
+        meta["NonSteadyStateVolumes"] = {"Description": "volumes at the start of the run not yet at steady "
+                                         "state (detected or --dummy-scans); left out of the GLM",
+                                         "Volumes": info.get("nonsteady_volumes", [])}
+        self._results["out_confounds_meta"] = str(write_json(cwd / "confounds.json", meta))
+        fd = confounds["framewise_displacement"].to_numpy(dtype=float)
+        figs = {
+            "motion": figures.plot_motion_parameters(params, cwd / "motion.svg", tr=self.inputs.tr),
+            "fd": figures.plot_framewise_displacement(fd, cwd / "fd.svg", threshold=self.inputs.fd_threshold,
+                                                      tr=self.inputs.tr),
+            "carpet": figures.plot_carpet(resampled, mask, cwd / "carpet.svg", tr=self.inputs.tr,
+                                          confounds=confounds),
+            "beforeafter": figures.plot_before_after(data, resampled, cwd / "beforeafter.svg",
+                                                     raw_affine=affine, mask=mask),
+        }
+        self._results["out_figures"] = {k: str(v) for k, v in figs.items()}
+        fd_valid = fd[np.isfinite(fd)]
+        self._results["out_summary"] = str(write_json(cwd / "summary.json", {
+            "n_volumes": int(data.shape[3]),
+            "nonsteady_volumes": info.get("nonsteady_volumes", []),
+            "fd_mean": float(fd_valid.mean()) if fd_valid.size else 0.0,
+            "fd_max": float(fd_valid.max()) if fd_valid.size else 0.0,
+            "n_high_motion": int((fd_valid > self.inputs.fd_threshold).sum()),
+            "fd_threshold": self.inputs.fd_threshold,
+            "warnings": info.get("warnings", []),
+        }))

@@ -1,0 +1,144 @@
+"""Methods text and citations generated from what ran (the options and the software versions)."""
+
+from __future__ import annotations
+
+import json
+from importlib import metadata
+from pathlib import Path
+
+from .. import __version__
+
+CITATIONS = {
+    "bids": "Gorgolewski KJ et al. (2016). The brain imaging data structure. Scientific Data 3:160044.",
+    "bidsapps": "Gorgolewski KJ et al. (2017). BIDS apps. PLoS Comput Biol 13(3):e1005209.",
+    "nipype": "Gorgolewski K et al. (2011). Nipype: a flexible, lightweight and extensible neuroimaging data "
+              "processing framework in Python. Front Neuroinform 5:13.",
+    "pybids": "Yarkoni T et al. (2019). PyBIDS: Python tools for BIDS datasets. JOSS 4(40):1294.",
+    "nilearn": "Abraham A et al. (2014). Machine learning for neuroimaging with scikit-learn. Front Neuroinform 8:14.",
+    "fd": "Power JD et al. (2012). Spurious but systematic correlations in functional connectivity MRI networks "
+          "arise from subject motion. NeuroImage 59(3):2142-2154.",
+    "dvars": "Nichols TE (2017). Notes on creating a standardized version of DVARS. arXiv:1704.01469.",
+    "glmsingle": "Prince JS et al. (2022). Improving the accuracy of single-trial fMRI response estimates using "
+                 "GLMsingle. eLife 11:e77599.",
+    "fracridge": "Rokem A, Kay K (2020). Fractional ridge regression: a fast, interpretable reparameterization of "
+                 "ridge regression. GigaScience 9(12):giaa133.",
+    "lss": "Mumford JA et al. (2012). Deconvolving BOLD activation in event-related designs for multivoxel pattern "
+           "classification analyses. NeuroImage 59(3):2636-2643.",
+    "nsd": "Allen EJ et al. (2022). A massive 7T fMRI dataset to bridge cognitive neuroscience and artificial "
+           "intelligence. Nat Neurosci 25:116-126.",
+    "fmriprep": "Esteban O et al. (2019). fMRIPrep: a robust preprocessing pipeline for functional MRI. "
+                "Nat Methods 16:111-116.",
+    "braindiffuser": "Ozcelik F, VanRullen R (2023). Natural scene reconstruction from fMRI signals using generative "
+                     "latent diffusion. Sci Rep 13:15666.",
+    "mindeye": "Scotti PS et al. (2023). Reconstructing the mind's eye: fMRI-to-image with contrastive learning and "
+               "diffusion priors. NeurIPS 36.",
+    "mindeye2": "Scotti PS et al. (2024). MindEye2: shared-subject models enable fMRI-to-image with 1 hour of data. "
+                "ICML.",
+    "mind2image": "Caselles-Dupré H et al. (2024). Mind-to-Image: projecting visual mental imagination of the brain "
+                  "from fMRI. arXiv:2404.05468.",
+    "clip": "Radford A et al. (2021). Learning transferable visual models from natural language supervision. ICML.",
+    "openclip": "Cherti M et al. (2023). Reproducible scaling laws for contrastive language-image learning. CVPR.",
+    "unclip": "Ramesh A et al. (2022). Hierarchical text-conditional image generation with CLIP latents. "
+              "arXiv:2204.06125.",
+    "ssim": "Wang Z et al. (2004). Image quality assessment: from error visibility to structural similarity. "
+            "IEEE Trans Image Process 13(4):600-612.",
+}
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _keys(config, stages) -> list[str]:
+    keys = ["bids", "bidsapps", "nipype", "pybids"]
+    if "preprocessing" in stages:
+        keys += ["fd", "dvars"]
+    if config.resolved_space != "func":
+        keys.append("fmriprep")
+    if "single-trial betas" in stages:
+        keys += ["nilearn", "nsd"]
+        if config.glm.startswith("fithrf"):
+            keys.append("glmsingle")
+        if config.glm == "fithrf-denoise-rr":
+            keys.append("fracridge")
+        if config.glm == "lss":
+            keys.append("lss")
+    if "decoding" in stages:
+        keys += ["braindiffuser", "mind2image", "mindeye", "mindeye2", "ssim"]
+        if "clip" in config.target:
+            keys += ["clip", "openclip"]
+        if config.generator == "unclip":
+            keys.append("unclip")
+    return keys
+
+
+def citations_markdown(config, stages) -> str:
+    return "\n".join(f"- {CITATIONS[k]}" for k in _keys(config, stages))
+
+
+def methods_paragraphs(config, *, stages, output_dir: Path, subject: str) -> list[str]:
+    paragraphs = [
+        f"Results were produced with m2i {__version__} (bids_m2i), a BIDS-App (Gorgolewski et al. 2017) built on "
+        f"nipype {_version('nipype')} (Gorgolewski et al. 2011), pybids {_version('pybids')}, nibabel "
+        f"{_version('nibabel')}, nilearn {_version('nilearn')}, numpy {_version('numpy')} and torch "
+        f"{_version('torch')}. Stages run: {', '.join(stages)}.",
+    ]
+    if "preprocessing" in stages and config.resolved_space == "func":
+        paragraphs.append(
+            "Every BOLD volume was realigned rigidly (6 parameters) to its run's reference with a robust "
+            "(Geman-McClure weighted), coarse-to-fine Gauss-Newton registration implemented in torch; each run's "
+            "reference was registered rigidly to the first run's reference, and every volume was resampled once "
+            "(trilinear) from the raw data onto this participant grid. Framewise displacement (Power et al. 2012, "
+            f"50 mm sphere; threshold {config.fd_threshold} mm in the figures), DVARS and standardised DVARS "
+            "(Nichols 2017; after scaling the median in-mask intensity to 1000) and the global signal were computed "
+            "per run. Non-steady-state volumes at the start of each run were "
+            + ("detected automatically" if config.dummy_scans is None else f"set to {config.dummy_scans}")
+            + " and left out of the single-trial model.")
+    elif config.resolved_space != "func":
+        paragraphs.append(f"Preprocessed BOLD runs, brain masks and confounds in the {config.resolved_space} space "
+                          "were taken from fMRIPrep (Esteban et al. 2019); the participant mask is the intersection "
+                          "of the run masks.")
+    if "single-trial betas" in stages:
+        sidecars = sorted((Path(output_dir) / f"sub-{subject}").rglob("*_statseries.json"))
+        meta = json.loads(sidecars[0].read_text()) if sidecars else {}
+        method_text = {
+            "lsa": "a least-squares-all model (one regressor per trial; Mumford et al. 2012)",
+            "lss": "least-squares-separate models (Mumford et al. 2012)"
+                   + (", one per trial with the other trials grouped by condition (LSS-N)"
+                      if config.lss_split == "condition" else ", one per trial against all others (LSS-1)"),
+            "fithrf": "a per-voxel HRF chosen from a library by the R² of the full model (GLMsingle's type B, "
+                      "Prince et al. 2022)",
+            "fithrf-denoise-rr": "GLMsingle's method (Prince et al. 2022), reimplemented: a per-voxel HRF chosen "
+                                 "from a library, noise regressors from principal components of a noise pool "
+                                 "(their number chosen by cross-validated beta reliability across repeats) and "
+                                 "per-voxel fractional ridge regression (Rokem & Kay 2020)",
+        }[config.glm]
+        paragraphs.append(
+            f"Single-trial responses (betas, % BOLD) were estimated for each task and session with all runs in one "
+            f"model (per-run HRF convolution, drift and nuisance terms), using {method_text}. Cue, evaluation and "
+            "one-back events were modelled with one regressor per event type. The noise-ceiling SNR (ncsnr) of every "
+            "voxel follows the Natural Scenes Dataset (Allen et al. 2022)."
+            + (" Betas were z-scored per voxel within session." if config.zscore_betas else "")
+            + (f" Details: {json.dumps({k: meta[k] for k in list(meta)[:8]})}." if meta else ""))
+    if "decoding" in stages:
+        target = " and ".join(config.target)
+        paragraphs.append(
+            f"Decoders mapping betas to image features ({target}) were trained on perception trials only, with "
+            f"held-out test stimuli never seen in training (all their repeats held out), using "
+            + ("ridge regression with one regularisation per feature chosen by efficient leave-one-out "
+               "cross-validation" if config.decoder == "ridge" else "a residual MLP trained with MSE and "
+               "contrastive losses (after MindEye, Scotti et al. 2023)")
+            + ". Predictions were rescaled to the training features' per-dimension mean and standard deviation "
+            "(Ozcelik & VanRullen 2023) and applied to held-out perception trials"
+            + (" (repeats averaged)" if config.average_repeats else "")
+            + " and to imagery trials, from memory and from a text cue (Caselles-Dupré et al. 2024). "
+            + ("Images were generated by the inverse pixel transform." if config.generator == "pixels" else
+               "Images were generated by Stable unCLIP from the decoded CLIP embeddings"
+               + (", starting from a noised latent of the pixel reconstruction" if "pixels" in config.target else "")
+               + ".")
+            + " Metrics follow MindEye and Brain-Diffuser (PixCorr, SSIM, two-way identification against distinct "
+            "targets, retrieval), each with its chance level and a permutation p-value.")
+    return paragraphs

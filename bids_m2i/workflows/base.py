@@ -1,0 +1,174 @@
+"""The top-level nipype workflow: one ``sub_<label>_wf`` per participant, each chaining the stages
+(preprocessing or fMRIPrep inputs -> single-trial betas -> decoding) that ``--stop-after`` asks for, and the
+participant report for whatever ran."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from pathlib import Path
+
+from ..config import Config
+from ..errors import (BadDataError, InputMissingError, M2IError, NoDataSelected, OutputCreateError,
+                      ProcessingIOError, UsageError, ValidationFailed)
+
+LOGGER = logging.getLogger("m2i.workflow")
+
+_ERROR_CLASSES = {cls.exit_code: cls for cls in (ValidationFailed, NoDataSelected, UsageError, BadDataError,
+                                                 InputMissingError, OutputCreateError, ProcessingIOError)}
+
+
+def node_name(text: str) -> str:
+    """A valid nipype node name from a label like ``ses-01_task-a_run-1``."""
+    return re.sub(r"[^0-9a-zA-Z]+", "_", text).strip("_")
+
+
+def init_m2i_wf(config: Config, inputs: dict, work_dir: Path):
+    from nipype.pipeline import engine as pe
+
+    workflow = pe.Workflow(name="m2i_wf", base_dir=str(work_dir))
+    for subject in sorted(inputs):
+        workflow.add_nodes([init_single_subject_wf(config, inputs[subject], work_dir)])
+    return workflow
+
+
+def init_single_subject_wf(config: Config, subject_inputs, work_dir: Path):
+    """All stages of one participant."""
+    from nipype.pipeline import engine as pe
+
+    from .glm import init_single_trial_wf
+    from .preproc import init_bold_preproc_wf, init_fmriprep_inputs_wf
+    from .report import init_report_wf
+
+    subject = subject_inputs.subject
+    workflow = pe.Workflow(name=f"sub_{node_name(subject)}_wf")
+    output_dir = str(config.output_dir.absolute())
+
+    if config.resolved_space == "func":
+        preproc_wf = init_bold_preproc_wf(config, subject_inputs, output_dir)
+    else:
+        preproc_wf = init_fmriprep_inputs_wf(config, subject_inputs, output_dir)
+    workflow.add_nodes([preproc_wf])
+
+    glm_wfs = []
+    if config.stop_after in ("glm", "decode"):
+        trials_dir = Path(work_dir) / "trials" / f"sub-{subject}"
+        for task, session in subject_inputs.task_sessions:
+            glm_wf = init_single_trial_wf(config, subject_inputs, task, session, output_dir, trials_dir)
+            runs = subject_inputs.runs_of(task, session)
+            for i, run in enumerate(runs):
+                key = node_name(run.bold.key)
+                workflow.connect([
+                    (preproc_wf, glm_wf, [(f"outputnode.bold_{key}", f"inputnode.bold_{i}"),
+                                          (f"outputnode.confounds_{key}", f"inputnode.confounds_{i}")]),
+                ])
+            workflow.connect(preproc_wf, "outputnode.brain_mask", glm_wf, "inputnode.brain_mask")
+            glm_wfs.append((task, session, glm_wf))
+
+    decoding_wf = None
+    if config.stop_after == "decode" and glm_wfs:
+        from .decoding import init_decoding_wf
+
+        decoding_wf = init_decoding_wf(config, subject_inputs, [(t, s) for t, s, _ in glm_wfs], output_dir, work_dir)
+        for i, (_task, _session, glm_wf) in enumerate(glm_wfs):
+            workflow.connect([
+                (glm_wf, decoding_wf, [("outputnode.statseries", f"inputnode.statseries_{i}"),
+                                       ("outputnode.events", f"inputnode.events_{i}"),
+                                       ("outputnode.ncsnr", f"inputnode.ncsnr_{i}")]),
+            ])
+        workflow.connect(preproc_wf, "outputnode.brain_mask", decoding_wf, "inputnode.brain_mask")
+
+    report_wf = init_report_wf(config, subject_inputs, output_dir, preproc_wf=preproc_wf,
+                               glm_wfs=[w for _, _, w in glm_wfs], decoding_wf=decoding_wf, parent=workflow)
+    workflow.add_nodes([report_wf])
+    return workflow
+
+
+def plugin_settings(config: Config) -> tuple[str, dict]:
+    plugin = config.plugin or "MultiProc"
+    args: dict = {}
+    if plugin == "MultiProc":
+        args = {"n_procs": config.n_procs, "memory_gb": config.memory_gb, "raise_insufficient": False}
+    raw = config.plugin_args
+    if raw:
+        text = Path(raw).read_text() if Path(raw).is_file() else raw
+        try:
+            user_args = json.loads(text)
+        except ValueError as exc:
+            raise UsageError(f"--plugin-args is neither a JSON string nor a JSON file: {raw}",
+                             hint='e.g. --plugin-args \'{"maxtasksperchild": 1}\'') from exc
+        if not isinstance(user_args, dict):
+            raise UsageError("--plugin-args must be a JSON object")
+        args.update(user_args)
+    if plugin == "MultiProc" and int(args.get("n_procs", 1)) > config.n_procs:
+        args["n_procs"] = config.n_procs  # never more processes than --nprocs
+    return plugin, args
+
+
+def run_participant_workflows(config: Config, inputs: dict, work_dir: Path) -> None:
+    import os
+
+    from nipype import config as nipype_config
+
+    logs_dir = config.output_dir.absolute() / "logs"
+    error_dir = Path(work_dir) / "errors" / time.strftime("%Y%m%dT%H%M%S")
+    os.environ["M2I_ERROR_DIR"] = str(error_dir)
+    nipype_config.set("execution", "crashdump_dir", str(logs_dir))
+    nipype_config.set("execution", "crashfile_format", "txt")
+    nipype_config.set("execution", "stop_on_first_crash", "true")
+    nipype_config.set("execution", "remove_unnecessary_outputs", "false")
+    nipype_config.set("monitoring", "enabled", "false")
+    nipype_config.set("logging", "log_to_file", "false")
+
+    workflow = init_m2i_wf(config, inputs, work_dir)
+    workflow.config["execution"].update({
+        "crashdump_dir": str(logs_dir),
+        "crashfile_format": "txt",
+        "stop_on_first_crash": True,
+        "remove_unnecessary_outputs": False,
+    })
+    plugin, args = plugin_settings(config)
+    LOGGER.info("Running %d participant workflow(s) with nipype %s (%s)", len(inputs), plugin,
+                ", ".join(f"{k}={v}" for k, v in args.items()))
+    try:
+        workflow.run(plugin=plugin, plugin_args=args)
+    except M2IError:
+        raise
+    except Exception as exc:  # nipype reports node failures as RuntimeError
+        raise _error_from_records(error_dir, logs_dir, exc) from exc
+
+
+def _error_from_records(error_dir: Path, logs_dir: Path, exc: Exception) -> M2IError:
+    from ..interfaces.base import read_error_records
+
+    records = read_error_records(error_dir) if error_dir.exists() else []
+    if records:
+        first = records[0]
+        cls = _ERROR_CLASSES.get(first["exit_code"], M2IError)
+        error = cls(first["message"], path=first.get("path"), hint=first.get("hint"))
+        if cls is M2IError:
+            error.exit_code = first["exit_code"]
+        return error
+    crash_files = sorted(logs_dir.glob("crash-*"))
+    where = f" (crash file: {crash_files[-1]})" if crash_files else ""
+    return M2IError(f"A processing step failed: {exc}{where}",
+                    hint="see the crash file and the log in OUTPUT_DIR/logs; rerun with the same work dir to "
+                    "resume from the finished steps")
+
+
+def collect_derivatives(workflow, outputnode, field: str = "derivatives") -> None:
+    """Connect the ``out_file`` of every DerivativesDataSink of ``workflow`` to ``outputnode.<field>``, so
+    that nodes downstream (the report) run only after every file of this stage is written."""
+    from nipype.interfaces import utility as niu
+    from nipype.pipeline import engine as pe
+
+    from ..interfaces.derivatives import DerivativesDataSink
+
+    sinks = [workflow.get_node(name) for name in workflow.list_node_names()
+             if isinstance(workflow.get_node(name).interface, DerivativesDataSink)]
+    merge = pe.Node(niu.Merge(max(1, len(sinks))), name=f"collect_{field}", run_without_submitting=True)
+    for i, sink in enumerate(sinks):
+        workflow.connect(sink, "out_file", merge, f"in{i + 1}")
+    workflow.connect(merge, "out", outputnode, field)

@@ -1,0 +1,116 @@
+"""The group level: every finished participant's metrics in one table and one page.
+
+It runs on whatever participants have finished (their ``desc-metrics_table.tsv`` exists) and lists those
+missing, so it can be rerun as more participant jobs end.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import InputMissingError
+from ..utils.atomic import write_text, write_tsv
+
+LOGGER = logging.getLogger("m2i.group")
+
+KEYS = ["condition", "cue", "metric", "feature_space"]
+GROUP_COLUMNS = ["participant_id", *KEYS, "value", "chance", "p_value", "n_items", "n_candidates", "mean", "sd", "n",
+                 "note"]
+
+
+def expected_participants(config) -> list[str]:
+    if config.participant_label:
+        return list(config.participant_label)
+    return sorted(p.name[4:] for p in Path(config.bids_dir).glob("sub-*") if p.is_dir())
+
+
+def metrics_path(output_dir: Path, subject: str) -> Path:
+    return Path(output_dir) / f"sub-{subject}" / "decoding" / f"sub-{subject}_desc-metrics_table.tsv"
+
+
+def collect_group_metrics(output_dir: Path, participants: list[str]) -> tuple[pd.DataFrame, list[str]]:
+    frames, missing = [], []
+    for subject in participants:
+        path = metrics_path(output_dir, subject)
+        if not path.exists():
+            missing.append(subject)
+            continue
+        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+        table.insert(0, "participant_id", f"sub-{subject}")
+        frames.append(table)
+    if not frames:
+        return pd.DataFrame(columns=GROUP_COLUMNS), missing
+    return pd.concat(frames, ignore_index=True), missing
+
+
+def summarize(per_participant: pd.DataFrame) -> pd.DataFrame:
+    """Mean, sd and n over participants of every (condition, cue, metric, feature space)."""
+    values = per_participant.assign(value_num=pd.to_numeric(per_participant["value"].replace("n/a", np.nan),
+                                                            errors="coerce"),
+                                    chance_num=pd.to_numeric(per_participant["chance"].replace("n/a", np.nan),
+                                                             errors="coerce"))
+    rows = []
+    for key, part in values.groupby(KEYS, sort=True):
+        numbers = part["value_num"].dropna()
+        rows.append({
+            "participant_id": "group", **dict(zip(KEYS, key)),
+            "value": "n/a", "chance": part["chance_num"].mean() if part["chance_num"].notna().any() else "n/a",
+            "p_value": "n/a", "n_items": "n/a", "n_candidates": "n/a",
+            "mean": numbers.mean() if len(numbers) else "n/a",
+            "sd": numbers.std(ddof=1) if len(numbers) > 1 else "n/a",
+            "n": int(len(numbers)), "note": "mean over participants",
+        })
+    return pd.DataFrame(rows, columns=GROUP_COLUMNS)
+
+
+def run_group_level(config) -> int:
+    output_dir = Path(config.output_dir).absolute()
+    participants = expected_participants(config)
+    per_participant, missing = collect_group_metrics(output_dir, participants)
+    if per_participant.empty:
+        raise InputMissingError(
+            f"No participant has finished in {output_dir} (no sub-*/decoding/*_desc-metrics_table.tsv)",
+            hint="run the participant level (through decoding) first",
+        )
+    if missing:
+        LOGGER.warning("Group level without %d unfinished participant(s): %s", len(missing),
+                       ", ".join(f"sub-{m}" for m in missing))
+    for column in GROUP_COLUMNS:
+        if column not in per_participant:
+            per_participant[column] = "n/a"
+    table = pd.concat([summarize(per_participant), per_participant[GROUP_COLUMNS]], ignore_index=True)
+    write_tsv(output_dir / "group" / "desc-metrics_table.tsv", table)
+    write_text(output_dir / "group" / "group.html", render_group_html(table, missing, participants))
+    LOGGER.info("Group level: %d participant(s) summarised, %d missing -> %s", len(participants) - len(missing),
+                len(missing), output_dir / "group")
+    return 0
+
+
+def render_group_html(table: pd.DataFrame, missing: list[str], participants: list[str]) -> str:
+    import time
+
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    from .. import __version__
+
+    def fmt(value):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return value
+        return "n/a" if not np.isfinite(number) else f"{number:.3f}"
+
+    summary = table[table["participant_id"] == "group"]
+    rows = table[table["participant_id"] != "group"]
+    env = Environment(loader=PackageLoader("bids_m2i", "data/templates"), autoescape=select_autoescape(["html"]))
+    return env.get_template("group.html.j2").render(
+        version=__version__, generated=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        n_done=len(participants) - len(missing), n_expected=len(participants),
+        missing=[f"sub-{m}" for m in missing],
+        summary=[{k: fmt(v) for k, v in r.items()} for r in summary.to_dict("records")],
+        rows=[{k: fmt(v) for k, v in r.items()} for r in rows.to_dict("records")],
+    )

@@ -1,0 +1,163 @@
+"""Preprocessing workflows: our own head-motion correction onto one participant grid, or fMRIPrep's outputs.
+
+Both end in the same ``outputnode``: ``bold_<run key>`` and ``confounds_<run key>`` for every run, and one
+``brain_mask`` for the participant.
+"""
+
+from __future__ import annotations
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from ..interfaces.derivatives import DerivativesDataSink
+from ..interfaces.preproc import BuildParticipantGrid, EstimateHeadMotion, ResampleRun
+from .base import collect_derivatives, node_name
+
+FIGURES = ("motion", "fd", "carpet", "beforeafter")
+
+
+def _run_entities(run) -> dict:
+    ents = {k: v for k, v in run.bold.entities.items() if k in ("subject", "session", "task", "acquisition",
+                                                                "run", "echo")}
+    return ents
+
+
+def _outputnode(runs, name="outputnode"):
+    fields = ["brain_mask", "reference", "summaries", "figures", "derivatives"]
+    for run in runs:
+        key = node_name(run.bold.key)
+        fields += [f"bold_{key}", f"confounds_{key}"]
+    return pe.Node(niu.IdentityInterface(fields=fields), name=name)
+
+
+def init_bold_preproc_wf(config, subject_inputs, output_dir: str, name: str = "bold_preproc_wf"):
+    """Head-motion correction of every run, one participant grid, confounds, figures and derivatives.
+
+    Each run is realigned to its own reference; each reference is registered rigidly to the first run's;
+    every volume is then resampled once (raw -> participant grid) with the composed transform.
+    """
+    workflow = pe.Workflow(name=name)
+    runs = subject_inputs.runs
+    outputnode = _outputnode(runs)
+    threads = config.n_threads
+    device = _device(config)
+    dummy = -1 if config.dummy_scans is None else int(config.dummy_scans)
+
+    merge_refs = pe.Node(niu.Merge(len(runs)), name="merge_boldrefs", run_without_submitting=True)
+    grid = pe.Node(BuildParticipantGrid(n_threads=threads, device=device), name="participant_grid",
+                   n_procs=threads)
+    workflow.connect(merge_refs, "out", grid, "boldrefs")
+    ds_mask = pe.Node(DerivativesDataSink(base_directory=output_dir, entities={"subject": subject_inputs.subject,
+                                          "desc": "brain"}, suffix="mask", extension=".nii.gz", datatype="func",
+                                          metadata={"Type": "Brain", "RawSources": [str(r.bold.path) for r in runs]}),
+                      name="ds_brain_mask", run_without_submitting=True)
+    workflow.connect([(grid, ds_mask, [("out_mask", "in_file")]),
+                      (grid, outputnode, [("out_mask", "brain_mask"), ("out_reference", "reference")])])
+
+    merge_summaries = pe.Node(niu.Merge(len(runs)), name="merge_summaries", run_without_submitting=True)
+    merge_figures = pe.Node(niu.Merge(len(runs)), name="merge_figures", run_without_submitting=True)
+    workflow.connect([(merge_summaries, outputnode, [("out", "summaries")]),
+                      (merge_figures, outputnode, [("out", "figures")])])
+
+    for index, run in enumerate(runs):
+        key = node_name(run.bold.key)
+        ents = _run_entities(run)
+        hmc = pe.Node(EstimateHeadMotion(in_file=str(run.bold.path), dummy_scans=dummy, n_threads=threads,
+                                         device=device), name=f"hmc_{key}", n_procs=threads,
+                      mem_gb=_run_mem_gb(run))
+        resample = pe.Node(ResampleRun(in_file=str(run.bold.path), run_index=index, tr=run.tr,
+                                       fd_threshold=config.fd_threshold, n_threads=threads, device=device),
+                           name=f"resample_{key}", n_procs=threads, mem_gb=3 * _run_mem_gb(run))
+        workflow.connect([
+            (hmc, merge_refs, [("out_boldref", f"in{index + 1}")]),
+            (hmc, resample, [("out_transforms", "transforms"), ("out_info", "info")]),
+            (grid, resample, [("out_run_to_reference", "run_to_reference"), ("out_reference", "reference"),
+                              ("out_mask", "mask")]),
+            (resample, outputnode, [("out_file", f"bold_{key}"), ("out_confounds", f"confounds_{key}")]),
+            (resample, merge_summaries, [("out_summary", f"in{index + 1}")]),
+            (resample, merge_figures, [("out_figures", f"in{index + 1}")]),
+        ])
+        sources = [str(run.bold.path)]
+        sinks = {
+            "boldref": dict(entities={**ents, "desc": "hmc"}, suffix="boldref", extension=".nii.gz",
+                            metadata={"Sources": sources}),
+            "bold": dict(entities={**ents, "desc": "preproc"}, suffix="bold", extension=".nii.gz",
+                         metadata={"RepetitionTime": run.tr, "TaskName": run.bold.task, "SkullStripped": False,
+                                   "Sources": sources, "Description": "head-motion corrected and resampled once "
+                                   "onto the participant grid (the first run's reference)"}),
+            "xfm": dict(entities={**ents, "desc": "hmc"}, suffix="xfm", extension=".npy"),
+            "confounds": dict(entities={**ents, "desc": "confounds"}, suffix="timeseries", extension=".tsv"),
+        }
+        for sink_name, kwargs in sinks.items():
+            node = pe.Node(DerivativesDataSink(base_directory=output_dir, datatype="func", **kwargs),
+                           name=f"ds_{sink_name}_{key}", run_without_submitting=True)
+            source, field = {"boldref": (hmc, "out_boldref"), "bold": (resample, "out_file"),
+                             "xfm": (hmc, "out_transforms"), "confounds": (resample, "out_confounds")}[sink_name]
+            workflow.connect(source, field, node, "in_file")
+            if sink_name == "confounds":
+                workflow.connect(resample, "out_confounds_meta", node, "metadata_file")
+        for figure in FIGURES:
+            pick = pe.Node(niu.Function(function=_pick, input_names=["mapping", "key"], output_names=["out"]),
+                           name=f"pick_{figure}_{key}", run_without_submitting=True)
+            pick.inputs.key = figure
+            ds_fig = pe.Node(DerivativesDataSink(base_directory=output_dir, datatype="figures",
+                                                 entities={**ents, "desc": figure}, suffix="bold",
+                                                 extension=".svg"),
+                             name=f"ds_fig_{figure}_{key}", run_without_submitting=True)
+            workflow.connect([(resample, pick, [("out_figures", "mapping")]), (pick, ds_fig, [("out", "in_file")])])
+    collect_derivatives(workflow, outputnode)
+    return workflow
+
+
+def _pick(mapping, key):
+    return mapping[key]
+
+
+def init_fmriprep_inputs_wf(config, subject_inputs, output_dir: str, name: str = "fmriprep_inputs_wf"):
+    """fMRIPrep's preprocessed BOLD, masks and confounds, presented like our own preprocessing outputs.
+
+    fMRIPrep writes one brain mask per run; in T1w space they share a grid, and the participant mask is their
+    intersection (a voxel must be in the brain in every run to get betas from all of them).
+    """
+    from ..interfaces.fmriprep import ParticipantMaskFromRuns
+
+    workflow = pe.Workflow(name=name)
+    runs = subject_inputs.runs
+    outputnode = _outputnode(runs)
+    mask = pe.Node(ParticipantMaskFromRuns(in_files=[str(r.brain_mask) for r in runs],
+                                           bold_files=[str(r.preproc_bold) for r in runs]),
+                   name="participant_mask")
+    ds_mask = pe.Node(DerivativesDataSink(base_directory=output_dir, entities={"subject": subject_inputs.subject,
+                                          "space": config.resolved_space, "desc": "brain"}, suffix="mask",
+                                          extension=".nii.gz", datatype="func",
+                                          metadata={"Type": "Brain", "Description": "intersection of fMRIPrep's "
+                                                    "run masks"}),
+                      name="ds_brain_mask", run_without_submitting=True)
+    workflow.connect([(mask, outputnode, [("out_file", "brain_mask"), ("out_reference", "reference")]),
+                      (mask, ds_mask, [("out_file", "in_file")])])
+    for run in runs:
+        key = node_name(run.bold.key)
+        setattr(outputnode.inputs, f"bold_{key}", str(run.preproc_bold))
+        setattr(outputnode.inputs, f"confounds_{key}", str(run.confounds))
+    outputnode.inputs.summaries = []
+    outputnode.inputs.figures = []
+    collect_derivatives(workflow, outputnode)
+    return workflow
+
+
+def _device(config) -> str:
+    if config.device != "auto":
+        return config.device
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:  # pragma: no cover
+        return "cpu"
+
+
+def _run_mem_gb(run) -> float:
+    n_voxels = 1
+    for s in run.shape:
+        n_voxels *= s
+    return max(0.1, n_voxels * run.n_volumes * 4 / 1024**3 * 3)
