@@ -126,7 +126,7 @@ def collect_inputs(config: Config, work_dir: Path) -> dict[str, SubjectInputs]:
                     "--stop-after preproc",
                 )
             trials = build_trials_table([(run.events, dict(run.entities))], events_map=events_map,
-                                        stimuli_dir=stimuli_dir)
+                                        stimuli_dir=stimuli_dir, include_ignore=config.print_trials)
             trials = check_events_within_run(trials, n_volumes=info.n_volumes, tr=tr, path=run.events)
             trials_parts.append(trials)
         trials_table = pd.concat(trials_parts, ignore_index=True) if trials_parts else pd.DataFrame()

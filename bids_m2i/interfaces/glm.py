@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,8 @@ from nipype.interfaces.base import BaseInterfaceInputSpec, File, InputMultiObjec
 from ..errors import BadDataError
 from .base import M2IInterface
 from .images import load_bold, save_like
+
+LOGGER = logging.getLogger("m2i.glm")
 
 STATMAPS = ("ncsnr", "r2", "hrfindex", "pcs", "fracridge")
 EVENTS_COLUMNS = ["trial_index", "onset", "duration", "run", "session", "condition", "cue", "stimulus",
@@ -131,6 +134,10 @@ class SingleTrialBetas(M2IInterface):
             if "framewise_displacement" in confounds:
                 fd_by_run[label] = confounds["framewise_displacement"].to_numpy(dtype=float)
             tr_by_run[label] = tr
+            if slice_timing and len(slice_timing) != data.shape[2]:
+                LOGGER.warning("%s: SliceTiming has %d entries for %d slices; ignored (frame times at the start "
+                               "of each volume)", Path(path).name, len(slice_timing), data.shape[2])
+                slice_timing = None
             start = float(np.median(slice_timing)) if slice_timing else 0.0
             frame_times = start + tr * np.arange(data.shape[3])
             keep = np.ones(data.shape[3], dtype=bool)

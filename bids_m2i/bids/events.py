@@ -1,0 +1,1088 @@
+"""Events files → trials table.
+
+An events file says what happened when; the trials table says which events get their own beta
+(``trial``), which are modelled as one regressor per event type (``nuisance``: cues, evaluations,
+responses, one-back repeats) and which are left to the baseline (``ignore``: rest). Datasets code this
+differently, and the same code can mean a stimulus in one task and a cue in another (ds001506: ``1``),
+so the decision is made **per task** by a :class:`TaskRule`, taken from (first match wins):
+
+1. an ``--events-map`` TOML file (:func:`load_events_map`) with a section for the task (or ``"*"``);
+2. a built-in profile (``bids_m2i/data/events_profiles/*.toml``, :func:`builtin_profiles`, tried in
+   file-name order) whose ``match`` conditions hold for this file;
+3. auto-detection (:func:`auto_rule`).
+
+Columns of the trials table, in this order (docs/dev/contracts.md): :data:`TRIALS_COLUMNS`. All values
+are strings (missing = ``n/a``) except ``onset`` and ``duration`` (float seconds). User documentation:
+``docs/events.md``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterable, Mapping, Sequence
+
+import pandas as pd
+
+from ..errors import BadDataError, InputMissingError, UsageError
+from .stimuli import (
+    NA,
+    load_stimuli_table,
+    normalize_stim_file,
+    relative_to_stimuli,
+    resolve_stimulus_path,
+)
+
+LOGGER = logging.getLogger("m2i.bids")
+
+TRIALS_COLUMNS = (
+    "onset",
+    "duration",
+    "task",
+    "session",
+    "run",
+    "role",
+    "event_type",
+    "condition",
+    "cue",
+    "stimulus",
+    "category",
+    "stim_file",
+    "cue_text",
+)
+ROLES = ("trial", "nuisance", "ignore")
+CONDITIONS = ("perception", "imagery")
+CUES = ("image", "text", "none")
+
+#: Auto-detection takes the stimulus identity from the first of these columns that exists.
+AUTO_STIMULUS_COLUMNS = ("stim_file", "stimulus_name", "stimulus_id", "ImgName", "category_name", "trial_type")
+#: Auto-detection reads the event type (for ``imag`` and the small vocabulary below) from these columns.
+AUTO_EVENT_TYPE_COLUMNS = ("trial_type", "event_type")
+#: Auto-detection: event types that are never trials. Words, not numeric codes: codes need a map.
+AUTO_IGNORE_PATTERN = re.compile(r"rest|fixation|baseline|^null$|^blank$|^iti$", re.IGNORECASE)
+AUTO_NUISANCE_PATTERN = re.compile(
+    r"^(cue|response|evaluation|oneback|one-back|one_back|instruction|button|button_press)$", re.IGNORECASE
+)
+
+#: Cell values taken for ``n/a`` (with a warning): empty, NA, NaN, n.a., N/A, and one-letter typos of
+#: ``n/a`` such as ``on/a`` (ds001506). ``none`` is *not* among them: it is a valid ``cue``.
+_NA_LIKE = re.compile(r"^(?:|na|nan|n\.a\.?|n\\a|null|[a-z]?n/a[a-z]?|n/[a-z]?a)$", re.IGNORECASE)
+_NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading
+# ----------------------------------------------------------------------------------------------------
+def read_events(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a BIDS events (or any BIDS ``.tsv``) file as strings.
+
+    Every value stays a string (``3079230.008270`` keeps its zeros); cells are stripped of surrounding
+    spaces; ``n/a``-like typos (``on/a``, ``N/A``, ``nan``, empty) become ``n/a`` with one warning per
+    column; CRLF / CR line ends are accepted with a warning; a UTF-8 byte-order mark is dropped.
+
+    Parameters
+    ----------
+    path : path
+        The ``.tsv`` file.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Shape (n_rows, n_columns), all values ``str``.
+
+    Raises
+    ------
+    InputMissingError
+        The file does not exist.
+    BadDataError
+        The file is empty, not tab separated, or has rows with more fields than the header.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise InputMissingError(f"Events file not found: {path}", path=path) from exc
+    except OSError as exc:
+        raise BadDataError(f"Cannot read {path}: {exc.strerror or exc}", path=path) from exc
+    if not raw.strip():
+        raise BadDataError(
+            f"Events file is empty: {path}",
+            path=path,
+            hint="write a tab-separated header (onset, duration, ...) and one row per event, or exclude "
+            "this run (--bids-filter-file)",
+        )
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        LOGGER.warning("%s is not UTF-8; reading it as Latin-1", path)
+        text = raw.decode("latin-1")
+    if "\r" in text:
+        LOGGER.warning("%s has Windows (CRLF) or old Mac (CR) line ends; read anyway", path)
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+
+    header = text.split("\n", 1)[0]
+    if "\t" not in header and ("," in header or "  " in header.strip() or ";" in header):
+        raise BadDataError(
+            f"{path} is not tab separated (header: {header[:80]!r})",
+            path=path,
+            hint="BIDS .tsv files separate columns with tabs; convert the file",
+        )
+    frame = _parse_tsv(text, path)
+    stripped = [str(c).strip() for c in frame.columns]
+    if stripped != [str(c) for c in frame.columns]:
+        LOGGER.warning("%s: spaces around column names removed", path)
+    frame.columns = stripped
+    frame = frame.apply(lambda col: col.str.strip())
+
+    for column in frame.columns:
+        values = frame[column]
+        typo = values.map(lambda v: v != NA and bool(_NA_LIKE.match(v)))
+        if typo.any():
+            examples = sorted({repr(v) for v in values[typo]})[:5]
+            first_line = int(typo.to_numpy().nonzero()[0][0]) + 2  # header is line 1
+            LOGGER.warning(
+                "%s: column %r has %d n/a-like value(s) (%s, first on line %d); read as n/a",
+                path,
+                column,
+                int(typo.sum()),
+                ", ".join(examples),
+                first_line,
+            )
+            frame.loc[typo, column] = NA
+    return frame.astype(object)
+
+
+def _parse_tsv(text: str, path: Path) -> pd.DataFrame:
+    """Split tab-separated text into a frame of strings (no quoting, as BIDS TSV has none).
+
+    Rows shorter than the header are padded with empty cells and rows with extra *empty* trailing fields
+    (a trailing tab) are trimmed, both with a warning; extra non-empty fields are an error (pandas would
+    silently turn them into an index).
+    """
+    lines = [line for line in text.split("\n") if line.strip()]
+    header = lines[0].split("\t")
+    rows: list[list[str]] = []
+    short: list[int] = []
+    for number, line in enumerate(lines[1:], start=2):
+        fields = line.split("\t")
+        if len(fields) > len(header):
+            if any(f.strip() for f in fields[len(header):]):
+                raise BadDataError(
+                    f"{path}: line {number} has {len(fields)} fields but the header has {len(header)}",
+                    path=path,
+                    hint="every row must have the same number of tab-separated fields as the header",
+                )
+            fields = fields[: len(header)]
+        elif len(fields) < len(header):
+            short.append(number)
+            fields = fields + [""] * (len(header) - len(fields))
+        rows.append(fields)
+    if short:
+        LOGGER.warning("%s: %d row(s) have fewer fields than the header (first: line %d); missing cells read as n/a",
+                       path, len(short), short[0])
+    if len(set(header)) != len(header):
+        raise BadDataError(f"{path}: duplicate column names in the header", path=path)
+    return pd.DataFrame(rows, columns=header, dtype=object)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Rules, maps, profiles
+# ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TaskRule:
+    """How to turn the events of one task into trials (one ``[task.<label>]`` section).
+
+    Attributes mirror the TOML keys; see ``docs/events.md`` for each. ``None`` means "not set":
+    ``ignore=None`` ignores every value not listed as trial or nuisance; ``condition``/``cue`` ``"auto"``
+    use the columns and the auto-detection rules.
+    """
+
+    task: str = "*"
+    role_column: str | None = None
+    trial: tuple[str, ...] = ()
+    nuisance: tuple[str, ...] = ()
+    ignore: tuple[str, ...] | None = None
+    condition: str = "auto"
+    condition_values: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    cue: str = "auto"
+    cue_column: str | None = None
+    cue_text_column: str | None = None
+    stimulus_column: str | None = None
+    stim_file_column: str | None = None
+    stim_file_template: str | None = None
+    category_column: str | None = None
+    category_regex: str | None = None
+    onset_column: str = "onset"
+    duration_column: str | None = "duration"
+    offset_column: str | None = None
+    oneback_column: str | None = None
+    oneback_event_type: str = "oneback"
+    match_columns: tuple[str, ...] = ()
+    description: str = ""
+    origin: str = "auto-detection"
+    # auto-detection only: use the small event-type vocabulary (rest → ignore, cue → nuisance)
+    auto_vocabulary: bool = False
+    # auto-detection only: further identity columns tried, in order, on rows where stimulus_column is n/a
+    stimulus_fallback_columns: tuple[str, ...] = ()
+
+    def needed_columns(self) -> list[str]:
+        """Columns the events file must have for this rule."""
+        names = [
+            self.role_column,
+            self.cue_column,
+            self.cue_text_column,
+            self.stimulus_column,
+            self.stim_file_column,
+            self.category_column,
+            self.onset_column,
+            None if self.offset_column else self.duration_column,
+            self.offset_column,
+            self.oneback_column,
+        ]
+        out = [n for n in names if n]
+        return list(dict.fromkeys(list(self.match_columns) + out))
+
+
+_STR_KEYS = {
+    "role_column",
+    "cue_column",
+    "cue_text_column",
+    "stimulus_column",
+    "stim_file_column",
+    "stim_file_template",
+    "category_column",
+    "category_regex",
+    "onset_column",
+    "duration_column",
+    "offset_column",
+    "oneback_column",
+    "oneback_event_type",
+    "description",
+}
+_LIST_KEYS = {"trial", "nuisance", "ignore", "match_columns"}
+_RULE_KEYS = _STR_KEYS | _LIST_KEYS | {"condition", "cue", "condition_values"}
+
+
+def _as_code(value: Any, where: str, origin: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise UsageError(f"{origin}: {where} must hold strings or numbers, got {value!r}", path=origin)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def _parse_rule(task: str, table: Mapping[str, Any], origin: str) -> TaskRule:
+    where = f"[task.{task}]"
+    if not isinstance(table, Mapping):
+        raise UsageError(f"{origin}: {where} must be a table of keys", path=origin)
+    unknown = sorted(set(table) - _RULE_KEYS)
+    if unknown:
+        raise UsageError(
+            f"{origin}: unknown key(s) {', '.join(unknown)} in {where}",
+            path=origin,
+            hint=f"known keys: {', '.join(sorted(_RULE_KEYS))} (docs/events.md)",
+        )
+    kwargs: dict[str, Any] = {"task": task, "origin": f"{origin} {where}"}
+    for key, value in table.items():
+        if key in _STR_KEYS:
+            if not isinstance(value, str):
+                raise UsageError(f"{origin}: {where} {key} must be a string, got {value!r}", path=origin)
+            kwargs[key] = value
+        elif key in _LIST_KEYS:
+            if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+                value = [value]
+            if not isinstance(value, list):
+                raise UsageError(f"{origin}: {where} {key} must be a list, got {value!r}", path=origin)
+            kwargs[key] = tuple(_as_code(v, f"{where} {key}", origin) for v in value)
+        elif key == "condition":
+            if value not in (*CONDITIONS, "auto"):
+                raise UsageError(
+                    f"{origin}: {where} condition must be perception, imagery or auto, got {value!r}", path=origin
+                )
+            kwargs[key] = value
+        elif key == "cue":
+            if value not in (*CUES, "auto"):
+                raise UsageError(f"{origin}: {where} cue must be image, text, none or auto, got {value!r}", path=origin)
+            kwargs[key] = value
+        elif key == "condition_values":
+            if not isinstance(value, Mapping) or set(value) - set(CONDITIONS):
+                raise UsageError(
+                    f"{origin}: {where} condition_values must map perception/imagery to lists of values",
+                    path=origin,
+                )
+            kwargs[key] = {
+                cond: tuple(_as_code(v, f"{where} condition_values", origin) for v in (vals if isinstance(vals, list) else [vals]))
+                for cond, vals in value.items()
+            }
+    rule = TaskRule(**kwargs)
+    if (rule.trial or rule.nuisance or rule.ignore) and not rule.role_column:
+        raise UsageError(
+            f"{origin}: {where} lists trial/nuisance/ignore values but no role_column",
+            path=origin,
+            hint="add role_column = \"<column that holds these values>\"",
+        )
+    if rule.role_column and not rule.trial:
+        raise UsageError(f"{origin}: {where} has a role_column but no trial values", path=origin)
+    overlap = _overlap(rule.trial, rule.nuisance, rule.ignore or ())
+    if overlap:
+        raise UsageError(f"{origin}: {where} lists {overlap} in more than one of trial/nuisance/ignore", path=origin)
+    if rule.category_regex:
+        try:
+            re.compile(rule.category_regex)
+        except re.error as exc:
+            raise UsageError(f"{origin}: {where} category_regex is not a regular expression: {exc}", path=origin)
+    if not rule.duration_column and not rule.offset_column:
+        raise UsageError(f"{origin}: {where} needs duration_column or offset_column", path=origin)
+    return rule
+
+
+def _overlap(*lists: Iterable[str]) -> str:
+    seen: dict[Any, str] = {}
+    for values in lists:
+        for v in set(_code_key(x) for x in values):
+            if v in seen:
+                return repr(v[1])
+            seen[v] = v
+    return ""
+
+
+def _parse_task_tables(doc: Mapping[str, Any], origin: str) -> dict[str, TaskRule]:
+    tasks = doc.get("task", {})
+    if not isinstance(tasks, Mapping) or not tasks:
+        raise UsageError(
+            f"{origin}: no [task.<label>] section",
+            path=origin,
+            hint='write one section per task, e.g. [task.imagery] with role_column = "event_type"',
+        )
+    return {str(label): _parse_rule(str(label), table, origin) for label, table in tasks.items()}
+
+
+def _load_toml(path: Path, what: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise InputMissingError(f"{what} not found: {path}", path=path) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{what} {path} is not valid TOML: {exc}", path=path) from exc
+
+
+@dataclass(frozen=True)
+class EventsMap:
+    """A user's ``--events-map`` file: one :class:`TaskRule` per task label (``"*"`` = any other task)."""
+
+    rules: Mapping[str, TaskRule]
+    path: str = ""
+
+    def rule_for(self, task: str) -> TaskRule | None:
+        return self.rules.get(task) or self.rules.get("*")
+
+
+@dataclass(frozen=True)
+class EventsProfile:
+    """A built-in profile: a named set of task rules with the conditions under which it applies."""
+
+    name: str
+    description: str
+    match_columns: tuple[str, ...]
+    rules: Mapping[str, TaskRule]
+
+    def rule_for(self, task: str, events: pd.DataFrame) -> TaskRule | None:
+        """The rule of this profile for ``task`` if the profile applies to ``events``, else ``None``.
+
+        A section applies when it is named after the task (or ``"*"``), every column of the profile's
+        ``[match] columns``, of the section's ``match_columns`` and every column the section uses exists,
+        and — when the section lists ``ignore`` explicitly — every value of its role column is listed
+        (``n/a`` always counts as ignore). Numeric codes compare as numbers (``1`` = ``1.0``).
+        """
+        for label in (task, "*"):
+            rule = self.rules.get(label)
+            if rule is None:
+                continue
+            columns = set(events.columns)
+            if not set(self.match_columns) <= columns or not set(rule.needed_columns()) <= columns:
+                continue
+            if rule.role_column and rule.ignore is not None:
+                known = {_code_key(v) for v in (*rule.trial, *rule.nuisance, *rule.ignore)}
+                values = {_code_key(v) for v in events[rule.role_column] if v != NA}
+                if not values <= known:
+                    continue
+            return rule
+        return None
+
+
+def load_events_map(path: str | os.PathLike) -> EventsMap:
+    """Read an ``--events-map`` TOML file.
+
+    Raises
+    ------
+    InputMissingError
+        The file does not exist (exit 66).
+    UsageError
+        Not TOML, unknown keys, wrong types (exit 64); the message names the file and the section.
+    """
+    path = Path(path)
+    doc = _load_toml(path, "Events map")
+    unknown = sorted(set(doc) - {"task", "description"})
+    if unknown:
+        raise UsageError(
+            f"{path}: unknown top-level key(s) {', '.join(unknown)}",
+            path=path,
+            hint="an events map holds [task.<label>] sections (docs/events.md)",
+        )
+    return EventsMap(rules=_parse_task_tables(doc, str(path)), path=str(path))
+
+
+def load_profile(path: str | os.PathLike) -> EventsProfile:
+    """Read one profile file (same sections as an events map, plus ``description`` and ``[match]``)."""
+    path = Path(path)
+    doc = _load_toml(path, "Events profile")
+    name = PurePosixPath(str(path)).stem
+    unknown = sorted(set(doc) - {"task", "description", "match"})
+    if unknown:
+        raise UsageError(f"{path}: unknown top-level key(s) {', '.join(unknown)}", path=path)
+    match = doc.get("match", {})
+    if set(match) - {"columns"}:
+        raise UsageError(f"{path}: [match] knows only 'columns'", path=path)
+    origin = f"profile {name}"
+    rules = _parse_task_tables(doc, origin)
+    return EventsProfile(
+        name=name,
+        description=str(doc.get("description", "")),
+        match_columns=tuple(str(c) for c in match.get("columns", ())),
+        rules=rules,
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _builtin_profiles_cached() -> tuple[EventsProfile, ...]:
+    folder = resources.files("bids_m2i") / "data" / "events_profiles"
+    profiles = []
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".toml"):
+            with resources.as_file(entry) as real:
+                profiles.append(load_profile(real))
+    return tuple(profiles)
+
+
+def builtin_profiles() -> list[EventsProfile]:
+    """The packaged profiles, in the order they are tried (file name order)."""
+    return list(_builtin_profiles_cached())
+
+
+def auto_rule(events: pd.DataFrame, task: str) -> TaskRule:
+    """The rule auto-detection builds for ``events`` (no map section, no profile applies).
+
+    Stimulus from the first of :data:`AUTO_STIMULUS_COLUMNS`; event type from ``trial_type`` /
+    ``event_type`` (words like ``rest`` → ignore, ``cue`` → nuisance); ``stim_file``, ``category``,
+    ``cue``, ``cue_text`` from the columns of those names when present.
+    """
+    columns = set(events.columns)
+    candidates = [c for c in AUTO_STIMULUS_COLUMNS if c in columns]
+    if len(candidates) > 1 and "trial_type" in candidates:
+        candidates.remove("trial_type")  # an event type names the stimulus only when nothing else does
+    event_type = next((c for c in AUTO_EVENT_TYPE_COLUMNS if c in columns), None)
+    cue_column = "cue" if "cue" in columns else None
+    cue_text_column = "cue_text" if "cue_text" in columns else None
+    if cue_column and not all(v == NA or v.lower() in CUES for v in events["cue"]):
+        # a 'cue' column holding the cue itself (a word or sentence), not its kind
+        cue_column = None
+        cue_text_column = cue_text_column or "cue"
+    return TaskRule(
+        task=task,
+        role_column=event_type,
+        stimulus_column=candidates[0] if candidates else None,
+        stimulus_fallback_columns=tuple(candidates[1:]),
+        stim_file_column="stim_file" if "stim_file" in columns else None,
+        category_column="category" if "category" in columns else None,
+        cue_column=cue_column,
+        cue_text_column=cue_text_column,
+        origin="auto-detection",
+        auto_vocabulary=True,
+    )
+
+
+def select_rule(
+    events: pd.DataFrame,
+    task: str,
+    events_map: EventsMap | None = None,
+    profiles: Sequence[EventsProfile] | None = None,
+    source: str | os.PathLike | None = None,
+) -> TaskRule:
+    """Choose the rule for one events file: map section, else first applicable profile, else auto."""
+    if events_map is not None:
+        rule = events_map.rule_for(task)
+        if rule is not None:
+            timing = {rule.onset_column, rule.duration_column, rule.offset_column}  # checked later, clearer
+            missing = [c for c in rule.needed_columns() if c not in events.columns and c not in timing]
+            if missing:
+                raise BadDataError(
+                    f"{source}: column(s) {', '.join(missing)} named by {rule.origin} are missing "
+                    f"(the file has: {', '.join(events.columns)})",
+                    path=source,
+                    hint="fix the events map section for this task",
+                )
+            return rule
+    for profile in builtin_profiles() if profiles is None else profiles:
+        rule = profile.rule_for(task, events)
+        if rule is not None:
+            return rule
+    return auto_rule(events, task)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Events → trials
+# ----------------------------------------------------------------------------------------------------
+def _code_key(value: str) -> tuple[str, Any]:
+    """Comparison key of a code: numbers compare as numbers (``1`` == ``1.0``), words as text."""
+    text = str(value).strip()
+    if _NUMBER.match(text):
+        return ("num", float(text))
+    return ("str", text)
+
+
+def _as_strings(events: pd.DataFrame) -> pd.DataFrame:
+    """A frame read by someone else (maybe with floats and NaN) as strings with ``n/a`` for missing."""
+    if all(events[c].map(lambda v: isinstance(v, str)).all() for c in events.columns):
+        return events
+
+    def text(value: Any) -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return NA
+        return str(value).strip()
+
+    return events.apply(lambda col: col.map(text)).astype(object)
+
+
+def _label_from_path(source: Any, entity: str) -> str | None:
+    if source is None:
+        return None
+    found = re.search(rf"(?:^|_){entity}-([A-Za-z0-9]+)", Path(str(source)).name)
+    return found.group(1) if found else None
+
+
+def _parse_times(values: Sequence[str], column: str, roles: list[str], source, line_offset: int = 2):
+    """Float seconds per row; ``None`` where the row is ``ignore`` and unusable (dropped by the caller)."""
+    out: list[float | None] = []
+    bad: list[str] = []
+    for i, (text, role) in enumerate(zip(values, roles)):
+        try:
+            number = float(text) if text != NA else math.nan
+        except ValueError:
+            number = math.nan
+        ok = math.isfinite(number) and number >= 0
+        if ok:
+            out.append(number)
+        elif role == "ignore":
+            out.append(None)
+        else:
+            out.append(None)
+            bad.append(f"line {i + line_offset}: {text!r}")
+    if bad:
+        raise BadDataError(
+            f"{source}: column {column!r} has missing, negative or non-numeric values in rows that are "
+            f"trials or nuisance events ({'; '.join(bad[:5])}{' ...' if len(bad) > 5 else ''})",
+            path=source,
+            hint="onsets and durations must be numbers of seconds >= 0; fix the events file or map these "
+            "rows to ignore with --events-map",
+        )
+    return out
+
+
+def _stem_of(value: str) -> str:
+    if value == NA:
+        return NA
+    name = PurePosixPath(value.replace("\\", "/")).name
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
+def events_to_trials(
+    events: pd.DataFrame | str | os.PathLike,
+    *,
+    task: str,
+    session: str | None = None,
+    run: str | int | None = None,
+    events_map: EventsMap | None = None,
+    source: str | os.PathLike | None = None,
+    stimuli_dir: str | os.PathLike | None = None,
+    profiles: Sequence[EventsProfile] | None = None,
+    include_ignore: bool = False,
+    stimuli_table: Mapping[str, Mapping[str, str]] | None = None,
+) -> pd.DataFrame:
+    """Turn one events file into trials-table rows.
+
+    Parameters
+    ----------
+    events : DataFrame or path
+        As returned by :func:`read_events` (strings), or the path of the file.
+    task, session, run : str
+        Entities of the run (``session``/``run`` ``None`` → taken from ``source``'s name, else ``n/a``).
+    events_map : EventsMap, optional
+        Overrides profiles and auto-detection for the tasks it names.
+    source : path, optional
+        The events file (named in messages; default: ``events`` when it is a path).
+    stimuli_dir : path, optional
+        ``BIDS_DIR/stimuli``: ``stim_file`` values are looked up there (found files are written relative
+        to it) and ``stimuli.tsv`` fills categories.
+    profiles : list of EventsProfile, optional
+        Default: :func:`builtin_profiles`.
+    include_ignore : bool
+        Keep ``ignore`` rows (for ``--print-trials`` and checks).
+    stimuli_table : mapping, optional
+        Pre-read ``stimuli.tsv`` (default: read from ``stimuli_dir``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Shape (n_events_kept, 13), columns :data:`TRIALS_COLUMNS`, sorted by onset (stable).
+        ``attrs["rule"]`` names the rule used (map section, profile section or auto-detection).
+
+    Raises
+    ------
+    BadDataError
+        Missing onset/duration columns, unusable onsets/durations on trial or nuisance rows, no rows, a
+        ``stim_file`` outside ``stimuli/``, an invalid ``cue`` value.
+    """
+    if not isinstance(events, pd.DataFrame):
+        source = events if source is None else source
+        events = read_events(events)
+    else:
+        events = _as_strings(events)
+    source_text = str(source) if source is not None else "<events>"
+    session = session if session not in (None, "") else (_label_from_path(source, "ses") or NA)
+    run_label = str(run) if run not in (None, "") else (_label_from_path(source, "run") or NA)
+    if run not in (None, "") and _label_from_path(source, "run"):
+        run_label = _label_from_path(source, "run")  # keeps zero padding that int run numbers lose
+
+    if len(events) == 0:
+        raise BadDataError(
+            f"{source_text} has a header but no events",
+            path=source,
+            hint="add the events of this run or exclude the run (--bids-filter-file)",
+        )
+    rule = select_rule(events, task, events_map, profiles, source_text)
+    LOGGER.info("%s: events read with %s", source_text, rule.origin)
+    onset_col, duration_col = rule.onset_column, rule.duration_column
+    time_columns = [onset_col] + ([rule.offset_column] if rule.offset_column else [duration_col])
+    missing = [c for c in time_columns if c not in events.columns]
+    if missing:
+        raise BadDataError(
+            f"{source_text} has no {' / '.join(repr(c) for c in missing)} column "
+            f"(columns: {', '.join(events.columns)})",
+            path=source,
+            hint="BIDS events need 'onset' and 'duration' in seconds; if they are under other names, set "
+            "onset_column / duration_column in an --events-map (docs/events.md)",
+        )
+
+    records = events.to_dict("records")
+    roles, event_types = _assign_roles(records, rule)
+
+    if stimuli_table is None:
+        stimuli_table = load_stimuli_table(stimuli_dir)
+
+    onsets = _parse_times([r[onset_col] for r in records], onset_col, roles, source_text)
+    if rule.offset_column:
+        offsets = _parse_times([r[rule.offset_column] for r in records], rule.offset_column, roles, source_text)
+        durations = [None if (a is None or b is None) else b - a for a, b in zip(onsets, offsets)]
+        negative = [i + 2 for i, d in enumerate(durations) if d is not None and d < 0 and roles[i] != "ignore"]
+        if negative:
+            raise BadDataError(
+                f"{source_text}: {rule.offset_column!r} is before {onset_col!r} on line(s) {negative[:5]}",
+                path=source,
+            )
+        durations = [None if (d is not None and d < 0) else d for d in durations]
+    else:
+        durations = _parse_times([r[duration_col] for r in records], duration_col, roles, source_text)
+    dropped = [i for i, (a, b) in enumerate(zip(onsets, durations)) if a is None or b is None]
+    if dropped:
+        LOGGER.warning(
+            "%s: %d ignore row(s) without a usable onset/duration dropped (line(s) %s)",
+            source_text,
+            len(dropped),
+            ", ".join(str(i + 2) for i in dropped[:5]),
+        )
+
+    dropped_set = set(dropped)
+    order = sorted((i for i in range(len(records)) if i not in dropped_set), key=lambda i: onsets[i])
+    stimuli = [_stimulus_value(records[i], rule) for i in range(len(records))]
+    if rule.oneback_column:
+        _mark_oneback(records, order, roles, event_types, rule)
+
+    rows = []
+    n_unidentified = 0
+    for i in order:
+        role = roles[i]
+        if role == "ignore" and not include_ignore:
+            continue
+        row = _trial_fields(
+            records[i], stimuli[i], role, event_types[i], rule, task, session, source, stimuli_dir, stimuli_table
+        )
+        if row["role"] == "trial" and row["stimulus"] == NA and row["cue_text"] == NA:
+            # no identity: it still gets modelled (its own event type) but not decoded
+            row["role"] = "nuisance"
+            n_unidentified += 1
+        row.update(onset=onsets[i], duration=durations[i], run=run_label)
+        rows.append(row)
+    if n_unidentified:
+        LOGGER.warning(
+            "%s: %d trial row(s) have no stimulus (column %r is n/a); modelled as nuisance",
+            source_text,
+            n_unidentified,
+            rule.stimulus_column,
+        )
+    table = _as_trials_frame(rows)
+    if not (table["role"] == "trial").any():
+        LOGGER.warning("%s: no trials found (rule: %s)", source_text, rule.origin)
+    table.attrs["rule"] = rule.origin
+    return table
+
+
+def _assign_roles(records: list[dict], rule: TaskRule) -> tuple[list[str], list[str]]:
+    """Role and event type of every row (before one-back marking)."""
+    roles: list[str] = []
+    event_types: list[str] = []
+    trial = {_code_key(v) for v in rule.trial}
+    nuisance = {_code_key(v) for v in rule.nuisance}
+    ignore = {_code_key(v) for v in (rule.ignore or ())}
+    unlisted: dict[str, int] = {}
+    for record in records:
+        stimulus = _stimulus_value(record, rule)
+        value = record[rule.role_column] if rule.role_column else NA
+        event_types.append(value if rule.role_column else ("stimulus" if stimulus != NA else NA))
+        if rule.auto_vocabulary:
+            # auto-detection: words of the event type first, then "no stimulus → ignore"
+            if value != NA and AUTO_IGNORE_PATTERN.search(value):
+                roles.append("ignore")
+            elif value != NA and AUTO_NUISANCE_PATTERN.match(value):
+                roles.append("nuisance")
+            elif stimulus == NA and (not rule.cue_text_column or record[rule.cue_text_column] == NA):
+                roles.append("ignore")
+            else:
+                roles.append("trial")  # an identity, or a text-only (pure imagination) target
+            continue
+        if not rule.role_column:
+            roles.append("ignore" if stimulus == NA else "trial")
+            continue
+        key = _code_key(value)
+        if value == NA:
+            roles.append("ignore")
+        elif key in trial:
+            roles.append("trial")
+        elif key in nuisance:
+            roles.append("nuisance")
+        else:
+            if rule.ignore is not None and key not in ignore:
+                unlisted[value] = unlisted.get(value, 0) + 1
+            roles.append("ignore")
+    if unlisted:
+        LOGGER.warning(
+            "%s: value(s) %s of %r are not listed as trial, nuisance or ignore; treated as ignore",
+            rule.origin,
+            ", ".join(f"{k!r} ({n}x)" for k, n in sorted(unlisted.items())),
+            rule.role_column,
+        )
+    return roles, event_types
+
+
+def _stimulus_value(record: Mapping[str, str], rule: TaskRule) -> str:
+    if not rule.stimulus_column:
+        return NA
+    for column in (rule.stimulus_column, *rule.stimulus_fallback_columns):
+        value = record[column]
+        if value == NA:
+            continue
+        # a stimulus named by a file path is the file's stem: func/f013.bmp → f013, stimuli/img-1.png → img-1
+        if column == rule.stim_file_column or column == "stim_file":
+            return _stem_of(value)
+        return value
+    return NA
+
+
+def _mark_oneback(records, order, roles, event_types, rule: TaskRule) -> None:
+    """Trials whose ``oneback_column`` equals the previous trial's become nuisance (one-back repeats)."""
+    previous = None
+    for i in order:
+        if roles[i] != "trial":
+            continue
+        value = records[i][rule.oneback_column]
+        if value != NA and value == previous:
+            roles[i] = "nuisance"
+            event_types[i] = rule.oneback_event_type
+        previous = value
+
+
+def _trial_fields(
+    record, stimulus, role, event_type, rule: TaskRule, task, session, source, stimuli_dir, stimuli_table
+) -> dict[str, Any]:
+    lenient = role == "ignore"  # ignore rows are informative only: never fail on them
+    info = stimuli_table.get(stimulus, {}) if stimulus != NA else {}
+
+    stim_file = NA
+    if rule.stim_file_column:
+        stim_file = record[rule.stim_file_column]
+    elif rule.stim_file_template and stimulus != NA:
+        try:
+            stim_file = rule.stim_file_template.format(stimulus=stimulus, **record)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise UsageError(f"{rule.origin}: stim_file_template cannot be filled: {exc}") from exc
+    elif info.get("stim_file", NA) != NA:
+        stim_file = info["stim_file"]
+    if stim_file != NA:
+        try:
+            found = resolve_stimulus_path(stimuli_dir, stim_file, source)
+            stim_file = relative_to_stimuli(stimuli_dir, found) if found else normalize_stim_file(stim_file, source)
+        except BadDataError:
+            if not lenient:
+                raise
+            stim_file = NA
+
+    category = record[rule.category_column] if rule.category_column else NA
+    if category == NA:
+        category = info.get("category", NA) or NA
+    if category == NA and rule.category_regex and stimulus != NA:
+        found_cat = re.search(rule.category_regex, stimulus)
+        if found_cat:
+            category = found_cat.group(1) if found_cat.groups() else found_cat.group(0)
+
+    cue_text = record[rule.cue_text_column] if rule.cue_text_column else NA
+    if cue_text == NA:
+        cue_text = info.get("cue_text", NA) or NA
+
+    condition = _condition_of(rule, task, session, event_type)
+    cue = _cue_of(rule, record, condition, cue_text, source, lenient)
+    return {
+        "task": task,
+        "session": session,
+        "role": role,
+        "event_type": event_type,
+        "condition": condition,
+        "cue": cue,
+        "stimulus": stimulus,
+        "category": category,
+        "stim_file": stim_file,
+        "cue_text": cue_text,
+    }
+
+
+def _condition_of(rule: TaskRule, task: str, session: str, event_type: str) -> str:
+    key = _code_key(event_type)
+    for condition, values in rule.condition_values.items():
+        if key in {_code_key(v) for v in values}:
+            return condition
+    if rule.condition != "auto":
+        return rule.condition
+    labels = (task or "", session if session != NA else "", event_type if event_type != NA else "")
+    return "imagery" if any("imag" in text.lower() for text in labels) else "perception"
+
+
+def _cue_of(rule: TaskRule, record, condition: str, cue_text: str, source, lenient: bool) -> str:
+    if rule.cue != "auto":
+        return rule.cue
+    if rule.cue_column:
+        value = record[rule.cue_column]
+        if value == NA:
+            value = "none"
+        if value.lower() in CUES:
+            return value.lower()
+        if lenient:
+            return "none"
+        raise BadDataError(
+            f"{source}: column {rule.cue_column!r} has {value!r}; cue must be image, text or none",
+            path=source,
+            hint="fix the events file, or set cue = \"...\" / another cue_column in an --events-map",
+        )
+    if condition == "imagery" and cue_text != NA:
+        return "text"
+    return "none"
+
+
+def _as_trials_frame(rows: list[dict]) -> pd.DataFrame:
+    if not rows:
+        frame = pd.DataFrame({c: pd.Series(dtype=object) for c in TRIALS_COLUMNS})
+    else:
+        frame = pd.DataFrame.from_records(rows, columns=list(TRIALS_COLUMNS))
+    frame["onset"] = frame["onset"].astype(float)
+    frame["duration"] = frame["duration"].astype(float)
+    for column in TRIALS_COLUMNS[2:]:
+        frame[column] = frame[column].astype(object)
+    return frame
+
+
+def build_trials_table(
+    event_files: Sequence[tuple[str | os.PathLike, Mapping[str, Any]]],
+    events_map: EventsMap | None = None,
+    stimuli_dir: str | os.PathLike | None = None,
+    *,
+    include_ignore: bool = False,
+    profiles: Sequence[EventsProfile] | None = None,
+) -> pd.DataFrame:
+    """Trials table of several runs (one participant).
+
+    Parameters
+    ----------
+    event_files : list of (path, entities)
+        ``entities`` holds ``task`` (required), ``session``, ``run`` (``subject`` is not a column).
+    events_map, stimuli_dir, include_ignore, profiles
+        As in :func:`events_to_trials`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Rows of every run in the given order, columns :data:`TRIALS_COLUMNS`. ``attrs["runs"]`` lists one
+        dict per run: ``task session run source rule``.
+    """
+    stimuli_table = load_stimuli_table(stimuli_dir)
+    parts = []
+    runs = []
+    for path, entities in event_files:
+        task = entities.get("task") or _label_from_path(path, "task")
+        if not task:
+            raise BadDataError(f"No task label for {path}", path=path, hint="name the file ..._task-<label>_...")
+        part = events_to_trials(
+            path,
+            task=str(task),
+            session=None if entities.get("session") in (None, "") else str(entities["session"]),
+            run=entities.get("run"),
+            events_map=events_map,
+            source=path,
+            stimuli_dir=stimuli_dir,
+            profiles=profiles,
+            include_ignore=include_ignore,
+            stimuli_table=stimuli_table,
+        )
+        session = str(entities["session"]) if entities.get("session") not in (None, "") else (_label_from_path(path, "ses") or NA)
+        run = _label_from_path(path, "run") or (str(entities["run"]) if entities.get("run") not in (None, "") else NA)
+        runs.append({"task": str(task), "session": session, "run": run, "source": str(path), "rule": part.attrs["rule"]})
+        parts.append(part)
+    if parts:
+        table = pd.concat(parts, ignore_index=True)
+        table = _as_trials_frame(table.to_dict("records")) if len(table) else _as_trials_frame([])
+    else:
+        table = _as_trials_frame([])
+    table.attrs["runs"] = runs
+    return table
+
+
+def check_events_within_run(
+    trials: pd.DataFrame, n_volumes: int, tr: float, path: str | os.PathLike | None = None
+) -> pd.DataFrame:
+    """Drop events that start after the end of the run (``n_volumes * tr`` seconds), with a warning.
+
+    Parameters
+    ----------
+    trials : DataFrame
+        Rows of one run (columns :data:`TRIALS_COLUMNS`).
+    n_volumes : int
+        Number of volumes of the BOLD series.
+    tr : float
+        Repetition time in seconds.
+    path : path, optional
+        The events (or BOLD) file named in the warning.
+
+    Returns
+    -------
+    DataFrame
+        ``trials`` without the rows whose onset is at or after the end; index reset. Events that start
+        inside the run but end after it are kept (their HRF is truncated) and reported.
+    """
+    if n_volumes <= 0 or not (tr > 0):
+        raise BadDataError(f"Run of {path} has no volumes or no repetition time", path=path)
+    end = n_volumes * float(tr)
+    late = trials["onset"] >= end
+    if late.any():
+        counts = trials.loc[late, "role"].value_counts().to_dict()
+        LOGGER.warning(
+            "%s: %d event(s) start after the end of the run (%.1f s = %d volumes x %g s) and are dropped: %s",
+            path,
+            int(late.sum()),
+            end,
+            n_volumes,
+            tr,
+            ", ".join(f"{n} {role}" for role, n in sorted(counts.items())),
+        )
+    overrun = (~late) & (trials["onset"] + trials["duration"] > end) & (trials["role"] == "trial")
+    if overrun.any():
+        LOGGER.warning("%s: %d trial(s) end after the end of the run (%.1f s)", path, int(overrun.sum()), end)
+    kept = trials.loc[~late].reset_index(drop=True)
+    kept.attrs = dict(trials.attrs)
+    return kept
+
+
+def summarize_trials(trials: pd.DataFrame) -> str:
+    """Readable per-run summary for ``m2i --print-trials``.
+
+    One line per (task, session, run): counts by role, trials by condition and cue, nuisance by event
+    type, and the rule used when ``trials.attrs["runs"]`` is present; then totals.
+    """
+    if len(trials) == 0:
+        return "No events."
+    rules = {(r["task"], r["session"], r["run"]): r["rule"] for r in trials.attrs.get("runs", [])}
+    header = ["task", "session", "run", "trials", "nuisance", "ignore", "conditions", "cues", "nuisance types", "rule"]
+    lines = []
+    groups = trials.groupby(["task", "session", "run"], sort=False, dropna=False)
+    for (task, session, run), part in groups:
+        lines.append(_summary_row(part, [str(task), str(session), str(run)], rules.get((task, session, run), "")))
+    for key, rule in rules.items():  # runs without any kept row still deserve a line
+        if not ((trials["task"] == key[0]) & (trials["session"] == key[1]) & (trials["run"] == key[2])).any():
+            lines.append([*key, "0", "0", "0", "", "", "", rule])
+    widths = [max(len(header[k]), *(len(line[k]) for line in lines)) for k in range(len(header))]
+    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    out = [fmt(header), fmt(["-" * w for w in widths])]
+    out += [fmt(line) for line in lines]
+    trial_rows = trials[trials["role"] == "trial"]
+    by_cond = _counts(trial_rows["condition"])
+    by_cue = _counts(trial_rows["condition"] + "/" + trial_rows["cue"])
+    n_stim = trial_rows["stimulus"].nunique()
+    out.append("")
+    out.append(
+        f"total: {len(trial_rows)} trials ({by_cond or 'none'}; by cue {by_cue or 'none'}), "
+        f"{n_stim} distinct stimuli, {int((trials['role'] == 'nuisance').sum())} nuisance events, "
+        f"{len(groups)} run(s)"
+    )
+    return "\n".join(out)
+
+
+def _counts(values: pd.Series) -> str:
+    counts = values.value_counts(sort=False)
+    return ", ".join(f"{k} {int(v)}" for k, v in sorted(counts.items()))
+
+
+def _summary_row(part: pd.DataFrame, keys: list[str], rule: str) -> list[str]:
+    trial_rows = part[part["role"] == "trial"]
+    nuisance_rows = part[part["role"] == "nuisance"]
+    return [
+        *keys,
+        str(len(trial_rows)),
+        str(len(nuisance_rows)),
+        str(int((part["role"] == "ignore").sum())),
+        _counts(trial_rows["condition"]),
+        _counts(trial_rows["cue"]),
+        _counts(nuisance_rows["event_type"]),
+        rule,
+    ]
+
+
+__all__ = [
+    "TRIALS_COLUMNS",
+    "TaskRule",
+    "EventsMap",
+    "EventsProfile",
+    "read_events",
+    "load_events_map",
+    "load_profile",
+    "builtin_profiles",
+    "auto_rule",
+    "select_rule",
+    "events_to_trials",
+    "build_trials_table",
+    "check_events_within_run",
+    "summarize_trials",
+    "resolve_stimulus_path",
+]

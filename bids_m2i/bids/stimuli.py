@@ -1,0 +1,168 @@
+"""Stimulus files and the optional ``stimuli/stimuli.tsv`` table of a BIDS dataset.
+
+BIDS says ``stim_file`` is relative to ``BIDS_DIR/stimuli/``. Real datasets also write ``stimuli/x.png``
+(the folder repeated), ``func/x.bmp`` (ds000117) or a bare name (ds001499), so a file is looked up as
+given, then without a leading ``stimuli/``, then by its bare name. A path that climbs out of ``stimuli/``
+(``../``, absolute) is refused: events files come from other people and must not make us read (and later
+copy into the report) arbitrary files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+from pathlib import Path, PurePosixPath
+
+from ..errors import BadDataError
+
+LOGGER = logging.getLogger("m2i.bids")
+
+NA = "n/a"
+
+
+def normalize_stim_file(stim_file: str, events_path: str | os.PathLike | None = None) -> str:
+    """Return ``stim_file`` as a clean path relative to ``stimuli/`` (or ``n/a``).
+
+    Backslashes become slashes, ``./`` and a leading ``stimuli/`` are removed. Raises
+    :class:`BadDataError` when the path is absolute or climbs out of ``stimuli/``.
+
+    >>> normalize_stim_file("stimuli/img-0001.png")
+    'img-0001.png'
+    >>> normalize_stim_file("func/f013.bmp")
+    'func/f013.bmp'
+    """
+    if stim_file is None or stim_file == NA or str(stim_file).strip() == "":
+        return NA
+    text = str(stim_file).strip().replace("\\", "/")
+    if text.startswith("/") or (len(text) > 1 and text[1] == ":"):
+        raise _outside_error(stim_file, events_path)
+    clean = posixpath.normpath(text)
+    if clean == ".." or clean.startswith("../"):
+        raise _outside_error(stim_file, events_path)
+    if clean.startswith("stimuli/"):
+        clean = clean[len("stimuli/"):]
+    if clean in ("", ".", "stimuli"):
+        raise BadDataError(
+            f"stim_file {stim_file!r} names a folder, not a file",
+            path=events_path,
+            hint="give the image file relative to BIDS_DIR/stimuli/ (e.g. img-0001.png)",
+        )
+    return clean
+
+
+def _outside_error(stim_file, events_path) -> BadDataError:
+    return BadDataError(
+        f"stim_file {stim_file!r} points outside BIDS_DIR/stimuli/",
+        path=events_path,
+        hint="stim_file must be relative to BIDS_DIR/stimuli/ (BIDS); move the images there and fix the "
+        "events file",
+    )
+
+
+def stimulus_candidates(stimuli_dir: str | os.PathLike, stim_file: str, events_path=None) -> list[Path]:
+    """Paths tried for ``stim_file``, in order: as given, without ``stimuli/``, bare name."""
+    if stim_file is None or stim_file == NA:
+        return []
+    base = Path(stimuli_dir)
+    raw = str(stim_file).strip().replace("\\", "/")
+    clean = normalize_stim_file(raw, events_path)  # raises when it escapes stimuli/
+    relatives: list[str] = []
+    as_given = posixpath.normpath(raw)
+    for rel in (as_given, clean, PurePosixPath(clean).name):
+        if rel not in relatives:
+            relatives.append(rel)
+    return [base.joinpath(*rel.split("/")) for rel in relatives]
+
+
+def resolve_stimulus_path(
+    stimuli_dir: str | os.PathLike | None, stim_file: str, events_path: str | os.PathLike | None = None
+) -> Path | None:
+    """Find the image file of ``stim_file`` under ``stimuli_dir``.
+
+    Parameters
+    ----------
+    stimuli_dir : path or None
+        ``BIDS_DIR/stimuli``. ``None`` only checks the path (no lookup).
+    stim_file : str
+        Value of the events file (relative to ``stimuli/`` by BIDS; ``n/a`` for none).
+    events_path : path, optional
+        The events file, named in error messages.
+
+    Returns
+    -------
+    Path or None
+        The first existing candidate (as given, without a leading ``stimuli/``, bare name), or ``None``
+        when ``stim_file`` is ``n/a`` or no candidate exists.
+
+    Raises
+    ------
+    BadDataError
+        When ``stim_file`` is absolute or climbs out of ``stimuli/`` (checked on the text, whether or not
+        the file exists). Symbolic links inside ``stimuli/`` are followed on purpose: DataLad / git-annex
+        datasets store every image as a link into ``.git/annex``.
+    """
+    if stim_file is None or stim_file == NA:
+        return None
+    if stimuli_dir is None:
+        normalize_stim_file(stim_file, events_path)
+        return None
+    for candidate in stimulus_candidates(stimuli_dir, stim_file, events_path):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def relative_to_stimuli(stimuli_dir: str | os.PathLike, path: Path) -> str:
+    """``path`` relative to ``stimuli_dir`` with forward slashes (the trials table's ``stim_file``)."""
+    rel = os.path.relpath(os.path.abspath(path), os.path.abspath(stimuli_dir))
+    return rel.replace(os.sep, "/")
+
+
+def load_stimuli_table(stimuli_dir: str | os.PathLike | None) -> dict[str, dict[str, str]]:
+    """Read ``stimuli/stimuli.tsv`` (columns ``stimulus`` and any of ``category``, ``cue_text``, ...).
+
+    Returns a mapping ``stimulus -> {column: value}`` (strings; empty when the file is absent). Used to
+    fill ``category`` (and ``cue_text``) when imagery targets are categories named in the events only.
+    """
+    if stimuli_dir is None:
+        return {}
+    path = Path(stimuli_dir) / "stimuli.tsv"
+    if not path.is_file():
+        return {}
+    from .events import read_events  # late import: events imports this module
+
+    table = read_events(path)
+    if "stimulus" not in table.columns:
+        raise BadDataError(
+            "stimuli.tsv has no 'stimulus' column",
+            path=path,
+            hint="add a header row with 'stimulus' and 'category' (tab separated)",
+        )
+    out: dict[str, dict[str, str]] = {}
+    for record in table.to_dict("records"):
+        key = record["stimulus"]
+        if key == NA:
+            continue
+        if key in out and out[key] != record:
+            LOGGER.warning("stimuli.tsv lists %r twice with different values; the first row is used [%s]", key, path)
+            continue
+        out.setdefault(key, {k: v for k, v in record.items() if k != "stimulus"})
+    return out
+
+
+def missing_stimulus_files(trials, stimuli_dir: str | os.PathLike, roles=("trial",)) -> list[str]:
+    """``stim_file`` values of the trials table that have no image under ``stimuli_dir`` (in table order).
+
+    Stages that need pixels call this and stop with :class:`~bids_m2i.errors.InputMissingError` naming
+    the first one (or skip with a warning when asked to).
+    """
+    missing: list[str] = []
+    seen: set[str] = set()
+    for role, stim_file in zip(trials["role"], trials["stim_file"]):
+        if role not in roles or stim_file == NA or stim_file in seen:
+            continue
+        seen.add(stim_file)
+        if resolve_stimulus_path(stimuli_dir, stim_file) is None:
+            missing.append(stim_file)
+    return missing
