@@ -41,7 +41,7 @@ def minimal_bids(tmp_path):
 def tiny_dataset(tmp_path_factory):
     """The simulator's tiny preset (seconds to make), shared by the tests of a session. Read-only by
     convention: tests that modify a dataset copy it first."""
-    from bids_m2i.simulate import simulate_dataset
+    from bids_m2i.simulate.dataset import simulate_dataset
 
     return simulate_dataset(tmp_path_factory.mktemp("sim") / "tiny", preset="tiny", seed=0)
 

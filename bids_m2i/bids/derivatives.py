@@ -24,18 +24,19 @@ BIDS_VERSION = "1.10.0"
 # any output folder: a test runs it.
 BIDSIGNORE = """\
 # written by m2i: files and folders outside the BIDS specification
-logs/
-group/
+# (folders without a trailing slash: the validator matches them so)
+logs
+group
 *.html
-sub-*/figures/
-sub-*/decoding/
-sub-*/images/
+sub-*/figures
+sub-*/decoding
+sub-*/images
+sub-*/func/*_desc-brain_mask.*
 *_statseries.*
 *_statmap.*
 *_boldref.*
 *_timeseries.*
 *_xfm.*
-*_motion.*
 *desc-*_events.*
 """
 

@@ -33,7 +33,7 @@ class EstimateHeadMotion(M2IInterface):
     output_spec = _EstimateHeadMotionOutputSpec
 
     def _run(self, runtime):
-        from ..preproc.confounds import detect_nonsteady_volumes
+        from ..preproc.nonsteady import detect_nonsteady_volumes
         from ..preproc.motion import estimate_motion
         from ..utils.atomic import save_npy, write_json
 
@@ -160,14 +160,14 @@ class ResampleRun(M2IInterface):
                                          "Volumes": info.get("nonsteady_volumes", [])}
         self._results["out_confounds_meta"] = str(write_json(cwd / "confounds.json", meta))
         fd = confounds["framewise_displacement"].to_numpy(dtype=float)
+        traces = {"FD": fd, "std DVARS": confounds["std_dvars"].to_numpy(dtype=float)}
         figs = {
-            "motion": figures.plot_motion_parameters(params, cwd / "motion.svg", tr=self.inputs.tr),
+            "motion": figures.plot_motion_traces(params, cwd / "motion.svg", tr=self.inputs.tr),
             "fd": figures.plot_framewise_displacement(fd, cwd / "fd.svg", threshold=self.inputs.fd_threshold,
                                                       tr=self.inputs.tr),
-            "carpet": figures.plot_carpet(resampled, mask, cwd / "carpet.svg", tr=self.inputs.tr,
-                                          confounds=confounds),
-            "beforeafter": figures.plot_before_after(data, resampled, cwd / "beforeafter.svg",
-                                                     raw_affine=affine, mask=mask),
+            "carpet": figures.plot_carpet(resampled, mask, cwd / "carpet.svg", tr=self.inputs.tr, confounds=traces),
+            "beforeafter": figures.plot_std_before_after(figures.temporal_std(data), figures.temporal_std(resampled),
+                                                         cwd / "beforeafter.svg"),
         }
         self._results["out_figures"] = {k: str(v) for k, v in figs.items()}
         fd_valid = fd[np.isfinite(fd)]

@@ -82,7 +82,6 @@ def init_single_subject_wf(config: Config, subject_inputs, work_dir: Path):
 
     report_wf = init_report_wf(config, subject_inputs, output_dir, preproc_wf=preproc_wf,
                                glm_wfs=[w for _, _, w in glm_wfs], decoding_wf=decoding_wf, parent=workflow)
-    workflow.add_nodes([report_wf])
     return workflow
 
 

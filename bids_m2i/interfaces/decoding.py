@@ -1,0 +1,160 @@
+"""nipype glue for decoding: read the statseries, call :func:`bids_m2i.decoding.reconstruct
+.reconstruct_participant`, write models, predictions, images and metrics into the derivatives."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from nipype.interfaces.base import BaseInterfaceInputSpec, File, InputMultiObject, TraitedSpec, traits
+
+from .base import M2IInterface
+
+NA = "n/a"
+
+
+def load_betas(statseries: list[str], events: list[str], mask: np.ndarray):
+    """Stack the in-mask betas of several statseries; their events tables become one trials table."""
+    import nibabel as nib
+
+    blocks, tables = [], []
+    for series_path, events_path in zip(statseries, events):
+        data = np.asarray(nib.load(series_path).dataobj, dtype=np.float32)
+        if data.ndim == 3:
+            data = data[..., None]
+        table = pd.read_csv(events_path, sep="\t", dtype=str, keep_default_na=False)
+        if len(table) != data.shape[3]:
+            from ..errors import BadDataError
+
+            raise BadDataError(f"{Path(events_path).name} has {len(table)} rows for {data.shape[3]} volumes",
+                               path=events_path)
+        table["source"] = Path(series_path).name
+        blocks.append(data[mask].T)
+        tables.append(table)
+    return np.concatenate(blocks, axis=0), pd.concat(tables, ignore_index=True)
+
+
+class _ReconstructInputSpec(BaseInterfaceInputSpec):
+    statseries = InputMultiObject(File(exists=True), mandatory=True)
+    events = InputMultiObject(File(exists=True), mandatory=True)
+    statseries_names = traits.List(traits.Str(), desc="derivative names of the statseries (for the tables)")
+    mask = File(exists=True, mandatory=True)
+    roi_mask = File(exists=True, desc="voxel-selection mask on the participant grid")
+    subject = traits.Str(mandatory=True)
+    output_dir = traits.Str(mandatory=True)
+    stimuli_dir = traits.Str(mandatory=True)
+    work_dir = traits.Str(mandatory=True)
+    targets = traits.List(traits.Str(), mandatory=True)
+    decoder = traits.Str("ridge", usedefault=True)
+    generator = traits.Str("pixels", usedefault=True)
+    average_repeats = traits.Bool(True, usedefault=True)
+    top_k = traits.Int(0, usedefault=True)
+    finetune_imagery = traits.Bool(False, usedefault=True)
+    models_dir = traits.Str("", usedefault=True)
+    seed = traits.Int(0, usedefault=True)
+    device = traits.Str("cpu", usedefault=True)
+    n_threads = traits.Int(1, usedefault=True)
+
+
+class _ReconstructOutputSpec(TraitedSpec):
+    derivatives = traits.List(File(), desc="every file written into the derivatives")
+    metrics = File(desc="the metrics table")
+
+
+class ReconstructImages(M2IInterface):
+    input_spec = _ReconstructInputSpec
+    output_spec = _ReconstructOutputSpec
+
+    def _run(self, runtime):
+        import nibabel as nib
+
+        from ..bids.derivatives import derivative_path
+        from ..decoding.reconstruct import DecodingOptions, reconstruct_participant
+        from ..utils.atomic import save_npy, save_png, write_json, write_tsv
+
+        inputs = self.inputs
+        mask = np.asarray(nib.load(inputs.mask).dataobj) > 0
+        if inputs.roi_mask:
+            roi = nib.load(inputs.roi_mask)
+            if roi.shape[:3] != mask.shape:
+                from ..errors import BadDataError
+
+                raise BadDataError(f"--roi-mask {inputs.roi_mask} is not on the participant grid "
+                                   f"({roi.shape[:3]} vs {mask.shape})", path=inputs.roi_mask,
+                                   hint="resample the ROI onto the participant grid (sub-XX_desc-brain_mask.nii.gz)")
+            mask &= np.asarray(roi.dataobj) > 0
+        betas, trials = load_betas(list(inputs.statseries), list(inputs.events), mask)
+        if inputs.statseries_names:
+            names = dict(zip([Path(p).name for p in inputs.statseries], inputs.statseries_names))
+            trials["source"] = trials["source"].map(lambda n: names.get(n, n))
+        options = DecodingOptions(
+            targets=tuple(inputs.targets), decoder=inputs.decoder, generator=inputs.generator,
+            average_repeats=inputs.average_repeats, top_k=inputs.top_k or None,
+            finetune_imagery=inputs.finetune_imagery, models_dir=Path(inputs.models_dir) if inputs.models_dir else None,
+            seed=inputs.seed, device=inputs.device, n_threads=inputs.n_threads, work_dir=Path(inputs.work_dir),
+        )
+        result = reconstruct_participant(betas, trials, Path(inputs.stimuli_dir), options)
+
+        out, subject, written = Path(inputs.output_dir), inputs.subject, []
+
+        def path(**kw):
+            return derivative_path(out, subject=subject, **kw)
+
+        for space, decoder in result.decoders.items():
+            model_path = path(datatype="decoding", desc=f"{space}{inputs.decoder}", suffix="model",
+                              extension=".safetensors")
+            decoder.save(model_path)
+            if space == "pixels" and result.pixel_basis is not None:
+                from safetensors.numpy import save_file
+
+                from ..utils.atomic import atomic_path
+
+                with atomic_path(model_path) as tmp:  # the PCA basis travels with the pixel decoder
+                    from safetensors.numpy import load_file
+
+                    arrays = dict(load_file(str(model_path)))
+                    arrays.update(result.pixel_basis.to_arrays())
+                    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))
+            sidecar = model_path.with_suffix(".json")
+            meta = json.loads(sidecar.read_text())
+            meta.update({"Target": space, "Split": result.split_summary, "Sources": list(inputs.statseries_names or
+                                                                                          inputs.statseries)})
+            write_json(sidecar, meta)
+            written += [str(model_path), str(sidecar)]
+
+        table = result.predictions.copy()
+        image_names = []
+        for row, (image, meta) in enumerate(zip(result.images, result.image_metadata)):
+            image_path = path(datatype="images", trial=f"{row:04d}", desc="recon", suffix="image", extension=".png")
+            save_png(image_path, image)
+            item = table.iloc[row]
+            sidecar = {**meta, "SourceVolumes": item["trial_index"], "Statseries": item["source"],
+                       "Stimulus": item["stimulus"], "Condition": item["condition"], "Cue": item["cue"],
+                       "Target": item["stim_file"] if item["cue"] != "text" else item["cue_text"],
+                       "PredictionsRow": row}
+            write_json(image_path.with_suffix(".json"), sidecar)
+            image_names.append(image_path.relative_to(out).as_posix())
+            written += [str(image_path), str(image_path.with_suffix(".json"))]
+        table["image"] = image_names
+        columns = ["trial_index", "source", "condition", "cue", "stimulus", "category", "stim_file", "cue_text",
+                   "n_repeats", "image", "top1", "top5"]
+        table_path = path(datatype="decoding", desc="predictions", suffix="table", extension=".tsv")
+        write_tsv(table_path, table[columns])
+        features_path = path(datatype="decoding", desc="predictions", suffix="features", extension=".npy")
+        save_npy(features_path, result.features)
+        write_json(features_path.with_suffix(".json"), {
+            "FeatureSpace": result.feature_space, "Rows": "rows of the predictions table",
+            "Description": "decoded features rescaled to the training features' mean and sd"})
+        retrieval_path = path(datatype="decoding", desc="retrieval", suffix="table", extension=".tsv")
+        write_tsv(retrieval_path, result.retrieval if not result.retrieval.empty else pd.DataFrame(
+            columns=["row", "condition", "cue", "stimulus"]))
+        metrics_path = path(datatype="decoding", desc="metrics", suffix="table", extension=".tsv")
+        from ..evaluation.table import write_metrics_table
+
+        write_metrics_table(result.metrics, metrics_path)
+        written += [str(table_path), str(features_path), str(features_path.with_suffix(".json")),
+                    str(retrieval_path), str(metrics_path)]
+        self._results["derivatives"] = written
+        self._results["metrics"] = str(metrics_path)

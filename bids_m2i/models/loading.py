@@ -1,0 +1,249 @@
+"""Load models from the models folder without executing anything from it and without the network.
+
+Rules enforced here (DESIGN.md "Models folder"):
+
+- every component is checked against ``manifest.json`` first (sizes and tensor shapes always, sha256 on
+  request), so a pickle, a ``.py`` file, a truncated or swapped file stops the run with exit 65/66;
+- weights are read with safetensors only (diffusers ``use_safetensors=True``); the pipeline's
+  ``model_index.json`` may name only reviewed diffusers/transformers classes (no custom code, no
+  ``trust_remote_code``);
+- Hugging Face libraries run offline (``HF_HUB_OFFLINE=1``, ``local_files_only=True``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+from ..errors import BadDataError, InputMissingError, UsageError
+from .store import EVAL_NETWORKS, check_models, read_manifest
+
+log = logging.getLogger("m2i.models")
+
+
+def enforce_offline() -> None:
+    """Make Hugging Face libraries refuse any download for the rest of this process.
+
+    ``huggingface_hub`` reads ``HF_HUB_OFFLINE`` when it is imported, so the module constant is set too
+    when the library is already loaded.
+    """
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    import sys
+
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:
+        constants.HF_HUB_OFFLINE = True
+
+
+def resolve_device(device: str | None = "auto"):
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU -> UsageError (exit 64)."""
+    import torch
+
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but no CUDA GPU is visible", hint="use --device auto or cpu")
+    return torch.device(device)
+
+
+def default_dtype(device):
+    """fp16 on GPU (as SD is run in practice), fp32 on CPU (fp16 convolutions are slow or missing there)."""
+    import torch
+
+    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def load_unclip_pipeline(models_dir: str | os.PathLike, device="auto", dtype=None, *, verify_hashes: bool = False):
+    """Load ``MODELS/unclip`` as a ``StableUnCLIPImg2ImgPipeline`` (local files, safetensors only).
+
+    Parameters
+    ----------
+    models_dir
+        The models folder.
+    device
+        ``auto``/``cpu``/``cuda``.
+    dtype
+        torch dtype; default fp16 on CUDA, fp32 on CPU.
+    verify_hashes
+        Also compare sha256 of every file with the manifest (slow for real weights).
+
+    Returns
+    -------
+    (pipeline, info)
+        ``info`` holds ``tiny`` (bool), ``image_embed_dim`` (int, read from the pipeline config), ``source``.
+    """
+    models_dir = Path(models_dir)
+    check_models(models_dir, components=["unclip"], verify_hashes=verify_hashes)
+    manifest = read_manifest(models_dir)
+    enforce_offline()
+    from diffusers import StableUnCLIPImg2ImgPipeline
+
+    device = resolve_device(device)
+    dtype = dtype or default_dtype(device)
+    try:
+        with quiet_hf_loading():
+            pipeline = StableUnCLIPImg2ImgPipeline.from_pretrained(
+                models_dir / "unclip", local_files_only=True, use_safetensors=True, **_dtype_kwarg(dtype)
+            )
+    except (OSError, ValueError, EnvironmentError) as exc:
+        raise BadDataError(
+            f"Cannot load the unCLIP pipeline from {models_dir / 'unclip'}: {exc}",
+            path=models_dir / "unclip",
+            hint="recreate it with `m2i-models prepare DIR` (or `m2i-models make-tiny DIR` for smoke tests)",
+        ) from exc
+    pipeline = pipeline.to(device)
+    pipeline.set_progress_bar_config(disable=True)
+    info = {
+        "tiny": bool(manifest["tiny"]),
+        "image_embed_dim": image_embed_dim(pipeline),
+        "source": manifest["components"]["unclip"].get("source", "n/a"),
+        "dtype": str(dtype).replace("torch.", ""),
+        "device": str(device),
+    }
+    return pipeline, info
+
+
+def _dtype_kwarg(dtype) -> dict:
+    """diffusers renamed ``torch_dtype`` to ``dtype`` (0.36); pass whichever this version understands."""
+    try:
+        from diffusers.utils import deprecation_utils
+
+        renamed = hasattr(deprecation_utils, "_resolve_dtype")
+    except ImportError:
+        renamed = False
+    return {"dtype": dtype} if renamed else {"torch_dtype": dtype}
+
+
+@contextlib.contextmanager
+def quiet_hf_loading():
+    """No progress bars or advice (``pip install accelerate``) on the terminal while loading."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    levels = (diffusers_logging.get_verbosity(), transformers_logging.get_verbosity())
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(levels[0])
+        transformers_logging.set_verbosity(levels[1])
+
+
+def image_embed_dim(pipeline) -> int:
+    """Size of the image embedding an unCLIP pipeline is conditioned on (1024 for SD 2.1 unCLIP-H)."""
+    return int(pipeline.image_normalizer.config.embedding_dim)
+
+
+def open_clip_component(models_dir: str | os.PathLike, role: str = "clip_features") -> str:
+    """Component name (``open_clip/<arch>``) that plays ``role`` (``clip_features`` or ``clip_metric``)."""
+    manifest = read_manifest(models_dir)
+    name = manifest.get("roles", {}).get(role)
+    if not name or name not in manifest["components"]:
+        raise InputMissingError(
+            f"The models folder {models_dir} has no open_clip model for {role}",
+            path=Path(models_dir) / "manifest.json",
+            hint="run `m2i-models prepare DIR` (adds open_clip/ViT-H-14 and open_clip/ViT-L-14)",
+        )
+    return name
+
+
+def load_open_clip(models_dir: str | os.PathLike, role: str = "clip_features", device="auto", *, verify_hashes=False):
+    """Load an open_clip model from ``MODELS/open_clip/<arch>`` (config JSON + safetensors).
+
+    Returns
+    -------
+    (model, preprocess, info)
+        ``model`` in eval mode on ``device`` (fp32), open_clip's validation ``preprocess`` transform, and
+        ``info`` with ``component``, ``arch``, ``embed_dim``, ``tiny``.
+    """
+    import open_clip
+
+    models_dir = Path(models_dir)
+    name = open_clip_component(models_dir, role)
+    check_models(models_dir, components=[name], verify_hashes=verify_hashes)
+    manifest = read_manifest(models_dir)
+    folder = models_dir / manifest["components"][name]["path"]
+    if not (folder / "open_clip_model.safetensors").is_file():
+        raise InputMissingError(
+            f"No open_clip_model.safetensors in {folder}", path=folder, hint="rerun `m2i-models prepare DIR`"
+        )
+    enforce_offline()
+    device = resolve_device(device)
+    # open_clip's local-dir schema reads open_clip_config.json and prefers the .safetensors file;
+    # check_models has refused any pickle in the folder, so nothing else can be picked up
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}", device=device)
+    model.eval()
+    info = {
+        "component": name,
+        "arch": manifest["components"][name].get("arch", folder.name),
+        "embed_dim": int(manifest["components"][name].get("embed_dim", 0)) or None,
+        "tiny": bool(manifest["tiny"]),
+    }
+    return model, preprocess, info
+
+
+def load_eval_network(models_dir: str | os.PathLike, name: str, device="auto", *, verify_hashes=False):
+    """Load one evaluation network (``alexnet``, ``inception_v3``, ``efficientnet_b1``, ``swav``).
+
+    The file ``eval/<name>.safetensors`` is the full state dict of the torchvision class (``swav``:
+    ResNet-50 with ``fc = Identity``); floating tensors may be stored in float16 and are cast to float32.
+
+    Returns
+    -------
+    torch.nn.Module in eval mode on ``device``, fp32.
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    from .tiny import build_eval_network
+
+    if name not in EVAL_NETWORKS:
+        raise UsageError(f"Unknown evaluation network {name!r}", hint=f"one of {', '.join(EVAL_NETWORKS)}")
+    models_dir = Path(models_dir)
+    component = f"eval/{name}"
+    check_models(models_dir, components=[component], verify_hashes=verify_hashes)
+    manifest = read_manifest(models_dir)
+    path = models_dir / manifest["components"][component]["path"]
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in load_file(str(path)).items()}
+    network = build_eval_network(name)
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise BadDataError(
+            f"{path} does not hold torchvision {name} weights: {str(exc).splitlines()[0]}",
+            path=path,
+            hint="recreate it with `m2i-models prepare DIR`",
+        ) from exc
+    return network.to(resolve_device(device)).eval().requires_grad_(False)
+
+
+def load_weights_file(path: str | os.PathLike) -> dict:
+    """Read a tensor file safely: safetensors, or ``torch.load(weights_only=True)`` for ``.pt``/``.pth``.
+
+    For files outside the models folder (e.g. a decoder checkpoint a user supplies); the models folder
+    itself holds safetensors only.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputMissingError(f"Weights file not found: {path}", path=path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # weights_only refuses arbitrary objects with an UnpicklingError
+        raise BadDataError(
+            f"{path} is not a plain tensor file (refused to unpickle objects): {exc}",
+            path=path,
+            hint="convert it to safetensors",
+        ) from exc
