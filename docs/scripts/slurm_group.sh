@@ -1,0 +1,23 @@
+#!/bin/bash
+# m2i group level on SLURM, m2i installed on the cluster; runs after every participant task succeeded:
+#   sbatch --dependency=afterok:<participant array job id> slurm_group.sh [more m2i options]
+#SBATCH --job-name=m2i-group
+#SBATCH --cpus-per-task=4
+#SBATCH --mem=16G
+#SBATCH --time=04:00:00
+#SBATCH --output=m2i-group-%j.log
+set -euo pipefail
+
+# Site settings: override them in the environment when submitting (sbatch passes it on).
+BIDS_DIR=${BIDS_DIR:-/path/to/bids}
+OUT_DIR=${OUT_DIR:-/path/to/derivatives/m2i}
+WORK_ROOT=${WORK_ROOT:-/scratch/$USER/m2i_work}
+
+# The job's memory in MB (--mem or --mem-per-cpu); 10 % stays free for the m2i process itself.
+job_mem_mb=${SLURM_MEM_PER_NODE:-$(( ${SLURM_MEM_PER_CPU:-4096} * SLURM_CPUS_PER_TASK ))}
+mem_gb=$(( job_mem_mb * 9 / 10 / 1024 ))
+WORK_DIR=$WORK_ROOT/group
+mkdir -p "$WORK_DIR"
+
+m2i "$BIDS_DIR" "$OUT_DIR" group -w "$WORK_DIR" \
+    --nprocs "$SLURM_CPUS_PER_TASK" --mem-gb "$mem_gb" "$@"
