@@ -207,3 +207,22 @@ def test_print_trials(minimal_bids, tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "sub-01" in out and "trial" in out and "6" in out
+
+
+def test_failure_inside_a_node_keeps_its_exit_code_and_crash_file(minimal_bids, tmp_path, capsys):
+    """An all-zero BOLD passes the header checks and fails inside the motion-correction node: the user sees
+    that node's message and exit code (65), nipype's crash file lands in OUTPUT_DIR/logs."""
+    import nibabel as nib
+    import numpy as np
+
+    bold = next(minimal_bids.rglob("*_bold.nii.gz"))
+    img = nib.load(bold)
+    zeros = nib.Nifti1Image(np.zeros(img.shape, dtype=np.float32), img.affine, img.header)
+    nib.save(zeros, bold)
+    out = tmp_path / "out"
+    code = run_cli([str(minimal_bids), str(out), "participant", "--skip-bids-validation", "-w", str(tmp_path / "w"),
+                    "--stop-after", "preproc", "--nprocs", "1"])
+    assert code == 65
+    err = capsys.readouterr().err
+    assert "all zeros" in err and bold.name in err and "Traceback" not in err
+    assert list((out / "logs").glob("crash-*"))

@@ -118,6 +118,8 @@ def run_participant_workflows(config: Config, inputs: dict, work_dir: Path) -> N
     nipype_config.set("execution", "crashfile_format", "txt")
     nipype_config.set("execution", "stop_on_first_crash", "true")
     nipype_config.set("execution", "remove_unnecessary_outputs", "false")
+    # the scheduler sleeps this long between polls (nipype's default, 2 s, dominates small runs)
+    nipype_config.set("execution", "poll_sleep_duration", "0.1")
     nipype_config.set("monitoring", "enabled", "false")
     nipype_config.set("logging", "log_to_file", "false")
 
@@ -127,6 +129,7 @@ def run_participant_workflows(config: Config, inputs: dict, work_dir: Path) -> N
         "crashfile_format": "txt",
         "stop_on_first_crash": True,
         "remove_unnecessary_outputs": False,
+        "poll_sleep_duration": 0.1,
     })
     plugin, args = plugin_settings(config)
     LOGGER.info("Running %d participant workflow(s) with nipype %s (%s)", len(inputs), plugin,

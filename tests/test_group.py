@@ -1,0 +1,71 @@
+"""The group level: one, several, and one-missing participants."""
+
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+import pytest
+
+from bids_m2i.cli.run import run_cli
+
+
+def _fake_participants(tiny_full_run, tmp_path, labels):
+    """Copies of sub-01's finished derivatives under other labels (the group level only reads tables)."""
+    out = tmp_path / "out"
+    shutil.copytree(tiny_full_run["out"], out)
+    bids = tmp_path / "bids"
+    shutil.copytree(tiny_full_run["bids"], bids)
+    for label in labels:
+        if label == "01":
+            continue
+        shutil.copytree(bids / "sub-01", bids / f"sub-{label}")
+        source = out / "sub-01" / "decoding" / "sub-01_desc-metrics_table.tsv"
+        table = pd.read_csv(source, sep="\t", dtype=str, keep_default_na=False)
+        table["value"] = pd.to_numeric(table["value"], errors="coerce") + 0.01 * int(label)
+        target = out / f"sub-{label}" / "decoding" / f"sub-{label}_desc-metrics_table.tsv"
+        target.parent.mkdir(parents=True)
+        table.to_csv(target, sep="\t", index=False, na_rep="n/a")
+    return bids, out
+
+
+def test_group_one_participant(tiny_full_run, tmp_path):
+    bids, out = _fake_participants(tiny_full_run, tmp_path, ["01"])
+    assert run_cli([str(bids), str(out), "group", "-w", str(tmp_path / "work")]) == 0
+    table = pd.read_csv(out / "group" / "desc-metrics_table.tsv", sep="\t", dtype=str, keep_default_na=False)
+    summary = table[table["participant_id"] == "group"]
+    assert (summary["n"] == "1").all()
+    assert (summary["sd"] == "n/a").all()
+    assert (out / "group" / "group.html").exists()
+
+
+def test_group_several_participants(tiny_full_run, tmp_path):
+    bids, out = _fake_participants(tiny_full_run, tmp_path, ["01", "02", "03"])
+    assert run_cli([str(bids), str(out), "group", "-w", str(tmp_path / "work")]) == 0
+    table = pd.read_csv(out / "group" / "desc-metrics_table.tsv", sep="\t", dtype=str, keep_default_na=False)
+    assert set(table["participant_id"]) == {"group", "sub-01", "sub-02", "sub-03"}
+    row = table[(table["participant_id"] == "group") & (table["metric"] == "pixcorr") &
+                (table["condition"] == "perception")].iloc[0]
+    per = table[(table["participant_id"] != "group") & (table["metric"] == "pixcorr") &
+                (table["condition"] == "perception")]
+    values = pd.to_numeric(per["value"])
+    assert row["n"] == "3"
+    assert float(row["mean"]) == pytest.approx(values.mean())
+    assert float(row["sd"]) == pytest.approx(values.std(ddof=1))
+
+
+def test_group_one_missing(tiny_full_run, tmp_path, caplog):
+    bids, out = _fake_participants(tiny_full_run, tmp_path, ["01", "02"])
+    shutil.copytree(bids / "sub-01", bids / "sub-03")  # in the dataset, not finished
+    assert run_cli([str(bids), str(out), "group", "-w", str(tmp_path / "work")]) == 0
+    html = (out / "group" / "group.html").read_text()
+    assert "sub-03" in html and "Not finished" in html
+    table = pd.read_csv(out / "group" / "desc-metrics_table.tsv", sep="\t", dtype=str)
+    assert "sub-03" not in set(table["participant_id"])
+
+
+def test_group_without_any_participant_is_66(minimal_bids, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "dataset_description.json").write_text("{}")
+    assert run_cli([str(minimal_bids), str(out), "group"]) == 66

@@ -1,0 +1,91 @@
+"""The whole participant pipeline (preprocessing -> betas -> decoding -> report) on the tiny preset."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from bids_m2i.bids.validation import run_validator
+from bids_m2i.cli.run import run_cli
+
+DATA_SUFFIXES = (".nii.gz", ".tsv", ".npy", ".png", ".safetensors")
+
+
+def _digests(root):
+    return {p.relative_to(root): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name.endswith(DATA_SUFFIXES)}
+
+
+def test_full_run_outputs(tiny_full_run):
+    assert tiny_full_run["code"] == 0
+    out = tiny_full_run["out"]
+    func = out / "sub-01" / "func"
+    for task in ("perception", "imagery"):
+        series = nib.load(func / f"sub-01_task-{task}_stat-effect_desc-fithrfdenoiserr_statseries.nii.gz")
+        events = pd.read_csv(func / f"sub-01_task-{task}_desc-fithrfdenoiserr_events.tsv", sep="\t", dtype=str)
+        assert series.shape[3] == len(events) > 0  # row i describes volume i
+        assert list(events.columns) == ["trial_index", "onset", "duration", "run", "session", "condition", "cue",
+                                        "stimulus", "category", "stim_file", "cue_text", "fd_mean"]
+        for stat in ("ncsnr", "r2", "hrfindex", "pcs", "fracridge"):
+            assert (func / f"sub-01_task-{task}_stat-{stat}_desc-fithrfdenoiserr_statmap.nii.gz").exists()
+        meta = json.loads((func / f"sub-01_task-{task}_stat-effect_desc-fithrfdenoiserr_statseries.json").read_text())
+        assert "Sources" in meta
+    decoding = out / "sub-01" / "decoding"
+    table = pd.read_csv(decoding / "sub-01_desc-predictions_table.tsv", sep="\t", dtype=str)
+    features = np.load(decoding / "sub-01_desc-predictions_features.npy")
+    assert len(table) == features.shape[0] > 0
+    assert set(table["condition"]) == {"perception", "imagery"}
+    assert {"image", "top1", "top5", "trial_index"} <= set(table.columns)
+    for image in table["image"]:
+        assert (out / image).exists() and (out / image).with_suffix(".json").exists()
+    metrics = pd.read_csv(decoding / "sub-01_desc-metrics_table.tsv", sep="\t", dtype=str)
+    assert list(metrics.columns) == ["condition", "cue", "metric", "feature_space", "value", "chance", "p_value",
+                                     "n_items", "n_candidates", "note"]
+    assert {"pixcorr", "ssim", "twoway"} <= set(metrics["metric"])
+    assert (decoding / "sub-01_desc-pixelsridge_model.safetensors").exists()
+    assert (out / "sub-01.html").exists()
+    assert (out / "logs" / "CITATION.md").read_text().count("Prince") >= 1
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+
+
+def test_full_run_validates(tiny_full_run):
+    report = run_validator(tiny_full_run["out"])
+    assert report.n_errors == 0, report.summary()
+
+
+def test_full_rerun_reuses_and_is_identical(tiny_full_run):
+    out = tiny_full_run["out"]
+    before = _digests(out)
+    code = run_cli([str(tiny_full_run["bids"]), str(out), "participant", "-w", str(tiny_full_run["work"]),
+                    "--nprocs", "2", "--omp-nthreads", "1"])
+    assert code == 0
+    assert _digests(out) == before
+
+
+@pytest.mark.parametrize("targets", [["clip"], ["pixels", "clip"]], ids=["unclip", "unclip-lowlevel"])
+def test_tiny_models_clip_unclip(tiny_dataset, tiny_full_run, tmp_path, targets):
+    """The clip + unclip path runs from the command line with tiny random weights, and says so everywhere."""
+    from bids_m2i.models.tiny import make_tiny_models
+
+    models = tmp_path / "models"
+    make_tiny_models(models, seed=0, include_eval=False)
+    out = tmp_path / "out"
+    code = run_cli([str(tiny_dataset), str(out), "participant", "-w", str(tiny_full_run["work"]), "--nprocs", "2",
+                    "--target", *targets, "--generator", "unclip", "--models-dir", str(models),
+                    "--skip-bids-validation"])
+    assert code == 0
+    images = sorted((out / "sub-01" / "images").glob("*_image.json"))
+    assert images
+    for sidecar in images:
+        meta = json.loads(sidecar.read_text())
+        assert meta["ModelsTiny"] is True and "noise" in meta["Warning"]
+        assert meta["GeneratorStart"] == ("low-level reconstruction" if "pixels" in targets else "noise")
+    metrics = pd.read_csv(out / "sub-01" / "decoding" / "sub-01_desc-metrics_table.tsv", sep="\t", dtype=str)
+    assert metrics["note"].str.contains("tiny").all()
+    assert "tiny random-weight" in (out / "sub-01.html").read_text()
+    assert (out / "sub-01" / "decoding" / "sub-01_desc-clipridge_model.safetensors").exists()
