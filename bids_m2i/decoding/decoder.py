@@ -1,0 +1,214 @@
+"""A small estimator tying voxel selection, z-scoring and the betas -> features regression together.
+
+    decoder = BrainDecoder(method="ridge").fit(betas[split.train], Y[split.train], labels=stim[split.train])
+    pred = decoder.predict(betas_test)                       # (n, d) in feature units
+    pred = rescale_to_training(pred, decoder.feature_mean, decoder.feature_sd)   # before generation
+
+Ridge alphas are chosen by leave-one-*stimulus*-out cross-validation when training stimuli repeat (the
+other repeats of a held-out image would otherwise leak into its own validation fit), else leave-one-out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BadDataError, InputMissingError, UsageError
+from ..utils.atomic import atomic_path, write_json
+from .mlp import MLPConfig, MLPRegressor
+from .ridge import DEFAULT_ALPHAS, fit_ridge_cv, ridge_predict
+from .voxels import VoxelScaler
+
+LOG = logging.getLogger("m2i.decoding")
+
+
+def rescale_to_training(predictions: np.ndarray, train_mean: np.ndarray, train_sd: np.ndarray) -> np.ndarray:
+    """Map predictions to the training features' per-dimension mean and sd (Ozcelik & VanRullen 2023).
+
+    Ridge shrinks predictions toward the mean; generators expect inputs at the scale of real features.
+    Each dimension is standardised across the predicted items, then given the training mean and sd.
+    With fewer than 2 items (or a constant dimension) that dimension is only shifted.
+    """
+    pred = np.asarray(predictions, dtype=np.float32)
+    if pred.shape[0] < 2:
+        return pred.copy()
+    mean = pred.mean(0)
+    sd = pred.std(0)
+    z = np.where(sd > 0, (pred - mean) / np.where(sd > 0, sd, 1.0), 0.0)
+    return (z * train_sd + train_mean).astype(np.float32)
+
+
+class BrainDecoder:
+    """Betas -> stimulus features.
+
+    Parameters
+    ----------
+    method : ``ridge`` | ``mlp``
+    alphas : sequence of float
+        Ridge penalty grid (one alpha chosen per feature dimension).
+    top_k : int, optional
+        Keep the ``top_k`` voxels of highest ncsnr among training trials.
+    device, n_threads, seed
+    mlp_config : MLPConfig, optional
+    """
+
+    def __init__(self, method: str = "ridge", *, alphas=DEFAULT_ALPHAS, top_k: int | None = None,
+                 device="auto", n_threads: int | None = None, seed: int = 0, mlp_config: MLPConfig | None = None):
+        if method not in ("ridge", "mlp"):
+            raise UsageError(f"unknown decoder {method!r}", hint="use --decoder ridge or mlp")
+        self.method = method
+        self.alphas = tuple(float(a) for a in alphas)
+        self.top_k = top_k
+        self.device = device
+        self.n_threads = n_threads
+        self.seed = int(seed)
+        self.mlp_config = mlp_config or MLPConfig()
+        self.scaler: VoxelScaler | None = None
+        self.coef = self.intercept = self.alpha = None
+        self.mlp: MLPRegressor | None = None
+        self.feature_mean = self.feature_sd = None
+        self.info: dict = {}
+
+    # ------------------------------------------------------------------------------------------------------
+    def fit(self, betas: np.ndarray, features: np.ndarray, labels=None) -> "BrainDecoder":
+        """Fit on training trials only.
+
+        Parameters
+        ----------
+        betas : ndarray (n_train, v)      in-mask betas of training trials
+        features : ndarray (n_train, d)   target feature of each trial's stimulus
+        labels : array (n_train,), optional   stimulus identity (repeats -> grouped CV, ncsnr)
+        """
+        betas = np.asarray(betas, dtype=np.float32)
+        features = np.asarray(features, dtype=np.float32)
+        if betas.shape[0] != features.shape[0]:
+            raise BadDataError(f"{betas.shape[0]} training betas but {features.shape[0]} feature rows")
+        self.scaler = VoxelScaler.fit(betas, labels, self.top_k)
+        X = self.scaler.transform(betas)
+        self.feature_mean = features.mean(0)
+        self.feature_sd = features.std(0)
+        groups = None
+        if labels is not None:
+            labels = np.asarray(labels).astype(str)
+            if len(np.unique(labels)) < len(labels):
+                groups = labels
+        if self.method == "ridge":
+            # bracket search: on large CPU problems only the alphas around each feature's optimum are
+            # factorised (same choice as the full grid when CV curves are unimodal, as they are in practice)
+            result = fit_ridge_cv(X, features, self.alphas, groups=groups, device=self.device,
+                                  n_threads=self.n_threads, seed=self.seed, overwrite_X=True, search="bracket")
+            self.coef, self.intercept, self.alpha = result.coef, result.intercept, result.alpha
+            self.info = {"solver": result.solver, "cv": result.cv, "search": result.info["search"],
+                         "alpha_median": float(np.median(result.alpha)),
+                         "alpha_counts": {f"{a:g}": int(np.sum(result.alpha == a)) for a in np.unique(result.alpha)}}
+        else:
+            self.mlp = MLPRegressor(self.mlp_config, seed=self.seed, device=self.device,
+                                    n_threads=self.n_threads).fit(X, features)
+            self.info = {"mlp": vars(self.mlp_config)}
+        self.info.update({"n_train": int(len(betas)), "n_voxels": int(len(self.scaler.columns)),
+                          "n_features": int(features.shape[1])})
+        return self
+
+    def _check_fitted(self):
+        if self.scaler is None:
+            raise UsageError("the decoder is not fitted yet")
+
+    def predict(self, betas: np.ndarray) -> np.ndarray:
+        """Betas (n, v) -> predicted features (n, d) (not rescaled; see :func:`rescale_to_training`)."""
+        self._check_fitted()
+        X = self.scaler.transform(betas)
+        if self.method == "ridge":
+            return ridge_predict(X, self.coef, self.intercept)
+        return self.mlp.predict(X).astype(np.float32)
+
+    # ------------------------------------------------------------------------------------------------------
+    def fine_tune(self, betas: np.ndarray, features: np.ndarray, folds: np.ndarray, *,
+                  alphas=None, epochs: int = 20) -> np.ndarray:
+        """Continue training on imagery trials (Mind-to-Image recipe) with their own cross-validation.
+
+        Ridge: the fine-tuned weights solve ``min ||Y - X W||² + a ||W - W_perception||²`` (training that
+        continues from the perception solution, pulled back toward it), i.e. a ridge on the residuals of
+        the perception decoder; ``a`` (per feature) is chosen by the imagery folds. MLP: a copy of the
+        network keeps training for ``epochs`` epochs.
+
+        Returns the out-of-fold predictions for these trials (n, d): each trial predicted by a model
+        that never saw its fold (its imagined item). The decoder itself is then updated with all trials.
+        """
+        self._check_fitted()
+        folds = np.asarray(folds)
+        betas = np.asarray(betas, np.float32)
+        features = np.asarray(features, np.float32)
+        X = self.scaler.transform(betas)
+        out = np.zeros_like(features)
+        if self.method == "ridge":
+            base = ridge_predict(X, self.coef, self.intercept)
+            residual = features - base
+            grid = alphas or self.alphas
+            for f in np.unique(folds):
+                held = folds == f
+                # nested: alphas chosen by the other folds only, so fold f is never seen, not even by
+                # the penalty choice
+                inner = folds[~held]
+                part = fit_ridge_cv(X[~held], residual[~held], grid, groups=inner if len(np.unique(inner)) > 1
+                                    else None, device=self.device, n_threads=self.n_threads)
+                out[held] = base[held] + part.predict(X[held])
+            result = fit_ridge_cv(X, residual, grid, groups=folds, device=self.device, n_threads=self.n_threads)
+            coef, intercept = result.coef, result.intercept
+            self.coef = self.coef + coef
+            self.intercept = self.intercept + intercept
+            self.info["fine_tune"] = {"n_trials": int(len(X)), "alpha_median": float(np.median(result.alpha)),
+                                      "folds": int(len(np.unique(folds)))}
+        else:
+            for f in np.unique(folds):
+                held = folds == f
+                tuned = self.mlp.copy().continue_training(X[~held], features[~held], epochs=epochs)
+                out[held] = tuned.predict(X[held])
+            self.mlp.continue_training(X, features, epochs=epochs)
+            self.info["fine_tune"] = {"n_trials": int(len(X)), "epochs": epochs,
+                                      "folds": int(len(np.unique(folds)))}
+        return out
+
+    # ------------------------------------------------------------------------------------------------------
+    def save(self, path) -> Path:
+        """Write ``path`` (.safetensors: arrays) and ``path`` with .json (settings, CV summary)."""
+        from safetensors.numpy import save_file
+
+        self._check_fitted()
+        path = Path(path)
+        arrays = dict(self.scaler.to_arrays())
+        arrays.update(feature_mean=self.feature_mean, feature_sd=self.feature_sd)
+        if self.method == "ridge":
+            arrays.update(coef=self.coef, intercept=self.intercept, alpha=np.asarray(self.alpha, np.float64))
+        else:
+            arrays.update(self.mlp.state_arrays())
+        arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+        with atomic_path(path) as tmp:
+            save_file(arrays, str(tmp))
+        meta = {"method": self.method, "alphas": list(self.alphas), "top_k": self.top_k, "seed": self.seed,
+                "mlp_config": vars(self.mlp_config), "info": self.info}
+        write_json(path.with_suffix(".json"), meta)
+        return path
+
+    @classmethod
+    def load(cls, path, device="auto") -> "BrainDecoder":
+        from safetensors.numpy import load_file
+
+        path = Path(path)
+        if not path.is_file() or not path.with_suffix(".json").is_file():
+            raise InputMissingError(f"decoder model not found: {path} (+ .json)", path=path)
+        meta = json.loads(path.with_suffix(".json").read_text())
+        arrays = load_file(str(path))
+        decoder = cls(meta["method"], alphas=meta["alphas"], top_k=meta["top_k"], seed=meta["seed"],
+                      device=device, mlp_config=MLPConfig(**meta["mlp_config"]))
+        decoder.scaler = VoxelScaler.from_arrays(arrays)
+        decoder.feature_mean, decoder.feature_sd = arrays["feature_mean"], arrays["feature_sd"]
+        decoder.info = meta["info"]
+        if decoder.method == "ridge":
+            decoder.coef, decoder.intercept, decoder.alpha = arrays["coef"], arrays["intercept"], arrays["alpha"]
+        else:
+            decoder.mlp = MLPRegressor(decoder.mlp_config, seed=decoder.seed, device=device).load_state_arrays(
+                arrays, len(decoder.scaler.columns), len(decoder.feature_mean))
+        return decoder

@@ -1,0 +1,136 @@
+"""GLMdenoise-style noise regressors (Kay et al. 2013, Front Neurosci 7:247; as used in GLMsingle, Prince et
+al. 2022, eLife 11:e77599).
+
+1. Noise pool: voxels inside the brain (run-mean intensity above ``fraction`` × the ``percentile``-th
+   percentile of all voxels' intensities; GLMsingle's default is 10 % of the 99th percentile) whose ON-OFF R²
+   (all trials as one condition, assumed HRF) is low. "Low" is below a threshold found by Otsu's method on
+   log10 R² of the brain voxels (our choice; GLMsingle fits a mixture to find a tail threshold).
+2. Per run, the pool's residual time series (after the ON-OFF model), each scaled to unit length, give principal
+   components (eigenvectors of their temporal Gram matrix, accumulated chunk by chunk).
+3. The first 0..K PCs of each run are added as run-specific nuisance regressors; K is chosen by cross-validated
+   consistency of single-trial betas across repeated stimuli (:func:`choose_n_pcs`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .fithrf import grouped_trial_betas
+from .model import SessionModel
+from .reliability import RepeatStructure, leave_one_out_error
+
+
+def otsu_threshold(values: np.ndarray, n_bins: int = 256) -> float:
+    """Threshold maximising the between-class variance of a 1-D sample (Otsu 1979, IEEE SMC 9:62)."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if values.size < 2 or values.min() == values.max():
+        return float(values.max()) if values.size else 0.0
+    counts, edges = np.histogram(values, bins=n_bins)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    weight_low = np.cumsum(counts)
+    weight_high = weight_low[-1] - weight_low
+    sum_low = np.cumsum(counts * centres)
+    mean_low = sum_low / np.maximum(weight_low, 1)
+    mean_high = (sum_low[-1] - sum_low) / np.maximum(weight_high, 1)
+    between = weight_low * weight_high * (mean_low - mean_high) ** 2
+    return float(edges[1:][np.argmax(between[:-1])])
+
+
+def brain_voxels(mean_intensity: np.ndarray, percentile: float = 99.0, fraction: float = 0.1) -> np.ndarray:
+    """Voxels whose mean intensity exceeds ``fraction`` × the ``percentile``-th percentile, bool (n_voxels,)."""
+    return mean_intensity > fraction * np.percentile(mean_intensity, percentile)
+
+
+def log_r2(r2: np.ndarray) -> np.ndarray:
+    return np.log10(np.clip(r2, 1e-8, None))
+
+
+def noise_pool(onoff_r2: np.ndarray, brain: np.ndarray, r2_threshold: float | None = None):
+    """Noise-pool mask and the R² threshold used.
+
+    Returns
+    -------
+    pool : ndarray of bool, shape (n_voxels,)
+    threshold : float
+    """
+    if r2_threshold is None:
+        r2_threshold = 10.0 ** otsu_threshold(log_r2(onoff_r2[brain])) if brain.any() else 0.0
+    return brain & (onoff_r2 < r2_threshold), float(r2_threshold)
+
+
+class NoisePCAccumulator:
+    """Temporal Gram matrices of the noise pool's residuals, per run, accumulated over voxel chunks."""
+
+    def __init__(self, n_volumes: list[int]):
+        self.grams = [np.zeros((n, n)) for n in n_volumes]
+        self.n_voxels = 0
+
+    def add(self, run: int, residual: torch.Tensor) -> None:
+        """Add pool voxels' residuals of one run, shape (n_pool_voxels, n_volumes)."""
+        if residual.shape[0] == 0:
+            return
+        norm = residual.norm(dim=1, keepdim=True)
+        unit = torch.where(norm > 0, residual / torch.clamp(norm, min=1e-30), torch.zeros_like(residual))
+        unit = unit.double()
+        self.grams[run] += (unit.T @ unit).cpu().numpy()
+        if run == 0:
+            self.n_voxels += residual.shape[0]
+
+    def components(self, max_pcs: int) -> list[np.ndarray]:
+        """Top ``max_pcs`` unit-length temporal PCs of each run, shape (n_volumes, max_pcs) each."""
+        out = []
+        for gram in self.grams:
+            values, vectors = np.linalg.eigh(gram)
+            top = vectors[:, ::-1][:, :max_pcs]
+            signs = np.sign(top[np.argmax(np.abs(top), axis=0), np.arange(top.shape[1])])
+            out.append(top * np.where(signs == 0, 1.0, signs))
+        return out
+
+
+def onoff_residuals(model: SessionModel, run: int, data: torch.Tensor) -> torch.Tensor:
+    """Residual of the ON-OFF model (with nuisance), shape like ``data`` (n_voxels, n_volumes)."""
+    ops = model.onoff_operators(run)
+    fitted = (data @ ops.left) @ ops.left.T
+    if ops.nuisance_basis.shape[1]:
+        fitted = fitted + (data @ ops.nuisance_basis) @ ops.nuisance_basis.T
+    return data - fitted
+
+
+def choose_n_pcs(model: SessionModel, data_runs: list[torch.Tensor], kernel_of_voxel: np.ndarray,
+                 n_trials: int, repeats: RepeatStructure, max_pcs: int, stop: float = 0.95,
+                 criterion: str = "ols-target"):
+    """Number of noise PCs by leave-one-repeat-out cross-validation on the given (signal) voxels.
+
+    For each K = 0..max_pcs, OLS single-trial betas are estimated with K PCs per run; each repeat's beta is
+    predicted by the mean of the other repeats (:func:`~bids_m2i.glm.reliability.leave_one_out_error`).
+    The per-voxel score is ``1 - error_K / S`` with ``S`` the sum of squared held-out betas at K = 0 (a fixed
+    denominator, like a time-series R²); K is the smallest count whose median score reaches ``stop`` of the
+    best improvement over K = 0 (GLMdenoise also prefers the fewest PCs near the best).
+
+    Returns
+    -------
+    n_pcs : int
+    median_scores : list of float, length max_pcs + 1
+    """
+    scores = []
+    reference = None
+    for k in range(max_pcs + 1):
+        betas, _ = grouped_trial_betas(model, data_runs, kernel_of_voxel, n_trials, n_pcs=k)
+        if criterion == "consistency":
+            centred = betas - betas.mean(1, keepdim=True)
+            error = leave_one_out_error(centred, centred, repeats)
+            reference = torch.clamp((centred * centred).sum(1), min=1e-30)
+        else:
+            error = leave_one_out_error(betas, betas, repeats)
+            if reference is None:
+                held = betas.index_select(1, torch.as_tensor(repeats.trials, device=betas.device))
+                reference = torch.clamp((held * held).sum(1), min=1e-30)
+        scores.append(float(torch.median(1.0 - error / reference)))
+        if k:  # the final fit rebuilds the chosen count; keep the cache small meanwhile
+            model.forget(n_pcs=k)
+    gains = np.asarray(scores) - scores[0]
+    if gains.max() <= 0:
+        return 0, scores
+    return int(np.flatnonzero(gains >= stop * gains.max())[0]), scores

@@ -1,0 +1,412 @@
+"""Top-level entry point: single-trial betas for one task of one session (all runs together).
+
+See ``docs/glm.md`` for the methods. The nipype workflow only has to read the runs, call
+:func:`estimate_single_trial_betas` and write :class:`GLMResult` (betas as a 4-D image, ``trial_rows`` as the
+events table, the per-voxel maps, ``metadata`` as the sidecar).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..errors import BadDataError, UsageError
+from .denoise import (NoisePCAccumulator, brain_voxels, choose_n_pcs, log_r2, noise_pool, onoff_residuals,
+                      otsu_threshold)
+from .design import RunData, build_run_designs
+from .fithrf import grouped_trial_betas, library_fitted_ss, r2_from, total_sum_of_squares
+from .fracridge import DEFAULT_FRACTIONS, N_ALPHAS, fractional_ridge_cv
+from .hrf_library import describe_library
+from .lss import lss_betas
+from .model import SessionModel
+from .reliability import RepeatStructure, ncsnr
+from .solvers import percent_signal, pick_device, torch_threads, zscore_rows
+
+LOGGER = logging.getLogger("m2i.glm")
+
+METHODS = ("lsa", "lss", "fithrf", "fithrf-denoise-rr")
+METHOD_LABELS = {"lsa": "lsa", "lss": "lss", "fithrf": "fithrf", "fithrf-denoise-rr": "fithrfdenoiserr"}
+DEFAULT_WORKING_GB = 1.0
+
+
+@dataclass
+class GLMResult:
+    """Single-trial betas of one task and session.
+
+    Attributes
+    ----------
+    betas : ndarray, shape (n_trials, n_voxels), float32
+        % signal change (or per-voxel z-scores when ``metadata["zscored"]``); row i = ``trial_rows`` row i.
+    trial_rows : DataFrame
+        The trials (role == trial) in session order: runs in the given order, then onset.
+    r2 : ndarray, shape (n_voxels,)
+        Variance explained (0–1) by the full unregularised model, all runs.
+    ncsnr : ndarray, shape (n_voxels,)
+        NSD's noise-ceiling SNR of the betas (NaN without repeats).
+    hrf_index : ndarray of int16, shape (n_voxels,)
+        Chosen library HRF (``metadata["hrf_library"]``); -1 = the assumed HRF (``lsa``, ``lss``).
+    n_pcs : ndarray of int16, shape (n_voxels,)
+        Noise PCs per run in the model (one number for the whole session, as in GLMsingle).
+    frac : ndarray, shape (n_voxels,)
+        Chosen ridge fraction (1 = unregularised).
+    metadata : dict
+        JSON-ready description for the sidecar.
+    """
+
+    betas: np.ndarray
+    trial_rows: pd.DataFrame
+    r2: np.ndarray
+    ncsnr: np.ndarray
+    hrf_index: np.ndarray
+    n_pcs: np.ndarray
+    frac: np.ndarray
+    metadata: dict = field(default_factory=dict)
+
+    def stat_maps(self) -> dict[str, np.ndarray]:
+        """Per-voxel maps keyed by their BIDS ``stat`` entity (DESIGN.md derivatives), each (n_voxels,)."""
+        return {"r2": self.r2, "ncsnr": self.ncsnr, "hrfindex": self.hrf_index, "pcs": self.n_pcs,
+                "fracridge": self.frac}
+
+    def events_table(self, fd_mean=None) -> pd.DataFrame:
+        """The ``_events.tsv`` of the betas: row i = volume i (DESIGN.md), ``fd_mean`` optional per trial."""
+        columns = ["onset", "duration", "run", "session", "condition", "cue", "stimulus", "category",
+                   "stim_file", "cue_text"]
+        table = self.trial_rows.reindex(columns=columns).fillna("n/a")
+        table.insert(0, "trial_index", np.arange(len(table)))
+        table["fd_mean"] = "n/a" if fd_mean is None else np.asarray(fd_mean, dtype=float)
+        return table
+
+
+def _check_runs(runs: list[RunData]) -> tuple[int, list[int]]:
+    if not runs:
+        raise BadDataError("No BOLD runs given for the single-trial GLM", hint="pass at least one RunData")
+    n_voxels = runs[0].data.shape[0]
+    lengths = []
+    for run in runs:
+        if run.data.ndim != 2:
+            raise BadDataError(f"Run {run.run}: data must be (voxels, volumes), got shape {run.data.shape}",
+                               hint="mask the 4-D image to a 2-D array (voxels × volumes)")
+        if run.data.shape[0] != n_voxels:
+            raise BadDataError(f"Run {run.run} has {run.data.shape[0]} voxels, run {runs[0].run} has {n_voxels}",
+                               hint="resample all runs of a participant onto one grid and one mask")
+        if not np.isfinite(run.tr) or run.tr <= 0:
+            raise BadDataError(f"Run {run.run}: invalid repetition time {run.tr}", hint="check RepetitionTime")
+        if run.data.shape[1] < 10:
+            raise BadDataError(f"Run {run.run} has only {run.data.shape[1]} volumes", hint="check the BOLD file")
+        if not np.isfinite(run.data).all():
+            raise BadDataError(f"Run {run.run} contains NaN or infinite values",
+                               hint="mask out voxels with invalid values before the GLM")
+        lengths.append(run.data.shape[1])
+    return n_voxels, lengths
+
+
+def estimate_memory(n_voxels: int, n_volumes: int, n_trials: int, itemsize: int, input_itemsize: int,
+                    n_kernels: int, mem_gb: float | None):
+    """Memory plan: bytes needed and the voxel chunk size that fits ``mem_gb``.
+
+    The budget counts the caller's input arrays, the outputs and the per-chunk working set (python/torch
+    libraries themselves are not counted).
+
+    Returns
+    -------
+    chunk : int
+    plan : dict (GB figures for the sidecar)
+    """
+    input_bytes = n_voxels * n_volumes * input_itemsize
+    output_bytes = n_voxels * (n_trials * 4 + 6 * 8)
+    per_voxel = itemsize * (3 * n_volumes + 8 * n_trials + N_ALPHAS + 2 * n_kernels + 32)
+    fixed = input_bytes + output_bytes + 64e6  # designs, factorisations, bookkeeping
+    if mem_gb is None:
+        chunk = max(256, int(DEFAULT_WORKING_GB * 1e9 // per_voxel))
+    else:
+        available = mem_gb * 1e9 - fixed
+        chunk = int(available // per_voxel) if available > 0 else 0
+        minimum = min(n_voxels, 256)
+        if chunk < minimum:
+            need = (fixed + minimum * per_voxel) / 1e9
+            raise UsageError(
+                f"--mem-gb {mem_gb:g} is too small for the single-trial GLM of {n_voxels} voxels × {n_volumes} "
+                f"volumes and {n_trials} trials: it needs at least {need:.2f} GB (input {input_bytes / 1e9:.2f} "
+                f"GB, outputs {output_bytes / 1e9:.2f} GB, working set)",
+                hint="raise --mem-gb, or use a tighter brain mask")
+    chunk = min(chunk, n_voxels)
+    plan = {"input_gb": round(input_bytes / 1e9, 3), "output_gb": round(output_bytes / 1e9, 3),
+            "working_gb": round(chunk * per_voxel / 1e9, 3),
+            "total_gb": round((fixed + chunk * per_voxel) / 1e9, 3), "chunk_voxels": chunk,
+            "mem_gb": mem_gb}
+    return chunk, plan
+
+
+def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, method: str = "fithrf-denoise-rr",
+                                hrf_model: str = "glover", drift_model: str | None = "cosine",
+                                high_pass: float = 0.01, drift_order: int = 1, lss_split: str | None = None,
+                                zscore: bool = False, data_units: str = "raw", mem_gb: float | None = None,
+                                n_threads: int = 1, seed: int = 0, device: str | None = "cpu",
+                                precision: str = "single", max_pcs: int = 10,
+                                fractions=DEFAULT_FRACTIONS, oversampling: int = 50, min_onset: float = -24.0,
+                                brain_threshold: tuple[float, float] = (99.0, 0.1),
+                                noise_pool_r2: float | None = None, max_pc_voxels: int = 2000,
+                                hrf_selection: str = "full", ridge_criterion: str = "consistency") -> GLMResult:
+    """Single-trial betas of one task of one session, all runs modelled together.
+
+    Parameters
+    ----------
+    runs : list of RunData
+        The session's runs of this task (data (n_voxels, n_volumes) each, one voxel set for all runs).
+    trials : DataFrame
+        Trials-table rows of this task and session (contracts.md): ``onset duration run role event_type
+        condition stimulus ...``. ``role == "trial"`` rows get a beta each; ``nuisance`` rows get one regressor
+        per ``event_type`` and run; ``ignore`` rows are skipped. Repeats = trials sharing ``stimulus``.
+    method : {"fithrf-denoise-rr", "fithrf", "lss", "lsa"}
+    hrf_model : {"glover", "spm"}
+        Assumed HRF (``lsa``, ``lss``, and the ON-OFF model that selects the noise pool).
+    drift_model, high_pass, drift_order : nilearn's drift settings, per run.
+    lss_split : None or "condition"
+        None = LSS-1; "condition" = LSS-N with the "others" regressor split by ``condition``.
+    zscore : bool
+        z-score every voxel's betas across the session's trials.
+    data_units : {"raw", "percent"}
+        "raw": data are scaled to % signal change around each voxel's run mean; "percent": used as given.
+    mem_gb : float, optional
+        Memory budget (GB) including the input arrays; voxels are processed in chunks that fit.
+    n_threads : int
+        torch threads for the solves (restored afterwards).
+    seed : int
+        Seeds the choice of voxels used to select the number of PCs when there are more than
+        ``max_pc_voxels``.
+    device : {"cpu", "cuda", "auto"}
+    precision : {"single", "double"}
+    max_pcs : int
+        Largest number of noise PCs tried (0..max_pcs).
+    fractions : sequence of float
+        Ridge fractions tried (1 = OLS).
+    oversampling, min_onset : nilearn's regressor settings.
+    brain_threshold : (percentile, fraction)
+        Noise-pool voxels must have a mean intensity above fraction × that percentile (raw data only).
+    noise_pool_r2 : float, optional
+        ON-OFF R² below which a brain voxel joins the noise pool; default Otsu's threshold on log10 R².
+    max_pc_voxels : int
+        At most this many signal voxels (random, ``seed``) choose the number of PCs.
+    hrf_selection : {"full", "onoff"}
+        Library HRF chosen by R² of the full single-trial model (GLMsingle) or of the ON-OFF model.
+    ridge_criterion : {"consistency", "ols-target"}
+        Cross-validation criterion of the ridge fraction (``bids_m2i.glm.fracridge``).
+
+    Returns
+    -------
+    GLMResult
+    """
+    started = time.perf_counter()
+    if method not in METHODS:
+        raise UsageError(f"Unknown GLM method {method!r}", hint=f"use one of {', '.join(METHODS)}")
+    if lss_split not in (None, "condition"):
+        raise UsageError(f"Unknown lss_split {lss_split!r}", hint="use None (LSS-1) or 'condition' (LSS-N)")
+    if data_units not in ("raw", "percent"):
+        raise UsageError(f"Unknown data_units {data_units!r}", hint="use 'raw' or 'percent'")
+    if hrf_selection not in ("full", "onoff"):
+        raise UsageError(f"Unknown hrf_selection {hrf_selection!r}", hint="use 'full' or 'onoff'")
+    if ridge_criterion not in ("consistency", "ols-target"):
+        raise UsageError(f"Unknown ridge_criterion {ridge_criterion!r}", hint="use 'consistency' or 'ols-target'")
+    if precision not in ("single", "double"):
+        raise UsageError(f"Unknown precision {precision!r}", hint="use 'single' or 'double'")
+    n_voxels, lengths = _check_runs(runs)
+    trial_runs = set(trials.loc[trials["role"] == "trial", "run"].astype(str))
+    if len(runs) > 1 and any(str(r.run) not in trial_runs for r in runs):
+        # a run without trials carries no information on any beta (runs are separate blocks)
+        LOGGER.warning("runs without trials are left out of the single-trial GLM: %s",
+                       [str(r.run) for r in runs if str(r.run) not in trial_runs])
+        runs = [r for r in runs if str(r.run) in trial_runs] or runs
+        lengths = [r.data.shape[1] for r in runs]
+        trials = trials[trials["run"].astype(str).isin([str(r.run) for r in runs])]
+    dtype = torch.float32 if precision == "single" else torch.float64
+    torch_device = pick_device(device)
+
+    designs, trial_rows = build_run_designs(runs, trials, drift_model, high_pass, drift_order)
+    n_trials = len(trial_rows)
+    stimulus = trial_rows["stimulus"].astype(str).to_numpy() if "stimulus" in trial_rows else \
+        np.array(["n/a"] * n_trials)
+    repeats = RepeatStructure.from_labels(stimulus)
+
+    effective = method
+    fallback = None
+    if method == "fithrf-denoise-rr" and not repeats.has_repeats:
+        effective = "fithrf"
+        fallback = ("no stimulus is shown more than once in this task and session, so the number of noise PCs "
+                    "and the ridge fractions cannot be cross-validated: fell back to fithrf")
+        LOGGER.warning(fallback)
+    use_library = effective in ("fithrf", "fithrf-denoise-rr")
+
+    with torch_threads(n_threads):
+        model = SessionModel(designs, hrf_model, with_library=use_library, oversampling=oversampling,
+                             min_onset=min_onset, dtype=dtype, device=torch_device)
+        chunk, memory_plan = estimate_memory(n_voxels, sum(lengths), n_trials, torch.finfo(dtype).bits // 8,
+                                             runs[0].data.dtype.itemsize, model.n_kernels, mem_gb)
+        chunks = [slice(start, min(start + chunk, n_voxels)) for start in range(0, n_voxels, chunk)]
+
+        def load(voxels):
+            """Data of some voxels in % signal change, one tensor per run, and their mean intensity."""
+            pieces = [percent_signal(run.data[voxels], dtype, torch_device, data_units) for run in runs]
+            return [p[0] for p in pieces], sum(p[1] for p in pieces) / len(pieces)
+
+        betas = np.zeros((n_trials, n_voxels), dtype=np.float32)
+        r2 = np.zeros(n_voxels, dtype=np.float32)
+        hrf_index = np.full(n_voxels, -1, dtype=np.int16)
+        n_pcs_map = np.zeros(n_voxels, dtype=np.int16)
+        frac = np.ones(n_voxels, dtype=np.float32)
+        onoff_r2 = np.zeros(n_voxels, dtype=np.float32)
+        intensity = np.zeros(n_voxels, dtype=np.float32)
+        groups = None
+        if effective == "lss" and lss_split == "condition":
+            _, groups = np.unique(trial_rows["condition"].astype(str).to_numpy(), return_inverse=True)
+        library = list(range(model.n_kernels - 1)) if use_library else []
+
+        timing = {"design_s": time.perf_counter() - started}
+        # pass 1: HRF choice (fitted methods) or the final betas (lsa, lss, fithrf)
+        for voxels in chunks:
+            data_runs, mean = load(voxels)
+            intensity[voxels] = mean.cpu().numpy()
+            total = total_sum_of_squares(data_runs)
+            if effective in ("lsa", "lss"):
+                kernel_of_voxel = np.full(voxels.stop - voxels.start, model.canonical_index)
+                ols, fitted = grouped_trial_betas(model, data_runs, kernel_of_voxel, n_trials)
+                chunk_betas = ols if effective == "lsa" else lss_betas(model, data_runs, n_trials, groups)
+                r2[voxels] = r2_from(fitted, total).cpu().numpy()
+                betas[:, voxels] = chunk_betas.T.cpu().numpy()
+                continue
+            fitted_all = library_fitted_ss(model, data_runs, library, hrf_selection)
+            best = torch.argmax(fitted_all, 0)
+            hrf_index[voxels] = best.cpu().numpy()
+            # R² of the selecting model; for "onoff" selection it measures the mean evoked response
+            r2[voxels] = r2_from(fitted_all.gather(0, best[None])[0], total).cpu().numpy()
+            if effective == "fithrf":
+                chunk_betas, fitted = grouped_trial_betas(model, data_runs, hrf_index[voxels], n_trials)
+                betas[:, voxels] = chunk_betas.T.cpu().numpy()
+                r2[voxels] = r2_from(fitted, total).cpu().numpy()
+            else:
+                onoff = sum(model.onoff_operators(r).fitted_sum_of_squares(d) for r, d in enumerate(data_runs))
+                onoff_r2[voxels] = r2_from(onoff, total).cpu().numpy()
+
+        metadata_denoise = {}
+        if effective == "fithrf-denoise-rr":
+            metadata_denoise = _denoise_and_ridge(
+                model, runs, chunks, load, betas, r2, hrf_index, n_pcs_map, frac, onoff_r2, intensity,
+                repeats, n_trials, data_units, brain_threshold, noise_pool_r2, max_pcs, max_pc_voxels,
+                fractions, seed, ridge_criterion)
+
+        if zscore:
+            for voxels in chunks:
+                block = torch.as_tensor(betas[:, voxels].T.copy())
+                betas[:, voxels] = zscore_rows(block.double()).float().T.numpy()
+
+    timing["fit_s"] = time.perf_counter() - started - timing["design_s"]
+    snr = np.empty(n_voxels, dtype=np.float32)
+    for voxels in chunks:  # chunked: ncsnr works on copies of the betas
+        snr[voxels] = ncsnr(betas[:, voxels], stimulus)
+    metadata = {
+        "method": method,
+        "method_label": METHOD_LABELS[method],
+        "effective_method": effective,
+        "fallback_reason": fallback,
+        "units": "z-score per voxel within session" if zscore else "percent signal change",
+        "beta_definition": "amplitude of a regressor made of the trial boxcar convolved with a unit-sum HRF "
+                           "(nilearn's convention): the plateau a sustained response would reach, in % of "
+                           "the voxel's run mean",
+        "zscored": bool(zscore),
+        "hrf_model": hrf_model,
+        "hrf_library": describe_library() if use_library else None,
+        "hrf_choice": (f"max R² of the {'full single-trial' if hrf_selection == 'full' else 'ON-OFF'} model"
+                       if use_library else "assumed"),
+        "ridge_criterion": ridge_criterion if effective == "fithrf-denoise-rr" else None,
+        "drift_model": drift_model, "high_pass": high_pass, "drift_order": drift_order,
+        "oversampling": oversampling,
+        "lss_split": lss_split if effective == "lss" else None,
+        "runs": [str(r.run) for r in runs],
+        "frame_time_offset_s": [float(d.frame_times[0]) for d in designs],
+        "nuisance_event_types": sorted({t for d in designs for t in d.nuisance_types}),
+        "n_trials": n_trials,
+        "n_repeated_stimuli": repeats.n_stimuli,
+        "r2_definition": "1 - SS_residual / SS_total around each run's mean, all runs, unregularised model",
+        "ncsnr_definition": "NSD (Allen et al. 2022): betas z-scored per voxel in the session; noise variance = "
+                            "mean over stimuli with the design's number of repeats of the across-repeat "
+                            "variance (n-1); signal sd = sqrt(max(0, 1 - noise variance)); ncsnr = signal sd / "
+                            "noise sd",
+        "n_pcs": int(n_pcs_map.max()) if effective == "fithrf-denoise-rr" else 0,
+        "ridge_fractions": list(fractions) if effective == "fithrf-denoise-rr" else None,
+        "median_ridge_fraction": float(np.median(frac)),
+        "data_units": data_units,
+        "n_voxels_not_scalable": int((intensity <= 0).sum()) if data_units == "raw" else 0,
+        "memory": memory_plan,
+        "device": str(torch_device), "precision": precision, "n_threads": int(n_threads), "seed": int(seed),
+        "elapsed_s": round(time.perf_counter() - started, 3),
+        "timing_s": {k: round(v, 3) for k, v in timing.items()},
+        **metadata_denoise,
+    }
+    return GLMResult(betas=betas, trial_rows=trial_rows, r2=r2, ncsnr=snr, hrf_index=hrf_index,
+                     n_pcs=n_pcs_map, frac=frac, metadata=metadata)
+
+
+def _denoise_and_ridge(model, runs, chunks, load, betas, r2, hrf_index, n_pcs_map, frac, onoff_r2, intensity,
+                       repeats, n_trials, data_units, brain_threshold, noise_pool_r2, max_pcs, max_pc_voxels,
+                       fractions, seed, ridge_criterion="consistency") -> dict:
+    """GLMdenoise PCs, their number by cross-validation, then cross-validated fractional ridge (in place)."""
+    n_voxels = r2.size
+    if data_units == "raw":
+        brain = brain_voxels(intensity, *brain_threshold)
+    else:  # no intensities: every voxel counts as brain
+        brain = np.ones(n_voxels, dtype=bool)
+    pool, pool_threshold = noise_pool(onoff_r2, brain, noise_pool_r2)
+    info = {"noise_pool": {"n_voxels": int(pool.sum()), "onoff_r2_threshold": pool_threshold,
+                           "brain_threshold": {"percentile": brain_threshold[0], "fraction": brain_threshold[1],
+                                               "applied": data_units == "raw"}}}
+    n_pcs = 0
+    min_pool = max(3 * max_pcs, 50)
+    if max_pcs > 0 and pool.sum() >= min_pool:
+        accumulator = NoisePCAccumulator([d.frame_times.size for d in model.designs])
+        for voxels in chunks:
+            in_pool = pool[voxels]
+            if not in_pool.any():
+                continue
+            data_runs, _ = load(np.arange(voxels.start, voxels.stop)[in_pool])
+            for run, data in enumerate(data_runs):
+                accumulator.add(run, onoff_residuals(model, run, data))
+        model.noise_pcs = accumulator.components(max_pcs)
+
+        # voxels that carry signal choose the number of PCs
+        signal = brain & ~pool & (r2 > 10.0 ** otsu_threshold(log_r2(r2[brain])))
+        candidates = np.flatnonzero(signal)
+        if candidates.size < 50:
+            candidates = np.argsort(-np.where(brain, r2, -np.inf))[:min(50, int(brain.sum()))]
+        if candidates.size > max_pc_voxels:
+            candidates = np.sort(np.random.default_rng(seed).choice(candidates, max_pc_voxels, replace=False))
+        data_runs, _ = load(candidates)
+        n_pcs, scores = choose_n_pcs(model, data_runs, hrf_index[candidates], n_trials, repeats, max_pcs)
+        info["pc_selection"] = {"candidates": list(range(max_pcs + 1)), "median_cv_score": scores,
+                                "n_voxels": int(candidates.size),
+                                "rule": "smallest number of PCs reaching 95% of the best median improvement"}
+    else:
+        info["pc_selection"] = {"skipped": f"noise pool has {int(pool.sum())} voxels (< {min_pool})"
+                                if max_pcs > 0 else "max_pcs = 0"}
+    n_pcs_map[:] = n_pcs
+
+    for voxels in chunks:
+        data_runs, _ = load(voxels)
+        total = total_sum_of_squares(data_runs)
+        kernels = hrf_index[voxels]
+        for kernel in np.unique(kernels):
+            local = np.flatnonzero(kernels == kernel)
+            index = torch.as_tensor(local, device=model.device)
+            operators = [model.operators(run, int(kernel), n_pcs) for run in range(model.n_runs)]
+            group_data = [data.index_select(0, index) for data in data_runs]
+            final, chosen, _, fitted = fractional_ridge_cv(
+                operators, group_data, [d.trial_index for d in model.designs], n_trials, repeats, fractions,
+                ridge_criterion)
+            columns = voxels.start + local
+            betas[:, columns] = final.T.cpu().numpy()
+            frac[columns] = chosen.cpu().numpy()
+            r2[columns] = r2_from(fitted, total.index_select(0, index)).cpu().numpy()
+    return info

@@ -1,0 +1,118 @@
+"""HRF kernels: nilearn's canonical ones and the library used to fit one HRF per voxel.
+
+Every kernel is sampled on nilearn's oversampled grid (step ``t_r / oversampling``, 32 s long) and
+normalised to unit sum, exactly as ``nilearn.glm.first_level.glover_hrf`` is. With that convention a beta is
+the plateau amplitude (in % BOLD) that a sustained stimulus would reach, whatever the HRF shape, so betas from
+different library members are on one scale.
+
+The library
+-----------
+20 double-gamma HRFs in nilearn's parametrisation (``peak - ratio * undershoot``, each a gamma pdf of shape
+``delay / dispersion`` and scale ``dispersion``). Ten peak delays ``d`` from 4.0 s to 9.4 s, with a dispersion
+that grows with the delay (``0.9 * d / 6``: later responses are broader, as measured by Handwerker et al.
+2004, NeuroImage 21:1639), so that the time to peak ranges from about 3.3 s to 7.9 s; each with a weak and a
+strong undershoot (``ratio`` 0.15 and 0.45, undershoot delay ``d + 6`` s, dispersion 0.9). Glover's canonical
+HRF (delay 6, dispersion 0.9, undershoot 12, ratio 0.48) sits inside this family. The spread mirrors the range
+covered by GLMsingle's library (Prince et al. 2022, eLife 11:e77599), but the shapes are our own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import gamma
+
+KERNEL_SECONDS = 32.0
+LIBRARY_DELAYS = np.round(np.linspace(4.0, 9.4, 10), 2)
+LIBRARY_RATIOS = (0.15, 0.45)
+
+
+@dataclass(frozen=True)
+class DoubleGammaParams:
+    """Parameters of one double-gamma HRF (nilearn's names; seconds)."""
+
+    delay: float
+    dispersion: float
+    undershoot: float
+    u_dispersion: float
+    ratio: float
+
+    def as_dict(self) -> dict:
+        return {
+            "delay": self.delay,
+            "dispersion": self.dispersion,
+            "undershoot": self.undershoot,
+            "u_dispersion": self.u_dispersion,
+            "ratio": self.ratio,
+        }
+
+
+def double_gamma_kernel(params: DoubleGammaParams, t_r: float, oversampling: int = 50,
+                        time_length: float = KERNEL_SECONDS) -> np.ndarray:
+    """Sample a unit-sum double-gamma HRF on nilearn's oversampled grid.
+
+    Returns
+    -------
+    kernel : ndarray, shape (round(time_length / (t_r / oversampling)),)
+    """
+    dt = t_r / oversampling
+    times = np.linspace(0, time_length, int(np.rint(time_length / dt)))
+    peak = gamma.pdf(times, params.delay / params.dispersion, loc=dt, scale=params.dispersion)
+    under = gamma.pdf(times, params.undershoot / params.u_dispersion, loc=dt, scale=params.u_dispersion)
+    kernel = peak - params.ratio * under
+    return kernel / kernel.sum()
+
+
+def library_params() -> list[DoubleGammaParams]:
+    """The 20 members of the HRF library, in index order (see module docstring)."""
+    members = []
+    for ratio in LIBRARY_RATIOS:
+        for delay in LIBRARY_DELAYS:
+            members.append(DoubleGammaParams(delay=float(delay), dispersion=round(0.9 * delay / 6.0, 4),
+                                             undershoot=float(delay) + 6.0, u_dispersion=0.9, ratio=ratio))
+    return members
+
+
+def library_kernels(t_r: float, oversampling: int = 50) -> np.ndarray:
+    """All library kernels.
+
+    Returns
+    -------
+    kernels : ndarray, shape (n_hrf, n_samples)
+    """
+    return np.stack([double_gamma_kernel(p, t_r, oversampling) for p in library_params()])
+
+
+def time_to_peak(kernel: np.ndarray, t_r: float, oversampling: int = 50) -> float:
+    """Time (s) of the kernel's maximum on its sampling grid."""
+    dt = KERNEL_SECONDS / (kernel.size - 1)
+    return float(np.argmax(kernel) * dt)
+
+
+def canonical_kernel(hrf_model: str, t_r: float, oversampling: int = 50) -> np.ndarray:
+    """nilearn's canonical kernel (``"glover"`` or ``"spm"``), unit sum.
+
+    Returns
+    -------
+    kernel : ndarray, shape (n_samples,)
+    """
+    from nilearn.glm.first_level import glover_hrf, spm_hrf
+
+    if hrf_model == "glover":
+        return np.asarray(glover_hrf(t_r, oversampling), dtype=float)
+    if hrf_model == "spm":
+        return np.asarray(spm_hrf(t_r, oversampling), dtype=float)
+    from ..errors import UsageError
+
+    raise UsageError(f"Unknown hrf_model {hrf_model!r} for single-trial GLMs",
+                     hint="use 'glover' or 'spm' (the fitted HRF methods use the documented library)")
+
+
+def describe_library(t_r: float = 1.0, oversampling: int = 50) -> list[dict]:
+    """One dict per library member (parameters and time to peak), for the sidecar."""
+    out = []
+    for index, params in enumerate(library_params()):
+        kernel = double_gamma_kernel(params, t_r, oversampling)
+        out.append({"index": index, **params.as_dict(), "time_to_peak_s": round(time_to_peak(kernel, t_r), 2)})
+    return out
