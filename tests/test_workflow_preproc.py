@@ -80,6 +80,8 @@ def test_rerun_reuses_work_and_is_identical(tiny_preproc_run, tmp_path):
     assert code == 0
     after = {p: _digest(out / p) for p in before}
     assert after == before
+    newest_log = sorted((out / "logs").glob("m2i-participant-*.log"))[-1].read_text()
+    assert "Cached (m2i_wf.sub_01_wf.bold_preproc_wf.hmc_" in newest_log  # finished nodes are reused
     # a fresh work dir gives the same bytes too (same inputs, seed and threads)
     out2 = tmp_path / "out2"
     code = run_cli([str(tiny_preproc_run["bids"]), str(out2), "participant", "-w", str(tmp_path / "work2"),

@@ -30,8 +30,10 @@ from .splits import average_repeats, split_trials
 
 LOGGER = logging.getLogger("m2i.decoding")
 
-PIXEL_SIZE = 64
-PIXEL_COMPONENTS = 256
+# 32 x 32 RGB pixels, decoded directly (no PCA): on the simulator's demo, a PCA basis (k = 256) lost 0.1 of
+# PixCorr once predictions are rescaled, because rescaling blows up the poorly predicted components.
+PIXEL_SIZE = 32
+PIXEL_COMPONENTS = 0
 NA = "n/a"
 
 
@@ -173,7 +175,7 @@ def reconstruct_participant(betas: np.ndarray, trials: pd.DataFrame, stimuli_dir
     train_targets = {}
     for space, extractor in extractors.items():
         features = stimulus_features(train_paths, extractor, work_dir=options.work_dir)
-        if space == "pixels":
+        if space == "pixels" and PIXEL_COMPONENTS:
             distinct = np.unique(labels_train, return_index=True)[1]
             basis = PixelBasis.fit(features[np.sort(distinct)], PIXEL_COMPONENTS)
             features = basis.transform(features)
@@ -188,7 +190,7 @@ def reconstruct_participant(betas: np.ndarray, trials: pd.DataFrame, stimuli_dir
         memory_mask = np.isin(imagery_rows, memory_rows)
         for space, extractor in extractors.items():
             feats = stimulus_features([paths[i] for i in memory_rows], extractor, work_dir=options.work_dir)
-            if space == "pixels":
+            if space == "pixels" and basis is not None:
                 feats = basis.transform(feats)
             oof = decoders[space].fine_tune(betas[memory_rows], feats, split.imagery_folds[memory_mask])
             finetuned[space] = dict(zip(memory_rows.tolist(), oof))
@@ -204,7 +206,12 @@ def reconstruct_participant(betas: np.ndarray, trials: pd.DataFrame, stimuli_dir
             else:
                 rows.append(decoder.predict(betas[group].mean(axis=0, keepdims=True))[0])
         raw = np.stack(rows).astype(np.float32)
-        predictions_by_space[space] = rescale_to_training(raw, decoder.feature_mean, decoder.feature_sd)
+        # rescaled within each (condition, cue) group: imagery predictions are weaker than perception ones, and
+        # standardising them together would shrink one group and inflate the other
+        rescaled = np.empty_like(raw)
+        for index in _group_indices(trials, items).values():
+            rescaled[index] = rescale_to_training(raw[index], decoder.feature_mean, decoder.feature_sd)
+        predictions_by_space[space] = rescaled
 
     table = _predictions_table(trials, items)
 
@@ -217,9 +224,11 @@ def reconstruct_participant(betas: np.ndarray, trials: pd.DataFrame, stimuli_dir
         if pixel_images is None:
             raise BadDataError("--generator pixels needs --target pixels")
         images = pixel_images
-        image_meta = [{**common_meta, "Generator": "pixels", "GeneratorDescription": "inverse PCA of decoded pixel "
-                       f"coefficients ({basis.n_components} components, {PIXEL_SIZE}x{PIXEL_SIZE} RGB)",
-                       "ModelsTiny": False} for _ in items]
+        how = (f"inverse PCA of decoded coefficients ({basis.n_components} components)" if basis is not None
+               else "decoded pixel values")
+        image_meta = [{**common_meta, "Generator": "pixels", "ModelsTiny": False,
+                       "GeneratorDescription": f"{how}, {PIXEL_SIZE}x{PIXEL_SIZE} RGB, rescaled to the training "
+                       "images' per-pixel mean and sd"} for _ in items]
         generation_space = "pixels"
     else:
         from .generate import generate_images
@@ -269,8 +278,14 @@ def reconstruct_participant(betas: np.ndarray, trials: pd.DataFrame, stimuli_dir
             target_images = [load_image(p) for p in item_paths]
             for space, extractor in extractors.items():
                 feats = stimulus_features(item_paths, extractor, work_dir=options.work_dir)
-                target_feats[space] = basis.transform(feats) if space == "pixels" else feats
+                target_feats[space] = basis.transform(feats) if (space == "pixels" and basis is not None) else feats
         preds = {s: predictions_by_space[s][index] for s in target_feats}
+        if "pixels" in target_feats and basis is None:
+            # cosine similarity of raw pixel vectors is dominated by overall brightness: centre both on the
+            # training stimuli's mean image first
+            centre = decoders["pixels"].feature_mean
+            preds["pixels"] = preds["pixels"] - centre
+            target_feats["pixels"] = target_feats["pixels"] - centre
         recon = [images[i] for i in index]
         frame = _evaluate(recon, target_images, preds, target_feats, target_ids, condition, cue, eval_extractors,
                           options.seed, group_note)
@@ -295,6 +310,11 @@ def reconstruct_participant(betas: np.ndarray, trials: pd.DataFrame, stimuli_dir
                           feature_space=generation_space, images=images, image_metadata=image_meta,
                           retrieval=retrieval, metrics=metrics, decoders=decoders, pixel_basis=basis,
                           split_summary=split.summary(), tiny_models=tiny)
+
+
+def _group_indices(trials: pd.DataFrame, items: list[np.ndarray]) -> dict[tuple, np.ndarray]:
+    keys = [(trials.at[g[0], "condition"], trials.at[g[0], "cue"]) for g in items]
+    return {k: np.array([i for i, key in enumerate(keys) if key == k]) for k in dict.fromkeys(keys)}
 
 
 def _join(*parts: str) -> str:

@@ -36,8 +36,18 @@ def setup_terminal_logging(verbosity: int) -> logging.Handler:
     root.addHandler(handler)
     root.setLevel(logging.DEBUG)
     logging.captureWarnings(True)
-    for noisy in ("nipype.workflow", "nipype.interface", "nipype.utils", "bids", "matplotlib", "PIL",
-                  "urllib3", "filelock", "diffusers", "transformers", "numexpr"):
+    # nipype prints through its own stdout handler: route it through ours instead, so that its node messages
+    # reach the log file (INFO) and the terminal only with -vv
+    import nipype  # noqa: F401  (sets up nipype's loggers, which we then take over)
+
+    for name in ("nipype", "nipype.workflow", "nipype.interface", "nipype.utils", "nipype.filemanip"):
+        nipype_logger = logging.getLogger(name)
+        for handler in list(nipype_logger.handlers):
+            nipype_logger.removeHandler(handler)
+        nipype_logger.propagate = True
+        nipype_logger.setLevel(logging.INFO)
+    for noisy in ("bids", "matplotlib", "PIL", "urllib3", "filelock", "diffusers", "transformers", "numexpr",
+                  "fsspec", "bidsschematools", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.INFO if verbosity >= 2 else logging.WARNING)
     logging.getLogger("py.warnings").setLevel(logging.WARNING)
     return handler

@@ -132,6 +132,8 @@ def run_participant_workflows(config: Config, inputs: dict, work_dir: Path) -> N
         "poll_sleep_duration": 0.1,
     })
     plugin, args = plugin_settings(config)
+    if plugin in ("MultiProc", "Linear", "LegacyMultiProc"):
+        args.setdefault("status_callback", ProgressReporter())
     LOGGER.info("Running %d participant workflow(s) with nipype %s (%s)", len(inputs), plugin,
                 ", ".join(f"{k}={v}" for k, v in args.items()))
     try:
@@ -140,6 +142,30 @@ def run_participant_workflows(config: Config, inputs: dict, work_dir: Path) -> N
         raise
     except Exception as exc:  # nipype reports node failures as RuntimeError
         raise _error_from_records(error_dir, logs_dir, exc) from exc
+
+
+class ProgressReporter:
+    """nipype status callback: one terminal line when a processing step starts or ends (not for the small
+    bookkeeping nodes), so that a long run shows where it is."""
+
+    _QUIET_PREFIXES = ("ds_", "pick_", "merge_", "collect_", "inputnode", "outputnode")
+
+    def __init__(self):
+        self.started: dict[str, float] = {}
+
+    def __call__(self, node, status):
+        name = node.name
+        if name.startswith(self._QUIET_PREFIXES):
+            return
+        where = node.fullname.split(".")[1] if "." in node.fullname else ""
+        if status == "start":
+            self.started[node.fullname] = time.time()
+            LOGGER.info("started  %s %s", where, name)
+        elif status == "end":
+            elapsed = time.time() - self.started.pop(node.fullname, time.time())
+            LOGGER.info("finished %s %s (%.1f s)", where, name, elapsed)
+        elif status == "exception":
+            LOGGER.info("failed   %s %s", where, name)
 
 
 def _error_from_records(error_dir: Path, logs_dir: Path, exc: Exception) -> M2IError:
