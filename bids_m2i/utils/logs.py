@@ -22,6 +22,16 @@ class NoTracebackFormatter(logging.Formatter):
             record.exc_info, record.exc_text, record.stack_info = saved
 
 
+def _show_on_terminal(record: logging.LogRecord, verbosity: int) -> bool:
+    if verbosity >= 2 or record.name.startswith("m2i"):
+        return True
+    if record.name.startswith("nipype"):
+        # nipype's node errors carry whole tracebacks in their text; our own message says what failed and
+        # where the crash file is
+        return False
+    return record.levelno >= logging.WARNING
+
+
 def setup_terminal_logging(verbosity: int) -> logging.Handler:
     root = logging.getLogger()
     for handler in list(root.handlers):
@@ -32,7 +42,7 @@ def setup_terminal_logging(verbosity: int) -> logging.Handler:
     handler.setFormatter(NoTracebackFormatter(TERMINAL_FORMAT, datefmt="%H:%M:%S"))
     handler.setLevel(logging.DEBUG if verbosity >= 2 else logging.INFO)
     # only our own messages reach the terminal at INFO; other libraries' warnings still do
-    handler.addFilter(lambda r: r.name.startswith("m2i") or r.levelno >= logging.WARNING or verbosity >= 2)
+    handler.addFilter(lambda r: _show_on_terminal(r, verbosity))
     root.addHandler(handler)
     root.setLevel(logging.DEBUG)
     logging.captureWarnings(True)
