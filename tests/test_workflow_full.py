@@ -89,3 +89,48 @@ def test_tiny_models_clip_unclip(tiny_dataset, tiny_full_run, tmp_path, targets)
     assert metrics["note"].str.contains("tiny").all()
     assert "tiny random-weight" in (out / "sub-01.html").read_text()
     assert (out / "sub-01" / "decoding" / "sub-01_desc-clipridge_model.safetensors").exists()
+
+
+def test_report_can_leave_stimulus_images_out(tiny_full_run, tmp_path):
+    """--no-report-stimuli: the report shows reconstructions but no stimulus image (licences)."""
+    import shutil
+
+    from bids_m2i.config import build_config
+    from bids_m2i.reports.participant import build_participant_report
+
+    out = tmp_path / "out"
+    shutil.copytree(tiny_full_run["out"], out)
+    pages = {}
+    for show in (True, False):
+        config = build_config(tiny_full_run["bids"], out, "participant", {"report_stimuli": show}, {"report_stimuli"})
+        page = build_participant_report(output_dir=out, bids_dir=tiny_full_run["bids"], subject="01", config=config,
+                                        run_summaries=[], trials=None, work_dir=tmp_path / "work",
+                                        stages=["preprocessing", "single-trial betas", "decoding"]).read_text()
+        pages[show] = page
+    assert "stimulus hidden (--no-report-stimuli)" in pages[False]
+    assert "stimulus hidden" not in pages[True]
+    assert pages[True].count('alt="stimulus ') > pages[False].count('alt="stimulus ') == 0
+
+
+def test_plugin_and_plugin_args_reach_nipype(tiny_full_run, monkeypatch):
+    """--plugin/--plugin-args are what nipype's Workflow.run receives (n_procs capped by --nprocs)."""
+    from nipype.pipeline.engine import Workflow
+
+    seen = {}
+
+    def fake_run(self, plugin=None, plugin_args=None, updatehash=False):
+        seen["plugin"], seen["args"] = plugin, dict(plugin_args or {})
+
+    monkeypatch.setattr(Workflow, "run", fake_run)
+    out = tiny_full_run["out"].parent / "plugin_out"
+    code = run_cli([str(tiny_full_run["bids"]), str(out), "participant", "-w", str(tiny_full_run["work"]),
+                    "--skip-bids-validation", "--plugin", "MultiProc", "--nprocs", "2",
+                    "--plugin-args", '{"n_procs": 8, "maxtasksperchild": 1}'])
+    assert code == 0
+    assert seen["plugin"] == "MultiProc"
+    assert seen["args"]["maxtasksperchild"] == 1
+    assert seen["args"]["n_procs"] == 2  # never more than --nprocs
+    code = run_cli([str(tiny_full_run["bids"]), str(out), "participant", "-w", str(tiny_full_run["work"]),
+                    "--skip-bids-validation", "--plugin", "SLURM", "--plugin-args", '{"sbatch_args": "-p short"}'])
+    assert code == 0
+    assert seen["plugin"] == "SLURM" and seen["args"] == {"sbatch_args": "-p short"}

@@ -353,7 +353,17 @@ def register_rigid(moving: np.ndarray, moving_affine: np.ndarray, fixed: np.ndar
             start = np.asarray(init, dtype=np.float64)
         out = _register_batch(moving_t, moving_affine, fixed_t, fixed_affine, np.asarray(cost_mask, dtype=bool),
                               start[None], REGISTRATION_LEVELS, centre, basis, in_plane)
-    return out[0]
+        # a safeguard, not a refinement: on small or featureless images (a few voxels of a round blob) the
+        # optimiser can wander off to a large rotation that matches no better; never return a pose that fits
+        # worse than the one it started from
+        found = out[0]
+        cost_found = _coarse_cost(moving_t, moving_affine, fixed_t, fixed_affine, cost_mask, found)
+        cost_start = _coarse_cost(moving_t, moving_affine, fixed_t, fixed_affine, cost_mask, start)
+        if not np.isfinite(cost_found) or cost_found > cost_start:
+            log.warning("rigid registration ended worse than its start (cost %.4g > %.4g); keeping the start",
+                        cost_found, cost_start)
+            found = start
+    return found
 
 
 def _centre_of_mass_translation(moving, moving_affine, fixed, fixed_affine):
