@@ -54,21 +54,22 @@ def test_preproc_outputs_validate(tiny_preproc_run):
 
 
 def test_preproc_recovers_true_motion(tiny_preproc_run):
-    """The estimated FD follows the simulator's true FD (motion is relative to a reference, FD is not)."""
-    from bids_m2i.preproc.confounds import framewise_displacement
-
+    """The estimated motion follows the simulator's true motion (both demeaned: they differ by the run's
+    registration to the participant reference). The tiny preset's head is a 16 x 16 x 10 blob at 4 mm, almost
+    round in the axial plane, so rotation about z is poorly determined there and is left out (see the engine's
+    phantom tests for the full 6-parameter bounds)."""
     out, bids = tiny_preproc_run["out"], tiny_preproc_run["bids"]
     truth_dir = bids / "derivatives" / "simulation" / "sub-01" / "func"
-    for truth in sorted(truth_dir.glob("*_desc-truemotion_timeseries.tsv")):
+    truths = sorted(truth_dir.glob("*_desc-truemotion_timeseries.tsv"))
+    assert truths
+    for truth in truths:
         stem = truth.name.replace("_desc-truemotion_timeseries.tsv", "")
         est = pd.read_csv(out / "sub-01" / "func" / f"{stem}_desc-confounds_timeseries.tsv", sep="\t")
         true = pd.read_csv(truth, sep="\t")
-        true_fd = framewise_displacement(true[["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]]
-                                         .to_numpy())
-        est_fd = est["framewise_displacement"].to_numpy()
-        ok = np.isfinite(true_fd) & np.isfinite(est_fd)
-        assert np.corrcoef(true_fd[ok], est_fd[ok])[0, 1] > 0.8
-        assert np.median(np.abs(true_fd[ok] - est_fd[ok])) < 0.15
+        for columns, bound in ((["trans_x", "trans_y", "trans_z"], 0.25), (["rot_x", "rot_y"], np.radians(0.5))):
+            error = (est[columns] - est[columns].mean()) - (true[columns] - true[columns].mean())
+            rms = np.sqrt((error**2).mean())
+            assert (rms < bound).all(), (stem, rms.to_dict())
 
 
 def test_rerun_reuses_work_and_is_identical(tiny_preproc_run, tmp_path):
