@@ -59,8 +59,9 @@ def _print_error(error: M2IError) -> None:
     click.echo(f"m2i: error: {error}", err=True)
 
 
-class _Terminated(Exception):
-    """Raised in the main process on SIGTERM so that the run stops cleanly."""
+class _Terminated(BaseException):
+    """Raised in the main process on SIGTERM so that the run stops cleanly. A BaseException, like
+    KeyboardInterrupt, so that no ``except Exception`` on the way (nipype's, ours) mistakes it for a failure."""
 
 
 def _on_sigterm(signum, frame):  # pragma: no cover - exercised by the interruption tests

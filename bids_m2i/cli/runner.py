@@ -98,6 +98,37 @@ def limit_threads(config: Config) -> None:
         pass
 
 
+# what a process needs before any data: python, numpy, torch and nipype imported
+BASE_PROCESS_GB = 0.6
+# copies of one run that motion correction and resampling hold at once (raw, resampled, float work arrays)
+PREPROC_RUN_COPIES = 3
+
+
+def check_memory_budget(config: Config, inputs: dict) -> None:
+    """Say before starting when --mem-gb cannot hold the largest run (exit 64), instead of failing hours later.
+
+    The single-trial GLM then keeps within the budget by processing voxels in chunks, and checks its own
+    needs again with the exact design (``bids_m2i.glm.estimate.estimate_memory``).
+    """
+    budget = config.memory_gb
+    largest, name = 0.0, ""
+    for subject_inputs in inputs.values():
+        for run in subject_inputs.runs:
+            n_voxels = 1
+            for size in run.shape:
+                n_voxels *= int(size)
+            gb = n_voxels * run.n_volumes * 4 / 1024**3
+            if gb > largest:
+                largest, name = gb, run.bold.path.name
+    needed = BASE_PROCESS_GB + PREPROC_RUN_COPIES * largest
+    if needed > budget:
+        raise UsageError(
+            f"--mem-gb {budget:g} is too small: preprocessing the largest run ({name}, {largest:.2f} GB as float32) "
+            f"needs about {needed:.1f} GB",
+            hint=f"raise --mem-gb to at least {needed:.1f} (or run on a machine with more memory)",
+        )
+
+
 def run(config: Config, on_log_file: Callable[[Path], None] | None = None) -> int:
     from ..bids.derivatives import initialize_output_dataset
     from ..utils.logs import add_file_logging
@@ -142,6 +173,7 @@ def run(config: Config, on_log_file: Callable[[Path], None] | None = None) -> in
             print(summarize_trials(subject_inputs.trials))
         return 0
 
+    check_memory_budget(config, inputs)
     from ..workflows.base import run_participant_workflows
 
     run_participant_workflows(config, inputs, work_dir)

@@ -85,6 +85,26 @@ def init_single_subject_wf(config: Config, subject_inputs, work_dir: Path):
     return workflow
 
 
+def cap_node_memory(workflow, memory_gb: float) -> None:
+    """No node may ask nipype for more memory than --mem-gb: MultiProc would wait forever for it. The engines
+    keep within the limit themselves (the GLM processes voxels in chunks) or say before starting that they
+    cannot."""
+    for node in _all_nodes(workflow):
+        if getattr(node, "_mem_gb", None) is not None and node._mem_gb > memory_gb:
+            node._mem_gb = float(memory_gb)
+
+
+def _all_nodes(workflow):
+    from nipype.pipeline import engine as pe
+
+    for name in workflow.list_node_names():
+        node = workflow.get_node(name)
+        if isinstance(node, pe.Workflow):
+            yield from _all_nodes(node)
+        else:
+            yield node
+
+
 def plugin_settings(config: Config) -> tuple[str, dict]:
     plugin = config.plugin or "MultiProc"
     args: dict = {}
@@ -124,6 +144,7 @@ def run_participant_workflows(config: Config, inputs: dict, work_dir: Path) -> N
     nipype_config.set("logging", "log_to_file", "false")
 
     workflow = init_m2i_wf(config, inputs, work_dir)
+    cap_node_memory(workflow, config.memory_gb)
     workflow.config["execution"].update({
         "crashdump_dir": str(logs_dir),
         "crashfile_format": "txt",
@@ -181,6 +202,15 @@ def _error_from_records(error_dir: Path, logs_dir: Path, exc: Exception) -> M2IE
         return error
     crash_files = sorted(logs_dir.glob("crash-*"))
     where = f" (crash file: {crash_files[-1]})" if crash_files else ""
+    # an OSError raised by nipype itself (not by our interfaces) is only in the crash file's text
+    text = crash_files[-1].read_text(errors="replace") if crash_files else ""
+    if "No space left on device" in text or "[Errno 28]" in text or "Disk quota exceeded" in text:
+        return ProcessingIOError(f"No space left on the device while processing{where}",
+                                 hint="free some disk space (or move --work-dir/OUTPUT_DIR to a larger disk) and "
+                                 "rerun with the same work dir: finished steps are reused")
+    if "[Errno 13]" in text or "[Errno 30]" in text:
+        return OutputCreateError(f"Permission denied while writing during processing{where}",
+                                 hint="check that the work dir and OUTPUT_DIR are writable")
     return M2IError(f"A processing step failed: {exc}{where}",
                     hint="see the crash file and the log in OUTPUT_DIR/logs; rerun with the same work dir to "
                     "resume from the finished steps")
