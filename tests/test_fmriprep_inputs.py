@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
-import pytest
 
 from bids_m2i.bids.fmriprep import build_fmriprep_docker_command, find_fmriprep_files, index_fmriprep
 from bids_m2i.cli.run import run_cli

@@ -9,7 +9,6 @@ import shutil
 import nibabel as nib
 import numpy as np
 import pandas as pd
-import pytest
 
 from bids_m2i.bids.validation import run_validator
 from bids_m2i.cli.run import run_cli

@@ -7,10 +7,8 @@ Every failure becomes a message that names the file and what to do, and a BIDS-A
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 import click

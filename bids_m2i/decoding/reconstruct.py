@@ -24,9 +24,9 @@ import pandas as pd
 
 from ..errors import BadDataError, InputMissingError
 from .decoder import BrainDecoder, rescale_to_training
-from .features import PixelBasis, PixelExtractor, category_means, load_image, make_extractor, pixels_to_image
+from .features import PixelBasis, PixelExtractor, category_means, load_image, pixels_to_image
 from .features import stimulus_features
-from .splits import average_repeats, split_trials
+from .splits import split_trials
 
 LOGGER = logging.getLogger("m2i.decoding")
 

@@ -26,12 +26,13 @@ All arithmetic runs in torch (float32 by default; CUDA when present).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+from ..utils.torch_runtime import resolve_device, torch_threads  # noqa: F401  (re-exported)
 
 from ..errors import BadDataError, UsageError
 
@@ -84,31 +85,6 @@ def ridge_predict(X, coef, intercept) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------------------
 # helpers
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but no CUDA device is available",
-                         hint="use --device cpu or auto")
-    return dev
-
-
-@contextlib.contextmanager
-def torch_threads(n_threads: int | None):
-    """Run a block with at most ``n_threads`` torch threads (never raises the global count)."""
-    if not n_threads:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(before, int(n_threads))))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _as_tensor(array, dtype, device, *, writable_copy: bool) -> torch.Tensor:

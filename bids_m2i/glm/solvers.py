@@ -15,37 +15,26 @@ serves every voxel that uses this kernel; the per-voxel cost is a few matrix pro
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from ..utils.torch_runtime import resolve_device
+from ..utils.torch_runtime import torch_threads as _torch_threads
+
 SINGULAR_TOLERANCE = 1e-8  # relative to the largest singular value; smaller directions are not estimable
 GRAM_TOLERANCE = 1e-12  # the same idea on eigenvalues of a Gram matrix (singular values > 1e-6 of the largest)
 
 
-@contextlib.contextmanager
 def torch_threads(n_threads: int):
-    """Run torch and numpy's BLAS with at most ``n_threads`` threads, restoring the previous settings."""
-    from threadpoolctl import threadpool_limits
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(n_threads)))
-    try:
-        # numpy's BLAS only does small factorisations here; on a busy machine several BLAS threads spin
-        # against each other and a 200 × 70 SVD becomes ~100× slower, so it gets one thread
-        with threadpool_limits(limits=1, user_api="blas"):
-            yield
-    finally:
-        torch.set_num_threads(previous)
+    """At most ``n_threads`` torch threads and one BLAS thread (small factorisations; see utils.torch_runtime)."""
+    return _torch_threads(n_threads, single_threaded_blas=True)
 
 
 def pick_device(device: str | None) -> torch.device:
-    """``"auto"``/None → CUDA when available, else CPU."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """``"auto"``/None -> CUDA when available, else CPU."""
+    return resolve_device(device)
 
 
 def orthonormal_basis(matrix: np.ndarray) -> np.ndarray:

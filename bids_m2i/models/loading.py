@@ -39,15 +39,7 @@ def enforce_offline() -> None:
         constants.HF_HUB_OFFLINE = True
 
 
-def resolve_device(device: str | None = "auto"):
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU -> UsageError (exit 64)."""
-    import torch
-
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but no CUDA GPU is visible", hint="use --device auto or cpu")
-    return torch.device(device)
+from ..utils.torch_runtime import resolve_device  # noqa: E402,F401  (re-exported)
 
 
 def default_dtype(device):
@@ -199,7 +191,6 @@ def load_eval_network(models_dir: str | os.PathLike, name: str, device="auto", *
     -------
     torch.nn.Module in eval mode on ``device``, fp32.
     """
-    import torch
     from safetensors.torch import load_file
 
     from .tiny import build_eval_network

@@ -357,8 +357,8 @@ def register_rigid(moving: np.ndarray, moving_affine: np.ndarray, fixed: np.ndar
         # optimiser can wander off to a large rotation that matches no better; never return a pose that fits
         # worse than the one it started from
         found = out[0]
-        cost_found = _coarse_cost(moving_t, moving_affine, fixed_t, fixed_affine, cost_mask, found)
-        cost_start = _coarse_cost(moving_t, moving_affine, fixed_t, fixed_affine, cost_mask, start)
+        cost_found = _coarse_cost(moving_t, moving_affine, fixed_t, fixed_affine, cost_mask, found, level=-1)
+        cost_start = _coarse_cost(moving_t, moving_affine, fixed_t, fixed_affine, cost_mask, start, level=-1)
         if not np.isfinite(cost_found) or cost_found > cost_start:
             log.warning("rigid registration ended worse than its start (cost %.4g > %.4g); keeping the start",
                         cost_found, cost_start)
@@ -382,9 +382,10 @@ def _centre_of_mass_translation(moving, moving_affine, fixed, fixed_affine):
     return out
 
 
-def _coarse_cost(moving_t, moving_affine, fixed_t, fixed_affine, mask, transform) -> float:
-    """Mean squared gain-matched residual at the coarsest registration level (for choosing a start)."""
-    sigma_vox, stride = REGISTRATION_LEVELS[0][0], REGISTRATION_LEVELS[0][1]
+def _coarse_cost(moving_t, moving_affine, fixed_t, fixed_affine, mask, transform, level: int = 0) -> float:
+    """Mean squared gain-matched residual at a registration level (the coarsest by default: for choosing a
+    start; the finest to judge a result)."""
+    sigma_vox, stride = REGISTRATION_LEVELS[level][0], REGISTRATION_LEVELS[level][1]
     sigma_mm = sigma_vox * float(np.mean(_voxel_sizes(fixed_affine)))
     ref = _Reference(fixed_t, fixed_affine, mask, sigma_mm, stride,
                      grid_centre(fixed_affine, fixed_t.shape[2:][::-1]), np.eye(6), False)

@@ -6,33 +6,12 @@ sampling grid's last axis is ``(i, j, k)`` in voxel units of the sampled image.
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator
 
 import numpy as np
 import torch
+
+from ..utils.torch_runtime import resolve_device, torch_threads  # noqa: F401  (re-exported)
 import torch.nn.functional as F
-
-
-@contextlib.contextmanager
-def torch_threads(n_threads: int | None) -> Iterator[None]:
-    """Run a block with at most ``n_threads`` intra-op threads, never raising the global count."""
-    before = torch.get_num_threads()
-    wanted = before if not n_threads or n_threads < 1 else min(int(n_threads), before)
-    if wanted != before:
-        torch.set_num_threads(wanted)
-    try:
-        yield
-    finally:
-        if wanted != before:
-            torch.set_num_threads(before)
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``auto``/None -> CUDA when present, else CPU."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def volumes_to_torch(data: np.ndarray, device: torch.device) -> torch.Tensor:

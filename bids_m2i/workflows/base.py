@@ -80,8 +80,8 @@ def init_single_subject_wf(config: Config, subject_inputs, work_dir: Path):
             ])
         workflow.connect(preproc_wf, "outputnode.brain_mask", decoding_wf, "inputnode.brain_mask")
 
-    report_wf = init_report_wf(config, subject_inputs, output_dir, preproc_wf=preproc_wf,
-                               glm_wfs=[w for _, _, w in glm_wfs], decoding_wf=decoding_wf, parent=workflow)
+    init_report_wf(config, subject_inputs, output_dir, preproc_wf=preproc_wf,
+                   glm_wfs=[w for _, _, w in glm_wfs], decoding_wf=decoding_wf, parent=workflow)
     return workflow
 
 
