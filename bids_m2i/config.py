@@ -189,6 +189,8 @@ class Config:
                 value = self.values.get(spec.name)
                 if spec.name == "nprocs":
                     value = self.n_procs
+                elif spec.name == "omp_nthreads":
+                    value = self.n_threads  # the effective count (capped by --nprocs)
                 elif spec.name == "mem_gb":
                     value = round(self.memory_gb, 2)
                 elif spec.name == "space":
@@ -246,9 +248,12 @@ def read_config_file(path: Path) -> dict[str, Any]:
     except FileNotFoundError as exc:
         raise UsageError(f"Config file not found: {path}", path=path, hint="check the --config path") from exc
     except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"Config file {path} is not valid TOML: {exc}", path=path) from exc
+        raise UsageError(f"Config file {path} is not valid TOML: {exc}", path=path,
+                         hint="fix the line named (TOML: key = value, strings in quotes; see docs/usage.md) "
+                         "or start from a logs/config-*.toml that m2i wrote") from exc
     except OSError as exc:
-        raise UsageError(f"Cannot read config file {path}: {exc.strerror}", path=path) from exc
+        raise UsageError(f"Cannot read config file {path}: {exc.strerror}", path=path,
+                         hint="check the --config path and its permissions") from exc
 
     flat: dict[str, Any] = {}
     positional = {"bids_dir", "output_dir", "analysis_level"}

@@ -85,7 +85,9 @@ def check_tr(run: BoldRun, header_tr: float | None) -> float:
             path=run.path, hint="add RepetitionTime (seconds) to the run's _bold.json or to task-<label>_bold.json",
         )
     if sidecar_tr <= 0:
-        raise BadDataError(f"RepetitionTime {sidecar_tr} of {run.path.name} is not positive", path=run.path)
+        raise BadDataError(f"RepetitionTime {sidecar_tr} of {run.path.name} is not positive", path=run.path,
+                           hint="set RepetitionTime to the time between volumes, in seconds, in the run's "
+                           "_bold.json or in task-<label>_bold.json")
     if header_tr is not None and abs(header_tr - sidecar_tr) > TR_TOLERANCE * sidecar_tr:
         raise BadDataError(
             f"TR mismatch for {run.path.name}: the sidecar says {sidecar_tr} s, the NIfTI header "
@@ -108,6 +110,9 @@ def collect_inputs(config: Config, work_dir: Path) -> dict[str, SubjectInputs]:
     events_map = load_events_map(config.events_map) if config.events_map else None
     stimuli_dir = config.bids_dir / "stimuli"
     needs_events = config.stop_after != "preproc" or config.print_trials
+    needs_stimuli = config.stop_after == "decode" and not config.print_trials
+    if needs_stimuli:
+        check_models_early(config)
     out: dict[str, SubjectInputs] = {}
     for subject, runs in selected.items():
         infos: list[RunInfo] = []
@@ -133,6 +138,8 @@ def collect_inputs(config: Config, work_dir: Path) -> dict[str, SubjectInputs]:
         out[subject] = SubjectInputs(subject, infos, trials_table, stimuli_dir)
         if needs_events and not config.print_trials:
             _check_trials(out[subject])
+        if needs_stimuli:
+            check_stimulus_images(out[subject].trials, stimuli_dir)
     if config.values.get("derivatives"):
         from .fmriprep import attach_fmriprep_inputs
 
@@ -147,3 +154,58 @@ def _check_trials(inputs: SubjectInputs) -> None:
             f"No trials found in the events of sub-{inputs.subject}",
             hint="check the events' columns (m2i --print-trials shows what was read) or give an --events-map",
         )
+
+
+def check_models_early(config: Config) -> None:
+    """Check the models folder the decoding stage will need, before hours of preprocessing and GLM.
+
+    Sizes, tensor shapes and forbidden (pickle/code) files are checked; sha256 is left to the loaders,
+    which verify it anyway (hashing real weights takes minutes).
+    """
+    purposes = []
+    if "clip" in (config.values.get("target") or []):
+        purposes.append("clip")
+    if config.values.get("generator") == "unclip":
+        purposes.append("unclip")
+    if not purposes:
+        return
+    from ..models.store import check_models, resolve_models_dir
+
+    check_models(resolve_models_dir(config.values.get("models_dir")), purposes, verify_hashes=False)
+
+
+def check_stimulus_images(trials: pd.DataFrame, stimuli_dir: Path) -> None:
+    """Every trial's stimulus image exists under ``stimuli/`` and is a readable image (exit 66 / 65).
+
+    Decoding reads them only after preprocessing and the GLM: a missing or broken image must stop the run
+    now, not hours later.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    from .stimuli import missing_stimulus_files, resolve_stimulus_path
+
+    if trials.empty or "stim_file" not in trials.columns:
+        return
+    missing = missing_stimulus_files(trials, stimuli_dir)
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise InputMissingError(
+            f"{len(missing)} stimulus image(s) named in the events are not in {stimuli_dir}: {shown}",
+            path=stimuli_dir,
+            hint="add the images under BIDS_DIR/stimuli/ (paths relative to it, as in the stim_file column), "
+            "or use --stop-after glm",
+        )
+    seen: set[str] = set()
+    for role, stim_file in zip(trials["role"], trials["stim_file"]):
+        if role != "trial" or stim_file == "n/a" or stim_file in seen:
+            continue
+        seen.add(stim_file)
+        path = resolve_stimulus_path(stimuli_dir, stim_file)
+        try:
+            with Image.open(path) as img:
+                img.verify()  # reads the whole file: catches truncation, not only a bad header
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            raise BadDataError(
+                f"Stimulus image {path} cannot be read: {exc}", path=path,
+                hint="replace it with a complete PNG/JPEG (re-export or re-download it)",
+            ) from exc

@@ -109,8 +109,23 @@ def resolve_stimulus_path(
         return None
     for candidate in stimulus_candidates(stimuli_dir, stim_file, events_path):
         if candidate.is_file():
+            _check_link_target(Path(stimuli_dir), candidate, stim_file, events_path)
             return candidate
     return None
+
+
+def _check_link_target(stimuli_dir: Path, candidate: Path, stim_file: str, events_path) -> None:
+    """A symbolic link may point into the dataset (git-annex keeps images in ``.git/annex``) or within
+    the (possibly linked) stimuli folder, never elsewhere: a link to ``/etc/...`` or a home folder would
+    make us read it and copy it into the report."""
+    target = candidate.resolve()
+    allowed = (stimuli_dir.resolve(), stimuli_dir.absolute().parent.resolve())
+    if not any(target == root or root in target.parents for root in allowed):
+        raise BadDataError(
+            f"stim_file {stim_file!r} is a link to {target}, outside the dataset",
+            path=events_path or candidate,
+            hint="copy the image into BIDS_DIR/stimuli/ instead of linking to a file outside the dataset",
+        )
 
 
 def relative_to_stimuli(stimuli_dir: str | os.PathLike, path: Path) -> str:
