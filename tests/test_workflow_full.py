@@ -134,3 +134,31 @@ def test_plugin_and_plugin_args_reach_nipype(tiny_full_run, monkeypatch):
                     "--skip-bids-validation", "--plugin", "SLURM", "--plugin-args", '{"sbatch_args": "-p short"}'])
     assert code == 0
     assert seen["plugin"] == "SLURM" and seen["args"] == {"sbatch_args": "-p short"}
+
+
+def test_decoder_options_from_the_command_line(tiny_full_run, tmp_path):
+    """--decoder mlp, --roi-mask, --top-k-voxels, --finetune-imagery and --no-average-repeats all reach the
+    decoder and change what is written."""
+    import nibabel as nib
+
+    out = tmp_path / "out"
+    mask_img = nib.load(tiny_full_run["out"] / "sub-01" / "func" / "sub-01_desc-brain_mask.nii.gz")
+    roi = np.asarray(mask_img.dataobj) > 0
+    roi[: roi.shape[0] // 2] = False  # one hemifield's worth of voxels
+    roi_path = tmp_path / "roi.nii.gz"
+    nib.save(nib.Nifti1Image(roi.astype(np.uint8), mask_img.affine), roi_path)
+    code = run_cli([str(tiny_full_run["bids"]), str(out), "participant", "-w", str(tiny_full_run["work"]),
+                    "--skip-bids-validation", "--nprocs", "2", "--decoder", "mlp", "--roi-mask", str(roi_path),
+                    "--top-k-voxels", "40", "--finetune-imagery", "--no-average-repeats"])
+    assert code == 0
+    model = json.loads((out / "sub-01" / "decoding" / "sub-01_desc-pixelsmlp_model.json").read_text())
+    assert model["method"] == "mlp" and model["top_k"] == 40
+    # the ROI restricts the voxels; the tiny preset repeats no training stimulus, so ncsnr cannot rank them
+    # and every ROI voxel is kept (with a warning): the engine's tests check the ranking itself
+    assert 0 < model["info"]["n_voxels"] <= roi.sum() < (np.asarray(mask_img.dataobj) > 0).sum()
+    assert "fine_tune" in model["info"]
+    table = pd.read_csv(out / "sub-01" / "decoding" / "sub-01_desc-predictions_table.tsv", sep="\t", dtype=str)
+    assert (table["n_repeats"] == "1").all()  # one row per trial, not per stimulus
+    averaged = pd.read_csv(tiny_full_run["out"] / "sub-01" / "decoding" / "sub-01_desc-predictions_table.tsv",
+                           sep="\t", dtype=str)
+    assert len(table) > len(averaged)
