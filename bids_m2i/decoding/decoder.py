@@ -172,8 +172,9 @@ class BrainDecoder:
         return out
 
     # ------------------------------------------------------------------------------------------------------
-    def save(self, path) -> Path:
-        """Write ``path`` (.safetensors: arrays) and ``path`` with .json (settings, CV summary)."""
+    def save(self, path, extra_arrays: dict | None = None) -> Path:
+        """Write ``path`` (.safetensors: arrays, plus ``extra_arrays`` such as a pixel PCA basis) and ``path``
+        with .json (settings, CV summary)."""
         from safetensors.numpy import save_file
 
         self._check_fitted()
@@ -184,6 +185,7 @@ class BrainDecoder:
             arrays.update(coef=self.coef, intercept=self.intercept, alpha=np.asarray(self.alpha, np.float64))
         else:
             arrays.update(self.mlp.state_arrays())
+        arrays.update(extra_arrays or {})
         arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
         with atomic_path(path) as tmp:
             save_file(arrays, str(tmp))

@@ -105,18 +105,8 @@ class ReconstructImages(M2IInterface):
         for space, decoder in result.decoders.items():
             model_path = path(datatype="decoding", desc=f"{space}{inputs.decoder}", suffix="model",
                               extension=".safetensors")
-            decoder.save(model_path)
-            if space == "pixels" and result.pixel_basis is not None:
-                from safetensors.numpy import save_file
-
-                from ..utils.atomic import atomic_path
-
-                with atomic_path(model_path) as tmp:  # the PCA basis travels with the pixel decoder
-                    from safetensors.numpy import load_file
-
-                    arrays = dict(load_file(str(model_path)))
-                    arrays.update(result.pixel_basis.to_arrays())
-                    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))
+            extra = result.pixel_basis.to_arrays() if space == "pixels" and result.pixel_basis is not None else None
+            decoder.save(model_path, extra_arrays=extra)  # the PCA basis (if any) travels with the pixel decoder
             sidecar = model_path.with_suffix(".json")
             meta = json.loads(sidecar.read_text())
             meta.update({"Target": space, "Split": result.split_summary, "Sources": list(inputs.statseries_names or
