@@ -168,7 +168,7 @@ class Config:
     @property
     def resolved_models_dir(self) -> Path | None:
         value = self.values["models_dir"] or os.environ.get("M2I_MODELS_DIR")
-        return Path(value) if value else None
+        return Path(value).absolute() if value else None
 
     @property
     def glm_label(self) -> str:
@@ -356,7 +356,13 @@ def build_config(bids_dir, output_dir, analysis_level, cli_values: dict[str, Any
         sources[name] = "cli"
     for name in ("participant_label", "session_label", "task"):
         values[name] = normalize_labels(name, values[name])
-    return Config(Path(bids_dir), Path(output_dir), analysis_level, values, sources,
+    # absolute paths: nipype runs every step in its own folder, where a relative path means something else
+    for spec in OPTIONS:
+        if spec.kind == "path" and values[spec.name] is not None:
+            values[spec.name] = Path(values[spec.name]).absolute()
+        elif spec.kind == "paths":
+            values[spec.name] = [Path(v).absolute() for v in values[spec.name]]
+    return Config(Path(bids_dir).absolute(), Path(output_dir).absolute(), analysis_level, values, sources,
                   None if config_file is None else Path(config_file))
 
 

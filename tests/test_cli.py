@@ -226,3 +226,15 @@ def test_failure_inside_a_node_keeps_its_exit_code_and_crash_file(minimal_bids, 
     err = capsys.readouterr().err
     assert "all zeros" in err and bold.name in err and "Traceback" not in err
     assert list((out / "logs").glob("crash-*"))
+
+
+def test_relative_paths_work(tiny_dataset, tmp_path, monkeypatch):
+    """BIDS_DIR, OUTPUT_DIR and the work dir given relative to the current folder (as in the README's demo):
+    nipype runs each step in its own folder, so the app must resolve them first."""
+    import shutil
+
+    shutil.copytree(tiny_dataset, tmp_path / "bids")
+    monkeypatch.chdir(tmp_path)
+    code = run_cli(["bids", "out", "participant", "-w", "work", "--skip-bids-validation", "--nprocs", "2"])
+    assert code == 0
+    assert list((tmp_path / "out" / "sub-01" / "images").glob("*_image.png"))
