@@ -20,7 +20,6 @@ its JSON sidecar; images made with tiny random weights say so (``ModelsTiny``, `
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from dataclasses import asdict, dataclass
@@ -29,6 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import BadDataError, UsageError
+from ..utils.torch_runtime import torch_threads as _torch_threads
 
 log = logging.getLogger("m2i.decoding")
 
@@ -78,20 +78,6 @@ def item_seeds(seed: int, n_items: int, offset: int = 0) -> list[int]:
     as generating 0..19 and keeping 10..19.
     """
     return [int(np.random.SeedSequence([int(seed), offset + i]).generate_state(1, dtype=np.uint32)[0]) for i in range(n_items)]
-
-
-@contextlib.contextmanager
-def _torch_threads(n_threads: int | None):
-    """Lower torch's thread count to ``n_threads`` for the block (never raise it)."""
-    import torch
-
-    previous = torch.get_num_threads()
-    if n_threads is not None and 0 < n_threads < previous:
-        torch.set_num_threads(n_threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _generators(seeds: Sequence[int], device) -> list:
