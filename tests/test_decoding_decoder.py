@@ -59,6 +59,24 @@ def test_rescale_to_training_statistics():
     np.testing.assert_array_equal(rescale_to_training(pred[:1], 0, 1), pred[:1])
 
 
+def test_rescale_centred_on_training_mean_keeps_the_items_offset():
+    # held-out items of the training condition: deviations are taken from the training mean, so an offset
+    # common to the items (here +0.5 on dimension 0) survives, scaled, instead of being removed
+    rng = np.random.default_rng(1)
+    pred = rng.normal(0.0, 0.1, size=(40, 3)).astype(np.float32)
+    pred[:, 0] += 0.5
+    train_mean, train_sd = np.zeros(3, np.float32), np.full(3, 2.0, np.float32)
+    items = rescale_to_training(pred, train_mean, train_sd)
+    training = rescale_to_training(pred, train_mean, train_sd, centre="training")
+    assert abs(items[:, 0].mean()) < 1e-5
+    assert training[:, 0].mean() > 1.9  # 0.5 / rms(~0.51) * 2
+    np.testing.assert_allclose(np.sqrt((training ** 2).mean(0)), train_sd, rtol=1e-4)
+    # item ranks within a dimension are unchanged by either centre
+    assert (np.argsort(items[:, 1]) == np.argsort(training[:, 1])).all()
+    with pytest.raises(ValueError):
+        rescale_to_training(pred, train_mean, train_sd, centre="test")
+
+
 def test_fine_tune_on_imagery_uses_out_of_fold_predictions():
     trials, betas, feats, stim = _simulate(seed=1)
     decoder = BrainDecoder("ridge", device="cpu").fit(betas, feats[stim], labels=trials.stimulus)

@@ -25,19 +25,31 @@ from .voxels import VoxelScaler
 LOG = logging.getLogger("m2i.decoding")
 
 
-def rescale_to_training(predictions: np.ndarray, train_mean: np.ndarray, train_sd: np.ndarray) -> np.ndarray:
+def rescale_to_training(predictions: np.ndarray, train_mean: np.ndarray, train_sd: np.ndarray, *,
+                        centre: str = "items") -> np.ndarray:
     """Map predictions to the training features' per-dimension mean and sd (Ozcelik & VanRullen 2023).
 
     Ridge shrinks predictions toward the mean; generators expect inputs at the scale of real features.
-    Each dimension is standardised across the predicted items, then given the training mean and sd.
+    Each dimension's deviations from a centre are divided by their root mean square over the predicted
+    items, then given the training sd and added to the training mean.
+
+    centre : ``items`` (Brain-Diffuser) centres each dimension on the mean over the predicted items: right
+        when the items' responses share an offset the training trials did not have (imagery: the task itself
+        shifts every response). ``training`` centres on ``train_mean``: right for held-out trials of the
+        training condition, whose expected offset is zero; estimating it from a few test items only adds
+        noise (on the simulator's demo, 3 seeds, 20 items: 2-way +0.014 on average).
+
     With fewer than 2 items (or a constant dimension) that dimension is only shifted.
     """
+    if centre not in ("items", "training"):
+        raise ValueError(f"centre must be 'items' or 'training', not {centre!r}")
     pred = np.asarray(predictions, dtype=np.float32)
     if pred.shape[0] < 2:
         return pred.copy()
-    mean = pred.mean(0)
-    sd = pred.std(0)
-    z = np.where(sd > 0, (pred - mean) / np.where(sd > 0, sd, 1.0), 0.0)
+    mean = pred.mean(0) if centre == "items" else np.asarray(train_mean, dtype=np.float32)
+    deviation = pred - mean
+    rms = np.sqrt(np.mean(deviation * deviation, axis=0))
+    z = np.where(rms > 0, deviation / np.where(rms > 0, rms, 1.0), 0.0)
     return (z * train_sd + train_mean).astype(np.float32)
 
 

@@ -207,10 +207,13 @@ def reconstruct_participant(betas: np.ndarray, trials: pd.DataFrame, stimuli_dir
                 rows.append(decoder.predict(betas[group].mean(axis=0, keepdims=True))[0])
         raw = np.stack(rows).astype(np.float32)
         # rescaled within each (condition, cue) group: imagery predictions are weaker than perception ones, and
-        # standardising them together would shrink one group and inflate the other
+        # standardising them together would shrink one group and inflate the other. Held-out perception items
+        # share the training condition, so they are centred on the training mean; other conditions on their own
         rescaled = np.empty_like(raw)
-        for index in _group_indices(trials, items).values():
-            rescaled[index] = rescale_to_training(raw[index], decoder.feature_mean, decoder.feature_sd)
+        for (condition, _cue), index in _group_indices(trials, items).items():
+            centre = "training" if condition == "perception" else "items"
+            rescaled[index] = rescale_to_training(raw[index], decoder.feature_mean, decoder.feature_sd,
+                                                  centre=centre)
         predictions_by_space[space] = rescaled
 
     table = _predictions_table(trials, items)

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from scipy.linalg import blas, lapack
 
 from ..utils.torch_runtime import resolve_device, torch_threads  # noqa: F401  (re-exported)
 
@@ -94,6 +95,12 @@ def _as_tensor(array, dtype, device, *, writable_copy: bool) -> torch.Tensor:
         if tensor.data_ptr() == array.__array_interface__["data"][0]:
             tensor = tensor.clone()
     return tensor
+
+
+def _all_finite(tensor: torch.Tensor, rows: int = 1024) -> bool:
+    """``torch.isfinite(t).all()`` by row blocks: on a whole (9,000 x 15,000) float32 X, torch's isfinite
+    makes temporaries of 1.7 times X's size (measured: +0.9 GB peak)."""
+    return all(bool(torch.isfinite(tensor[start:start + rows]).all()) for start in range(0, tensor.shape[0], rows))
 
 
 def make_cv_groups(n_samples: int, cv="loo", groups=None, seed: int = 0) -> tuple[np.ndarray, str]:
@@ -164,8 +171,9 @@ def _cv_sq_error(residual, i_minus_h_diag, block_fn, groups: _GroupBlocks, n: in
         cv_res = residual[rows] / i_minus_h_diag[rows, None]
         total += (cv_res * cv_res).sum(0)
     for rows in groups.batches:
-        # chunk so that the (g, m, m) blocks and (g, m, t) residuals stay small
-        chunk = max(1, int(2e7 // (rows.shape[1] * max(rows.shape[1], residual.shape[1]))))
+        # chunk so that the (g, m, m) blocks, the (g, m, t) residuals and the (n, g m) columns that block_fn
+        # gathers stay small (~80 MB in float32)
+        chunk = max(1, int(2e7 // (rows.shape[1] * max(rows.shape[1], residual.shape[1], n))))
         for start in range(0, rows.shape[0], chunk):
             part = rows[start:start + chunk]
             blocks = block_fn(part)
@@ -228,7 +236,7 @@ def fit_ridge_cv(X, Y, alphas=DEFAULT_ALPHAS, *, cv="loo", groups=None, solver: 
             Yt = Yt[:, None]
         if Xt.ndim != 2 or Yt.shape[0] != Xt.shape[0]:
             raise BadDataError(f"ridge: X {tuple(Xt.shape)} and Y {tuple(Yt.shape)} do not match")
-        if not (torch.isfinite(Xt).all() and torch.isfinite(Yt).all()):
+        if not (_all_finite(Xt) and _all_finite(Yt)):
             raise BadDataError("ridge: X or Y contains NaN or infinite values",
                                hint="mask out voxels without data before decoding")
         n, p = Xt.shape
@@ -349,23 +357,13 @@ def _solve_eigen(Xc: torch.Tensor, Yc: torch.Tensor, alphas: np.ndarray, blocks:
     return cv_sse, coef
 
 
-#: CPU triangular inverse of the Cholesky solver: ``lapack`` (scipy's trtri, in place) measured faster on a
-#: quiet 2-thread Xeon than ``recursive`` (GEMM blocks); the GPU always uses ``recursive``.
+#: CPU path of the Cholesky solver: ``lapack`` (scipy's LAPACK in place on one shared buffer, see
+#: :class:`_SharedGramBuffer`) measured faster on a quiet 2-thread Xeon than ``recursive`` (torch Cholesky +
+#: GEMM-block triangular inverse) and holds one n x n matrix less; the GPU always uses ``recursive``.
 TRIANGULAR_INVERSE = "lapack"
 
-
-def _triangular_inverse_lapack_(L: torch.Tensor) -> torch.Tensor:
-    """Invert a lower-triangular CPU matrix in place with LAPACK ``trtri`` (a third of a general solve)."""
-    from scipy.linalg import lapack
-
-    arr = L.numpy()
-    trtri = lapack.strtri if arr.dtype == np.float32 else lapack.dtrtri
-    # torch's Cholesky output is column-major (Fortran order), so trtri works in place; it leaves the
-    # zeros above the diagonal alone
-    inv, info = trtri(arr, lower=1, overwrite_c=1)
-    if info != 0:
-        raise BadDataError(f"ridge: triangular inverse failed (LAPACK info {info})")
-    return torch.from_numpy(inv)
+#: rows per block when forming or copying the Gram matrix (bounds the temporaries to block x n)
+GRAM_BLOCK = 2048
 
 
 def _triangular_inverse_(L: torch.Tensor, base: int = 256) -> torch.Tensor:
@@ -405,8 +403,25 @@ def _bracket_order(n_alphas: int):
         todo = sorted(int(k) for k in near if 0 <= k < n_alphas and k not in evaluated)
 
 
+def _evaluate_alphas(alphas: np.ndarray, search: str, step) -> None:
+    """Call ``step(k)`` for the alpha indices the search asks for; ``step`` returns the current best index
+    of every target."""
+    order = _grid_order(len(alphas)) if search == "grid" else _bracket_order(len(alphas))
+    batch = next(order)
+    while True:
+        best = None
+        for k in batch:
+            best = step(k)
+        try:
+            batch = order.send(best)
+        except StopIteration:
+            break
+
+
 def _solve_cholesky(Xc: torch.Tensor, Yc: torch.Tensor, alphas: np.ndarray, blocks: _GroupBlocks,
                     search: str = "grid"):
+    if TRIANGULAR_INVERSE == "lapack" and Xc.device.type == "cpu":
+        return _solve_cholesky_shared_buffer(Xc, Yc, alphas, blocks, search)
     n, p = Xc.shape
     t = Yc.shape[1]
     dual_form = n <= p
@@ -417,16 +432,13 @@ def _solve_cholesky(Xc: torch.Tensor, Yc: torch.Tensor, alphas: np.ndarray, bloc
     best_sse = torch.full((t,), float("inf"), dtype=Xc.dtype, device=Xc.device)
     best_solution = torch.zeros_like(rhs)  # dual coefficients (n, t) or primal coef (p, t)
     diag_index = torch.arange(gram.shape[0], device=Xc.device)
-    order = _grid_order(len(alphas)) if search == "grid" else _bracket_order(len(alphas))
-    batch = next(order)
-    while True:
-        for k in batch:
-            _cholesky_step(k, alphas[k], gram, rhs, Xc, Yc, diag_index, dual_form, blocks, n, cv_sse,
-                           best_sse, best_solution)
-        try:
-            batch = order.send(torch.argmin(cv_sse, dim=0).cpu().numpy())
-        except StopIteration:
-            break
+
+    def step(k):
+        _cholesky_step(k, alphas[k], gram, rhs, Xc, Yc, diag_index, dual_form, blocks, n, cv_sse, best_sse,
+                       best_solution)
+        return torch.argmin(cv_sse, dim=0).cpu().numpy()
+
+    _evaluate_alphas(alphas, search, step)
     coef = Xc.T @ best_solution if dual_form else best_solution
     return cv_sse, coef
 
@@ -440,13 +452,9 @@ def _cholesky_step(k, alpha, gram, rhs, Xc, Yc, diag_index, dual_form, blocks, n
     if int(info) != 0:
         raise BadDataError(f"ridge: Cholesky failed for alpha={alpha:g} (matrix not positive definite)",
                            hint="use larger alphas or solver='eigen'")
-    if TRIANGULAR_INVERSE == "lapack" and L.device.type == "cpu":
-        solution = torch.cholesky_solve(rhs, L)
-        L_inv = _triangular_inverse_lapack_(L)
-    else:
-        L_inv = _triangular_inverse_(L)
-        # (K + alpha I)^-1 rhs = L^-T L^-1 rhs as two GEMMs
-        solution = L_inv.T @ (L_inv @ rhs)
+    L_inv = _triangular_inverse_(L)
+    # (K + alpha I)^-1 rhs = L^-T L^-1 rhs as two GEMMs
+    solution = L_inv.T @ (L_inv @ rhs)
     del L  # its memory now holds L^-1
     if dual_form:
         # I - Hc = alpha (K + alpha I)^-1, so the residual is alpha * solution
@@ -472,3 +480,143 @@ def _cholesky_step(k, alpha, gram, rhs, Xc, Yc, diag_index, dual_form, blocks, n
     best_solution[:, improved] = solution[:, improved]
     del L_inv, solution, residual
 
+
+
+# ----------------------------------------------------------------------------------------------------------
+# CPU: Gram matrix and Cholesky factor share one buffer
+
+
+def _blas_threads(n_threads: int):
+    """scipy's BLAS has its own thread pool: hold it to torch's thread count (threadpoolctl comes with
+    scikit-learn, a nilearn dependency); without threadpoolctl the OMP/OPENBLAS variables set by ``m2i`` rule."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover
+        import contextlib
+
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=n_threads, user_api="blas")
+
+
+class _SharedGramBuffer:
+    """The Gram matrix and the Cholesky factor of ``Gram + alpha I`` in one (m, m) Fortran-ordered buffer.
+
+    Why: at 9,000 trials a float32 Gram matrix is 0.32 GB, and torch's Cholesky returns a second one. Here
+    the strict upper triangle keeps the Gram matrix (its diagonal is kept aside) and the lower triangle is
+    the work area: for each alpha it is refilled from the upper triangle, factorised by LAPACK ``potrf`` in
+    place, then inverted by ``trtri`` in place; both read and write only the lower triangle.
+    """
+
+    def __init__(self, A: torch.Tensor):
+        m = A.shape[0]
+        self.array = np.empty((m, m), dtype=A.numpy().dtype, order="F")
+        self.W = torch.from_numpy(self.array)  # strides (1, m): W[i, j] is array[i, j]
+        W = self.W
+        for start in range(0, m, GRAM_BLOCK):
+            stop = min(m, start + GRAM_BLOCK)
+            W[start:stop, :stop] = A[start:stop] @ A[:stop].T  # rows of the lower triangle (diagonal block full)
+            W[:start, start:stop] = W[start:stop, :start].T  # mirrored into the upper triangle
+        self.diagonal = W.diagonal().clone()
+        self.potrf, self.potrs, self.trtri = lapack.get_lapack_funcs(("potrf", "potrs", "trtri"), (self.array,))
+        self.trmm = blas.get_blas_funcs("trmm", (self.array,))
+
+    @property
+    def size(self) -> int:
+        return self.array.shape[0]
+
+    def factorise(self, alpha: float) -> None:
+        """Lower triangle <- Cholesky factor L of ``Gram + alpha I``."""
+        W, m = self.W, self.size
+        for start in range(0, m, GRAM_BLOCK):
+            stop = min(m, start + GRAM_BLOCK)
+            W[stop:, start:stop] = W[start:stop, stop:].T
+            block = W[start:stop, start:stop]
+            block.copy_(torch.triu(block) + torch.triu(block, 1).T)
+        W.diagonal().copy_(self.diagonal + alpha)
+        _, info = self.potrf(self.array, lower=1, clean=0, overwrite_a=1)
+        if info != 0:
+            raise BadDataError(f"ridge: Cholesky failed for alpha={alpha:g} (matrix not positive definite)",
+                               hint="use larger alphas or solver='eigen'")
+
+    def solve(self, rhs: torch.Tensor) -> torch.Tensor:
+        """``(Gram + alpha I)^-1 rhs`` from the factor (before :meth:`invert`)."""
+        solution, info = self.potrs(self.array, rhs.numpy(), lower=1)
+        if info != 0:
+            raise BadDataError(f"ridge: triangular solve failed (LAPACK info {info})")
+        return torch.from_numpy(np.ascontiguousarray(solution))
+
+    def invert(self) -> None:
+        """Lower triangle <- ``L^-1``."""
+        _, info = self.trtri(self.array, lower=1, overwrite_c=1)
+        if info != 0:
+            raise BadDataError(f"ridge: triangular inverse failed (LAPACK info {info})")
+
+    def inverse_column_norms_sq(self) -> torch.Tensor:
+        """Squared norms of the columns of ``L^-1`` = diagonal of ``(Gram + alpha I)^-1``."""
+        W, m = self.W, self.size
+        out = torch.empty(m, dtype=W.dtype)
+        for start in range(0, m, GRAM_BLOCK):
+            stop = min(m, start + GRAM_BLOCK)
+            diag_block = torch.tril(W[start:stop, start:stop])
+            out[start:stop] = (diag_block * diag_block).sum(0) + torch.linalg.vector_norm(W[stop:, start:stop],
+                                                                                      dim=0) ** 2
+        return out
+
+    def inverse_columns(self, columns: torch.Tensor) -> torch.Tensor:
+        """Columns of ``L^-1`` (m, k), the Gram entries above the diagonal masked to zero."""
+        cols = self.W[:, columns]
+        rows = torch.arange(self.size)
+        return cols * (rows[:, None] >= columns[None, :])
+
+    def inverse_times(self, B: np.ndarray) -> torch.Tensor:
+        """``L^-1 @ B`` for a Fortran-ordered (m, k) array, in place (BLAS ``trmm`` reads the lower triangle)."""
+        out = self.trmm(1.0, self.array, B, lower=1, overwrite_b=1)
+        return torch.from_numpy(out)
+
+
+def _solve_cholesky_shared_buffer(Xc: torch.Tensor, Yc: torch.Tensor, alphas: np.ndarray, blocks: _GroupBlocks,
+                                  search: str):
+    """CPU Cholesky solver on :class:`_SharedGramBuffer`: memory X + one (m, m) matrix + O(m t)."""
+    n, p = Xc.shape
+    t = Yc.shape[1]
+    dual_form = n <= p
+    with _blas_threads(torch.get_num_threads()):
+        buffer = _SharedGramBuffer(Xc if dual_form else Xc.T)
+        rhs = Yc.contiguous() if dual_form else (Xc.T @ Yc).contiguous()
+        cv_sse = torch.full((len(alphas), t), float("inf"), dtype=Xc.dtype)
+        best_sse = torch.full((t,), float("inf"), dtype=Xc.dtype)
+        best_solution = torch.zeros_like(rhs)
+
+        def step(k):
+            alpha = float(alphas[k])
+            buffer.factorise(alpha)
+            solution = buffer.solve(rhs)
+            buffer.invert()
+            if dual_form:
+                # I - Hc = alpha (K + alpha I)^-1, so the residual is alpha * solution
+                residual = alpha * solution
+                i_minus_h = alpha * buffer.inverse_column_norms_sq() - 1.0 / n
+
+                def block_fn(rows):
+                    cols = buffer.inverse_columns(rows.reshape(-1)).T.reshape(rows.shape[0], rows.shape[1], -1)
+                    return alpha * cols @ cols.transpose(1, 2) - 1.0 / n
+            else:
+                residual = Yc - Xc @ solution
+                T = buffer.inverse_times(np.array(Xc.numpy().T, order="F"))  # (p, n): hat diagonal = column norms
+                i_minus_h = 1.0 - 1.0 / n - torch.linalg.vector_norm(T, dim=0) ** 2
+
+                def block_fn(rows):
+                    cols = T[:, rows.reshape(-1)].T.reshape(rows.shape[0], rows.shape[1], -1)
+                    eye = torch.eye(rows.shape[1], dtype=T.dtype)
+                    return eye - 1.0 / n - cols @ cols.transpose(1, 2)
+
+            cv_sse[k] = _cv_sq_error(residual, i_minus_h, block_fn, blocks, n)
+            improved = cv_sse[k] < best_sse
+            best_sse.copy_(torch.where(improved, cv_sse[k], best_sse))
+            best_solution[:, improved] = solution[:, improved]
+            return torch.argmin(cv_sse, dim=0).numpy()
+
+        _evaluate_alphas(alphas, search, step)
+        del buffer
+        coef = Xc.T @ best_solution if dual_form else best_solution
+    return cv_sse, coef
