@@ -67,7 +67,10 @@ def child_ours(nii: str, out_dir: str, threads: int, warm: bool) -> dict:
     corrected = resample_to_grid(data, img.affine, motion.transforms, img.affine, data.shape[:3], n_threads=threads)
     c2, t2 = time.process_time(), time.perf_counter()
     result["engine_cpu_s"] = c2 - c0
-    nib.save(nib.Nifti1Image(corrected, img.affine), str(Path(out_dir) / "ours_corrected.nii.gz"))
+    # written as the app writes every NIfTI (bids_m2i.utils.atomic.save_nifti: atomic, deterministic gzip)
+    from bids_m2i.utils.atomic import save_nifti
+
+    save_nifti(nib.Nifti1Image(corrected, img.affine), Path(out_dir) / "ours_corrected.nii.gz")
     result.update(estimate_s=t1 - t0, resample_s=t2 - t1, engine_s=t2 - t0,
                   transforms=motion.transforms.tolist(), convention="pull")
     return result
@@ -229,6 +232,10 @@ def main(argv=None) -> int:
         result["child_s"] = time.perf_counter() - t0
         result["peak_rss_mb"] = _peak_rss_mb()
         Path(args.out_json).write_text(json.dumps(result))
+        if args.child == "ours":
+            from bids_m2i.utils.process import skip_exit_gc
+
+            skip_exit_gc()  # as the `m2i` console script does when it ends (bids_m2i.cli.run.main)
         return 0
 
     work = Path(args.work)

@@ -63,12 +63,13 @@ class _ParticipantGridInputSpec(BaseInterfaceInputSpec):
 
 class _ParticipantGridOutputSpec(TraitedSpec):
     out_reference = File(desc="participant reference (the first run's reference)")
-    out_mask = File(desc="participant brain mask")
+    out_mask = File(desc="participant brain mask (all runs' references, voxels every run covers)")
     out_run_to_reference = traits.List(File(), desc="(4, 4) pull transforms participant ref -> run ref (.npy)")
 
 
 class BuildParticipantGrid(M2IInterface):
-    """Register every run's reference to the first run's; the first reference defines the grid and mask."""
+    """Register every run's reference to the first run's (which defines the grid); one brain mask from all
+    runs' references on that grid, limited to the voxels every run covers."""
 
     input_spec = _ParticipantGridInputSpec
     output_spec = _ParticipantGridOutputSpec
@@ -76,23 +77,21 @@ class BuildParticipantGrid(M2IInterface):
     def _run(self, runtime):
         import nibabel as nib
 
-        from ..preproc.masks import compute_brain_mask
-        from ..preproc.motion import register_rigid
+        from ..preproc.grid import participant_brain_mask, references_on_grid, register_runs_to_first
         from ..utils.atomic import save_npy
 
         cwd = Path(runtime.cwd)
-        fixed_img = nib.load(self.inputs.boldrefs[0])
+        images = [nib.load(path) for path in self.inputs.boldrefs]
+        fixed_img = images[0]
         fixed = np.asarray(fixed_img.dataobj, dtype=np.float32)
-        mask = compute_brain_mask(fixed)
-        outputs = []
-        for i, ref_path in enumerate(self.inputs.boldrefs):
-            if i == 0:
-                matrix = np.eye(4)
-            else:
-                moving_img = nib.load(ref_path)
-                matrix = register_rigid(np.asarray(moving_img.dataobj, dtype=np.float32), moving_img.affine, fixed,
-                                        fixed_img.affine, n_threads=self.inputs.n_threads, device=self.inputs.device)
-            outputs.append(str(save_npy(cwd / f"run{i:03d}_to_reference.npy", matrix)))
+        references = [np.asarray(img.dataobj, dtype=np.float32) for img in images]
+        affines = [img.affine for img in images]
+        compute = dict(n_threads=self.inputs.n_threads, device=self.inputs.device)
+        matrices = register_runs_to_first(references, affines, **compute)
+        on_grid, coverage = references_on_grid(references, affines, matrices, fixed_img.affine, fixed.shape,
+                                               **compute)
+        mask = participant_brain_mask(on_grid, coverage)
+        outputs = [str(save_npy(cwd / f"run{i:03d}_to_reference.npy", matrix)) for i, matrix in enumerate(matrices)]
         self._results["out_run_to_reference"] = outputs
         self._results["out_reference"] = str(save_like(fixed, fixed_img.affine, cwd / "reference.nii.gz"))
         self._results["out_mask"] = str(save_like(mask.astype(np.uint8), fixed_img.affine, cwd / "brain_mask.nii.gz",

@@ -6,7 +6,8 @@ Typical use (the workflow does these steps in separate nodes)::
     to_run = register_runs_to_first([m.reference for m in motion], [affine_r ...])
     bold_r = resample_to_grid(data_r, affine_r, compose_transforms(motion_r.transforms, to_run[r]),
                               affines[0], motion[0].reference.shape)
-    mask = participant_brain_mask([bold_r.mean(axis=3) for each run])
+    refs, coverage = references_on_grid([m.reference for m in motion], affines, to_run, affines[0], shape)
+    mask = participant_brain_mask(refs, coverage)
 """
 
 from __future__ import annotations
@@ -37,7 +38,45 @@ def register_runs_to_first(references, affines, *, n_threads: int = 1, device: s
     return out
 
 
-def participant_brain_mask(mean_images) -> np.ndarray:
-    """One brain mask from the mean of the runs' mean images (all on the participant grid) -> (X, Y, Z) bool."""
-    stack = np.stack([np.nan_to_num(np.asarray(m, dtype=np.float64)) for m in mean_images], axis=0)
-    return compute_brain_mask(stack.mean(axis=0))
+def participant_brain_mask(mean_images, coverage=None) -> np.ndarray:
+    """One brain mask from all runs' mean (or reference) images on the participant grid -> (X, Y, Z) bool.
+
+    Each image is scaled by its own typical in-head intensity first (runs of different sessions differ in
+    scanner gain, and one bright run would otherwise decide the threshold alone). ``coverage``: optional
+    per-run bool arrays of the grid voxels inside that run's field of view; the mask keeps only voxels every
+    run covers, so that no masked voxel has a run of zeros in the GLM.
+    """
+    images = [np.nan_to_num(np.asarray(m, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+              for m in mean_images]
+    if not images:
+        raise ValueError("participant_brain_mask needs at least one image")
+    scaled = []
+    for img in images:
+        positive = img[img > 0]
+        # mean of the voxels above the image mean: the head, whatever the field of view's share of air
+        head = positive[positive > positive.mean()] if positive.size else positive
+        scaled.append(img / head.mean() if head.size else img)
+    mask = compute_brain_mask(np.mean(scaled, axis=0))
+    for inside in coverage or ():
+        mask &= np.asarray(inside, dtype=bool)
+    return mask
+
+
+def references_on_grid(references, affines, run_to_reference, target_affine, target_shape, *,
+                       n_threads: int = 1, device: str = "cpu") -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Every run's reference resampled onto the participant grid, and the grid voxels each run covers.
+
+    ``run_to_reference``: the pull transforms of :func:`register_runs_to_first`.
+    """
+    from .resample import resample_to_grid
+
+    on_grid, coverage = [], []
+    for ref, aff, matrix in zip(references, affines, run_to_reference):
+        ref = np.asarray(ref, dtype=np.float32)
+        on_grid.append(resample_to_grid(ref, aff, matrix, target_affine, target_shape, n_threads=n_threads,
+                                        device=device))
+        ones = np.ones(ref.shape, dtype=np.float32)
+        # a voxel is covered when trilinear interpolation drew (almost) entirely on the run's voxels
+        coverage.append(resample_to_grid(ones, aff, matrix, target_affine, target_shape, n_threads=n_threads,
+                                         device=device) > 0.99)
+    return on_grid, coverage

@@ -66,6 +66,12 @@ def compute_brain_mask(mean_img: np.ndarray, *, smoothing_vox: float = 1.0, dila
     # slice-wise filling closes dropouts that touch the FOV's top or bottom slice
     for k in range(mask.shape[2]):
         mask[:, :, k] = ndimage.binary_fill_holes(mask[:, :, k])
+    return dilate_mask(mask, dilate_vox)
+
+
+def dilate_mask(mask: np.ndarray, dilate_vox: int) -> np.ndarray:
+    """Binary dilation by ``dilate_vox`` voxels (6-connected steps), as ``compute_brain_mask(dilate_vox=...)``
+    applies it: ``dilate_mask(compute_brain_mask(img), n)`` equals ``compute_brain_mask(img, dilate_vox=n)``."""
     if dilate_vox > 0:
         mask = ndimage.binary_dilation(mask, iterations=int(dilate_vox))
     return mask

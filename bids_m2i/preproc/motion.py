@@ -38,16 +38,20 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .masks import compute_brain_mask
-from .sampling import (gaussian_smooth, normalising_matrix, resolve_device, sample_normalised, torch_threads,
-                       volumes_to_torch)
+from .masks import compute_brain_mask, dilate_mask
+from .sampling import (gaussian_smooth, new_stack, resolve_device, sample_volumes, sampler_coords, sampler_matrix,
+                       slice_stack, torch_threads, volumes_to_torch)
 from .transforms import grid_centre, params_from_matrix, rigid_matrix
 
 log = logging.getLogger("m2i.preproc")
 
-# (sigma in reference voxels, point stride, max iterations, fraction of points kept by gradient magnitude)
-MOTION_LEVELS_FIRST = ((2.0, 3, 10, 1.0),)
-MOTION_LEVELS_FINAL = ((0.5, 1, 8, 0.4),)
+# (sigma in reference voxels, point stride, max iterations, fraction of points kept by gradient magnitude[,
+# convergence tolerance in mm, default _CONVERGED_MM]). The first pass only seeds the reference and the final
+# pass: 0.05 mm is plenty there. Final pass: 60 % of the points (vs 40 %) converge in fewer iterations and fit
+# better (phantom 64x64x32x100: error mean/max 0.058/0.110 -> 0.046/0.084 mm; simulator `demo`: 0.062/0.246
+# -> 0.058/0.221 mm) for the same time; 0.03 mm is well below those errors.
+MOTION_LEVELS_FIRST = ((2.0, 3, 10, 1.0, 0.05),)
+MOTION_LEVELS_FINAL = ((0.5, 1, 8, 0.6, 0.03),)
 REGISTRATION_LEVELS = ((4.0, 3, 30, 1.0), (2.0, 2, 25, 1.0), (1.0, 1, 20, 1.0), (0.0, 1, 20, 1.0))
 MIN_SLICES_3D = 4
 _CONVERGED_MM = 1e-2  # stop when every volume's update moves no point of a 50 mm sphere by more than this
@@ -146,53 +150,105 @@ class _Reference:
 
 def _register_batch(moving: torch.Tensor, moving_affine: np.ndarray, ref_t: torch.Tensor, ref_affine: np.ndarray,
                     mask: np.ndarray, init: np.ndarray, levels, centre: np.ndarray, basis: np.ndarray,
-                    in_plane: bool) -> np.ndarray:
-    """Realign each of N moving volumes (N, 1, Z, Y, X) to ``ref_t``; returns (N, 4, 4) pull transforms."""
-    device = moving.device
+                    in_plane: bool, chunk_size: int | None = None) -> np.ndarray:
+    """Realign each of N moving volumes (N, 1, Z, Y, X) to ``ref_t``; returns (N, 4, 4) pull transforms.
+
+    Level by level; within a level the volumes go ``chunk_size`` at a time (a chunk's smoothed copy, its
+    sampling grids and residuals stay in cache, and a chunk stops as soon as its own volumes converge).
+    """
     n = moving.shape[0]
     transforms = np.array(init, dtype=np.float64).reshape(n, 4, 4)
-    # reference voxel -> moving normalised sampling coordinates = pre @ M @ post (composed in float64)
-    pre = normalising_matrix(moving.shape[2:][::-1]) @ np.linalg.inv(np.asarray(moving_affine, dtype=np.float64))
+    # reference voxel -> moving sampler coordinates = pre @ M @ post (composed in float64)
+    pre = sampler_matrix(moving.shape[2:][::-1]) @ np.linalg.inv(np.asarray(moving_affine, dtype=np.float64))
     post = np.asarray(ref_affine, dtype=np.float64)
     ref_vox = float(np.mean(_voxel_sizes(ref_affine)))
     mov_vox = _voxel_sizes(moving_affine)
-    for sigma_vox, stride, max_iter, fraction in levels:
+    chunk_size = _chunk_volumes(moving.shape) if chunk_size is None else max(1, int(chunk_size))
+    for sigma_vox, stride, max_iter, fraction, *tolerance in levels:
+        tolerance = float(tolerance[0]) if tolerance else _CONVERGED_MM
         sigma_mm = sigma_vox * ref_vox
         ref = _Reference(ref_t, ref_affine, mask, sigma_mm, stride, centre, basis, in_plane, fraction)
-        mov = gaussian_smooth(moving, sigma_mm / mov_vox) if sigma_mm > 0 else moving
-        scale = None
-        jac = ref.jacobian
-        k = jac.shape[1]
-        ijk_t = ref.ijk_h  # (P, 4)
-        for iteration in range(max_iter):
-            mats = torch.from_numpy(pre @ transforms @ post).float().to(device)  # (N, 4, 4)
-            # one (P, 4) x (4, 3N) GEMM for all volumes, then (N, P, 3)
-            grid = torch.matmul(ijk_t, mats[:, :3, :].permute(2, 0, 1).reshape(4, 3 * n)).view(-1, n, 3)
-            grid = grid.permute(1, 0, 2).contiguous()
-            values, inside = sample_normalised(mov, grid)
-            valid = inside.float()
-            gain = (valid * ref.values).sum(1, keepdim=True) / (valid * values).sum(1, keepdim=True).clamp_min(1e-6)
-            resid = gain * values - ref.values  # (N, P)
-            if scale is None:
-                abs_r = torch.where(inside, resid.abs(), torch.full_like(resid, float("nan")))
-                mad = torch.nanmedian(abs_r, dim=1).values
-                scale = (2.5 * 1.4826 * torch.nan_to_num(mad, nan=1.0)).clamp_min(1e-3 * abs(ref.mean) + 1e-6)
-            weights = valid / (1.0 + (resid / scale[:, None]) ** 2) ** 2
-            # H_n = J^T diag(w_n) J for every volume
-            hess = torch.matmul(weights, ref.outer).view(n, k, k).double()
-            grad = torch.matmul(weights * resid, jac).double().unsqueeze(-1)  # (N, k, 1)
-            damping = 1e-6 * hess.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(1e-12)
-            hess = hess + damping[:, None, None] * torch.eye(hess.shape[-1], dtype=hess.dtype, device=device)
-            dq = torch.linalg.solve(hess, grad)[..., 0].cpu().numpy()  # (N, k)
-            dp = np.nan_to_num(dq @ basis.T)  # (N, 6)
-            # inverse-compositional update: M <- M @ W(dp)^-1
-            transforms = transforms @ np.linalg.inv(rigid_matrix(dp, centre))
-            step = np.abs(dp[:, :3]).sum(1) + 50.0 * np.abs(dp[:, 3:]).sum(1)
-            if np.all(step < _CONVERGED_MM):
-                break
-        log.debug("level sigma=%.1f vox stride=%d: %d points, %d iterations, last max step %.4f mm",
-                  sigma_vox, stride, ref.ijk_h.shape[0], iteration + 1, float(step.max()))
+        iterations = []
+        for start in range(0, n, chunk_size):
+            stop = min(n, start + chunk_size)
+            chunk = moving[start:stop]
+            stack = gaussian_smooth(chunk, sigma_mm / mov_vox, stacked=True) if sigma_mm > 0 else slice_stack(chunk)
+            transforms[start:stop], used = _register_level(stack, pre, post, ref, transforms[start:stop], max_iter,
+                                                           centre, basis, tolerance)
+            iterations.append(used)
+        log.debug("level sigma=%.1f vox stride=%d: %d points, %s iterations per chunk",
+                  sigma_vox, stride, ref.ijk_h.shape[0], iterations)
     return transforms
+
+
+def _register_level(stack: torch.Tensor, pre: np.ndarray, post: np.ndarray, ref: _Reference, transforms: np.ndarray,
+                    max_iter: int, centre: np.ndarray, basis: np.ndarray,
+                    tolerance: float = _CONVERGED_MM) -> tuple[np.ndarray, int]:
+    """Gauss-Newton iterations of one level for the n volumes of a slice stack (n, Z + 1, Y, X).
+
+    A volume whose update moves no point of a 50 mm sphere by more than ``tolerance`` (mm) is done: it
+    keeps its pose and leaves the batch (the others go on without sampling it).
+    """
+    device = stack.device
+    n = stack.shape[0]
+    transforms = np.array(transforms, dtype=np.float64)
+    jac = ref.jacobian
+    k = jac.shape[1]
+    ijk_t = ref.ijk_h  # (P, 4)
+    eye = torch.eye(k, dtype=torch.float64, device=device)
+    scale = None
+    active = np.arange(n)
+    iteration = 0
+    for iteration in range(max_iter):
+        m = active.size
+        mats = torch.from_numpy(pre @ transforms[active] @ post).float().to(device)  # (m, 4, 4)
+        values, inside = sample_volumes(stack, sampler_coords(mats, ijk_t))  # (m, P)
+        valid = inside.float()
+        gain = (valid * ref.values).sum(1, keepdim=True) / (valid * values).sum(1, keepdim=True).clamp_min(1e-6)
+        resid = gain * values - ref.values  # (m, P)
+        if scale is None:
+            mad = _median_abs_inside(resid, inside)
+            scale = (2.5 * 1.4826 * torch.nan_to_num(mad, nan=1.0)).clamp_min(1e-3 * abs(ref.mean) + 1e-6)
+        weights = valid / (1.0 + (resid / scale[:, None]) ** 2) ** 2
+        # H_n = J^T diag(w_n) J for every volume
+        hess = torch.matmul(weights, ref.outer).view(m, k, k).double()
+        grad = torch.matmul(weights * resid, jac).double().unsqueeze(-1)  # (m, k, 1)
+        damping = 1e-6 * hess.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(1e-12)
+        hess = hess + damping[:, None, None] * eye
+        dq = torch.linalg.solve(hess, grad)[..., 0].cpu().numpy()  # (m, k)
+        dp = np.nan_to_num(dq @ basis.T)  # (m, 6)
+        # inverse-compositional update: M <- M @ W(dp)^-1
+        transforms[active] = transforms[active] @ np.linalg.inv(rigid_matrix(dp, centre))
+        step = np.abs(dp[:, :3]).sum(1) + 50.0 * np.abs(dp[:, 3:]).sum(1)
+        going = step >= tolerance
+        if not going.any():
+            break
+        if not going.all():  # drop the converged volumes from the batch
+            keep = torch.from_numpy(np.flatnonzero(going)).to(device)
+            active = active[going]
+            _, nz1, ny, nx = stack.shape
+            stack = torch.index_select(stack, 0, keep, out=new_stack(active.size, nz1 - 1, ny, nx, device))
+            scale = scale[keep]
+    return transforms, iteration + 1
+
+
+def _median_abs_inside(resid: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+    """Per row, the lower median of ``|resid|`` over the ``inside`` points (NaN for a row with none): what
+    ``torch.nanmedian`` gives with NaN outside, computed with numpy's partition on CPU (~2x faster)."""
+    if resid.device.type != "cpu":
+        return torch.nanmedian(torch.where(inside, resid.abs(), torch.full_like(resid, float("nan"))), dim=1).values
+    a = resid.abs().masked_fill_(inside.logical_not(), float("inf")).numpy()
+    counts = inside.sum(1).numpy()
+    out = np.full(a.shape[0], np.nan, dtype=np.float32)
+    if counts.min() == counts.max() and counts[0] > 0:
+        kth = (int(counts[0]) - 1) // 2
+        out[:] = np.partition(a, kth, axis=1)[:, kth]
+    else:
+        for row, count in enumerate(counts):
+            if count > 0:
+                kth = (int(count) - 1) // 2
+                out[row] = np.partition(a[row], kth)[kth]
+    return torch.from_numpy(out)
 
 
 def _apply_transforms_on_own_grid(vols: torch.Tensor, affine: np.ndarray, transforms: np.ndarray) -> torch.Tensor:
@@ -201,6 +257,22 @@ def _apply_transforms_on_own_grid(vols: torch.Tensor, affine: np.ndarray, transf
 
     shape = (vols.shape[4], vols.shape[3], vols.shape[2])
     return resample_torch(vols, affine, transforms, affine, shape)
+
+
+def _chunk_volumes(shape) -> int:
+    """Default number of volumes registered together: ~1 M voxels (see ``estimate_motion``'s ``chunk_size``)."""
+    voxels = int(np.prod(shape[-3:]))
+    return int(np.clip((1 << 20) // max(1, voxels), 4, 64))
+
+
+def _lower_median(vols: torch.Tensor) -> np.ndarray:
+    """Voxel-wise lower median (``torch.median``'s) of (N, 1, Z, Y, X) volumes -> (X, Y, Z) float32 numpy."""
+    if vols.device.type == "cpu":  # numpy's partition along contiguous rows: ~5x faster than torch.median
+        by_voxel = np.ascontiguousarray(vols.reshape(vols.shape[0], -1).numpy().T)  # (voxels, N)
+        kth = (vols.shape[0] - 1) // 2
+        med = np.partition(by_voxel, kth, axis=1)[:, kth]
+        return med.reshape(vols.shape[2:]).transpose(2, 1, 0)
+    return torch.median(vols, dim=0).values[0].permute(2, 1, 0).cpu().numpy()
 
 
 def _check_input(data: np.ndarray) -> np.ndarray:
@@ -214,7 +286,7 @@ def _check_input(data: np.ndarray) -> np.ndarray:
 
 def estimate_motion(data: np.ndarray, affine: np.ndarray, *, reference: np.ndarray | None = None,
                     mask: np.ndarray | None = None, reference_volumes=None, n_threads: int = 1,
-                    device: str = "cpu", chunk_size: int = 128) -> MotionResult:
+                    device: str = "cpu", chunk_size: int | None = None) -> MotionResult:
     """Estimate rigid head motion of every volume of a run.
 
     Parameters
@@ -228,7 +300,9 @@ def estimate_motion(data: np.ndarray, affine: np.ndarray, *, reference: np.ndarr
     reference_volumes : optional indices of volumes allowed in the reference (e.g. steady-state ones).
     n_threads : torch intra-op threads (never raised above the current global count).
     device : ``cpu``, ``cuda`` or ``auto``.
-    chunk_size : volumes processed together (bounds memory to a few chunk copies).
+    chunk_size : volumes registered together. Default: ~1 M voxels' worth (8 volumes of 64x64x32), small
+        enough for their smoothed copies and sampling grids to stay in cache, large enough to amortise the
+        per-call overhead on small volumes.
 
     Returns
     -------
@@ -238,7 +312,10 @@ def estimate_motion(data: np.ndarray, affine: np.ndarray, *, reference: np.ndarr
     affine = np.asarray(affine, dtype=np.float64)
     n_vols = arr.shape[3]
     messages: list[str] = []
-    n_bad = int(np.count_nonzero(~np.isfinite(arr))) if np.issubdtype(arr.dtype, np.floating) else 0
+    n_bad = 0
+    # min and max are NaN or infinite whenever any value is: no temporary mask of the run when it is clean
+    if np.issubdtype(arr.dtype, np.floating) and arr.size and not np.isfinite([arr.min(), arr.max()]).all():
+        n_bad = int(np.count_nonzero(~np.isfinite(arr)))
     if n_bad:
         messages.append(f"{n_bad} non-finite voxel values (NaN/inf) were treated as 0 for motion estimation")
     in_plane = arr.shape[2] < MIN_SLICES_3D
@@ -258,31 +335,22 @@ def estimate_motion(data: np.ndarray, affine: np.ndarray, *, reference: np.ndarr
     pool = pool[np.unique(np.linspace(0, pool.size - 1, min(30, pool.size)).round().astype(int))]
 
     with torch_threads(n_threads), torch.no_grad():
-        # one float32 copy of the run in torch layout; chunks are views of it
-        all_vols = volumes_to_torch(arr, dev)
-
-        def chunks():
-            for start in range(0, n_vols, chunk_size):
-                stop = min(n_vols, start + chunk_size)
-                yield start, stop, all_vols[start:stop]
+        # the run in torch layout (a view of a float32 NIfTI array, else one float32 copy); chunks are views of it,
+        # only read
+        all_vols = volumes_to_torch(arr, dev, copy=bool(n_bad))
 
         def register_all(ref_img, ref_mask, init, levels):
-            ref_t = volumes_to_torch(ref_img, dev)
-            out = np.empty((n_vols, 4, 4))
-            for start, stop, vols in chunks():
-                out[start:stop] = _register_batch(vols, affine, ref_t, affine, ref_mask, init[start:stop], levels,
-                                                  centre, basis, in_plane)
-            return out
+            return _register_batch(all_vols, affine, volumes_to_torch(ref_img, dev), affine, ref_mask, init, levels,
+                                   centre, basis, in_plane, chunk_size=chunk_size)
 
         identity = np.tile(np.eye(4), (n_vols, 1, 1))
         if reference is None:
             pool_vols = all_vols[torch.from_numpy(pool).to(dev)]
-            template = torch.median(pool_vols, dim=0).values[0]  # (Z, Y, X)
-            template_np = template.permute(2, 1, 0).cpu().numpy()
+            template_np = _lower_median(pool_vols)
             cost_mask = mask if mask is not None else compute_brain_mask(template_np, dilate_vox=2)
             first = register_all(template_np, cost_mask, identity, MOTION_LEVELS_FIRST)
             realigned = _apply_transforms_on_own_grid(pool_vols, affine, first[pool])
-            ref_np = torch.median(realigned, dim=0).values[0].permute(2, 1, 0).cpu().numpy()
+            ref_np = _lower_median(realigned)
             del pool_vols, realigned
             init = first
             final_levels = MOTION_LEVELS_FINAL
@@ -291,7 +359,7 @@ def estimate_motion(data: np.ndarray, affine: np.ndarray, *, reference: np.ndarr
             init = identity
             final_levels = MOTION_LEVELS_FIRST + MOTION_LEVELS_FINAL
         brain = compute_brain_mask(ref_np)
-        cost_mask = mask if mask is not None else compute_brain_mask(ref_np, dilate_vox=2)
+        cost_mask = mask if mask is not None else dilate_mask(brain, 2)
         if not cost_mask.any():
             cost_mask = np.ones(ref_np.shape, dtype=bool)
         transforms = register_all(ref_np, np.asarray(cost_mask, dtype=bool), init, final_levels)
@@ -389,11 +457,10 @@ def _coarse_cost(moving_t, moving_affine, fixed_t, fixed_affine, mask, transform
     sigma_mm = sigma_vox * float(np.mean(_voxel_sizes(fixed_affine)))
     ref = _Reference(fixed_t, fixed_affine, mask, sigma_mm, stride,
                      grid_centre(fixed_affine, fixed_t.shape[2:][::-1]), np.eye(6), False)
-    mov = gaussian_smooth(moving_t, sigma_mm / _voxel_sizes(moving_affine))
-    pre = normalising_matrix(moving_t.shape[2:][::-1]) @ np.linalg.inv(moving_affine)
+    stack = gaussian_smooth(moving_t, sigma_mm / _voxel_sizes(moving_affine), stacked=True)
+    pre = sampler_matrix(moving_t.shape[2:][::-1]) @ np.linalg.inv(moving_affine)
     mats = torch.from_numpy(pre @ transform @ fixed_affine).float()[None].to(moving_t.device)
-    grid = torch.matmul(ref.ijk_h, mats[:, :3, :].transpose(1, 2))
-    values, inside = sample_normalised(mov, grid)
+    values, inside = sample_volumes(stack, sampler_coords(mats, ref.ijk_h))
     valid = inside.float()
     if valid.sum() < 10:
         return float("inf")

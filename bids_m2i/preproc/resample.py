@@ -10,37 +10,54 @@ FOV are 0 (``fill``).
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
-from .sampling import normalising_matrix, resolve_device, sample_normalised, torch_threads, volumes_to_torch
+from .sampling import (new_stack, resolve_device, sample_volumes, sampler_coords, sampler_matrix, slice_stack,
+                       torch_threads)
+
+# points per grid_sample call: a few volumes at a time keep the grid, the slice stack and the output in cache
+_POINTS_PER_CALL = 1 << 19
 
 
 def _target_voxels(target_shape, device) -> torch.Tensor:
     """(P, 4) homogeneous voxel indices of every target voxel, k slowest and i fastest (float32)."""
     nx, ny, nz = (int(s) for s in target_shape[:3])
-    k, j, i = torch.meshgrid(torch.arange(nz), torch.arange(ny), torch.arange(nx), indexing="ij")
-    return torch.stack([i.ravel(), j.ravel(), k.ravel(), torch.ones(i.numel(), dtype=i.dtype)], 1).float().to(device)
+    k, j, i = torch.meshgrid(torch.arange(nz, dtype=torch.float32), torch.arange(ny, dtype=torch.float32),
+                             torch.arange(nx, dtype=torch.float32), indexing="ij")
+    return torch.stack([i.ravel(), j.ravel(), k.ravel(), torch.ones(i.numel())], 1).to(device)
+
+
+def _sampling_matrices(src_shape_xyz, src_affine, transforms, target_affine, device) -> torch.Tensor:
+    """(N, 3, 4) float32: target voxel -> source sampler coordinates (:func:`~.sampling.sampler_matrix`),
+    composed in float64 then applied in float32 to small voxel indices (keeps ~1e-5 voxel precision
+    without float64 work per voxel)."""
+    pre = sampler_matrix(src_shape_xyz) @ np.linalg.inv(np.asarray(src_affine, dtype=np.float64))
+    mats = pre @ np.asarray(transforms, dtype=np.float64) @ np.asarray(target_affine, dtype=np.float64)
+    return torch.from_numpy(np.ascontiguousarray(mats[:, :3, :])).float().to(device)
+
+
+def _sample_stack(stack: torch.Tensor, mats: torch.Tensor, ijk: torch.Tensor, fill: float,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
+    """Values (n, P) of the n volumes of ``stack`` at the target voxels ``ijk`` (P, 4) mapped by ``mats``."""
+    values, inside = sample_volumes(stack, sampler_coords(mats, ijk), out=out)
+    return values.masked_fill_(inside.logical_not_(), fill)
 
 
 def resample_torch(volumes: torch.Tensor, src_affine: np.ndarray, transforms: np.ndarray, target_affine: np.ndarray,
                    target_shape, fill: float = 0.0) -> torch.Tensor:
     """Resample (N, 1, Z, Y, X) torch volumes with (N, 4, 4) pull transforms -> (N, 1, Zt, Yt, Xt)."""
     nx, ny, nz = (int(s) for s in target_shape[:3])
-    # target voxel -> source normalised coordinates, composed in float64 then applied in float32 to small
-    # voxel indices (keeps ~1e-5 voxel precision without float64 work per voxel)
-    pre = normalising_matrix(volumes.shape[2:][::-1]) @ np.linalg.inv(np.asarray(src_affine, dtype=np.float64))
-    mats = pre @ np.asarray(transforms, dtype=np.float64) @ np.asarray(target_affine, dtype=np.float64)
-    mats_t = torch.from_numpy(mats[:, :3, :]).float().to(volumes.device)  # (N, 3, 4)
+    mats = _sampling_matrices(volumes.shape[2:][::-1], src_affine, transforms, target_affine, volumes.device)
     ijk = _target_voxels(target_shape, volumes.device)
     out = torch.empty((volumes.shape[0], 1, nz, ny, nx), dtype=torch.float32, device=volumes.device)
-    # a few volumes per grid_sample call: one call amortises its overhead, (n, P, 3) grids stay small
-    step = max(1, int(4e6 // max(1, ijk.shape[0])))
+    step = max(1, _POINTS_PER_CALL // max(1, ijk.shape[0]))
     for start in range(0, volumes.shape[0], step):
         stop = min(volumes.shape[0], start + step)
-        grid = torch.matmul(ijk, mats_t[start:stop].transpose(1, 2))  # (n, P, 3)
-        values, inside = sample_normalised(volumes[start:stop], grid)
-        out[start:stop, 0] = torch.where(inside, values, torch.full_like(values, fill)).view(-1, nz, ny, nx)
+        _sample_stack(slice_stack(volumes[start:stop]), mats[start:stop], ijk, fill,
+                      out=out[start:stop].view(stop - start, -1))
     return out
 
 
@@ -78,11 +95,32 @@ def resample_to_grid(data: np.ndarray, src_affine: np.ndarray, per_volume_transf
     # memory layout, so neither this function nor nibabel has to copy it into another layout
     out_tzyx = np.empty((arr.shape[3],) + shape[::-1], dtype=np.float32)
     dev = resolve_device(device)
+    nx, ny, nz = arr.shape[:3]
     with torch_threads(n_threads), torch.no_grad():
-        for start in range(0, arr.shape[3], chunk_size):
-            stop = min(arr.shape[3], start + chunk_size)
-            vols = volumes_to_torch(arr[..., start:stop], dev)
-            res = resample_torch(vols, src_affine, transforms[start:stop], target_affine, shape, fill=fill)
-            out_tzyx[start:stop] = res[:, 0].cpu().numpy()
+        mats = _sampling_matrices(arr.shape[:3], src_affine, transforms, target_affine, dev)
+        ijk = _target_voxels(shape, dev)
+        out_t = torch.from_numpy(out_tzyx).view(arr.shape[3], -1)
+        step = max(1, min(int(chunk_size), _POINTS_PER_CALL // max(1, ijk.shape[0])))
+        for start in range(0, arr.shape[3], step):
+            stop = min(arr.shape[3], start + step)
+            buf = new_stack(stop - start, nz, ny, nx, dev)
+            # (X, Y, Z, n) -> (n, Z, Y, X): a plain copy for NIfTI's Fortran-ordered arrays
+            _copy_volumes(arr[..., start:stop], buf[:, :nz])
+            buf[:, nz] = buf[:, nz - 1]
+            if dev.type == "cpu":
+                _sample_stack(buf, mats[start:stop], ijk, fill, out=out_t[start:stop])
+            else:
+                out_t[start:stop] = _sample_stack(buf, mats[start:stop], ijk, fill).cpu()
     out = out_tzyx.transpose(3, 2, 1, 0)
     return out[..., 0] if single else out
+
+
+def _copy_volumes(chunk: np.ndarray, dest: torch.Tensor) -> None:
+    """Copy (X, Y, Z, n) numpy data into a (n, Z, Y, X) float32 tensor, non-finite values -> 0."""
+    src = chunk.transpose(3, 2, 1, 0)
+    if src.dtype != np.float32 or not src.dtype.isnative or min(src.strides) < 0:
+        src = np.ascontiguousarray(src, dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # read-only input (memory map): only read here
+        dest.copy_(torch.from_numpy(src))
+    torch.nan_to_num_(dest, nan=0.0, posinf=0.0, neginf=0.0)

