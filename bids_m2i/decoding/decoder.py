@@ -158,7 +158,7 @@ class BrainDecoder:
         if self.method == "ridge":
             base = ridge_predict(X, self.coef, self.intercept)
             residual = features - base
-            grid = alphas or self.alphas
+            grid = self.alphas if alphas is None else alphas
             for f in np.unique(folds):
                 held = folds == f
                 # nested: alphas chosen by the other folds only, so fold f is never seen, not even by

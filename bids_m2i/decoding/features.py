@@ -27,6 +27,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..errors import BadDataError, InputMissingError
+from ..models.store import sha256_of
 from ..utils.atomic import save_npy
 
 LOG = logging.getLogger("m2i.decoding")
@@ -58,14 +59,6 @@ def center_square(image):
     side = min(w, h)
     left, top = (w - side) // 2, (h - side) // 2
     return image.crop((left, top, left + side, top + side))
-
-
-def file_sha256(path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -160,9 +153,6 @@ class PixelExtractor:
     def dim(self) -> int:
         return self.size * self.size * 3
 
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return (self.size, self.size, 3)
 
     def fingerprint(self) -> str:
         return _short_hash({"space": "pixels", "size": self.size, "resample": "box", "crop": "center", "v": 1})
@@ -189,7 +179,7 @@ class ClipExtractor:
     space = "clip"
 
     def __init__(self, folder, device="auto", batch_size: int = 16):
-        from .ridge import resolve_device
+        from ..utils.torch_runtime import resolve_device
 
         self.folder = Path(folder)
         self.config_path = self.folder / "open_clip_config.json"
@@ -215,6 +205,12 @@ class ClipExtractor:
         return bool(self.config.get("tiny", False))
 
     def fingerprint(self) -> str:
+        # asked for by every stimulus_features call: hashed once per extractor
+        if getattr(self, "_fingerprint", None) is None:
+            self._fingerprint = self._weights_fingerprint()
+        return self._fingerprint
+
+    def _weights_fingerprint(self) -> str:
         # the weights file can be GBs: hash its size and its first and last 4 MiB, plus the full config
         size = self.weights_path.stat().st_size
         digest = hashlib.sha256()
@@ -329,7 +325,7 @@ def stimulus_features(paths: Sequence, extractor, work_dir=None, batch_size: int
     paths = [Path(p) for p in paths]
     cache = feature_cache_dir(work_dir, extractor) if work_dir is not None else None
     unique = list(dict.fromkeys(paths))
-    keys = {p: file_sha256(p) if p.is_file() else None for p in unique}
+    keys = {p: sha256_of(p) if p.is_file() else None for p in unique}
     missing = [p for p in unique if keys[p] is None]
     if missing:
         raise InputMissingError(f"Stimulus image not found: {missing[0]}", path=missing[0],

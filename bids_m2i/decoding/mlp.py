@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .ridge import resolve_device, torch_threads
+from ..utils.torch_runtime import resolve_device, torch_threads
 
 LOG = logging.getLogger("m2i.decoding")
 

@@ -26,7 +26,7 @@ from ..errors import BadDataError, InputMissingError
 from .decoder import BrainDecoder, rescale_to_training
 from .features import PixelBasis, PixelExtractor, category_means, load_image, pixels_to_image
 from .features import stimulus_features
-from .splits import split_trials
+from .splits import repeat_groups, split_trials
 
 LOGGER = logging.getLogger("m2i.decoding")
 
@@ -117,13 +117,8 @@ def _items(trials: pd.DataFrame, rows: np.ndarray, average: bool) -> list[np.nda
     if not average:
         return [np.array([r]) for r in rows]
     keys = trials.iloc[rows][["condition", "cue", "stimulus"]].astype(str).agg("|".join, axis=1).to_numpy()
-    _, groups = _group(keys)
+    _, groups = repeat_groups(keys)
     return [rows[g] for g in groups]
-
-
-def _group(keys):
-    distinct = list(dict.fromkeys(keys))
-    return distinct, [np.flatnonzero(np.asarray(keys) == d) for d in distinct]
 
 
 def standardise_like(betas: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -138,13 +133,8 @@ def standardise_like(betas: np.ndarray, reference: np.ndarray) -> np.ndarray:
     On the simulator's demo (4 runs of the pipeline, seeds 0-2) imagery-from-memory 2-way rose from
     0.58-0.81 to 0.84-0.89 (oracle 0.895).
     """
-    betas = np.asarray(betas, dtype=np.float32)
-    if betas.shape[0] < 2:
-        return betas.copy()
-    mean, sd = betas.mean(0), betas.std(0)
-    ref_mean, ref_sd = reference.mean(0), reference.std(0)
-    z = np.where(sd > 0, (betas - mean) / np.where(sd > 0, sd, 1.0), 0.0)
-    return (z * ref_sd + ref_mean).astype(np.float32)
+    # the same per-column mapping as the Brain-Diffuser rescaling of predictions
+    return rescale_to_training(betas, reference.mean(0), reference.std(0), centre="items")
 
 
 def reconstruct_participant(betas: np.ndarray, trials: pd.DataFrame, stimuli_dir: Path,

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from scipy.linalg import blas, lapack
 
-from ..utils.torch_runtime import resolve_device, torch_threads  # noqa: F401  (re-exported)
+from ..utils.torch_runtime import blas_threads, resolve_device, torch_threads
 
 from ..errors import BadDataError, UsageError
 
@@ -153,9 +153,6 @@ class _GroupBlocks:
             else:
                 self.batches.append(torch.as_tensor(rows, device=device))
 
-    @property
-    def all_singletons(self) -> bool:
-        return not self.batches
 
 
 def _cv_sq_error(residual, i_minus_h_diag, block_fn, groups: _GroupBlocks, n: int):
@@ -272,7 +269,8 @@ def fit_ridge_cv(X, Y, alphas=DEFAULT_ALPHAS, *, cv="loo", groups=None, solver: 
             cv_mse=(cv_sse / n).cpu().numpy().astype(np.float64),
             solver=solver,
             cv=cv_name,
-            info={"n_samples": n, "n_features": p, "device": str(dev), "search": search,
+            info={"n_samples": n, "n_features": p, "device": str(dev),
+                  "search": search if solver == "cholesky" else "grid",  # eigen evaluates every alpha
                   "n_alphas_evaluated": int(torch.isfinite(cv_sse).all(1).sum())},
         )
 
@@ -306,12 +304,17 @@ def fit_ridge(X, Y, alpha, *, device="auto", dtype=torch.float64) -> tuple[np.nd
 # solvers. Inputs: centred X (n, p) and Y (n, t). Outputs: cv_sse (n_alphas, t) and coef (p, t).
 
 
-def _lower_gram(A: torch.Tensor, block: int = 2048) -> torch.Tensor:
+#: rows per block when forming or copying the Gram matrix (bounds the temporaries to block x n)
+GRAM_BLOCK = 2048
+
+
+def _lower_gram(A: torch.Tensor, block: int | None = None) -> torch.Tensor:
     """Lower triangle of ``A Aᵀ`` (the upper triangle is left at zero), with half the flops of ``A @ A.T``.
 
     ``torch.linalg.cholesky`` and ``torch.linalg.eigh`` read only the lower triangle.
     """
     n = A.shape[0]
+    block = block or GRAM_BLOCK
     gram = torch.zeros((n, n), dtype=A.dtype, device=A.device)
     for start in range(0, n, block):
         stop = min(n, start + block)
@@ -362,8 +365,6 @@ def _solve_eigen(Xc: torch.Tensor, Yc: torch.Tensor, alphas: np.ndarray, blocks:
 #: GEMM-block triangular inverse) and holds one n x n matrix less; the GPU always uses ``recursive``.
 TRIANGULAR_INVERSE = "lapack"
 
-#: rows per block when forming or copying the Gram matrix (bounds the temporaries to block x n)
-GRAM_BLOCK = 2048
 
 
 def _triangular_inverse_(L: torch.Tensor, base: int = 256) -> torch.Tensor:
@@ -457,19 +458,34 @@ def _cholesky_step(k, alpha, gram, rhs, Xc, Yc, diag_index, dual_form, blocks, n
     solution = L_inv.T @ (L_inv @ rhs)
     del L  # its memory now holds L^-1
     if dual_form:
+        _score_alpha(k, alpha, solution, Xc, Yc, blocks, n, cv_sse, best_sse, best_solution,
+                     inverse_norms_sq=torch.linalg.vector_norm(L_inv, dim=0) ** 2,
+                     inverse_columns=lambda columns: L_inv[:, columns])
+    else:
+        _score_alpha(k, alpha, solution, Xc, Yc, blocks, n, cv_sse, best_sse, best_solution, T=L_inv @ Xc.T)
+
+
+def _score_alpha(k, alpha, solution, Xc, Yc, blocks, n, cv_sse, best_sse, best_solution, *,
+                 inverse_norms_sq=None, inverse_columns=None, T=None):
+    """Cross-validated error of alpha number ``k`` from its solve; the running best is updated in place.
+
+    Dual form (n <= p): ``solution`` = (K + alpha I)^-1 Y, with the squared column norms of ``L^-1`` and a
+    function returning columns of ``L^-1``. Primal form: ``solution`` = coefficients, ``T`` = ``L^-1 Xᵀ``
+    (p, n), whose column norms are the leverages.
+    """
+    if T is None:
         # I - Hc = alpha (K + alpha I)^-1, so the residual is alpha * solution
         residual = alpha * solution
-        i_minus_h = alpha * torch.linalg.vector_norm(L_inv, dim=0) ** 2 - 1.0 / n
+        i_minus_h = alpha * inverse_norms_sq - 1.0 / n
 
-        def block_fn(rows, L_inv=L_inv, alpha=alpha):
-            cols = L_inv[:, rows.reshape(-1)].T.reshape(rows.shape[0], rows.shape[1], -1)
+        def block_fn(rows):
+            cols = inverse_columns(rows.reshape(-1)).T.reshape(rows.shape[0], rows.shape[1], -1)
             return alpha * cols @ cols.transpose(1, 2) - 1.0 / n
     else:
         residual = Yc - Xc @ solution
-        T = L_inv @ Xc.T  # (p, n): hat diagonal = column norms
         i_minus_h = 1.0 - 1.0 / n - torch.linalg.vector_norm(T, dim=0) ** 2
 
-        def block_fn(rows, T=T):
+        def block_fn(rows):
             cols = T[:, rows.reshape(-1)].T.reshape(rows.shape[0], rows.shape[1], -1)
             eye = torch.eye(rows.shape[1], dtype=T.dtype, device=T.device)
             return eye - 1.0 / n - cols @ cols.transpose(1, 2)
@@ -478,24 +494,10 @@ def _cholesky_step(k, alpha, gram, rhs, Xc, Yc, diag_index, dual_form, blocks, n
     improved = cv_sse[k] < best_sse
     best_sse.copy_(torch.where(improved, cv_sse[k], best_sse))
     best_solution[:, improved] = solution[:, improved]
-    del L_inv, solution, residual
-
 
 
 # ----------------------------------------------------------------------------------------------------------
 # CPU: Gram matrix and Cholesky factor share one buffer
-
-
-def _blas_threads(n_threads: int):
-    """scipy's BLAS has its own thread pool: hold it to torch's thread count (threadpoolctl comes with
-    scikit-learn, a nilearn dependency); without threadpoolctl the OMP/OPENBLAS variables set by ``m2i`` rule."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover
-        import contextlib
-
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=n_threads, user_api="blas")
 
 
 class _SharedGramBuffer:
@@ -580,8 +582,8 @@ def _solve_cholesky_shared_buffer(Xc: torch.Tensor, Yc: torch.Tensor, alphas: np
     n, p = Xc.shape
     t = Yc.shape[1]
     dual_form = n <= p
-    with _blas_threads(torch.get_num_threads()):
-        buffer = _SharedGramBuffer(Xc if dual_form else Xc.T)
+    with blas_threads(torch.get_num_threads()):
+        shared = _SharedGramBuffer(Xc if dual_form else Xc.T)
         rhs = Yc.contiguous() if dual_form else (Xc.T @ Yc).contiguous()
         cv_sse = torch.full((len(alphas), t), float("inf"), dtype=Xc.dtype)
         best_sse = torch.full((t,), float("inf"), dtype=Xc.dtype)
@@ -589,34 +591,18 @@ def _solve_cholesky_shared_buffer(Xc: torch.Tensor, Yc: torch.Tensor, alphas: np
 
         def step(k):
             alpha = float(alphas[k])
-            buffer.factorise(alpha)
-            solution = buffer.solve(rhs)
-            buffer.invert()
+            shared.factorise(alpha)
+            solution = shared.solve(rhs)
+            shared.invert()
             if dual_form:
-                # I - Hc = alpha (K + alpha I)^-1, so the residual is alpha * solution
-                residual = alpha * solution
-                i_minus_h = alpha * buffer.inverse_column_norms_sq() - 1.0 / n
-
-                def block_fn(rows):
-                    cols = buffer.inverse_columns(rows.reshape(-1)).T.reshape(rows.shape[0], rows.shape[1], -1)
-                    return alpha * cols @ cols.transpose(1, 2) - 1.0 / n
+                _score_alpha(k, alpha, solution, Xc, Yc, blocks, n, cv_sse, best_sse, best_solution,
+                             inverse_norms_sq=shared.inverse_column_norms_sq(), inverse_columns=shared.inverse_columns)
             else:
-                residual = Yc - Xc @ solution
-                T = buffer.inverse_times(np.array(Xc.numpy().T, order="F"))  # (p, n): hat diagonal = column norms
-                i_minus_h = 1.0 - 1.0 / n - torch.linalg.vector_norm(T, dim=0) ** 2
-
-                def block_fn(rows):
-                    cols = T[:, rows.reshape(-1)].T.reshape(rows.shape[0], rows.shape[1], -1)
-                    eye = torch.eye(rows.shape[1], dtype=T.dtype)
-                    return eye - 1.0 / n - cols @ cols.transpose(1, 2)
-
-            cv_sse[k] = _cv_sq_error(residual, i_minus_h, block_fn, blocks, n)
-            improved = cv_sse[k] < best_sse
-            best_sse.copy_(torch.where(improved, cv_sse[k], best_sse))
-            best_solution[:, improved] = solution[:, improved]
+                T = shared.inverse_times(np.array(Xc.numpy().T, order="F"))  # (p, n)
+                _score_alpha(k, alpha, solution, Xc, Yc, blocks, n, cv_sse, best_sse, best_solution, T=T)
             return torch.argmin(cv_sse, dim=0).numpy()
 
         _evaluate_alphas(alphas, search, step)
-        del buffer
+        shared = None  # frees the n x n buffer before the coefficients are formed
         coef = Xc.T @ best_solution if dual_form else best_solution
     return cv_sse, coef

@@ -25,7 +25,8 @@ from .hrf_library import describe_library
 from .lss import lss_betas
 from .model import SessionModel
 from .reliability import RepeatStructure, ncsnr
-from .solvers import percent_signal, pick_device, torch_threads, zscore_rows
+from ..utils.torch_runtime import resolve_device
+from .solvers import percent_signal, torch_threads, zscore_rows
 
 LOGGER = logging.getLogger("m2i.glm")
 
@@ -224,7 +225,7 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
         lengths = [r.data.shape[1] for r in runs]
         trials = trials[trials["run"].astype(str).isin([str(r.run) for r in runs])]
     dtype = torch.float32 if precision == "single" else torch.float64
-    torch_device = pick_device(device)
+    torch_device = resolve_device(device)
 
     designs, trial_rows = build_run_designs(runs, trials, drift_model, high_pass, drift_order)
     n_trials = len(trial_rows)
@@ -403,8 +404,7 @@ def _denoise_and_ridge(model, runs, chunks, load, betas, r2, hrf_index, n_pcs_ma
             operators = [model.operators(run, int(kernel), n_pcs) for run in range(model.n_runs)]
             group_data = [data.index_select(0, index) for data in data_runs]
             final, chosen, _, fitted = fractional_ridge_cv(
-                operators, group_data, [d.trial_index for d in model.designs], n_trials, repeats, fractions,
-                ridge_criterion)
+                operators, group_data, repeats, fractions, ridge_criterion)
             columns = voxels.start + local
             betas[:, columns] = final.T.cpu().numpy()
             frac[columns] = chosen.cpu().numpy()

@@ -32,7 +32,7 @@ DEFAULT_FRACTIONS = tuple(np.round(np.arange(0.05, 1.0 + 1e-9, 0.05), 2).tolist(
 N_ALPHAS = 120
 
 
-def _ridge_betas(operators, projections, trial_index, alpha, n_trials):
+def _ridge_betas(operators, projections, alpha):
     """Ridge betas for a per-voxel α, shape (n_voxels, n_trials); α = 0 gives OLS (pseudo-inverse)."""
     blocks = []
     for ops, z in zip(operators, projections):
@@ -79,17 +79,16 @@ def alphas_for_fraction(curve: torch.Tensor, grid: torch.Tensor, fraction: float
     return torch.where(curve[-1] > fraction, grid[-1].expand_as(alpha), alpha)
 
 
-def fractional_ridge_cv(operators: list[RunOperators], data_runs: list[torch.Tensor], trial_index: list,
-                        n_trials: int, repeats: RepeatStructure, fractions=DEFAULT_FRACTIONS,
+def fractional_ridge_cv(operators: list[RunOperators], data_runs: list[torch.Tensor],
+                        repeats: RepeatStructure, fractions=DEFAULT_FRACTIONS,
                         criterion: str = "consistency"):
     """Cross-validated fractional ridge with scale-and-offset, for voxels sharing one HRF.
 
     Parameters
     ----------
     operators : list of RunOperators (one per run)
-    data_runs : list of Tensor, shape (n_voxels, n_volumes_run)
-    trial_index : list of ndarray
-        Session positions of each run's trials.
+    data_runs : list of Tensor, shape (n_voxels, n_volumes_run); runs in session order (each run's trials are
+        a consecutive block of the session's trials)
 
     Returns
     -------
@@ -104,7 +103,7 @@ def fractional_ridge_cv(operators: list[RunOperators], data_runs: list[torch.Ten
     fitted = sum(ops.fitted_sum_of_squares(data, z) for ops, data, z in zip(operators, data_runs, projections))
     n_voxels = data_runs[0].shape[0]
     zeros = torch.zeros(n_voxels, dtype=data_runs[0].dtype, device=data_runs[0].device)
-    ols = _ridge_betas(operators, projections, trial_index, zeros, n_trials)
+    ols = _ridge_betas(operators, projections, zeros)
 
     grid = alpha_grid(operators)
     norm2 = 0
@@ -122,7 +121,7 @@ def fractional_ridge_cv(operators: list[RunOperators], data_runs: list[torch.Ten
         if fraction >= 1.0:
             continue
         alpha = alphas_for_fraction(curve, grid, fraction)
-        candidate = _ridge_betas(operators, projections, trial_index, alpha, n_trials)
+        candidate = _ridge_betas(operators, projections, alpha)
         error = _criterion(ols, candidate, repeats, criterion)
         better = error < best_error
         best = torch.where(better[:, None], candidate, best)

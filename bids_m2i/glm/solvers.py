@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..utils.torch_runtime import resolve_device
 from ..utils.torch_runtime import torch_threads as _torch_threads
 
 SINGULAR_TOLERANCE = 1e-8  # relative to the largest singular value; smaller directions are not estimable
@@ -30,11 +29,6 @@ GRAM_TOLERANCE = 1e-12  # the same idea on eigenvalues of a Gram matrix (singula
 def torch_threads(n_threads: int):
     """At most ``n_threads`` torch threads and one BLAS thread (small factorisations; see utils.torch_runtime)."""
     return _torch_threads(n_threads, single_threaded_blas=True)
-
-
-def pick_device(device: str | None) -> torch.device:
-    """``"auto"``/None -> CUDA when available, else CPU."""
-    return resolve_device(device)
 
 
 def orthonormal_basis(matrix: np.ndarray) -> np.ndarray:

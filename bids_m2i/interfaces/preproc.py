@@ -83,8 +83,8 @@ class BuildParticipantGrid(M2IInterface):
         cwd = Path(runtime.cwd)
         images = [nib.load(path) for path in self.inputs.boldrefs]
         fixed_img = images[0]
-        fixed = np.asarray(fixed_img.dataobj, dtype=np.float32)
         references = [np.asarray(img.dataobj, dtype=np.float32) for img in images]
+        fixed = references[0]
         affines = [img.affine for img in images]
         compute = dict(n_threads=self.inputs.n_threads, device=self.inputs.device)
         matrices = register_runs_to_first(references, affines, **compute)

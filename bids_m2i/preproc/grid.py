@@ -72,11 +72,10 @@ def references_on_grid(references, affines, run_to_reference, target_affine, tar
 
     on_grid, coverage = [], []
     for ref, aff, matrix in zip(references, affines, run_to_reference):
-        ref = np.asarray(ref, dtype=np.float32)
-        on_grid.append(resample_to_grid(ref, aff, matrix, target_affine, target_shape, n_threads=n_threads,
-                                        device=device))
-        ones = np.ones(ref.shape, dtype=np.float32)
-        # a voxel is covered when trilinear interpolation drew (almost) entirely on the run's voxels
-        coverage.append(resample_to_grid(ones, aff, matrix, target_affine, target_shape, n_threads=n_threads,
-                                         device=device) > 0.99)
+        # NaN marks the grid voxels outside the run's field of view (the run's own NaNs are zeroed first)
+        values = resample_to_grid(np.asarray(ref, dtype=np.float32), aff, matrix, target_affine, target_shape,
+                                  n_threads=n_threads, device=device, fill=np.nan)
+        covered = np.isfinite(values)
+        coverage.append(covered)
+        on_grid.append(np.where(covered, values, 0.0).astype(np.float32))
     return on_grid, coverage

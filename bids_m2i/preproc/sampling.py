@@ -34,11 +34,6 @@ def volumes_to_torch(data: np.ndarray, device: torch.device, *, copy: bool = Tru
     return tensor.unsqueeze(1).to(device)
 
 
-def torch_to_volumes(tensor: torch.Tensor) -> np.ndarray:
-    """(N, 1, Z, Y, X) torch -> (X, Y, Z, N) float32 numpy."""
-    return np.ascontiguousarray(tensor[:, 0].permute(3, 2, 1, 0).cpu().numpy())
-
-
 def _stack_rows(nz: int, ny: int) -> int:
     """Rows of the 2-D image that :func:`sample_volumes` samples: at least the ``nz * ny`` rows of the slices,
     rounded up so that ``rows - 1`` is a power of two. Normalising by a power of two is exact in float32, so

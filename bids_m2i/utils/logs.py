@@ -52,8 +52,8 @@ def setup_terminal_logging(verbosity: int) -> logging.Handler:
 
     for name in ("nipype", "nipype.workflow", "nipype.interface", "nipype.utils", "nipype.filemanip"):
         nipype_logger = logging.getLogger(name)
-        for handler in list(nipype_logger.handlers):
-            nipype_logger.removeHandler(handler)
+        for previous in list(nipype_logger.handlers):
+            nipype_logger.removeHandler(previous)
         nipype_logger.propagate = True
         nipype_logger.setLevel(logging.INFO)
     for noisy in ("bids", "matplotlib", "PIL", "urllib3", "filelock", "diffusers", "transformers", "numexpr",

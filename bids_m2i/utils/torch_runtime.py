@@ -19,6 +19,16 @@ def resolve_device(device=None):
     return torch.device(device)
 
 
+def blas_threads(n_threads: int):
+    """Context limiting numpy/scipy's BLAS thread pool (threadpoolctl, a scikit-learn dependency, itself a
+    nilearn dependency) to ``n_threads``; without threadpoolctl, the OMP/OPENBLAS variables ``m2i`` sets rule."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=int(n_threads), user_api="blas")
+
+
 @contextlib.contextmanager
 def torch_threads(n_threads: int | None, *, single_threaded_blas: bool = False) -> Iterator[None]:
     """Run a block with at most ``n_threads`` torch threads, never raising the process' count (--nprocs and
@@ -36,9 +46,7 @@ def torch_threads(n_threads: int | None, *, single_threaded_blas: bool = False) 
         torch.set_num_threads(wanted)
     try:
         if single_threaded_blas:
-            from threadpoolctl import threadpool_limits
-
-            with threadpool_limits(limits=1, user_api="blas"):
+            with blas_threads(1):
                 yield
         else:
             yield
