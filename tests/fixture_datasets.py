@@ -1,7 +1,8 @@
 """Copies of the real-layout BIDS fixtures with small synthetic BOLD series, for tests.
 
-``/work/shared/fixtures/real-bids/<name>`` holds the real events and sidecars of four public datasets but
-no images. :func:`make_fixture_copy` copies one into a temporary folder and writes, next to every events
+``tests/data/real-bids/<name>`` holds the real events and sidecars of four public datasets but no images
+(their provenance and licences: ``tests/data/real-bids/PROVENANCE.md``; carried in the repository so that a
+fresh clone passes its tests). :func:`make_fixture_copy` copies one into a temporary folder and writes, next to every events
 file, a tiny ``_bold.nii.gz`` whose length covers the last event plus 10 s at the run's repetition time
 (read from the sidecars with BIDS inheritance, top-level ``task-*_bold.json`` included), so that the app
 can run on it with ``--skip-bids-validation``.
@@ -29,11 +30,11 @@ TAIL_SECONDS = 10.0
 
 
 def fixtures_root() -> Path:
-    """Folder of the real-layout fixtures (``$M2I_FIXTURES`` overrides the default next to the repo)."""
+    """Folder of the real-layout fixtures: ``tests/data/real-bids`` (``$M2I_FIXTURES`` overrides it)."""
     env = os.environ.get("M2I_FIXTURES")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real-bids"
+    return Path(__file__).resolve().parent / "data" / "real-bids"
 
 
 def _entities(name: str) -> dict[str, str]:

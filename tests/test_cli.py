@@ -13,7 +13,7 @@ from bids_m2i.cli.parser import expand_multi_value_args
 from bids_m2i.cli.run import run_cli
 from bids_m2i.config import OPTIONS
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real-bids"
+FIXTURES = Path(__file__).resolve().parent / "data" / "real-bids"  # carried in the repository
 
 
 def test_help_lists_every_option(capsys):

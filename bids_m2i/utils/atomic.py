@@ -1,6 +1,8 @@
 """Atomic file writing: write to a temporary name in the target folder, then rename.
 
 A reader (or a rerun after a crash) sees either the old file or the complete new one, never half a file.
+The file gets the mode an ordinary ``open()`` would give it (0666 less the umask: 0644 under umask 022), not
+the 0600 of :func:`tempfile.mkstemp`, so the lab's group and a web server can read the results.
 Disk-full and permission errors become :class:`~bids_m2i.errors.M2IError` with the right exit code.
 """
 
@@ -31,8 +33,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     suffix = "".join(final.suffixes) if final.suffixes else ""
     stem = final.name[: len(final.name) - len(suffix)] if suffix else final.name
     fd, tmp_name = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{suffix}", dir=final.parent)
-    os.close(fd)
     tmp = Path(tmp_name)
+    try:
+        # writers below open this path with "wb" (truncate), which keeps the mode set here
+        os.fchmod(fd, 0o666 & ~current_umask())
+    except OSError as exc:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise error_from_oserror(exc, final) from exc
+    os.close(fd)
     try:
         yield tmp
         os.replace(tmp, final)
@@ -42,6 +51,23 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it (``/proc/self/status`` on Linux 4.7+).
+
+    Elsewhere it is read by setting and restoring it, which is not thread-safe but only briefly wrong.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
