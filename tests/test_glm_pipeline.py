@@ -75,7 +75,9 @@ def test_no_repeats_falls_back_to_fithrf():
     assert "no stimulus is shown more than once" in result.metadata["fallback_reason"]
     assert result.metadata["method_label"] == "fithrfdenoiserr"
     np.testing.assert_array_equal(result.betas, reference.betas)
-    assert np.isnan(result.ncsnr).all() and (result.frac == 1).all() and (result.n_pcs == 0).all()
+    # ncsnr undefined without repeats: 0, never NaN (a NaN map was drawn as a saturated disc)
+    assert (result.ncsnr == 0).all() and (result.frac == 1).all() and (result.n_pcs == 0).all()
+    assert result.metadata["n_repeated_stimuli"] == 0
 
 
 def test_ncsnr_hand_computed_example():
@@ -86,8 +88,8 @@ def test_ncsnr_hand_computed_example():
     # a stimulus without all repeats is left out; n/a trials are ignored
     betas2 = np.array([[1.0], [3.0], [5.0], [7.0], [100.0]])
     assert ncsnr(betas2, ["A", "A", "B", "B", "C"])[0] != ncsnr(betas, ["A", "A", "B", "B"])[0]
-    assert ncsnr(np.array([[1.0], [3.0]]), ["n/a", "n/a"]).tolist() == [np.nan] or \
-        np.isnan(ncsnr(np.array([[1.0], [3.0]]), ["n/a", "n/a"])).all()
+    assert ncsnr(np.array([[1.0], [3.0]]), ["n/a", "n/a"]).tolist() == [0.0]  # no repeats: undefined -> 0
+    assert ncsnr(np.array([[2.0, 1.0], [2.0, 3.0], [2.0, 5.0], [2.0, 8.0]]), ["A", "A", "B", "B"])[0] == 0.0  # constant
 
 
 def test_ncsnr_statistical_known_answer():

@@ -26,6 +26,8 @@ def _fake_participants(tiny_full_run, tmp_path, labels):
         target = out / f"sub-{label}" / "decoding" / f"sub-{label}_desc-metrics_table.tsv"
         target.parent.mkdir(parents=True)
         table.to_csv(target, sep="\t", index=False, na_rep="n/a")
+        shutil.copyfile(out / "sub-01" / "decoding" / "sub-01_desc-predictions_table.tsv",
+                        target.parent / f"sub-{label}_desc-predictions_table.tsv")
     return bids, out
 
 
@@ -69,3 +71,23 @@ def test_group_without_any_participant_is_66(minimal_bids, tmp_path):
     out.mkdir()
     (out / "dataset_description.json").write_text("{}")
     assert run_cli([str(minimal_bids), str(out), "group"]) == 66
+
+
+def test_group_carries_the_glm_method_and_never_mixes_methods(tiny_full_run, tmp_path, caplog):
+    """sub-02 decoded from lsa betas, sub-01 and sub-03 from the default method: one summary per method."""
+    bids, out = _fake_participants(tiny_full_run, tmp_path, ["01", "02", "03"])
+    predictions = out / "sub-02" / "decoding" / "sub-02_desc-predictions_table.tsv"
+    table = pd.read_csv(predictions, sep="\t", dtype=str, keep_default_na=False)
+    table["source"] = table["source"].str.replace("_desc-fithrfdenoiserr_", "_desc-lsa_")
+    table.to_csv(predictions, sep="\t", index=False)
+    assert run_cli([str(bids), str(out), "group", "-w", str(tmp_path / "work")]) == 0
+    group = pd.read_csv(out / "group" / "desc-metrics_table.tsv", sep="\t", dtype=str, keep_default_na=False)
+    per = group[group["participant_id"] != "group"].groupby("participant_id")["glm_method"].unique()
+    assert {k: list(v) for k, v in per.items()} == {"sub-01": ["fithrfdenoiserr"], "sub-02": ["lsa"],
+                                                    "sub-03": ["fithrfdenoiserr"]}
+    summary = group[(group["participant_id"] == "group") & (group["metric"] == "pixcorr")
+                    & (group["condition"] == "perception")]
+    assert dict(zip(summary["glm_method"], summary["n"])) == {"fithrfdenoiserr": "2", "lsa": "1"}
+    assert "different GLM methods" in caplog.text
+    html = (out / "group" / "group.html").read_text()
+    assert "different GLM methods" in html and "lsa: sub-02" in html

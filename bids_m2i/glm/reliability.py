@@ -49,11 +49,13 @@ def ncsnr(betas: np.ndarray, stimulus) -> np.ndarray:
     Returns
     -------
     ncsnr : ndarray, shape (n_voxels,)
-        NaN when no stimulus is repeated.
+        0 where it is undefined: no stimulus repeated (the sidecar's ``n_repeated_stimuli`` is then 0 and
+        the report says so), or a constant voxel. Never NaN, which viewers and thresholds mishandle
+        (a NaN map was drawn as a saturated disc).
     """
     groups, n_repeats = _design_repeat_groups(stimulus)
     if not groups:
-        return np.full(np.shape(betas)[1], np.nan)
+        return np.zeros(np.shape(betas)[1])
     betas = np.asarray(betas)
     if betas.dtype not in (np.float32, np.float64):
         betas = betas.astype(np.float64)
@@ -63,7 +65,7 @@ def ncsnr(betas: np.ndarray, stimulus) -> np.ndarray:
     noise_var = stacked.var(1, ddof=1).mean(0)
     signal_sd = np.sqrt(np.clip(1.0 - noise_var, 0.0, None))
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(noise_var > 0, signal_sd / np.sqrt(noise_var), np.nan)
+        return np.where(noise_var > 0, signal_sd / np.sqrt(noise_var), 0.0)
 
 
 def noise_ceiling(ncsnr_values: np.ndarray, n_average: int = 1) -> np.ndarray:

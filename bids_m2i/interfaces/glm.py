@@ -39,6 +39,18 @@ def read_confounds(path: str | Path) -> tuple[pd.DataFrame, list[int]]:
     return table, sorted(set(nonsteady))
 
 
+def run_name(trials: pd.DataFrame, run_label: str) -> str:
+    """``ses-X_task-Y_run-Z`` of a run, from its rows in the trials table, for messages."""
+    rows = trials[trials["run"].astype(str) == str(run_label)] if "run" in trials else trials.iloc[:0]
+    parts = []
+    for key, column in (("ses", "session"), ("task", "task")):
+        values = set(rows[column]) - {"n/a", ""} if column in rows else set()
+        if len(values) == 1:
+            parts.append(f"{key}-{values.pop()}")
+    parts.append(f"run-{run_label}")
+    return "_".join(parts)
+
+
 def trial_fd_mean(trials: pd.DataFrame, fd_by_run: dict[str, np.ndarray], tr_by_run: dict[str, float]) -> list:
     """Mean framewise displacement over the volumes acquired during each trial."""
     out = []
@@ -124,19 +136,20 @@ class SingleTrialBetas(M2IInterface):
                                                                  self.inputs.run_labels, self.inputs.trs,
                                                                  slice_timings):
             data, affine_run, _ = load_bold(path)
+            name = run_name(trials, label)  # the run, not the work dir's intermediate file name
             if data.shape[:3] != mask.shape:
-                raise BadDataError(f"{Path(path).name} is not on the brain mask's grid", path=path)
+                raise BadDataError(f"{name}: the preprocessed BOLD is not on the brain mask's grid", path=path)
             affine = affine_run if affine is None else affine
             confounds, nonsteady = read_confounds(confounds_path)
             if len(confounds) != data.shape[3]:
-                raise BadDataError(f"{Path(confounds_path).name} has {len(confounds)} rows for {data.shape[3]} "
+                raise BadDataError(f"{name}: the confounds table has {len(confounds)} rows for {data.shape[3]} "
                                    "volumes", path=confounds_path)
             if "framewise_displacement" in confounds:
                 fd_by_run[label] = confounds["framewise_displacement"].to_numpy(dtype=float)
             tr_by_run[label] = tr
             if slice_timing and len(slice_timing) != data.shape[2]:
                 LOGGER.warning("%s: SliceTiming has %d entries for %d slices; ignored (frame times at the start "
-                               "of each volume)", Path(path).name, len(slice_timing), data.shape[2])
+                               "of each volume)", name, len(slice_timing), data.shape[2])
                 slice_timing = None
             start = float(np.median(slice_timing)) if slice_timing else 0.0
             frame_times = start + tr * np.arange(data.shape[3])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -177,5 +178,9 @@ class ResampleRun(M2IInterface):
             "fd_max": float(fd_valid.max()) if fd_valid.size else 0.0,
             "n_high_motion": int((fd_valid > self.inputs.fd_threshold).sum()),
             "fd_threshold": self.inputs.fd_threshold,
-            "warnings": info.get("warnings", []),
+            "warnings": info.get("warnings", []) + ([meta["MotionImplausible"]["Description"]]
+                                                    if "MotionImplausible" in meta else []),
         }))
+        if "MotionImplausible" in meta:
+            logging.getLogger("m2i.preproc").warning("%s: %s", Path(self.inputs.in_file).name,
+                                                     meta["MotionImplausible"]["Description"])

@@ -26,6 +26,14 @@ from .transforms import PARAM_NAMES
 
 DVARS_SCALE = 1000.0
 
+# Head motion a person in a head coil cannot make between two volumes or over a run: larger estimates mean
+# the registration failed (featureless or synthetic data, a wrong reference, a corrupt volume), not motion.
+# A head of ~100 mm radius in a coil of ~300 mm moves a few mm; FD above one head-sphere radius per TR is
+# impossible (Power et al. 2012 flag volumes at FD 0.2-0.5 mm).
+IMPLAUSIBLE_FD_MM = 50.0
+IMPLAUSIBLE_TRANSLATION_MM = 50.0
+IMPLAUSIBLE_ROTATION_RAD = np.deg2rad(45.0)
+
 
 def framewise_displacement(params: np.ndarray, radius: float = 50.0) -> np.ndarray:
     """Power 2012 FD of (T, 6) parameters (mm, rad) -> (T,), first value NaN."""
@@ -105,6 +113,35 @@ def confounds_sidecar(fd_radius: float = 50.0) -> dict:
     return side
 
 
+def implausible_motion(table: pd.DataFrame) -> str | None:
+    """A sentence saying why the motion estimates of a confounds table are physically impossible, or None.
+
+    Checks the largest FD, the largest absolute translation and rotation against
+    :data:`IMPLAUSIBLE_FD_MM`, :data:`IMPLAUSIBLE_TRANSLATION_MM` and :data:`IMPLAUSIBLE_ROTATION_RAD`.
+    """
+    problems = []
+    fd = pd.to_numeric(table.get("framewise_displacement"), errors="coerce") if "framewise_displacement" in table \
+        else pd.Series(dtype=float)
+    if fd.notna().any() and fd.max() > IMPLAUSIBLE_FD_MM:
+        problems.append(f"framewise displacement up to {fd.max():.0f} mm (limit {IMPLAUSIBLE_FD_MM:g} mm)")
+    translations = [c for c in ("trans_x", "trans_y", "trans_z") if c in table]
+    if translations:
+        largest = np.nanmax(np.abs(table[translations].to_numpy(dtype=float)))
+        if largest > IMPLAUSIBLE_TRANSLATION_MM:
+            problems.append(f"translation up to {largest:.0f} mm (limit {IMPLAUSIBLE_TRANSLATION_MM:g} mm)")
+    rotations = [c for c in ("rot_x", "rot_y", "rot_z") if c in table]
+    if rotations:
+        largest = np.nanmax(np.abs(table[rotations].to_numpy(dtype=float)))
+        if largest > IMPLAUSIBLE_ROTATION_RAD:
+            problems.append(f"rotation up to {np.rad2deg(largest):.0f} degrees "
+                            f"(limit {np.rad2deg(IMPLAUSIBLE_ROTATION_RAD):.0f})")
+    if not problems:
+        return None
+    return ("physically impossible head-motion estimates (" + "; ".join(problems) + "): the registration "
+            "probably failed (featureless or synthetic images, a wrong reference or a corrupt volume); check the "
+            "motion and carpet figures before trusting this run's betas")
+
+
 def compute_confounds(params: np.ndarray, data_on_grid: np.ndarray, mask: np.ndarray, *,
                       fd_radius: float = 50.0) -> tuple[pd.DataFrame, dict]:
     """Confounds table of one run.
@@ -120,7 +157,8 @@ def compute_confounds(params: np.ndarray, data_on_grid: np.ndarray, mask: np.nda
     -------
     table : DataFrame with columns trans_x trans_y trans_z rot_x rot_y rot_z framewise_displacement dvars
         std_dvars global_signal (NaN where undefined -> ``n/a`` with ``utils.atomic.write_tsv``).
-    sidecar : dict for the ``.json`` next to the TSV.
+    sidecar : dict for the ``.json`` next to the TSV; ``MotionImplausible`` is added when the motion
+        estimates are physically impossible (:func:`implausible_motion`).
     """
     params = np.asarray(params, dtype=np.float64)
     n_vols = np.asarray(data_on_grid).shape[3]
@@ -132,4 +170,8 @@ def compute_confounds(params: np.ndarray, data_on_grid: np.ndarray, mask: np.nda
     table["dvars"] = dvars
     table["std_dvars"] = std_dvars
     table["global_signal"] = global_signal(data_on_grid, mask)
-    return table, confounds_sidecar(fd_radius)
+    sidecar = confounds_sidecar(fd_radius)
+    problem = implausible_motion(table)
+    if problem:
+        sidecar["MotionImplausible"] = {"Description": problem, "Value": True}
+    return table, sidecar

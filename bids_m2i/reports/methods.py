@@ -79,6 +79,28 @@ def citations_markdown(config, stages) -> str:
     return "\n".join(f"- {CITATIONS[k]}" for k in _keys(config, stages))
 
 
+def _glm_facts(metas: list[dict]) -> str:
+    """What the sidecars say was modelled, in words (no file names, no raw JSON)."""
+    nuisance = sorted({t for m in metas for t in (m.get("nuisance_event_types") or [])})
+    text = (f"Other events ({', '.join(nuisance)}) were modelled with one regressor per event type. "
+            if nuisance else "The dataset has no events other than trials and rest, so no nuisance events were "
+            "modelled. ")
+    fallbacks = sorted({m["fallback_reason"] for m in metas if m.get("fallback_reason")})
+    if fallbacks:
+        text += f"Fallback: {'; '.join(fallbacks)}. "
+    n_trials = sum(int(m.get("n_trials") or 0) for m in metas)
+    if metas:
+        text += f"In all, {n_trials} trials in {len(metas)} task/session model(s). "
+    repeated = [int(m.get("n_repeated_stimuli") or 0) for m in metas]
+    if metas and not any(repeated):
+        text += ("No stimulus was repeated within a session, so the noise-ceiling SNR (ncsnr; Natural Scenes "
+                 "Dataset, Allen et al. 2022) is undefined (written as 0).")
+    else:
+        text += ("The noise-ceiling SNR (ncsnr) of every voxel follows the Natural Scenes Dataset (Allen et al. "
+                 "2022), from stimuli shown more than once within a session.")
+    return text
+
+
 def methods_paragraphs(config, *, stages, output_dir: Path, subject: str) -> list[str]:
     paragraphs = [
         f"Results were produced with m2i {__version__} (bids_m2i), a BIDS-App (Gorgolewski et al. 2017) built on "
@@ -103,8 +125,10 @@ def methods_paragraphs(config, *, stages, output_dir: Path, subject: str) -> lis
                           "were taken from fMRIPrep (Esteban et al. 2019); the participant mask is the intersection "
                           "of the run masks.")
     if "single-trial betas" in stages:
-        sidecars = sorted((Path(output_dir) / f"sub-{subject}").rglob("*_statseries.json"))
-        meta = json.loads(sidecars[0].read_text()) if sidecars else {}
+        # this run's method only: another --glm's outputs from an earlier run may sit beside them
+        sidecars = sorted((Path(output_dir) / f"sub-{subject}").rglob(
+            f"*_stat-effect_desc-{config.glm_label}_statseries.json"))
+        metas = [json.loads(p.read_text()) for p in sidecars]
         method_text = {
             "lsa": "a least-squares-all model (one regressor per trial; Mumford et al. 2012)",
             "lss": "least-squares-separate models (Mumford et al. 2012)"
@@ -119,11 +143,9 @@ def methods_paragraphs(config, *, stages, output_dir: Path, subject: str) -> lis
         }[config.glm]
         paragraphs.append(
             f"Single-trial responses (betas, % BOLD) were estimated for each task and session with all runs in one "
-            f"model (per-run HRF convolution, drift and nuisance terms), using {method_text}. Cue, evaluation and "
-            "one-back events were modelled with one regressor per event type. The noise-ceiling SNR (ncsnr) of every "
-            "voxel follows the Natural Scenes Dataset (Allen et al. 2022)."
-            + (" Betas were z-scored per voxel within session." if config.zscore_betas else "")
-            + (f" Details: {json.dumps({k: meta[k] for k in list(meta)[:8]})}." if meta else ""))
+            f"model (per-run HRF convolution, drift and nuisance terms), using {method_text}. "
+            + _glm_facts(metas)
+            + (" Betas were z-scored per voxel within session." if config.zscore_betas else ""))
     if "decoding" in stages:
         target = " and ".join(config.target)
         paragraphs.append(

@@ -55,6 +55,38 @@ def _run_name(path: Path) -> str:
     return "_".join(parts)
 
 
+def _method_of(statseries: Path) -> str:
+    """The GLM method label of a statseries file name (``..._desc-<method>_statseries.json``)."""
+    for part in Path(statseries).name.split("_"):
+        if part.startswith("desc-"):
+            return part[5:]
+    return "?"
+
+
+def glm_details(meta: dict) -> str:
+    """One readable sentence from a statseries sidecar (method, HRF, noise PCs, ridge, repeats, units)."""
+    parts = [f"Method: {meta.get('method', '?')}"]
+    if meta.get("effective_method") and meta.get("effective_method") != meta.get("method"):
+        parts.append(f"run as {meta['effective_method']} ({meta.get('fallback_reason') or 'fallback'})")
+    if meta.get("hrf_library"):
+        parts.append("HRF chosen per voxel from a library")
+    elif meta.get("hrf_model"):
+        parts.append(f"HRF: {meta['hrf_model']}")
+    if meta.get("n_pcs"):
+        parts.append(f"noise PCs: {meta['n_pcs']}")
+    if meta.get("ridge_fractions"):
+        parts.append(f"median ridge fraction {_fmt(meta.get('median_ridge_fraction'), 2)}")
+    nuisance = meta.get("nuisance_event_types") or []
+    parts.append("nuisance events: " + (", ".join(nuisance) if nuisance else "none"))
+    repeated = meta.get("n_repeated_stimuli")
+    if repeated is not None:
+        parts.append(f"repeated stimuli: {repeated}" if repeated else
+                     "no repeated stimuli: ncsnr undefined (written as 0)")
+    if meta.get("units"):
+        parts.append(f"units: {meta['units']}")
+    return "; ".join(parts) + "."
+
+
 def _ncsnr_mosaic(statmap: Path, out_png: Path) -> Path:
     import matplotlib
 
@@ -64,7 +96,7 @@ def _ncsnr_mosaic(statmap: Path, out_png: Path) -> Path:
 
     from ..utils.atomic import atomic_path
 
-    data = np.asarray(nib.load(str(statmap)).dataobj, dtype=float)
+    data = np.nan_to_num(np.asarray(nib.load(str(statmap)).dataobj, dtype=float))  # NaN: older outputs
     n = data.shape[2]
     picks = np.unique(np.linspace(0, n - 1, min(n, 12)).round().astype(int))
     fig, axes = plt.subplots(1, len(picks), figsize=(1.4 * len(picks), 1.7))
@@ -129,27 +161,36 @@ def build_participant_report(*, output_dir: Path, bids_dir: Path, subject: str, 
                     if config.resolved_space != "func" else "No preprocessing figures were found.")
 
     # --- betas ----------------------------------------------------------------------------------------
+    # only this run's GLM method: outputs of another --glm from an earlier run may sit beside them
+    method = config.glm_label
+    current = sorted(sub_dir.rglob(f"*_stat-effect_desc-{method}_statseries.json"))
+    stale = sorted({_method_of(p) for p in sub_dir.rglob("*_statseries.json")} - {method})
+    if stale:
+        warnings.append(f"This folder also holds single-trial betas of another GLM method from an earlier run "
+                        f"({', '.join(stale)}); this report, the decoding and the group level use {method} only.")
     glm_sections = []
-    for series_meta in sorted(sub_dir.rglob("*_statseries.json")):
+    for series_meta in current:
         meta = json.loads(series_meta.read_text())
         events = series_meta.with_name(series_meta.name.replace("_stat-effect_", "_").replace("_statseries.json",
                                                                                                 "_events.tsv"))
         n_trials = len(_read_tsv(events)) if events.exists() else "?"
         figures = []
         task_part = series_meta.name.split("_stat-")[0]
-        for fig in sorted(figures_dir.glob(f"{task_part}_desc-design*_design.svg")):
+        for fig in sorted(figures_dir.glob(f"{task_part}_desc-design{method}_design.svg")):
             figures.append({"src": data_uri(fig), "alt": "design matrix", "caption": "Design matrix of the first run "
                             "(LSA form, one column per trial), with the collinearity of the trial regressors."})
-        ncsnr_map = next(iter(sorted(series_meta.parent.glob(f"{task_part}_stat-ncsnr_*_statmap.nii.gz"))), None)
-        for fig in sorted(figures_dir.glob(f"{task_part}_desc-ncsnr*_statmap.svg")):
-            figures.append({"src": data_uri(fig), "alt": "ncsnr histogram",
-                            "caption": "Noise-ceiling SNR of every brain voxel (NSD definition; needs repeats)."})
-        if ncsnr_map is not None:
-            png = _ncsnr_mosaic(ncsnr_map, Path(work_dir) / "report" / f"{task_part}_ncsnr.png")
-            figures.append({"src": data_uri(png), "alt": "ncsnr map", "caption": "ncsnr map, axial slices."})
-        details = ", ".join(f"{k}: {v}" for k, v in meta.items() if k in ("Method", "HRFLibrary", "NumberOfPCs",
-                                                                          "Fallback", "Units", "ZScored"))
-        glm_sections.append({"name": task_part, "text": f"{n_trials} trials. {details}", "figures": figures})
+        ncsnr_map = next(iter(sorted(series_meta.parent.glob(f"{task_part}_stat-ncsnr_desc-{method}_statmap.nii.gz"))),
+                         None)
+        ncsnr_defined = int(meta.get("n_repeated_stimuli", 1) or 0) > 0
+        if ncsnr_defined:
+            for fig in sorted(figures_dir.glob(f"{task_part}_desc-ncsnr{method}_statmap.svg")):
+                figures.append({"src": data_uri(fig), "alt": "ncsnr histogram",
+                                "caption": "Noise-ceiling SNR of every brain voxel (NSD definition; needs repeats)."})
+            if ncsnr_map is not None:
+                png = _ncsnr_mosaic(ncsnr_map, Path(work_dir) / "report" / f"{task_part}_ncsnr.png")
+                figures.append({"src": data_uri(png), "alt": "ncsnr map", "caption": "ncsnr map, axial slices."})
+        glm_sections.append({"name": task_part, "text": f"{n_trials} trials. {glm_details(meta)}",
+                             "figures": figures})
 
     # --- reconstructions ------------------------------------------------------------------------------------
     decoding_dir = sub_dir / "decoding"

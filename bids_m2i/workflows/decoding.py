@@ -22,7 +22,13 @@ def init_decoding_wf(config, subject_inputs, task_sessions, output_dir: str, wor
     for i in range(n):
         workflow.connect([(inputnode, merge_series, [(f"statseries_{i}", f"in{i + 1}")]),
                           (inputnode, merge_events, [(f"events_{i}", f"in{i + 1}")])])
-    names = [f"task-{t}" + (f"_ses-{s}" if s else "") for t, s in task_sessions]
+    # the statseries' derivative names (with the GLM method): the tables' `source` column, read by the group level
+    from ..bids.derivatives import derivative_path
+
+    space = config.resolved_space if config.resolved_space != "func" else None
+    names = [derivative_path(output_dir, subject=subject_inputs.subject, session=s, task=t, space=space, stat="effect",
+                             desc=config.glm_label, suffix="statseries", extension=".nii.gz").name
+             for t, s in task_sessions]
     models_dir = config.resolved_models_dir
     reconstruct = pe.Node(ReconstructImages(
         subject=subject_inputs.subject, output_dir=output_dir, stimuli_dir=str(subject_inputs.stimuli_dir),

@@ -2,6 +2,10 @@
 
 It runs on whatever participants have finished (their ``desc-metrics_table.tsv`` exists) and lists those
 missing, so it can be rerun as more participant jobs end.
+
+Every row carries the GLM method (``glm_method``) whose betas the participant's decoders used, read from the
+statseries named in the participant's predictions table. Participants decoded from different methods are
+never averaged together: the summary has one set of rows per method, and the log and the page say so.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from ..utils.atomic import write_text, write_tsv
 LOGGER = logging.getLogger("m2i.group")
 
 KEYS = ["condition", "cue", "metric", "feature_space"]
-GROUP_COLUMNS = ["participant_id", *KEYS, "value", "chance", "p_value", "n_items", "n_candidates", "mean", "sd", "n",
+GROUP_COLUMNS = ["participant_id", "glm_method", *KEYS, "value", "chance", "p_value", "n_items", "n_candidates", "mean", "sd", "n",
                  "note"]
 
 
@@ -32,6 +36,26 @@ def metrics_path(output_dir: Path, subject: str) -> Path:
     return Path(output_dir) / f"sub-{subject}" / "decoding" / f"sub-{subject}_desc-metrics_table.tsv"
 
 
+def glm_method_of(output_dir: Path, subject: str) -> str:
+    """The GLM method label(s) of the betas a participant's last decoding run used (``n/a`` if unknown).
+
+    The predictions table is rewritten with the metrics table by every decoding run, and its ``source`` column
+    names the statseries (``..._desc-<method>_statseries.nii.gz``): stale files of another method that an
+    earlier run left beside them do not count.
+    """
+    path = Path(output_dir) / f"sub-{subject}" / "decoding" / f"sub-{subject}_desc-predictions_table.tsv"
+    try:
+        sources = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)["source"]
+    except (OSError, KeyError, ValueError):
+        return "n/a"
+    methods = set()
+    for source in sources:
+        for part in Path(str(source)).name.split("_"):
+            if part.startswith("desc-"):
+                methods.add(part[5:])
+    return "+".join(sorted(methods)) if methods else "n/a"
+
+
 def collect_group_metrics(output_dir: Path, participants: list[str]) -> tuple[pd.DataFrame, list[str]]:
     frames, missing = [], []
     for subject in participants:
@@ -41,6 +65,7 @@ def collect_group_metrics(output_dir: Path, participants: list[str]) -> tuple[pd
             continue
         table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
         table.insert(0, "participant_id", f"sub-{subject}")
+        table.insert(1, "glm_method", glm_method_of(output_dir, subject))
         frames.append(table)
     if not frames:
         return pd.DataFrame(columns=GROUP_COLUMNS), missing
@@ -48,16 +73,16 @@ def collect_group_metrics(output_dir: Path, participants: list[str]) -> tuple[pd
 
 
 def summarize(per_participant: pd.DataFrame) -> pd.DataFrame:
-    """Mean, sd and n over participants of every (condition, cue, metric, feature space)."""
+    """Mean, sd and n over participants of every (GLM method, condition, cue, metric, feature space)."""
     values = per_participant.assign(value_num=pd.to_numeric(per_participant["value"].replace("n/a", np.nan),
                                                             errors="coerce"),
                                     chance_num=pd.to_numeric(per_participant["chance"].replace("n/a", np.nan),
                                                              errors="coerce"))
     rows = []
-    for key, part in values.groupby(KEYS, sort=True):
+    for key, part in values.groupby(["glm_method", *KEYS], sort=True):
         numbers = part["value_num"].dropna()
         rows.append({
-            "participant_id": "group", **dict(zip(KEYS, key)),
+            "participant_id": "group", **dict(zip(["glm_method", *KEYS], key)),
             "value": "n/a", "chance": part["chance_num"].mean() if part["chance_num"].notna().any() else "n/a",
             "p_value": "n/a", "n_items": "n/a", "n_candidates": "n/a",
             "mean": numbers.mean() if len(numbers) else "n/a",
@@ -82,15 +107,28 @@ def run_group_level(config) -> int:
     for column in GROUP_COLUMNS:
         if column not in per_participant:
             per_participant[column] = "n/a"
+    methods = mixed_methods(per_participant)
+    if methods:
+        LOGGER.warning("Participants were decoded from different GLM methods (%s): the group summary is given "
+                       "per method, never averaged across them; rerun the participant level with one --glm for "
+                       "all to compare them", methods)
     table = pd.concat([summarize(per_participant), per_participant[GROUP_COLUMNS]], ignore_index=True)
     write_tsv(output_dir / "group" / "desc-metrics_table.tsv", table)
-    write_text(output_dir / "group" / "group.html", render_group_html(table, missing, participants))
+    write_text(output_dir / "group" / "group.html", render_group_html(table, missing, participants, methods))
     LOGGER.info("Group level: %d participant(s) summarised, %d missing -> %s", len(participants) - len(missing),
                 len(missing), output_dir / "group")
     return 0
 
 
-def render_group_html(table: pd.DataFrame, missing: list[str], participants: list[str]) -> str:
+def mixed_methods(per_participant: pd.DataFrame) -> str:
+    """``"lsa: sub-01; fithrfdenoiserr: sub-02"`` when participants used different GLM methods, else ``""``."""
+    by_method = per_participant.groupby("glm_method")["participant_id"].unique()
+    if len(by_method) < 2:
+        return ""
+    return "; ".join(f"{method}: {', '.join(sorted(ids))}" for method, ids in by_method.items())
+
+
+def render_group_html(table: pd.DataFrame, missing: list[str], participants: list[str], mixed: str = "") -> str:
     import time
 
     from jinja2 import Environment, PackageLoader, select_autoescape
@@ -110,7 +148,7 @@ def render_group_html(table: pd.DataFrame, missing: list[str], participants: lis
     return env.get_template("group.html.j2").render(
         version=__version__, generated=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         n_done=len(participants) - len(missing), n_expected=len(participants),
-        missing=[f"sub-{m}" for m in missing],
+        missing=[f"sub-{m}" for m in missing], mixed=mixed,
         summary=[{k: fmt(v) for k, v in r.items()} for r in summary.to_dict("records")],
         rows=[{k: fmt(v) for k, v in r.items()} for r in rows.to_dict("records")],
     )
