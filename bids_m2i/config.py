@@ -22,7 +22,7 @@ DECODERS = ("ridge", "mlp")
 GENERATORS = ("pixels", "unclip")
 STOP_AFTER = ("decode", "preproc", "glm")
 DEVICES = ("auto", "cpu", "cuda")
-SPACES = ("func", "T1w")
+SPACES = ("func", "T1w")  # the usual values; --space also takes any standard space label fMRIPrep writes
 LSS_SPLITS = ("none", "condition")
 
 
@@ -59,9 +59,9 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("derivatives", "bids", "paths", [], "fMRIPrep output folder (contains its "
                "dataset_description.json); repeatable. Uses its preprocessed BOLD, masks and confounds.",
                metavar="DIR"),
-    OptionSpec("space", "bids", "choice", None, "`func`: our own preprocessing onto the participant's grid "
-               "(default without --derivatives); `T1w`: fMRIPrep's T1w-space outputs (default with "
-               "--derivatives).", choices=SPACES),
+    OptionSpec("space", "bids", "str", None, "`func`: our own preprocessing onto the participant's grid "
+               "(default without --derivatives); with --derivatives, any space fMRIPrep wrote: `T1w` (default), "
+               "`MNI152NLin2009cAsym`, `MNI152NLin6Asym`, ... (see docs/fmriprep.md).", metavar="SPACE"),
     OptionSpec("skip_bids_validation", "bids", "bool", False, "Do not run the BIDS validator on the input.",
                ("--skip-bids-validation", "--skip_bids_validator", "--skip-bids-validator")),
     OptionSpec("events_map", "bids", "path", None, "TOML file mapping events to trials per task "
@@ -338,6 +338,22 @@ def normalize_labels(name: str, labels: list[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def check_space(space: str | None, derivatives) -> None:
+    """``--space``: ``func``, or with --derivatives any BIDS space label fMRIPrep writes (T1w, MNI...)."""
+    import re
+
+    if space is None or space == "func":
+        return
+    if not re.fullmatch(r"[A-Za-z0-9]+", space):
+        raise UsageError(f"--space {space!r} is not a space label",
+                         hint="give the space entity of fMRIPrep's file names, e.g. T1w or MNI152NLin2009cAsym "
+                         "(without :res-N; see docs/fmriprep.md)")
+    if not derivatives:
+        raise UsageError(f"--space {space} needs fMRIPrep's outputs (--derivatives FMRIPREP_DIR)",
+                         hint="without --derivatives m2i preprocesses the data itself onto the participant's own "
+                         "grid: leave --space out (or give --space func); see docs/fmriprep.md")
+
+
 def defaults() -> dict[str, Any]:
     return {spec.name: (list(spec.default) if isinstance(spec.default, list) else spec.default) for spec in OPTIONS}
 
@@ -356,6 +372,7 @@ def build_config(bids_dir, output_dir, analysis_level, cli_values: dict[str, Any
         sources[name] = "cli"
     for name in ("participant_label", "session_label", "task"):
         values[name] = normalize_labels(name, values[name])
+    check_space(values["space"], values["derivatives"])
     # absolute paths: nipype runs every step in its own folder, where a relative path means something else
     for spec in OPTIONS:
         if spec.kind == "path" and values[spec.name] is not None:

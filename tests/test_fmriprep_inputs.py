@@ -117,3 +117,40 @@ def test_glm_from_fmriprep_tree(tiny_dataset, tmp_path):
     assert len(series) == 2  # perception and imagery
     assert not list(out.glob("sub-01/func/*desc-preproc_bold*"))
     assert (out / "sub-01" / "func" / "sub-01_space-T1w_desc-brain_mask.nii.gz").exists()
+
+
+def test_mni_only_outputs_run_in_the_space_the_error_suggests(tiny_dataset, tmp_path, capsys):
+    """MNI-only fMRIPrep outputs: --space T1w names the space present, and that space is then accepted."""
+    tree = make_fmriprep_tree(tiny_dataset, tmp_path / "fmriprep", spaces=("MNI152NLin2009cAsym",))
+    common = ["--derivatives", str(tree), "-w", str(tmp_path / "work"), "--skip-bids-validation", "--stop-after",
+              "glm", "--glm", "lsa", "--nprocs", "2"]
+    assert run_cli([str(tiny_dataset), str(tmp_path / "out_t1w"), "participant", "--space", "T1w", *common]) == 66
+    err = capsys.readouterr().err
+    assert "use --space with one of: MNI152NLin2009cAsym" in err and "docs/fmriprep.md" in err
+    out = tmp_path / "out"
+    assert run_cli([str(tiny_dataset), str(out), "participant", "--space", "MNI152NLin2009cAsym", *common]) == 0
+    series = sorted(out.glob("sub-01/func/*_space-MNI152NLin2009cAsym_stat-effect_desc-lsa_statseries.nii.gz"))
+    assert len(series) == 2
+    assert (out / "sub-01" / "func" / "sub-01_space-MNI152NLin2009cAsym_desc-brain_mask.nii.gz").exists()
+
+
+def test_space_needs_derivatives_and_a_label(tiny_dataset, tmp_path, capsys):
+    base = [str(tiny_dataset), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "work"),
+            "--skip-bids-validation"]
+    assert run_cli([*base, "--space", "MNI152NLin2009cAsym"]) == 64
+    assert "--derivatives" in capsys.readouterr().err
+    tree = make_fmriprep_tree(tiny_dataset, tmp_path / "fmriprep", spaces=("T1w",))
+    assert run_cli([*base, "--derivatives", str(tree), "--space", "MNI152NLin2009cAsym:res-2"]) == 64
+    assert "not a space label" in capsys.readouterr().err
+
+
+def test_messages_point_to_docs_that_exist():
+    """Every docs page a message of bids/fmriprep.py names exists (one pointed to a missing section)."""
+    import re
+
+    import bids_m2i.bids.fmriprep as module
+
+    root = Path(__file__).resolve().parents[1]
+    pages = set(re.findall(r"docs/[a-z_-]+\.md", Path(module.__file__).read_text()))
+    assert pages == {"docs/fmriprep.md"}
+    assert all((root / page).exists() for page in pages)

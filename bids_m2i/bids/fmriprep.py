@@ -1,4 +1,7 @@
-"""Use fMRIPrep's outputs instead of our own preprocessing (``--derivatives DIR --space T1w``).
+"""Use fMRIPrep's outputs instead of our own preprocessing (``--derivatives DIR [--space T1w|MNI...]``).
+
+Any space fMRIPrep wrote works (``T1w``, ``MNI152NLin2009cAsym``, ``MNI152NLin6Asym``, ...): all m2i needs is
+one grid common to every run of a participant, which each of them is (docs/fmriprep.md).
 
 For every selected raw BOLD run we look for fMRIPrep's ``desc-preproc_bold`` in the requested space, its
 ``desc-brain_mask`` and the run's ``desc-confounds_timeseries.tsv`` (``desc-confounds_regressors.tsv`` before
@@ -95,8 +98,8 @@ def find_fmriprep_files(index: dict, raw_entities: dict[str, str], space: str, r
         present = sorted({_derivative_entities(p).get("space", "(none)") for p in files["bold"]})
         raise InputMissingError(
             f"fMRIPrep outputs of {raw_name} have no space '{space}'; spaces present: {', '.join(present)}",
-            hint=f"use --space with one of: {', '.join(present)} (T1w or func are supported), or rerun fMRIPrep "
-            f"with --output-spaces {space}",
+            hint=f"use --space with one of: {', '.join(present)} (any of them works: m2i needs one grid common to "
+            f"all runs), or rerun fMRIPrep with --output-spaces {space}; see docs/fmriprep.md",
         )
     if len(bolds) > 1:  # e.g. several resolutions: take the first, say so
         LOGGER.warning("Several fMRIPrep BOLD files in space %s for %s; using %s", space, raw_name, bolds[0].name)
@@ -157,7 +160,7 @@ def build_fmriprep_docker_command(bids_dir: Path, output_dir: Path, participants
 
 def _fmriprep_hint() -> str:
     if not docker_available():
-        return " (see docs/usage.md: fMRIPrep inputs)"
+        return " (the files needed: docs/fmriprep.md)"
     cmd = build_fmriprep_docker_command(Path("BIDS_DIR"), Path("FMRIPREP_DIR"), [], work_dir=Path("WORK_DIR"),
                                         fs_license=Path("license.txt"))
     return "; a Docker engine is available, so you can run: " + shlex.join(cmd)
