@@ -8,7 +8,9 @@ connections refused in-process). Its input checksums must not change.
 Then runs are killed (SIGTERM: the CLI's clean stop, exit 143; SIGKILL: the whole process group, as a
 scheduler's OOM kill does) when the log shows that a given node started or finished, and rerun with the same
 work dir: the rerun finishes and the data files are byte-identical to the reference (same seed, one process,
-one thread).
+one thread, and the same BLAS kernels: every run gets the variables that choose them, such as
+``OPENBLAS_CORETYPE``, from the test's environment). Runs with other BLAS kernels (another processor kind)
+agree within a floating-point tolerance, not byte for byte (``test_other_blas_kernels_agree_within_tolerance``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,15 @@ REPO = Path(__file__).resolve().parents[1]
 NOBODY = 65534
 DATA_SUFFIXES = (".nii.gz", ".tsv", ".npy", ".png", ".safetensors")
 RUN_OPTIONS = ["--skip-bids-validation", "--nprocs", "1", "--omp-nthreads", "1", "--seed", "0"]
+# Variables that choose the BLAS/LAPACK kernels (set on some processors of a workplace, e.g.
+# OPENBLAS_CORETYPE=Haswell): every run compared byte for byte must see the same values.
+BLAS_KERNEL_VARIABLES = ("OPENBLAS_CORETYPE", "OPENBLAS_VERBOSE", "MKL_CBWR", "MKL_DEBUG_CPU_TYPE",
+                         "MKL_ENABLE_INSTRUCTIONS", "NPY_DISABLE_CPU_FEATURES")
+
+
+def blas_kernel_environment() -> dict[str, str]:
+    """The kernel-choosing variables of this process's environment (what the in-process runs use)."""
+    return {name: os.environ[name] for name in BLAS_KERNEL_VARIABLES if name in os.environ}
 
 
 def checksums(root: Path, suffixes=None) -> dict[str, str]:
@@ -100,7 +111,7 @@ def reference_run(shared_root, read_only_input):
     before = checksums(bids)
     out, work = shared_root / "ref-out", shared_root / "ref-work"
     env = {"PATH": "/usr/bin:/bin", "HOME": str(shared_root / "no-home"), "OMP_NUM_THREADS": "1",
-           "PYTHONDONTWRITEBYTECODE": "1"}
+           "PYTHONDONTWRITEBYTECODE": "1", **blas_kernel_environment()}  # like with like: the same kernels
     if os.geteuid() == 0 and shutil.which("setpriv"):
         command = _python_for_nobody()
         if command is None:
@@ -119,8 +130,15 @@ def reference_run(shared_root, read_only_input):
                        "socket.socket.connect = _refuse\n" + command[-1].replace("; ", "\n"))
     result = subprocess.run([*blocker, *command, str(bids), str(out), "participant", "-w", str(work),
                              *RUN_OPTIONS], env=env, capture_output=True, text=True, cwd="/", timeout=900)
-    return {"result": result, "out": out, "work": work, "bids": bids, "before": before,
+    return {"result": result, "out": out, "work": work, "bids": bids, "before": before, "env": env,
             "unprivileged": unprivileged, "network_blocked": bool(blocker) or "socket" in command[-1]}
+
+
+def test_reference_run_uses_the_same_blas_kernels_as_the_resumed_runs(reference_run):
+    """The clean reference environment keeps OPENBLAS_CORETYPE & co.: without them the reference and the
+    resumed runs (which inherit this process's environment) pick other kernels and differ in the last bits."""
+    env = reference_run["env"]
+    assert {name: env[name] for name in BLAS_KERNEL_VARIABLES if name in env} == blas_kernel_environment()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -286,3 +304,101 @@ def test_interrupted_anywhere_resumes_identically(reference_run, tmp_path, signa
     assert _leftover_temporaries(out) == []
     if signal_number == signal.SIGTERM:
         _check_clean_sigterm(killed)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# other BLAS kernels (another processor kind): equal within a tolerance, not byte for byte
+
+
+def _numbers_close(expected, found, rel: str, rtol: float, atol: float) -> None:
+    import numpy as np
+
+    expected, found = np.asarray(expected), np.asarray(found)
+    assert expected.shape == found.shape, rel
+    if expected.dtype.kind in "fiub":
+        np.testing.assert_allclose(found.astype(float), expected.astype(float), rtol=rtol, atol=atol, err_msg=rel)
+    else:
+        assert (expected == found).all(), rel
+
+
+def check_close(reference_out: Path, out: Path, rtol: float = 1e-4, atol: float = 1e-4) -> None:
+    """The data files of two runs agree within a tolerance: NIfTI and .npy arrays, TSV numbers (other columns
+    equal), PNG pixels within 2 grey levels, safetensors tensors."""
+    import nibabel as nib
+    import numpy as np
+    import pandas as pd
+
+    expected, found = data_checksums(reference_out), data_checksums(out)
+    assert sorted(found) == sorted(expected)
+    for rel in expected:
+        a, b = reference_out / rel, out / rel
+        if rel.endswith(".nii.gz"):
+            _numbers_close(np.asanyarray(nib.load(a).dataobj), np.asanyarray(nib.load(b).dataobj), rel, rtol, atol)
+        elif rel.endswith(".npy"):
+            _numbers_close(np.load(a), np.load(b), rel, rtol, atol)
+        elif rel.endswith(".tsv"):
+            ta = pd.read_csv(a, sep="\t", dtype=str, keep_default_na=False)
+            tb = pd.read_csv(b, sep="\t", dtype=str, keep_default_na=False)
+            assert list(ta.columns) == list(tb.columns) and len(ta) == len(tb), rel
+            for column in ta.columns:
+                na = pd.to_numeric(ta[column].replace("n/a", "nan"), errors="coerce")
+                nb = pd.to_numeric(tb[column].replace("n/a", "nan"), errors="coerce")
+                if na.notna().all() or (na.notna() | (ta[column] == "n/a")).all():
+                    np.testing.assert_allclose(nb.to_numpy(float), na.to_numpy(float), rtol=rtol, atol=atol,
+                                               err_msg=f"{rel}: {column}")
+                else:
+                    assert (ta[column] == tb[column]).all(), f"{rel}: {column}"
+        elif rel.endswith(".png"):
+            from PIL import Image
+
+            with Image.open(a) as ia, Image.open(b) as ib:
+                diff = np.abs(np.asarray(ia, dtype=int) - np.asarray(ib, dtype=int))
+            assert diff.max() <= 2, rel
+        elif rel.endswith(".safetensors"):
+            from safetensors.numpy import load_file
+
+            ta, tb = load_file(a), load_file(b)
+            assert sorted(ta) == sorted(tb), rel
+            for key in ta:
+                _numbers_close(ta[key], tb[key], f"{rel}:{key}", rtol, atol)
+
+
+def _other_x86_kernel() -> str | None:
+    import platform
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return None
+    current = os.environ.get("OPENBLAS_CORETYPE", "")
+    return "Sandybridge" if current.lower() != "sandybridge" else "Nehalem"  # both run on any x86-64 of today
+
+
+def test_check_close_tolerates_last_bit_noise_and_catches_real_differences(tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    for name, scale in (("a", 1.0), ("b", 1.0 + 1e-12), ("c", 1.01)):
+        folder = tmp_path / name / "sub-01"
+        folder.mkdir(parents=True)
+        data = (np.arange(24, dtype=np.float32).reshape(2, 3, 4) * scale).astype(np.float32)
+        nib.save(nib.Nifti1Image(data, np.eye(4)), folder / "x_statmap.nii.gz")
+        (folder / "t.tsv").write_text(f"stimulus\tvalue\nA\t{0.5 * scale!r}\n")
+    check_close(tmp_path / "a", tmp_path / "b")
+    with pytest.raises(AssertionError):
+        check_close(tmp_path / "a", tmp_path / "c")
+
+
+@pytest.mark.slow
+def test_other_blas_kernels_agree_within_tolerance(reference_run, tmp_path):
+    """A run whose BLAS picks other kernels (as on another processor kind) matches the reference within a
+    tolerance: what "identical" cannot promise across CPUs, "equal to floating-point precision" does."""
+    kernel = _other_x86_kernel()
+    if kernel is None:
+        pytest.skip("no second OpenBLAS kernel known for this processor architecture")
+    assert reference_run["result"].returncode == 0
+    out, work = tmp_path / "out", tmp_path / "work"
+    result = subprocess.run(
+        [sys.executable, "-m", "bids_m2i.cli.run", str(reference_run["bids"]), str(out), "participant", "-w",
+         str(work), *RUN_OPTIONS], capture_output=True, text=True, cwd=str(tmp_path), timeout=1800,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_CORETYPE": kernel})
+    assert result.returncode == 0, result.stderr[-3000:]
+    check_close(reference_run["out"], out)
