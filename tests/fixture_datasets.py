@@ -1,9 +1,9 @@
 """Copies of the real-layout BIDS fixtures with small synthetic BOLD series, for tests.
 
 ``tests/data/real-bids/<name>`` holds the real events and sidecars of four public datasets but no images
-(their provenance and licences: ``tests/data/real-bids/PROVENANCE.md``; carried in the repository so that a
-fresh clone passes its tests). :func:`make_fixture_copy` copies one into a temporary folder and writes, next to every events
-file, a tiny ``_bold.nii.gz`` whose length covers the last event plus 10 s at the run's repetition time
+(provenance and licences: ``tests/data/real-bids/PROVENANCE.md``; carried in the repository so that a fresh
+clone passes its tests). :func:`make_fixture_copy` copies one into a temporary folder and writes, next to every
+events file, a tiny ``_bold.nii.gz`` whose length covers the last event plus 10 s at the run's repetition time
 (read from the sidecars with BIDS inheritance, top-level ``task-*_bold.json`` included), so that the app
 can run on it with ``--skip-bids-validation``.
 

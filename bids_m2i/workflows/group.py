@@ -22,8 +22,8 @@ from ..utils.atomic import write_text, write_tsv
 LOGGER = logging.getLogger("m2i.group")
 
 KEYS = ["condition", "cue", "metric", "feature_space"]
-GROUP_COLUMNS = ["participant_id", "glm_method", *KEYS, "value", "chance", "p_value", "n_items", "n_candidates", "mean", "sd", "n",
-                 "note"]
+GROUP_COLUMNS = ["participant_id", "glm_method", *KEYS, "value", "chance", "p_value", "n_items", "n_candidates",
+                 "mean", "sd", "n", "note"]
 
 
 def expected_participants(config) -> list[str]:
