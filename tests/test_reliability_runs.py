@@ -112,6 +112,8 @@ def reference_run(shared_root, read_only_input):
     out, work = shared_root / "ref-out", shared_root / "ref-work"
     env = {"PATH": "/usr/bin:/bin", "HOME": str(shared_root / "no-home"), "OMP_NUM_THREADS": "1",
            "PYTHONDONTWRITEBYTECODE": "1", **blas_kernel_environment()}  # like with like: the same kernels
+    if os.environ.get("PYTHONPATH"):  # and the same code as the resumed runs (a checkout ahead of the install)
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     if os.geteuid() == 0 and shutil.which("setpriv"):
         command = _python_for_nobody()
         if command is None:
