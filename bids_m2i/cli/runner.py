@@ -138,6 +138,7 @@ def print_trials(config: Config) -> int:
     from ..bids.events import summarize_trials
     from ..bids.inputs import collect_inputs
 
+    limit_threads(config)  # process settings only: nothing written
     inputs = collect_inputs(config, Path(config.work_dir).absolute())
     for subject, subject_inputs in inputs.items():
         print(f"sub-{subject}")
