@@ -280,8 +280,6 @@ _STR_KEYS = {
 }
 _LIST_KEYS = {"trial", "nuisance", "ignore", "match_columns", "train_sessions", "test_sessions"}
 _RULE_KEYS = _STR_KEYS | _LIST_KEYS | {"condition", "cue", "condition_values"}
-#: an --events-map section may start from a built-in profile's section of the same task: ``profile = "ds001506"``
-_MAP_ONLY_KEYS = {"profile"}
 
 
 def _as_code(value: Any, where: str, origin: str) -> str:
@@ -301,7 +299,7 @@ def _parse_rule(task: str, table: Mapping[str, Any], origin: str) -> TaskRule:
         raise UsageError(
             f"{origin}: unknown key(s) {', '.join(unknown)} in {where}",
             path=origin,
-            hint=f"known keys: {', '.join(sorted(_RULE_KEYS))}, and in an --events-map profile (docs/events.md)",
+            hint=f"known keys: {', '.join(sorted(_RULE_KEYS))}; in an --events-map also profile (docs/events.md)",
         )
     kwargs: dict[str, Any] = {"task": task, "origin": f"{origin} {where}"}
     for key, value in table.items():
