@@ -268,3 +268,13 @@ def test_print_trials_on_a_missing_output_dir_creates_nothing(ds001506_copy, tmp
                     "--bids-filter-file", str(filters), "-w", str(tmp_path / "work")])
     assert code == 0, capsys.readouterr().err
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_only_test_sessions_selected_says_to_select_training_sessions():
+    from bids_m2i.errors import BadDataError
+
+    files = [(p, e) for p, e in _event_files("ds001246") if e["session"] in ("perceptionTest01", "imageryTest01")]
+    table = build_trials_table(files)
+    with pytest.raises(BadDataError, match="nothing left to train on") as error:
+        split_trials(table[table["role"] == "trial"].reset_index(drop=True))
+    assert "train_sessions" in str(error.value.hint)

@@ -136,8 +136,10 @@ def split_trials(trials: pd.DataFrame, *, seed: int = 0, test_fraction: float = 
     test = perc_rows[is_test_stimulus[perc_rows]]
     train = perc_rows[~is_test_stimulus[perc_rows]]
     if len(train) == 0:
-        raise BadDataError("every perception stimulus is a test item: nothing left to train on",
-                           hint="the design marks all sessions as test; relabel the training sessions")
+        hint = ("the selected sessions hold no training session of the events rules (train_sessions, "
+                "docs/events.md): select training sessions too, or run with --stop-after glm") if len(declared_rows) \
+            else "the design marks all sessions as test; relabel the training sessions"
+        raise BadDataError("every perception stimulus is a test item: nothing left to train on", hint=hint)
     imagery_rows = rows[imagery]
     folds = None
     if fine_tune_imagery and len(imagery_rows):
