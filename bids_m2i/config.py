@@ -67,7 +67,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("events_map", "bids", "path", None, "TOML file mapping events to trials per task "
                "(see docs/events.md). Default: built-in profiles + auto-detection.", metavar="FILE"),
     OptionSpec("print_trials", "bids", "bool", False, "Read the events, print the trials table summary per "
-               "run (roles, conditions, counts) and exit."),
+               "run (roles, conditions, counts, decoding split, rule used) and exit 0; writes nothing anywhere."),
     # --- execution ---
     OptionSpec("work_dir", "execution", "path", Path("work"), "Working directory (reused on rerun).",
                ("-w", "--work-dir", "--work_dir"), metavar="DIR"),

@@ -185,9 +185,10 @@ def test_config_precedence_and_written_back(minimal_bids, tmp_path):
     config = tmp_path / "m2i.toml"
     config.write_text('glm = "lss"\nseed = 7\n[execution]\nnprocs = 1\nomp_nthreads = 1\n'
                       '[bids]\nparticipant_label = ["sub-01"]\n')
+    # an unknown --task stops (exit 18) after the resolved config is written and before any processing
     code = run_cli([str(minimal_bids), str(tmp_path / "out"), "participant", "--config", str(config),
-                    "--seed", "3", "--print-trials", "-w", str(tmp_path / "work")])
-    assert code == 0
+                    "--seed", "3", "--task", "nosuchtask", "-w", str(tmp_path / "work")])
+    assert code == 18
     written = sorted((tmp_path / "out" / "logs").glob("config-*.toml"))
     assert written
     resolved = tomllib.loads(written[-1].read_text())
@@ -197,8 +198,11 @@ def test_config_precedence_and_written_back(minimal_bids, tmp_path):
     assert resolved["bids"]["participant_label"] == ["01"]
     # the written-back config is itself a valid config file
     code = run_cli([str(minimal_bids), str(tmp_path / "out2"), "participant", "--config", str(written[-1]),
-                    "--print-trials", "-w", str(tmp_path / "work")])
-    assert code == 0
+                    "-w", str(tmp_path / "work")])
+    assert code == 18  # the same stop, not a config error (64)
+    again = tomllib.loads(sorted((tmp_path / "out2" / "logs").glob("config-*.toml"))[-1].read_text())
+    assert {k: v for k, v in again.items() if k != "output_dir"} == {k: v for k, v in resolved.items()
+                                                                     if k != "output_dir"}
 
 
 def test_print_trials(minimal_bids, tmp_path, capsys):

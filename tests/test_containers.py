@@ -614,6 +614,10 @@ def test_runs_unprivileged_with_read_only_input_and_no_home(unprivileged_run):
     result = run("participant", "--print-trials")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "perception" in result.stdout
+    assert not any((base / "out").iterdir()) and not any((base / "work").iterdir())  # --print-trials writes nothing
+    # an unknown task stops (exit 18) after the output and work dirs are prepared, before any processing
+    result = run("participant", "--task", "nosuchtask")
+    assert result.returncode == 18, result.stdout[-2000:] + result.stderr[-2000:]
     # Caches went to the work dir, not to HOME nor to the image's preset /tmp fallback.
     assert (base / "work" / ".cache").is_dir()
     assert not (base / "no-home").exists() and not (base / "image-cache").exists()

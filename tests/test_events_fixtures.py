@@ -223,7 +223,8 @@ def test_print_trials_summary_on_fixture(ds001246):
     assert lines[0].split()[:6] == ["task", "session", "run", "trials", "nuisance", "ignore"]
     row = next(line for line in lines if line.startswith("perception") and "perceptionTest01" in line)
     assert row.split()[3:6] == ["50", "5", "2"] and "oneback 5" in row
-    assert "total: 3450 trials" in lines[-1]  # 59 runs x 50 + 20 runs x 25
+    total = next(line for line in lines if line.startswith("total:"))
+    assert "total: 3450 trials" in total  # 59 runs x 50 + 20 runs x 25
 
 
 def test_no_stimulus_images_are_reported_missing():

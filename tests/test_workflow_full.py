@@ -30,7 +30,7 @@ def test_full_run_outputs(tiny_full_run):
         events = pd.read_csv(func / f"sub-01_task-{task}_desc-fithrfdenoiserr_events.tsv", sep="\t", dtype=str)
         assert series.shape[3] == len(events) > 0  # row i describes volume i
         assert list(events.columns) == ["trial_index", "onset", "duration", "run", "session", "condition", "cue",
-                                        "stimulus", "category", "stim_file", "cue_text", "fd_mean"]
+                                        "stimulus", "category", "stim_file", "cue_text", "fd_mean", "split"]
         for stat in ("ncsnr", "r2", "hrfindex", "pcs", "fracridge"):
             assert (func / f"sub-01_task-{task}_stat-{stat}_desc-fithrfdenoiserr_statmap.nii.gz").exists()
         meta = json.loads((func / f"sub-01_task-{task}_stat-effect_desc-fithrfdenoiserr_statseries.json").read_text())

@@ -18,13 +18,15 @@ are strings (missing = ``n/a``) except ``onset`` and ``duration`` (float seconds
 
 from __future__ import annotations
 
+import difflib
 import functools
 import logging
 import math
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from fnmatch import fnmatchcase
 from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Mapping, Sequence
@@ -34,6 +36,7 @@ import pandas as pd
 from ..errors import BadDataError, InputMissingError, UsageError
 from .stimuli import (
     NA,
+    find_with_other_extension,
     load_stimuli_table,
     normalize_stim_file,
     relative_to_stimuli,
@@ -56,8 +59,12 @@ TRIALS_COLUMNS = (
     "category",
     "stim_file",
     "cue_text",
+    "split",
 )
 ROLES = ("trial", "nuisance", "ignore")
+#: ``split`` values: the decoder trains on ``train`` and is tested on ``test`` perception trials; ``none`` trials
+#: get betas but are not decoded; ``n/a`` leaves the choice to the automatic rules of decoding/splits.py.
+SPLITS = ("train", "test", "none")
 CONDITIONS = ("perception", "imagery")
 CUES = ("image", "text", "none")
 
@@ -217,6 +224,8 @@ class TaskRule:
     stimulus_column: str | None = None
     stim_file_column: str | None = None
     stim_file_template: str | None = None
+    # (regex on the stimulus, template) pairs: the first regex found in the stimulus gives the template
+    stim_file_patterns: tuple[tuple[str, str], ...] = ()
     category_column: str | None = None
     category_regex: str | None = None
     onset_column: str = "onset"
@@ -225,6 +234,9 @@ class TaskRule:
     oneback_column: str | None = None
     oneback_event_type: str = "oneback"
     match_columns: tuple[str, ...] = ()
+    # decoding split of this task's perception trials by session label (shell-style patterns, fnmatch)
+    train_sessions: tuple[str, ...] = ()
+    test_sessions: tuple[str, ...] = ()
     description: str = ""
     origin: str = "auto-detection"
     # auto-detection only: use the small event-type vocabulary (rest → ignore, cue → nuisance)
@@ -266,7 +278,7 @@ _STR_KEYS = {
     "oneback_event_type",
     "description",
 }
-_LIST_KEYS = {"trial", "nuisance", "ignore", "match_columns"}
+_LIST_KEYS = {"trial", "nuisance", "ignore", "match_columns", "train_sessions", "test_sessions"}
 _RULE_KEYS = _STR_KEYS | _LIST_KEYS | {"condition", "cue", "condition_values"}
 
 
@@ -287,11 +299,13 @@ def _parse_rule(task: str, table: Mapping[str, Any], origin: str) -> TaskRule:
         raise UsageError(
             f"{origin}: unknown key(s) {', '.join(unknown)} in {where}",
             path=origin,
-            hint=f"known keys: {', '.join(sorted(_RULE_KEYS))} (docs/events.md)",
+            hint=f"known keys: {', '.join(sorted(_RULE_KEYS))}; in an --events-map also profile (docs/events.md)",
         )
     kwargs: dict[str, Any] = {"task": task, "origin": f"{origin} {where}"}
     for key, value in table.items():
-        if key in _STR_KEYS:
+        if key == "stim_file_template" and isinstance(value, Mapping):
+            kwargs["stim_file_patterns"] = _parse_template_patterns(value, where, origin)
+        elif key in _STR_KEYS:
             if not isinstance(value, str):
                 raise UsageError(f"{origin}: {where} {key} must be a string, got {value!r}", path=origin)
             kwargs[key] = value
@@ -341,6 +355,24 @@ def _parse_rule(task: str, table: Mapping[str, Any], origin: str) -> TaskRule:
     if not rule.duration_column and not rule.offset_column:
         raise UsageError(f"{origin}: {where} needs duration_column or offset_column", path=origin)
     return rule
+
+
+def _parse_template_patterns(value: Mapping[str, Any], where: str, origin: str) -> tuple[tuple[str, str], ...]:
+    """``stim_file_template = { '<regex>' = "<template>", ... }`` (tried in the order written)."""
+    pairs = []
+    for pattern, template in value.items():
+        if not isinstance(template, str):
+            raise UsageError(f"{origin}: {where} stim_file_template {pattern!r} must map to a string, got "
+                             f"{template!r}", path=origin)
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise UsageError(f"{origin}: {where} stim_file_template key {pattern!r} is not a regular expression: "
+                             f"{exc}", path=origin) from exc
+        pairs.append((str(pattern), template))
+    if not pairs:
+        raise UsageError(f"{origin}: {where} stim_file_template is an empty table", path=origin)
+    return tuple(pairs)
 
 
 def _overlap(*lists: Iterable[str]) -> str:
@@ -437,7 +469,73 @@ def load_events_map(path: str | os.PathLike) -> EventsMap:
             path=path,
             hint="an events map holds [task.<label>] sections (docs/events.md)",
         )
-    return EventsMap(rules=_parse_task_tables(doc, str(path)), path=str(path))
+    tasks = doc.get("task", {})
+    bases: dict[str, str] = {}
+    if isinstance(tasks, Mapping):
+        merged = {}
+        for label, table in tasks.items():
+            merged[label], base = _on_profile(str(label), table, path)
+            if base:
+                bases[str(label)] = base
+        doc = {**doc, "task": merged}
+    rules = _parse_task_tables(doc, str(path))
+    for label, base in bases.items():
+        rules[label] = replace(rules[label], origin=f"{rules[label].origin} on {base}")
+    return EventsMap(rules=rules, path=str(path))
+
+
+def _on_profile(label: str, table: Any, path: Path) -> tuple[Any, str]:
+    """A map section with ``profile = "<name>"``: that built-in profile's section for the same task (or its
+    ``"*"`` section), with the map's keys on top. Returns the merged table and ``"profile <name> [task.x]"``."""
+    if not isinstance(table, Mapping) or "profile" not in table:
+        return table, ""
+    name = table["profile"]
+    docs = _builtin_profile_docs()
+    if not isinstance(name, str) or name not in docs:
+        raise UsageError(
+            f"{path}: [task.{label}] profile = {name!r} is not a built-in profile",
+            path=path,
+            hint=f"built-in profiles: {', '.join(sorted(docs))} (docs/events.md)",
+        )
+    sections = docs[name].get("task", {})
+    base_label = label if label in sections else "*" if "*" in sections else None
+    if base_label is None:
+        raise UsageError(
+            f"{path}: [task.{label}] profile = {name!r}, but that profile has no [task.{label}] section",
+            path=path,
+            hint=f"profile {name} has: {', '.join(f'[task.{t}]' for t in sections)}",
+        )
+    own = {k: v for k, v in table.items() if k != "profile"}
+    return {**sections[base_label], **own}, f"profile {name} [task.{base_label}]"
+
+
+def check_events_map_tasks(events_map: EventsMap, dataset_tasks: Iterable[str]) -> None:
+    """Every ``[task.<label>]`` section of a map must name a task of the dataset (exit 64 otherwise).
+
+    A misspelled section (``[task.Perception]`` for task ``perception``) would otherwise be skipped without a
+    word and the built-in profile used instead. The message lists the dataset's tasks and, when one is close
+    (same letters in another case, or a near spelling), says which.
+    """
+    tasks = sorted({str(t) for t in dataset_tasks})
+    unknown = [label for label in events_map.rules if label != "*" and label not in tasks]
+    if not unknown:
+        return
+    guesses = []
+    for label in unknown:
+        lowered = {t.lower(): t for t in tasks}
+        close = [lowered[label.lower()]] if label.lower() in lowered else [
+            lowered[m] for m in difflib.get_close_matches(label.lower(), list(lowered), n=1, cutoff=0.6)
+        ]
+        if close:
+            guesses.append(f"[task.{label}] -> [task.{close[0]}]")
+    sections = ", ".join(f"[task.{label}]" for label in unknown)
+    raise UsageError(
+        f"{events_map.path}: {sections} name(s) no task of the dataset (its tasks: {', '.join(tasks) or 'none'})",
+        path=events_map.path,
+        hint=(f"did you mean {'; '.join(guesses)}? " if guesses else "")
+        + "task labels are case-sensitive and come from the file names (..._task-<label>_...); "
+        'use [task."*"] for every task',
+    )
 
 
 def load_profile(path: str | os.PathLike) -> EventsProfile:
@@ -459,6 +557,18 @@ def load_profile(path: str | os.PathLike) -> EventsProfile:
         match_columns=tuple(str(c) for c in match.get("columns", ())),
         rules=rules,
     )
+
+
+@functools.lru_cache(maxsize=1)
+def _builtin_profile_docs() -> dict[str, dict[str, Any]]:
+    """The packaged profiles as raw TOML documents, by name (for ``profile = "<name>"`` in a map)."""
+    folder = resources.files("bids_m2i") / "data" / "events_profiles"
+    docs = {}
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".toml"):
+            with resources.as_file(entry) as real:
+                docs[PurePosixPath(entry.name).stem] = _load_toml(Path(real), "Events profile")
+    return docs
 
 
 @functools.lru_cache(maxsize=1)
@@ -727,6 +837,7 @@ def events_to_trials(
         if row["role"] == "trial" and row["stimulus"] == NA and row["cue_text"] == NA:
             # no identity: it still gets modelled (its own event type) but not decoded
             row["role"] = "nuisance"
+            row["split"] = NA
             n_unidentified += 1
         row.update(onset=onsets[i], duration=durations[i], run=run_label)
         rows.append(row)
@@ -825,18 +936,24 @@ def _trial_fields(
     info = stimuli_table.get(stimulus, {}) if stimulus != NA else {}
 
     stim_file = NA
+    templated = False
+    template = _template_for(rule, stimulus)
     if rule.stim_file_column:
         stim_file = record[rule.stim_file_column]
-    elif rule.stim_file_template and stimulus != NA:
+    elif template is not None:
         try:
-            stim_file = rule.stim_file_template.format(stimulus=stimulus, **record)
+            stim_file = template.format(stimulus=stimulus, **record)
         except (KeyError, IndexError, ValueError) as exc:
             raise UsageError(f"{rule.origin}: stim_file_template cannot be filled: {exc}") from exc
+        templated = True
     elif info.get("stim_file", NA) != NA:
         stim_file = info["stim_file"]
     if stim_file != NA:
         try:
             found = resolve_stimulus_path(stimuli_dir, stim_file, source)
+            if found is None and templated:
+                # a name we built: the lab may hold the image under another extension (.jpg for .JPEG, .png)
+                found = find_with_other_extension(stimuli_dir, stim_file, source)
             stim_file = relative_to_stimuli(stimuli_dir, found) if found else normalize_stim_file(stim_file, source)
         except BadDataError:
             if not lenient:
@@ -868,7 +985,45 @@ def _trial_fields(
         "category": category,
         "stim_file": stim_file,
         "cue_text": cue_text,
+        "split": _split_of(rule, session, condition, role),
     }
+
+
+def _template_for(rule: TaskRule, stimulus: str) -> str | None:
+    """The file-name template of ``stimulus``: the first pattern found in it, else ``stim_file_template``."""
+    if stimulus == NA:
+        return None
+    for pattern, template in rule.stim_file_patterns:
+        if re.search(pattern, stimulus):
+            return template
+    return rule.stim_file_template
+
+
+def _split_of(rule: TaskRule, session: str, condition: str, role: str) -> str:
+    """``train`` / ``test`` / ``none`` for the perception trials of a task whose rule names sessions, else ``n/a``.
+
+    With both lists, a session in neither is ``none`` (betas, no decoding: ds001506's shapes and letters);
+    with one list, every other session is the other part.
+    """
+    if role != "trial" or condition != "perception" or not (rule.train_sessions or rule.test_sessions):
+        return NA
+    label = "" if session in (None, NA) else str(session)
+    is_test = any(fnmatchcase(label, p) for p in rule.test_sessions)
+    is_train = any(fnmatchcase(label, p) for p in rule.train_sessions)
+    if is_test and is_train:
+        raise UsageError(
+            f"{rule.origin}: session {label!r} matches both train_sessions and test_sessions",
+            hint="a session is either trained on or tested on; make the patterns exclusive",
+        )
+    if is_test:
+        return "test"
+    if is_train:
+        return "train"
+    if not rule.test_sessions:
+        return "test"
+    if not rule.train_sessions:
+        return "train"
+    return "none"
 
 
 def _condition_of(rule: TaskRule, task: str, session: str, event_type: str) -> str:
@@ -1024,14 +1179,15 @@ def summarize_trials(trials: pd.DataFrame) -> str:
     if len(trials) == 0:
         return "No events."
     rules = {(r["task"], r["session"], r["run"]): r["rule"] for r in trials.attrs.get("runs", [])}
-    header = ["task", "session", "run", "trials", "nuisance", "ignore", "conditions", "cues", "nuisance types", "rule"]
+    header = ["task", "session", "run", "trials", "nuisance", "ignore", "conditions", "cues", "nuisance types",
+              "split", "rule"]
     lines = []
     groups = trials.groupby(["task", "session", "run"], sort=False, dropna=False)
     for (task, session, run), part in groups:
         lines.append(_summary_row(part, [str(task), str(session), str(run)], rules.get((task, session, run), "")))
     for key, rule in rules.items():  # runs without any kept row still deserve a line
         if not ((trials["task"] == key[0]) & (trials["session"] == key[1]) & (trials["run"] == key[2])).any():
-            lines.append([*key, "0", "0", "0", "", "", "", rule])
+            lines.append([*key, "0", "0", "0", "", "", "", "", rule])
     widths = [max(len(header[k]), *(len(line[k]) for line in lines)) for k in range(len(header))]
     fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     out = [fmt(header), fmt(["-" * w for w in widths])]
@@ -1046,7 +1202,22 @@ def summarize_trials(trials: pd.DataFrame) -> str:
         f"{n_stim} distinct stimuli, {int((trials['role'] == 'nuisance').sum())} nuisance events, "
         f"{len(groups)} run(s)"
     )
+    if "split" in trials.columns and trial_rows["split"].isin(SPLITS).any():
+        unset = int(((trial_rows["condition"] == "perception") & ~trial_rows["split"].isin(SPLITS)).sum())
+        out.append(f"decoding split of the perception trials (events rules): "
+                   f"{_split_counts(trial_rows, every_value=True)}"
+                   + (f", no split set {unset} (not decoded)" if unset else ""))
     return "\n".join(out)
+
+
+def _split_counts(trial_rows: pd.DataFrame, every_value: bool = False) -> str:
+    """``train 50`` (``train 6000, test 1200, not decoded 920`` with ``every_value``) for the trials whose rule
+    sets a split; empty when none does."""
+    if "split" not in trial_rows.columns or not trial_rows["split"].isin(SPLITS).any():
+        return ""
+    counts = trial_rows["split"].value_counts()
+    return ", ".join(f"{'not decoded' if v == 'none' else v} {int(counts.get(v, 0))}" for v in SPLITS
+                     if every_value or counts.get(v, 0))
 
 
 def _counts(values: pd.Series) -> str:
@@ -1065,6 +1236,7 @@ def _summary_row(part: pd.DataFrame, keys: list[str], rule: str) -> list[str]:
         _counts(trial_rows["condition"]),
         _counts(trial_rows["cue"]),
         _counts(nuisance_rows["event_type"]),
+        _split_counts(trial_rows),
         rule,
     ]
 
@@ -1084,5 +1256,6 @@ __all__ = [
     "build_trials_table",
     "check_events_within_run",
     "summarize_trials",
+    "check_events_map_tasks",
     "resolve_stimulus_path",
 ]

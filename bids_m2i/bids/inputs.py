@@ -100,14 +100,17 @@ def check_tr(run: BoldRun, header_tr: float | None) -> float:
 
 
 def collect_inputs(config: Config, work_dir: Path) -> dict[str, SubjectInputs]:
-    from .events import build_trials_table, check_events_within_run, load_events_map
+    from .events import build_trials_table, check_events_map_tasks, check_events_within_run, load_events_map
 
-    layout = index_dataset(config.bids_dir, work_dir / "pybids_db")
+    # --print-trials writes nothing anywhere: its index stays in memory
+    layout = index_dataset(config.bids_dir, None if config.print_trials else work_dir / "pybids_db")
     selected = select_bold_runs(
         layout, participants=config.participant_label, sessions=config.session_label, tasks=config.task,
         bids_filters=load_bids_filters(config.bids_filter_file),
     )
     events_map = load_events_map(config.events_map) if config.events_map else None
+    if events_map is not None:
+        check_events_map_tasks(events_map, layout.get_tasks())
     stimuli_dir = config.bids_dir / "stimuli"
     needs_events = config.stop_after != "preproc" or config.print_trials
     needs_stimuli = config.stop_after == "decode" and not config.print_trials
@@ -117,6 +120,7 @@ def collect_inputs(config: Config, work_dir: Path) -> dict[str, SubjectInputs]:
     for subject, runs in selected.items():
         infos: list[RunInfo] = []
         trials_parts = []
+        rules: list[dict] = []  # which rule read each run (--print-trials shows it)
         for run in runs:
             shape, header_tr = read_bold_header(run)
             tr = check_tr(run, header_tr)
@@ -132,9 +136,11 @@ def collect_inputs(config: Config, work_dir: Path) -> dict[str, SubjectInputs]:
                 )
             trials = build_trials_table([(run.events, dict(run.entities))], events_map=events_map,
                                         stimuli_dir=stimuli_dir, include_ignore=config.print_trials)
+            rules.extend(trials.attrs.get("runs", []))
             trials = check_events_within_run(trials, n_volumes=info.n_volumes, tr=tr, path=run.events)
             trials_parts.append(trials)
         trials_table = pd.concat(trials_parts, ignore_index=True) if trials_parts else pd.DataFrame()
+        trials_table.attrs = {"runs": rules}  # pd.concat drops attrs that differ between the parts
         out[subject] = SubjectInputs(subject, infos, trials_table, stimuli_dir)
         if needs_events and not config.print_trials:
             _check_trials(out[subject])
@@ -175,31 +181,20 @@ def check_models_early(config: Config) -> None:
 
 
 def check_stimulus_images(trials: pd.DataFrame, stimuli_dir: Path) -> None:
-    """Every trial's stimulus image exists under ``stimuli/`` and is a readable image (exit 66 / 65).
+    """Every image decoding will read exists under ``stimuli/`` (exit 66) and is a readable image (exit 65).
 
     Decoding reads them only after preprocessing and the GLM: a missing or broken image must stop the run
-    now, not hours later.
+    now, not hours later. The rows checked are those decoding trains and tests on
+    (:func:`bids_m2i.bids.stimuli.trials_needing_images`), for every profile, map and auto-detected rule.
     """
     from PIL import Image, UnidentifiedImageError
 
-    from .stimuli import missing_stimulus_files, resolve_stimulus_path
+    from .stimuli import check_decoding_stimuli, resolve_stimulus_path, trials_needing_images
 
     if trials.empty or "stim_file" not in trials.columns:
         return
-    missing = missing_stimulus_files(trials, stimuli_dir)
-    if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise InputMissingError(
-            f"{len(missing)} stimulus image(s) named in the events are not in {stimuli_dir}: {shown}",
-            path=stimuli_dir,
-            hint="add the images under BIDS_DIR/stimuli/ (paths relative to it, as in the stim_file column), "
-            "or use --stop-after glm",
-        )
-    seen: set[str] = set()
-    for role, stim_file in zip(trials["role"], trials["stim_file"]):
-        if role != "trial" or stim_file == "n/a" or stim_file in seen:
-            continue
-        seen.add(stim_file)
+    check_decoding_stimuli(trials, stimuli_dir, trials.attrs.get("runs"))
+    for stim_file in dict.fromkeys(trials_needing_images(trials)["stim_file"]):
         path = resolve_stimulus_path(stimuli_dir, stim_file)
         try:
             with Image.open(path) as img:

@@ -90,14 +90,17 @@ def check_dataset_root(bids_dir: Path) -> None:
                            hint="fix the file (the BIDS validator shows where)") from exc
 
 
-def index_dataset(bids_dir: Path, database_dir: Path):
-    """Index ``bids_dir`` with pybids (no validation) with the database under ``database_dir``."""
+def index_dataset(bids_dir: Path, database_dir: Path | None):
+    """Index ``bids_dir`` with pybids (no validation) with the database under ``database_dir`` (``None``: in
+    memory, nothing written)."""
     import bids
 
-    database_dir.mkdir(parents=True, exist_ok=True)
+    if database_dir is not None:
+        database_dir.mkdir(parents=True, exist_ok=True)
     try:
         return bids.BIDSLayout(str(bids_dir), validate=False, derivatives=False,
-                               database_path=str(database_dir), reset_database=True)
+                               database_path=None if database_dir is None else str(database_dir),
+                               reset_database=database_dir is not None)
     except Exception as exc:  # pybids raises many types on broken datasets
         raise BadDataError(f"Cannot index the BIDS dataset {bids_dir}: {exc}", path=bids_dir,
                            hint="run the BIDS validator on it to see what is wrong") from exc

@@ -128,6 +128,28 @@ def _check_link_target(stimuli_dir: Path, candidate: Path, stim_file: str, event
         )
 
 
+#: Image extensions tried, in this order, for a file name built from a template (``{stimulus}.JPEG``) that is
+#: not found as built: labs convert and rename (.jpg, .png); the stem is what identifies the image.
+IMAGE_EXTENSIONS = (".JPEG", ".jpeg", ".jpg", ".JPG", ".png", ".PNG", ".tiff", ".tif", ".TIFF", ".TIF", ".bmp",
+                    ".BMP", ".gif", ".webp")
+
+
+def find_with_other_extension(
+    stimuli_dir: str | os.PathLike | None, stim_file: str, events_path: str | os.PathLike | None = None
+) -> Path | None:
+    """The image of ``stim_file`` under another extension of :data:`IMAGE_EXTENSIONS` (same stem), or ``None``."""
+    if stimuli_dir is None or stim_file in (None, NA) or not Path(stimuli_dir).is_dir():
+        return None
+    name = PurePosixPath(normalize_stim_file(stim_file, events_path))
+    for extension in IMAGE_EXTENSIONS:
+        if extension == name.suffix:
+            continue
+        found = resolve_stimulus_path(stimuli_dir, str(name.with_suffix(extension)), events_path)
+        if found is not None:
+            return found
+    return None
+
+
 def relative_to_stimuli(stimuli_dir: str | os.PathLike, path: Path) -> str:
     """``path`` relative to ``stimuli_dir`` with forward slashes (the trials table's ``stim_file``)."""
     rel = os.path.relpath(os.path.abspath(path), os.path.abspath(stimuli_dir))
@@ -181,3 +203,79 @@ def missing_stimulus_files(trials, stimuli_dir: str | os.PathLike, roles=("trial
         if resolve_stimulus_path(stimuli_dir, stim_file) is None:
             missing.append(stim_file)
     return missing
+
+
+def trials_needing_images(trials):
+    """The trial rows whose image decoding reads, in table order.
+
+    The same rows :func:`bids_m2i.decoding.reconstruct.reconstruct_participant` asks for: the perception
+    trials the split trains or tests on (``split`` ``none`` trials, e.g. ds001506's shapes and letters, are
+    not read) and the imagery trials cued by an image (imagery from memory). Which seeded stimuli are held
+    out changes nothing here: training and test images are both needed.
+    """
+    from ..decoding.splits import split_trials
+
+    rows = trials[trials["role"] == "trial"].reset_index(drop=True)
+    split = split_trials(rows, seed=0)
+    memory = [int(r) for r in split.imagery if rows.at[int(r), "cue"] != "text" and rows.at[int(r), "stim_file"] != NA]
+    needed = sorted({int(r) for r in split.train} | {int(r) for r in split.test} | set(memory))
+    return rows.iloc[needed]
+
+
+def check_decoding_stimuli(trials, stimuli_dir: str | os.PathLike, runs: list[dict] | None = None) -> int:
+    """Stop now (exit 66) when an image that decoding will read is missing, instead of after the GLM.
+
+    Parameters
+    ----------
+    trials : DataFrame
+        The trials table of one participant (all roles).
+    stimuli_dir : path
+        ``BIDS_DIR/stimuli``.
+    runs : list of dict, optional
+        ``trials.attrs["runs"]`` (task, session, run, rule): names the events rule in the message.
+
+    Returns
+    -------
+    int
+        Number of distinct images checked (all present).
+
+    Raises
+    ------
+    InputMissingError
+        Trials to decode have no file name (the events rule builds none: name the rule and what to set), or
+        files are absent (the first five and the count, where they were looked for, and the exact path
+        expected for the first).
+    """
+    from ..errors import InputMissingError
+
+    needed = trials_needing_images(trials)
+    if needed.empty:
+        return 0
+    unnamed = needed[needed["stim_file"] == NA]
+    if len(unnamed):
+        first = unnamed.iloc[0]
+        rules = sorted({r["rule"] for r in runs or [] if r["task"] == first["task"]})
+        rule = f" ({' / '.join(rules)})" if rules else ""
+        raise InputMissingError(
+            f"{len(unnamed)} trial(s) that decoding trains or tests on have no image file: the events rule{rule} "
+            f"builds no file name (first: stimulus {first['stimulus']!r}, task {first['task']}, session "
+            f"{first['session']}, run {first['run']})",
+            path=stimuli_dir,
+            hint="name the images in an --events-map section for this task: stim_file_column (a column holding "
+            "the file) or stim_file_template (e.g. \"{stimulus}.png\"); see docs/events.md. Or run with "
+            "--stop-after glm to stop before decoding",
+        )
+    files = list(dict.fromkeys(needed["stim_file"]))
+    missing = [f for f in files if resolve_stimulus_path(stimuli_dir, f) is None]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        expected = Path(stimuli_dir).joinpath(*missing[0].split("/"))
+        raise InputMissingError(
+            f"{len(missing)} of the {len(files)} stimulus images that decoding needs are not in {stimuli_dir}: "
+            f"{shown}",
+            path=stimuli_dir,
+            hint=f"put each image at BIDS_DIR/stimuli/<name above>, e.g. {expected} (also looked for: without a "
+            "leading stimuli/, the bare file name, and for names built from a template the same name with "
+            f"another image extension: {', '.join(IMAGE_EXTENSIONS[:8])}...); or run with --stop-after glm",
+        )
+    return len(files)

@@ -129,11 +129,30 @@ def check_memory_budget(config: Config, inputs: dict) -> None:
         )
 
 
+def print_trials(config: Config) -> int:
+    """``--print-trials``: read the events, print each participant's trials summary, exit 0.
+
+    Writes nothing anywhere (no OUTPUT_DIR, logs, resolved config, work dir or pybids database): it is a look
+    at the input, possible on a read-only or not-yet-existing output folder.
+    """
+    from ..bids.events import summarize_trials
+    from ..bids.inputs import collect_inputs
+
+    limit_threads(config)  # process settings only: nothing written
+    inputs = collect_inputs(config, Path(config.work_dir).absolute())
+    for subject, subject_inputs in inputs.items():
+        print(f"sub-{subject}")
+        print(summarize_trials(subject_inputs.trials))
+    return 0
+
+
 def run(config: Config, on_log_file: Callable[[Path], None] | None = None) -> int:
     from ..bids.derivatives import initialize_output_dataset
     from ..utils.logs import add_file_logging
 
     check_paths(config)
+    if config.print_trials and config.analysis_level == "participant":
+        return print_trials(config)
     output_dir = config.output_dir.absolute()
     if config.analysis_level == "group" and not (output_dir / "dataset_description.json").exists():
         raise InputMissingError(f"{output_dir} holds no participant results yet",
@@ -165,14 +184,6 @@ def run(config: Config, on_log_file: Callable[[Path], None] | None = None) -> in
     from ..bids.inputs import collect_inputs
 
     inputs = collect_inputs(config, work_dir)
-    if config.print_trials:
-        from ..bids.events import summarize_trials
-
-        for subject, subject_inputs in inputs.items():
-            print(f"sub-{subject}")
-            print(summarize_trials(subject_inputs.trials))
-        return 0
-
     check_memory_budget(config, inputs)
     from ..workflows.base import run_participant_workflows
 

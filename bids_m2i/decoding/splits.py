@@ -3,7 +3,11 @@
 Rules (checked by :func:`check_no_leak`):
 
 * a held-out perception stimulus never appears in training: *all* its repeats are held out;
-* when a session or run label says ``test`` (e.g. ds001246's ``perceptionTest`` sessions), those
+* when the trials table has a ``split`` column set by the events rules (``train_sessions`` /
+  ``test_sessions`` of a profile or ``--events-map`` section: ds001246, ds001506), it decides: ``train`` rows
+  train, ``test`` rows test, ``none`` rows (ds001506's artificial shapes and letters) are not decoded;
+  a ``train`` row showing a test stimulus is held out with the test rows (as below);
+* otherwise, when a session or run label says ``test`` (e.g. ds001246's ``perceptionTest`` sessions), those
   sessions/runs are the test set, and their stimuli are removed from training wherever they occur;
 * otherwise the test items are the stimuli shown more often than the rest (NSD's shared1000 design: test
   images are repeated, training images less so); when every stimulus has the same number of repeats, a
@@ -29,6 +33,8 @@ from ..errors import BadDataError
 LOG = logging.getLogger("m2i.decoding")
 
 _TEST_LABEL = re.compile(r"test", re.IGNORECASE)
+#: values of the trials table's ``split`` column (bids_m2i.bids.events.SPLITS); ``n/a`` = not set
+SPLIT_VALUES = ("train", "test", "none")
 
 
 @dataclass
@@ -107,7 +113,11 @@ def split_trials(trials: pd.DataFrame, *, seed: int = 0, test_fraction: float = 
 
     labels = (_column(trials, "session") + " " + _column(trials, "run") + " " + _column(trials, "task")).to_numpy()
     marked_test = np.array([bool(_TEST_LABEL.search(x)) for x in labels])
-    if np.any(marked_test[perc_rows]):
+    declared = _column(trials, "split").to_numpy()
+    declared_rows = perc_rows[np.isin(declared[perc_rows], SPLIT_VALUES)]
+    if len(declared_rows):
+        perc_rows, test_stimuli, rule = _declared_split(trials, perc_rows, declared, identity)
+    elif np.any(marked_test[perc_rows]):
         test_stimuli = sorted(set(identity[perc_rows][marked_test[perc_rows]]))
         rule = "session/run/task labelled test"
     else:
@@ -126,8 +136,10 @@ def split_trials(trials: pd.DataFrame, *, seed: int = 0, test_fraction: float = 
     test = perc_rows[is_test_stimulus[perc_rows]]
     train = perc_rows[~is_test_stimulus[perc_rows]]
     if len(train) == 0:
-        raise BadDataError("every perception stimulus is a test item: nothing left to train on",
-                           hint="the design marks all sessions as test; relabel the training sessions")
+        hint = ("the selected sessions hold no training session of the events rules (train_sessions, "
+                "docs/events.md): select training sessions too, or run with --stop-after glm") if len(declared_rows) \
+            else "the design marks all sessions as test; relabel the training sessions"
+        raise BadDataError("every perception stimulus is a test item: nothing left to train on", hint=hint)
     imagery_rows = rows[imagery]
     folds = None
     if fine_tune_imagery and len(imagery_rows):
@@ -141,6 +153,29 @@ def split_trials(trials: pd.DataFrame, *, seed: int = 0, test_fraction: float = 
     check_no_leak(split, trials)
     LOG.info("decoding split: %s", split.summary())
     return split
+
+
+def _declared_split(trials: pd.DataFrame, perc_rows: np.ndarray, declared: np.ndarray, identity: np.ndarray):
+    """Perception rows to use, test stimuli and rule text from the ``split`` column of the events rules.
+
+    ``none`` rows are left out; rows without a value (``n/a``: a task whose rule names no sessions) too, with
+    a warning, since mixing the events rules' split with a guessed one could leak. Test stimuli are those of
+    the ``test`` rows; ``train`` rows showing one of them are then held out by the caller.
+    Returns (perception rows to use, test stimuli, rule text).
+    """
+    values = declared[perc_rows]
+    unset = perc_rows[~np.isin(values, SPLIT_VALUES)]
+    if len(unset):
+        tasks = sorted(set(_column(trials, "task").to_numpy()[unset]))
+        LOG.warning("%d perception trial(s) of task(s) %s have no train/test split in their events rule while "
+                    "other tasks' rules set one; they are not decoded (set train_sessions/test_sessions for them, "
+                    "docs/events.md)", len(unset), ", ".join(tasks))
+    test_stimuli = sorted(set(identity[perc_rows[values == "test"]]))
+    used = perc_rows[np.isin(values, ("train", "test"))]
+    counts = {v: int(np.sum(values == v)) for v in SPLIT_VALUES}
+    rule = (f"events rules' split by session: {counts['train']} train, {counts['test']} test, "
+            f"{counts['none'] + len(unset)} not decoded")
+    return used, test_stimuli, rule
 
 
 def check_no_leak(split: DecodingSplit, trials: pd.DataFrame) -> None:

@@ -17,8 +17,9 @@ from .images import load_bold, save_like
 LOGGER = logging.getLogger("m2i.glm")
 
 STATMAPS = ("ncsnr", "r2", "hrfindex", "pcs", "fracridge")
+# ``split``: train/test/none from the events rules (decoding/splits.py reads it), n/a when they set none
 EVENTS_COLUMNS = ["trial_index", "onset", "duration", "run", "session", "condition", "cue", "stimulus",
-                  "category", "stim_file", "cue_text", "fd_mean"]
+                  "category", "stim_file", "cue_text", "fd_mean", "split"]
 
 
 def read_confounds(path: str | Path) -> tuple[pd.DataFrame, list[int]]:
