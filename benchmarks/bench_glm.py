@@ -298,18 +298,23 @@ def test_retest(betas, stimulus):
     return np.mean([(unit[a] * unit[b]).sum(0) for a, b in pairs], axis=0)
 
 
-def run_child(python: str, args: list[str], env_threads: int) -> tuple[dict, float, float]:
+def run_child(python: str, args: list[str], env_threads: int) -> tuple[dict, float, float, float]:
     env = dict(os.environ)
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[name] = str(env_threads)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run([python, __file__, *args], capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if done.returncode:
         raise RuntimeError(done.stderr.strip().splitlines()[-3:])
     payload = json.loads(done.stdout.strip().splitlines()[-1])
-    return payload, wall, payload["peak_rss_mb"]
+    return payload, wall, payload["peak_rss_mb"], cpu
 
 
 def main(argv=None) -> int:
@@ -347,8 +352,8 @@ def main(argv=None) -> int:
         ceiling = float(np.median(test_retest(truth[:, responsive], stimulus)))
         print(f"\n{generator}: V = {args.voxels}, {len(session['runs'])} runs x {session['runs'][0].shape[1]} vols, "
               f"{truth.shape[0]} trials; truth test-retest {ceiling:.3f}")
-        print("| method | stage done at s | process s | peak RSS MB | r_trial | test-retest | notes |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
+        print("| method | stage done at s | process s | process CPU s | peak RSS MB | r_trial | test-retest | notes |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
         with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
             data_path = os.path.join(tmp, "session.npz")
             save_session(session, data_path)
@@ -358,29 +363,30 @@ def main(argv=None) -> int:
                 python = args.glmsingle_python if method == "glmsingle" else sys.executable
                 out = os.path.join(tmp, f"{method}.npy")
                 try:
-                    payload, wall, peak = run_child(python, ["--threads", str(args.threads), "--child", method,
+                    payload, wall, peak, cpu = run_child(python, ["--threads", str(args.threads), "--child", method,
                                                              data_path, out], args.threads)
                 except RuntimeError as error:
                     print(f"| {method} | failed: {error} |", flush=True)
                     continue
                 info = payload["info"]
                 if method == "fithrf-denoise-rr":
-                    ours_total = wall
+                    ours_total = (wall, cpu)
                 for key, path in payload["betas"].items():
                     betas = np.load(path)
                     stage_s = info.get("stage_s", {}).get(key, info.get("fit_s"))
                     row = {"generator": generator, "method": method + (f" type-{key}" if key else ""),
-                           "stage_s": stage_s, "process_s": wall, "peak_rss_mb": peak,
+                           "stage_s": stage_s, "process_s": wall, "process_cpu_s": cpu, "peak_rss_mb": peak,
                            "r_trial": float(np.median(r_trial(betas, truth, responsive))),
                            "test_retest": float(np.median(test_retest(betas[:, responsive], stimulus))),
                            "n_voxels": args.voxels, "truth_ceiling": ceiling,
                            **{k: v for k, v in info.items() if k in ("n_pcs", "median_frac")}}
                     if method == "glmsingle" and ours_total:
-                        row["glmsingle_over_ours"] = wall / ours_total
+                        row["glmsingle_over_ours"] = wall / ours_total[0]
+                        row["glmsingle_over_ours_cpu"] = cpu / ours_total[1]
                     all_rows.append(row)
                     notes = ", ".join(f"{k} {row[k]:.3g}" if isinstance(row[k], float) else f"{k} {row[k]}"
-                                      for k in ("n_pcs", "median_frac", "glmsingle_over_ours") if row.get(k) is not None)
-                    print(f"| {row['method']} | {stage_s:.1f} | {wall:.1f} | {peak:.0f} | {row['r_trial']:.3f} | "
+                                      for k in ("n_pcs", "median_frac", "glmsingle_over_ours", "glmsingle_over_ours_cpu") if row.get(k) is not None)
+                    print(f"| {row['method']} | {stage_s:.1f} | {wall:.1f} | {cpu:.1f} | {peak:.0f} | {row['r_trial']:.3f} | "
                           f"{row['test_retest']:.3f} | {notes} |", flush=True)
     if args.json:
         args.json.write_text(json.dumps(all_rows, indent=2))
