@@ -1,19 +1,30 @@
-"""Benchmark of single-trial beta estimators on simulated data with ground truth.
+"""Single-trial betas: ours beside GLMsingle itself, stage by stage, on several generators (issue 13).
 
-Design (issue 5): 6 runs × 200 volumes, TR 1.6 s, 3 s trials, 120 stimuli × 3 repeats (each repeat in a
-different run), per-voxel HRFs from a continuous family that is not our library, drift, AR(1) noise and
-global noise (``bids_m2i.glm.simulation``). Half of the voxels respond.
+Generators (``--generators``; parameters in docs/benchmarks.md):
 
-Each estimator runs in a fresh process (so that its peak memory can be read) with the same thread limit:
-ours (``lsa``, ``lss``, ``fithrf``, ``fithrf-denoise-rr``), nilearn's ``FirstLevelModel`` LSA (per run, OLS),
-a naive LSS loop (numpy ``lstsq`` per trial), a plain numpy LSA solve (nilearn design, one ``lstsq`` per run),
-and GLMsingle when ``--glmsingle PATH`` points to a checkout of its Python package.
+* ``ours``        ``bids_m2i.glm.simulation`` (the generator ours was developed on; jittered onsets);
+* ``dg-nsd``      the independent generator (``benchmarks/glm_generators.py``): per-voxel double-gamma HRFs,
+                  6 runs × 200 volumes, 120 stimuli × 3 repeats, NSD-like noise;
+* ``dg-low`` / ``dg-high``  the same with half / twice the noise;
+* ``dg-2rep``     the same with 2 repeats (180 stimuli × 2);
+* ``lib-nsd``     HRFs blended from GLMsingle's own 20-HRF library (read from the installed package);
+* ``nsd-session`` one NSD-like session: 12 runs × 226 volumes, 250 stimuli × 3 = 750 trials.
 
-Metrics: ``r_trial`` = per responsive voxel, correlation over trials of estimated and true single-trial betas,
-median over voxels; ``test-retest`` = per responsive voxel, mean over pairs of repeats of the across-stimulus
-correlation, median over voxels.
+Methods: ours as three stages, each a whole process (``fithrf``; ``fithrf-denoise`` = the full pipeline
+with the ridge fraction fixed at 1; ``fithrf-denoise-rr``), and GLMsingle (Prince et al. 2022, eLife
+11:e77599) with its defaults, run once in its own environment (``--glmsingle-python``), which returns its
+type-B (FitHRF), type-C (+GLMdenoise) and type-D (+ridge) betas; the time at which each type is done is read
+from GLMsingle's own progress messages. Optional further peers: ``lsa lss numpy-lsa nilearn-lsa naive-lss``.
 
-    python benchmarks/bench_glm.py --voxels 5000 20000 --threads 2 [--glmsingle ~/src/GLMsingle]
+Every method runs in a fresh process under the same thread limit; "process s" is the whole process (start of
+the interpreter to exit: imports, reading the data, fitting, writing the betas), peak RSS its ``VmHWM``.
+
+Metrics over responsive voxels: ``r_trial`` = median over voxels of the correlation over trials between the
+estimated and the true single-trial betas; ``test-retest`` = median over voxels of the mean over pairs of
+repeats of the across-stimulus correlation.
+
+    nice -n 10 .venv/bin/python benchmarks/bench_glm.py --voxels 20000 --threads 1 \\
+        --glmsingle-python /work/.venv-glm13/bin/python [--generators ours dg-nsd ...]
 """
 
 from __future__ import annotations
@@ -22,7 +33,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -31,17 +41,71 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-OURS = ("lsa", "lss", "fithrf", "fithrf-denoise-rr")
-PEERS = ("numpy-lsa", "nilearn-lsa", "naive-lss")
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+GENERATORS = ("ours", "dg-nsd", "lib-nsd", "dg-low", "dg-high", "dg-2rep", "nsd-session")
+STAGES = ("fithrf", "fithrf-denoise", "fithrf-denoise-rr")
+EXTRA = ("lsa", "lss", "numpy-lsa", "nilearn-lsa", "naive-lss")
+GLMSINGLE_MARKS = {"B": "DETERMINING GLMDENOISE REGRESSORS", "C": "FITTING TYPE-D MODEL"}
 
 
+# ----------------------------------------------------------------------------------------------- data
+def glmsingle_table(python: str) -> str:
+    """Path of GLMsingle's HRF library table inside its installed package (read, never copied)."""
+    code = ("import os, glmsingle.hrf.gethrf as g; "
+            "print(os.path.join(os.path.dirname(g.__file__), 'getcanonicalhrflibrary.tsv'))")
+    return subprocess.run([python, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def make_session(name: str, n_voxels: int, seed: int, table: str | None) -> dict:
+    """Arrays of one generator's session: runs, tr, onsets, durations, trial_run, stimulus, truth."""
+    if name == "ours":
+        sys.path.insert(0, str(ROOT))
+        from bids_m2i.glm.simulation import simulate_session
+
+        sim = simulate_session(n_voxels=n_voxels, seed=seed)
+        rows = sim.trials[sim.trials["role"] == "trial"]
+        run_labels = [r.run for r in sim.runs]
+        return dict(runs=[r.data for r in sim.runs], tr=sim.runs[0].tr, onsets=rows["onset"].to_numpy(float),
+                    durations=rows["duration"].to_numpy(float),
+                    trial_run=np.array([run_labels.index(r) for r in rows["run"]]),
+                    stimulus=rows["stimulus"].str[4:].astype(int).to_numpy(), true_betas=sim.true_betas,
+                    responsive=sim.responsive, params={"generator": "bids_m2i.glm.simulation defaults"})
+    sys.path.insert(0, str(HERE))
+    from glm_generators import simulate
+
+    kwargs = dict(n_voxels=n_voxels, seed=seed)
+    kwargs.update({
+        "dg-nsd": {}, "dg-low": {"noise": "low"}, "dg-high": {"noise": "high"},
+        "dg-2rep": {"n_stimuli": 180, "n_repeats": 2},
+        "lib-nsd": {"hrf_family": "glmsingle-library", "glmsingle_table": table},
+        "nsd-session": {"n_runs": 12, "n_volumes": 226, "n_stimuli": 250, "n_repeats": 3},
+    }[name])
+    s = simulate(**kwargs)
+    return dict(runs=s.runs, tr=s.tr, onsets=s.onsets, durations=s.durations, trial_run=s.trial_run,
+                stimulus=s.stimulus, true_betas=s.true_betas, responsive=s.responsive, params=s.params)
+
+
+def save_session(session: dict, path: str) -> None:
+    arrays = {f"run{i}": r for i, r in enumerate(session["runs"])}
+    arrays.update({k: np.asarray(session[k]) for k in ("tr", "onsets", "durations", "trial_run", "stimulus")})
+    np.savez(path, n_runs=len(session["runs"]), **arrays)
+
+
+def load_session(path: str) -> dict:
+    with np.load(path) as f:
+        out = {k: f[k] for k in f.files}
+    out["runs"] = [out.pop(f"run{i}") for i in range(int(out["n_runs"]))]
+    out["tr"] = float(out["tr"])
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- children
 def _peak_rss_mb() -> float:
-    """This process's peak resident memory (VmHWM; unlike ru_maxrss it is not inherited across exec)."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return float(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return float("nan")
 
 
 def _limit_threads(threads: int) -> None:
@@ -49,17 +113,100 @@ def _limit_threads(threads: int) -> None:
         os.environ[name] = str(threads)
 
 
-def _load(path):
-    import pickle
+def _ours_inputs(data):
+    """RunData list and trials table (contracts.md columns) of the session arrays."""
+    import pandas as pd
 
-    with open(path, "rb") as fh:
-        return pickle.load(fh)
+    from bids_m2i.glm.design import RunData
+
+    runs = [RunData(data=d, tr=data["tr"], run=str(i + 1)) for i, d in enumerate(data["runs"])]
+    trials = pd.DataFrame({
+        "onset": data["onsets"], "duration": data["durations"], "task": "sim", "session": "01",
+        "run": [str(r + 1) for r in data["trial_run"]], "role": "trial", "event_type": "stimulus",
+        "condition": "perception", "cue": "image", "stimulus": [f"img-{s:04d}" for s in data["stimulus"]],
+        "category": "n/a", "stim_file": "n/a", "cue_text": "n/a"})
+    return runs, trials
 
 
-def _percent(data):
-    return 100.0 * (data / data.mean(1, keepdims=True) - 1.0)
+def child_ours(method: str, data_path: str, out: str, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    sys.path.insert(0, str(ROOT))
+    from bids_m2i.glm.estimate import estimate_single_trial_betas
+
+    data = load_session(data_path)
+    runs, trials = _ours_inputs(data)
+    start = time.perf_counter()
+    info = {}
+    if method in STAGES or method in ("lsa", "lss"):
+        kwargs = {"fractions": (1.0,)} if method == "fithrf-denoise" else {}
+        name = "fithrf-denoise-rr" if method == "fithrf-denoise" else method
+        result = estimate_single_trial_betas(runs, trials, method=name, n_threads=threads, **kwargs)
+        betas = result.betas
+        info = {"n_pcs": result.metadata["n_pcs"], "median_frac": result.metadata["median_ridge_fraction"]}
+    else:
+        from types import SimpleNamespace
+
+        sim = SimpleNamespace(runs=runs, trials=trials)
+        by_trial = {"numpy-lsa": run_numpy_lsa, "nilearn-lsa": run_nilearn_lsa, "naive-lss": run_naive_lss}[method](sim)
+        betas = np.stack([by_trial[i] for i in sorted(by_trial)])
+    info["fit_s"] = time.perf_counter() - start
+    np.save(out, np.asarray(betas, dtype=np.float32))
+    return {"betas": {"": out}, "info": info}
 
 
+def child_glmsingle(data_path: str, out: str, threads: int) -> dict:
+    """GLMsingle with its defaults (only the in-memory outputs asked: type B, C, D; no files, no figures)."""
+    import io
+
+    from glmsingle.glmsingle import GLM_single
+
+    data = load_session(data_path)
+    stimuli = np.unique(data["stimulus"])
+    column = {s: j for j, s in enumerate(stimuli)}
+    designs = []
+    for r, run in enumerate(data["runs"]):
+        design = np.zeros((run.shape[1], stimuli.size))
+        for onset, s in zip(data["onsets"][data["trial_run"] == r], data["stimulus"][data["trial_run"] == r]):
+            design[int(round(onset / data["tr"])), column[s]] = 1  # GLMsingle's designs are on the TR grid
+        designs.append(design)
+
+    marks = {}
+
+    class Clock(io.TextIOBase):
+        """Notes when GLMsingle announces each stage (its progress messages go to stdout)."""
+
+        def write(self, text):
+            for key, mark in GLMSINGLE_MARKS.items():
+                if mark in text and key not in marks:
+                    marks[key] = time.perf_counter() - start
+            return len(text)
+
+    stdout = sys.stdout
+    start = time.perf_counter()
+    sys.stdout = Clock()
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            glm = GLM_single({"wantmemoryoutputs": [0, 1, 1, 1], "wantfileoutputs": [0, 0, 0, 0], "seed": 0})
+            results = glm.fit(designs, data["runs"], float(data["durations"][0]), data["tr"], outputdir=folder,
+                              figuredir=folder)
+    finally:
+        sys.stdout = stdout
+    marks["D"] = time.perf_counter() - start
+    betas = {}
+    for key, name in (("B", "typeb"), ("C", "typec"), ("D", "typed")):
+        if results.get(name) is not None:
+            path = f"{out}.{key}.npy"
+            np.save(path, np.squeeze(results[name]["betasmd"]).T.astype(np.float32))
+            betas[key] = path
+    typed = results.get("typed") or {}
+    info = {"stage_s": marks, "n_pcs": int(np.squeeze(typed["pcnum"])) if "pcnum" in typed else None,
+            "median_frac": float(np.median(typed["FRACvalue"])) if "FRACvalue" in typed else None}
+    return {"betas": betas, "info": info}
+
+
+# --- optional classic peers (nilearn designs) ---------------------------------------------------------
 def _nilearn_design(run, events, hrf_model="glover"):
     from nilearn.glm.first_level import make_first_level_design_matrix
 
@@ -68,23 +215,25 @@ def _nilearn_design(run, events, hrf_model="glover"):
 
 
 def _run_events(sim, run):
-    rows = sim.trials[(sim.trials["run"] == run.run) & (sim.trials["role"] == "trial")]
+    rows = sim.trials[sim.trials["run"] == run.run]
     events = rows[["onset", "duration"]].copy()
     events["trial_type"] = [f"t{i:04d}" for i in rows.index]
     return events, rows.index.to_numpy()
 
 
+def _percent(data):
+    return 100.0 * (data / data.mean(1, keepdims=True) - 1.0)
+
+
 def run_numpy_lsa(sim):
-    """nilearn design matrices, then ``pinv(X) @ Y`` per run (solve time, with % scaling, reported apart)."""
     betas = {}
-    designs = [(_nilearn_design(run, _run_events(sim, run)[0]), run) for run in sim.runs]
-    start = time.perf_counter()
-    for frame, run in designs:
+    for run in sim.runs:
+        frame = _nilearn_design(run, _run_events(sim, run)[0])
         solution = np.linalg.pinv(frame.to_numpy()) @ _percent(run.data).T
         for name, row in zip(frame.columns, solution):
             if name.startswith("t"):
                 betas[int(name[1:])] = row
-    return betas, {"solve_s": time.perf_counter() - start}
+    return betas
 
 
 def run_nilearn_lsa(sim):
@@ -108,7 +257,7 @@ def run_nilearn_lsa(sim):
             for i in index:
                 effect = model.compute_contrast(f"t{i:04d}", output_type="effect_size")
                 betas[int(i)] = effect.get_fdata().reshape(-1)
-    return betas, {}
+    return betas
 
 
 def run_naive_lss(sim):
@@ -127,129 +276,118 @@ def run_naive_lss(sim):
         for i in index:
             design = np.column_stack([regressors[i], total - regressors[i], drift])
             betas[int(i)] = np.linalg.lstsq(design, data, rcond=None)[0][0]
-    return betas, {}
+    return betas
 
 
-def run_glmsingle(sim, path):
-    """GLMsingle (Prince et al. 2022) with its defaults; type-D (full pipeline) and type-B betas."""
-    sys.path.insert(0, str(path))
-    from glmsingle.glmsingle import GLM_single
-
-    stimuli = sorted(sim.trials.loc[sim.trials["role"] == "trial", "stimulus"].unique())
-    column = {s: j for j, s in enumerate(stimuli)}
-    designs, data = [], []
-    for run in sim.runs:
-        rows = sim.trials[(sim.trials["run"] == run.run) & (sim.trials["role"] == "trial")]
-        design = np.zeros((run.n_volumes, len(stimuli)))
-        for _, row in rows.iterrows():
-            design[int(round(row["onset"] / run.tr)), column[row["stimulus"]]] = 1
-        designs.append(design)
-        data.append(run.data.astype(np.float32))
-    with tempfile.TemporaryDirectory() as out:
-        glm = GLM_single({"wantmemoryoutputs": [0, 1, 0, 1], "wantfileoutputs": [0, 0, 0, 0]})
-        results = glm.fit(designs, data, 3.0, sim.runs[0].tr, outputdir=out)
-    typed = {"D": np.squeeze(results["typed"]["betasmd"]).T}
-    if results.get("typeb") is not None:
-        typed["B"] = np.squeeze(results["typeb"]["betasmd"]).T
-    return typed, {}
+# ----------------------------------------------------------------------------------------------- parent
+def r_trial(estimated, truth, voxels):
+    est = estimated[:, voxels] - estimated[:, voxels].mean(0)
+    tru = truth[:, voxels] - truth[:, voxels].mean(0)
+    return (est * tru).sum(0) / np.maximum(np.sqrt((est ** 2).sum(0) * (tru ** 2).sum(0)), 1e-30)
 
 
-def child(method: str, data_path: str, threads: int, glmsingle: str | None) -> dict:
-    """Run one estimator; returns metrics, wall time and peak memory."""
-    import torch
+def test_retest(betas, stimulus):
+    """Per voxel, mean over pairs of repeats (in trial order) of the across-stimulus correlation."""
+    labels, counts = np.unique(stimulus, return_counts=True)
+    n_repeats = int(np.bincount(counts[counts >= 2]).argmax())
+    groups = [np.flatnonzero(stimulus == s) for s, c in zip(labels, counts) if c == n_repeats]
+    stacked = np.stack([betas[g] for g in groups], axis=1).astype(np.float64)   # (repeats, stimuli, voxels)
+    centred = stacked - stacked.mean(1, keepdims=True)
+    unit = centred / np.maximum(np.sqrt((centred ** 2).sum(1, keepdims=True)), 1e-30)
+    pairs = [(a, b) for a in range(n_repeats) for b in range(a + 1, n_repeats)]
+    return np.mean([(unit[a] * unit[b]).sum(0) for a, b in pairs], axis=0)
 
-    torch.set_num_threads(threads)
-    sys.path.insert(0, str(ROOT))
-    from bids_m2i.glm.estimate import estimate_single_trial_betas
-    from bids_m2i.glm.reliability import retest_reliability
-    from bids_m2i.glm.simulation import r_trial
 
-    sim = _load(data_path)
-    import nilearn.glm.first_level  # noqa: F401  (import time is not the estimator's)
+def run_child(python: str, args: list[str], env_threads: int) -> tuple[dict, float, float, float]:
+    env = dict(os.environ)
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[name] = str(env_threads)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    import resource
 
-    rss_loaded = _peak_rss_mb()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    extra = {}
-    stimulus = sim.trials.loc[sim.trials["role"] == "trial", "stimulus"].to_numpy()
-    if method in OURS:
-        result = estimate_single_trial_betas(sim.runs, sim.trials, method=method, n_threads=threads)
-        outputs = {"": result.betas}
-        stimulus = result.trial_rows["stimulus"].to_numpy()
-        extra = {"n_pcs": result.metadata["n_pcs"], "median_frac": result.metadata["median_ridge_fraction"],
-                 "fit_s": result.metadata["timing_s"]["fit_s"]}
-    elif method == "glmsingle":
-        outputs, extra = run_glmsingle(sim, glmsingle)
-    else:
-        by_trial, extra = {"numpy-lsa": run_numpy_lsa, "nilearn-lsa": run_nilearn_lsa,
-                           "naive-lss": run_naive_lss}[method](sim)
-        outputs = {"": np.stack([by_trial[i] for i in sorted(by_trial)])}
+    done = subprocess.run([python, __file__, *args], capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
-    peak = _peak_rss_mb()
-    rows = []
-    for suffix, betas in outputs.items():
-        responsive = sim.responsive
-        rows.append({
-            "method": method + (f" (type {suffix})" if suffix else ""), "wall_s": wall,
-            "peak_rss_mb": peak, "rss_over_data_mb": peak - rss_loaded,
-            "r_trial": float(np.median(r_trial(betas, sim.true_betas, responsive))),
-            "test_retest": float(np.nanmedian(retest_reliability(betas[:, responsive], stimulus))),
-            **extra})
-    return {"rows": rows}
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    if done.returncode:
+        raise RuntimeError(done.stderr.strip().splitlines()[-3:])
+    payload = json.loads(done.stdout.strip().splitlines()[-1])
+    return payload, wall, payload["peak_rss_mb"], cpu
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--voxels", type=int, nargs="+", default=[5000, 20000])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--methods", nargs="+", default=list(PEERS + OURS))
-    parser.add_argument("--glmsingle", type=Path, default=None, help="checkout of GLMsingle (its python package)")
+    parser.add_argument("--voxels", type=int, default=20000)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--generators", nargs="+", default=list(GENERATORS), choices=GENERATORS)
+    parser.add_argument("--methods", nargs="+", default=list(STAGES), choices=STAGES + EXTRA)
+    parser.add_argument("--glmsingle-python", default=None,
+                        help="python of an environment with GLMsingle installed (omit to skip GLMsingle)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="write all rows here")
-    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    _limit_threads(args.threads)
     if args.child:
-        print(json.dumps(child(args.child[0], args.child[1], args.threads,
-                               str(args.glmsingle) if args.glmsingle else None)))
+        _limit_threads(args.threads)
+        method, data_path, out = args.child
+        payload = (child_glmsingle(data_path, out, args.threads) if method == "glmsingle"
+                   else child_ours(method, data_path, out, args.threads))
+        payload["peak_rss_mb"] = _peak_rss_mb()
+        print(json.dumps(payload))
         return 0
 
-    sys.path.insert(0, str(ROOT))
-    import pickle
-
-    from bids_m2i.glm.reliability import retest_reliability
-    from bids_m2i.glm.simulation import simulate_session
-
-    methods = list(args.methods) + (["glmsingle"] if args.glmsingle else [])
-    all_rows = []
+    table = glmsingle_table(args.glmsingle_python) if args.glmsingle_python else None
     print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
-          f"threads per estimator {args.threads}, python {platform.python_version()}")
-    for n_voxels in args.voxels:
-        sim = simulate_session(n_voxels=n_voxels, seed=args.seed)
-        trial_stimulus = sim.trials.loc[sim.trials["role"] == "trial", "stimulus"].to_numpy()
-        ceiling = float(np.median(retest_reliability(sim.true_betas[:, sim.responsive], trial_stimulus)))
-        print(f"\nV = {n_voxels}: truth test-retest ceiling {ceiling:.2f}")
-        print("| method | wall s | peak RSS MB | RSS over data MB | r_trial | test-retest | notes |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
-        with tempfile.TemporaryDirectory() as tmp:
-            data_path = os.path.join(tmp, "sim.pkl")
-            with open(data_path, "wb") as fh:
-                pickle.dump(sim, fh)
+          f"load {os.getloadavg()[0]:.1f}, threads per method {args.threads}, python {platform.python_version()}, "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    all_rows = []
+    for generator in args.generators:
+        if generator == "lib-nsd" and table is None:
+            print("\nlib-nsd skipped: needs --glmsingle-python (its HRF table)")
+            continue
+        session = make_session(generator, args.voxels, args.seed, table)
+        truth, responsive, stimulus = session["true_betas"], session["responsive"], session["stimulus"]
+        ceiling = float(np.median(test_retest(truth[:, responsive], stimulus)))
+        print(f"\n{generator}: V = {args.voxels}, {len(session['runs'])} runs x {session['runs'][0].shape[1]} vols, "
+              f"{truth.shape[0]} trials; truth test-retest {ceiling:.3f}")
+        print("| method | stage done at s | process s | process CPU s | peak RSS MB | r_trial | test-retest | notes |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+        with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
+            data_path = os.path.join(tmp, "session.npz")
+            save_session(session, data_path)
+            methods = list(args.methods) + (["glmsingle"] if args.glmsingle_python else [])
+            ours_total = None
             for method in methods:
-                command = [sys.executable, __file__, "--threads", str(args.threads), "--child", method, data_path]
-                if args.glmsingle:
-                    command += ["--glmsingle", str(args.glmsingle)]
-                done = subprocess.run(command, capture_output=True, text=True)
-                if done.returncode:
-                    print(f"| {method} | failed: {done.stderr.strip().splitlines()[-1:]} |")
+                python = args.glmsingle_python if method == "glmsingle" else sys.executable
+                out = os.path.join(tmp, f"{method}.npy")
+                try:
+                    payload, wall, peak, cpu = run_child(python, ["--threads", str(args.threads), "--child", method,
+                                                             data_path, out], args.threads)
+                except RuntimeError as error:
+                    print(f"| {method} | failed: {error} |", flush=True)
                     continue
-                for row in json.loads(done.stdout.strip().splitlines()[-1])["rows"]:
-                    row.update(n_voxels=n_voxels, truth_ceiling=ceiling)
+                info = payload["info"]
+                if method == "fithrf-denoise-rr":
+                    ours_total = (wall, cpu)
+                for key, path in payload["betas"].items():
+                    betas = np.load(path)
+                    stage_s = info.get("stage_s", {}).get(key, info.get("fit_s"))
+                    row = {"generator": generator, "method": method + (f" type-{key}" if key else ""),
+                           "stage_s": stage_s, "process_s": wall, "process_cpu_s": cpu, "peak_rss_mb": peak,
+                           "r_trial": float(np.median(r_trial(betas, truth, responsive))),
+                           "test_retest": float(np.median(test_retest(betas[:, responsive], stimulus))),
+                           "n_voxels": args.voxels, "truth_ceiling": ceiling,
+                           **{k: v for k, v in info.items() if k in ("n_pcs", "median_frac")}}
+                    if method == "glmsingle" and ours_total:
+                        row["glmsingle_over_ours"] = wall / ours_total[0]
+                        row["glmsingle_over_ours_cpu"] = cpu / ours_total[1]
                     all_rows.append(row)
-                    notes = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
-                                      if k in ("solve_s", "fit_s", "n_pcs", "median_frac"))
-                    print(f"| {row['method']} | {row['wall_s']:.2f} | {row['peak_rss_mb']:.0f} | "
-                          f"{row['rss_over_data_mb']:.0f} | {row['r_trial']:.3f} | {row['test_retest']:.3f} | "
-                          f"{notes} |", flush=True)
+                    notes = ", ".join(f"{k} {row[k]:.3g}" if isinstance(row[k], float) else f"{k} {row[k]}"
+                                      for k in ("n_pcs", "median_frac", "glmsingle_over_ours", "glmsingle_over_ours_cpu") if row.get(k) is not None)
+                    print(f"| {row['method']} | {stage_s:.1f} | {wall:.1f} | {cpu:.1f} | {peak:.0f} | {row['r_trial']:.3f} | "
+                          f"{row['test_retest']:.3f} | {notes} |", flush=True)
     if args.json:
         args.json.write_text(json.dumps(all_rows, indent=2))
     return 0

@@ -131,10 +131,23 @@ def convolve_events(onsets: np.ndarray, durations: np.ndarray, frame_times: np.n
     return values
 
 
+def polynomial_degree(frame_times: np.ndarray) -> int:
+    """GLMdenoise's drift degree for a run: round(duration in minutes / 2), at least 1 (Kay et al. 2013)."""
+    frame_times = np.asarray(frame_times, dtype=float)
+    step = float(np.median(np.diff(frame_times))) if frame_times.size > 1 else 0.0
+    return max(1, int(np.floor(frame_times.size * step / 120.0 + 0.5)))
+
+
 def drift_regressors(frame_times: np.ndarray, drift_model: str | None = "cosine", high_pass: float = 0.01,
-                     drift_order: int = 1) -> np.ndarray:
-    """Drift basis of one run including the constant (nilearn's), shape (n_volumes, n_drift)."""
+                     drift_order: int | None = 1) -> np.ndarray:
+    """Drift basis of one run including the constant (nilearn's), shape (n_volumes, n_drift).
+
+    ``drift_model="polynomial"`` with ``drift_order=None`` takes the degree from the run's duration
+    (:func:`polynomial_degree`)."""
     from nilearn.glm.first_level import make_first_level_design_matrix
+
+    if drift_model == "polynomial" and drift_order is None:
+        drift_order = polynomial_degree(frame_times)
 
     frame = make_first_level_design_matrix(frame_times, events=None, hrf_model=None, drift_model=drift_model,
                                            high_pass=high_pass, drift_order=drift_order)
@@ -206,7 +219,7 @@ def order_trials(trials: pd.DataFrame, run_labels: list[str]) -> pd.DataFrame:
 
 
 def build_run_designs(runs: list[RunData], trials: pd.DataFrame, drift_model: str | None = "cosine",
-                      high_pass: float = 0.01, drift_order: int = 1):
+                      high_pass: float = 0.01, drift_order: int | None = 1):
     """HRF-independent part of every run's model.
 
     Parameters

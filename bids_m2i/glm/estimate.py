@@ -18,7 +18,7 @@ import torch
 from ..errors import BadDataError, UsageError
 from .denoise import (NoisePCAccumulator, brain_voxels, choose_n_pcs, log_r2, noise_pool, onoff_residuals,
                       otsu_threshold)
-from .design import RunData, build_run_designs
+from .design import RunData, build_run_designs, polynomial_degree
 from .fithrf import grouped_trial_betas, library_fitted_ss, r2_from, total_sum_of_squares
 from .fracridge import DEFAULT_FRACTIONS, N_ALPHAS, fractional_ridge_cv
 from .hrf_library import describe_library
@@ -144,8 +144,8 @@ def estimate_memory(n_voxels: int, n_volumes: int, n_trials: int, itemsize: int,
 
 
 def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, method: str = "fithrf-denoise-rr",
-                                hrf_model: str = "glover", drift_model: str | None = "cosine",
-                                high_pass: float = 0.01, drift_order: int = 1, lss_split: str | None = None,
+                                hrf_model: str = "glover", drift_model: str | None = "auto",
+                                high_pass: float = 0.01, drift_order: int | None = None, lss_split: str | None = None,
                                 zscore: bool = False, data_units: str = "raw", mem_gb: float | None = None,
                                 n_threads: int = 1, seed: int = 0, device: str | None = "cpu",
                                 precision: str = "single", max_pcs: int = 10,
@@ -166,7 +166,11 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
     method : {"fithrf-denoise-rr", "fithrf", "lss", "lsa"}
     hrf_model : {"glover", "spm"}
         Assumed HRF (``lsa``, ``lss``, and the ON-OFF model that selects the noise pool).
-    drift_model, high_pass, drift_order : nilearn's drift settings, per run.
+    drift_model, high_pass, drift_order : nilearn's drift settings, per run. ``drift_model="auto"`` (default):
+        ``lsa``/``lss`` use nilearn's cosine set (``high_pass``); ``fithrf``/``fithrf-denoise-rr`` use
+        polynomials of degree round(run minutes / 2) as GLMdenoise/GLMsingle do (fewer drift regressors leave
+        closely spaced single trials more degrees of freedom; issue 13 ablation). ``drift_order=None`` with
+        ``"polynomial"`` takes that degree; with ``"auto"`` it is ignored.
     lss_split : None or "condition"
         None = LSS-1; "condition" = LSS-N with the "others" regressor split by ``condition``.
     zscore : bool
@@ -226,6 +230,13 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
         trials = trials[trials["run"].astype(str).isin([str(r.run) for r in runs])]
     dtype = torch.float32 if precision == "single" else torch.float64
     torch_device = resolve_device(device)
+    if drift_model == "auto":
+        fitted_hrf = method in ("fithrf", "fithrf-denoise-rr")
+        drift_model, drift_order = ("polynomial", None) if fitted_hrf else ("cosine", 1)
+    elif drift_model == "polynomial" and drift_order is None:
+        pass  # degree from each run's duration
+    elif drift_order is None:
+        drift_order = 1
 
     designs, trial_rows = build_run_designs(runs, trials, drift_model, high_pass, drift_order)
     n_trials = len(trial_rows)
@@ -323,7 +334,9 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
         "hrf_choice": (f"max R² of the {'full single-trial' if hrf_selection == 'full' else 'ON-OFF'} model"
                        if use_library else "assumed"),
         "ridge_criterion": ridge_criterion if effective == "fithrf-denoise-rr" else None,
-        "drift_model": drift_model, "high_pass": high_pass, "drift_order": drift_order,
+        "drift_model": drift_model, "high_pass": high_pass if drift_model == "cosine" else None,
+        "drift_order": ([polynomial_degree(d.frame_times) for d in designs] if drift_model == "polynomial"
+                        and drift_order is None else drift_order),
         "oversampling": oversampling,
         "lss_split": lss_split if effective == "lss" else None,
         "runs": [str(r.run) for r in runs],
