@@ -56,6 +56,8 @@ class _ReconstructInputSpec(BaseInterfaceInputSpec):
     seed = traits.Int(0, usedefault=True)
     device = traits.Str("cpu", usedefault=True)
     n_threads = traits.Int(1, usedefault=True)
+    captions = traits.Str("", usedefault=True, desc="--captions FILE (extra bank captions)")
+    candidates = traits.Int(1, usedefault=True, desc="best of N generated images per item")
 
 
 class _ReconstructOutputSpec(TraitedSpec):
@@ -94,6 +96,7 @@ class ReconstructImages(M2IInterface):
             average_repeats=inputs.average_repeats, top_k=inputs.top_k or None,
             finetune_imagery=inputs.finetune_imagery, models_dir=Path(inputs.models_dir) if inputs.models_dir else None,
             seed=inputs.seed, device=inputs.device, n_threads=inputs.n_threads, work_dir=Path(inputs.work_dir),
+            captions_file=Path(inputs.captions) if inputs.captions else None, candidates=inputs.candidates,
         )
         result = reconstruct_participant(betas, trials, Path(inputs.stimuli_dir), options)
 
@@ -103,7 +106,8 @@ class ReconstructImages(M2IInterface):
             return derivative_path(out, subject=subject, **kw)
 
         for space, decoder in result.decoders.items():
-            model_path = path(datatype="decoding", desc=f"{space}{inputs.decoder}", suffix="model",
+            # entity values are alphanumeric: clip-text -> cliptext
+            model_path = path(datatype="decoding", desc=f"{space.replace('-', '')}{inputs.decoder}", suffix="model",
                               extension=".safetensors")
             extra = result.pixel_basis.to_arrays() if space == "pixels" and result.pixel_basis is not None else None
             decoder.save(model_path, extra_arrays=extra)  # the PCA basis (if any) travels with the pixel decoder
@@ -129,7 +133,7 @@ class ReconstructImages(M2IInterface):
             written += [str(image_path), str(image_path.with_suffix(".json"))]
         table["image"] = image_names
         columns = ["trial_index", "source", "condition", "cue", "stimulus", "category", "stim_file", "cue_text",
-                   "n_repeats", "image", "top1", "top5"]
+                   "n_repeats", "image", "top1", "top5", "caption", "caption_source"]
         table_path = path(datatype="decoding", desc="predictions", suffix="table", extension=".tsv")
         write_tsv(table_path, table[columns])
         features_path = path(datatype="decoding", desc="predictions", suffix="features", extension=".npy")
