@@ -316,7 +316,8 @@ def reconstruct_participant(betas: np.ndarray, trials: pd.DataFrame, stimuli_dir
         images = pixel_images
         how = (f"inverse PCA of decoded coefficients ({basis.n_components} components)" if basis is not None
                else "decoded pixel values")
-        image_meta = [{**common_meta, "Generator": "pixels", "ModelsTiny": False,
+        image_meta = [{**common_meta, "Generator": "pixels", "ModelsTiny": False, "Prompt": "",
+                       "Candidates": 1, "CandidateIndex": 0, "CandidateSeed": options.seed,
                        "GeneratorDescription": f"{how}, {PIXEL_SIZE}x{PIXEL_SIZE} RGB, rescaled to the training "
                        "images' per-pixel mean and sd"} for _ in items]
         generation_space = "pixels"
@@ -325,10 +326,39 @@ def reconstruct_participant(betas: np.ndarray, trials: pd.DataFrame, stimuli_dir
 
         if "clip" not in predictions_by_space:
             raise BadDataError("--generator unclip needs --target clip")
-        images, image_meta = generate_images(options.models_dir, predictions_by_space["clip"], seed=options.seed,
-                                             low_level_images=pixel_images, device=options.device,
-                                             n_threads=options.n_threads)
-        image_meta = [{**common_meta, **m} for m in image_meta]
+        from .select import ClipCosineSelector, candidate_seeds, save_candidates
+
+        n_items, n_cand = len(items), max(1, int(options.candidates))
+        seeds = candidate_seeds(options.seed, n_items, n_cand)
+        decoded = predictions_by_space["clip"]
+        prompts = table["caption"].tolist() if text_space is not None else None
+        repeat = (lambda values: [v for v in values for _ in range(n_cand)])
+        flat_images, flat_meta = generate_images(
+            options.models_dir, np.repeat(decoded, n_cand, axis=0), seeds=seeds.ravel().tolist(),
+            low_level_images=repeat(pixel_images) if pixel_images is not None else None,
+            prompts=repeat(prompts) if prompts is not None else None, device=options.device,
+            n_threads=options.n_threads)
+        candidates = [flat_images[i * n_cand:(i + 1) * n_cand] for i in range(n_items)]
+        chosen, similarity = np.zeros(n_items, dtype=int), np.ones((n_items, 1))
+        candidate_paths = None
+        if n_cand > 1:
+            chosen, similarity = ClipCosineSelector(clip_extractor).select(candidates, decoded)
+            if options.work_dir is not None:
+                candidate_paths = save_candidates(Path(options.work_dir) / "candidates", candidates, seeds)
+        images, image_meta = [], []
+        for i in range(n_items):
+            k = int(chosen[i])
+            images.append(candidates[i][k])
+            meta = {**common_meta, **flat_meta[i * n_cand + k], "Prompt": prompts[i] if prompts is not None else "",
+                    "Candidates": n_cand, "CandidateIndex": k, "CandidateSeed": int(seeds[i, k]),
+                    "CandidateSelector": "clip-cosine: cosine of the candidate's CLIP image embedding with the "
+                    "decoded embedding" if n_cand > 1 else "none (one candidate)"}
+            if n_cand > 1:
+                meta["CandidateSimilarities"] = [round(float(v), 6) for v in similarity[i]]
+                meta["CandidateSeeds"] = [int(v) for v in seeds[i]]
+                if candidate_paths is not None:
+                    meta["CandidateFiles"] = candidate_paths[i]
+            image_meta.append(meta)
         generation_space = "clip"
         tiny = tiny or any(m.get("ModelsTiny") for m in image_meta)
 
