@@ -15,25 +15,45 @@ from .base import M2IInterface
 NA = "n/a"
 
 
-def load_betas(statseries: list[str], events: list[str], mask: np.ndarray):
-    """Stack the in-mask betas of several statseries; their events tables become one trials table."""
+def load_betas(statseries: list[str], events: list[str], mask: np.ndarray, chunk_volumes: int = 32):
+    """Stack the in-mask betas of several statseries; their events tables become one trials table.
+
+    Streams: the output (n_trials, n_voxels) float32 is allocated once, and each statseries is read
+    ``chunk_volumes`` volumes at a time through nibabel's array proxy, keeping only the mask's voxels. Peak
+    memory is the output plus one chunk of volumes (not every 4-D series plus a concatenated copy), so the
+    voxel mask, not the grid, sets the cost: 40 sessions x 750 trials x 200k voxels is 24 GB in float32
+    whatever the reader, 2.4 GB with a 20k-voxel ROI or ``--top-k-voxels`` mask.
+    """
     import nibabel as nib
 
-    blocks, tables = [], []
-    for series_path, events_path in zip(statseries, events):
-        data = np.asarray(nib.load(series_path).dataobj, dtype=np.float32)
-        if data.ndim == 3:
-            data = data[..., None]
-        table = pd.read_csv(events_path, sep="\t", dtype=str, keep_default_na=False)
-        if len(table) != data.shape[3]:
-            from ..errors import BadDataError
+    from ..errors import BadDataError
 
-            raise BadDataError(f"{Path(events_path).name} has {len(table)} rows for {data.shape[3]} volumes",
+    images, tables = [], []
+    for series_path, events_path in zip(statseries, events):
+        image = nib.load(series_path)  # header only: the data stay on disk behind the proxy
+        n_volumes = image.shape[3] if len(image.shape) == 4 else 1
+        if tuple(image.shape[:3]) != tuple(mask.shape):
+            raise BadDataError(f"{Path(series_path).name} is {image.shape[:3]}, the mask {mask.shape}",
+                               path=series_path)
+        table = pd.read_csv(events_path, sep="\t", dtype=str, keep_default_na=False)
+        if len(table) != n_volumes:
+            raise BadDataError(f"{Path(events_path).name} has {len(table)} rows for {n_volumes} volumes",
                                path=events_path)
         table["source"] = Path(series_path).name
-        blocks.append(data[mask].T)
+        images.append((image, n_volumes))
         tables.append(table)
-    return np.concatenate(blocks, axis=0), pd.concat(tables, ignore_index=True)
+    n_total = sum(n for _, n in images)
+    out = np.empty((n_total, int(mask.sum())), dtype=np.float32)
+    row = 0
+    for image, n_volumes in images:
+        proxy = image.dataobj
+        for start in range(0, n_volumes, chunk_volumes):
+            stop = min(n_volumes, start + chunk_volumes)
+            block = proxy[..., start:stop] if len(image.shape) == 4 else np.asarray(proxy)[..., None]
+            out[row + start:row + stop] = np.asarray(block, dtype=np.float32)[mask].T
+            del block
+        row += n_volumes
+    return out, pd.concat(tables, ignore_index=True)
 
 
 class _ReconstructInputSpec(BaseInterfaceInputSpec):
