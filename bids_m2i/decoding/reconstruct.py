@@ -250,9 +250,7 @@ def reconstruct_participant(betas: np.ndarray, trials: pd.DataFrame, stimuli_dir
             basis = PixelBasis.fit(features[np.sort(distinct)], PIXEL_COMPONENTS)
             features = basis.transform(features)
         train_targets[space] = features
-        decoder = BrainDecoder(options.decoder, top_k=options.top_k, device=options.device,
-                               n_threads=options.n_threads, seed=options.seed)
-        decoders[space] = decoder.fit(betas[train_rows], features, labels=labels_train)
+        decoders[space] = fit_decoder(options, betas[train_rows], features, labels_train)
 
     # --- test items --------------------------------------------------------------------------------------------
     finetuned: dict[str, np.ndarray] = {}
@@ -326,7 +324,7 @@ def reconstruct_participant(betas: np.ndarray, trials: pd.DataFrame, stimuli_dir
 
         if "clip" not in predictions_by_space:
             raise BadDataError("--generator unclip needs --target clip")
-        from .select import ClipCosineSelector, candidate_seeds, save_candidates
+        from .select import candidate_seeds, save_candidates
 
         n_items, n_cand = len(items), max(1, int(options.candidates))
         seeds = candidate_seeds(options.seed, n_items, n_cand)
@@ -342,7 +340,9 @@ def reconstruct_participant(betas: np.ndarray, trials: pd.DataFrame, stimuli_dir
         chosen, similarity = np.zeros(n_items, dtype=int), np.ones((n_items, 1))
         candidate_paths = None
         if n_cand > 1:
-            chosen, similarity = ClipCosineSelector(clip_extractor).select(candidates, decoded)
+            from .components import SELECTORS
+
+            chosen, similarity = SELECTORS.create("clip-cosine", clip=clip_extractor).select(candidates, decoded)
             if options.work_dir is not None:
                 candidate_paths = save_candidates(Path(options.work_dir) / "candidates", candidates, seeds)
         images, image_meta = [], []
@@ -444,6 +444,40 @@ def reconstruct_participant(betas: np.ndarray, trials: pd.DataFrame, stimuli_dir
                           split_summary={**split.summary(), "imagery_betas": (
                               "standardised per voxel over the imagery trials, onto the training trials' mean and sd"
                               if imagery_betas is not None else "as estimated")}, tiny_models=tiny)
+
+
+def fit_decoder(options: DecodingOptions, train_betas: np.ndarray, features: np.ndarray, labels) -> BrainDecoder:
+    """The ``--decoder`` component fitted on training perception, or the same fit from the work dir's cache.
+
+    The cache key hashes everything the fit depends on (training betas, target features, labels, decoder
+    name and settings), so a rerun that changes only the generator, the candidates or the evaluation reuses
+    the fitted decoder instead of refitting (``WORK/decoders/<key>.safetensors``).
+    """
+    import hashlib
+
+    from .components import DECODERS
+
+    decoder = DECODERS.create(options.decoder, top_k=options.top_k, device=options.device,
+                              n_threads=options.n_threads, seed=options.seed)
+    cache = None
+    if options.work_dir is not None and hasattr(decoder, "save") and hasattr(type(decoder), "load"):
+        digest = hashlib.sha256()
+        for array in (np.ascontiguousarray(train_betas, dtype=np.float32),
+                      np.ascontiguousarray(features, dtype=np.float32)):
+            digest.update(str(array.shape).encode())
+            digest.update(array.tobytes())
+        digest.update("\x00".join(map(str, labels)).encode())
+        mlp_config = vars(decoder.mlp_config) if hasattr(decoder, "mlp_config") else None
+        digest.update(repr((options.decoder, options.top_k, options.seed, getattr(decoder, "alphas", None),
+                            mlp_config)).encode())
+        cache = Path(options.work_dir) / "decoders" / f"{options.decoder}-{digest.hexdigest()[:16]}.safetensors"
+        if cache.is_file() and cache.with_suffix(".json").is_file():
+            LOGGER.info("decoder reused from %s", cache)
+            return type(decoder).load(cache, device=options.device)
+    decoder.fit(train_betas, features, labels=labels)
+    if cache is not None:
+        decoder.save(cache)
+    return decoder
 
 
 def _brain_correlation_inputs(images, items, trial_betas, train_betas, train_paths, labels_train, decoders,
