@@ -380,26 +380,31 @@ def reconstruct_participant(betas: np.ndarray, trials: pd.DataFrame, stimuli_dir
         target_images = None
         group_note = note
         if cue == "text" and condition == "imagery":
+            # pure imagination: scored (a) against the distinct cue texts in text spaces (and the CLIP text
+            # embedding of the cue for a decoded image embedding), (b) against category means when the
+            # targets are categories (ds001246-like), each with its own set of distinct targets
             categories = trials.iloc[first_rows]["category"].tolist()
-            has_cue_texts = all(t != NA for t in part["cue_text"])
-            if "clip" in extractors and has_cue_texts:
-                target_feats["clip"] = extractors["clip"].encode_texts(part["cue_text"].tolist())
-                group_note = _join(note, "pure imagination: no target image; retrieval and identification against "
-                                   "CLIP text embeddings of the distinct cue texts")
-            for space in (s for s in extractors if s in TEXT_SPACES):
-                if has_cue_texts:
-                    # the text channel: decoded text features against the distinct cue texts' features
-                    target_feats[space] = item_features(space, first_rows)
-            cat_feats = _category_targets(trials, train_rows, categories, train_targets, labels_train)
-            for space, feats in cat_feats.items():
-                target_feats.setdefault(space, feats)
+            evaluations = []
+            cue_feats: dict[str, np.ndarray] = {}
+            if all(t != NA for t in part["cue_text"]):
+                if "clip" in extractors:
+                    cue_feats["clip"] = extractors["clip"].encode_texts(part["cue_text"].tolist())
+                for space in (s for s in extractors if s in TEXT_SPACES):
+                    cue_feats[space] = item_features(space, first_rows)  # the cue texts' text features
+            if cue_feats:
+                evaluations.append((cue_feats, part["cue_text"].tolist(), _join(
+                    note, "pure imagination: no target image; retrieval and identification against the distinct "
+                    "cue texts (clip: CLIP text embeddings of the cues)")))
+            cat_feats = {space: feats for space, feats in _category_targets(
+                trials, train_rows, categories, train_targets, labels_train).items() if space not in cue_feats
+                and space not in TEXT_SPACES}
             if cat_feats:
-                target_ids = categories
-                group_note = _join(group_note, "targets are categories: mean feature of the category's training "
-                                   "stimuli")
-            if not target_feats:
-                group_note = _join(note, "pure imagination with pixel targets: the imagined image does not exist, "
-                                   "so nothing can be scored")
+                evaluations.append((cat_feats, categories, _join(
+                    note, "targets are categories: mean feature of the category's training stimuli")))
+            if not evaluations:
+                evaluations.append(({}, target_ids, _join(
+                    note, "pure imagination with pixel targets: the imagined image does not exist, so nothing can "
+                    "be scored")))
         else:
             item_paths = [paths[r] for r in first_rows]
             target_images = [load_image(p) for p in item_paths]
@@ -407,20 +412,26 @@ def reconstruct_participant(betas: np.ndarray, trials: pd.DataFrame, stimuli_dir
                 if space in TEXT_SPACES and any(trials.at[r, "caption"] == NA for r in first_rows):
                     continue  # no caption for some of these stimuli: the text space cannot be scored
                 target_feats[space] = item_features(space, first_rows)
-        preds = {s: predictions_by_space[s][index] for s in target_feats}
-        for space in [s for s in ("pixels", *TEXT_SPACES) if s in target_feats]:
-            if space == "pixels" and basis is not None:
-                continue
-            # cosine similarity of raw pixel vectors is dominated by overall brightness, that of TF-IDF vectors
-            # by the words every caption has: centre both on the training targets' mean first
-            centre = decoders[space].feature_mean
-            preds[space] = preds[space] - centre
-            target_feats[space] = target_feats[space] - centre
+            evaluations = [(target_feats, target_ids, group_note)]
         recon = [images[i] for i in index]
         group_brain = {space: (pred[index], measured[index]) for space, (pred, measured) in brain.items()}
-        frame = _evaluate(recon, target_images, preds, target_feats, target_ids, condition, cue, eval_extractors,
-                          options, group_note, group_brain)
-        metric_frames.append(frame)
+        for k, (feats, ids, evaluation_note) in enumerate(evaluations):
+            preds = {s: predictions_by_space[s][index] for s in feats}
+            feats = dict(feats)
+            for space in [s for s in ("pixels", *TEXT_SPACES) if s in feats]:
+                if space == "pixels" and basis is not None:
+                    continue
+                # cosine similarity of raw pixel vectors is dominated by overall brightness, that of TF-IDF
+                # vectors by the words every caption has: centre both on the training targets' mean first
+                centre = decoders[space].feature_mean
+                preds[space] = preds[space] - centre
+                feats[space] = feats[space] - centre
+            frame = _evaluate(recon, target_images, preds, feats, ids, condition, cue, eval_extractors, options,
+                              evaluation_note, group_brain if k == 0 else None)
+            metric_frames.append(frame)
+            if k == 0:
+                target_feats, target_ids, first_preds = feats, ids, preds
+        preds = first_preds
         table_space = primary if primary in target_feats else next((s for s in TEXT_SPACES if s in target_feats), None)
         if table_space is not None:
             hits, ranking = _retrieval(preds[table_space], target_feats[table_space], target_ids)
