@@ -17,7 +17,7 @@ from .errors import UsageError
 
 # Choices shared with the engines (DESIGN.md method labels are the values without dashes).
 GLM_METHODS = ("fithrf-denoise-rr", "fithrf", "lss", "lsa")
-TARGETS = ("pixels", "clip")
+TARGETS = ("pixels", "clip", "clip-text", "text")
 DECODERS = ("ridge", "mlp")
 GENERATORS = ("pixels", "unclip")
 STOP_AFTER = ("decode", "preproc", "glm")
@@ -103,10 +103,16 @@ OPTIONS: tuple[OptionSpec, ...] = (
                ("--zscore-betas", "--zscore_betas")),
     # --- decoding ---
     OptionSpec("target", "decoding", "choices", ["pixels"], "Feature space(s) decoded from the betas; "
-               "`pixels clip` enables the low-level start of unCLIP generation.", choices=TARGETS, metavar="TARGET"),
+               "`pixels clip` enables the low-level start of unCLIP generation; `text` (TF-IDF of the captions, no "
+               "weights) and `clip-text` decode into text and give unclip a retrieved caption as its prompt.", choices=TARGETS, metavar="TARGET"),
     OptionSpec("decoder", "decoding", "choice", "ridge", "Betas-to-features model.", choices=DECODERS),
     OptionSpec("generator", "decoding", "choice", "pixels", "Image generator (`unclip` needs `--target clip`).",
                choices=GENERATORS),
+    OptionSpec("captions", "decoding", "path", None, "Extra captions (one per line) for the caption bank of the "
+               "text channel (`--target text`/`clip-text`), besides the training captions and cue texts.",
+               metavar="FILE"),
+    OptionSpec("candidates", "decoding", "int", 1, "unclip: images generated per item (each its own seed); the one "
+               "whose CLIP embedding is closest to the decoded embedding is kept (best of N)."),
     OptionSpec("average_repeats", "decoding", "bool", True, "Average the betas of a test stimulus' repeats "
                "before decoding.", ("--average-repeats/--no-average-repeats",)),
     OptionSpec("roi_mask", "decoding", "path", None, "Voxel-selection mask in the participant grid (NIfTI).",

@@ -244,3 +244,48 @@ def test_cuda_fp16_generation(tiny_models, embeds, low_level_images):
         assert np.abs(_arr(image) - _vae_round_trip(cpu_pipeline, low)).mean() < 3.0  # fp16 vs fp32 round trip
     out = generate_from_low_level(pipeline, embeds, low_level_images, seeds, GenerationSettings(steps=6, strength=0.5))
     assert all(np.isfinite(_arr(o)).all() and _arr(o).std() > 0 for o in out)
+
+
+def test_prompt_conditions_the_image_by_its_text_weight(tiny_pipeline, embeds, low_level_images):
+    pipeline, _ = tiny_pipeline
+    seeds = item_seeds(0, 3)
+    prompts = ["a red circle", "a blue square", "a green star"]
+
+    def run(weight, texts, low=low_level_images):
+        settings = GenerationSettings(steps=4, guidance_scale=3.0, batch_size=3, text_weight=weight)
+        return generate_from_low_level(pipeline, embeds, low, seeds, settings, prompts=texts)
+
+    image_only = run(0.5, None)
+    # text weight 0 is image guidance only, whatever the prompt
+    assert all(_mean_abs(a, b) == 0 for a, b in zip(run(0.0, prompts), image_only))
+    mixed = run(0.5, prompts)
+    assert all(_mean_abs(a, b) > 0 for a, b in zip(mixed, image_only))
+    # another prompt, another image; the same prompt, the same image
+    other = run(0.5, list(reversed(prompts)))
+    assert _mean_abs(mixed[0], other[0]) > 0 and _mean_abs(mixed[1], other[1]) == 0
+    # from noise (no low-level start) with a prompt works too
+    assert run(0.5, prompts, low=None)[0].size == (32, 32)
+    with pytest.raises(UsageError):
+        GenerationSettings(text_weight=1.5).validate()
+
+
+def test_best_of_n_keeps_the_candidate_closest_to_the_decoded_embedding(tmp_path):
+    from bids_m2i.decoding.select import ClipCosineSelector, candidate_seeds, save_candidates
+
+    seeds = candidate_seeds(7, 3, 4)
+    assert seeds.shape == (3, 4) and len(np.unique(seeds)) == 12
+    assert seeds[:, 0].tolist() == item_seeds(7, 3)  # N = 1 gives the usual image
+
+    class MeanColour:  # a stand-in encoder: the mean RGB of the image
+        def encode_images(self, images):
+            return np.stack([np.asarray(im, dtype=np.float32).reshape(-1, 3).mean(0) for im in images])
+
+    colours = [(250, 5, 5), (5, 250, 5), (5, 5, 250), (128, 128, 5)]
+    candidates = [[Image.new("RGB", (8, 8), c) for c in colours] for _ in range(3)]
+    decoded = np.array([[0, 1, 0], [0.1, 0, 1], [1, 1, 0]], dtype=np.float32)
+    chosen, scores = ClipCosineSelector(MeanColour()).select(candidates, decoded)
+    assert chosen.tolist() == [1, 2, 3]
+    assert scores.shape == (3, 4) and (scores.argmax(1) == chosen).all()
+    paths = save_candidates(tmp_path, candidates, seeds)
+    assert len(paths) == 3 and all(len(row) == 4 for row in paths)
+    assert paths[2][3].endswith(f"item-0002_cand-03_seed-{seeds[2, 3]}.png")

@@ -118,3 +118,19 @@ def test_correlation_distance():
 def test_size_mismatch_is_refused():
     with pytest.raises(ValueError):
         pixcorr_pairs(torch.zeros(1, 3, 20, 20), torch.zeros(1, 3, 30, 30), [0], [0])
+
+
+def test_twoway_shuffled_predictions_score_exactly_half_on_average():
+    # NSD-Imagery's point: a public implementation subtracts one from the count of wins (chance ~0.41, max < 1).
+    # Ours: averaged over every possible true target, any item's score is exactly 0.5, ties or not
+    rng = np.random.default_rng(3)
+    similarity = rng.normal(size=(7, 9))
+    similarity[0, :4] = 0.25  # ties
+    scores = twoway_from_similarity(similarity)
+    np.testing.assert_allclose(scores.mean(axis=1), 0.5, atol=1e-12)
+    # and shuffled pairings of real predictions average 0.5 (Monte Carlo over 2000 shuffles)
+    feats = rng.normal(size=(12, 30))
+    preds = feats + rng.normal(size=feats.shape)
+    shuffled = [twoway_scores(preds, feats, rng.permutation(12)).mean() for _ in range(2000)]
+    assert abs(np.mean(shuffled) - 0.5) < 0.01
+    assert twoway_scores(feats, feats, np.arange(12)).mean() == 1.0  # a perfect decoder reaches 1, not (m-2)/(m-1)

@@ -137,3 +137,19 @@ def test_feature_rows_must_be_one_per_item():
     ids, _, feats, _ = _dataset(n_distinct=4, repeats=(0, 1))
     with pytest.raises(ValueError, match="one row per item"):
         evaluate_reconstructions(None, None, {"clip": feats}, {"clip": feats[:4]}, ids, "imagery", "text", n_perm=5)
+
+
+def test_brain_correlation_row():
+    from bids_m2i.evaluation.table import evaluate_reconstructions
+
+    rng = np.random.default_rng(0)
+    measured = rng.normal(size=(8, 50))
+    ids = [f"s{i}" for i in range(8)]
+    good = evaluate_reconstructions(None, None, None, None, ids, "imagery", "text", n_perm=200,
+                                    brain_betas={"pixels": (measured + 0.1 * rng.normal(size=measured.shape), measured)})
+    row = good[good.metric == "brain_corr"].iloc[0]
+    # chance: mean over shuffled pairings (a random permutation keeps 1 of 8 pairs on average)
+    assert row.value > 0.95 and row.p_value < 0.01 and abs(row.chance) < 0.2 and row.feature_space == "pixels"
+    noise = evaluate_reconstructions(None, None, None, None, ids, "imagery", "text", n_perm=200,
+                                     brain_betas={"pixels": (rng.normal(size=measured.shape), measured)})
+    assert abs(noise[noise.metric == "brain_corr"].iloc[0].value) < 0.2

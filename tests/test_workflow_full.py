@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -67,7 +68,8 @@ def test_full_rerun_reuses_and_is_identical(tiny_full_run):
     assert _digests(out) == before
 
 
-@pytest.mark.parametrize("targets", [["clip"], ["pixels", "clip"]], ids=["unclip", "unclip-lowlevel"])
+@pytest.mark.parametrize("targets", [["clip"], ["pixels", "clip"], ["pixels", "clip", "clip-text"]],
+                         ids=["unclip", "unclip-lowlevel", "unclip-text-best-of-4"])
 def test_tiny_models_clip_unclip(tiny_dataset, tiny_full_run, tmp_path, targets):
     """The clip + unclip path runs from the command line with tiny random weights, and says so everywhere."""
     from bids_m2i.models.tiny import make_tiny_models
@@ -77,7 +79,7 @@ def test_tiny_models_clip_unclip(tiny_dataset, tiny_full_run, tmp_path, targets)
     out = tmp_path / "out"
     code = run_cli([str(tiny_dataset), str(out), "participant", "-w", str(tiny_full_run["work"]), "--nprocs", "2",
                     "--target", *targets, "--generator", "unclip", "--models-dir", str(models),
-                    "--skip-bids-validation"])
+                    "--skip-bids-validation", *(["--candidates", "4"] if "clip-text" in targets else [])])
     assert code == 0
     images = sorted((out / "sub-01" / "images").glob("*_image.json"))
     assert images
@@ -85,6 +87,17 @@ def test_tiny_models_clip_unclip(tiny_dataset, tiny_full_run, tmp_path, targets)
         meta = json.loads(sidecar.read_text())
         assert meta["ModelsTiny"] is True and "noise" in meta["Warning"]
         assert meta["GeneratorStart"] == ("low-level reconstruction" if "pixels" in targets else "noise")
+        assert {"Prompt", "CandidateIndex", "CandidateSeed", "Candidates"} <= set(meta)
+        if "clip-text" in targets:
+            # the retrieved caption is the prompt; the best of 4 candidates is kept, all 4 stay in the work dir
+            assert meta["Prompt"] and meta["TextWeight"] == 0.5 and meta["Candidates"] == 4
+            assert meta["CandidateSeeds"][meta["CandidateIndex"]] == meta["CandidateSeed"]
+            assert meta["CandidateIndex"] == int(np.argmax(meta["CandidateSimilarities"]))
+            assert all(Path(f).is_file() for f in meta["CandidateFiles"])
+    if "clip-text" in targets:
+        table = pd.read_csv(out / "sub-01" / "decoding" / "sub-01_desc-predictions_table.tsv", sep="\t", dtype=str)
+        assert (table["caption"] != "n/a").all()
+        assert (out / "sub-01" / "decoding" / "sub-01_desc-cliptextridge_model.safetensors").exists()
     metrics = pd.read_csv(out / "sub-01" / "decoding" / "sub-01_desc-metrics_table.tsv", sep="\t", dtype=str)
     assert metrics["note"].str.contains("tiny").all()
     assert "tiny random-weight" in (out / "sub-01.html").read_text()

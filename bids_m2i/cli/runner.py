@@ -40,7 +40,7 @@ def check_paths(config: Config) -> None:
     if _inside(work_dir, bids_dir) and not _inside(work_dir, bids_dir / "derivatives"):
         raise UsageError(f"The work dir {work_dir} is inside BIDS_DIR {bids_dir}",
                          hint="use -w/--work-dir outside the input dataset (the input is never modified)")
-    for name in ("events_map", "bids_filter_file", "roi_mask"):
+    for name in ("events_map", "bids_filter_file", "roi_mask", "captions"):
         value = config.values.get(name)
         if value is not None and not Path(value).exists():
             raise InputMissingError(f"--{name.replace('_', '-')} file not found: {value}", path=value)
@@ -50,6 +50,8 @@ def check_paths(config: Config) -> None:
                                     hint="give the fMRIPrep output folder (holding its dataset_description.json)")
     if "unclip" == config.values["generator"] and "clip" not in config.values["target"]:
         raise UsageError("--generator unclip needs --target clip (or `--target pixels clip`)")
+    if (config.values.get("candidates") or 1) < 1:
+        raise UsageError("--candidates must be 1 or more")
 
 
 def redirect_caches(work_dir: Path) -> None:

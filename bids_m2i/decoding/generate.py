@@ -52,6 +52,9 @@ class GenerationSettings:
         Low-level start only: fraction of the schedule that is re-run from the noised low-level latent.
     batch_size
         Items per UNet batch (a memory knob: results do not depend on it).
+    text_weight
+        With a prompt (the caption retrieved by the text channel): the weight of text guidance against image
+        guidance (0 = image only, 1 = text only; see ``_mixed_guidance``).
     """
 
     steps: int = 20
@@ -59,6 +62,7 @@ class GenerationSettings:
     noise_level: int = 0
     strength: float = 0.75
     batch_size: int = 4
+    text_weight: float = 0.5
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -69,6 +73,8 @@ class GenerationSettings:
             raise UsageError(f"batch size must be >= 1 (got {self.batch_size})")
         if self.noise_level < 0:
             raise UsageError(f"noise level must be >= 0 (got {self.noise_level})")
+        if not 0.0 <= self.text_weight <= 1.0:
+            raise UsageError(f"text weight must be in [0, 1] (got {self.text_weight})")
 
 
 def item_seeds(seed: int, n_items: int, offset: int = 0) -> list[int]:
@@ -203,51 +209,85 @@ def _start_timesteps(pipeline, steps: int, strength: float):
     return timesteps
 
 
-def _low_level_batch(pipeline, embeds, low_level_images, generators, settings: GenerationSettings, height, width):
+def _low_level_batch(pipeline, embeds, low_level_images, generators, settings: GenerationSettings, height, width,
+                     prompts=None):
+    """Denoise one batch: from the noised low-level latent (``low_level_images``) or from noise (None), guided
+    by the image embedding and, when ``prompts`` are given, by the text prompt (see :func:`_mixed_guidance`)."""
     import torch
 
     device = pipeline.device
     n = embeds.shape[0]
     guided = settings.guidance_scale > 1.0
+    with_text = prompts is not None and settings.text_weight > 0
 
-    # prompt: the empty text, as the pipeline does when only an image embedding is given
-    prompt_embeds, negative_prompt_embeds = pipeline.encode_prompt(
-        prompt=[""] * n, device=device, num_images_per_prompt=1, do_classifier_free_guidance=guided
+    # the empty text, as the pipeline does when only an image embedding is given
+    empty_embeds, _ = pipeline.encode_prompt(
+        prompt=[""] * n, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
     )
     # the pipeline's own noise augmentation of the embedding: normalise, noise at noise_level, unnormalise,
     # append the sinusoidal noise-level embedding -> (n, 2 * embed_dim) class labels of the UNet
     class_labels = pipeline.noise_image_embeddings(
         image_embeds=embeds, noise_level=settings.noise_level, generator=generators
     )
+    zero_labels = torch.zeros_like(class_labels)  # the unconditional class label of StableUnCLIPImg2ImgPipeline
+    # branches: [image] (+ [text] with a prompt) (+ [unconditional] with guidance), one UNet batch
+    texts, labels = [empty_embeds], [class_labels]
+    if with_text:
+        text_embeds, _ = pipeline.encode_prompt(
+            prompt=list(prompts), device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
+        )
+        texts.append(text_embeds)
+        labels.append(zero_labels if guided else class_labels)
     if guided:
-        prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds])
-        # unconditional branch: an all-zero class label, as StableUnCLIPImg2ImgPipeline uses
-        class_labels = torch.cat([torch.zeros_like(class_labels), class_labels])
+        texts.append(empty_embeds)
+        labels.append(zero_labels)
+    prompt_embeds, class_labels = torch.cat(texts), torch.cat(labels)
 
-    clean_latents = _encode_low_level(pipeline, low_level_images, height, width).to(prompt_embeds.dtype)
-    timesteps = _start_timesteps(pipeline, settings.steps, settings.strength)
-    if len(timesteps) == 0:
-        return _decode(pipeline, clean_latents)
-
+    timesteps = _start_timesteps(pipeline, settings.steps, settings.strength if low_level_images is not None else 1.0)
+    noise_shape = (pipeline.unet.config.in_channels, height // pipeline.vae_scale_factor,
+                   width // pipeline.vae_scale_factor)
     noise = torch.stack(
-        [
-            torch.randn(clean_latents.shape[1:], generator=g, device=g.device, dtype=torch.float32)
-            for g in generators
-        ]
-    ).to(device=device, dtype=clean_latents.dtype)
-    latents = pipeline.scheduler.add_noise(clean_latents, noise, timesteps[:1].repeat(n))
+        [torch.randn(noise_shape, generator=g, device=g.device, dtype=torch.float32) for g in generators]
+    ).to(device=device, dtype=prompt_embeds.dtype)
+    if low_level_images is not None:
+        clean_latents = _encode_low_level(pipeline, low_level_images, height, width).to(prompt_embeds.dtype)
+        if len(timesteps) == 0:
+            return _decode(pipeline, clean_latents)
+        latents = pipeline.scheduler.add_noise(clean_latents, noise, timesteps[:1].repeat(n))
+    else:
+        latents = noise * pipeline.scheduler.init_noise_sigma
     step_kwargs = pipeline.prepare_extra_step_kwargs(generators, 0.0)
+    n_branches = len(texts)
     for t in timesteps:
-        model_input = torch.cat([latents, latents]) if guided else latents
+        model_input = torch.cat([latents] * n_branches)
         model_input = pipeline.scheduler.scale_model_input(model_input, t)
         prediction = pipeline.unet(
             model_input, t, encoder_hidden_states=prompt_embeds, class_labels=class_labels, return_dict=False
         )[0]
-        if guided:
-            unconditional, conditional = prediction.chunk(2)
-            prediction = unconditional + settings.guidance_scale * (conditional - unconditional)
+        prediction = _mixed_guidance(prediction.chunk(n_branches), with_text, guided, settings)
         latents = pipeline.scheduler.step(prediction, t, latents, **step_kwargs, return_dict=False)[0]
     return _decode(pipeline, latents)
+
+
+def _mixed_guidance(branches, with_text: bool, guided: bool, settings: GenerationSettings):
+    """Noise prediction from the branches' predictions (composable guidance, Liu et al. 2022).
+
+    With guidance and a prompt: ``u + g * ((1 - w) * (e_image - u) + w * (e_text - u))`` where ``e_image`` is
+    conditioned on the decoded image embedding (empty text), ``e_text`` on the retrieved caption (no image
+    embedding), ``u`` on neither, ``g`` the guidance scale and ``w`` = ``text_weight`` (0.5: image and text
+    guidance half and half, as MIRAGE mixes them). Without guidance: the two conditional predictions are
+    mixed with the same weights (``e_text`` then also carries the image embedding).
+    """
+    image = branches[0]
+    text = branches[1] if with_text else None
+    w = settings.text_weight
+    if not guided:
+        return image if text is None else (1 - w) * image + w * text
+    unconditional = branches[-1]
+    direction = image - unconditional
+    if text is not None:
+        direction = (1 - w) * direction + w * (text - unconditional)
+    return unconditional + settings.guidance_scale * direction
 
 
 def generate_from_low_level(
@@ -260,8 +300,9 @@ def generate_from_low_level(
     height: int | None = None,
     width: int | None = None,
     n_threads: int | None = None,
+    prompts: Sequence[str] | None = None,
 ):
-    """Generate images starting from noised latents of low-level reconstructions.
+    """Generate images starting from noised latents of low-level reconstructions (or from noise).
 
     Parameters
     ----------
@@ -271,7 +312,10 @@ def generate_from_low_level(
         Array ``(n_items, embed_dim)`` of predicted CLIP image embeddings.
     low_level_images
         ``n_items`` PIL images (or arrays ``(H, W, 3)`` in [0, 1]): the ``pixels`` decoder's
-        reconstructions; resized to the output size.
+        reconstructions; resized to the output size. None: the whole schedule runs from noise.
+    prompts
+        ``n_items`` texts (the captions the text channel retrieved), mixed with the image guidance by
+        ``settings.text_weight``; None: image guidance only.
     seeds
         One seed per item.
     settings
@@ -286,8 +330,10 @@ def generate_from_low_level(
 
     embeds = _embeds_tensor(pipeline, image_embeds, settings)
     n_items = embeds.shape[0]
-    if len(seeds) != n_items or len(low_level_images) != n_items:
-        raise UsageError(f"{n_items} embeddings, {len(low_level_images)} low-level images and {len(seeds)} seeds")
+    n_low = n_items if low_level_images is None else len(low_level_images)
+    if len(seeds) != n_items or n_low != n_items or (prompts is not None and len(prompts) != n_items):
+        raise UsageError(f"{n_items} embeddings, {n_low} low-level images and {len(seeds)} seeds"
+                         + (f" and {len(prompts)} prompts" if prompts is not None else ""))
     height = height or _native_size(pipeline)
     width = width or _native_size(pipeline)
     images = []
@@ -297,11 +343,12 @@ def generate_from_low_level(
                 _low_level_batch(
                     pipeline,
                     embeds[batch],
-                    list(low_level_images[batch]),
+                    None if low_level_images is None else list(low_level_images[batch]),
                     _generators(seeds[batch], pipeline.device),
                     settings,
                     height,
                     width,
+                    prompts=None if prompts is None else list(prompts[batch]),
                 )
             )
     return images
@@ -349,6 +396,8 @@ def generate_images(
     n_threads: int | None = None,
     pipeline=None,
     info: dict | None = None,
+    prompts: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
 ):
     """Load the unCLIP pipeline (unless given) and generate one image per embedding, with sidecar metadata.
 
@@ -364,6 +413,10 @@ def generate_images(
         ``n_items`` low-level reconstructions for the low-level start, or None for unCLIP from noise.
     pipeline, info
         An already loaded pipeline and its info (from ``load_unclip_pipeline``), to load once per run.
+    prompts
+        One text prompt per item (retrieved captions), mixed with image guidance (``settings.text_weight``).
+    seeds
+        One seed per image, overriding :func:`item_seeds` (best-of-N candidates have seeds of their own).
 
     Returns
     -------
@@ -377,15 +430,19 @@ def generate_images(
         pipeline, info = load_unclip_pipeline(models_dir, device=device)
     info = info or {}
     n_items = int(np.shape(image_embeds)[0])
-    seeds = item_seeds(seed, n_items, offset=item_offset)
-    if low_level_images is None:
+    seeds = list(seeds) if seeds is not None else item_seeds(seed, n_items, offset=item_offset)
+    if low_level_images is None and prompts is None:
         images = generate_unclip(pipeline, image_embeds, seeds, settings, n_threads=n_threads)
     else:
-        images = generate_from_low_level(pipeline, image_embeds, low_level_images, seeds, settings, n_threads=n_threads)
+        images = generate_from_low_level(pipeline, image_embeds, low_level_images, seeds, settings, n_threads=n_threads,
+                                         prompts=prompts)
     models = models_metadata(models_dir, components=["unclip"]) if models_dir is not None else None
     metadata = [
         image_metadata(info, s, settings, low_level_start=low_level_images is not None, models=models) for s in seeds
     ]
-    for meta in metadata:
+    for k, meta in enumerate(metadata):
         meta["GenerationSettings"] = asdict(settings)
+        meta["Prompt"] = prompts[k] if prompts is not None else ""
+        if prompts is not None:
+            meta["TextWeight"] = settings.text_weight
     return images, metadata

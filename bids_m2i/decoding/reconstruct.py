@@ -52,6 +52,9 @@ class DecodingOptions:
     work_dir: Path | None = None
     # imagery betas standardised per voxel over the imagery trials before decoding (see standardise_like)
     standardise_imagery: bool = True
+    captions_file: Path | None = None  # extra captions for the retrieval bank (--captions)
+    candidates: int = 1  # best-of-N (--candidates)
+    n_perm: int = 1000  # permutations for the metrics' p-values
 
 
 @dataclass
@@ -64,6 +67,7 @@ class DecodingResult:
     retrieval: pd.DataFrame
     metrics: pd.DataFrame
     decoders: dict[str, BrainDecoder] = field(default_factory=dict)
+    text_spaces: dict = field(default_factory=dict)  # fitted text feature spaces (``text``: TF-IDF)
     pixel_basis: PixelBasis | None = None
     split_summary: dict = field(default_factory=dict)
     tiny_models: bool = False
@@ -153,6 +157,10 @@ def reconstruct_participant(betas: np.ndarray, trials: pd.DataFrame, stimuli_dir
         if column not in trials:
             trials[column] = NA
         trials[column] = trials[column].astype(str).replace({"": NA, "nan": NA})
+    from .text import TEXT_SPACES, caption_of, read_captions
+
+    captions = read_captions(stimuli_dir)
+    trials["caption"] = [caption_of(row, captions) for _, row in trials.iterrows()]
     split = split_trials(trials, seed=options.seed, fine_tune_imagery=options.finetune_imagery)
     train_rows, test_rows, imagery_rows = split.train, split.test, split.imagery
     train = trials.iloc[train_rows]
@@ -180,43 +188,76 @@ def reconstruct_participant(betas: np.ndarray, trials: pd.DataFrame, stimuli_dir
 
     # --- targets of the training trials, in every space ----------------------------------------------------
     extractors = {}
-    clip_dir = None
+    clip_extractor = None
+    train_captions = train["caption"].tolist() if "caption" in train else []
+    if set(options.targets) & set(TEXT_SPACES):
+        missing = sorted({s for s, c in zip(train["stimulus"], train_captions) if c == NA})
+        if missing:
+            raise InputMissingError(
+                f"--target text/clip-text needs a caption for every training stimulus; {len(missing)} have none "
+                f"(e.g. {missing[0]})", path=Path(stimuli_dir) / "stimuli.tsv",
+                hint="add a `caption` (or `description`) column to stimuli/stimuli.tsv, or drop the text targets")
     for space in options.targets:
         if space == "pixels":
             extractors[space] = PixelExtractor(PIXEL_SIZE)
-        else:
-            if options.models_dir is None:
-                raise InputMissingError("--target clip needs a models folder",
-                                        hint="pass --models-dir or set M2I_MODELS_DIR (see docs/models.md)")
-            clip_dir = find_decoding_clip_dir(options.models_dir)
-            from .features import ClipExtractor
+        elif space == "text":
+            from .text import TfidfTextSpace
 
-            extractors[space] = ClipExtractor(clip_dir, device=options.device)
+            extractors[space] = TfidfTextSpace.fit(dict.fromkeys(train_captions))  # training captions only
+        elif space in ("clip", "clip-text"):
+            if options.models_dir is None:
+                raise InputMissingError(f"--target {space} needs a models folder",
+                                        hint="pass --models-dir or set M2I_MODELS_DIR (see docs/models.md)")
+            if clip_extractor is None:
+                from .features import ClipExtractor
+
+                clip_extractor = ClipExtractor(find_decoding_clip_dir(options.models_dir), device=options.device)
+            if space == "clip":
+                extractors[space] = clip_extractor
+            else:
+                from .text import ClipTextSpace
+
+                extractors[space] = ClipTextSpace(clip_extractor)
+        else:
+            raise BadDataError(f"unknown target feature space {space!r}",
+                               hint="use pixels, clip, clip-text or text")
     tiny = any(getattr(e, "is_tiny", False) for e in extractors.values())
+
+    def item_features(space: str, rows) -> np.ndarray:
+        """Targets of trials in one space: image features of their stim_file, or text features of their
+        caption (cue text for pure-imagination rows)."""
+        rows = list(rows)
+        if space in TEXT_SPACES:
+            texts = [trials.at[r, "cue_text"] if (trials.at[r, "cue"] == "text" and trials.at[r, "cue_text"] != NA)
+                     else trials.at[r, "caption"] for r in rows]
+            distinct = list(dict.fromkeys(texts))
+            encoded = dict(zip(distinct, extractors[space].encode_texts(distinct)))
+            return np.stack([encoded[t] for t in texts]).astype(np.float32)
+        feats = stimulus_features([paths[r] for r in rows], extractors[space], work_dir=options.work_dir)
+        return basis.transform(feats) if (space == "pixels" and basis is not None) else feats
 
     labels_train = train["stimulus"].to_numpy()
     decoders: dict[str, BrainDecoder] = {}
     basis = None
     train_targets = {}
     for space, extractor in extractors.items():
-        features = stimulus_features(train_paths, extractor, work_dir=options.work_dir)
+        if space in TEXT_SPACES:
+            features = item_features(space, train_rows)
+        else:
+            features = stimulus_features(train_paths, extractor, work_dir=options.work_dir)
         if space == "pixels" and PIXEL_COMPONENTS:
             distinct = np.unique(labels_train, return_index=True)[1]
             basis = PixelBasis.fit(features[np.sort(distinct)], PIXEL_COMPONENTS)
             features = basis.transform(features)
         train_targets[space] = features
-        decoder = BrainDecoder(options.decoder, top_k=options.top_k, device=options.device,
-                               n_threads=options.n_threads, seed=options.seed)
-        decoders[space] = decoder.fit(betas[train_rows], features, labels=labels_train)
+        decoders[space] = fit_decoder(options, betas[train_rows], features, labels_train)
 
     # --- test items --------------------------------------------------------------------------------------------
     finetuned: dict[str, np.ndarray] = {}
     if options.finetune_imagery and split.imagery_folds is not None and len(memory_rows):
         memory_mask = np.isin(imagery_rows, memory_rows)
-        for space, extractor in extractors.items():
-            feats = stimulus_features([paths[i] for i in memory_rows], extractor, work_dir=options.work_dir)
-            if space == "pixels" and basis is not None:
-                feats = basis.transform(feats)
+        for space in extractors:
+            feats = item_features(space, memory_rows)
             oof = decoders[space].fine_tune(trial_betas(memory_rows), feats, split.imagery_folds[memory_mask])
             finetuned[space] = dict(zip(memory_rows.tolist(), oof))
     items = _items(trials, test_rows, options.average_repeats) + _items(trials, imagery_rows, options.average_repeats)
@@ -243,6 +284,25 @@ def reconstruct_participant(betas: np.ndarray, trials: pd.DataFrame, stimuli_dir
 
     table = _predictions_table(trials, items)
 
+    # --- the text channel: the bank caption closest to each item's decoded text features ---------------------
+    text_space = next((s for s in ("clip-text", "text") if s in predictions_by_space), None)
+    table["caption"], table["caption_source"] = NA, NA
+    if text_space is not None:
+        from .text import CaptionBank, read_caption_file
+
+        bank_texts = list(train_captions) + trials["cue_text"].tolist()
+        bank_sources = ["training"] * len(train_captions) + ["cue"] * len(trials)
+        if options.captions_file is not None:
+            extra = read_caption_file(options.captions_file)
+            bank_texts += extra
+            bank_sources += ["file"] * len(extra)
+        bank = CaptionBank(bank_texts, bank_sources)
+        best = bank.retrieve(predictions_by_space[text_space], extractors[text_space],
+                             centre=decoders[text_space].feature_mean)
+        table["caption"] = [bank.captions[i] for i in best]
+        table["caption_source"] = [bank.sources[i] for i in best]
+        LOGGER.info("captions retrieved from a bank of %d (%s space)", len(bank), text_space)
+
     # --- generation ------------------------------------------------------------------------------------------
     pixel_images = None
     if "pixels" in predictions_by_space:
@@ -254,7 +314,8 @@ def reconstruct_participant(betas: np.ndarray, trials: pd.DataFrame, stimuli_dir
         images = pixel_images
         how = (f"inverse PCA of decoded coefficients ({basis.n_components} components)" if basis is not None
                else "decoded pixel values")
-        image_meta = [{**common_meta, "Generator": "pixels", "ModelsTiny": False,
+        image_meta = [{**common_meta, "Generator": "pixels", "ModelsTiny": False, "Prompt": "",
+                       "Candidates": 1, "CandidateIndex": 0, "CandidateSeed": options.seed,
                        "GeneratorDescription": f"{how}, {PIXEL_SIZE}x{PIXEL_SIZE} RGB, rescaled to the training "
                        "images' per-pixel mean and sd"} for _ in items]
         generation_space = "pixels"
@@ -263,10 +324,41 @@ def reconstruct_participant(betas: np.ndarray, trials: pd.DataFrame, stimuli_dir
 
         if "clip" not in predictions_by_space:
             raise BadDataError("--generator unclip needs --target clip")
-        images, image_meta = generate_images(options.models_dir, predictions_by_space["clip"], seed=options.seed,
-                                             low_level_images=pixel_images, device=options.device,
-                                             n_threads=options.n_threads)
-        image_meta = [{**common_meta, **m} for m in image_meta]
+        from .select import candidate_seeds, save_candidates
+
+        n_items, n_cand = len(items), max(1, int(options.candidates))
+        seeds = candidate_seeds(options.seed, n_items, n_cand)
+        decoded = predictions_by_space["clip"]
+        prompts = table["caption"].tolist() if text_space is not None else None
+        repeat = (lambda values: [v for v in values for _ in range(n_cand)])
+        flat_images, flat_meta = generate_images(
+            options.models_dir, np.repeat(decoded, n_cand, axis=0), seeds=seeds.ravel().tolist(),
+            low_level_images=repeat(pixel_images) if pixel_images is not None else None,
+            prompts=repeat(prompts) if prompts is not None else None, device=options.device,
+            n_threads=options.n_threads)
+        candidates = [flat_images[i * n_cand:(i + 1) * n_cand] for i in range(n_items)]
+        chosen, similarity = np.zeros(n_items, dtype=int), np.ones((n_items, 1))
+        candidate_paths = None
+        if n_cand > 1:
+            from .components import SELECTORS
+
+            chosen, similarity = SELECTORS.create("clip-cosine", clip=clip_extractor).select(candidates, decoded)
+            if options.work_dir is not None:
+                candidate_paths = save_candidates(Path(options.work_dir) / "candidates", candidates, seeds)
+        images, image_meta = [], []
+        for i in range(n_items):
+            k = int(chosen[i])
+            images.append(candidates[i][k])
+            meta = {**common_meta, **flat_meta[i * n_cand + k], "Prompt": prompts[i] if prompts is not None else "",
+                    "Candidates": n_cand, "CandidateIndex": k, "CandidateSeed": int(seeds[i, k]),
+                    "CandidateSelector": "clip-cosine: cosine of the candidate's CLIP image embedding with the "
+                    "decoded embedding" if n_cand > 1 else "none (one candidate)"}
+            if n_cand > 1:
+                meta["CandidateSimilarities"] = [round(float(v), 6) for v in similarity[i]]
+                meta["CandidateSeeds"] = [int(v) for v in seeds[i]]
+                if candidate_paths is not None:
+                    meta["CandidateFiles"] = candidate_paths[i]
+            image_meta.append(meta)
         generation_space = "clip"
         tiny = tiny or any(m.get("ModelsTiny") for m in image_meta)
 
@@ -277,6 +369,8 @@ def reconstruct_participant(betas: np.ndarray, trials: pd.DataFrame, stimuli_dir
 
     eval_extractors = load_feature_extractors(options.models_dir, device=options.device) if options.models_dir else {}
     note = "tiny random-weight models: numbers are meaningless" if tiny else ""
+    brain = _brain_correlation_inputs(images, items, trial_betas, betas[train_rows], train_paths, labels_train,
+                                      decoders, clip_extractor, options)
     primary = "clip" if "clip" in predictions_by_space else "pixels"
     for (condition, cue), part in table.groupby(["condition", "cue"], sort=True):
         index = part.index.to_numpy()
@@ -286,40 +380,61 @@ def reconstruct_participant(betas: np.ndarray, trials: pd.DataFrame, stimuli_dir
         target_images = None
         group_note = note
         if cue == "text" and condition == "imagery":
+            # pure imagination: scored (a) against the distinct cue texts in text spaces (and the CLIP text
+            # embedding of the cue for a decoded image embedding), (b) against category means when the
+            # targets are categories (ds001246-like), each with its own set of distinct targets
             categories = trials.iloc[first_rows]["category"].tolist()
-            if "clip" in extractors and all(t != NA for t in part["cue_text"]):
-                target_feats["clip"] = extractors["clip"].encode_texts(part["cue_text"].tolist())
-                group_note = _join(note, "pure imagination: no target image; retrieval and identification against "
-                                   "CLIP text embeddings of the distinct cue texts")
-            cat_feats = _category_targets(trials, train_rows, categories, train_targets, labels_train)
-            for space, feats in cat_feats.items():
-                target_feats.setdefault(space, feats)
+            evaluations = []
+            cue_feats: dict[str, np.ndarray] = {}
+            if all(t != NA for t in part["cue_text"]):
+                if "clip" in extractors:
+                    cue_feats["clip"] = extractors["clip"].encode_texts(part["cue_text"].tolist())
+                for space in (s for s in extractors if s in TEXT_SPACES):
+                    cue_feats[space] = item_features(space, first_rows)  # the cue texts' text features
+            if cue_feats:
+                evaluations.append((cue_feats, part["cue_text"].tolist(), _join(
+                    note, "pure imagination: no target image; retrieval and identification against the distinct "
+                    "cue texts (clip: CLIP text embeddings of the cues)")))
+            cat_feats = {space: feats for space, feats in _category_targets(
+                trials, train_rows, categories, train_targets, labels_train).items() if space not in cue_feats
+                and space not in TEXT_SPACES}
             if cat_feats:
-                target_ids = categories
-                group_note = _join(group_note, "targets are categories: mean feature of the category's training "
-                                   "stimuli")
-            if not target_feats:
-                group_note = _join(note, "pure imagination with pixel targets: the imagined image does not exist, "
-                                   "so nothing can be scored")
+                evaluations.append((cat_feats, categories, _join(
+                    note, "targets are categories: mean feature of the category's training stimuli")))
+            if not evaluations:
+                evaluations.append(({}, target_ids, _join(
+                    note, "pure imagination with pixel targets: the imagined image does not exist, so nothing can "
+                    "be scored")))
         else:
             item_paths = [paths[r] for r in first_rows]
             target_images = [load_image(p) for p in item_paths]
-            for space, extractor in extractors.items():
-                feats = stimulus_features(item_paths, extractor, work_dir=options.work_dir)
-                target_feats[space] = basis.transform(feats) if (space == "pixels" and basis is not None) else feats
-        preds = {s: predictions_by_space[s][index] for s in target_feats}
-        if "pixels" in target_feats and basis is None:
-            # cosine similarity of raw pixel vectors is dominated by overall brightness: centre both on the
-            # training stimuli's mean image first
-            centre = decoders["pixels"].feature_mean
-            preds["pixels"] = preds["pixels"] - centre
-            target_feats["pixels"] = target_feats["pixels"] - centre
+            for space in extractors:
+                if space in TEXT_SPACES and any(trials.at[r, "caption"] == NA for r in first_rows):
+                    continue  # no caption for some of these stimuli: the text space cannot be scored
+                target_feats[space] = item_features(space, first_rows)
+            evaluations = [(target_feats, target_ids, group_note)]
         recon = [images[i] for i in index]
-        frame = _evaluate(recon, target_images, preds, target_feats, target_ids, condition, cue, eval_extractors,
-                          options.seed, group_note)
-        metric_frames.append(frame)
-        if primary in target_feats:
-            hits, ranking = _retrieval(preds[primary], target_feats[primary], target_ids)
+        group_brain = {space: (pred[index], measured[index]) for space, (pred, measured) in brain.items()}
+        for k, (feats, ids, evaluation_note) in enumerate(evaluations):
+            preds = {s: predictions_by_space[s][index] for s in feats}
+            feats = dict(feats)
+            for space in [s for s in ("pixels", *TEXT_SPACES) if s in feats]:
+                if space == "pixels" and basis is not None:
+                    continue
+                # cosine similarity of raw pixel vectors is dominated by overall brightness, that of TF-IDF
+                # vectors by the words every caption has: centre both on the training targets' mean first
+                centre = decoders[space].feature_mean
+                preds[space] = preds[space] - centre
+                feats[space] = feats[space] - centre
+            frame = _evaluate(recon, target_images, preds, feats, ids, condition, cue, eval_extractors, options,
+                              evaluation_note, group_brain if k == 0 else None)
+            metric_frames.append(frame)
+            if k == 0:
+                target_feats, target_ids, first_preds = feats, ids, preds
+        preds = first_preds
+        table_space = primary if primary in target_feats else next((s for s in TEXT_SPACES if s in target_feats), None)
+        if table_space is not None:
+            hits, ranking = _retrieval(preds[table_space], target_feats[table_space], target_ids)
             table.loc[index, "top1"] = [str(h).lower() for h in hits[1]]
             table.loc[index, "top5"] = [str(h).lower() for h in hits[5]]
             candidate_files = {}
@@ -340,6 +455,61 @@ def reconstruct_participant(betas: np.ndarray, trials: pd.DataFrame, stimuli_dir
                           split_summary={**split.summary(), "imagery_betas": (
                               "standardised per voxel over the imagery trials, onto the training trials' mean and sd"
                               if imagery_betas is not None else "as estimated")}, tiny_models=tiny)
+
+
+def fit_decoder(options: DecodingOptions, train_betas: np.ndarray, features: np.ndarray, labels) -> BrainDecoder:
+    """The ``--decoder`` component fitted on training perception, or the same fit from the work dir's cache.
+
+    The cache key hashes everything the fit depends on (training betas, target features, labels, decoder
+    name and settings), so a rerun that changes only the generator, the candidates or the evaluation reuses
+    the fitted decoder instead of refitting (``WORK/decoders/<key>.safetensors``).
+    """
+    import hashlib
+
+    from .components import DECODERS
+
+    decoder = DECODERS.create(options.decoder, top_k=options.top_k, device=options.device,
+                              n_threads=options.n_threads, seed=options.seed)
+    cache = None
+    if options.work_dir is not None and hasattr(decoder, "save") and hasattr(type(decoder), "load"):
+        digest = hashlib.sha256()
+        for array in (np.ascontiguousarray(train_betas, dtype=np.float32),
+                      np.ascontiguousarray(features, dtype=np.float32)):
+            digest.update(str(array.shape).encode())
+            digest.update(array.tobytes())
+        digest.update("\x00".join(map(str, labels)).encode())
+        mlp_config = vars(decoder.mlp_config) if hasattr(decoder, "mlp_config") else None
+        digest.update(repr((options.decoder, options.top_k, options.seed, getattr(decoder, "alphas", None),
+                            mlp_config)).encode())
+        cache = Path(options.work_dir) / "decoders" / f"{options.decoder}-{digest.hexdigest()[:16]}.safetensors"
+        if cache.is_file() and cache.with_suffix(".json").is_file():
+            LOGGER.info("decoder reused from %s", cache)
+            return type(decoder).load(cache, device=options.device)
+    decoder.fit(train_betas, features, labels=labels)
+    if cache is not None:
+        decoder.save(cache)
+    return decoder
+
+
+def _brain_correlation_inputs(images, items, trial_betas, train_betas, train_paths, labels_train, decoders,
+                              clip_extractor, options) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per encoding space: (betas predicted from each reconstruction, the item's measured betas), both in the
+    decoder's voxels, z-scored with the training statistics."""
+    from .encoding import EncodingModel
+
+    scaler = next(iter(decoders.values())).scaler
+    measured = np.stack([scaler.transform(trial_betas(g).mean(axis=0, keepdims=True))[0] for g in items])
+    train_scaled = scaler.transform(train_betas)
+    spaces = {"pixels": PixelExtractor(PIXEL_SIZE)}
+    if clip_extractor is not None:
+        spaces["clip"] = clip_extractor
+    out = {}
+    for space, extractor in spaces.items():
+        model = EncodingModel(device=options.device, n_threads=options.n_threads, seed=options.seed)
+        model.fit(stimulus_features(train_paths, extractor, work_dir=options.work_dir), train_scaled,
+                  labels=labels_train)
+        out[space] = (model.predict(extractor.encode_images(list(images))), measured)
+    return out
 
 
 def _group_indices(trials: pd.DataFrame, items: list[np.ndarray]) -> dict[tuple, np.ndarray]:
@@ -394,8 +564,10 @@ def _retrieval(predictions: np.ndarray, target_features: np.ndarray, target_ids:
     return hits, ranking
 
 
-def _evaluate(recon, target_images, preds, target_feats, target_ids, condition, cue, extractors, seed, note):
+def _evaluate(recon, target_images, preds, target_feats, target_ids, condition, cue, extractors, options, note,
+              brain=None):
     from ..evaluation.table import evaluate_reconstructions
 
     return evaluate_reconstructions(recon, target_images, preds, target_feats, target_ids, condition, cue,
-                                    feature_extractors=extractors, n_perm=1000, seed=seed, note=note, device="cpu")
+                                    feature_extractors=extractors, n_perm=options.n_perm, seed=options.seed,
+                                    note=note, device=options.device, brain_betas=brain)

@@ -166,6 +166,18 @@ def _retrieval_metrics(rows, space, predictions, targets, perms, n_candidates, n
              n_distinct, size, _join(how, "target -> mean prediction per distinct target"))
 
 
+def _brain_correlation(rows, space, predicted, measured, targets, perms):
+    """``brain_corr``: r(predicted betas of reconstruction i, measured betas of target c), items x distinct."""
+    n_distinct = targets.n_candidates
+    mean_measured = np.zeros((n_distinct, measured.shape[1]))
+    np.add.at(mean_measured, targets.true_index, measured)
+    mean_measured /= targets.counts[:, None]
+    matrix = similarity_matrix(predicted, mean_measured, "pearson")
+    _matrix_metric(rows, "brain_corr", space, matrix, targets.true_index, perms, True,
+                   note="encoding model (ridge, training perception) from the reconstruction's features to betas; "
+                   "Pearson r over the decoder's voxels with the item's measured betas")
+
+
 def evaluate_reconstructions(
     recon_images: Sequence | None,
     target_images: Sequence | None,
@@ -183,6 +195,7 @@ def evaluate_reconstructions(
     ssim_max_pairs: int | None = -1,
     device: str = "auto",
     note: str = "",
+    brain_betas: Mapping[str, tuple] | None = None,
 ) -> pd.DataFrame:
     """Rows of the metrics table for one group of test items (one condition and cue).
 
@@ -220,6 +233,12 @@ def evaluate_reconstructions(
         Where SSIM runs ("auto": CUDA when available).
     note : str
         Appended to every row's note (e.g. "tiny random-weight models: numbers are meaningless").
+    brain_betas : dict space -> (predicted, measured), optional
+        Brain correlation (MIRAGE, NSD-Imagery): ``predicted`` (n, v) are the betas an encoding model
+        (fitted on training perception) predicts from each reconstruction's features in ``space``,
+        ``measured`` (n, v) the item's own betas, in the decoder's voxels. The score is the Pearson r over
+        voxels of each item's predicted and measured betas, averaged over items; the null pairs a
+        reconstruction with the mean measured betas of another distinct target.
 
     Returns
     -------
@@ -248,6 +267,9 @@ def evaluate_reconstructions(
     if recon_images is not None and has_target_images:
         _image_metrics(rows, recon_images, target_images, targets, perms, feature_extractors or {}, n_perm,
                        ssim_max_pairs, device)
+
+    for space, (predicted, measured) in (brain_betas or {}).items():
+        _brain_correlation(rows, space, as_numpy(predicted), as_numpy(measured), targets, perms)
 
     pred_features = dict(pred_features or {})
     target_features = dict(target_features or {})

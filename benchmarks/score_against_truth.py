@@ -1,0 +1,85 @@
+"""Score an `m2i` participant run on a simulated dataset against the simulator's truth, next to the oracle.
+
+The pipeline cannot score pure imagination itself (the imagined image does not exist in the input
+dataset); the simulator keeps its renders of the cues in ``derivatives/simulation/targets/``. This script
+reads the run's predictions table and reconstructions, and scores every (condition, cue) group the way
+:func:`bids_m2i.simulate.oracle.oracle_scores` scores the oracle (ridge on TRUE amplitudes): PixCorr and
+2-way identification of 32 x 32 pixel vectors against the distinct targets of the group (chance 0.5).
+It also reads the run's text-channel metrics (cue retrieval top-1 among distinct cues) when present.
+
+    python benchmarks/score_against_truth.py DATASET OUTPUT_DIR [--subject 01] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bids_m2i.simulate.oracle import oracle_scores, pattern_correlations, twoway_identification
+from bids_m2i.simulate.truth import load_image, load_truth
+
+GROUPS = {("perception", "none"): "perception", ("perception", "image"): "perception",
+          ("imagery", "image"): "imagery_memory", ("imagery", "text"): "imagery_text"}
+
+
+def score_run(dataset, output_dir, subject: str = "01", size: int = 32) -> dict:
+    output_dir = Path(output_dir)
+    truth = load_truth(dataset, subject)
+    targets = truth["target_files"]
+    decoding = output_dir / f"sub-{subject}" / "decoding"
+    table = pd.read_csv(decoding / f"sub-{subject}_desc-predictions_table.tsv", sep="\t", dtype=str,
+                        keep_default_na=False)
+    out: dict = {}
+    for (condition, cue), part in table.groupby(["condition", "cue"]):
+        label = GROUPS.get((condition, cue), f"{condition}_{cue}")
+        recon = np.stack([load_image(output_dir / f, size).ravel() for f in part["image"]])
+        truth_pixels = np.stack([load_image(targets[s], size).ravel() for s in part["stimulus"]])
+        # one row per distinct stimulus (repeats averaged), as the oracle
+        names = list(pd.unique(part["stimulus"]))
+        stim = part["stimulus"].to_numpy()
+        recon = np.stack([recon[stim == n].mean(0) for n in names])
+        truth_pixels = np.stack([truth_pixels[stim == n][0] for n in names])
+        out[label] = {"pixcorr": float(np.mean(pattern_correlations(recon, truth_pixels))),
+                      "twoway": twoway_identification(recon, truth_pixels), "n_items": len(names)}
+    metrics_path = decoding / f"sub-{subject}_desc-metrics_table.tsv"
+    if metrics_path.is_file():
+        metrics = pd.read_csv(metrics_path, sep="\t", na_values=["n/a"])
+        pick = metrics[(metrics["condition"] == "imagery") & (metrics["cue"] == "text")
+                       & metrics["feature_space"].isin(["text", "clip-text"])]
+        for row in pick.itertuples():
+            out.setdefault("text_channel", {})[f"{row.metric}_{row.feature_space}"] = {
+                "value": row.value, "chance": row.chance, "p_value": row.p_value, "n_candidates": row.n_candidates}
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dataset")
+    parser.add_argument("output_dir")
+    parser.add_argument("--subject", default="01")
+    parser.add_argument("--json")
+    args = parser.parse_args(argv)
+    ours = score_run(args.dataset, args.output_dir, args.subject)
+    oracle = oracle_scores(args.dataset, args.subject, image_size=32)
+    result = {"ours": ours, "oracle": {k: v for k, v in oracle.items() if isinstance(v, dict)}}
+    for label, scores in ours.items():
+        if label in oracle and isinstance(oracle[label], dict):
+            o = oracle[label]
+            print(f"{label:16s} pixcorr {scores['pixcorr']:.3f} (oracle {o['pixcorr']:.3f}, "
+                  f"{scores['pixcorr'] / o['pixcorr']:.0%})  2-way {scores['twoway']:.3f} "
+                  f"(oracle {o['twoway']:.3f}, {scores['twoway'] / o['twoway']:.0%})  n={scores['n_items']}")
+    for name, row in ours.get("text_channel", {}).items():
+        print(f"text channel {name}: {row['value']:.3f} (chance {row['chance']:.3f}, p {row['p_value']:.4f}, "
+              f"{row['n_candidates']} candidates)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
