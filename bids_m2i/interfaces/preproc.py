@@ -9,6 +9,7 @@ import numpy as np
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, InputMultiObject, TraitedSpec, traits
 
 from .base import M2IInterface
+from .derivatives import derivatives_trait, publish_node_outputs
 from .images import load_bold, save_like
 
 
@@ -17,6 +18,7 @@ class _EstimateHeadMotionInputSpec(BaseInterfaceInputSpec):
     dummy_scans = traits.Int(-1, usedefault=True, desc="non-steady-state volumes; -1 = detect")
     n_threads = traits.Int(1, usedefault=True)
     device = traits.Str("cpu", usedefault=True)
+    derivatives = derivatives_trait()
 
 
 class _EstimateHeadMotionOutputSpec(TraitedSpec):
@@ -24,6 +26,7 @@ class _EstimateHeadMotionOutputSpec(TraitedSpec):
     out_params = File(desc="(T, 6) motion parameters (.npy)")
     out_boldref = File(desc="the run's reference volume")
     out_info = File(desc="JSON: non-steady-state volumes, warnings")
+    out_derivatives = traits.List(File(), desc="files published in the derivatives dataset")
 
 
 class EstimateHeadMotion(M2IInterface):
@@ -53,6 +56,7 @@ class EstimateHeadMotion(M2IInterface):
             "nonsteady_volumes": nonsteady, "warnings": list(result.warnings), "in_plane": bool(result.in_plane),
             "centre_mm": result.centre.tolist(),
         }))
+        self._results["out_derivatives"] = publish_node_outputs(self._results, self.inputs.derivatives)
 
 
 class _ParticipantGridInputSpec(BaseInterfaceInputSpec):
@@ -110,6 +114,7 @@ class _ResampleRunInputSpec(BaseInterfaceInputSpec):
     fd_threshold = traits.Float(0.5, usedefault=True)
     n_threads = traits.Int(1, usedefault=True)
     device = traits.Str("cpu", usedefault=True)
+    derivatives = derivatives_trait()
 
 
 class _ResampleRunOutputSpec(TraitedSpec):
@@ -118,6 +123,7 @@ class _ResampleRunOutputSpec(TraitedSpec):
     out_confounds_meta = File(desc="confounds sidecar (JSON)")
     out_figures = traits.Dict(desc="figure name -> SVG path")
     out_summary = File(desc="JSON: volumes, non-steady-state, FD statistics")
+    out_derivatives = traits.List(File(), desc="files published in the derivatives dataset")
 
 
 class ResampleRun(M2IInterface):
@@ -179,3 +185,4 @@ class ResampleRun(M2IInterface):
             "fd_threshold": self.inputs.fd_threshold,
             "warnings": info.get("warnings", []),
         }))
+        self._results["out_derivatives"] = publish_node_outputs(self._results, self.inputs.derivatives)
