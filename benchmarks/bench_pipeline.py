@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -70,24 +69,33 @@ def make_dataset(folder: Path, small: bool, seed: int) -> Path:
     return simulate_dataset(folder, preset="nsd-like", seed=seed, sessions=1, **overrides)
 
 
+# runs m2i in a child and prints the children's resource usage: ru_maxrss is a high-water mark over every
+# child a process ever had, so each stage gets a fresh parent to measure its own
+STAGE_WRAPPER = """
+import json, resource, subprocess, sys
+code = subprocess.call(sys.argv[2:], stdout=subprocess.DEVNULL, stderr=open(sys.argv[1], "w"))
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"code": code, "cpu_s": usage.ru_utime + usage.ru_stime, "maxrss_kb": usage.ru_maxrss}))
+"""
+
+
 def run_stage(bids: Path, out: Path, work: Path, args: list[str], common: list[str]) -> dict:
     command = [sys.executable, "-m", "bids_m2i.cli.run", str(bids), str(out), "participant", "-w", str(work),
                *common, *args]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    stderr_file = work.parent / "stage_stderr.txt"
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen([sys.executable, "-c", STAGE_WRAPPER, str(stderr_file), *command],
+                               stdout=subprocess.PIPE, text=True)
     sampler = TreeSampler(process.pid)
     sampler.start()
-    _, stderr = process.communicate()
+    stdout, _ = process.communicate()
     sampler.stop()
     wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if process.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} exited {process.returncode}:\n{stderr[-3000:]}")
-    return {"wall_s": wall, "cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
-            # ru_maxrss of the children is a high-water mark over every child so far: report it per stage
-            # only where it rose (the first stage that reached it)
-            "peak_process_gb": after.ru_maxrss * 1024 / 1e9, "peak_tree_gb": sampler.peak / 1e9,
+    usage = json.loads(stdout.strip().splitlines()[-1])
+    if usage["code"] != 0:
+        raise SystemExit(f"{' '.join(command)} exited {usage['code']}:\n{stderr_file.read_text()[-3000:]}")
+    return {"wall_s": wall, "cpu_s": usage["cpu_s"], "peak_process_gb": usage["maxrss_kb"] * 1024 / 1e9,
+            "peak_tree_gb": sampler.peak / 1e9,
             "disk_gb": disk_bytes(out, work) / 1e9, "out_gb": disk_bytes(out) / 1e9,
             "work_gb": disk_bytes(work) / 1e9}
 
