@@ -56,7 +56,7 @@ def test_workflow_declares_the_budget_to_multiproc(tmp_path):
 
 
 CHILD = textwrap.dedent("""
-    import json, resource, sys
+    import json, sys
     from pathlib import Path
     from bids_m2i.interfaces.glm import SingleTrialBetas, process_rss_gb
     import bids_m2i.glm.estimate, bids_m2i.reports.figures  # torch, matplotlib: what a worker holds anyway
@@ -76,7 +76,8 @@ CHILD = textwrap.dedent("""
     work.mkdir()
     result = node.run(cwd=str(work))
     meta = json.loads(Path(result.outputs.statseries_meta).read_text())
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+    # VmHWM: this process' own high-water mark (ru_maxrss can carry over the parent's size at fork + exec)
+    peak = [int(line.split()[1]) * 1024 / 1e9 for line in open("/proc/self/status") if line.startswith("VmHWM:")][0]
     print(json.dumps({"baseline": baseline, "budget": budget, "peak": peak, "plan": meta["memory"]}))
 """)
 
