@@ -182,6 +182,8 @@ def multiproc_runner(plugin_args: dict):
     from nipype.pipeline.plugins.multiproc import MultiProcPlugin
 
     class FrozenHeapMultiProcPlugin(MultiProcPlugin):
+        _libraries_loaded = False
+
         def run(self, graph, config, updatehash=False):
             gc.collect()
             gc.freeze()
@@ -190,7 +192,33 @@ def multiproc_runner(plugin_args: dict):
             finally:
                 gc.unfreeze()
 
+        def _submit_job(self, node, updatehash=False):
+            # the first job to compute: load torch here, once, so that the workers (forked on demand) inherit
+            # it instead of each loading it; a rerun that finds every step finished never loads it
+            if not self._libraries_loaded:
+                self._libraries_loaded = True
+                _load_compute_libraries()
+                gc.freeze()
+            return super()._submit_job(node, updatehash=updatehash)
+
     return FrozenHeapMultiProcPlugin(plugin_args=plugin_args)
+
+
+def _load_compute_libraries() -> None:
+    """torch with the thread counts that ``m2i`` set in the environment (OMP_NUM_THREADS...)."""
+    import os
+
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return
+    threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set in this process
+        pass
 
 
 class ProgressReporter:
