@@ -119,7 +119,10 @@ class _SingleTrialInputSpec(BaseInterfaceInputSpec):
     method = traits.Enum("fithrf-denoise-rr", "fithrf", "lss", "lsa", usedefault=True)
     lss_split = traits.Str("none", usedefault=True)
     zscore = traits.Bool(False, usedefault=True)
-    mem_gb = traits.Float(4.0, usedefault=True, desc="this node's memory budget (GB), the process included")
+    # not hashed: the budget changes the voxel chunks, not the betas, and depends on --nprocs and on how many
+    # GLM nodes the run has (a run of one more participant must not recompute the finished ones)
+    mem_gb = traits.Float(4.0, usedefault=True, nohash=True,
+                          desc="this node's memory budget (GB), the process included")
     n_threads = traits.Int(1, usedefault=True)
     device = traits.Str("cpu", usedefault=True)
     seed = traits.Int(0, usedefault=True)
