@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -91,13 +92,15 @@ def limit_threads(config: Config) -> None:
     n = str(config.n_threads)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
         os.environ[var] = n
-    try:
-        import torch
-
-        torch.set_num_threads(config.n_threads)
-        torch.set_num_interop_threads(1)
-    except (ImportError, RuntimeError):  # interop threads can only be set once per process
-        pass
+    # torch reads OMP_NUM_THREADS when it loads; set it here only if this process has loaded it already
+    # (importing torch just for this cost the main process seconds, the whole of a fully cached rerun)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            torch.set_num_threads(config.n_threads)
+            torch.set_num_interop_threads(1)
+        except RuntimeError:  # interop threads can only be set once per process
+            pass
 
 
 # what a process needs before any data: python, numpy, torch and nipype imported

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -12,6 +13,7 @@ from nipype.interfaces.base import BaseInterfaceInputSpec, File, InputMultiObjec
 
 from ..errors import BadDataError
 from .base import M2IInterface
+from .derivatives import derivatives_trait, publish_node_outputs
 from .images import load_bold, save_like
 
 LOGGER = logging.getLogger("m2i.glm")
@@ -69,6 +71,42 @@ def trial_fd_mean(trials: pd.DataFrame, fd_by_run: dict[str, np.ndarray], tr_by_
     return out
 
 
+def process_rss_gb() -> float:
+    """Resident memory of this process now (GB; 0 where the system does not say)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024 / 1e9
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss / 1e9
+    except Exception:  # pragma: no cover - no /proc and no psutil
+        return 0.0
+
+
+def engine_memory_gb(node_budget_gb: float, baseline_gb: float, largest_run_gb: float) -> float:
+    """What the GLM engine may plan its voxel chunks against: the node's budget less what the process holds
+    before any data (python, numpy, torch, nipype: measured at the node's start) and less one raw run read
+    whole while the runs are masked (freed before the engine starts, but the chunk plan must leave room for it
+    when the input arrays are already loaded).
+
+    The engine's plan counts its arrays, not torch's allocator slack, temporaries of library calls or the
+    figures drawn after it: measured at 40,000 voxels x 450 volumes the process went ~20 % over the plan, so
+    the engine gets ``ENGINE_SHARE`` of what is left.
+
+    Never below 0.05 GB: the engine then says itself, with the sizes, that the budget is too small."""
+    left = float(node_budget_gb) - float(baseline_gb) - float(largest_run_gb)
+    return max(0.05, ENGINE_SHARE * left)
+
+
+# share of the node's free budget the engine plans against (see engine_memory_gb)
+ENGINE_SHARE = 0.8
+
+
 def display_design_matrix(run, trials: pd.DataFrame) -> pd.DataFrame:
     """The first run's LSA design (one column per trial, one per nuisance event type, drifts), for the
     report's design-matrix figure and its collinearity summary. The engine builds its own designs."""
@@ -94,10 +132,14 @@ class _SingleTrialInputSpec(BaseInterfaceInputSpec):
     method = traits.Enum("fithrf-denoise-rr", "fithrf", "lss", "lsa", usedefault=True)
     lss_split = traits.Str("none", usedefault=True)
     zscore = traits.Bool(False, usedefault=True)
-    mem_gb = traits.Float(4.0, usedefault=True)
+    # not hashed: the budget changes the voxel chunks, not the betas, and depends on --nprocs and on how many
+    # GLM nodes the run has (a run of one more participant must not recompute the finished ones)
+    mem_gb = traits.Float(4.0, usedefault=True, nohash=True,
+                          desc="this node's memory budget (GB), the process included")
     n_threads = traits.Int(1, usedefault=True)
     device = traits.Str("cpu", usedefault=True)
     seed = traits.Int(0, usedefault=True)
+    derivatives = derivatives_trait()
 
 
 class _SingleTrialOutputSpec(TraitedSpec):
@@ -107,6 +149,7 @@ class _SingleTrialOutputSpec(TraitedSpec):
     statmaps = traits.Dict(desc="stat name -> 3-D map")
     ncsnr = File(desc="ncsnr map")
     figures = traits.Dict(desc="figure name -> SVG")
+    out_derivatives = traits.List(File(), desc="files published in the derivatives dataset")
 
 
 class SingleTrialBetas(M2IInterface):
@@ -124,6 +167,7 @@ class SingleTrialBetas(M2IInterface):
         from ..utils.atomic import write_json, write_tsv
 
         cwd = Path(runtime.cwd)
+        baseline_gb = process_rss_gb()  # python + libraries, before any data
         mask_img = nib.load(self.inputs.mask)
         mask = np.asarray(mask_img.dataobj) > 0
         trials = pd.read_csv(self.inputs.trials, sep="\t", dtype=str, keep_default_na=False)
@@ -133,11 +177,13 @@ class SingleTrialBetas(M2IInterface):
         slice_timings = list(self.inputs.slice_timings) if self.inputs.slice_timings else [None] * len(
             self.inputs.bold_files)
         affine = None
+        largest_run_gb = 0.0
         for path, confounds_path, label, tr, slice_timing in zip(self.inputs.bold_files, self.inputs.confounds_files,
                                                                  self.inputs.run_labels, self.inputs.trs,
                                                                  slice_timings):
             data, affine_run, _ = load_bold(path)
             name = run_name(trials, label)  # the run, not the work dir's intermediate file name
+            largest_run_gb = max(largest_run_gb, data.nbytes / 1e9)
             if data.shape[:3] != mask.shape:
                 raise BadDataError(f"{name}: the preprocessed BOLD is not on the brain mask's grid", path=path)
             affine = affine_run if affine is None else affine
@@ -157,12 +203,18 @@ class SingleTrialBetas(M2IInterface):
             keep = np.ones(data.shape[3], dtype=bool)
             keep[[i for i in nonsteady if i < data.shape[3]]] = False
             runs.append(RunData(data=data[mask][:, keep], tr=tr, run=label, frame_times=frame_times[keep]))
+            del data  # the whole-grid run: only its masked copy stays
+        engine_gb = engine_memory_gb(self.inputs.mem_gb, baseline_gb, largest_run_gb)
+        LOGGER.info("GLM memory: node budget %.2f GB, process baseline %.2f GB, largest raw run %.2f GB -> the "
+                    "engine plans against %.2f GB", self.inputs.mem_gb, baseline_gb, largest_run_gb, engine_gb)
         result = estimate_single_trial_betas(
             runs, trials, method=self.inputs.method,
             lss_split=None if self.inputs.lss_split == "none" else self.inputs.lss_split,
-            zscore=self.inputs.zscore, mem_gb=self.inputs.mem_gb, n_threads=self.inputs.n_threads,
+            zscore=self.inputs.zscore, mem_gb=engine_gb, n_threads=self.inputs.n_threads,
             device=self.inputs.device, seed=self.inputs.seed,
         )
+        first_run = SimpleNamespace(run=runs[0].run, frame_times=runs[0].frame_times)
+        del runs  # the input arrays: the whole-grid betas below take their place
         betas = np.zeros(mask.shape + (result.betas.shape[0],), dtype=np.float32)
         betas[mask] = result.betas.T
         self._results["statseries"] = str(save_like(betas, affine, cwd / "statseries.nii.gz"))
@@ -188,8 +240,9 @@ class SingleTrialBetas(M2IInterface):
             statmaps[name] = str(save_like(volume, affine, cwd / f"{name}.nii.gz"))
         self._results["statmaps"] = statmaps
         self._results["ncsnr"] = statmaps["ncsnr"]
-        design = display_design_matrix(runs[0], trials[trials["run"] == runs[0].run])
+        design = display_design_matrix(first_run, trials[trials["run"] == first_run.run])
         self._results["figures"] = {
             "ncsnr": str(plot_ncsnr_histogram(result.ncsnr, cwd / "ncsnr.svg")),
             "design": str(plot_design_matrix(design, cwd / "design.svg")),
         }
+        self._results["out_derivatives"] = publish_node_outputs(self._results, self.inputs.derivatives)

@@ -10,6 +10,7 @@ import numpy as np
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, InputMultiObject, TraitedSpec, traits
 
 from .base import M2IInterface
+from .derivatives import derivatives_trait, publish_node_outputs
 from .images import load_bold, save_like
 
 
@@ -18,6 +19,7 @@ class _EstimateHeadMotionInputSpec(BaseInterfaceInputSpec):
     dummy_scans = traits.Int(-1, usedefault=True, desc="non-steady-state volumes; -1 = detect")
     n_threads = traits.Int(1, usedefault=True)
     device = traits.Str("cpu", usedefault=True)
+    derivatives = derivatives_trait()
 
 
 class _EstimateHeadMotionOutputSpec(TraitedSpec):
@@ -25,6 +27,7 @@ class _EstimateHeadMotionOutputSpec(TraitedSpec):
     out_params = File(desc="(T, 6) motion parameters (.npy)")
     out_boldref = File(desc="the run's reference volume")
     out_info = File(desc="JSON: non-steady-state volumes, warnings")
+    out_derivatives = traits.List(File(), desc="files published in the derivatives dataset")
 
 
 class EstimateHeadMotion(M2IInterface):
@@ -54,6 +57,7 @@ class EstimateHeadMotion(M2IInterface):
             "nonsteady_volumes": nonsteady, "warnings": list(result.warnings), "in_plane": bool(result.in_plane),
             "centre_mm": result.centre.tolist(),
         }))
+        self._results["out_derivatives"] = publish_node_outputs(self._results, self.inputs.derivatives)
 
 
 class _ParticipantGridInputSpec(BaseInterfaceInputSpec):
@@ -111,6 +115,7 @@ class _ResampleRunInputSpec(BaseInterfaceInputSpec):
     fd_threshold = traits.Float(0.5, usedefault=True)
     n_threads = traits.Int(1, usedefault=True)
     device = traits.Str("cpu", usedefault=True)
+    derivatives = derivatives_trait()
 
 
 class _ResampleRunOutputSpec(TraitedSpec):
@@ -119,6 +124,7 @@ class _ResampleRunOutputSpec(TraitedSpec):
     out_confounds_meta = File(desc="confounds sidecar (JSON)")
     out_figures = traits.Dict(desc="figure name -> SVG path")
     out_summary = File(desc="JSON: volumes, non-steady-state, FD statistics")
+    out_derivatives = traits.List(File(), desc="files published in the derivatives dataset")
 
 
 class ResampleRun(M2IInterface):
@@ -184,3 +190,4 @@ class ResampleRun(M2IInterface):
         if "MotionImplausible" in meta:
             logging.getLogger("m2i.preproc").warning("%s: %s", Path(self.inputs.in_file).name,
                                                      meta["MotionImplausible"]["Description"])
+        self._results["out_derivatives"] = publish_node_outputs(self._results, self.inputs.derivatives)

@@ -29,12 +29,13 @@ def init_m2i_wf(config: Config, inputs: dict, work_dir: Path):
     from nipype.pipeline import engine as pe
 
     workflow = pe.Workflow(name="m2i_wf", base_dir=str(work_dir))
+    n_glm_nodes = sum(len(inputs[subject].task_sessions) for subject in inputs)
     for subject in sorted(inputs):
-        workflow.add_nodes([init_single_subject_wf(config, inputs[subject], work_dir)])
+        workflow.add_nodes([init_single_subject_wf(config, inputs[subject], work_dir, n_glm_nodes=n_glm_nodes)])
     return workflow
 
 
-def init_single_subject_wf(config: Config, subject_inputs, work_dir: Path):
+def init_single_subject_wf(config: Config, subject_inputs, work_dir: Path, n_glm_nodes: int = 1):
     """All stages of one participant."""
     from nipype.pipeline import engine as pe
 
@@ -56,7 +57,8 @@ def init_single_subject_wf(config: Config, subject_inputs, work_dir: Path):
     if config.stop_after in ("glm", "decode"):
         trials_dir = Path(work_dir) / "trials" / f"sub-{subject}"
         for task, session in subject_inputs.task_sessions:
-            glm_wf = init_single_trial_wf(config, subject_inputs, task, session, output_dir, trials_dir)
+            glm_wf = init_single_trial_wf(config, subject_inputs, task, session, output_dir, trials_dir,
+                                          n_glm_nodes=n_glm_nodes)
             runs = subject_inputs.runs_of(task, session)
             for i, run in enumerate(runs):
                 key = node_name(run.bold.key)
@@ -157,12 +159,66 @@ def run_participant_workflows(config: Config, inputs: dict, work_dir: Path) -> N
         args.setdefault("status_callback", ProgressReporter())
     LOGGER.info("Running %d participant workflow(s) with nipype %s (%s)", len(inputs), plugin,
                 ", ".join(f"{k}={v}" for k, v in args.items()))
+    runner = multiproc_runner(args) if plugin == "MultiProc" else plugin
     try:
-        workflow.run(plugin=plugin, plugin_args=args)
+        workflow.run(plugin=runner, plugin_args=args)
     except M2IError:
         raise
     except Exception as exc:  # nipype reports node failures as RuntimeError
         raise _error_from_records(error_dir, logs_dir, exc) from exc
+
+
+def multiproc_runner(plugin_args: dict):
+    """nipype's MultiProc plugin with the main process' heap frozen for the garbage collector while it runs.
+
+    MultiProc calls ``gc.collect()`` every time it looks for jobs to submit and after every node it runs in
+    the main process. With torch, numpy, pandas and nipype's execution graph in memory, one full collection
+    took 0.15 s on an idle machine and 0.9 s on a busy one, and a run calls it more than once per node: the
+    scheduler, not the work, was the cost of many-run datasets (issue 17: the main process of a 3,255-node
+    run sat in ``_send_procs_to_workers``). ``gc.freeze()`` moves everything that exists when the run starts
+    (libraries, the graph) out of the collector's reach; what the run creates is still collected."""
+    import gc
+
+    from nipype.pipeline.plugins.multiproc import MultiProcPlugin
+
+    class FrozenHeapMultiProcPlugin(MultiProcPlugin):
+        _libraries_loaded = False
+
+        def run(self, graph, config, updatehash=False):
+            gc.collect()
+            gc.freeze()
+            try:
+                return super().run(graph, config, updatehash=updatehash)
+            finally:
+                gc.unfreeze()
+
+        def _submit_job(self, node, updatehash=False):
+            # the first job to compute: load torch here, once, so that the workers (forked on demand) inherit
+            # it instead of each loading it; a rerun that finds every step finished never loads it
+            if not self._libraries_loaded:
+                self._libraries_loaded = True
+                _load_compute_libraries()
+                gc.freeze()
+            return super()._submit_job(node, updatehash=updatehash)
+
+    return FrozenHeapMultiProcPlugin(plugin_args=plugin_args)
+
+
+def _load_compute_libraries() -> None:
+    """torch with the thread counts that ``m2i`` set in the environment (OMP_NUM_THREADS...)."""
+    import os
+
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return
+    threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set in this process
+        pass
 
 
 class ProgressReporter:
@@ -217,16 +273,24 @@ def _error_from_records(error_dir: Path, logs_dir: Path, exc: Exception) -> M2IE
 
 
 def collect_derivatives(workflow, outputnode, field: str = "derivatives") -> None:
-    """Connect the ``out_file`` of every DerivativesDataSink of ``workflow`` to ``outputnode.<field>``, so
-    that nodes downstream (the report) run only after every file of this stage is written."""
+    """Connect every file that ``workflow`` publishes (``out_file`` of its DerivativesDataSinks,
+    ``out_derivatives`` of the nodes that publish their own results) to ``outputnode.<field>``, so that
+    nodes downstream (the report) run only after every file of this stage is written."""
     from nipype.interfaces import utility as niu
     from nipype.pipeline import engine as pe
 
     from ..interfaces.derivatives import DerivativesDataSink
 
-    sinks = [workflow.get_node(name) for name in workflow.list_node_names()
-             if isinstance(workflow.get_node(name).interface, DerivativesDataSink)]
-    merge = pe.Node(niu.Merge(max(1, len(sinks))), name=f"collect_{field}", run_without_submitting=True)
-    for i, sink in enumerate(sinks):
-        workflow.connect(sink, "out_file", merge, f"in{i + 1}")
+    sources = []
+    for name in workflow.list_node_names():
+        node = workflow.get_node(name)
+        if isinstance(node, pe.Workflow):
+            continue
+        if isinstance(node.interface, DerivativesDataSink):
+            sources.append((node, "out_file"))
+        elif "out_derivatives" in node.interface.output_spec().trait_names():
+            sources.append((node, "out_derivatives"))
+    merge = pe.Node(niu.Merge(max(1, len(sources))), name=f"collect_{field}", run_without_submitting=True)
+    for i, (node, output) in enumerate(sources):
+        workflow.connect(node, output, merge, f"in{i + 1}")
     workflow.connect(merge, "out", outputnode, field)

@@ -7,19 +7,52 @@ from pathlib import Path
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from ..interfaces.derivatives import DerivativesDataSink
+from ..interfaces.derivatives import write_tsv_if_changed
 from ..interfaces.glm import STATMAPS, SingleTrialBetas
-from ..utils.atomic import write_tsv
 from .base import collect_derivatives, node_name
 from .preproc import _device
 
 
+def glm_node_budget_gb(memory_gb: float, n_procs: int, n_threads: int, n_glm_nodes: int,
+                       need_gb: float = 0.0) -> float:
+    """Memory budget of one single-trial GLM node: its share of --mem-gb under MultiProc.
+
+    MultiProc runs up to ``n_procs // n_threads`` nodes at once; when as many GLM nodes run together each may
+    use only its share of the budget. The node declares this share as its ``mem_gb``, so MultiProc never
+    starts more GLMs (or other nodes) than the budget holds, and the engine plans its voxel chunks against
+    the same figure (less the process' own baseline, measured in the node). A node that needs more than its
+    share (``need_gb``, a coarse upper bound from the grid) gets what it needs, up to the whole budget:
+    MultiProc then runs fewer nodes beside it."""
+    slots = max(1, int(n_procs) // max(1, int(n_threads)))
+    concurrent = max(1, min(slots, int(n_glm_nodes)))
+    share = float(memory_gb) / concurrent
+    return float(min(float(memory_gb), max(share, float(need_gb))))
+
+
+def glm_need_gb(runs, n_trials: int) -> float:
+    """Coarse upper bound of a GLM node's needs from the grid (the brain mask is a part of it): the process,
+    every run's voxels, the betas, and one raw run read whole."""
+    n_voxels = 1
+    for size in runs[0].shape:
+        n_voxels *= int(size)
+    volumes = sum(int(r.n_volumes) for r in runs)
+    largest = max(int(r.n_volumes) for r in runs) * n_voxels * 4
+    return BASE_PROCESS_GB + (n_voxels * volumes * 4 + n_voxels * n_trials * 8 + largest) / 1e9
+
+
+# what a process holds before any data: python, numpy, torch and nipype imported (cli.runner says the same)
+BASE_PROCESS_GB = 0.6
+
+
 def init_single_trial_wf(config, subject_inputs, task: str, session: str | None, output_dir: str,
-                         trials_dir: Path):
+                         trials_dir: Path, n_glm_nodes: int = 1):
     """Betas of every trial of ``task`` (and ``session``), all runs together.
 
     Inputs (``inputnode``): ``bold_<i>``, ``confounds_<i>`` for the i-th run of this task/session, and
     ``brain_mask``. Outputs: ``statseries``, ``events``, ``ncsnr``, ``statmaps``, ``figures``.
+    ``n_glm_nodes``: how many GLM nodes the whole run has (for each one's share of the memory budget).
+
+    One node estimates the betas and publishes its outputs itself (no sink and pick nodes per file).
     """
     runs = subject_inputs.runs_of(task, session)
     label = f"task_{node_name(task)}" + (f"_ses_{node_name(session)}" if session else "")
@@ -32,62 +65,47 @@ def init_single_trial_wf(config, subject_inputs, task: str, session: str | None,
     trials = subject_inputs.trials
     selected = trials[(trials["task"] == task) & (trials["session"] == (session or "n/a"))]
     trials_file = Path(trials_dir) / f"{label}_trials.tsv"
-    write_tsv(trials_file, selected)
+    # rewritten only when its content changes: nipype hashes file inputs by path and mtime, and a new mtime
+    # would recompute the GLM (and the decoding after it) on every rerun
+    write_tsv_if_changed(trials_file, selected)
 
     merge_bold = pe.Node(niu.Merge(len(runs)), name="merge_bold", run_without_submitting=True)
     merge_conf = pe.Node(niu.Merge(len(runs)), name="merge_confounds", run_without_submitting=True)
     for i in range(len(runs)):
         workflow.connect([(inputnode, merge_bold, [(f"bold_{i}", f"in{i + 1}")]),
                           (inputnode, merge_conf, [(f"confounds_{i}", f"in{i + 1}")])])
-    n_voxels = 1
-    for s in runs[0].shape:
-        n_voxels *= s
-    mem_gb = min(config.memory_gb, max(0.5, n_voxels * sum(r.n_volumes for r in runs) * 4 / 1024**3 * 4))
-    glm = pe.Node(SingleTrialBetas(
-        trials=str(trials_file), run_labels=[r.bold.run or "n/a" for r in runs], trs=[r.tr for r in runs],
-        slice_timings=[r.bold.slice_timing for r in runs], method=config.glm, lss_split=config.lss_split,
-        zscore=config.zscore_betas, mem_gb=config.memory_gb, n_threads=config.n_threads, device=_device(config),
-        seed=config.seed), name="estimate_betas", n_procs=config.n_threads, mem_gb=mem_gb)
-    workflow.connect([(merge_bold, glm, [("out", "bold_files")]), (merge_conf, glm, [("out", "confounds_files")]),
-                      (inputnode, glm, [("brain_mask", "mask")]),
-                      (glm, outputnode, [("statseries", "statseries"), ("events", "events"), ("ncsnr", "ncsnr"),
-                                         ("statmaps", "statmaps"), ("figures", "figures"),
-                                         ("statseries_meta", "meta")])])
+    n_trials = int((selected["role"] == "trial").sum()) if "role" in selected else len(selected)
+    budget_gb = glm_node_budget_gb(config.memory_gb, config.n_procs, config.n_threads, n_glm_nodes,
+                                   glm_need_gb(runs, n_trials))
 
     ents = {"subject": subject_inputs.subject, "session": session, "task": task}
     if config.resolved_space != "func":
         ents["space"] = config.resolved_space
     method = config.glm_label
     sources = [str(r.bold.path) for r in runs]
-    ds_series = pe.Node(DerivativesDataSink(base_directory=output_dir, datatype="func", suffix="statseries",
-                                            extension=".nii.gz", entities={**ents, "stat": "effect", "desc": method},
-                                            metadata={"Sources": sources}),
-                        name="ds_statseries", run_without_submitting=True)
-    ds_events = pe.Node(DerivativesDataSink(base_directory=output_dir, datatype="func", suffix="events",
-                                            extension=".tsv", entities={**ents, "desc": method}),
-                        name="ds_events", run_without_submitting=True)
-    workflow.connect([(glm, ds_series, [("statseries", "in_file"), ("statseries_meta", "metadata_file")]),
-                      (glm, ds_events, [("events", "in_file")])])
+    files = {
+        "statseries": dict(datatype="func", suffix="statseries", extension=".nii.gz",
+                           entities={**ents, "stat": "effect", "desc": method}, metadata={"Sources": sources},
+                           metadata_from="statseries_meta"),
+        "events": dict(datatype="func", suffix="events", extension=".tsv", entities={**ents, "desc": method}),
+    }
     for stat in STATMAPS:
-        pick = pe.Node(niu.Function(function=_pick, input_names=["mapping", "key"], output_names=["out"]),
-                       name=f"pick_{stat}", run_without_submitting=True)
-        pick.inputs.key = stat
-        ds_map = pe.Node(DerivativesDataSink(base_directory=output_dir, datatype="func", suffix="statmap",
-                                             extension=".nii.gz", entities={**ents, "stat": stat, "desc": method}),
-                         name=f"ds_{stat}", run_without_submitting=True)
-        workflow.connect([(glm, pick, [("statmaps", "mapping")]), (pick, ds_map, [("out", "in_file")])])
+        files[f"statmaps.{stat}"] = dict(datatype="func", suffix="statmap", extension=".nii.gz",
+                                         entities={**ents, "stat": stat, "desc": method})
     for figure in ("ncsnr", "design"):
-        pick = pe.Node(niu.Function(function=_pick, input_names=["mapping", "key"], output_names=["out"]),
-                       name=f"pick_fig_{figure}", run_without_submitting=True)
-        pick.inputs.key = figure
-        ds_fig = pe.Node(DerivativesDataSink(base_directory=output_dir, datatype="figures", suffix="statmap"
-                                             if figure == "ncsnr" else "design", extension=".svg",
-                                             entities={**ents, "desc": figure + method}),
-                         name=f"ds_fig_{figure}", run_without_submitting=True)
-        workflow.connect([(glm, pick, [("figures", "mapping")]), (pick, ds_fig, [("out", "in_file")])])
+        files[f"figures.{figure}"] = dict(datatype="figures", suffix="statmap" if figure == "ncsnr" else "design",
+                                          extension=".svg", entities={**ents, "desc": figure + method})
+
+    glm = pe.Node(SingleTrialBetas(
+        trials=str(trials_file), run_labels=[r.bold.run or "n/a" for r in runs], trs=[r.tr for r in runs],
+        slice_timings=[r.bold.slice_timing for r in runs], method=config.glm, lss_split=config.lss_split,
+        zscore=config.zscore_betas, mem_gb=budget_gb, n_threads=config.n_threads, device=_device(config),
+        seed=config.seed, derivatives={"base_directory": output_dir, "files": files}),
+        name="estimate_betas", n_procs=config.n_threads, mem_gb=budget_gb)
+    workflow.connect([(merge_bold, glm, [("out", "bold_files")]), (merge_conf, glm, [("out", "confounds_files")]),
+                      (inputnode, glm, [("brain_mask", "mask")]),
+                      (glm, outputnode, [("statseries", "statseries"), ("events", "events"), ("ncsnr", "ncsnr"),
+                                         ("statmaps", "statmaps"), ("figures", "figures"),
+                                         ("statseries_meta", "meta")])])
     collect_derivatives(workflow, outputnode)
     return workflow
-
-
-def _pick(mapping, key):
-    return mapping[key]

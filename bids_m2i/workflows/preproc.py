@@ -61,12 +61,14 @@ def init_bold_preproc_wf(config, subject_inputs, output_dir: str, name: str = "b
 
     for index, run in enumerate(runs):
         key = node_name(run.bold.key)
-        ents = _run_entities(run)
+        hmc_files, resample_files = _run_derivatives(run)
         hmc = pe.Node(EstimateHeadMotion(in_file=str(run.bold.path), dummy_scans=dummy, n_threads=threads,
-                                         device=device), name=f"hmc_{key}", n_procs=threads,
-                      mem_gb=_run_mem_gb(run))
+                                         device=device, derivatives={"base_directory": output_dir,
+                                                                     "files": hmc_files}),
+                      name=f"hmc_{key}", n_procs=threads, mem_gb=_run_mem_gb(run))
         resample = pe.Node(ResampleRun(in_file=str(run.bold.path), run_index=index, tr=run.tr,
-                                       fd_threshold=config.fd_threshold, n_threads=threads, device=device),
+                                       fd_threshold=config.fd_threshold, n_threads=threads, device=device,
+                                       derivatives={"base_directory": output_dir, "files": resample_files}),
                            name=f"resample_{key}", n_procs=threads, mem_gb=3 * _run_mem_gb(run))
         workflow.connect([
             (hmc, merge_refs, [("out_boldref", f"in{index + 1}")]),
@@ -77,40 +79,34 @@ def init_bold_preproc_wf(config, subject_inputs, output_dir: str, name: str = "b
             (resample, merge_summaries, [("out_summary", f"in{index + 1}")]),
             (resample, merge_figures, [("out_figures", f"in{index + 1}")]),
         ])
-        sources = [str(run.bold.path)]
-        sinks = {
-            "boldref": dict(entities={**ents, "desc": "hmc"}, suffix="boldref", extension=".nii.gz",
-                            metadata={"Sources": sources}),
-            "bold": dict(entities={**ents, "desc": "preproc"}, suffix="bold", extension=".nii.gz",
-                         metadata={"RepetitionTime": run.tr, "TaskName": run.bold.task, "SkullStripped": False,
-                                   "Sources": sources, "Description": "head-motion corrected and resampled once "
-                                   "onto the participant grid (the first run's reference)"}),
-            "xfm": dict(entities={**ents, "desc": "hmc"}, suffix="xfm", extension=".npy"),
-            "confounds": dict(entities={**ents, "desc": "confounds"}, suffix="timeseries", extension=".tsv"),
-        }
-        for sink_name, kwargs in sinks.items():
-            node = pe.Node(DerivativesDataSink(base_directory=output_dir, datatype="func", **kwargs),
-                           name=f"ds_{sink_name}_{key}", run_without_submitting=True)
-            source, field = {"boldref": (hmc, "out_boldref"), "bold": (resample, "out_file"),
-                             "xfm": (hmc, "out_transforms"), "confounds": (resample, "out_confounds")}[sink_name]
-            workflow.connect(source, field, node, "in_file")
-            if sink_name == "confounds":
-                workflow.connect(resample, "out_confounds_meta", node, "metadata_file")
-        for figure in FIGURES:
-            pick = pe.Node(niu.Function(function=_pick, input_names=["mapping", "key"], output_names=["out"]),
-                           name=f"pick_{figure}_{key}", run_without_submitting=True)
-            pick.inputs.key = figure
-            ds_fig = pe.Node(DerivativesDataSink(base_directory=output_dir, datatype="figures",
-                                                 entities={**ents, "desc": figure}, suffix="bold",
-                                                 extension=".svg"),
-                             name=f"ds_fig_{figure}_{key}", run_without_submitting=True)
-            workflow.connect([(resample, pick, [("out_figures", "mapping")]), (pick, ds_fig, [("out", "in_file")])])
     collect_derivatives(workflow, outputnode)
     return workflow
 
 
-def _pick(mapping, key):
-    return mapping[key]
+def _run_derivatives(run) -> tuple[dict, dict]:
+    """What the motion and resampling nodes of ``run`` publish: {output name: derivative name and sidecar}.
+
+    Each node publishes its own results (hard links into OUTPUT_DIR): two nodes per run instead of two plus
+    twelve sink and pick nodes, which made nipype's scheduler, not the work, the cost of many-run datasets."""
+    ents = _run_entities(run)
+    sources = [str(run.bold.path)]
+    hmc_files = {
+        "out_boldref": dict(entities={**ents, "desc": "hmc"}, suffix="boldref", extension=".nii.gz",
+                            datatype="func", metadata={"Sources": sources}),
+        "out_transforms": dict(entities={**ents, "desc": "hmc"}, suffix="xfm", extension=".npy", datatype="func"),
+    }
+    resample_files = {
+        "out_file": dict(entities={**ents, "desc": "preproc"}, suffix="bold", extension=".nii.gz", datatype="func",
+                         metadata={"RepetitionTime": run.tr, "TaskName": run.bold.task, "SkullStripped": False,
+                                   "Sources": sources, "Description": "head-motion corrected and resampled once "
+                                   "onto the participant grid (the first run's reference)"}),
+        "out_confounds": dict(entities={**ents, "desc": "confounds"}, suffix="timeseries", extension=".tsv",
+                              datatype="func", metadata_from="out_confounds_meta"),
+    }
+    for figure in FIGURES:
+        resample_files[f"out_figures.{figure}"] = dict(entities={**ents, "desc": figure}, suffix="bold",
+                                                       extension=".svg", datatype="figures")
+    return hmc_files, resample_files
 
 
 def init_fmriprep_inputs_wf(config, subject_inputs, output_dir: str, name: str = "fmriprep_inputs_wf"):
@@ -146,14 +142,25 @@ def init_fmriprep_inputs_wf(config, subject_inputs, output_dir: str, name: str =
 
 
 def _device(config) -> str:
+    """--device, with ``auto`` resolved. Without an NVIDIA driver on the machine it is ``cpu`` without
+    importing torch: the main process then never loads torch (seconds on a busy machine, and the whole cost
+    of a rerun that finds every step finished); only the worker processes that compute load it."""
     if config.device != "auto":
         return config.device
+    if not _nvidia_driver_present():
+        return "cpu"
     try:
         import torch
 
         return "cuda" if torch.cuda.is_available() else "cpu"
     except ImportError:  # pragma: no cover
         return "cpu"
+
+
+def _nvidia_driver_present() -> bool:
+    import os
+
+    return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidiactl")
 
 
 def _run_mem_gb(run) -> float:

@@ -9,7 +9,7 @@ from nipype.pipeline import engine as pe
 
 from ..config import config_to_json
 from ..interfaces.report import ParticipantReport
-from ..utils.atomic import write_tsv
+from ..interfaces.derivatives import write_tsv_if_changed
 
 
 def init_report_wf(config, subject_inputs, output_dir: str, *, preproc_wf, glm_wfs, decoding_wf, parent,
@@ -23,8 +23,8 @@ def init_report_wf(config, subject_inputs, output_dir: str, *, preproc_wf, glm_w
         stages.append("decoding")
     trials_file = ""
     if not subject_inputs.trials.empty:
-        trials_file = str(write_tsv(work_dir / "trials" / f"sub-{subject_inputs.subject}" / "all_trials.tsv",
-                                    subject_inputs.trials))
+        trials_file = str(write_tsv_if_changed(
+            work_dir / "trials" / f"sub-{subject_inputs.subject}" / "all_trials.tsv", subject_inputs.trials))
     report = pe.Node(ParticipantReport(config_json=config_to_json(config), subject=subject_inputs.subject,
                                        work_dir=str(work_dir), stages=stages,
                                        run_names=[r.bold.path.name.split("_bold")[0] for r in subject_inputs.runs],

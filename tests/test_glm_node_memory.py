@@ -1,0 +1,107 @@
+"""The single-trial GLM node's memory: its share of --mem-gb under MultiProc, and a peak resident size within
+its budget with the process' own baseline (python, numpy, torch, nipype) counted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from bids_m2i.interfaces.glm import ENGINE_SHARE, engine_memory_gb
+from bids_m2i.workflows.glm import glm_node_budget_gb
+
+
+def test_budget_is_the_share_of_the_glm_nodes_that_can_run_together():
+    # 4 processes of 1 thread, 6 GLM nodes: 4 may run at once, each gets a quarter
+    assert glm_node_budget_gb(8.0, 4, 1, 6) == pytest.approx(2.0)
+    # 2 GLM nodes only: each gets half
+    assert glm_node_budget_gb(8.0, 4, 1, 2) == pytest.approx(4.0)
+    # 2 threads per node on 4 processes: 2 at once
+    assert glm_node_budget_gb(8.0, 4, 2, 6) == pytest.approx(4.0)
+    # one process: the whole budget
+    assert glm_node_budget_gb(8.0, 1, 1, 6) == pytest.approx(8.0)
+    # a node that needs more than its share gets it (MultiProc then runs fewer beside it), never more than all
+    assert glm_node_budget_gb(8.0, 4, 1, 6, need_gb=3.0) == pytest.approx(3.0)
+    assert glm_node_budget_gb(8.0, 4, 1, 6, need_gb=30.0) == pytest.approx(8.0)
+
+
+def test_engine_plans_against_budget_less_baseline_and_one_raw_run():
+    assert engine_memory_gb(4.0, 0.6, 0.4) == pytest.approx(3.0 * ENGINE_SHARE)
+    assert engine_memory_gb(1.0, 0.9, 0.5) == pytest.approx(0.05)  # the engine then refuses with the sizes
+
+
+def test_workflow_declares_the_budget_to_multiproc(tmp_path):
+    from nipype.pipeline import engine as pe
+
+    from bids_m2i.bids.inputs import collect_inputs
+    from bids_m2i.config import build_config
+    from bids_m2i.workflows.base import init_m2i_wf
+    from helpers import make_minimal_bids
+
+    bids = make_minimal_bids(tmp_path / "bids", tasks=("a", "b", "c"), runs=("01", "02"))
+    values = {"stop_after": "glm", "nprocs": 2, "mem_gb": 6.0, "skip_bids_validation": True}
+    config = build_config(bids, tmp_path / "out", "participant", values, set(values))
+    workflow = init_m2i_wf(config, collect_inputs(config, tmp_path / "work"), tmp_path / "work")
+    glm_nodes = [n for n in workflow._create_flat_graph().nodes() if isinstance(n, pe.Node)
+                 and n.name == "estimate_betas"]
+    assert len(glm_nodes) == 3
+    for node in glm_nodes:  # 3 GLMs, 2 processes: 2 at once, 3 GB each
+        assert node.mem_gb == pytest.approx(3.0)
+        assert node.inputs.mem_gb == pytest.approx(3.0)
+
+
+CHILD = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    from bids_m2i.interfaces.glm import SingleTrialBetas, process_rss_gb
+    import bids_m2i.glm.estimate, bids_m2i.reports.figures  # torch, matplotlib: what a worker holds anyway
+
+    folder = Path(sys.argv[1])
+    headroom_gb = float(sys.argv[2])
+    baseline = process_rss_gb()
+    budget = baseline + headroom_gb
+    runs = sorted(folder.glob("run-*_bold.nii"))
+    node = SingleTrialBetas(bold_files=[str(p) for p in runs],
+                            confounds_files=[str(p).replace("_bold.nii", "_confounds.tsv") for p in runs],
+                            mask=str(folder / "mask.nii"), trials=str(folder / "trials.tsv"),
+                            run_labels=[p.name[len("run-"):-len("_bold.nii")] for p in runs],
+                            trs=[2.0] * len(runs),
+                            method="fithrf-denoise-rr", mem_gb=budget, n_threads=1)
+    work = folder / "node"
+    work.mkdir()
+    result = node.run(cwd=str(work))
+    meta = json.loads(Path(result.outputs.statseries_meta).read_text())
+    # VmHWM: this process' own high-water mark (ru_maxrss can carry over the parent's size at fork + exec)
+    peak = [int(line.split()[1]) * 1024 / 1e9 for line in open("/proc/self/status") if line.startswith("VmHWM:")][0]
+    print(json.dumps({"baseline": baseline, "budget": budget, "peak": peak, "plan": meta["memory"]}))
+""")
+
+
+def test_peak_rss_within_a_budget_that_forces_chunking(tmp_path):
+    """A fresh process runs the GLM node on 40,000 voxels x 3 runs with 0.45 GB above its own baseline: the
+    engine must work in chunks, and the process' peak resident size stays within the budget."""
+    from bids_m2i.glm.simulation import simulate_session
+
+    shape, n_volumes = (40, 40, 25), 150
+    # the design of a small simulated session; the voxels' data are noise around a baseline (memory only)
+    sim = simulate_session(n_voxels=10, n_runs=3, n_volumes=n_volumes, n_stimuli=40, n_repeats=3, seed=3)
+    rng = np.random.default_rng(0)
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    nib.save(nib.Nifti1Image(np.ones(shape, dtype=np.uint8), affine), tmp_path / "mask.nii")
+    for run in sim.runs:
+        data = 1000.0 + 10.0 * rng.standard_normal((*shape, n_volumes), dtype=np.float32)
+        nib.save(nib.Nifti1Image(data, affine), tmp_path / f"run-{run.run}_bold.nii")
+        (tmp_path / f"run-{run.run}_confounds.tsv").write_text(
+            "framewise_displacement\n" + "n/a\n" + "0.1\n" * (n_volumes - 1))
+    sim.trials.to_csv(tmp_path / "trials.tsv", sep="\t", index=False, na_rep="n/a")
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path), "0.45"], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["plan"]["chunk_voxels"] < int(np.prod(shape)), report  # the budget forced chunks
+    assert report["peak"] <= report["budget"], report
