@@ -82,3 +82,28 @@ def test_array_tasks_in_the_same_second_keep_their_own_logs(two_participants, tm
     # A run of every participant (no label) keeps the plain name.
     assert _print_trials(two_participants, tmp_path) == 0
     assert (logs / "config-20260102T030405Z.toml").exists()
+
+
+@pytest.mark.parametrize("plugin, seconds", [("MultiProc", 0.1), ("Linear", 0.1), ("SLURM", 2.0), ("SGE", 2.0)])
+def test_batch_plugins_poll_the_cluster_every_2_s(two_participants, tmp_path, monkeypatch, plugin, seconds):
+    """A batch plugin runs `squeue` (`qstat`) for every pending job at every poll: 0.1 s, right for MultiProc,
+    would ask the scheduler ten times a second per job."""
+    from nipype import config as nipype_config
+
+    from bids_m2i.config import build_config
+    from bids_m2i.workflows import base
+
+    class RecordingWorkflow:
+        config = {"execution": {}}
+
+        def run(self, plugin, plugin_args):
+            self.plugin = plugin
+
+    workflow = RecordingWorkflow()
+    monkeypatch.setattr(base, "init_m2i_wf", lambda *args: workflow)
+    monkeypatch.setattr(base, "cap_node_memory", lambda *args: None)
+    config = build_config(two_participants, tmp_path / "out", "participant", {"plugin": plugin}, {"plugin"})
+    base.run_participant_workflows(config, {}, tmp_path / "work")
+    assert workflow.plugin == plugin
+    assert workflow.config["execution"]["poll_sleep_duration"] == seconds
+    assert float(nipype_config.get("execution", "poll_sleep_duration")) == seconds
