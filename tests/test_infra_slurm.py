@@ -133,4 +133,4 @@ def test_nipype_slurm_plugin_without_logname(slurm, two_participants, tmp_path):
     names = re.findall(r"JobName=(\S+)", slurm.run("scontrol", "-o", "show", "job", job_ids[0]).stdout)
     import pwd
 
-    assert names and names[0].startswith(pwd.getpwuid(os.getuid()).pw_name + ".")
+    assert names and names[0].endswith("." + pwd.getpwuid(os.getuid()).pw_name)  # nipype: <step>...<LOGNAME>
