@@ -147,7 +147,7 @@ def built_image(buildah_env, base_image, tmp_path_factory):
         "-t", IMAGE, "-f", str(REPO / "Dockerfile"), str(REPO),
     ]
     if ca_bundle is not None:
-        command[3:3] = ["--secret", f"id=ca-bundle,src={ca_bundle}"]
+        command[2:2] = ["--secret", f"id=ca-bundle,src={ca_bundle}"]
     built = _run(command, buildah_env, timeout=5400)
     assert built.returncode == 0, f"{' '.join(command)}\n{built.stdout[-4000:]}\n{built.stderr[-4000:]}"
     return {"base": base_image, "ca_bundle": ca_bundle}
