@@ -107,3 +107,15 @@ def test_batch_plugins_poll_the_cluster_every_2_s(two_participants, tmp_path, mo
     assert workflow.plugin == plugin
     assert workflow.config["execution"]["poll_sleep_duration"] == seconds
     assert float(nipype_config.get("execution", "poll_sleep_duration")) == seconds
+
+
+def test_each_participant_report_names_its_own_config(tmp_path):
+    from bids_m2i.reports.participant import run_configs_for
+
+    for name in ["config-20260101T000000Z.toml", "config-20260102T000000Z_sub-01.toml",
+                 "config-20260102T000000Z_sub-02.toml", "config-20260103T000000Z_sub-03+04.toml"]:
+        (tmp_path / name).write_text("")
+    assert [p.name for p in run_configs_for(tmp_path, "01")][-1] == "config-20260102T000000Z_sub-01.toml"
+    assert [p.name for p in run_configs_for(tmp_path, "02")][-1] == "config-20260102T000000Z_sub-02.toml"
+    assert [p.name for p in run_configs_for(tmp_path, "04")][-1] == "config-20260103T000000Z_sub-03+04.toml"
+    assert [p.name for p in run_configs_for(tmp_path, "05")] == ["config-20260101T000000Z.toml"]
