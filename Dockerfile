@@ -37,13 +37,20 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # project is installed non-editable and without the test extra. torch gets its own layer, before the
 # sources are copied, so that editing the code does not download 4 GB of torch and CUDA again; only what
 # the wheel needs is copied (.dockerignore), so editing tests or docs invalidates nothing.
-RUN python3 -m venv /opt/venv \
+# Behind a TLS-intercepting proxy pip must trust the proxy's CA: lend the build a CA bundle as the secret
+# `ca-bundle` (`docker build --secret id=ca-bundle,src=/etc/ssl/certs/ca-certificates.crt .`). It is
+# mounted for these two steps only and never stored in the image; without it nothing changes.
+RUN --mount=type=secret,id=ca-bundle \
+    if [ -s /run/secrets/ca-bundle ]; then export PIP_CERT=/run/secrets/ca-bundle; fi \
+    && python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} \
         torch==2.14.1 torchvision==0.29.1
 WORKDIR /opt/bids_m2i
 COPY pyproject.toml README.md ./
 COPY bids_m2i ./bids_m2i
-RUN /opt/venv/bin/pip install . \
+RUN --mount=type=secret,id=ca-bundle \
+    if [ -s /run/secrets/ca-bundle ]; then export PIP_CERT=/run/secrets/ca-bundle; fi \
+    && /opt/venv/bin/pip install . \
     && rm -rf /opt/bids_m2i/bids_m2i
 
 # Unprivileged user. Mount points: /data (BIDS input, mount read-only), /out (derivatives), /work (work

@@ -6,7 +6,7 @@ DEMO_DIR ?= demo
 DEMO_OUT ?= demo_out
 DEMO_WORK ?= demo_work
 
-.PHONY: install demo test test-all lint docs clean-demo
+.PHONY: install demo test test-all test-infra lint docs clean-demo
 
 # The install steps are the same in the README, .ci/run (through `make test`) and the Dockerfile.
 $(VENV)/.installed: pyproject.toml
@@ -28,10 +28,15 @@ test: install
 	bash scripts/install-system-deps.sh
 	$(BIN)/python -m pytest -ra --durations=15
 
-# the slow tests too (nsd-like simulation, large workflows)
+# the slow tests too (nsd-like simulation, large workflows, and, as root, a real single-node SLURM and a
+# real image build with buildah: those install slurm-wlm, munge, buildah and debootstrap themselves)
 test-all: install
 	bash scripts/install-system-deps.sh
 	$(BIN)/python -m pytest -ra -m "slow or not slow"
+
+# only the deployment tests on real infrastructure (SLURM first; the image build takes ~10 min and ~7 GB)
+test-infra: install
+	$(BIN)/python -m pytest -ra -m "slow or not slow" tests/test_infra_slurm.py tests/test_infra_image.py
 
 docs: install
 	$(BIN)/mkdocs build --strict --site-dir site

@@ -389,6 +389,11 @@ import json, os, sys
 record = {"argv": sys.argv[1:], "M2I_MODELS_DIR": os.environ.get("M2I_MODELS_DIR")}
 with open(os.environ["RECORD_FILE"], "a") as handle:
     handle.write(json.dumps(record) + "\\n")
+if "--test-only" in sys.argv:  # sbatch's check: FAKE_REFUSAL is what a cluster that cannot run the job says
+    if os.environ.get("FAKE_REFUSAL"):
+        sys.exit(os.environ["FAKE_REFUSAL"])
+    sys.stderr.write("sbatch: Job 4243 to start at 2026-01-01T00:00:00 using 1 processors on nodes n1\\n")
+    sys.exit(0)
 print(os.environ.get("FAKE_STDOUT", ""))
 """
 
@@ -443,7 +448,7 @@ def test_array_task_runs_its_participant(cluster):
     root = cluster.root
     assert calls == [{
         "argv": [str(root / "bids"), str(root / "out"), "participant", "--participant-label", "02",
-                 "-w", str(root / "scratch" / "sub-02"), "--nprocs", "3", "--mem-gb", "9",
+                 "-w", str(root / "scratch" / "sub-02"), "--nprocs", "3", "--mem-gb", "9.0",
                  "--target", "pixels", "clip"],
         "M2I_MODELS_DIR": "/models/here",
     }]
@@ -459,7 +464,7 @@ def test_array_task_memory_from_mem_per_cpu(cluster):
     assert result.returncode == 0, result.stderr
     argv = calls[0]["argv"]
     assert argv[argv.index("--participant-label") + 1] == "01"
-    assert argv[argv.index("--mem-gb") + 1] == "14"
+    assert argv[argv.index("--mem-gb") + 1] == "14.4"
     assert argv[argv.index("--nprocs") + 1] == "4"
 
 
@@ -491,7 +496,7 @@ def test_apptainer_array_task_runs_the_image(cluster):
     assert options[options.index("--env") + 1] == "M2I_CONTAINER_TYPE=apptainer"
     assert argv[argv.index("/images/m2i.sif") + 1:] == [
         "m2i", "/data", "/out", "participant", "--participant-label", "03", "-w", "/work",
-        "--nprocs", "3", "--mem-gb", "9",
+        "--nprocs", "3", "--mem-gb", "9.0",
     ]
 
 
@@ -511,7 +516,7 @@ def test_group_job(cluster, script):
     command = argv[argv.index("m2i") + 1:] if script.startswith("apptainer") else argv
     assert command[2:] == [
         "group", "-w", "/work" if script.startswith("apptainer") else str(cluster.root / "scratch" / "group"),
-        "--nprocs", "3", "--mem-gb", "9",
+        "--nprocs", "3", "--mem-gb", "9.0",
     ]
 
 
@@ -519,11 +524,50 @@ def test_group_job(cluster, script):
 def test_submit_script_chains_array_and_group(cluster, flavour):
     result, calls = cluster.run("slurm_submit.sh", flavour, "--glm", "lss", FAKE_STDOUT="4242;cluster")
     assert result.returncode == 0, result.stderr
-    array, group = (call["argv"] for call in calls)
-    assert array == ["--parsable", "--array=0-2", str(SCRIPTS / f"{flavour}_participant_array.sh"),
-                     "--glm", "lss"]
-    assert group == ["--parsable", "--dependency=afterok:4242", "--kill-on-invalid-dep=yes",
-                     str(SCRIPTS / f"{flavour}_group.sh")]
+    array_script, group_script = (str(SCRIPTS / f"{flavour}_{kind}.sh") for kind in ["participant_array", "group"])
+    test_array, test_group, array, group = (call["argv"] for call in calls)
+    # Asked first whether SLURM can ever run each job (nothing submitted), then submitted.
+    assert test_array == ["--test-only", array_script] and test_group == ["--test-only", group_script]
+    assert array == ["--parsable", "--array=0-2", array_script, "--glm", "lss"]
+    assert group == ["--parsable", "--dependency=afterok:4242", "--kill-on-invalid-dep=yes", group_script]
+    assert "job array 4242 (3 tasks); group: job 4242" in result.stdout
+
+
+def test_submit_script_passes_sbatch_options_after_the_separator(cluster):
+    sbatch_options = ["--cpus-per-task", "1", "--mem", "6G", "--partition", "short", "--account=lab",
+                      "--time", "02:00:00"]
+    result, calls = cluster.run("slurm_submit.sh", "slurm", "--glm", "lss", "--", *sbatch_options,
+                                FAKE_STDOUT="77")
+    assert result.returncode == 0, result.stderr
+    array_script, group_script = (str(SCRIPTS / f"slurm_{kind}.sh") for kind in ["participant_array", "group"])
+    test_array, test_group, array, group = (call["argv"] for call in calls)
+    assert test_array == ["--test-only", *sbatch_options, array_script]
+    assert test_group == ["--test-only", *sbatch_options, group_script]
+    # After the script's own options, so that they override them and the #SBATCH lines; m2i's options
+    # still go to the participant level only.
+    assert array == ["--parsable", "--array=0-2", *sbatch_options, array_script, "--glm", "lss"]
+    assert group == ["--parsable", "--dependency=afterok:77", "--kill-on-invalid-dep=yes", *sbatch_options,
+                     group_script]
+
+
+def test_submit_script_stops_when_slurm_could_never_run_the_job(cluster):
+    """A request larger than every node is accepted by sbatch and then pends forever (PartitionConfig)."""
+    refusal = "allocation failure: Requested node configuration is not available"
+    result, calls = cluster.run("slurm_submit.sh", "slurm", FAKE_REFUSAL=refusal)
+    assert result.returncode == 64
+    assert refusal in result.stderr
+    assert "slurm_participant_array.sh" in result.stderr and "-- --cpus-per-task" in result.stderr
+    assert [call["argv"][0] for call in calls] == ["--test-only"], "nothing may be submitted"
+
+
+@pytest.mark.parametrize("script", ARRAY_SCRIPTS + GROUP_SCRIPTS)
+def test_jobs_give_m2i_their_memory_in_tenths_of_a_gb(cluster, script):
+    result, calls = cluster.run(script, SLURM_ARRAY_TASK_ID="0", SLURM_MEM_PER_NODE="6144",
+                                SLURM_CPUS_PER_TASK="1", M2I_SIF="/images/m2i.sif")
+    assert result.returncode == 0, result.stderr
+    argv = calls[0]["argv"]
+    assert argv[argv.index("--mem-gb") + 1] == "5.4"  # 90 % of 6 GB
+    assert argv[argv.index("--nprocs") + 1] == "1"
 
 
 def test_submit_script_refuses_bad_input(cluster):

@@ -151,6 +151,49 @@ def print_trials(config: Config) -> int:
     return 0
 
 
+# nipype plugins that name their cluster jobs after os.environ["LOGNAME"] (a KeyError without it)
+PLUGINS_NEEDING_LOGNAME = {"slurm", "sge", "pbs", "lsf", "oar", "condor"}
+
+
+def check_plugin_environment(config: Config) -> None:
+    """Give nipype's batch plugins the LOGNAME they read, before anything runs.
+
+    Batch jobs, containers and `env -i` often start without LOGNAME; nipype's SLURM (SGE, PBS, ...) plugin
+    then fails on its first submission with a bare KeyError. LOGNAME is only the prefix of the job names,
+    so USER or the account of this uid (the passwd database) is as good; exit 64 if neither is known.
+    """
+    if config.analysis_level != "participant" or str(config.plugin).lower() not in PLUGINS_NEEDING_LOGNAME:
+        return
+    if os.environ.get("LOGNAME"):
+        return
+    name = os.environ.get("USER")
+    if not name:
+        import pwd
+
+        try:
+            name = pwd.getpwuid(os.getuid()).pw_name
+        except KeyError:  # an arbitrary uid (docker run --user 12345) has no passwd entry
+            name = None
+    if not name:
+        raise UsageError(
+            f"nipype's {config.plugin} plugin needs LOGNAME (it names the jobs it submits after it), and neither "
+            f"LOGNAME nor USER is set, nor has uid {os.getuid()} a user name",
+            hint="export LOGNAME=<your user name> (or USER) before running m2i",
+        )
+    os.environ["LOGNAME"] = name
+    LOGGER.info("LOGNAME was not set: using %r for the names of nipype's %s jobs", name, config.plugin)
+
+
+def run_tag(config: Config) -> str:
+    """The participants of a run, for its log and config file names: the tasks of a job array start in
+    the same second and write to the same logs folder, so each must get files of its own."""
+    labels = list(config.values.get("participant_label") or [])
+    if config.analysis_level != "participant" or not labels:
+        return ""
+    shown = "+".join(labels[:3]) + ("+more" if len(labels) > 3 else "")
+    return f"_sub-{shown}"
+
+
 def run(config: Config, on_log_file: Callable[[Path], None] | None = None) -> int:
     from ..bids.derivatives import initialize_output_dataset
     from ..utils.logs import add_file_logging
@@ -158,12 +201,13 @@ def run(config: Config, on_log_file: Callable[[Path], None] | None = None) -> in
     check_paths(config)
     if config.print_trials and config.analysis_level == "participant":
         return print_trials(config)
+    check_plugin_environment(config)
     output_dir = config.output_dir.absolute()
     if config.analysis_level == "group" and not (output_dir / "dataset_description.json").exists():
         raise InputMissingError(f"{output_dir} holds no participant results yet",
                                 hint="run the participant level first")
     initialize_output_dataset(output_dir, config.bids_dir)
-    timestamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    timestamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + run_tag(config)
     log_file = add_file_logging(output_dir / "logs" / f"m2i-{config.analysis_level}-{timestamp}.log").baseFilename
     if on_log_file:
         on_log_file(Path(log_file))

@@ -249,7 +249,7 @@ def build_participant_report(*, output_dir: Path, bids_dir: Path, subject: str, 
                + "\n".join(f"- {c}" for c in citations) + "\n")
 
     env = Environment(loader=PackageLoader("bids_m2i", "data/templates"), autoescape=select_autoescape(["html"]))
-    config_files = sorted((output_dir / "logs").glob("config-*.toml"))
+    config_files = run_configs_for(output_dir / "logs", subject)
     html = env.get_template("participant.html.j2").render(
         subject=subject, version=__version__, generated=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         bids_name=Path(bids_dir).name, warnings=warnings, stages=stages, runs=runs, fd_threshold=config.fd_threshold,
@@ -259,6 +259,13 @@ def build_participant_report(*, output_dir: Path, bids_dir: Path, subject: str, 
         config_file=config_files[-1].name if config_files else "logs/",
     )
     return write_text(output_dir / f"sub-{subject}.html", html)
+
+
+def run_configs_for(logs_dir: Path, subject: str) -> list[Path]:
+    """The resolved configs of the runs that covered a participant, oldest first: a run of every participant
+    writes config-<time>.toml, an array task config-<time>_sub-<label>[+<label>...].toml."""
+    return [path for path in sorted(Path(logs_dir).glob("config-*.toml"))
+            if "_sub-" not in path.stem or subject in path.stem.split("_sub-", 1)[1].split("+")]
 
 
 def _retrieval_examples(predictions: pd.DataFrame, decoding_dir: Path, subject: str, stimuli_dir: Path,

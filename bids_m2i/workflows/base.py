@@ -140,8 +140,10 @@ def run_participant_workflows(config: Config, inputs: dict, work_dir: Path) -> N
     nipype_config.set("execution", "crashfile_format", "txt")
     nipype_config.set("execution", "stop_on_first_crash", "true")
     nipype_config.set("execution", "remove_unnecessary_outputs", "false")
-    # the scheduler sleeps this long between polls (nipype's default, 2 s, dominates small runs)
-    nipype_config.set("execution", "poll_sleep_duration", "0.1")
+    # the scheduler sleeps this long between polls (nipype's default, 2 s, dominates small runs); batch
+    # plugins (SLURM, SGE, ...) ask the cluster (squeue per pending job) at every poll, so they keep 2 s
+    poll_seconds = 0.1 if (config.plugin or "MultiProc") in ("MultiProc", "Linear", "LegacyMultiProc") else 2.0
+    nipype_config.set("execution", "poll_sleep_duration", str(poll_seconds))
     nipype_config.set("monitoring", "enabled", "false")
     nipype_config.set("logging", "log_to_file", "false")
 
@@ -152,7 +154,7 @@ def run_participant_workflows(config: Config, inputs: dict, work_dir: Path) -> N
         "crashfile_format": "txt",
         "stop_on_first_crash": True,
         "remove_unnecessary_outputs": False,
-        "poll_sleep_duration": 0.1,
+        "poll_sleep_duration": poll_seconds,
     })
     plugin, args = plugin_settings(config)
     if plugin in ("MultiProc", "Linear", "LegacyMultiProc"):

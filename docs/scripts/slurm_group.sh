@@ -11,11 +11,13 @@ set -euo pipefail
 # Site settings: override them in the environment when submitting (sbatch passes it on).
 BIDS_DIR=${BIDS_DIR:-/path/to/bids}
 OUT_DIR=${OUT_DIR:-/path/to/derivatives/m2i}
-WORK_ROOT=${WORK_ROOT:-/scratch/$USER/m2i_work}
+WORK_ROOT=${WORK_ROOT:-/scratch/${USER:-$(id -un)}/m2i_work}
 
 # The job's memory in MB (--mem or --mem-per-cpu); 10 % stays free for the m2i process itself.
 job_mem_mb=${SLURM_MEM_PER_NODE:-$(( ${SLURM_MEM_PER_CPU:-4096} * SLURM_CPUS_PER_TASK ))}
-mem_gb=$(( job_mem_mb * 9 / 10 / 1024 ))
+# In tenths of a GB: a 6 GB job gives m2i --mem-gb 5.4.
+mem_tenths=$(( job_mem_mb * 9 / 1024 ))
+mem_gb=$(( mem_tenths / 10 )).$(( mem_tenths % 10 ))
 WORK_DIR=$WORK_ROOT/group
 mkdir -p "$WORK_DIR"
 
