@@ -52,9 +52,11 @@ def test_run_sets_torch_and_blas_threads_and_writes_the_limits(minimal_bids, tmp
 
     before = torch.get_num_threads()
     try:
-        code = run_cli([str(minimal_bids), str(tmp_path / "out"), "participant", "--print-trials", "-w",
+        # an unknown task stops (exit 18) after the limits are set and the config is written (--print-trials
+        # would write nothing)
+        code = run_cli([str(minimal_bids), str(tmp_path / "out"), "participant", "--task", "nosuchtask", "-w",
                         str(tmp_path / "work"), "--nprocs", "2", "--omp-nthreads", "5", "--mem-gb", "1.5"])
-        assert code == 0
+        assert code == 18
         assert torch.get_num_threads() == 2
         for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             assert os.environ[variable] == "2"
