@@ -113,6 +113,11 @@ def test_auto_detection_stimulus_column_order_and_na_rows(tmp_path):
         ("Imagine", None, "picture", "imagery"),
         ("viewing", "imagery02", "picture", "imagery"),
         ("viewing", None, "imagined_scene", "imagery"),
+        # "image" is the word for plain viewing, not imagery (it contains "imag")
+        ("viewing", None, "image", "perception"),
+        ("passiveimages", None, "natural_images", "perception"),
+        ("viewing", None, "imageryTrial", "imagery"),
+        ("imag", None, "picture", "imagery"),
     ],
 )
 def test_auto_detection_condition(tmp_path, task, session, trial_type, expected):

@@ -1026,6 +1026,9 @@ def _split_of(rule: TaskRule, session: str, condition: str, role: str) -> str:
     return "none"
 
 
+_IMAGERY_LABEL = re.compile(r"imag(?!e(?!r))")
+
+
 def _condition_of(rule: TaskRule, task: str, session: str, event_type: str) -> str:
     key = _code_key(event_type)
     for condition, values in rule.condition_values.items():
@@ -1034,7 +1037,8 @@ def _condition_of(rule: TaskRule, task: str, session: str, event_type: str) -> s
     if rule.condition != "auto":
         return rule.condition
     labels = (task or "", session if session != NA else "", event_type if event_type != NA else "")
-    return "imagery" if any("imag" in text.lower() for text in labels) else "perception"
+    # "imag" as in imagery, imagine, imagination, imag: but not "image"/"images" (an event type of plain viewing)
+    return "imagery" if any(_IMAGERY_LABEL.search(text.lower()) for text in labels) else "perception"
 
 
 def _cue_of(rule: TaskRule, record, condition: str, cue_text: str, source, lenient: bool) -> str:
