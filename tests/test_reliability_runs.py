@@ -296,7 +296,7 @@ def test_sigkill_in_the_middle_of_the_glm_resumes_identically(reference_run, tmp
     (signal.SIGTERM, '[Node] Executing "estimate_betas"'),                 # mid-node, GLM
     (signal.SIGTERM, '[Node] Executing "reconstruct"'),                    # mid-node, decoding
     (signal.SIGKILL, '[Node] Executing "resample_task_perception_run_01"'),  # mid-node, preprocessing
-    (signal.SIGKILL, '[Node] Finished "ds_statseries"'),                   # node boundary, derivatives
+    (signal.SIGKILL, '[Node] Finished "estimate_betas"'),                  # node boundary, betas published
     (signal.SIGKILL, '[Node] Executing "participant_report"'),             # the last node
 ])
 def test_interrupted_anywhere_resumes_identically(reference_run, tmp_path, signal_number, needle):

@@ -241,7 +241,10 @@ class ProgressReporter:
             self.started[node.fullname] = time.time()
             LOGGER.info("started  %s %s", where, name)
         elif status == "end":
-            elapsed = time.time() - self.started.pop(node.fullname, time.time())
+            if node.fullname not in self.started:  # found finished in the work dir: not run again
+                LOGGER.info("reused   %s %s (finished in an earlier run)", where, name)
+                return
+            elapsed = time.time() - self.started.pop(node.fullname)
             LOGGER.info("finished %s %s (%.1f s)", where, name, elapsed)
         elif status == "exception":
             LOGGER.info("failed   %s %s", where, name)
