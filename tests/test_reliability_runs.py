@@ -390,6 +390,7 @@ def test_check_close_tolerates_last_bit_noise_and_catches_real_differences(tmp_p
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_other_blas_kernels_agree_within_tolerance(reference_run, tmp_path):
     """A run whose BLAS picks other kernels (as on another processor kind) matches the reference within a
     tolerance: what "identical" cannot promise across CPUs, "equal to floating-point precision" does."""
