@@ -123,3 +123,12 @@ def test_library_members_are_unit_sum_and_span_latencies():
     peaks = [m["time_to_peak_s"] for m in describe_library()]
     assert min(peaks) < 3.5 and max(peaks) > 6.5
     assert np.all(np.diff(peaks) > 0)  # one family ordered by latency
+
+
+def test_full_pipeline_reruns_are_identical():
+    sim = simulate_session(n_voxels=400, n_runs=3, n_volumes=150, n_stimuli=40, n_repeats=3, seed=17)
+    first = estimate_single_trial_betas(sim.runs, sim.trials, method="fithrf-denoise-rr", seed=3)
+    second = estimate_single_trial_betas(sim.runs, sim.trials, method="fithrf-denoise-rr", seed=3)
+    np.testing.assert_array_equal(first.betas, second.betas)
+    np.testing.assert_array_equal(first.frac, second.frac)
+    assert first.metadata["drift_model"] == "polynomial" and first.metadata["drift_order"] == [2, 2, 2]  # 4-min runs
