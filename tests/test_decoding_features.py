@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from bids_m2i.decoding import features as F
-from bids_m2i.decoding.tiny_clip import make_tiny_open_clip
+from bids_m2i.models.tiny import make_tiny_open_clip
 
 
 def _write_images(folder, n=5, size=(40, 30)):

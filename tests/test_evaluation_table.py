@@ -153,3 +153,19 @@ def test_brain_correlation_row():
     noise = evaluate_reconstructions(None, None, None, None, ids, "imagery", "text", n_perm=200,
                                      brain_betas={"pixels": (rng.normal(size=measured.shape), measured)})
     assert abs(noise[noise.metric == "brain_corr"].iloc[0].value) < 0.2
+
+
+def test_conditions_side_by_side():
+    from bids_m2i.evaluation.table import conditions_side_by_side
+
+    frame = pd.DataFrame({
+        "condition": ["perception", "imagery", "imagery", "imagery"], "cue": ["none", "image", "text", "text"],
+        "metric": ["twoway", "twoway", "twoway", "image_top1"], "feature_space": ["pixels", "pixels", "pixels", "text"],
+        "value": [0.9, 0.8, "n/a", 0.6], "chance": [0.5, 0.5, 0.5, 0.1]})
+    wide = conditions_side_by_side(frame).set_index(["metric", "feature_space"])
+    assert list(wide.columns[:3]) == ["perception", "imagery_memory", "imagery_text"]
+    assert wide.loc[("twoway", "pixels"), "perception"] == 0.9
+    assert wide.loc[("twoway", "pixels"), "imagery_memory"] == 0.8
+    assert np.isnan(wide.loc[("twoway", "pixels"), "imagery_text"])  # n/a stays empty
+    assert wide.loc[("image_top1", "text"), "imagery_text"] == 0.6
+    assert wide.loc[("image_top1", "text"), "imagery_text_chance"] == 0.1

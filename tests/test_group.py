@@ -39,6 +39,10 @@ def test_group_one_participant(tiny_full_run, tmp_path):
     assert (summary["n"] == "1").all()
     assert (summary["sd"] == "n/a").all()
     assert (out / "group" / "group.html").exists()
+    # vision and imagery side by side (group means)
+    wide = pd.read_csv(out / "group" / "desc-conditions_table.tsv", sep="\t", dtype=str, keep_default_na=False)
+    assert {"metric", "feature_space", "perception"} <= set(wide.columns)
+    assert any(c.startswith("imagery") for c in wide.columns)
 
 
 def test_group_several_participants(tiny_full_run, tmp_path):

@@ -41,6 +41,7 @@ __all__ = [
     "TWOWAY_SPACES",
     "DISTANCE_SPACES",
     "evaluate_reconstructions",
+    "conditions_side_by_side",
     "write_metrics_table",
 ]
 
@@ -294,6 +295,37 @@ def evaluate_reconstructions(
     if not has_target_images and frame.empty:
         LOG.info("%s/%s: no target images and no feature pairs: nothing to score", condition, cue)
     return frame
+
+
+#: Column of each (condition, cue) in the side-by-side table (NSD-Imagery reports vision and imagery together).
+CONDITION_COLUMNS = {("perception", "none"): "perception", ("perception", "image"): "perception",
+                     ("imagery", "image"): "imagery_memory", ("imagery", "text"): "imagery_text",
+                     ("imagery", "none"): "imagery"}
+
+
+def conditions_side_by_side(frame: pd.DataFrame, value: str = "value") -> pd.DataFrame:
+    """Vision and imagery side by side: one row per (metric, feature space), one column per condition
+    (``perception``, ``imagery_memory``, ``imagery_text``, ...) with its value, plus ``<condition>_chance``.
+
+    ``frame`` is a metrics table (or the group table with ``value`` = ``mean``); rows whose value is not a
+    number are left out.
+    """
+    # the group table may hold several GLM methods: never let one stand for another
+    columns = (["glm_method"] if "glm_method" in frame.columns else []) + ["metric", "feature_space"]
+    if frame.empty:
+        return pd.DataFrame(columns=columns)
+    data = frame.copy()
+    data["column"] = [CONDITION_COLUMNS.get((c, q), f"{c}_{q}") for c, q in zip(data["condition"], data["cue"])]
+    data["number"] = pd.to_numeric(data[value].replace("n/a", np.nan), errors="coerce")
+    data["chance_number"] = pd.to_numeric(data["chance"].replace("n/a", np.nan), errors="coerce")
+    data = data.dropna(subset=["number"])
+    order = [c for c in dict.fromkeys(CONDITION_COLUMNS.values()) if c in set(data["column"])]
+    order += sorted(set(data["column"]) - set(order))
+    values = data.pivot_table(index=columns, columns="column", values="number", aggfunc="first")
+    chance = data.pivot_table(index=columns, columns="column", values="chance_number", aggfunc="first")
+    chance.columns = [f"{c}_chance" for c in chance.columns]
+    wide = values.reindex(columns=order).join(chance.reindex(columns=[f"{c}_chance" for c in order]))
+    return wide.reset_index()
 
 
 def write_metrics_table(frames: pd.DataFrame | Sequence[pd.DataFrame], path) -> None:

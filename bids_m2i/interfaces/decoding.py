@@ -168,6 +168,12 @@ class ReconstructImages(M2IInterface):
         from ..evaluation.table import write_metrics_table
 
         write_metrics_table(result.metrics, metrics_path)
+        # vision and imagery side by side (one row per metric and feature space, one column per condition)
+        from ..evaluation.table import conditions_side_by_side
+
+        conditions_path = path(datatype="decoding", desc="conditions", suffix="table", extension=".tsv")
+        write_tsv(conditions_path, conditions_side_by_side(result.metrics))
+        written.append(str(conditions_path))
         written += [str(table_path), str(features_path), str(features_path.with_suffix(".json")),
                     str(retrieval_path), str(metrics_path)]
         self._results["derivatives"] = written

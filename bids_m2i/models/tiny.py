@@ -11,13 +11,12 @@ down-sampling factor of 2, latents 4 x 16 x 16.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
 
 from ..errors import OutputCreateError
-from ..utils.atomic import write_text
+from ..utils.atomic import atomic_path, write_json
 from .store import EVAL_NETWORKS, write_manifest
 
 log = logging.getLogger("m2i.models")
@@ -27,6 +26,8 @@ TINY_EMBED_DIM = 32
 #: generated image side in pixels (UNet sample size 16 x VAE factor 2)
 TINY_IMAGE_SIZE = 32
 TINY_CLIP_ARCH = "tiny-ViT"
+#: the vocabulary size of open_clip's SimpleTokenizer (token ids go up to 49407)
+CLIP_VOCAB_SIZE = 49408
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -217,51 +218,85 @@ def _calibrate_latent_scale(vae, seed: int) -> None:
 # open_clip
 
 
-def tiny_open_clip_config(embed_dim: int = TINY_EMBED_DIM) -> dict:
-    """``open_clip_config.json`` content of a tiny ViT CLIP (same format as open_clip's hub configs)."""
+def tiny_open_clip_config(embed_dim: int = 1024, image_size: int = 32, width: int = 64,
+                          layers: int = 2) -> dict:
+    """The ``open_clip_config.json`` content of a tiny ViT CLIP."""
     return {
         "model_cfg": {
-            "embed_dim": embed_dim,
-            "vision_cfg": {"image_size": TINY_IMAGE_SIZE, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
-            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+            "embed_dim": int(embed_dim),
+            "vision_cfg": {"image_size": int(image_size), "layers": int(layers), "width": int(width),
+                           "head_width": 32, "patch_size": 8},
+            "text_cfg": {"context_length": 77, "vocab_size": CLIP_VOCAB_SIZE, "width": int(width),
+                         "heads": max(1, int(width) // 32), "layers": int(layers)},
         },
-        "preprocess_cfg": {"mean": list(OPENAI_MEAN), "std": list(OPENAI_STD)},
+        "preprocess_cfg": {"mean": list(OPENAI_MEAN), "std": list(OPENAI_STD),
+                           "interpolation": "bicubic", "resize_mode": "shortest"},
+        "tiny": True,
     }
 
 
-def make_tiny_open_clip_local(folder: str | os.PathLike, seed: int = 0, embed_dim: int = TINY_EMBED_DIM) -> Path:
-    """Write ``open_clip_config.json`` + ``open_clip_model.safetensors`` of a tiny random open_clip ViT.
+def make_tiny_open_clip(folder, embed_dim: int = 1024, seed: int = 0, image_size: int = 32, width: int = 64,
+                        layers: int = 2) -> Path:
+    """Build a seeded random-weight open_clip ViT and save it as ``folder/open_clip_config.json`` and
+    ``folder/open_clip_model.safetensors``.
 
-    Used when ``bids_m2i.decoding.tiny_clip.make_tiny_open_clip`` is not available.
+    Parameters
+    ----------
+    folder : path
+        Created if missing (e.g. ``MODELS/open_clip/ViT-H-14``).
+    embed_dim : int
+        Output dimension of image and text embeddings (1024 like ViT-H-14 by default).
+    seed : int
+        Same seed -> byte-identical weights.
+    image_size, width, layers : int
+        Vision input size and transformer size (tiny by default: about 3.5 M parameters, mostly the text
+        token embedding, whose 49,408 rows the tokenizer needs).
+
+    Returns
+    -------
+    Path of the folder.
     """
     import open_clip
+    import torch
+    from open_clip.model import CLIP
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    config = tiny_open_clip_config(embed_dim)
-    _seeded(seed, 6)
-    model = open_clip.CLIP(**config["model_cfg"])
-    write_text(folder / "open_clip_config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
-    state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
-    save_file(state, str(folder / "open_clip_model.safetensors"))
+    config = tiny_open_clip_config(embed_dim, image_size, width, layers)
+    config["seed"] = int(seed)
+    generator_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = CLIP(**config["model_cfg"])
+        # open_clip initialises most weights in its own init; re-draw everything from our seed so that
+        # weights depend on `seed` only (also the LayerNorms, so that the towers are not trivially
+        # symmetric)
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, tensor in sorted(model.state_dict().items()):
+                if tensor.dtype.is_floating_point and tensor.ndim > 0:
+                    scale = 0.02 if tensor.ndim > 1 else 0.1
+                    noise = torch.randn(tensor.shape, generator=generator) * scale
+                    if name.endswith("weight") and tensor.ndim == 1:
+                        noise += 1.0  # LayerNorm gains around 1
+                    tensor.copy_(noise)
+            model.logit_scale.fill_(float(torch.log(torch.tensor(1 / 0.07))))
+    finally:
+        torch.random.set_rng_state(generator_state)
+    del open_clip  # imported only to fail early with a clear message when open_clip is missing
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(folder / "open_clip_model.safetensors") as tmp:
+        # one metadata key only: safetensors writes several keys in a random order (bytes would differ)
+        save_file(state, str(tmp), metadata={"format": "pt"})
+    write_json(folder / "open_clip_config.json", config)
     return folder
 
 
 def _make_tiny_open_clip(folder: Path, seed: int, embed_dim: int) -> str:
-    """Prefer the decoding engineer's builder (one definition of the tiny CLIP); fall back to ours."""
-    try:
-        from ..decoding.tiny_clip import make_tiny_open_clip  # type: ignore[attr-defined]
-    except ImportError:
-        make_tiny_open_clip = None
-    if make_tiny_open_clip is not None:
-        try:
-            make_tiny_open_clip(folder, seed=seed, embed_dim=embed_dim)
-            return "bids_m2i.decoding.tiny_clip.make_tiny_open_clip"
-        except TypeError:
-            log.warning("decoding.tiny_clip.make_tiny_open_clip has another signature; using the built-in one")
-    make_tiny_open_clip_local(folder, seed=seed, embed_dim=embed_dim)
-    return "bids_m2i.models.tiny.make_tiny_open_clip_local"
+    """The one tiny open_clip of the project, written into ``folder``; returns the builder's name."""
+    make_tiny_open_clip(folder, embed_dim=embed_dim, seed=seed)
+    return "bids_m2i.models.tiny.make_tiny_open_clip"
 
 
 # ----------------------------------------------------------------------------------------------------------

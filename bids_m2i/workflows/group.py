@@ -114,6 +114,10 @@ def run_group_level(config) -> int:
                        "all to compare them", methods)
     table = pd.concat([summarize(per_participant), per_participant[GROUP_COLUMNS]], ignore_index=True)
     write_tsv(output_dir / "group" / "desc-metrics_table.tsv", table)
+    from ..evaluation.table import conditions_side_by_side  # vision and imagery side by side (group means)
+
+    write_tsv(output_dir / "group" / "desc-conditions_table.tsv",
+              conditions_side_by_side(table[table["participant_id"] == "group"], value="mean"))
     write_text(output_dir / "group" / "group.html", render_group_html(table, missing, participants, methods))
     LOGGER.info("Group level: %d participant(s) summarised, %d missing -> %s", len(participants) - len(missing),
                 len(missing), output_dir / "group")
