@@ -384,10 +384,11 @@ def main(argv=None) -> int:
                         row["glmsingle_over_ours"] = wall / ours_total[0]
                         row["glmsingle_over_ours_cpu"] = cpu / ours_total[1]
                     all_rows.append(row)
+                    keys = ("n_pcs", "median_frac", "glmsingle_over_ours", "glmsingle_over_ours_cpu")
                     notes = ", ".join(f"{k} {row[k]:.3g}" if isinstance(row[k], float) else f"{k} {row[k]}"
-                                      for k in ("n_pcs", "median_frac", "glmsingle_over_ours", "glmsingle_over_ours_cpu") if row.get(k) is not None)
-                    print(f"| {row['method']} | {stage_s:.1f} | {wall:.1f} | {cpu:.1f} | {peak:.0f} | {row['r_trial']:.3f} | "
-                          f"{row['test_retest']:.3f} | {notes} |", flush=True)
+                                      for k in keys if row.get(k) is not None)
+                    print(f"| {row['method']} | {stage_s:.1f} | {wall:.1f} | {cpu:.1f} | {peak:.0f} | "
+                          f"{row['r_trial']:.3f} | {row['test_retest']:.3f} | {notes} |", flush=True)
     if args.json:
         args.json.write_text(json.dumps(all_rows, indent=2))
     return 0
