@@ -52,6 +52,8 @@ class DecodingOptions:
     work_dir: Path | None = None
     # imagery betas standardised per voxel over the imagery trials before decoding (see standardise_like)
     standardise_imagery: bool = True
+    # group-level shared decoders (one per target): only the participant's map is fitted (docs/decoding.md)
+    shared_decoders: tuple[Path, ...] = ()
 
 
 @dataclass
@@ -205,8 +207,14 @@ def reconstruct_participant(betas: np.ndarray, trials: pd.DataFrame, stimuli_dir
             basis = PixelBasis.fit(features[np.sort(distinct)], PIXEL_COMPONENTS)
             features = basis.transform(features)
         train_targets[space] = features
-        decoder = BrainDecoder(options.decoder, top_k=options.top_k, device=options.device,
-                               n_threads=options.n_threads, seed=options.seed)
+        if options.shared_decoders:
+            from ..workflows.shared import participant_shared_decoder
+
+            decoder = participant_shared_decoder(options.shared_decoders, space, top_k=options.top_k,
+                                                 device=options.device, n_threads=options.n_threads, seed=options.seed)
+        else:
+            decoder = BrainDecoder(options.decoder, top_k=options.top_k, device=options.device,
+                                   n_threads=options.n_threads, seed=options.seed)
         decoders[space] = decoder.fit(betas[train_rows], features, labels=labels_train)
 
     # --- test items --------------------------------------------------------------------------------------------
@@ -247,7 +255,8 @@ def reconstruct_participant(betas: np.ndarray, trials: pd.DataFrame, stimuli_dir
     pixel_images = None
     if "pixels" in predictions_by_space:
         pixel_images = [pixels_to_image(v, (PIXEL_SIZE, PIXEL_SIZE, 3), basis) for v in predictions_by_space["pixels"]]
-    common_meta = {"Decoder": options.decoder, "Targets": list(options.targets), "Seed": options.seed}
+    common_meta = {"Decoder": "shared" if options.shared_decoders else options.decoder,
+                   "Targets": list(options.targets), "Seed": options.seed}
     if options.generator == "pixels":
         if pixel_images is None:
             raise BadDataError("--generator pixels needs --target pixels")

@@ -56,6 +56,7 @@ class _ReconstructInputSpec(BaseInterfaceInputSpec):
     seed = traits.Int(0, usedefault=True)
     device = traits.Str("cpu", usedefault=True)
     n_threads = traits.Int(1, usedefault=True)
+    shared_decoders = traits.List(traits.Str(), desc="shared decoder files (group level) to fit instead of new decoders")
 
 
 class _ReconstructOutputSpec(TraitedSpec):
@@ -94,6 +95,7 @@ class ReconstructImages(M2IInterface):
             average_repeats=inputs.average_repeats, top_k=inputs.top_k or None,
             finetune_imagery=inputs.finetune_imagery, models_dir=Path(inputs.models_dir) if inputs.models_dir else None,
             seed=inputs.seed, device=inputs.device, n_threads=inputs.n_threads, work_dir=Path(inputs.work_dir),
+            shared_decoders=tuple(Path(p) for p in inputs.shared_decoders),
         )
         result = reconstruct_participant(betas, trials, Path(inputs.stimuli_dir), options)
 
@@ -103,7 +105,8 @@ class ReconstructImages(M2IInterface):
             return derivative_path(out, subject=subject, **kw)
 
         for space, decoder in result.decoders.items():
-            model_path = path(datatype="decoding", desc=f"{space}{inputs.decoder}", suffix="model",
+            label = "shared" if inputs.shared_decoders else inputs.decoder
+            model_path = path(datatype="decoding", desc=f"{space}{label}", suffix="model",
                               extension=".safetensors")
             extra = result.pixel_basis.to_arrays() if space == "pixels" and result.pixel_basis is not None else None
             decoder.save(model_path, extra_arrays=extra)  # the PCA basis (if any) travels with the pixel decoder
