@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from bids_m2i.decoding.decoder import BrainDecoder
-from bids_m2i.decoding.shared import (ParticipantData, SharedModel, fit_new_participant, out_of_fold, ridge_fixed,
+from bids_m2i.decoding.ridge import make_cv_groups, ridge_predict
+from bids_m2i.decoding.shared import (ParticipantData, SharedModel, fit_new_participant, kfold_ridge, ridge_fixed,
                                       train_shared_model)
 from bids_m2i.errors import UsageError
 
@@ -26,7 +27,7 @@ class World:
 
     def stimuli(self, n):
         latent = self.rng.normal(size=(n, N_LATENT))
-        detail = 0.5 * self.rng.normal(size=(n, N_FEATURES))  # not encoded by any brain
+        detail = 2.0 * self.rng.normal(size=(n, N_FEATURES))  # not encoded by any brain
         return latent, (latent @ self.mixing + detail).astype(np.float32)
 
     def participant(self, n_voxels, n_silent=100):
@@ -55,7 +56,7 @@ def planted():
         stimuli = np.array([f"p{i}-s{k}" for k in range(300)])
         group.append(ParticipantData(f"{i + 1:02d}", world.betas(brain, latent), features, stimuli))
     new_brain = world.participant(240, n_silent=120)
-    train_latent, train_features = world.stimuli(40)  # few trials
+    train_latent, train_features = world.stimuli(20)  # few trials
     test_latent, test_features = world.stimuli(200)
     new = {"train_betas": world.betas(new_brain, train_latent), "train_features": train_features,
            "test_betas": world.betas(new_brain, test_latent), "test_features": test_features}
@@ -137,9 +138,21 @@ def test_ridge_helpers_match_direct_solutions():
             direct = np.linalg.solve(Xc.T @ Xc + a * np.eye(p), Xc.T @ Yc[:, t])
             np.testing.assert_allclose(coef[:, t], direct, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(intercept, Y.mean(0) - X.mean(0) @ coef, rtol=1e-4, atol=1e-5)
-    # out-of-fold: each fold's rows are predicted by a model that never saw their stimulus
-    X, Y = rng.normal(size=(40, 10)), rng.normal(size=(40, 2))
+    # k-fold ridge: out-of-fold predictions are refits without the fold (grouped by stimulus) at the chosen
+    # alpha, and the final coefficients are the fit on every row at that alpha
+    X, Y = rng.normal(size=(40, 60)), rng.normal(size=(40, 3))
+    Y[:, 0] += X[:, :5].sum(1) * 3  # one predictable target: a smaller alpha
     stimuli = np.repeat(np.arange(20), 2)
-    Y[1::2] = Y[::2]  # repeats of a stimulus share features
-    oof = out_of_fold(X, Y, 1.0, stimuli, folds=4)
-    assert oof.shape == Y.shape and not np.allclose(oof, ridge_fixed(X, Y, 1.0)[0].T[0])
+    alphas = [0.1, 1.0, 10.0, 100.0, 1000.0]
+    fit = kfold_ridge(X, Y, alphas, stimuli, folds=4, seed=0)
+    assert fit.alpha[0] < fit.alpha[1]
+    labels, _ = make_cv_groups(40, 4, stimuli.astype(str), 0)
+    for fold in np.unique(labels):
+        held = labels == fold
+        assert len(set(stimuli[held]) & set(stimuli[~held])) == 0
+        coef, intercept = ridge_fixed(X[~held], Y[~held], fit.alpha)
+        np.testing.assert_allclose(fit.out_of_fold[held], ridge_predict(X[held], coef, intercept), rtol=1e-3,
+                                   atol=1e-3)
+    coef, intercept = ridge_fixed(X, Y, fit.alpha)
+    np.testing.assert_allclose(fit.coef, coef, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(fit.intercept, intercept, rtol=1e-3, atol=1e-4)
