@@ -210,14 +210,6 @@ class SharedModel:
 # helpers
 
 
-def _cv_groups(stimuli) -> np.ndarray | None:
-    """Stimulus labels as CV groups when some stimulus repeats (leave-one-stimulus-out), else None (LOO)."""
-    if stimuli is None:
-        return None
-    labels = np.asarray(stimuli).astype(str)
-    return labels if len(np.unique(labels)) < len(labels) else None
-
-
 def ridge_fixed(X: np.ndarray, Y: np.ndarray, alpha, n_threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Ridge with fixed per-target alphas through one eigendecomposition of the smaller Gram matrix
     (``X Xᵀ`` when rows <= columns): cheap for many targets and for p >> n, unlike a primal solve."""
@@ -332,20 +324,8 @@ def kfold_ridge(X: np.ndarray, Y: np.ndarray, alphas, groups=None, folds: int = 
         alpha = alphas[best.numpy()]
         out = oof[best, torch.arange(n)[:, None], torch.arange(t)[None, :]].numpy()
         del oof
-        # the final fit on every row
-        g = G.mean(1)
-        K = G - g[:, None] - g[None, :] + G.mean()
-        s, U = torch.linalg.eigh(K)
-        y_mean = Yt.mean(0)
-        dual = U @ ((U.T @ (Yt - y_mean)) / (s.clamp(min=0)[:, None] + torch.as_tensor(alpha)[None, :]))
-        Xc = Xt.double() - Xt.double().mean(0)
-        coef = Xc.T @ dual
-        intercept = y_mean - Xt.double().mean(0) @ coef
-    return KFoldRidge(coef.numpy().astype(np.float32), intercept.numpy().astype(np.float32), alpha, out)
-
-
-def _fit_map(Xz, targets, stimuli, alphas, folds, seed, n_threads) -> KFoldRidge:
-    return kfold_ridge(Xz, targets, alphas, stimuli, folds, seed, n_threads)
+    coef, intercept = ridge_fixed(X, Y, alpha, n_threads)  # the final fit on every row
+    return KFoldRidge(coef, intercept, alpha, out)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -401,7 +381,7 @@ def train_shared_model(participants: list[ParticipantData], feature_space: str, 
     for p in participants:
         scaler = VoxelScaler.fit(p.betas, p.stimuli, top_k)
         Xz = scaler.transform(p.betas)
-        own = _fit_map(Xz, standard[p.label] @ axes.T, p.stimuli, alphas, folds, seed, n_threads)
+        own = kfold_ridge(Xz, standard[p.label] @ axes.T, alphas, p.stimuli, folds, seed, n_threads)
         fitted = ridge_predict(Xz, own.coef, own.intercept).astype(np.float64)
         moment += fitted.T @ fitted / len(fitted)  # every participant weighs the same
         scalers[p.label] = scaler
@@ -416,7 +396,7 @@ def train_shared_model(participants: list[ParticipantData], feature_space: str, 
     for p in participants:
         Xz = scalers[p.label].transform(p.betas)
         T = standard[p.label] @ basis.T
-        fit = _fit_map(Xz, T, p.stimuli, alphas, folds, seed, n_threads)
+        fit = kfold_ridge(Xz, T, alphas, p.stimuli, folds, seed, n_threads)
         maps[p.label] = ParticipantMap(scalers[p.label], fit.coef, fit.intercept, fit.alpha, len(p.betas))
         latents.append(fit.out_of_fold)
         targets.append(standard[p.label])
@@ -485,7 +465,7 @@ class SharedParticipantDecoder:
         Xz = scaler.transform(betas)
         standard = (features - model.feature_mean) / model.feature_scale
         T = standard @ model.basis.T
-        fit = _fit_map(Xz, T, labels, self.alphas, model.settings.get("folds", CV_FOLDS), self.seed,
+        fit = kfold_ridge(Xz, T, self.alphas, labels, model.settings.get("folds", CV_FOLDS), self.seed,
                        self.n_threads)
         self.map = ParticipantMap(scaler, fit.coef, fit.intercept, fit.alpha, len(betas))
 
