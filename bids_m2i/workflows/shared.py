@@ -75,7 +75,8 @@ def _participant_training(config, subject: str, found, extractors: dict, work_di
         trials[column] = trials[column].astype(str).replace({"": NA, "nan": NA})
     split = split_trials(trials, seed=config.seed)
     train = trials.iloc[split.train]
-    paths = [resolve_images(trials, Path(config.bids_dir) / "stimuli")[i] for i in split.train]
+    every_path = resolve_images(trials, Path(config.bids_dir) / "stimuli")
+    paths = [every_path[i] for i in split.train]
     require_images(paths, train, f"sub-{subject} training perception trials")
     stimuli = train["stimulus"].to_numpy()
     out = {}
