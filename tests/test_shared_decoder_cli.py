@@ -106,3 +106,29 @@ def test_group_training_needs_two_participants_with_betas(tiny_full_run, tmp_pat
                     "--train-shared-decoder", "--participant-label", "01", "--skip-bids-validation"])
     assert code == 66
     assert "at least 2 participants" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_pixels_and_clip_shared_decoders(group_model, tiny_full_run, tmp_path):
+    """One shared model per target (tiny random-weight CLIP: the numbers mean nothing), both used at once."""
+    from bids_m2i.decoding.tiny_clip import make_tiny_open_clip
+
+    models = tmp_path / "models"
+    make_tiny_open_clip(models / "open_clip" / "ViT-H-14", embed_dim=1024, seed=0)
+    out = group_model["out"]
+    code = run_cli([str(tiny_full_run["bids"]), str(out), "group", "-w", str(tmp_path / "gwork"),
+                    "--train-shared-decoder", "--participant-label", "02", "03", "--target", "clip",
+                    "--models-dir", str(models), "--skip-bids-validation"])
+    assert code == 0
+    clip_model = out / "group" / "decoding" / "desc-sharedclip_model.safetensors"
+    meta = json.loads(clip_model.with_suffix(".json").read_text())
+    assert meta["FeatureSpace"] == "clip" and meta["FeatureDim"] == 1024
+    assert meta["FeatureInfo"] == {"clip_model": "ViT-H-14"}
+    decoded = tmp_path / "out"
+    args = [str(tiny_full_run["bids"]), str(decoded), "participant", "--participant-label", "01", "-w",
+            str(tiny_full_run["work"]), "--skip-bids-validation", "--nprocs", "2", "--target", "pixels", "clip",
+            "--models-dir", str(models)]
+    assert run_cli(args + ["--shared-decoder", str(clip_model)]) == 64  # no shared model for pixels
+    assert run_cli(args + ["--shared-decoder", str(group_model["model"]), str(clip_model)]) == 0
+    for target in ("pixels", "clip"):
+        assert (decoded / "sub-01" / "decoding" / f"sub-01_desc-{target}shared_model.safetensors").exists()

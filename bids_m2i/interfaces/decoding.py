@@ -56,7 +56,9 @@ class _ReconstructInputSpec(BaseInterfaceInputSpec):
     seed = traits.Int(0, usedefault=True)
     device = traits.Str("cpu", usedefault=True)
     n_threads = traits.Int(1, usedefault=True)
-    shared_decoders = traits.List(traits.Str(), desc="shared decoder files (group level) to fit instead of new decoders")
+    # File traits: nipype hashes the files, so a retrained shared model reruns the decoding
+    shared_decoders = traits.List(File(exists=True), desc="shared decoder files (group level) fitted instead of new "
+                                  "decoders")
 
 
 class _ReconstructOutputSpec(TraitedSpec):
