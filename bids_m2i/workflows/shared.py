@@ -134,6 +134,11 @@ def run_shared_training(config, work_dir: Path) -> list[Path]:
                                    n_threads=config.n_threads)
         model.settings["glm"] = config.glm
         model.info["missing_participants"] = missing
+        # which trials: each participant's statseries (the rows are its training perception trials, split as
+        # at the participant level)
+        model.info["sources"] = {f"sub-{subject}": [p.relative_to(output_dir).as_posix() for p, _ in betas[1]]
+                                 for subject, betas in found.items()}
+        model.info["split_seed"] = config.seed
         path = model.save(shared_model_path(output_dir, target))
         written.append(path)
         LOGGER.info("Shared %s decoder of %d participants -> %s", target, len(data[target]), path)
