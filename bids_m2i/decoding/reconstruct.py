@@ -208,10 +208,10 @@ def reconstruct_participant(betas: np.ndarray, trials: pd.DataFrame, stimuli_dir
             features = basis.transform(features)
         train_targets[space] = features
         if options.shared_decoders:
-            from ..workflows.shared import participant_shared_decoder
+            from .shared import participant_decoder
 
-            decoder = participant_shared_decoder(options.shared_decoders, space, top_k=options.top_k,
-                                                 device=options.device, n_threads=options.n_threads, seed=options.seed)
+            decoder = participant_decoder(options.shared_decoders, space, top_k=options.top_k, device=options.device,
+                                          n_threads=options.n_threads, seed=options.seed)
         else:
             decoder = BrainDecoder(options.decoder, top_k=options.top_k, device=options.device,
                                    n_threads=options.n_threads, seed=options.seed)

@@ -546,3 +546,14 @@ def fit_new_participant(model: SharedModel, betas: np.ndarray, features: np.ndar
                         fine_tune_head: bool = False, **kwargs) -> SharedParticipantDecoder:
     """Fit only this participant's map (optionally the head too); it need not be one of the group."""
     return SharedParticipantDecoder(model, fine_tune_head=fine_tune_head, **kwargs).fit(betas, features, stimuli)
+
+
+def participant_decoder(shared_files, space: str, **kwargs) -> SharedParticipantDecoder:
+    """The unfitted decoder the participant level uses instead of a fresh ``BrainDecoder``: the participant's
+    map on the shared model (among ``shared_files``) that decodes ``space``."""
+    for path in shared_files:
+        model = SharedModel.load(path)
+        if model.feature_space == space:
+            return SharedParticipantDecoder(model, source=str(path), **kwargs)
+    raise UsageError(f"no --shared-decoder decodes '{space}' features",
+                     hint=f"pass the desc-shared{space}_model.safetensors of the group level")

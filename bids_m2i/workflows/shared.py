@@ -6,7 +6,7 @@ the participant level) and trains one :class:`~bids_m2i.decoding.shared.SharedMo
 ``OUT/group/decoding/desc-shared<target>_model.safetensors`` (+ .json).
 
 ``m2i BIDS OUT participant --shared-decoder FILE [FILE ...]`` then fits only the participant's map into the
-shared space (``bids_m2i.decoding.reconstruct``); :func:`check_shared_decoders` refuses mismatched feature
+shared space (``bids_m2i.decoding.shared.participant_decoder``, called by ``bids_m2i.decoding.reconstruct``); :func:`check_shared_decoders` refuses mismatched feature
 spaces before anything runs (exit 64).
 """
 
@@ -191,25 +191,6 @@ def check_shared_decoders(config) -> dict[str, Path]:
                          hint=f"pass OUT/group/decoding/desc-shared{absent[0]}_model.safetensors too, or drop "
                          f"--target {absent[0]}")
     return by_target
-
-
-def participant_shared_decoder(shared_files, space: str, *, device="cpu", n_threads=None, seed: int = 0,
-                               top_k=None):
-    """The decoder object the participant level fits instead of a fresh ``BrainDecoder`` (the hook in
-    :func:`bids_m2i.decoding.reconstruct.reconstruct_participant`)."""
-    from ..decoding.shared import SharedModel, SharedParticipantDecoder
-
-    matching = []
-    for path in shared_files:
-        model = SharedModel.load(path)
-        if model.feature_space == space:
-            matching.append((path, model))
-    if not matching:
-        raise UsageError(f"no --shared-decoder decodes '{space}' features",
-                         hint=f"pass the desc-shared{space}_model.safetensors of the group level")
-    path, model = matching[0]
-    return SharedParticipantDecoder(model, device=device, n_threads=n_threads, seed=seed, top_k=top_k,
-                                    source=str(path))
 
 
 def summary_possible(config) -> bool:
