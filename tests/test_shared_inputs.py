@@ -1,4 +1,5 @@
-"""Participant-specific brain sizes in the simulator (a fair test for shared-subject decoding)."""
+"""What a fair test of shared-subject decoding needs: participant-specific brain sizes in the simulator, and a
+BIDS filter file that restricts one task's runs while keeping another's."""
 
 from __future__ import annotations
 
@@ -29,3 +30,22 @@ def test_participants_have_different_voxel_counts(tmp_path):
     assert int(load_truth(single, "01")["brain_mask"].sum()) == counts[0][0]
     for (mask, responsive), scale in zip(counts, [brain_scale(get_preset("tiny"), 0, i) for i in range(3)]):
         assert abs(responsive - round(100 * scale ** 3)) <= 1  # tiny: 60 early + 40 higher voxels
+
+
+def test_bids_filter_file_list_selects_the_union(tiny_dataset, tmp_path, capsys):
+    """A list of filter sets under "bold" (one task's runs restricted, the other task whole): how the
+    shared-decoder goal restricts a new participant to 2 perception runs and keeps its imagery runs."""
+    import json
+
+    from bids_m2i.cli.run import run_cli
+
+    filters = tmp_path / "filters.json"
+    filters.write_text(json.dumps({"bold": [{"task": "perception", "run": [2]}, {"task": "imagery"}]}))
+    code = run_cli([str(tiny_dataset), str(tmp_path / "out"), "participant", "--print-trials", "--skip-bids-validation",
+                    "--bids-filter-file", str(filters), "-w", str(tmp_path / "work")])
+    assert code == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(("perception", "imagery"))]
+    assert sorted((r[0], r[2]) for r in rows) == [("imagery", "01"), ("perception", "02")]
+    filters.write_text(json.dumps({"bold": [{"task": "perception"}, "run-02"]}))
+    assert run_cli([str(tiny_dataset), str(tmp_path / "out"), "participant", "--print-trials",
+                    "--skip-bids-validation", "--bids-filter-file", str(filters), "-w", str(tmp_path / "work")]) == 64
