@@ -54,7 +54,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("task", "bids", "list", [], "Task label(s); default all.", ("--task", "--task-label"),
                metavar="TASK"),
     OptionSpec("bids_filter_file", "bids", "path", None, "JSON file in fMRIPrep's format "
-               "(`{\"bold\": {...}}`) with extra BIDS entity filters.", ("--bids-filter-file", "--bids_filter_file"),
+               "(`{\"bold\": {...}}`) with extra BIDS entity filters; a list of such objects under `bold` selects "
+               "their union.", ("--bids-filter-file", "--bids_filter_file"),
                metavar="FILE"),
     OptionSpec("derivatives", "bids", "paths", [], "fMRIPrep output folder (contains its "
                "dataset_description.json); repeatable. Uses its preprocessed BOLD, masks and confounds.",
