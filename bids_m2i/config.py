@@ -54,7 +54,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("task", "bids", "list", [], "Task label(s); default all.", ("--task", "--task-label"),
                metavar="TASK"),
     OptionSpec("bids_filter_file", "bids", "path", None, "JSON file in fMRIPrep's format "
-               "(`{\"bold\": {...}}`) with extra BIDS entity filters.", ("--bids-filter-file", "--bids_filter_file"),
+               "(`{\"bold\": {...}}`) with extra BIDS entity filters; a list of such objects under `bold` selects "
+               "their union.", ("--bids-filter-file", "--bids_filter_file"),
                metavar="FILE"),
     OptionSpec("derivatives", "bids", "paths", [], "fMRIPrep output folder (contains its "
                "dataset_description.json); repeatable. Uses its preprocessed BOLD, masks and confounds.",
@@ -124,6 +125,14 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("models_dir", "decoding", "path", None, "Models folder (see docs/models.md); default "
                "$M2I_MODELS_DIR. Needed only for clip/unclip/feature metrics.", ("--models-dir", "--models_dir"),
                metavar="DIR"),
+    OptionSpec("train_shared_decoder", "decoding", "bool", False, "Group level: train one shared-subject decoder "
+               "per --target on every selected participant's betas (run `participant --stop-after glm` first); "
+               "writes OUT/group/decoding/desc-shared<target>_model.safetensors (see docs/decoding.md).",
+               ("--train-shared-decoder", "--train_shared_decoder")),
+    OptionSpec("shared_decoder", "decoding", "paths", [], "Participant level: decode with this shared decoder "
+               "(one file per --target, from the group level), fitting only the participant's own map into its "
+               "shared space on the participant's training trials.", ("--shared-decoder", "--shared_decoder"),
+               metavar="FILE"),
     # --- report ---
     OptionSpec("report_stimuli", "report", "bool", True, "Show stimulus images in the report (turn off when "
                "their licence forbids copying).", ("--report-stimuli/--no-report-stimuli",)),

@@ -116,14 +116,17 @@ def load_bids_filters(path: Path | None) -> dict:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except ValueError as exc:
         raise UsageError(f"BIDS filter file {path} is not valid JSON: {exc}", path=path) from exc
-    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+    # a list of filter sets for "bold" selects their union (e.g. 2 perception runs plus every imagery run)
+    if not isinstance(data, dict) or not all(isinstance(v, dict) or (isinstance(v, list) and v and all(
+            isinstance(item, dict) for item in v)) for v in data.values()):
         raise UsageError(f"BIDS filter file {path} must map a file type to filters, e.g. "
                          '{"bold": {"acquisition": "mb4"}}', path=path)
     unknown = set(data) - {"bold", "t1w", "t2w", "flair", "fmap", "sbref", "roi", "events"}
     if unknown:
         raise UsageError(f"BIDS filter file {path}: unknown query name(s) {sorted(unknown)}", path=path,
                          hint='use "bold" for the functional runs')
-    return dict(data.get("bold", {}))
+    bold = data.get("bold", {})
+    return [dict(item) for item in bold] if isinstance(bold, list) else dict(bold)
 
 
 def select_bold_runs(layout, *, participants: list[str], sessions: list[str], tasks: list[str],
@@ -141,19 +144,22 @@ def select_bold_runs(layout, *, participants: list[str], sessions: list[str], ta
         if unknown:
             raise NoDataSelected(f"{name.capitalize()}(s) {', '.join(unknown)} not found in the dataset",
                                  hint=f"{name}s present: {', '.join(sorted(present)) or 'none'}")
-    query = {"datatype": "func", "suffix": "bold", "extension": [".nii", ".nii.gz"]}
-    for key, value in (bids_filters or {}).items():
-        query[key] = value
-    if participants:
-        query["subject"] = participants
-    if sessions:
-        query["session"] = sessions
-    if tasks:
-        query["task"] = tasks
-    try:
-        files = layout.get(**query)
-    except (ValueError, TypeError) as exc:
-        raise UsageError(f"Invalid BIDS filter: {exc}", hint="check --bids-filter-file entity names") from exc
+    files = {}
+    for filters in (bids_filters if isinstance(bids_filters, list) else [bids_filters or {}]):
+        query = {"datatype": "func", "suffix": "bold", "extension": [".nii", ".nii.gz"]}
+        for key, value in filters.items():
+            query[key] = value
+        if participants:
+            query["subject"] = participants
+        if sessions:
+            query["session"] = sessions
+        if tasks:
+            query["task"] = tasks
+        try:
+            files.update({f.path: f for f in layout.get(**query)})
+        except (ValueError, TypeError) as exc:
+            raise UsageError(f"Invalid BIDS filter: {exc}", hint="check --bids-filter-file entity names") from exc
+    files = list(files.values())
 
     selected: dict[str, list[BoldRun]] = {}
     for bids_file in sorted(files, key=lambda f: f.path):

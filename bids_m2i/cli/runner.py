@@ -202,6 +202,10 @@ def run(config: Config, on_log_file: Callable[[Path], None] | None = None) -> in
     if config.print_trials and config.analysis_level == "participant":
         return print_trials(config)
     check_plugin_environment(config)
+    if config.analysis_level == "participant" and config.shared_decoder:
+        from ..workflows.shared import check_shared_decoders
+
+        check_shared_decoders(config)  # mismatched feature spaces: exit 64 before anything is written
     output_dir = config.output_dir.absolute()
     if config.analysis_level == "group" and not (output_dir / "dataset_description.json").exists():
         raise InputMissingError(f"{output_dir} holds no participant results yet",
@@ -223,6 +227,12 @@ def run(config: Config, on_log_file: Callable[[Path], None] | None = None) -> in
     if config.analysis_level == "group":
         from ..workflows.group import run_group_level
 
+        if config.train_shared_decoder:
+            from ..workflows.shared import run_shared_training, summary_possible
+
+            run_shared_training(config, work_dir)
+            if not summary_possible(config):
+                return 0
         return run_group_level(config)
 
     if not config.skip_bids_validation and not config.print_trials:

@@ -55,6 +55,8 @@ class DecodingOptions:
     captions_file: Path | None = None  # extra captions for the retrieval bank (--captions)
     candidates: int = 1  # best-of-N (--candidates)
     n_perm: int = 1000  # permutations for the metrics' p-values
+    # group-level shared decoders (one per target): only the participant's map is fitted (docs/decoding.md)
+    shared_decoders: tuple[Path, ...] = ()
 
 
 @dataclass
@@ -250,7 +252,14 @@ def reconstruct_participant(betas: np.ndarray, trials: pd.DataFrame, stimuli_dir
             basis = PixelBasis.fit(features[np.sort(distinct)], PIXEL_COMPONENTS)
             features = basis.transform(features)
         train_targets[space] = features
-        decoders[space] = fit_decoder(options, betas[train_rows], features, labels_train)
+        if options.shared_decoders:  # a group-level model: only this participant's map is fitted
+            from .shared import participant_decoder
+
+            decoder = participant_decoder(options.shared_decoders, space, top_k=options.top_k, device=options.device,
+                                          n_threads=options.n_threads, seed=options.seed)
+            decoders[space] = decoder.fit(betas[train_rows], features, labels=labels_train)
+        else:
+            decoders[space] = fit_decoder(options, betas[train_rows], features, labels_train)
 
     # --- test items --------------------------------------------------------------------------------------------
     finetuned: dict[str, np.ndarray] = {}
@@ -307,7 +316,8 @@ def reconstruct_participant(betas: np.ndarray, trials: pd.DataFrame, stimuli_dir
     pixel_images = None
     if "pixels" in predictions_by_space:
         pixel_images = [pixels_to_image(v, (PIXEL_SIZE, PIXEL_SIZE, 3), basis) for v in predictions_by_space["pixels"]]
-    common_meta = {"Decoder": options.decoder, "Targets": list(options.targets), "Seed": options.seed}
+    common_meta = {"Decoder": "shared" if options.shared_decoders else options.decoder,
+                   "Targets": list(options.targets), "Seed": options.seed}
     if options.generator == "pixels":
         if pixel_images is None:
             raise BadDataError("--generator pixels needs --target pixels")

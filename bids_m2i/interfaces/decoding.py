@@ -78,6 +78,9 @@ class _ReconstructInputSpec(BaseInterfaceInputSpec):
     n_threads = traits.Int(1, usedefault=True)
     captions = traits.Str("", usedefault=True, desc="--captions FILE (extra bank captions)")
     candidates = traits.Int(1, usedefault=True, desc="best of N generated images per item")
+    # File traits: nipype hashes the files, so a retrained shared model reruns the decoding
+    shared_decoders = traits.List(File(exists=True), desc="shared decoder files (group level) fitted instead of new "
+                                  "decoders")
 
 
 class _ReconstructOutputSpec(TraitedSpec):
@@ -117,6 +120,7 @@ class ReconstructImages(M2IInterface):
             finetune_imagery=inputs.finetune_imagery, models_dir=Path(inputs.models_dir) if inputs.models_dir else None,
             seed=inputs.seed, device=inputs.device, n_threads=inputs.n_threads, work_dir=Path(inputs.work_dir),
             captions_file=Path(inputs.captions) if inputs.captions else None, candidates=inputs.candidates,
+            shared_decoders=tuple(Path(p) for p in inputs.shared_decoders),
         )
         result = reconstruct_participant(betas, trials, Path(inputs.stimuli_dir), options)
 
@@ -126,8 +130,9 @@ class ReconstructImages(M2IInterface):
             return derivative_path(out, subject=subject, **kw)
 
         for space, decoder in result.decoders.items():
+            label = "shared" if inputs.shared_decoders else inputs.decoder
             # entity values are alphanumeric: clip-text -> cliptext
-            model_path = path(datatype="decoding", desc=f"{space.replace('-', '')}{inputs.decoder}", suffix="model",
+            model_path = path(datatype="decoding", desc=f"{space.replace('-', '')}{label}", suffix="model",
                               extension=".safetensors")
             extra = result.pixel_basis.to_arrays() if space == "pixels" and result.pixel_basis is not None else None
             decoder.save(model_path, extra_arrays=extra)  # the PCA basis (if any) travels with the pixel decoder

@@ -154,6 +154,11 @@ def methods_paragraphs(config, *, stages, output_dir: Path, subject: str) -> lis
             + ("ridge regression with one regularisation per feature chosen by efficient leave-one-out "
                "cross-validation" if config.decoder == "ridge" else "a residual MLP trained with MSE and "
                "contrastive losses (after MindEye, Scotti et al. 2023)")
+            + ("" if not config.values.get("shared_decoder") else
+               ", except that the model used was the group's shared-subject decoder (after MindEye2, Scotti et al. "
+               "2024; "
+               + ", ".join(Path(p).name for p in config.shared_decoder) + "): only this participant's linear map "
+               "into its shared space was fitted, on the participant's training trials")
             + ". Predictions were rescaled to the training features' per-dimension mean and standard deviation "
             "(Ozcelik & VanRullen 2023) and applied to held-out perception trials"
             + (" (repeats averaged)" if config.average_repeats else "")

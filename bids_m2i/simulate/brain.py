@@ -60,10 +60,11 @@ class Geometry:
 class HeadModel:
     """An analytic head: intensities (arbitrary scanner units) at any RAS-mm point of the head's own frame."""
 
-    def __init__(self, geometry: Geometry, rng: np.random.Generator):
+    def __init__(self, geometry: Geometry, rng: np.random.Generator, scale: float = 1.0):
         fov = geometry.fov_mm
-        # the head fills most of the field of view (scaled with it; see docs/simulator.md)
-        self.head_axes = np.array([0.40, 0.44, 0.40]) * fov
+        # the head fills most of the field of view (scaled with it; see docs/simulator.md); ``scale`` is the
+        # participant's head (and brain) size relative to the preset's
+        self.head_axes = np.array([0.40, 0.44, 0.40]) * fov * float(scale)
         self.centre = np.array([0.0, 0.0, 0.02 * fov[2]])
         self.brain_axes = 0.82 * self.head_axes  # scalp + skull + CSF take the outer 18 %
         self.edge_mm = 0.5 * geometry.voxel_mm  # width of tissue boundaries

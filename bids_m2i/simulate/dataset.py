@@ -23,7 +23,28 @@ from .scanner import simulate_run, slice_times
 log = logging.getLogger("m2i.simulate")
 
 # independent random streams: switching motion or noise off leaves every other draw unchanged
-_STREAMS = {"stimuli": 0, "brain": 1, "design": 2, "amplitudes": 3, "noise": 4, "motion": 5, "offsets": 6}
+_STREAMS = {"stimuli": 0, "brain": 1, "design": 2, "amplitudes": 3, "noise": 4, "motion": 5, "offsets": 6,
+            "anatomy": 7}
+
+# a participant's brain scale stays within these bounds: the head must still fit in the field of view
+BRAIN_SCALE_RANGE = (0.88, 1.12)
+
+
+def brain_scale(cfg: dict, seed: int, index: int) -> float:
+    """Linear size of participant ``index``'s head and brain relative to the preset's.
+
+    Brains differ in size (and visual areas in extent) between people, so a shared-subject decoder must map
+    differing voxel counts without a common template. Participant 01 (index 0) keeps the preset's size, so a
+    one-participant dataset is unchanged; the others draw ``exp(N(0, brain_size_sd))`` (clipped to
+    ``BRAIN_SCALE_RANGE``) from their own stream, leaving every other random draw unchanged. The brain mask
+    then holds ``scale**3`` times as many voxels and the visual regions ``scale**3`` times as many responsive
+    voxels.
+    """
+    sd = float(cfg.get("brain_size_sd", 0.0))
+    if index == 0 or sd <= 0:
+        return 1.0
+    draw = float(np.exp(_rng(seed, "anatomy", index).normal(0.0, sd)))
+    return float(np.clip(draw, *BRAIN_SCALE_RANGE))
 
 
 def _rng(seed: int, stream: str, *keys: int) -> np.random.Generator:
@@ -123,9 +144,12 @@ def _simulate_subject(root: Path, cfg: dict, seed: int, index: int, label: str, 
     rng_brain = _rng(seed, "brain", index)
     geometry = brain_mod.Geometry(tuple(cfg["shape"]), float(cfg["voxel_mm"]))
     affine = geometry.affine
-    head = brain_mod.HeadModel(geometry, rng_brain)
+    scale = brain_scale(cfg, seed, index)
+    head = brain_mod.HeadModel(geometry, rng_brain, scale=scale)
     brain_mask = head.brain_mask(geometry)
-    roi, pole = brain_mod.visual_regions(geometry, head, brain_mask, cfg["n_early"], cfg["n_higher"])
+    volume = scale ** 3  # visual areas grow with the brain
+    roi, pole = brain_mod.visual_regions(geometry, head, brain_mask, int(round(cfg["n_early"] * volume)),
+                                         int(round(cfg["n_higher"] * volume)))
     model = brain_mod.build_voxel_model(rng_brain, geometry, roi, pole, cfg)
     kernels = brain_mod.hrf_kernels(model.hrf)
     coil = np.exp(cfg["coil_sd"] * brain_mod.smooth_field(rng_brain, geometry.shape, sigma_vox=6.0)[0])

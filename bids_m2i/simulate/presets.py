@@ -26,6 +26,7 @@ _COMMON = {
     "imagery_rest": (3.0, 6.0),
     "slice_timing": True,
     # brain model
+    "brain_size_sd": 0.05,  # log-sd of a participant's linear head/brain size (participant 01 keeps 1.0)
     "response_base": 2.0,  # % signal change of a 3-s perception trial (median voxel)
     "response_spread": 0.8,  # stimulus-specific sd as a fraction of the base
     "trial_noise_ratio": 0.5,  # trial-to-trial sd as a fraction of the stimulus-specific sd

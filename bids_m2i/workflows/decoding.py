@@ -36,7 +36,8 @@ def init_decoding_wf(config, subject_inputs, task_sessions, output_dir: str, wor
         average_repeats=config.average_repeats, top_k=config.top_k_voxels or 0,
         finetune_imagery=config.finetune_imagery, models_dir=str(models_dir) if models_dir else "",
         seed=config.seed, device=_device(config), n_threads=config.n_threads, statseries_names=names,
-        captions=str(config.captions) if config.captions else "", candidates=config.candidates or 1),
+        captions=str(config.captions) if config.captions else "", candidates=config.candidates or 1,
+        shared_decoders=[str(p) for p in config.shared_decoder]),
         name="reconstruct", n_procs=config.n_threads)
     if config.roi_mask:
         reconstruct.inputs.roi_mask = str(config.roi_mask)

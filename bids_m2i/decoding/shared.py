@@ -1,0 +1,559 @@
+"""Shared-subject decoding: per-participant linear maps into one shared space, one shared mapping to features.
+
+MindEye2 (Scotti et al. 2024) pretrains a shared backbone across participants, each participant's voxels
+entering through its own linear map, then fits a new participant from one hour of data. This is the linear,
+closed-form counterpart, sized for CPUs (seconds to minutes on 2 cores):
+
+1. **Shared feature subspace** (group reduced-rank ridge; Mukherjee & Zhu 2011 for one participant). Features
+   are standardised with the pooled mean and sd of every participant's training trials. Each participant's
+   own ridge (one alpha per feature, chosen by leave-one-stimulus-out CV) gives fitted features; the top
+   ``k`` eigenvectors of the sum over participants of their (per-trial averaged) second-moment matrices are
+   the ``k`` feature directions that brains predict best, *jointly*: the basis ``B`` (k x d, orthonormal rows).
+2. **Per-participant maps** into that space: a ridge from the participant's own z-scored voxels to its
+   latent targets ``Y_std Bᵀ`` (k targets, one alpha each, CV). Voxel counts differ freely; no template and
+   no shared stimuli are needed, because participants are linked only through the feature space.
+3. **Shared head** from the latent space to all features: a ridge fitted on every participant's
+   *out-of-fold* latent predictions (k-fold by stimulus), so it learns how noisy latent predictions relate
+   to features (it undoes shrinkage and mixes latent directions) rather than inverting ``B``.
+
+A new participant (seen in training or not) gets only step 2 on its own training trials: ``v x k`` weights
+instead of ``v x d``, targets the group found predictable, and the head trained on thousands of trials.
+Optionally the head is fine-tuned with the new participant's out-of-fold latent predictions added to the
+group's (kept as sufficient statistics in the model file).
+
+Where participants share stimuli, the CV groups of the head are the stimulus identities across participants
+(an image's repeats in every participant are held out together); nothing else needs shared stimuli.
+
+Files: ``save``/``load`` write ``.safetensors`` (arrays) + ``.json`` (participants, trials, settings, feature
+space and its dimension). Everything is numpy/torch on arrays: no BIDS, no nipype.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BadDataError, InputMissingError, UsageError
+from ..utils.atomic import atomic_path, write_json
+from .ridge import DEFAULT_ALPHAS, fit_ridge_cv, make_cv_groups, ridge_predict
+from .voxels import VoxelScaler
+
+LOG = logging.getLogger("m2i.decoding")
+
+FORMAT = "m2i-shared-decoder/1"
+#: size of the shared space. On the simulator's demo (pixels 32 x 32 x 3, 5 participants) 24 and 64 components
+#: scored within 0.02 PixCorr of each other (24 higher) and held > 99.9 % of the group's predicted variance.
+DEFAULT_COMPONENTS = 32
+#: penalty grid of the shared head (latent predictions have sd ~ 0.1-1 and there are thousands of rows)
+HEAD_ALPHAS = tuple(float(a) for a in 10.0 ** np.arange(-1.0, 5.01, 0.5))
+CV_FOLDS = 5
+#: at most this many leading feature axes enter the search for the shared space
+FEATURE_AXES = 256
+
+
+@dataclass
+class ParticipantData:
+    """One participant's training trials.
+
+    betas : (n, v_p) in-mask betas of training trials (v_p differs between participants)
+    features : (n, d) target features of each trial's stimulus (same space and d for everyone)
+    stimuli : (n,) stimulus identity (repeats -> grouped CV); optional
+    """
+
+    label: str
+    betas: np.ndarray
+    features: np.ndarray
+    stimuli: np.ndarray | None = None
+
+
+@dataclass
+class ParticipantMap:
+    """Voxels of one participant -> shared space: ``z = scaler(betas) @ coef + intercept``."""
+
+    scaler: VoxelScaler
+    coef: np.ndarray  # (v_kept, k)
+    intercept: np.ndarray  # (k,)
+    alpha: np.ndarray  # (k,)
+    n_train: int
+
+    def latent(self, betas: np.ndarray) -> np.ndarray:
+        return ridge_predict(self.scaler.transform(betas), self.coef, self.intercept)
+
+    def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        arrays = {f"{prefix}{k}": v for k, v in self.scaler.to_arrays().items()}
+        arrays.update({f"{prefix}coef": self.coef, f"{prefix}intercept": self.intercept,
+                       f"{prefix}alpha": np.asarray(self.alpha, np.float64)})
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays: dict, prefix: str, n_train: int) -> "ParticipantMap":
+        scaler = VoxelScaler.from_arrays({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
+        return cls(scaler, arrays[f"{prefix}coef"], arrays[f"{prefix}intercept"], arrays[f"{prefix}alpha"], n_train)
+
+
+@dataclass
+class SharedModel:
+    """The group model: feature standardisation, shared basis, shared head and every participant's map."""
+
+    feature_space: str
+    feature_info: dict  # e.g. {"pixel_size": 32} or {"clip_model": "ViT-H-14"}
+    feature_mean: np.ndarray  # (d,) pooled over the group's training trials
+    feature_scale: np.ndarray  # (d,)
+    basis: np.ndarray  # (k, d), orthonormal rows, standardised feature units
+    head_coef: np.ndarray  # (k, d)
+    head_intercept: np.ndarray  # (d,)
+    head_alpha: np.ndarray  # (d,)
+    head_gram: np.ndarray  # (k + 1, k + 1) sum of [z 1]ᵀ[z 1] over the head's training rows
+    head_cross: np.ndarray  # (k + 1, d) sum of [z 1]ᵀ y_std
+    maps: dict[str, ParticipantMap] = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.basis.shape[1])
+
+    @property
+    def n_components(self) -> int:
+        return int(self.basis.shape[0])
+
+    def features_from_latent(self, latent: np.ndarray) -> np.ndarray:
+        standard = ridge_predict(latent, self.head_coef, self.head_intercept)
+        return (standard * self.feature_scale + self.feature_mean).astype(np.float32)
+
+    def predict(self, participant: str, betas: np.ndarray) -> np.ndarray:
+        """Features (n, d) of a participant of the group from its betas (n, v_p)."""
+        if participant not in self.maps:
+            raise UsageError(f"participant {participant!r} is not in the shared model",
+                             hint="fit it first with fit_new_participant")
+        return self.features_from_latent(self.maps[participant].latent(betas))
+
+    def check_features(self, feature_space: str, feature_dim: int, feature_info: dict | None = None,
+                       path=None) -> None:
+        """Usage error (exit 64) unless the model decodes ``feature_space`` with this dimension and settings."""
+        where = f" ({path})" if path else ""
+        if feature_space != self.feature_space:
+            raise UsageError(f"The shared decoder{where} decodes '{self.feature_space}' features, not "
+                             f"'{feature_space}'", path=path,
+                             hint=f"pass the desc-shared{feature_space}_model file, or --target {self.feature_space}")
+        mismatch = [f"{k} {self.feature_info[k]} in the model vs {v} here" for k, v in (feature_info or {}).items()
+                    if k in self.feature_info and self.feature_info[k] != v]
+        if feature_dim != self.feature_dim:
+            mismatch.insert(0, f"{self.feature_dim} feature dimensions in the model vs {feature_dim} here")
+        if mismatch:
+            raise UsageError(f"The shared {feature_space} decoder{where} was trained on other features: "
+                             + "; ".join(mismatch), path=path,
+                             hint="retrain it at the group level with the same version and settings")
+
+    # ------------------------------------------------------------------------------------------------------
+    def save(self, path) -> Path:
+        """``path`` (.safetensors) + ``path`` with .json (participants, trials, settings, feature space)."""
+        from safetensors.numpy import save_file
+
+        path = Path(path)
+        arrays = {"feature_mean": self.feature_mean, "feature_scale": self.feature_scale, "basis": self.basis,
+                  "head_coef": self.head_coef, "head_intercept": self.head_intercept,
+                  "head_alpha": np.asarray(self.head_alpha, np.float64), "head_gram": self.head_gram,
+                  "head_cross": self.head_cross}
+        order = sorted(self.maps)
+        for i, label in enumerate(order):
+            arrays.update(self.maps[label].to_arrays(f"map{i}."))
+        arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            save_file(arrays, str(tmp))
+        meta = {
+            "Format": FORMAT, "FeatureSpace": self.feature_space, "FeatureDim": self.feature_dim,
+            "FeatureInfo": self.feature_info, "Components": self.n_components,
+            "Participants": [{"label": label, "index": i, "n_train": self.maps[label].n_train,
+                              "n_voxels": int(len(self.maps[label].scaler.columns))}
+                             for i, label in enumerate(order)],
+            "Settings": self.settings, "Info": self.info,
+        }
+        write_json(path.with_suffix(".json"), meta)
+        return path
+
+    @classmethod
+    def load(cls, path) -> "SharedModel":
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+
+        path = Path(path)
+        sidecar = path.with_suffix(".json")
+        if not path.is_file() or not sidecar.is_file():
+            raise InputMissingError(f"shared decoder not found: {path} (+ .json sidecar)", path=path,
+                                    hint="train it with `m2i BIDS OUT group --train-shared-decoder`")
+        try:
+            meta = json.loads(sidecar.read_text())
+            arrays = load_file(str(path))
+        except (ValueError, SafetensorError, OSError) as exc:
+            raise UsageError(f"not a readable shared decoder: {path} ({exc})", path=path,
+                             hint="pass an OUT/group/decoding/desc-shared<target>_model.safetensors file") from exc
+        if meta.get("Format") != FORMAT:
+            raise UsageError(f"{path} is not a shared decoder (format {meta.get('Format')!r}, expected {FORMAT})",
+                             path=path, hint="pass a desc-shared<target>_model.safetensors file from the group level")
+        maps = {p["label"]: ParticipantMap.from_arrays(arrays, f"map{p['index']}.", p["n_train"])
+                for p in meta["Participants"]}
+        return cls(feature_space=meta["FeatureSpace"], feature_info=meta.get("FeatureInfo", {}),
+                   feature_mean=arrays["feature_mean"], feature_scale=arrays["feature_scale"], basis=arrays["basis"],
+                   head_coef=arrays["head_coef"], head_intercept=arrays["head_intercept"],
+                   head_alpha=arrays["head_alpha"], head_gram=arrays["head_gram"], head_cross=arrays["head_cross"],
+                   maps=maps, settings=meta.get("Settings", {}), info=meta.get("Info", {}))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def ridge_fixed(X: np.ndarray, Y: np.ndarray, alpha, n_threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Ridge with fixed per-target alphas through one eigendecomposition of the smaller Gram matrix
+    (``X Xᵀ`` when rows <= columns): cheap for many targets and for p >> n, unlike a primal solve."""
+    import torch
+
+    from ..utils.torch_runtime import torch_threads
+
+    with torch_threads(n_threads), torch.no_grad():
+        X = torch.as_tensor(np.asarray(X), dtype=torch.float64)
+        Y = torch.as_tensor(np.asarray(Y), dtype=torch.float64)
+        x_mean, y_mean = X.mean(0), Y.mean(0)
+        Xc, Yc = X - x_mean, Y - y_mean
+        alpha = torch.as_tensor(np.broadcast_to(np.asarray(alpha, np.float64), (Y.shape[1],)).copy())
+        if Xc.shape[0] <= Xc.shape[1]:
+            s, U = torch.linalg.eigh(Xc @ Xc.T)
+            coef = Xc.T @ (U @ ((U.T @ Yc) / (s.clamp(min=0)[:, None] + alpha[None, :])))
+        else:
+            s, V = torch.linalg.eigh(Xc.T @ Xc)
+            coef = V @ ((V.T @ (Xc.T @ Yc)) / (s.clamp(min=0)[:, None] + alpha[None, :]))
+        intercept = y_mean - x_mean @ coef
+        return coef.numpy().astype(np.float32), intercept.numpy().astype(np.float32)
+
+
+def _augment(Z: np.ndarray) -> np.ndarray:
+    return np.concatenate([np.asarray(Z, np.float64), np.ones((len(Z), 1))], axis=1)
+
+
+def head_alphas_by_cv(Z: np.ndarray, Y: np.ndarray, alphas, groups=None, folds: int = CV_FOLDS, seed: int = 0):
+    """One penalty per feature for the head, by k-fold CV grouped by stimulus (an image's rows in every
+    participant are held out together), from per-fold sufficient statistics: (k+1)-sized solves only."""
+    A = _augment(Z)
+    Y = np.asarray(Y, np.float64)
+    labels, _ = make_cv_groups(len(A), int(min(folds, len(np.unique(groups)) if groups is not None else len(A))),
+                               groups, seed)
+    stats = []
+    for fold in np.unique(labels):
+        rows = labels == fold
+        stats.append((A[rows].T @ A[rows], A[rows].T @ Y[rows], (Y[rows] ** 2).sum(0)))
+    gram = sum(s[0] for s in stats)
+    cross = sum(s[1] for s in stats)
+    errors = np.zeros((len(alphas), Y.shape[1]))
+    for i, a in enumerate(alphas):
+        for g, c, yy in stats:
+            coef, intercept = solve_head(gram - g, cross - c, np.full(Y.shape[1], a))
+            W = np.concatenate([coef, intercept[None]], 0).astype(np.float64)
+            errors[i] += yy - 2 * (W * c).sum(0) + (W * (g @ W)).sum(0)
+    return np.asarray(alphas, np.float64)[np.argmin(errors, 0)], gram, cross
+
+
+def solve_head(gram: np.ndarray, cross: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ridge head from sufficient statistics of ``[z 1]``: the intercept (last row) unpenalised."""
+    k = gram.shape[0] - 1
+    penalty = np.zeros(k + 1)
+    penalty[:k] = 1.0
+    coef = np.empty((k + 1, cross.shape[1]))
+    for a in np.unique(alpha):
+        cols = np.flatnonzero(alpha == a)
+        coef[:, cols] = np.linalg.solve(gram + a * np.diag(penalty), cross[:, cols])
+    return coef[:k].astype(np.float32), coef[k].astype(np.float32)
+
+
+@dataclass
+class KFoldRidge:
+    coef: np.ndarray  # (p, t)
+    intercept: np.ndarray  # (t,)
+    alpha: np.ndarray  # (t,)
+    out_of_fold: np.ndarray  # (n, t): each row predicted without its fold, at the chosen alpha
+
+
+def kfold_ridge(X: np.ndarray, Y: np.ndarray, alphas, groups=None, folds: int = CV_FOLDS, seed: int = 0,
+                n_threads: int | None = None) -> KFoldRidge:
+    """Ridge with one alpha per target chosen by k-fold CV grouped by stimulus, in the dual (kernel) form.
+
+    One Gram matrix ``X Xᵀ`` serves every fold (each fold's centring is applied to it algebraically) and one
+    eigendecomposition per fold serves every alpha, so the out-of-fold predictions at the chosen alphas (which
+    train the shared head) come for free. Cost: O(n² v) once, then O(n³) per fold; suited to n <= ~5,000.
+    """
+    import torch
+
+    from ..utils.torch_runtime import torch_threads
+
+    n = len(X)
+    groups = None if groups is None else np.asarray(groups).astype(str)
+    k = int(min(folds, n if groups is None else len(np.unique(groups))))
+    if k < 2:
+        raise BadDataError("shared decoder: need at least 2 distinct training stimuli per participant")
+    labels, _ = make_cv_groups(n, k, groups, seed)
+    alphas = np.asarray(alphas, np.float64)
+    with torch_threads(n_threads), torch.no_grad():
+        Xt = torch.as_tensor(np.asarray(X, np.float32))
+        G = (Xt @ Xt.T).double()
+        Yt = torch.as_tensor(np.asarray(Y, np.float64))
+        t = Yt.shape[1]
+        errors = torch.zeros((len(alphas), t), dtype=torch.float64)
+        oof = torch.zeros((len(alphas), n, t), dtype=torch.float32)
+        for fold in np.unique(labels):
+            held = torch.as_tensor(labels == fold)
+            tr = ~held
+            g_tr = G[:, tr].mean(1)  # x_i . mean(x_train)
+            c = G[tr][:, tr].mean()
+            K = G - g_tr[:, None] - g_tr[None, :] + c  # centred on the training rows' mean
+            s, U = torch.linalg.eigh(K[tr][:, tr])
+            s = s.clamp(min=0)
+            y_mean = Yt[tr].mean(0)
+            Q = U.T @ (Yt[tr] - y_mean)
+            KU = K[held][:, tr] @ U
+            for i, a in enumerate(alphas):
+                pred = y_mean + KU @ (Q / (s[:, None] + a))
+                errors[i] += ((Yt[held] - pred) ** 2).sum(0)
+                oof[i, held] = pred.float()
+        best = torch.argmin(errors, 0)
+        alpha = alphas[best.numpy()]
+        out = oof[best, torch.arange(n)[:, None], torch.arange(t)[None, :]].numpy()
+        del oof
+    coef, intercept = ridge_fixed(X, Y, alpha, n_threads)  # the final fit on every row
+    return KFoldRidge(coef, intercept, alpha, out)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# training
+
+
+def train_shared_model(participants: list[ParticipantData], feature_space: str, *,
+                       n_components: int = DEFAULT_COMPONENTS, alphas=DEFAULT_ALPHAS, head_alphas=HEAD_ALPHAS,
+                       top_k: int | None = None, feature_info: dict | None = None, folds: int = CV_FOLDS,
+                       seed: int = 0, device="cpu", n_threads: int | None = None) -> SharedModel:
+    """Train the shared model on several participants (at least 2) whose voxel counts may differ."""
+    start = time.monotonic()
+    if len(participants) < 2:
+        raise UsageError(f"a shared decoder needs at least 2 participants with betas, got {len(participants)}",
+                         hint="run `participant --stop-after glm` for more participants first")
+    dims = {p.features.shape[1] for p in participants}
+    if len(dims) != 1:
+        raise BadDataError(f"participants' features have different dimensions: {sorted(dims)}")
+    labels = [p.label for p in participants]
+    if len(set(labels)) != len(labels):
+        raise UsageError(f"participant labels repeat: {labels}")
+    for p in participants:
+        if len(p.betas) != len(p.features):
+            raise BadDataError(f"sub-{p.label}: {len(p.betas)} training betas but {len(p.features)} feature rows")
+    d = dims.pop()
+    all_features = np.concatenate([np.asarray(p.features, np.float64) for p in participants])
+    mean = all_features.mean(0)
+    scale = all_features.std(0)
+    scale = np.where(scale > 1e-8 * max(scale.max(), 1e-30), scale, 1.0)
+    del all_features
+    k = int(min(n_components, d, min(len(p.betas) for p in participants) - 1))
+    if k < 1:
+        raise BadDataError("shared decoder: too few training trials")
+
+    # 0. features on their leading principal axes (all of them when d is small): stage 1 then fits q, not d,
+    # targets (3072 pixels -> 256 axes; the feature directions that brains predict live among the leading ones)
+    import torch
+
+    standard = {p.label: ((np.asarray(p.features, np.float64) - mean) / scale).astype(np.float32) for p in participants}
+    stacked = torch.as_tensor(np.concatenate(list(standard.values())))
+    q = int(min(d, FEATURE_AXES, len(stacked) - 1))
+    if q < d:
+        torch.manual_seed(seed)
+        _, _, V = torch.svd_lowrank(stacked, q=q, niter=3, M=stacked.mean(0, keepdim=True))
+        axes = V.T.numpy().astype(np.float32)  # (q, d) orthonormal rows
+    else:
+        axes = np.eye(d, dtype=np.float32)
+    del stacked
+    k = min(k, q)
+
+    # 1. shared basis: the feature directions that the participants' own ridges predict, summed over people
+    scalers, moment = {}, np.zeros((q, q))
+    for p in participants:
+        scaler = VoxelScaler.fit(p.betas, p.stimuli, top_k)
+        Xz = scaler.transform(p.betas)
+        own = kfold_ridge(Xz, standard[p.label] @ axes.T, alphas, p.stimuli, folds, seed, n_threads)
+        fitted = ridge_predict(Xz, own.coef, own.intercept).astype(np.float64)
+        moment += fitted.T @ fitted / len(fitted)  # every participant weighs the same
+        scalers[p.label] = scaler
+        del own, fitted, Xz
+    eigenvalues, vectors = np.linalg.eigh(moment)
+    order = np.argsort(eigenvalues)[::-1][:k]
+    basis = (vectors[:, order].T @ axes).astype(np.float32)  # (k, d), orthonormal rows
+    explained = float(eigenvalues[order].sum() / max(eigenvalues.sum(), 1e-30))
+
+    # 2. each participant's map into the shared space; 3. the head from out-of-fold latents
+    maps, latents, targets, groups = {}, [], [], []
+    for p in participants:
+        Xz = scalers[p.label].transform(p.betas)
+        T = standard[p.label] @ basis.T
+        fit = kfold_ridge(Xz, T, alphas, p.stimuli, folds, seed, n_threads)
+        maps[p.label] = ParticipantMap(scalers[p.label], fit.coef, fit.intercept, fit.alpha, len(p.betas))
+        latents.append(fit.out_of_fold)
+        targets.append(standard[p.label])
+        groups.append(np.asarray(p.stimuli).astype(str) if p.stimuli is not None else
+                      np.array([f"{p.label}:{i}" for i in range(len(T))]))
+        del Xz
+    head_alpha, gram, cross = head_alphas_by_cv(np.concatenate(latents), np.concatenate(targets), head_alphas,
+                                                np.concatenate(groups), folds, seed)
+    head_coef, head_intercept = solve_head(gram, cross, head_alpha)
+    seconds = time.monotonic() - start
+    LOG.info("shared %s decoder: %d participants, k=%d (%.0f %% of predicted variance), head alpha median %g, "
+             "%.1f s", feature_space, len(participants), k, 100 * explained, float(np.median(head_alpha)), seconds)
+    return SharedModel(
+        feature_space=feature_space, feature_info=dict(feature_info or {}), feature_mean=mean.astype(np.float32),
+        feature_scale=scale.astype(np.float32), basis=basis, head_coef=head_coef, head_intercept=head_intercept,
+        head_alpha=head_alpha, head_gram=gram, head_cross=cross, maps=maps,
+        settings={"n_components": k, "alphas": [float(a) for a in alphas],
+                  "head_alphas": [float(a) for a in head_alphas], "top_k": top_k, "folds": folds, "seed": seed,
+                  "feature_axes": q,
+                  "method": "group reduced-rank ridge + per-participant ridge maps + shared ridge head"},
+        info={"explained_predicted_variance": explained, "head_alpha_median": float(np.median(head_alpha)),
+              "n_trials": int(sum(len(p.betas) for p in participants)), "seconds": round(seconds, 2)})
+
+
+# ----------------------------------------------------------------------------------------------------------
+# a participant (new or not) on a trained model
+
+
+class SharedParticipantDecoder:
+    """A participant's decoder made of its own map into the shared space and the group's head.
+
+    Same use as :class:`~bids_m2i.decoding.decoder.BrainDecoder`: ``fit(betas, features, labels)``,
+    ``predict``, ``feature_mean`` / ``feature_sd`` (this participant's training features, for rescaling),
+    ``fine_tune`` (imagery) and ``save``.
+    """
+
+    method = "shared"
+
+    def __init__(self, model: SharedModel, *, fine_tune_head: bool = False, alphas=DEFAULT_ALPHAS,
+                 device="cpu", n_threads: int | None = None, seed: int = 0, top_k: int | None = None,
+                 source: str = ""):
+        self.model = model
+        self.fine_tune_head = fine_tune_head
+        self.alphas = tuple(float(a) for a in alphas)
+        self.device, self.n_threads, self.seed = device, n_threads, int(seed)
+        self.top_k = top_k
+        self.source = source
+        self.map: ParticipantMap | None = None
+        self.head_coef, self.head_intercept = model.head_coef, model.head_intercept
+        self.feature_mean = self.feature_sd = None
+        self.info: dict = {}
+
+    @property
+    def scaler(self):
+        return None if self.map is None else self.map.scaler
+
+    def fit(self, betas: np.ndarray, features: np.ndarray, labels=None) -> "SharedParticipantDecoder":
+        """Fit this participant's map (and the head, with ``fine_tune_head``) on its training trials."""
+        model = self.model
+        betas = np.asarray(betas, np.float32)
+        features = np.asarray(features, np.float32)
+        model.check_features(model.feature_space, features.shape[1])
+        if len(betas) != len(features):
+            raise BadDataError(f"{len(betas)} training betas but {len(features)} feature rows")
+        scaler = VoxelScaler.fit(betas, labels, self.top_k)
+        Xz = scaler.transform(betas)
+        standard = (features - model.feature_mean) / model.feature_scale
+        T = standard @ model.basis.T
+        fit = kfold_ridge(Xz, T, self.alphas, labels, model.settings.get("folds", CV_FOLDS), self.seed,
+                       self.n_threads)
+        self.map = ParticipantMap(scaler, fit.coef, fit.intercept, fit.alpha, len(betas))
+
+        if self.fine_tune_head:
+            A = _augment(fit.out_of_fold)
+            self.head_coef, self.head_intercept = solve_head(model.head_gram + A.T @ A,
+                                                             model.head_cross + A.T @ standard, model.head_alpha)
+        self.feature_mean = features.mean(0)
+        self.feature_sd = features.std(0)
+        self.info = {"shared_model": self.source, "shared_participants": sorted(model.maps),
+                     "components": model.n_components, "fine_tune_head": self.fine_tune_head,
+                     "n_train": int(len(betas)), "n_voxels": int(len(scaler.columns)),
+                     "n_features": int(features.shape[1]), "alpha_median": float(np.median(fit.alpha))}
+        return self
+
+    def _check_fitted(self):
+        if self.map is None:
+            raise UsageError("the shared decoder is not fitted to this participant yet")
+
+    def latent(self, betas: np.ndarray) -> np.ndarray:
+        self._check_fitted()
+        return self.map.latent(betas)
+
+    def predict(self, betas: np.ndarray) -> np.ndarray:
+        """Betas (n, v) -> features (n, d) (not rescaled; see ``rescale_to_training``)."""
+        standard = ridge_predict(self.latent(betas), self.head_coef, self.head_intercept)
+        return (standard * self.model.feature_scale + self.model.feature_mean).astype(np.float32)
+
+    def fine_tune(self, betas: np.ndarray, features: np.ndarray, folds: np.ndarray, *, alphas=None,
+                  epochs: int = 0) -> np.ndarray:
+        """Imagery fine-tuning of this participant's map (as ``BrainDecoder.fine_tune`` for ridge: a ridge
+        on the residuals of the latent targets, pulled back toward the perception map; penalty chosen by the
+        other folds). Returns out-of-fold predictions (n, d); the map is then updated with all trials."""
+        self._check_fitted()
+        folds = np.asarray(folds)
+        X = self.map.scaler.transform(betas)
+        T = ((np.asarray(features, np.float32) - self.model.feature_mean) / self.model.feature_scale) @ \
+            self.model.basis.T
+        base = ridge_predict(X, self.map.coef, self.map.intercept)
+        residual = T - base
+        grid = self.alphas if alphas is None else alphas
+        out = np.zeros((len(X), self.model.feature_dim), np.float32)
+        for f in np.unique(folds):
+            held = folds == f
+            inner = folds[~held]
+            part = fit_ridge_cv(X[~held], residual[~held], grid, groups=inner if len(np.unique(inner)) > 1 else None,
+                                device=self.device, n_threads=self.n_threads)
+            latent = base[held] + part.predict(X[held])
+            standard = ridge_predict(latent, self.head_coef, self.head_intercept)
+            out[held] = standard * self.model.feature_scale + self.model.feature_mean
+        result = fit_ridge_cv(X, residual, grid, groups=folds, device=self.device, n_threads=self.n_threads)
+        self.map.coef = self.map.coef + result.coef
+        self.map.intercept = self.map.intercept + result.intercept
+        self.info["fine_tune"] = {"n_trials": int(len(X)), "alpha_median": float(np.median(result.alpha)),
+                                  "folds": int(len(np.unique(folds)))}
+        return out
+
+    def save(self, path, extra_arrays: dict | None = None) -> Path:
+        """The participant's own decoder (its map + the head used), self-contained, + .json sidecar."""
+        from safetensors.numpy import save_file
+
+        self._check_fitted()
+        path = Path(path)
+        arrays = self.map.to_arrays("map.")
+        arrays.update(feature_mean=self.feature_mean, feature_sd=self.feature_sd,
+                      shared_feature_mean=self.model.feature_mean, shared_feature_scale=self.model.feature_scale,
+                      basis=self.model.basis, head_coef=self.head_coef, head_intercept=self.head_intercept)
+        arrays.update(extra_arrays or {})
+        arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+        with atomic_path(path) as tmp:
+            save_file(arrays, str(tmp))
+        write_json(path.with_suffix(".json"), {"method": "shared", "FeatureSpace": self.model.feature_space,
+                                               "seed": self.seed, "info": self.info})
+        return path
+
+
+def fit_new_participant(model: SharedModel, betas: np.ndarray, features: np.ndarray, stimuli=None, *,
+                        fine_tune_head: bool = False, **kwargs) -> SharedParticipantDecoder:
+    """Fit only this participant's map (optionally the head too); it need not be one of the group."""
+    return SharedParticipantDecoder(model, fine_tune_head=fine_tune_head, **kwargs).fit(betas, features, stimuli)
+
+
+def participant_decoder(shared_files, space: str, **kwargs) -> SharedParticipantDecoder:
+    """The unfitted decoder the participant level uses instead of a fresh ``BrainDecoder``: the participant's
+    map on the shared model (among ``shared_files``) that decodes ``space``."""
+    for path in shared_files:
+        model = SharedModel.load(path)
+        if model.feature_space == space:
+            return SharedParticipantDecoder(model, source=str(path), **kwargs)
+    raise UsageError(f"no --shared-decoder decodes '{space}' features",
+                     hint=f"pass the desc-shared{space}_model.safetensors of the group level")

@@ -1,0 +1,158 @@
+"""The shared-subject decoding engine (bids_m2i/decoding/shared.py) on planted data.
+
+A planted world: every stimulus has a few latent properties; its features are a fixed linear function of them
+plus feature detail that no brain encodes; each participant's voxels (a different number per participant)
+respond to the latent properties through their own random tuning, plus noise, plus voxels that respond to
+nothing. Participants see *different* stimuli, so nothing here relies on shared stimuli.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bids_m2i.decoding.decoder import BrainDecoder
+from bids_m2i.decoding.ridge import make_cv_groups, ridge_predict
+from bids_m2i.decoding.shared import (ParticipantData, SharedModel, fit_new_participant, kfold_ridge, ridge_fixed,
+                                      train_shared_model)
+from bids_m2i.errors import UsageError
+
+N_LATENT, N_FEATURES = 6, 60
+
+
+class World:
+    def __init__(self, seed=0):
+        self.rng = np.random.default_rng(seed)
+        self.mixing = self.rng.normal(size=(N_LATENT, N_FEATURES))
+
+    def stimuli(self, n):
+        latent = self.rng.normal(size=(n, N_LATENT))
+        detail = 2.0 * self.rng.normal(size=(n, N_FEATURES))  # not encoded by any brain
+        return latent, (latent @ self.mixing + detail).astype(np.float32)
+
+    def participant(self, n_voxels, n_silent=100):
+        return {"tuning": self.rng.normal(size=(N_LATENT, n_voxels)), "n_silent": n_silent}
+
+    def betas(self, brain, latent, noise=1.5):
+        signal = latent @ brain["tuning"]
+        responsive = signal + noise * signal.std() * self.rng.normal(size=signal.shape)
+        silent = signal.std() * self.rng.normal(size=(len(latent), brain["n_silent"]))
+        return np.concatenate([responsive, silent], axis=1).astype(np.float32)
+
+
+def _corr_per_item(pred, truth):
+    p = pred - pred.mean(1, keepdims=True)
+    t = truth - truth.mean(1, keepdims=True)
+    return float(np.mean((p * t).sum(1) / (np.linalg.norm(p, axis=1) * np.linalg.norm(t, axis=1))))
+
+
+@pytest.fixture(scope="module")
+def planted():
+    world = World(0)
+    group = []
+    for i, n_voxels in enumerate([150, 260, 210, 330]):  # differing voxel counts, no template
+        brain = world.participant(n_voxels, n_silent=80 + 20 * i)
+        latent, features = world.stimuli(300)  # each participant its own stimuli
+        stimuli = np.array([f"p{i}-s{k}" for k in range(300)])
+        group.append(ParticipantData(f"{i + 1:02d}", world.betas(brain, latent), features, stimuli))
+    new_brain = world.participant(240, n_silent=120)
+    train_latent, train_features = world.stimuli(20)  # few trials
+    test_latent, test_features = world.stimuli(200)
+    new = {"train_betas": world.betas(new_brain, train_latent), "train_features": train_features,
+           "test_betas": world.betas(new_brain, test_latent), "test_features": test_features}
+    model = train_shared_model(group, "pixels", n_components=12, feature_info={"pixel_size": 32}, n_threads=1)
+    return {"group": group, "new": new, "model": model}
+
+
+def test_shared_model_beats_own_data_ridge_with_few_trials(planted):
+    new = planted["new"]
+    shared = fit_new_participant(planted["model"], new["train_betas"], new["train_features"], n_threads=1)
+    own = BrainDecoder("ridge", device="cpu", n_threads=1).fit(new["train_betas"], new["train_features"])
+    score_shared = _corr_per_item(shared.predict(new["test_betas"]), new["test_features"])
+    score_own = _corr_per_item(own.predict(new["test_betas"]), new["test_features"])
+    assert score_shared > score_own + 0.05, (score_shared, score_own)
+    # the map of a participant the model never saw has its own voxel count
+    assert shared.map.coef.shape == (new["train_betas"].shape[1], planted["model"].n_components)
+    assert "new" not in planted["model"].maps and shared.info["shared_participants"] == ["01", "02", "03", "04"]
+
+
+def test_shared_space_recovers_the_planted_feature_subspace(planted):
+    """The leading shared directions span the features that brains encode (the row space of the mixing)."""
+    model = planted["model"]
+    mixing = World(0).mixing / model.feature_scale  # same seed: the planted mixing, in standardised units
+    q, _ = np.linalg.qr(mixing.T)  # (d, N_LATENT) orthonormal basis of the encoded subspace
+    leading = model.basis[:N_LATENT].astype(np.float64)  # (N_LATENT, d)
+    captured = np.linalg.norm(leading @ q, axis=1) ** 2  # share of each direction inside the subspace
+    assert captured.min() > 0.9, captured
+
+
+def test_group_participants_are_decoded_and_fine_tuned_head_runs(planted):
+    model, group, new = planted["model"], planted["group"], planted["new"]
+    own_fit = model.predict("02", group[1].betas)
+    assert own_fit.shape == group[1].features.shape
+    assert _corr_per_item(own_fit, group[1].features) > 0.5
+    tuned = fit_new_participant(model, new["train_betas"], new["train_features"], fine_tune_head=True, n_threads=1)
+    assert not np.allclose(tuned.head_coef, model.head_coef)
+    assert _corr_per_item(tuned.predict(new["test_betas"]), new["test_features"]) > 0.3
+
+
+def test_save_load_round_trip(planted, tmp_path):
+    model = planted["model"]
+    path = model.save(tmp_path / "desc-sharedpixels_model.safetensors")
+    loaded = SharedModel.load(path)
+    assert loaded.feature_space == "pixels" and loaded.feature_dim == N_FEATURES
+    assert sorted(loaded.maps) == ["01", "02", "03", "04"]
+    np.testing.assert_allclose(loaded.predict("03", planted["group"][2].betas),
+                               model.predict("03", planted["group"][2].betas), rtol=1e-5, atol=1e-5)
+    import json
+
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["FeatureDim"] == N_FEATURES and meta["FeatureInfo"] == {"pixel_size": 32}
+    assert [p["n_voxels"] for p in meta["Participants"]] == [230, 360, 330, 470]
+    decoder = fit_new_participant(loaded, planted["new"]["train_betas"], planted["new"]["train_features"])
+    decoder.save(tmp_path / "sub-new_desc-pixelsshared_model.safetensors")
+    assert (tmp_path / "sub-new_desc-pixelsshared_model.json").exists()
+
+
+def test_mismatched_features_are_usage_errors(planted):
+    model = planted["model"]
+    with pytest.raises(UsageError) as info:
+        fit_new_participant(model, planted["new"]["train_betas"], planted["new"]["train_features"][:, :30])
+    assert info.value.exit_code == 64 and "60 feature dimensions" in str(info.value)
+    with pytest.raises(UsageError, match="decodes 'pixels' features, not 'clip'"):
+        model.check_features("clip", N_FEATURES)
+    with pytest.raises(UsageError, match="pixel_size 32 in the model vs 16"):
+        model.check_features("pixels", N_FEATURES, {"pixel_size": 16})
+    with pytest.raises(UsageError, match="at least 2 participants"):
+        train_shared_model(planted["group"][:1], "pixels")
+
+
+def test_ridge_helpers_match_direct_solutions():
+    rng = np.random.default_rng(1)
+    for n, p in ((30, 80), (80, 30)):  # dual and primal forms
+        X, Y = rng.normal(size=(n, p)), rng.normal(size=(n, 4))
+        alpha = np.array([0.5, 5.0, 50.0, 500.0])
+        coef, intercept = ridge_fixed(X, Y, alpha)
+        Xc, Yc = X - X.mean(0), Y - Y.mean(0)
+        for t, a in enumerate(alpha):
+            direct = np.linalg.solve(Xc.T @ Xc + a * np.eye(p), Xc.T @ Yc[:, t])
+            np.testing.assert_allclose(coef[:, t], direct, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(intercept, Y.mean(0) - X.mean(0) @ coef, rtol=1e-4, atol=1e-5)
+    # k-fold ridge: out-of-fold predictions are refits without the fold (grouped by stimulus) at the chosen
+    # alpha, and the final coefficients are the fit on every row at that alpha
+    X, Y = rng.normal(size=(40, 60)), rng.normal(size=(40, 3))
+    Y[:, 0] += X[:, :5].sum(1) * 3  # one predictable target: a smaller alpha
+    stimuli = np.repeat(np.arange(20), 2)
+    alphas = [0.1, 1.0, 10.0, 100.0, 1000.0]
+    fit = kfold_ridge(X, Y, alphas, stimuli, folds=4, seed=0)
+    assert fit.alpha[0] < fit.alpha[1]
+    labels, _ = make_cv_groups(40, 4, stimuli.astype(str), 0)
+    for fold in np.unique(labels):
+        held = labels == fold
+        assert len(set(stimuli[held]) & set(stimuli[~held])) == 0
+        coef, intercept = ridge_fixed(X[~held], Y[~held], fit.alpha)
+        np.testing.assert_allclose(fit.out_of_fold[held], ridge_predict(X[held], coef, intercept), rtol=1e-3,
+                                   atol=1e-3)
+    coef, intercept = ridge_fixed(X, Y, fit.alpha)
+    np.testing.assert_allclose(fit.coef, coef, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(fit.intercept, intercept, rtol=1e-3, atol=1e-4)
