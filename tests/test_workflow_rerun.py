@@ -23,14 +23,25 @@ def _outputs(out: Path) -> dict[str, int]:
             if p.is_file() and "logs" not in p.relative_to(out).parts}
 
 
-def test_identical_rerun_recomputes_nothing(tiny_full_run):
+@pytest.fixture(scope="module")
+def own_full_run(tiny_dataset, tmp_path_factory):
+    """A full run of this module's own: the session's ``tiny_full_run`` work dir is reused by other tests with
+    other output folders, which (rightly) recomputes the publishing nodes there."""
+    root = tmp_path_factory.mktemp("rerun")
+    out, work = root / "out", root / "work"
+    code = run_cli([str(tiny_dataset), str(out), "participant", "-w", str(work), "--nprocs", "2",
+                    "--omp-nthreads", "1"])
+    return {"code": code, "out": out, "work": work, "bids": tiny_dataset}
+
+
+def test_identical_rerun_recomputes_nothing(own_full_run):
     """The whole participant pipeline (decoding included), run again with the same command: no node runs and
     no output file is touched."""
-    assert tiny_full_run["code"] == 0
-    out, work = tiny_full_run["out"], tiny_full_run["work"]
+    assert own_full_run["code"] == 0
+    out, work = own_full_run["out"], own_full_run["work"]
     results, outputs = _results(work), _outputs(out)
     assert any("estimate_betas" in k for k in results) and any("reconstruct" in k for k in results)
-    code = run_cli([str(tiny_full_run["bids"]), str(out), "participant", "-w", str(work), "--nprocs", "2",
+    code = run_cli([str(own_full_run["bids"]), str(out), "participant", "-w", str(work), "--nprocs", "2",
                     "--omp-nthreads", "1"])
     assert code == 0
     after = _results(work)
@@ -39,9 +50,9 @@ def test_identical_rerun_recomputes_nothing(tiny_full_run):
     assert sorted(k for k in touched if touched[k] != outputs.get(k)) == []
 
 
-def test_published_outputs_are_links_to_the_work_dir(tiny_full_run):
+def test_published_outputs_are_links_to_the_work_dir(own_full_run):
     """Preprocessed BOLD and betas exist once on disk: the derivatives file is a hard link to the node's."""
-    func = tiny_full_run["out"] / "sub-01" / "func"
+    func = own_full_run["out"] / "sub-01" / "func"
     for path in list(func.glob("*_desc-preproc_bold.nii.gz")) + list(func.glob("*_statseries.nii.gz")):
         assert path.stat().st_nlink == 2, path.name
 
