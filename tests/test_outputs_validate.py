@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from bids_m2i.bids.validation import run_validator, validator_executable
+from bids_m2i.bids.validation import run_validator, validator_command
 from bids_m2i.cli.run import run_cli
 from fixture_datasets import make_fixture_copy
 
-pytestmark = pytest.mark.skipif(validator_executable() is None, reason="bids-validator-deno is not installed")
+pytestmark = pytest.mark.skipif(validator_command() is None, reason="bids-validator-deno is not installed")
 
 #: sessions kept per layout (None: the only one) and the runs of each (first two)
 LAYOUTS = {

@@ -42,12 +42,25 @@ def validator_executable() -> str | None:
     return shutil.which("bids-validator-deno")
 
 
-def run_validator(dataset: Path, timeout: float = 600) -> ValidationReport:
+def validator_command() -> list[str] | None:
+    """How to start the validator: through this interpreter when its Python package is importable (the
+    console script's shebang may name an interpreter this user cannot run, e.g. a venv made from a Python
+    under /root and run as another uid), else the executable on PATH."""
+    import importlib.util
+
+    if importlib.util.find_spec("bids_validator_deno") is not None:
+        return [sys.executable, "-c", "import sys; sys.argv[0] = 'bids-validator-deno'; "
+                                      "from bids_validator_deno import cli; cli()"]
     exe = validator_executable()
-    if exe is None:
+    return [exe] if exe else None
+
+
+def run_validator(dataset: Path, timeout: float = 600) -> ValidationReport:
+    command = validator_command()
+    if command is None:
         raise ValidationFailed("The BIDS validator (bids-validator-deno) is not installed",
                                hint="pip install bids-validator-deno, or use --skip-bids-validation")
-    proc = subprocess.run([exe, str(dataset), "--format", "json", "--ignoreWarnings"],
+    proc = subprocess.run([*command, str(dataset), "--format", "json", "--ignoreWarnings"],
                           capture_output=True, text=True, timeout=timeout, check=False)
     try:
         raw = json.loads(proc.stdout)
