@@ -122,7 +122,12 @@ class ReconstructImages(M2IInterface):
             captions_file=Path(inputs.captions) if inputs.captions else None, candidates=inputs.candidates,
             shared_decoders=tuple(Path(p) for p in inputs.shared_decoders),
         )
-        result = reconstruct_participant(betas, trials, Path(inputs.stimuli_dir), options)
+        from ..utils.torch_runtime import blas_threads
+
+        # numpy's BLAS pool as --omp-nthreads says, whatever process runs the node (MultiProc with one process
+        # runs it in the main one): float sums, and so the metrics, are then the same bytes on every rerun
+        with blas_threads(inputs.n_threads):
+            result = reconstruct_participant(betas, trials, Path(inputs.stimuli_dir), options)
 
         out, subject, written = Path(inputs.output_dir), inputs.subject, []
 
