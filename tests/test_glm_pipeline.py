@@ -36,9 +36,9 @@ def test_fitted_hrf_beats_assumed_when_hrfs_vary(varied_hrf_session):
     r_assumed, _ = _scores(sim, assumed)
     r_fitted, _ = _scores(sim, fitted)
     assert r_fitted > r_assumed + 0.05, (r_assumed, r_fitted)
-    # the chosen HRF tracks the true latency (the library index orders the peak delays)
+    # the chosen HRF tracks the true latency (library index % 10 orders the peak delays)
     resp = sim.responsive
-    assert np.corrcoef(fitted.hrf_index[resp], sim.time_to_peak[resp])[0, 1] > 0.2
+    assert np.corrcoef(fitted.hrf_index[resp] % 10, sim.time_to_peak[resp])[0, 1] > 0.2
     assert fitted.metadata["hrf_library"] == describe_library()
     assert ((fitted.hrf_index >= 0) & (fitted.hrf_index < 20)).all()
 
@@ -62,8 +62,8 @@ def test_ridge_improves_test_retest():
     ridge = estimate_single_trial_betas(sim.runs, sim.trials, method="fithrf-denoise-rr", max_pcs=0)
     _, tr_plain = _scores(sim, plain)
     _, tr_ridge = _scores(sim, ridge)
-    # the narrow HRF library (issue 13) made fithrf itself far better (0.19 -> 0.33 here), so the margin is small
-    assert tr_ridge > tr_plain + 0.01, (tr_plain, tr_ridge)
+    # GLMdenoise's polynomial drift (issue 13) made fithrf itself better (0.19 -> 0.31 here): a small margin
+    assert tr_ridge > tr_plain + 0.02, (tr_plain, tr_ridge)
     assert (ridge.frac < 1).mean() > 0.5  # most voxels are regularised
     np.testing.assert_array_equal(ridge.hrf_index, plain.hrf_index)
 
@@ -121,8 +121,7 @@ def test_library_members_are_unit_sum_and_span_latencies():
     assert kernels.shape[0] == 20
     np.testing.assert_allclose(kernels.sum(1), 1.0)
     peaks = [m["time_to_peak_s"] for m in describe_library()]
-    assert min(peaks) < 3.5 and max(peaks) > 6.5
-    assert np.all(np.diff(peaks) > 0)  # one family ordered by latency
+    assert min(peaks) < 4.0 and max(peaks) > 7.0
 
 
 def test_full_pipeline_reruns_are_identical():

@@ -8,16 +8,12 @@ different library members are on one scale.
 The library
 -----------
 20 double-gamma HRFs in nilearn's parametrisation (``peak - ratio * undershoot``, each a gamma pdf of shape
-``delay / dispersion`` and scale ``dispersion``), a one-parameter family ordered by latency: member ``i`` has its
-peak (the gamma mode, ``delay - dispersion``) at ``3 + 4 i / 19`` s (3–7 s), a full width at half maximum
-(``2.355 sqrt(delay · dispersion)``) of ``2.5 + i / 19`` s (later responses are broader; Handwerker et al.
-2004, NeuroImage 21:1639) and an undershoot 8 s after the peak (dispersion 1) whose ratio falls from 0.35 to
-0.05 (early, narrow responses have the stronger undershoot). The kernels are narrower than the canonical HRF
-on purpose: with trials every few seconds, broad kernels make neighbouring trials' regressors nearly
-collinear, and the R² that chooses the HRF then rewards fitting noise (issue 13: a library reaching FWHM 7 s
-gave single-trial betas half as accurate on data from other HRF families). Index 0 is the earliest member,
-index 19 the latest. The idea of a latency-ordered 20-member family is GLMsingle's (Prince et al. 2022, eLife
-11:e77599); the shapes are our own.
+``delay / dispersion`` and scale ``dispersion``). Ten peak delays ``d`` from 4.0 s to 9.4 s, with a dispersion
+that grows with the delay (``0.9 * d / 6``: later responses are broader, as measured by Handwerker et al.
+2004, NeuroImage 21:1639), so that the time to peak ranges from about 3.3 s to 7.9 s; each with a weak and a
+strong undershoot (``ratio`` 0.15 and 0.45, undershoot delay ``d + 6`` s, dispersion 0.9). Glover's canonical
+HRF (delay 6, dispersion 0.9, undershoot 12, ratio 0.48) sits inside this family. The spread mirrors the range
+covered by GLMsingle's library (Prince et al. 2022, eLife 11:e77599), but the shapes are our own.
 """
 
 from __future__ import annotations
@@ -28,12 +24,8 @@ import numpy as np
 from scipy.stats import gamma
 
 KERNEL_SECONDS = 32.0
-N_LIBRARY = 20
-LIBRARY_PEAKS = np.linspace(3.0, 7.0, N_LIBRARY)        # s, mode of the positive gamma
-LIBRARY_FWHM = np.linspace(2.5, 3.5, N_LIBRARY)         # s, full width at half maximum (gamma approximation)
-LIBRARY_RATIOS = np.linspace(0.35, 0.05, N_LIBRARY)     # undershoot / peak
-UNDERSHOOT_LAG = 8.0                                    # s after the peak
-GAMMA_FWHM = 2.0 * np.sqrt(2.0 * np.log(2.0))           # FWHM / sd of a normal (gamma approximation)
+LIBRARY_DELAYS = np.round(np.linspace(4.0, 9.4, 10), 2)
+LIBRARY_RATIOS = (0.15, 0.45)
 
 
 @dataclass(frozen=True)
@@ -75,15 +67,10 @@ def double_gamma_kernel(params: DoubleGammaParams, t_r: float, oversampling: int
 def library_params() -> list[DoubleGammaParams]:
     """The 20 members of the HRF library, in index order (see module docstring)."""
     members = []
-    for peak, fwhm, ratio in zip(LIBRARY_PEAKS, LIBRARY_FWHM, LIBRARY_RATIOS):
-        # a gamma of shape delay/dispersion and scale dispersion has mode delay - dispersion and variance
-        # delay * dispersion: solve both for the requested peak and width
-        variance = (fwhm / GAMMA_FWHM) ** 2
-        dispersion = (-peak + np.sqrt(peak * peak + 4.0 * variance)) / 2.0
-        delay = peak + dispersion
-        members.append(DoubleGammaParams(delay=round(float(delay), 4), dispersion=round(float(dispersion), 4),
-                                         undershoot=round(float(delay + UNDERSHOOT_LAG), 4), u_dispersion=1.0,
-                                         ratio=round(float(ratio), 4)))
+    for ratio in LIBRARY_RATIOS:
+        for delay in LIBRARY_DELAYS:
+            members.append(DoubleGammaParams(delay=float(delay), dispersion=round(0.9 * delay / 6.0, 4),
+                                             undershoot=float(delay) + 6.0, u_dispersion=0.9, ratio=ratio))
     return members
 
 
