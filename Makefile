@@ -20,7 +20,7 @@ install: $(VENV)/.installed
 # Simulate the demo dataset, then run the participant and group levels on it.
 demo: install
 	$(BIN)/m2i-simulate $(DEMO_DIR) --preset demo --seed 0 --overwrite
-	$(BIN)/m2i $(DEMO_DIR) $(DEMO_OUT) participant -w $(DEMO_WORK)
+	$(BIN)/m2i $(DEMO_DIR) $(DEMO_OUT) participant -w $(DEMO_WORK) --target pixels text
 	$(BIN)/m2i $(DEMO_DIR) $(DEMO_OUT) group -w $(DEMO_WORK)
 	@echo "Open $(DEMO_OUT)/sub-01.html in a browser."
 
