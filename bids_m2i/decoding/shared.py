@@ -184,19 +184,12 @@ class SharedModel:
         from safetensors.numpy import load_file
 
         path = Path(path)
-        sidecar = path.with_suffix(".json")
-        if not path.is_file() or not sidecar.is_file():
-            raise InputMissingError(f"shared decoder not found: {path} (+ .json sidecar)", path=path,
-                                    hint="train it with `m2i BIDS OUT group --train-shared-decoder`")
+        meta = read_shared_sidecar(path)
         try:
-            meta = json.loads(sidecar.read_text())
             arrays = load_file(str(path))
         except (ValueError, SafetensorError, OSError) as exc:
             raise UsageError(f"not a readable shared decoder: {path} ({exc})", path=path,
                              hint="pass an OUT/group/decoding/desc-shared<target>_model.safetensors file") from exc
-        if meta.get("Format") != FORMAT:
-            raise UsageError(f"{path} is not a shared decoder (format {meta.get('Format')!r}, expected {FORMAT})",
-                             path=path, hint="pass a desc-shared<target>_model.safetensors file from the group level")
         maps = {p["label"]: ParticipantMap.from_arrays(arrays, f"map{p['index']}.", p["n_train"])
                 for p in meta["Participants"]}
         return cls(feature_space=meta["FeatureSpace"], feature_info=meta.get("FeatureInfo", {}),
@@ -208,6 +201,25 @@ class SharedModel:
 
 # ----------------------------------------------------------------------------------------------------------
 # helpers
+def read_shared_sidecar(path) -> dict:
+    """The JSON sidecar of a shared decoder file, checked: both files exist (else exit 66) and the sidecar is
+    JSON of our format (else exit 64). Used by the loader and by the start-up check of ``--shared-decoder``."""
+    path = Path(path)
+    sidecar = path.with_suffix(".json")
+    if not path.is_file() or not sidecar.is_file():
+        raise InputMissingError(f"shared decoder not found: {path} (+ .json sidecar)", path=path,
+                                hint="train it with `m2i BIDS OUT group --train-shared-decoder`")
+    try:
+        meta = json.loads(sidecar.read_text())
+    except (ValueError, OSError) as exc:
+        raise UsageError(f"not a readable shared decoder sidecar: {sidecar} ({exc})", path=sidecar,
+                         hint="pass an OUT/group/decoding/desc-shared<target>_model.safetensors file") from exc
+    if not isinstance(meta, dict) or meta.get("Format") != FORMAT:
+        found = meta.get("Format") if isinstance(meta, dict) else None
+        raise UsageError(f"{path} is not a shared decoder (format {found!r}, expected {FORMAT})", path=path,
+                         hint="pass a desc-shared<target>_model.safetensors file from the group level")
+    return meta
+
 
 
 def ridge_fixed(X: np.ndarray, Y: np.ndarray, alpha, n_threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -148,9 +148,7 @@ def run_shared_training(config, work_dir: Path) -> list[Path]:
 
 def check_shared_decoders(config) -> dict[str, Path]:
     """{target: file} of ``--shared-decoder``; usage error (exit 64) on a missing target or a mismatch."""
-    import json
-
-    from ..decoding.shared import FORMAT
+    from ..decoding.shared import read_shared_sidecar
 
     files = list(config.values.get("shared_decoder") or [])
     if not files:
@@ -158,17 +156,7 @@ def check_shared_decoders(config) -> dict[str, Path]:
     by_target: dict[str, Path] = {}
     for path in files:
         path = Path(path)
-        sidecar = path.with_suffix(".json")
-        if not path.is_file() or not sidecar.is_file():
-            raise InputMissingError(f"--shared-decoder file not found: {path} (+ .json sidecar)", path=path,
-                                    hint="train it with `m2i BIDS OUT group --train-shared-decoder`")
-        try:
-            meta = json.loads(sidecar.read_text())
-        except ValueError as exc:
-            raise UsageError(f"--shared-decoder sidecar is not JSON: {sidecar}", path=sidecar) from exc
-        if meta.get("Format") != FORMAT:
-            raise UsageError(f"--shared-decoder {path} is not a shared decoder", path=path,
-                             hint="pass OUT/group/decoding/desc-shared<target>_model.safetensors")
+        meta = read_shared_sidecar(path)
         target = meta.get("FeatureSpace")
         if target in by_target:
             raise UsageError(f"two --shared-decoder files decode '{target}': {by_target[target]} and {path}")
