@@ -114,6 +114,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
                metavar="FILE"),
     OptionSpec("candidates", "decoding", "int", 1, "unclip: images generated per item (each its own seed); the one "
                "whose CLIP embedding is closest to the decoded embedding is kept (best of N)."),
+    OptionSpec("permutations", "decoding", "int", 1000, "Permutations behind each metric's p-value (0: no "
+               "p-values); changing it reruns only the evaluation."),
     OptionSpec("average_repeats", "decoding", "bool", True, "Average the betas of a test stimulus' repeats "
                "before decoding.", ("--average-repeats/--no-average-repeats",)),
     OptionSpec("roi_mask", "decoding", "path", None, "Voxel-selection mask in the participant grid (NIfTI).",

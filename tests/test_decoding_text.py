@@ -121,26 +121,3 @@ def test_text_target_needs_captions(tmp_path):
     (stim_dir / "stimuli.tsv").unlink()
     with pytest.raises(InputMissingError, match="caption"):
         reconstruct_participant(betas, trials, stim_dir, DecodingOptions(targets=("pixels", "text"), n_perm=0))
-
-
-def test_rerun_reuses_the_fitted_decoder(tmp_path, monkeypatch):
-    """A rerun that changes only evaluation/generation settings loads the fitted decoder from the work dir."""
-    from bids_m2i.decoding import decoder as decoder_module
-    from bids_m2i.decoding.components import DECODERS
-
-    betas, trials, stim_dir, _ = _dataset_with_text(tmp_path)
-    options = dict(targets=("pixels", "text"), work_dir=tmp_path / "work")
-    first = reconstruct_participant(betas, trials, stim_dir, DecodingOptions(n_perm=0, **options))
-    assert len(list((tmp_path / "work" / "decoders").glob("*.safetensors"))) == 2
-
-    def no_fit(*args, **kwargs):
-        raise AssertionError("the decoder was refitted")
-
-    monkeypatch.setattr(decoder_module.BrainDecoder, "fit", no_fit)
-    second = reconstruct_participant(betas, trials, stim_dir, DecodingOptions(n_perm=20, **options))
-    np.testing.assert_allclose(second.features, first.features, rtol=1e-6)
-    assert second.predictions["caption"].tolist() == first.predictions["caption"].tolist()
-    # other training data -> another key -> a fit (which the patch forbids)
-    with pytest.raises(AssertionError, match="refitted"):
-        reconstruct_participant(betas * 1.01, trials, stim_dir, DecodingOptions(n_perm=0, **options))
-    assert {"ridge", "mlp"} <= set(DECODERS.names())

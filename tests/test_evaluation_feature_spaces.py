@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import save_file
 
 from bids_m2i.errors import BadDataError
+from bids_m2i.models.tiny import build_eval_network
 from bids_m2i.evaluation.feature_spaces import (
-    build_torchvision_model,
     extract_features,
     find_clip_dir,
     load_feature_extractors,
@@ -21,7 +21,7 @@ torch.set_num_threads(1)
 
 def _save_network(models_dir, network, file_name, prefix="", drop=()):
     torch.manual_seed(0)
-    model = build_torchvision_model(network).eval()
+    model = build_eval_network(network).eval()
     state = {prefix + k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith(drop or "\0")}
     (models_dir / "eval").mkdir(parents=True, exist_ok=True)
     save_file(state, str(models_dir / "eval" / file_name))
@@ -70,21 +70,17 @@ def test_wrong_weights_are_a_clear_error(tmp_path):
 
 
 def _tiny_clip(folder):
+    """The project's tiny random-weight CLIP (``bids_m2i.models.tiny``, 16-d), and the same network built here
+    from its config and weights file (the reference the loaded extractor must match)."""
     from open_clip.model import CLIP
+    from safetensors.torch import load_file
 
-    cfg = {
-        "model_cfg": {
-            "embed_dim": 16,
-            "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
-            "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 1, "layers": 1},
-        },
-        "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]},
-    }
-    folder.mkdir(parents=True)
-    (folder / "open_clip_config.json").write_text(json.dumps(cfg))
-    torch.manual_seed(1)
+    from bids_m2i.models.tiny import make_tiny_open_clip
+
+    make_tiny_open_clip(folder, embed_dim=16, seed=1)
+    cfg = json.loads((folder / "open_clip_config.json").read_text())
     model = CLIP(**cfg["model_cfg"]).eval()
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
+    model.load_state_dict(load_file(str(folder / "open_clip_model.safetensors")))
     return model
 
 

@@ -294,7 +294,7 @@ def test_sigkill_in_the_middle_of_the_glm_resumes_identically(reference_run, tmp
 @pytest.mark.slow
 @pytest.mark.parametrize("signal_number, needle", [
     (signal.SIGTERM, '[Node] Executing "estimate_betas"'),                 # mid-node, GLM
-    (signal.SIGTERM, '[Node] Executing "reconstruct"'),                    # mid-node, decoding
+    (signal.SIGTERM, '[Node] Executing "decode_fit"'),                     # mid-node, decoding
     (signal.SIGKILL, '[Node] Executing "resample_task_perception_run_01"'),  # mid-node, preprocessing
     (signal.SIGKILL, '[Node] Finished "estimate_betas"'),                  # node boundary, betas published
     (signal.SIGKILL, '[Node] Executing "participant_report"'),             # the last node

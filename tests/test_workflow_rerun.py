@@ -40,7 +40,9 @@ def test_identical_rerun_recomputes_nothing(own_full_run):
     assert own_full_run["code"] == 0
     out, work = own_full_run["out"], own_full_run["work"]
     results, outputs = _results(work), _outputs(out)
-    assert any("estimate_betas" in k for k in results) and any("reconstruct" in k for k in results)
+    assert any("estimate_betas" in k for k in results)
+    assert all(any(f"decode_{stage}" in k for k in results)
+               for stage in ("features", "fit", "predict", "generate", "evaluate"))
     code = run_cli([str(own_full_run["bids"]), str(out), "participant", "-w", str(work), "--nprocs", "2",
                     "--omp-nthreads", "1"])
     assert code == 0
@@ -67,7 +69,7 @@ def test_full_run_after_stop_after_glm_reuses_the_betas(tiny_dataset, tmp_path):
     after = _results(work)
     rerun = sorted(k for k in before if after[k] != before[k])
     assert not [k for k in rerun if "estimate_betas" in k or "hmc_" in k or "resample_" in k], rerun
-    assert any("reconstruct" in k for k in after)
+    assert any("decode_evaluate" in k for k in after)
 
 
 def _count_nodes(tmp_path: Path, n_runs: int) -> int:

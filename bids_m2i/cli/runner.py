@@ -53,6 +53,8 @@ def check_paths(config: Config) -> None:
         raise UsageError("--generator unclip needs --target clip (or `--target pixels clip`)")
     if (config.values.get("candidates") or 1) < 1:
         raise UsageError("--candidates must be 1 or more")
+    if (config.values.get("permutations") or 0) < 0:
+        raise UsageError("--permutations must be 0 or more")
 
 
 def redirect_caches(work_dir: Path) -> None:

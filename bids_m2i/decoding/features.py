@@ -178,7 +178,7 @@ class ClipExtractor:
 
     space = "clip"
 
-    def __init__(self, folder, device="auto", batch_size: int = 16):
+    def __init__(self, folder, device="auto", batch_size: int = 16, *, loaded=None):
         from ..utils.torch_runtime import resolve_device
 
         self.folder = Path(folder)
@@ -191,10 +191,9 @@ class ClipExtractor:
                     hint="run `m2i-models prepare MODELS_DIR` (or `m2i-models make-tiny` for a smoke test) "
                          "and pass --models-dir")
         self.config = json.loads(self.config_path.read_text())
-        self.device = resolve_device(device)
+        self.device = loaded.device if loaded is not None else resolve_device(device)
         self.batch_size = int(batch_size)
-        self._model = None
-        self._preprocess = None
+        self._loaded = loaded  # a bids_m2i.models.loading.OpenClipModel (loaded on first use if not given)
 
     @property
     def dim(self) -> int:
@@ -222,39 +221,24 @@ class ClipExtractor:
                             "weights_head_tail": digest.hexdigest(), "normalize": False, "v": 1})
 
     def _load(self):
-        if self._model is not None:
-            return
-        import open_clip
-        from safetensors.torch import load_file
+        """The model, through the one open_clip loader (``bids_m2i.models.loading.load_open_clip_folder``)."""
+        if self._loaded is None:
+            from ..models.loading import load_open_clip_folder
 
-        quiet = _DropOpenClipNoWeightsWarning()
-        logging.getLogger().addFilter(quiet)
-        try:
-            # build from the folder's config only (load_weights=False: open_clip reads no file and never
-            # downloads), then load our safetensors state dict strictly
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                f"local-dir:{self.folder}", load_weights=False, device="cpu")
-            state = load_file(str(self.weights_path))
-            model.load_state_dict(state, strict=True)
-        except (RuntimeError, ValueError, OSError) as exc:
-            raise BadDataError(f"Cannot load the open_clip model in {self.folder}: {exc}", path=self.folder,
-                               hint="re-create the folder with `m2i-models prepare` (or make-tiny)") from exc
-        finally:
-            logging.getLogger().removeFilter(quiet)
-        self._model = model.to(self.device).eval()
-        self._preprocess = preprocess
+            self._loaded = load_open_clip_folder(self.folder, self.device)
+        return self._loaded
 
     def encode_images(self, images: Sequence) -> np.ndarray:
         """PIL images -> (n, embed_dim) float32 un-normalised embeddings."""
         import torch
 
-        self._load()
+        clip = self._load()
         out = []
         with torch.no_grad():
             for start in range(0, len(images), self.batch_size):
                 chunk = images[start:start + self.batch_size]
-                batch = torch.stack([self._preprocess(im.convert("RGB")) for im in chunk])
-                emb = self._model.encode_image(batch.to(self.device), normalize=False)
+                batch = torch.stack([clip.preprocess(im.convert("RGB")) for im in chunk])
+                emb = clip.model.encode_image(batch.to(self.device), normalize=False)
                 out.append(emb.float().cpu().numpy())
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.dim), np.float32)
 
@@ -263,24 +247,15 @@ class ClipExtractor:
 
         The open_clip tokenizer works offline (its BPE vocabulary ships with the package).
         """
-        import open_clip
         import torch
 
-        self._load()
-        tokenizer = open_clip.get_tokenizer(f"local-dir:{self.folder}")
+        clip = self._load()
         out = []
         with torch.no_grad():
             for start in range(0, len(texts), self.batch_size):
-                tokens = tokenizer(list(texts[start:start + self.batch_size])).to(self.device)
-                out.append(self._model.encode_text(tokens, normalize=False).float().cpu().numpy())
+                tokens = clip.tokenizer(list(texts[start:start + self.batch_size])).to(self.device)
+                out.append(clip.model.encode_text(tokens, normalize=False).float().cpu().numpy())
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.dim), np.float32)
-
-
-class _DropOpenClipNoWeightsWarning(logging.Filter):
-    """open_clip warns 'initialized randomly' because we load the weights ourselves right after."""
-
-    def filter(self, record):
-        return "No pretrained weights loaded" not in record.getMessage()
 
 
 def make_extractor(space: str, *, models_dir=None, clip_arch: str = "ViT-H-14", pixel_size: int = 64,

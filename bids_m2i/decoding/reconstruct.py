@@ -23,10 +23,11 @@ import numpy as np
 import pandas as pd
 
 from ..errors import BadDataError, InputMissingError
+from ..models.loading import find_decoding_clip_dir, load_decoding_clip  # noqa: F401 (find_...: re-exported)
 from .decoder import BrainDecoder, rescale_to_training
 from .features import PixelBasis, PixelExtractor, category_means, load_image, pixels_to_image
 from .features import stimulus_features
-from .splits import repeat_groups, split_trials
+from .splits import DecodingSplit, repeat_groups, split_trials
 
 LOGGER = logging.getLogger("m2i.decoding")
 
@@ -73,21 +74,6 @@ class DecodingResult:
     pixel_basis: PixelBasis | None = None
     split_summary: dict = field(default_factory=dict)
     tiny_models: bool = False
-
-
-def find_decoding_clip_dir(models_dir: Path) -> Path:
-    """``open_clip/ViT-H-14`` (the unCLIP-H conditioning space), else the only other architecture present."""
-    root = Path(models_dir) / "open_clip"
-    preferred = root / "ViT-H-14"
-    if preferred.is_dir():
-        return preferred
-    present = sorted(p for p in root.glob("*") if p.is_dir()) if root.is_dir() else []
-    others = [p for p in present if not p.name.startswith("ViT-L-14")]
-    if len(others) == 1:
-        return others[0]
-    raise InputMissingError(f"No open_clip model for the clip target in {root}",
-                            hint="expected open_clip/ViT-H-14/ (open_clip_config.json + open_clip_model.safetensors); "
-                            "see docs/models.md (`m2i-models check DIR --for clip`)")
 
 
 def resolve_images(trials: pd.DataFrame, stimuli_dir: Path) -> list[Path | None]:
@@ -143,55 +129,186 @@ def standardise_like(betas: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return rescale_to_training(betas, reference.mean(0), reference.std(0), centre="items")
 
 
-def reconstruct_participant(betas: np.ndarray, trials: pd.DataFrame, stimuli_dir: Path,
-                            options: DecodingOptions) -> DecodingResult:
-    """Train on perception, predict held-out perception and imagery, generate, retrieve and evaluate.
+# ---------------------------------------------------------------------------------------------------------------
+# The stages. Each is a function on arrays and loaded objects; the workflow runs each as its own node (features ->
+# fit -> predict -> generate -> evaluate), passing the results as files (``decoding/stage_files.py``), so that
+# a rerun that changes only the generator or the evaluation reuses the fitted decoders.
 
-    Parameters
-    ----------
-    betas : (n_trials, n_voxels) in-mask single-trial betas, rows = ``trials`` rows
-    trials : the statseries events tables of all tasks/sessions, concatenated (needs ``condition cue stimulus
-        stim_file cue_text category``)
-    stimuli_dir : BIDS_DIR/stimuli
-    """
+
+@dataclass
+class PreparedTrials:
+    """The ``features`` stage: trials, the leak-free split and the training targets in every space."""
+
+    trials: pd.DataFrame  # normalised (condition cue stimulus stim_file cue_text category are strings), + caption
+    split: DecodingSplit
+    stimuli_dir: Path
+    train_targets: dict[str, np.ndarray]  # space -> (n_train, d), rows = split.train
+    memory_rows: np.ndarray  # imagery-from-memory rows that have a cue image
+    memory_targets: dict[str, np.ndarray] = field(default_factory=dict)  # rows = memory_rows (fine-tuning only)
+    text_spaces: dict = field(default_factory=dict)  # fitted weight-free text spaces (``text``: TF-IDF)
+    pixel_basis: PixelBasis | None = None
+    tiny: bool = False
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return tuple(self.train_targets)
+
+    @property
+    def paths(self) -> list[Path | None]:
+        return resolve_images(self.trials, self.stimuli_dir)
+
+    @property
+    def labels_train(self) -> np.ndarray:
+        return self.trials.iloc[self.split.train]["stimulus"].to_numpy()
+
+    @property
+    def train_captions(self) -> list[str]:
+        return self.trials.iloc[self.split.train]["caption"].tolist()
+
+
+@dataclass
+class FittedDecoders:
+    """The ``fit`` stage: one decoder per target space (fine-tuned on imagery when asked)."""
+
+    decoders: dict  # space -> BrainDecoder (or a shared-model decoder)
+    finetuned: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)  # space -> memory row -> oof pred
+
+
+@dataclass
+class ItemPredictions:
+    """The ``predict`` stage: test items, their decoded features (rescaled) and retrieved captions."""
+
+    items: list[np.ndarray]  # trial rows of each item (repeats averaged)
+    features: dict[str, np.ndarray]  # space -> (n_items, d), rescaled to the training features
+    table: pd.DataFrame  # one row per item (the predictions table, without image / top1 / top5)
+
+
+@dataclass
+class Reconstructions:
+    """The ``generate`` stage: one image per item (and its sidecar metadata)."""
+
+    images: list  # PIL images, rows = items
+    metadata: list[dict]
+    feature_space: str  # the space whose decoded features condition the generator
+    tiny: bool = False
+
+
+@dataclass
+class Evaluation:
+    """The ``evaluate`` stage."""
+
+    table: pd.DataFrame  # predictions table with top1 / top5
+    retrieval: pd.DataFrame
+    metrics: pd.DataFrame
+
+
+class ItemBetas:
+    """Betas of trial rows, imagery rows put on the perception scale first (see :func:`standardise_like`)."""
+
+    def __init__(self, betas: np.ndarray, split: DecodingSplit, standardise_imagery: bool = True):
+        self.betas = betas
+        self.position = {int(r): i for i, r in enumerate(split.imagery)}
+        self.imagery = None
+        if standardise_imagery and len(split.imagery) >= 2:
+            self.imagery = standardise_like(betas[split.imagery], betas[split.train])
+
+    def __call__(self, rows) -> np.ndarray:
+        rows = np.asarray(rows, dtype=int)
+        if self.imagery is not None and len(rows) and int(rows[0]) in self.position:
+            return self.imagery[[self.position[int(r)] for r in rows]]
+        return self.betas[rows]
+
+    def describe(self) -> str:
+        return ("standardised per voxel over the imagery trials, onto the training trials' mean and sd"
+                if self.imagery is not None else "as estimated")
+
+
+class TargetFeatures:
+    """Targets of trials in one space: image features of their ``stim_file`` (cached in the work dir), or
+    text features of their caption (the cue text for pure-imagination rows)."""
+
+    def __init__(self, prepared: PreparedTrials, extractors: dict, work_dir=None):
+        self.trials = prepared.trials
+        self.paths = prepared.paths
+        self.extractors = extractors
+        self.basis = prepared.pixel_basis
+        self.work_dir = work_dir
+
+    def __call__(self, space: str, rows) -> np.ndarray:
+        from .text import TEXT_SPACES
+
+        rows, trials = list(rows), self.trials
+        if space in TEXT_SPACES:
+            texts = [trials.at[r, "cue_text"] if (trials.at[r, "cue"] == "text" and trials.at[r, "cue_text"] != NA)
+                     else trials.at[r, "caption"] for r in rows]
+            distinct = list(dict.fromkeys(texts))
+            encoded = dict(zip(distinct, self.extractors[space].encode_texts(distinct)))
+            return np.stack([encoded[t] for t in texts]).astype(np.float32)
+        feats = stimulus_features([self.paths[r] for r in rows], self.extractors[space], work_dir=self.work_dir)
+        return self.basis.transform(feats) if (space == "pixels" and self.basis is not None) else feats
+
+
+def feature_extractors(targets, clip=None, text_spaces: dict | None = None) -> dict:
+    """The target spaces' extractors from loaded components: ``clip`` (a loaded open_clip model, for ``clip``
+    and ``clip-text``) and fitted weight-free text spaces (``text``)."""
+    from .text import ClipTextSpace
+
+    out = {}
+    for space in targets:
+        if space == "pixels":
+            out[space] = PixelExtractor(PIXEL_SIZE)
+        elif space == "text":
+            out[space] = (text_spaces or {})["text"]
+        elif space in ("clip", "clip-text"):
+            if clip is None:
+                raise InputMissingError(f"--target {space} needs a models folder",
+                                        hint="pass --models-dir or set M2I_MODELS_DIR (see docs/models.md)")
+            out[space] = clip if space == "clip" else ClipTextSpace(clip)
+        else:
+            raise BadDataError(f"unknown target feature space {space!r}", hint="use pixels, clip, clip-text or text")
+    return out
+
+
+def needs_clip(targets) -> bool:
+    """Whether a run needs the decoding CLIP model (``clip``/``clip-text`` targets; unCLIP's selector)."""
+    return bool({"clip", "clip-text"} & set(targets))
+
+
+def normalise_trials(trials: pd.DataFrame, stimuli_dir: Path) -> pd.DataFrame:
+    """String columns the decoder reads (``n/a`` for missing) and each trial's caption."""
+    from .text import caption_of, read_captions
+
     trials = trials.reset_index(drop=True).copy()
     for column in ("condition", "cue", "stimulus", "stim_file", "cue_text", "category"):
         if column not in trials:
             trials[column] = NA
         trials[column] = trials[column].astype(str).replace({"": NA, "nan": NA})
-    from .text import TEXT_SPACES, caption_of, read_captions
-
     captions = read_captions(stimuli_dir)
     trials["caption"] = [caption_of(row, captions) for _, row in trials.iterrows()]
+    return trials
+
+
+def prepare_features(trials: pd.DataFrame, stimuli_dir: Path, options: DecodingOptions,
+                     clip=None) -> PreparedTrials:
+    """Stage ``features``: the split, checks of the stimuli, and the training targets in every target space.
+
+    ``clip``: the loaded decoding CLIP model (:func:`load_decoding_clip`) when a target needs it.
+    """
+    from .text import TEXT_SPACES, TfidfTextSpace
+
+    trials = normalise_trials(trials, stimuli_dir)
     split = split_trials(trials, seed=options.seed, fine_tune_imagery=options.finetune_imagery)
     train_rows, test_rows, imagery_rows = split.train, split.test, split.imagery
     train = trials.iloc[train_rows]
     paths = resolve_images(trials, stimuli_dir)
-    train_paths = [paths[i] for i in train_rows]
-    require_images(train_paths, train, "training perception trials")
-    test_paths = [paths[i] for i in test_rows]
-    require_images(test_paths, trials.iloc[test_rows], "held-out perception trials")
+    require_images([paths[i] for i in train_rows], train, "training perception trials")
+    require_images([paths[i] for i in test_rows], trials.iloc[test_rows], "held-out perception trials")
     memory_rows = np.array([r for r in imagery_rows if trials.at[r, "cue"] != "text" and paths[r] is not None],
                            dtype=int)
     if len(memory_rows):
         require_images([paths[i] for i in memory_rows], trials.iloc[memory_rows], "imagery-from-memory cues")
 
-    # --- imagery betas on the perception scale (per voxel, over all imagery trials; no labels) ------------------
-    imagery_position = {int(r): i for i, r in enumerate(imagery_rows)}
-    imagery_betas = None
-    if options.standardise_imagery and len(imagery_rows) >= 2:
-        imagery_betas = standardise_like(betas[imagery_rows], betas[train_rows])
-
-    def trial_betas(rows) -> np.ndarray:
-        rows = np.asarray(rows, dtype=int)
-        if imagery_betas is not None and len(rows) and int(rows[0]) in imagery_position:
-            return imagery_betas[[imagery_position[int(r)] for r in rows]]
-        return betas[rows]
-
-    # --- targets of the training trials, in every space ----------------------------------------------------
-    extractors = {}
-    clip_extractor = None
-    train_captions = train["caption"].tolist() if "caption" in train else []
+    train_captions = train["caption"].tolist()
     if set(options.targets) & set(TEXT_SPACES):
         missing = sorted({s for s, c in zip(train["stimulus"], train_captions) if c == NA})
         if missing:
@@ -199,87 +316,82 @@ def reconstruct_participant(betas: np.ndarray, trials: pd.DataFrame, stimuli_dir
                 f"--target text/clip-text needs a caption for every training stimulus; {len(missing)} have none "
                 f"(e.g. {missing[0]})", path=Path(stimuli_dir) / "stimuli.tsv",
                 hint="add a `caption` (or `description`) column to stimuli/stimuli.tsv, or drop the text targets")
-    for space in options.targets:
-        if space == "pixels":
-            extractors[space] = PixelExtractor(PIXEL_SIZE)
-        elif space == "text":
-            from .text import TfidfTextSpace
-
-            extractors[space] = TfidfTextSpace.fit(dict.fromkeys(train_captions))  # training captions only
-        elif space in ("clip", "clip-text"):
-            if options.models_dir is None:
-                raise InputMissingError(f"--target {space} needs a models folder",
-                                        hint="pass --models-dir or set M2I_MODELS_DIR (see docs/models.md)")
-            if clip_extractor is None:
-                from .features import ClipExtractor
-
-                clip_extractor = ClipExtractor(find_decoding_clip_dir(options.models_dir), device=options.device)
-            if space == "clip":
-                extractors[space] = clip_extractor
-            else:
-                from .text import ClipTextSpace
-
-                extractors[space] = ClipTextSpace(clip_extractor)
-        else:
-            raise BadDataError(f"unknown target feature space {space!r}",
-                               hint="use pixels, clip, clip-text or text")
-    tiny = any(getattr(e, "is_tiny", False) for e in extractors.values())
-
-    def item_features(space: str, rows) -> np.ndarray:
-        """Targets of trials in one space: image features of their stim_file, or text features of their
-        caption (cue text for pure-imagination rows)."""
-        rows = list(rows)
-        if space in TEXT_SPACES:
-            texts = [trials.at[r, "cue_text"] if (trials.at[r, "cue"] == "text" and trials.at[r, "cue_text"] != NA)
-                     else trials.at[r, "caption"] for r in rows]
-            distinct = list(dict.fromkeys(texts))
-            encoded = dict(zip(distinct, extractors[space].encode_texts(distinct)))
-            return np.stack([encoded[t] for t in texts]).astype(np.float32)
-        feats = stimulus_features([paths[r] for r in rows], extractors[space], work_dir=options.work_dir)
-        return basis.transform(feats) if (space == "pixels" and basis is not None) else feats
-
-    labels_train = train["stimulus"].to_numpy()
-    decoders: dict[str, BrainDecoder] = {}
-    basis = None
-    train_targets = {}
+    text_spaces = {}
+    if "text" in options.targets:
+        text_spaces["text"] = TfidfTextSpace.fit(dict.fromkeys(train_captions))  # training captions only
+    extractors = feature_extractors(options.targets, clip, text_spaces)
+    prepared = PreparedTrials(trials=trials, split=split, stimuli_dir=Path(stimuli_dir), train_targets={},
+                              memory_rows=memory_rows, text_spaces=text_spaces,
+                              tiny=any(getattr(e, "is_tiny", False) for e in extractors.values()))
+    labels_train = prepared.labels_train
     for space, extractor in extractors.items():
         if space in TEXT_SPACES:
-            features = item_features(space, train_rows)
+            features = TargetFeatures(prepared, extractors, options.work_dir)(space, train_rows)
         else:
-            features = stimulus_features(train_paths, extractor, work_dir=options.work_dir)
+            features = stimulus_features([paths[i] for i in train_rows], extractor, work_dir=options.work_dir)
         if space == "pixels" and PIXEL_COMPONENTS:
             distinct = np.unique(labels_train, return_index=True)[1]
-            basis = PixelBasis.fit(features[np.sort(distinct)], PIXEL_COMPONENTS)
-            features = basis.transform(features)
-        train_targets[space] = features
+            prepared.pixel_basis = PixelBasis.fit(features[np.sort(distinct)], PIXEL_COMPONENTS)
+            features = prepared.pixel_basis.transform(features)
+        prepared.train_targets[space] = features
+    if options.finetune_imagery and split.imagery_folds is not None and len(memory_rows):
+        targets = TargetFeatures(prepared, extractors, options.work_dir)
+        prepared.memory_targets = {space: targets(space, memory_rows) for space in extractors}
+    return prepared
+
+
+def fit_decoders(betas: np.ndarray, prepared: PreparedTrials, options: DecodingOptions) -> FittedDecoders:
+    """Stage ``fit``: one decoder per target space on the training perception trials (``--decoder``, or the
+    participant's map on a group ``--shared-decoder``); with ``--finetune-imagery`` each is then fine-tuned on
+    imagery from memory, and the out-of-fold predictions of those trials are kept."""
+    from .components import DECODERS
+
+    split = prepared.split
+    train_betas = betas[split.train]
+    labels_train = prepared.labels_train
+    decoders = {}
+    for space, features in prepared.train_targets.items():
         if options.shared_decoders:  # a group-level model: only this participant's map is fitted
             from .shared import participant_decoder
 
             decoder = participant_decoder(options.shared_decoders, space, top_k=options.top_k, device=options.device,
                                           n_threads=options.n_threads, seed=options.seed)
-            decoders[space] = decoder.fit(betas[train_rows], features, labels=labels_train)
         else:
-            decoders[space] = fit_decoder(options, betas[train_rows], features, labels_train)
-
-    # --- test items --------------------------------------------------------------------------------------------
-    finetuned: dict[str, np.ndarray] = {}
-    if options.finetune_imagery and split.imagery_folds is not None and len(memory_rows):
-        memory_mask = np.isin(imagery_rows, memory_rows)
-        for space in extractors:
-            feats = item_features(space, memory_rows)
-            oof = decoders[space].fine_tune(trial_betas(memory_rows), feats, split.imagery_folds[memory_mask])
+            decoder = DECODERS.create(options.decoder, top_k=options.top_k, device=options.device,
+                                      n_threads=options.n_threads, seed=options.seed)
+        decoders[space] = decoder.fit(train_betas, features, labels=labels_train)
+    finetuned: dict[str, dict[int, np.ndarray]] = {}
+    if prepared.memory_targets:
+        memory_rows = prepared.memory_rows
+        memory_mask = np.isin(split.imagery, memory_rows)
+        item_betas = ItemBetas(betas, split, options.standardise_imagery)
+        for space in decoders:
+            oof = decoders[space].fine_tune(item_betas(memory_rows), prepared.memory_targets[space],
+                                            split.imagery_folds[memory_mask])
             finetuned[space] = dict(zip(memory_rows.tolist(), oof))
-    items = _items(trials, test_rows, options.average_repeats) + _items(trials, imagery_rows, options.average_repeats)
+    return FittedDecoders(decoders, finetuned)
+
+
+def predict_items(betas: np.ndarray, prepared: PreparedTrials, fitted: FittedDecoders, options: DecodingOptions,
+                  clip=None) -> ItemPredictions:
+    """Stage ``predict``: decoded features of every test item (held-out perception, imagery), rescaled to the
+    training features per (condition, cue) group, and, with a text target, each item's caption retrieved from
+    the bank. ``clip``: the loaded decoding CLIP model when ``clip-text`` is a target."""
+    trials, split = prepared.trials, prepared.split
+    item_betas = ItemBetas(betas, split, options.standardise_imagery)
+    items = _items(trials, split.test, options.average_repeats) + _items(trials, split.imagery,
+                                                                         options.average_repeats)
     if not items:
         raise BadDataError("No test items: no held-out perception or imagery trials to reconstruct")
-    predictions_by_space = {}
-    for space, decoder in decoders.items():
+    features = {}
+    for space, decoder in fitted.decoders.items():
+        finetuned = fitted.finetuned.get(space)
         rows = []
         for group in items:
-            if space in finetuned and all(int(r) in finetuned[space] for r in group):
-                rows.append(np.mean([finetuned[space][int(r)] for r in group], axis=0))
+            if finetuned is not None and all(int(r) in finetuned for r in group):
+                rows.append(np.mean([finetuned[int(r)] for r in group], axis=0))
             else:
-                rows.append(decoder.predict(trial_betas(group).mean(axis=0, keepdims=True))[0])
+                rows.append(decoder.predict(item_betas(group).mean(axis=0, keepdims=True))[0])
         raw = np.stack(rows).astype(np.float32)
         # rescaled within each (condition, cue) group: imagery predictions are weaker than perception ones, and
         # standardising them together would shrink one group and inflate the other. Held-out perception items
@@ -289,16 +401,17 @@ def reconstruct_participant(betas: np.ndarray, trials: pd.DataFrame, stimuli_dir
             centre = "training" if condition == "perception" else "items"
             rescaled[index] = rescale_to_training(raw[index], decoder.feature_mean, decoder.feature_sd,
                                                   centre=centre)
-        predictions_by_space[space] = rescaled
+        features[space] = rescaled
 
     table = _predictions_table(trials, items)
-
     # --- the text channel: the bank caption closest to each item's decoded text features ---------------------
-    text_space = next((s for s in ("clip-text", "text") if s in predictions_by_space), None)
+    text_space = next((s for s in ("clip-text", "text") if s in features), None)
     table["caption"], table["caption_source"] = NA, NA
     if text_space is not None:
         from .text import CaptionBank, read_caption_file
 
+        extractor = feature_extractors([text_space], clip, prepared.text_spaces)[text_space]
+        train_captions = prepared.train_captions
         bank_texts = list(train_captions) + trials["cue_text"].tolist()
         bank_sources = ["training"] * len(train_captions) + ["cue"] * len(trials)
         if options.captions_file is not None:
@@ -306,81 +419,109 @@ def reconstruct_participant(betas: np.ndarray, trials: pd.DataFrame, stimuli_dir
             bank_texts += extra
             bank_sources += ["file"] * len(extra)
         bank = CaptionBank(bank_texts, bank_sources)
-        best = bank.retrieve(predictions_by_space[text_space], extractors[text_space],
-                             centre=decoders[text_space].feature_mean)
+        best = bank.retrieve(features[text_space], extractor, centre=fitted.decoders[text_space].feature_mean)
         table["caption"] = [bank.captions[i] for i in best]
         table["caption_source"] = [bank.sources[i] for i in best]
         LOGGER.info("captions retrieved from a bank of %d (%s space)", len(bank), text_space)
+    return ItemPredictions(items=items, features=features, table=table)
 
-    # --- generation ------------------------------------------------------------------------------------------
+
+def generate_reconstructions(predictions: ItemPredictions, prepared: PreparedTrials, options: DecodingOptions,
+                             clip=None, pipeline=None) -> Reconstructions:
+    """Stage ``generate``: one image per item, by ``--generator`` (``pixels``: the decoded pixels; ``unclip``:
+    Stable unCLIP from the decoded CLIP embedding, the retrieved caption as prompt and the pixel image as
+    low-level start), best of ``--candidates`` by the ``clip-cosine`` selector.
+
+    ``clip``: the loaded decoding CLIP model (the selector's encoder); ``pipeline``: a loaded unCLIP pipeline
+    and its info ``(pipeline, info)``, else it is loaded from ``options.models_dir``.
+    """
+    decoded_by_space, basis = predictions.features, prepared.pixel_basis
+    n_items = len(predictions.items)
     pixel_images = None
-    if "pixels" in predictions_by_space:
-        pixel_images = [pixels_to_image(v, (PIXEL_SIZE, PIXEL_SIZE, 3), basis) for v in predictions_by_space["pixels"]]
+    if "pixels" in decoded_by_space:
+        pixel_images = [pixels_to_image(v, (PIXEL_SIZE, PIXEL_SIZE, 3), basis) for v in decoded_by_space["pixels"]]
     common_meta = {"Decoder": "shared" if options.shared_decoders else options.decoder,
                    "Targets": list(options.targets), "Seed": options.seed}
     if options.generator == "pixels":
         if pixel_images is None:
             raise BadDataError("--generator pixels needs --target pixels")
-        images = pixel_images
         how = (f"inverse PCA of decoded coefficients ({basis.n_components} components)" if basis is not None
                else "decoded pixel values")
         image_meta = [{**common_meta, "Generator": "pixels", "ModelsTiny": False, "Prompt": "",
                        "Candidates": 1, "CandidateIndex": 0, "CandidateSeed": options.seed,
                        "GeneratorDescription": f"{how}, {PIXEL_SIZE}x{PIXEL_SIZE} RGB, rescaled to the training "
-                       "images' per-pixel mean and sd"} for _ in items]
-        generation_space = "pixels"
-    else:
-        from .generate import generate_images
+                       "images' per-pixel mean and sd"} for _ in range(n_items)]
+        return Reconstructions(pixel_images, image_meta, "pixels", tiny=prepared.tiny)
 
-        if "clip" not in predictions_by_space:
-            raise BadDataError("--generator unclip needs --target clip")
-        from .select import candidate_seeds, save_candidates
+    from .generate import generate_images
+    from .select import candidate_seeds, save_candidates
 
-        n_items, n_cand = len(items), max(1, int(options.candidates))
-        seeds = candidate_seeds(options.seed, n_items, n_cand)
-        decoded = predictions_by_space["clip"]
-        prompts = table["caption"].tolist() if text_space is not None else None
-        repeat = (lambda values: [v for v in values for _ in range(n_cand)])
-        flat_images, flat_meta = generate_images(
-            options.models_dir, np.repeat(decoded, n_cand, axis=0), seeds=seeds.ravel().tolist(),
-            low_level_images=repeat(pixel_images) if pixel_images is not None else None,
-            prompts=repeat(prompts) if prompts is not None else None, device=options.device,
-            n_threads=options.n_threads)
-        candidates = [flat_images[i * n_cand:(i + 1) * n_cand] for i in range(n_items)]
-        chosen, similarity = np.zeros(n_items, dtype=int), np.ones((n_items, 1))
-        candidate_paths = None
+    if "clip" not in decoded_by_space:
+        raise BadDataError("--generator unclip needs --target clip")
+    n_cand = max(1, int(options.candidates))
+    seeds = candidate_seeds(options.seed, n_items, n_cand)
+    decoded = decoded_by_space["clip"]
+    text_space = next((s for s in ("clip-text", "text") if s in decoded_by_space), None)
+    prompts = predictions.table["caption"].tolist() if text_space is not None else None
+    repeat = (lambda values: [v for v in values for _ in range(n_cand)])
+    loaded, info = pipeline if pipeline is not None else (None, None)
+    flat_images, flat_meta = generate_images(
+        options.models_dir, np.repeat(decoded, n_cand, axis=0), seeds=seeds.ravel().tolist(),
+        low_level_images=repeat(pixel_images) if pixel_images is not None else None,
+        prompts=repeat(prompts) if prompts is not None else None, device=options.device,
+        n_threads=options.n_threads, pipeline=loaded, info=info)
+    candidates = [flat_images[i * n_cand:(i + 1) * n_cand] for i in range(n_items)]
+    chosen, similarity = np.zeros(n_items, dtype=int), np.ones((n_items, 1))
+    candidate_paths = None
+    if n_cand > 1:
+        from .components import SELECTORS
+
+        chosen, similarity = SELECTORS.create("clip-cosine", clip=clip).select(candidates, decoded)
+        if options.work_dir is not None:
+            candidate_paths = save_candidates(Path(options.work_dir) / "candidates", candidates, seeds)
+    images, image_meta = [], []
+    for i in range(n_items):
+        k = int(chosen[i])
+        images.append(candidates[i][k])
+        meta = {**common_meta, **flat_meta[i * n_cand + k], "Prompt": prompts[i] if prompts is not None else "",
+                "Candidates": n_cand, "CandidateIndex": k, "CandidateSeed": int(seeds[i, k]),
+                "CandidateSelector": "clip-cosine: cosine of the candidate's CLIP image embedding with the "
+                "decoded embedding" if n_cand > 1 else "none (one candidate)"}
         if n_cand > 1:
-            from .components import SELECTORS
+            meta["CandidateSimilarities"] = [round(float(v), 6) for v in similarity[i]]
+            meta["CandidateSeeds"] = [int(v) for v in seeds[i]]
+            if candidate_paths is not None:
+                meta["CandidateFiles"] = candidate_paths[i]
+        image_meta.append(meta)
+    tiny = prepared.tiny or any(m.get("ModelsTiny") for m in image_meta)
+    return Reconstructions(images, image_meta, "clip", tiny=tiny)
 
-            chosen, similarity = SELECTORS.create("clip-cosine", clip=clip_extractor).select(candidates, decoded)
-            if options.work_dir is not None:
-                candidate_paths = save_candidates(Path(options.work_dir) / "candidates", candidates, seeds)
-        images, image_meta = [], []
-        for i in range(n_items):
-            k = int(chosen[i])
-            images.append(candidates[i][k])
-            meta = {**common_meta, **flat_meta[i * n_cand + k], "Prompt": prompts[i] if prompts is not None else "",
-                    "Candidates": n_cand, "CandidateIndex": k, "CandidateSeed": int(seeds[i, k]),
-                    "CandidateSelector": "clip-cosine: cosine of the candidate's CLIP image embedding with the "
-                    "decoded embedding" if n_cand > 1 else "none (one candidate)"}
-            if n_cand > 1:
-                meta["CandidateSimilarities"] = [round(float(v), 6) for v in similarity[i]]
-                meta["CandidateSeeds"] = [int(v) for v in seeds[i]]
-                if candidate_paths is not None:
-                    meta["CandidateFiles"] = candidate_paths[i]
-            image_meta.append(meta)
-        generation_space = "clip"
-        tiny = tiny or any(m.get("ModelsTiny") for m in image_meta)
 
-    # --- retrieval and metrics, per (condition, cue) group ----------------------------------------------------
+def evaluate_items(betas: np.ndarray, prepared: PreparedTrials, fitted: FittedDecoders,
+                   predictions: ItemPredictions, recon: Reconstructions, options: DecodingOptions, clip=None,
+                   eval_extractors: dict | None = None) -> Evaluation:
+    """Stage ``evaluate``: retrieval (top-1/top-5 in the predictions table, the retrieval table) and the metrics
+    table, per (condition, cue) group, with ``options.n_perm`` permutations on ``options.device``.
+
+    ``clip``: the loaded decoding CLIP model (targets in CLIP space, brain correlation); ``eval_extractors``:
+    the loaded evaluation networks (``bids_m2i.evaluation.feature_spaces.load_feature_extractors``)."""
+    from .text import TEXT_SPACES
+
+    trials, split, items = prepared.trials, prepared.split, predictions.items
+    decoders, predictions_by_space = fitted.decoders, predictions.features
+    paths = prepared.paths
+    extractors = feature_extractors(prepared.targets, clip, prepared.text_spaces)
+    item_features = TargetFeatures(prepared, extractors, options.work_dir)
+    item_betas = ItemBetas(betas, split, options.standardise_imagery)
+    images, basis = recon.images, prepared.pixel_basis
+    table = predictions.table.copy()
+    train_rows, labels_train = split.train, prepared.labels_train
     retrieval_rows, metric_frames = [], []
     table["top1"], table["top5"] = NA, NA
-    from ..evaluation.feature_spaces import load_feature_extractors
-
-    eval_extractors = load_feature_extractors(options.models_dir, device=options.device) if options.models_dir else {}
-    note = "tiny random-weight models: numbers are meaningless" if tiny else ""
-    brain = _brain_correlation_inputs(images, items, trial_betas, betas[train_rows], train_paths, labels_train,
-                                      decoders, clip_extractor, options)
+    eval_extractors = eval_extractors or {}
+    note = "tiny random-weight models: numbers are meaningless" if recon.tiny else ""
+    brain = _brain_correlation_inputs(images, items, item_betas, betas[train_rows],
+                                      [paths[i] for i in train_rows], labels_train, decoders, clip, options)
     primary = "clip" if "clip" in predictions_by_space else "pixels"
     for (condition, cue), part in table.groupby(["condition", "cue"], sort=True):
         index = part.index.to_numpy()
@@ -406,8 +547,8 @@ def reconstruct_participant(betas: np.ndarray, trials: pd.DataFrame, stimuli_dir
                     note, "pure imagination: no target image; retrieval and identification against the distinct "
                     "cue texts (clip: CLIP text embeddings of the cues)")))
             cat_feats = {space: feats for space, feats in _category_targets(
-                trials, train_rows, categories, train_targets, labels_train).items() if space not in cue_feats
-                and space not in TEXT_SPACES}
+                trials, train_rows, categories, prepared.train_targets, labels_train).items()
+                if space not in cue_feats and space not in TEXT_SPACES}
             if cat_feats:
                 evaluations.append((cat_feats, categories, _join(
                     note, "targets are categories: mean feature of the category's training stimuli")))
@@ -423,7 +564,7 @@ def reconstruct_participant(betas: np.ndarray, trials: pd.DataFrame, stimuli_dir
                     continue  # no caption for some of these stimuli: the text space cannot be scored
                 target_feats[space] = item_features(space, first_rows)
             evaluations = [(target_feats, target_ids, group_note)]
-        recon = [images[i] for i in index]
+        group_recon = [images[i] for i in index]
         group_brain = {space: (pred[index], measured[index]) for space, (pred, measured) in brain.items()}
         for k, (feats, ids, evaluation_note) in enumerate(evaluations):
             preds = {s: predictions_by_space[s][index] for s in feats}
@@ -436,8 +577,8 @@ def reconstruct_participant(betas: np.ndarray, trials: pd.DataFrame, stimuli_dir
                 centre = decoders[space].feature_mean
                 preds[space] = preds[space] - centre
                 feats[space] = feats[space] - centre
-            frame = _evaluate(recon, target_images, preds, feats, ids, condition, cue, eval_extractors, options,
-                              evaluation_note, group_brain if k == 0 else None)
+            frame = _evaluate(group_recon, target_images, preds, feats, ids, condition, cue, eval_extractors,
+                              options, evaluation_note, group_brain if k == 0 else None)
             metric_frames.append(frame)
             if k == 0:
                 target_feats, target_ids, first_preds = feats, ids, preds
@@ -456,49 +597,48 @@ def reconstruct_participant(betas: np.ndarray, trials: pd.DataFrame, stimuli_dir
                     row[f"rank{k}"] = name
                     row[f"rank{k}_file"] = candidate_files.get(name, NA)
                 retrieval_rows.append(row)
-    metrics = pd.concat([f for f in metric_frames if not f.empty], ignore_index=True) if any(
-        not f.empty for f in metric_frames) else pd.DataFrame()
-    retrieval = pd.DataFrame(retrieval_rows)
-    return DecodingResult(predictions=table, features=predictions_by_space[generation_space],
-                          feature_space=generation_space, images=images, image_metadata=image_meta,
-                          retrieval=retrieval, metrics=metrics, decoders=decoders, pixel_basis=basis,
-                          split_summary={**split.summary(), "imagery_betas": (
-                              "standardised per voxel over the imagery trials, onto the training trials' mean and sd"
-                              if imagery_betas is not None else "as estimated")}, tiny_models=tiny)
+    frames = [f for f in metric_frames if not f.empty]
+    metrics = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return Evaluation(table=table, retrieval=pd.DataFrame(retrieval_rows), metrics=metrics)
 
 
-def fit_decoder(options: DecodingOptions, train_betas: np.ndarray, features: np.ndarray, labels) -> BrainDecoder:
-    """The ``--decoder`` component fitted on training perception, or the same fit from the work dir's cache.
+def split_summary(prepared: PreparedTrials, options: DecodingOptions) -> dict:
+    """The split as the model sidecars record it."""
+    standardised = options.standardise_imagery and len(prepared.split.imagery) >= 2
+    return {**prepared.split.summary(), "imagery_betas": (
+        "standardised per voxel over the imagery trials, onto the training trials' mean and sd"
+        if standardised else "as estimated")}
 
-    The cache key hashes everything the fit depends on (training betas, target features, labels, decoder
-    name and settings), so a rerun that changes only the generator, the candidates or the evaluation reuses
-    the fitted decoder instead of refitting (``WORK/decoders/<key>.safetensors``).
+
+def reconstruct_participant(betas: np.ndarray, trials: pd.DataFrame, stimuli_dir: Path,
+                            options: DecodingOptions) -> DecodingResult:
+    """All stages in one process: train on perception, predict held-out perception and imagery, generate,
+    retrieve and evaluate (the workflow runs the same stages as separate nodes).
+
+    Parameters
+    ----------
+    betas : (n_trials, n_voxels) in-mask single-trial betas, rows = ``trials`` rows
+    trials : the statseries events tables of all tasks/sessions, concatenated (needs ``condition cue stimulus
+        stim_file cue_text category``)
+    stimuli_dir : BIDS_DIR/stimuli
     """
-    import hashlib
+    clip = load_decoding_clip(options.models_dir, options.device) if needs_clip(options.targets) else None
+    prepared = prepare_features(trials, stimuli_dir, options, clip=clip)
+    fitted = fit_decoders(betas, prepared, options)
+    predictions = predict_items(betas, prepared, fitted, options, clip=clip)
+    recon = generate_reconstructions(predictions, prepared, options, clip=clip)
+    eval_extractors = {}
+    if options.models_dir:
+        from ..evaluation.feature_spaces import load_feature_extractors
 
-    from .components import DECODERS
-
-    decoder = DECODERS.create(options.decoder, top_k=options.top_k, device=options.device,
-                              n_threads=options.n_threads, seed=options.seed)
-    cache = None
-    if options.work_dir is not None and hasattr(decoder, "save") and hasattr(type(decoder), "load"):
-        digest = hashlib.sha256()
-        for array in (np.ascontiguousarray(train_betas, dtype=np.float32),
-                      np.ascontiguousarray(features, dtype=np.float32)):
-            digest.update(str(array.shape).encode())
-            digest.update(array.tobytes())
-        digest.update("\x00".join(map(str, labels)).encode())
-        mlp_config = vars(decoder.mlp_config) if hasattr(decoder, "mlp_config") else None
-        digest.update(repr((options.decoder, options.top_k, options.seed, getattr(decoder, "alphas", None),
-                            mlp_config)).encode())
-        cache = Path(options.work_dir) / "decoders" / f"{options.decoder}-{digest.hexdigest()[:16]}.safetensors"
-        if cache.is_file() and cache.with_suffix(".json").is_file():
-            LOGGER.info("decoder reused from %s", cache)
-            return type(decoder).load(cache, device=options.device)
-    decoder.fit(train_betas, features, labels=labels)
-    if cache is not None:
-        decoder.save(cache)
-    return decoder
+        eval_extractors = load_feature_extractors(options.models_dir, device=options.device)
+    evaluation = evaluate_items(betas, prepared, fitted, predictions, recon, options, clip=clip,
+                                eval_extractors=eval_extractors)
+    return DecodingResult(predictions=evaluation.table, features=predictions.features[recon.feature_space],
+                          feature_space=recon.feature_space, images=recon.images, image_metadata=recon.metadata,
+                          retrieval=evaluation.retrieval, metrics=evaluation.metrics, decoders=fitted.decoders,
+                          text_spaces=prepared.text_spaces, pixel_basis=prepared.pixel_basis,
+                          split_summary=split_summary(prepared, options), tiny_models=recon.tiny)
 
 
 def _brain_correlation_inputs(images, items, trial_betas, train_betas, train_paths, labels_train, decoders,

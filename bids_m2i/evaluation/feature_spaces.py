@@ -35,7 +35,6 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..errors import BadDataError
 from .metrics import images_to_tensor
 
 __all__ = [
@@ -45,7 +44,6 @@ __all__ = [
     "load_feature_extractors",
     "extract_features",
     "find_clip_dir",
-    "build_torchvision_model",
     "models_manifest_is_tiny",
 ]
 
@@ -75,50 +73,6 @@ def _pick_device(device: str | torch.device | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def build_torchvision_model(network: str) -> torch.nn.Module:
-    """The torchvision architecture of ``network`` with no weights (random init, no download)."""
-    import torchvision.models as tvm
-
-    if network == "alexnet":
-        return tvm.alexnet(weights=None)
-    if network == "inception_v3":
-        # aux_logits kept so that torchvision's pretrained state dict loads; init skipped (weights follow);
-        # transform_input=True is what torchvision sets with its ImageNet weights (and so what MindEye ran)
-        return tvm.inception_v3(weights=None, aux_logits=True, init_weights=False, transform_input=True)
-    if network == "efficientnet_b1":
-        return tvm.efficientnet_b1(weights=None)
-    if network == "swav":
-        return tvm.resnet50(weights=None)
-    raise ValueError(f"unknown evaluation network {network!r}; known: {sorted(_NETWORK_SPACES)}")
-
-
-def _load_state_dict(model: torch.nn.Module, path: Path, network: str) -> None:
-    from safetensors.torch import load_file
-
-    try:
-        state = load_file(str(path), device="cpu")
-    except Exception as exc:  # corrupt or not a safetensors file
-        raise BadDataError(
-            f"Cannot read the {network} weights: {exc}", path=path,
-            hint="re-create the models folder with `m2i-models prepare` (or `make-tiny` for tests)",
-        ) from exc
-    # checkpoints saved from DataParallel (SwAV's release) prefix keys with "module."
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    # SwAV ships the trunk without the classifier; the avgpool features do not use it
-    missing = [k for k in missing if not (network == "swav" and k.startswith("fc."))]
-    unexpected = [k for k in unexpected if not (network == "swav" and k.startswith("projection_head"))]
-    unexpected = [k for k in unexpected if not k.startswith("prototypes")]
-    if missing or unexpected:
-        raise BadDataError(
-            f"The {network} weights do not match torchvision's architecture "
-            f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
-            f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''})",
-            path=path,
-            hint="the file must hold a torchvision state dict saved with safetensors",
-        )
 
 
 @dataclass
@@ -215,17 +169,9 @@ def _clip_extractor(model, device: torch.device, batch_size: int, source: str) -
 
 
 def _load_clip(folder: Path, device: torch.device, batch_size: int) -> FeatureExtractor:
-    import open_clip
+    from ..models.loading import load_open_clip_folder
 
-    try:
-        model = open_clip.create_model(f"local-dir:{folder}", device=device)
-    except Exception as exc:
-        raise BadDataError(
-            f"Cannot load the open_clip model: {exc}", path=folder,
-            hint="the folder needs open_clip_config.json and open_clip_model.safetensors",
-        ) from exc
-    model.eval()
-    return _clip_extractor(model, device, batch_size, f"open_clip/{folder.name}")
+    return _clip_extractor(load_open_clip_folder(folder, device).model, device, batch_size, f"open_clip/{folder.name}")
 
 
 def load_feature_extractors(
@@ -282,8 +228,9 @@ def load_feature_extractors(
         if not files:
             LOG.info("no %s weights under %s/eval: spaces %s skipped", network, models_dir, sorted(selected))
             continue
-        model = build_torchvision_model(network)
-        _load_state_dict(model, files[0], network)
+        from ..models.loading import load_eval_network_file
+
+        model = load_eval_network_file(files[0], network, device)
         shared = _network_extractor(model, selected, size, device, batch_size, f"eval/{files[0].name}{tiny}")
         for space in selected:
             extractors[space] = SpaceExtractor(shared, space)

@@ -1,5 +1,12 @@
-"""nipype glue for decoding: read the statseries, call :func:`bids_m2i.decoding.reconstruct
-.reconstruct_participant`, write models, predictions, images and metrics into the derivatives."""
+"""nipype glue for decoding: one interface per stage of :mod:`bids_m2i.decoding.reconstruct`.
+
+``DecodingFeatures`` -> ``FitDecoders`` -> ``PredictFeatures`` -> ``GenerateImages`` -> ``EvaluateReconstructions``.
+Each reads the files of the stages before it (``bids_m2i.decoding.stage_files``), loads the model components
+it needs (``bids_m2i.models``), calls its stage function and writes its results into its node directory, then
+publishes those that are derivatives (models, images, tables) with the derivatives writer. nipype's cache then
+reruns only the stages whose inputs changed: another ``--generator`` reruns generate and evaluate, the fitted
+decoders are reused.
+"""
 
 from __future__ import annotations
 
@@ -56,48 +63,91 @@ def load_betas(statseries: list[str], events: list[str], mask: np.ndarray, chunk
     return out, pd.concat(tables, ignore_index=True)
 
 
-class _ReconstructInputSpec(BaseInterfaceInputSpec):
+
+class _StageInputSpec(BaseInterfaceInputSpec):
+    """What every stage needs: the run's settings that are not data."""
+
+    seed = traits.Int(0, usedefault=True)
+    device = traits.Str("cpu", usedefault=True)
+    n_threads = traits.Int(1, usedefault=True)
+    work_dir = traits.Str(mandatory=True, desc="the run's work dir (feature cache, candidates)")
+
+
+class _PreparedInputSpec(_StageInputSpec):
+    """The ``features`` stage's files."""
+
+    betas = File(exists=True, mandatory=True, desc="betas.npy (trials x voxels)")
+    trials = File(exists=True, mandatory=True, desc="trials.tsv")
+    targets = File(exists=True, mandatory=True, desc="targets.npz")
+    prepared = File(exists=True, mandatory=True, desc="prepared.json")
+
+
+def _options(inputs, **values):
+    """The engine's options from a node's inputs (only the settings this node has)."""
+    from ..decoding.reconstruct import DecodingOptions
+
+    names = inputs.trait_names()
+    common = {"seed": inputs.seed, "device": inputs.device, "n_threads": inputs.n_threads,
+              "work_dir": Path(inputs.work_dir)}
+    if "models_dir" in names:
+        common["models_dir"] = Path(inputs.models_dir) if inputs.models_dir else None
+    if "shared_decoders" in names:
+        common["shared_decoders"] = tuple(Path(p) for p in inputs.shared_decoders)
+    return DecodingOptions(**{**common, **values})
+
+
+def _prepared(inputs):
+    from ..decoding.stage_files import load_betas_file, load_prepared
+
+    return load_betas_file(inputs.betas), load_prepared(inputs.trials, inputs.targets, inputs.prepared)
+
+
+def _clip(options, targets):
+    """The decoding CLIP model, loaded once per node, when a target needs it."""
+    from ..decoding.reconstruct import needs_clip
+    from ..models.loading import load_decoding_clip
+
+    return load_decoding_clip(options.models_dir, options.device) if needs_clip(targets) else None
+
+
+def _derivative(output_dir, subject, **kw):
+    from ..bids.derivatives import derivative_path
+
+    return derivative_path(Path(output_dir), subject=subject, **kw)
+
+
+# --- features ----------------------------------------------------------------------------------------------------
+class _FeaturesInputSpec(_StageInputSpec):
     statseries = InputMultiObject(File(exists=True), mandatory=True)
     events = InputMultiObject(File(exists=True), mandatory=True)
     statseries_names = traits.List(traits.Str(), desc="derivative names of the statseries (for the tables)")
     mask = File(exists=True, mandatory=True)
     roi_mask = File(exists=True, desc="voxel-selection mask on the participant grid")
-    subject = traits.Str(mandatory=True)
-    output_dir = traits.Str(mandatory=True)
     stimuli_dir = traits.Str(mandatory=True)
-    work_dir = traits.Str(mandatory=True)
     targets = traits.List(traits.Str(), mandatory=True)
-    decoder = traits.Str("ridge", usedefault=True)
-    generator = traits.Str("pixels", usedefault=True)
-    average_repeats = traits.Bool(True, usedefault=True)
-    top_k = traits.Int(0, usedefault=True)
     finetune_imagery = traits.Bool(False, usedefault=True)
     models_dir = traits.Str("", usedefault=True)
-    seed = traits.Int(0, usedefault=True)
-    device = traits.Str("cpu", usedefault=True)
-    n_threads = traits.Int(1, usedefault=True)
-    captions = traits.Str("", usedefault=True, desc="--captions FILE (extra bank captions)")
-    candidates = traits.Int(1, usedefault=True, desc="best of N generated images per item")
-    # File traits: nipype hashes the files, so a retrained shared model reruns the decoding
-    shared_decoders = traits.List(File(exists=True), desc="shared decoder files (group level) fitted instead of new "
-                                  "decoders")
 
 
-class _ReconstructOutputSpec(TraitedSpec):
-    derivatives = traits.List(File(), desc="every file written into the derivatives")
-    metrics = File(desc="the metrics table")
+class _FeaturesOutputSpec(TraitedSpec):
+    betas = File(exists=True)
+    trials = File(exists=True)
+    targets = File(exists=True)
+    prepared = File(exists=True)
 
 
-class ReconstructImages(M2IInterface):
-    input_spec = _ReconstructInputSpec
-    output_spec = _ReconstructOutputSpec
+class DecodingFeatures(M2IInterface):
+    """Stage ``features``: in-mask betas of every statseries, the leak-free split, training targets."""
+
+    input_spec = _FeaturesInputSpec
+    output_spec = _FeaturesOutputSpec
 
     def _run(self, runtime):
         import nibabel as nib
 
-        from ..bids.derivatives import derivative_path
-        from ..decoding.reconstruct import DecodingOptions, reconstruct_participant
-        from ..utils.atomic import save_npy, save_png, write_json, write_tsv
+        from ..decoding.reconstruct import prepare_features
+        from ..decoding.stage_files import save_betas, save_prepared
+        from ..utils.torch_runtime import blas_threads
 
         inputs = self.inputs
         mask = np.asarray(nib.load(inputs.mask).dataobj) > 0
@@ -114,77 +164,248 @@ class ReconstructImages(M2IInterface):
         if inputs.statseries_names:
             names = dict(zip([Path(p).name for p in inputs.statseries], inputs.statseries_names))
             trials["source"] = trials["source"].map(lambda n: names.get(n, n))
-        options = DecodingOptions(
-            targets=tuple(inputs.targets), decoder=inputs.decoder, generator=inputs.generator,
-            average_repeats=inputs.average_repeats, top_k=inputs.top_k or None,
-            finetune_imagery=inputs.finetune_imagery, models_dir=Path(inputs.models_dir) if inputs.models_dir else None,
-            seed=inputs.seed, device=inputs.device, n_threads=inputs.n_threads, work_dir=Path(inputs.work_dir),
-            captions_file=Path(inputs.captions) if inputs.captions else None, candidates=inputs.candidates,
-            shared_decoders=tuple(Path(p) for p in inputs.shared_decoders),
-        )
+        options = _options(inputs, targets=tuple(inputs.targets), finetune_imagery=inputs.finetune_imagery)
+        with blas_threads(inputs.n_threads):
+            prepared = prepare_features(trials, Path(inputs.stimuli_dir), options,
+                                        clip=_clip(options, options.targets))
+        cwd = Path(runtime.cwd)
+        files = save_prepared(cwd, prepared)
+        self._results.update({"betas": str(save_betas(cwd, betas)), **{k: str(v) for k, v in files.items()}})
+
+
+# --- fit ---------------------------------------------------------------------------------------------------------
+class _FitInputSpec(_PreparedInputSpec):
+    decoder = traits.Str("ridge", usedefault=True)
+    top_k = traits.Int(0, usedefault=True)
+    # File traits: nipype hashes the files, so a retrained shared model refits
+    shared_decoders = traits.List(File(exists=True), desc="shared decoder files (group level) fitted instead of new "
+                                  "decoders")
+    subject = traits.Str(mandatory=True)
+    output_dir = traits.Str(mandatory=True)
+    statseries_names = traits.List(traits.Str(), desc="derivative names of the statseries (model sidecars)")
+
+
+class _FitOutputSpec(TraitedSpec):
+    models = traits.List(File(exists=True), desc="one fitted decoder per target (.safetensors + .json), in order")
+    finetuned = File(exists=True, desc="out-of-fold predictions of the fine-tuning trials")
+    out_derivatives = traits.List(File(), desc="files published in the derivatives dataset")
+
+
+class FitDecoders(M2IInterface):
+    """Stage ``fit``: one decoder per target (``sub-<label>_desc-<target><decoder>_model.safetensors``)."""
+
+    input_spec = _FitInputSpec
+    output_spec = _FitOutputSpec
+
+    def _run(self, runtime):
+        from ..decoding.reconstruct import fit_decoders, split_summary
+        from ..decoding.stage_files import save_fitted
+        from ..utils.torch_runtime import blas_threads
+        from .derivatives import publish_derivative
+
+        inputs = self.inputs
+        betas, prepared = _prepared(inputs)
+        options = _options(inputs, targets=prepared.targets, decoder=inputs.decoder, top_k=inputs.top_k or None)
+        with blas_threads(inputs.n_threads):
+            fitted = fit_decoders(betas, prepared, options)
+        files = save_fitted(Path(runtime.cwd), fitted, prepared)
+        label = "shared" if inputs.shared_decoders else inputs.decoder
+        written = []
+        for space, model in zip(fitted.decoders, files["models"]):
+            sidecar = model.with_suffix(".json")
+            meta = json.loads(sidecar.read_text())
+            meta.update({"Target": space, "Split": split_summary(prepared, options),
+                         "Sources": list(inputs.statseries_names)})
+            # entity values are alphanumeric: clip-text -> cliptext
+            written += publish_derivative(model, inputs.output_dir, entities={
+                "subject": inputs.subject, "desc": f"{space.replace('-', '')}{label}"}, datatype="decoding",
+                suffix="model", extension=".safetensors", metadata=meta)
+        self._results.update({"models": [str(p) for p in files["models"]], "finetuned": str(files["finetuned"]),
+                              "out_derivatives": written})
+
+
+class _FittedInputSpec(_PreparedInputSpec):
+    models = traits.List(File(exists=True), mandatory=True)
+    finetuned = File(exists=True, mandatory=True)
+    shared_decoders = traits.List(File(exists=True), desc="the group models the fitted maps belong to")
+    models_dir = traits.Str("", usedefault=True)
+
+
+def _fitted(inputs, prepared):
+    from ..decoding.stage_files import load_fitted
+
+    return load_fitted(list(inputs.models), inputs.finetuned, prepared.targets, device=inputs.device,
+                       shared_decoders=tuple(inputs.shared_decoders))
+
+
+# --- predict -----------------------------------------------------------------------------------------------------
+class _PredictInputSpec(_FittedInputSpec):
+    average_repeats = traits.Bool(True, usedefault=True)
+    captions = traits.Str("", usedefault=True, desc="--captions FILE (extra bank captions)")
+
+
+class _PredictOutputSpec(TraitedSpec):
+    predictions = File(exists=True, desc="predictions.npz: decoded features per space, items")
+    table = File(exists=True, desc="items.tsv: one row per test item, with the retrieved caption")
+
+
+class PredictFeatures(M2IInterface):
+    """Stage ``predict``: decoded (rescaled) features of every test item, and its retrieved caption."""
+
+    input_spec = _PredictInputSpec
+    output_spec = _PredictOutputSpec
+
+    def _run(self, runtime):
+        from ..decoding.reconstruct import predict_items
+        from ..decoding.stage_files import save_predictions
         from ..utils.torch_runtime import blas_threads
 
-        # numpy's BLAS pool as --omp-nthreads says, whatever process runs the node (MultiProc with one process
-        # runs it in the main one): float sums, and so the metrics, are then the same bytes on every rerun
+        inputs = self.inputs
+        betas, prepared = _prepared(inputs)
+        options = _options(inputs, targets=prepared.targets, average_repeats=inputs.average_repeats,
+                           captions_file=Path(inputs.captions) if inputs.captions else None)
+        clip = _clip(options, [t for t in prepared.targets if t == "clip-text"])
         with blas_threads(inputs.n_threads):
-            result = reconstruct_participant(betas, trials, Path(inputs.stimuli_dir), options)
+            predictions = predict_items(betas, prepared, _fitted(inputs, prepared), options, clip=clip)
+        files = save_predictions(Path(runtime.cwd), predictions)
+        self._results.update({k: str(v) for k, v in files.items()})
 
-        out, subject, written = Path(inputs.output_dir), inputs.subject, []
 
-        def path(**kw):
-            return derivative_path(out, subject=subject, **kw)
+# --- generate ----------------------------------------------------------------------------------------------------
+class _GenerateInputSpec(_StageInputSpec):
+    trials = File(exists=True, mandatory=True)
+    targets = File(exists=True, mandatory=True)
+    prepared = File(exists=True, mandatory=True)
+    predictions = File(exists=True, mandatory=True)
+    table = File(exists=True, mandatory=True)
+    generator = traits.Str("pixels", usedefault=True)
+    candidates = traits.Int(1, usedefault=True, desc="best of N generated images per item")
+    decoder = traits.Str("ridge", usedefault=True, desc="for the sidecars")
+    shared_decoders = traits.List(File(exists=True), desc="the group models of the decoders (sidecars say shared)")
+    models_dir = traits.Str("", usedefault=True)
+    subject = traits.Str(mandatory=True)
+    output_dir = traits.Str(mandatory=True)
 
-        for space, decoder in result.decoders.items():
-            label = "shared" if inputs.shared_decoders else inputs.decoder
-            # entity values are alphanumeric: clip-text -> cliptext
-            model_path = path(datatype="decoding", desc=f"{space.replace('-', '')}{label}", suffix="model",
-                              extension=".safetensors")
-            extra = result.pixel_basis.to_arrays() if space == "pixels" and result.pixel_basis is not None else None
-            decoder.save(model_path, extra_arrays=extra)  # the PCA basis (if any) travels with the pixel decoder
-            sidecar = model_path.with_suffix(".json")
-            meta = json.loads(sidecar.read_text())
-            meta.update({"Target": space, "Split": result.split_summary, "Sources": list(inputs.statseries_names or
-                                                                                          inputs.statseries)})
-            write_json(sidecar, meta)
-            written += [str(model_path), str(sidecar)]
 
-        table = result.predictions.copy()
-        image_names = []
-        for row, (image, meta) in enumerate(zip(result.images, result.image_metadata)):
-            image_path = path(datatype="images", trial=f"{row:04d}", desc="recon", suffix="image", extension=".png")
-            save_png(image_path, image)
+class _GenerateOutputSpec(TraitedSpec):
+    images = traits.List(File(exists=True), desc="one PNG per item, rows of the predictions table")
+    image_meta = File(exists=True, desc="reconstructions.json: the images' sidecar metadata")
+    features = File(exists=True, desc="the decoded features that conditioned the generator")
+    out_derivatives = traits.List(File(), desc="files published in the derivatives dataset")
+
+
+class GenerateImages(M2IInterface):
+    """Stage ``generate``: ``sub-<label>_trial-<NNNN>_desc-recon_image.png`` (+ .json) per item and the decoded
+    features of the generation space (``sub-<label>_desc-predictions_features.npy``)."""
+
+    input_spec = _GenerateInputSpec
+    output_spec = _GenerateOutputSpec
+
+    def _run(self, runtime):
+        from ..decoding.reconstruct import generate_reconstructions
+        from ..decoding.stage_files import load_predictions, load_prepared, save_reconstructions
+        from ..utils.torch_runtime import blas_threads
+        from .derivatives import publish_derivative
+
+        inputs = self.inputs
+        prepared = load_prepared(inputs.trials, inputs.targets, inputs.prepared)
+        predictions = load_predictions(inputs.predictions, inputs.table)
+        options = _options(inputs, targets=prepared.targets, generator=inputs.generator,
+                           candidates=inputs.candidates, decoder=inputs.decoder)
+        clip, pipeline = None, None
+        if inputs.generator == "unclip":
+            from ..models.loading import load_unclip_pipeline
+
+            if options.models_dir is None:
+                from ..errors import InputMissingError
+
+                raise InputMissingError("--generator unclip needs a models folder",
+                                        hint="pass --models-dir or set M2I_MODELS_DIR (see docs/models.md)")
+            if "clip" in prepared.targets:
+                pipeline = load_unclip_pipeline(options.models_dir, device=options.device)
+            if inputs.candidates > 1:
+                clip = _clip(options, prepared.targets)
+        with blas_threads(inputs.n_threads):
+            recon = generate_reconstructions(predictions, prepared, options, clip=clip, pipeline=pipeline)
+        files = save_reconstructions(Path(runtime.cwd), recon, predictions.features[recon.feature_space])
+        out, subject, table, written = inputs.output_dir, inputs.subject, predictions.table, []
+        for row, (image, meta) in enumerate(zip(files["images"], recon.metadata)):
             item = table.iloc[row]
             sidecar = {**meta, "SourceVolumes": item["trial_index"], "Statseries": item["source"],
                        "Stimulus": item["stimulus"], "Condition": item["condition"], "Cue": item["cue"],
                        "Target": item["stim_file"] if item["cue"] != "text" else item["cue_text"],
                        "PredictionsRow": row}
-            write_json(image_path.with_suffix(".json"), sidecar)
-            image_names.append(image_path.relative_to(out).as_posix())
-            written += [str(image_path), str(image_path.with_suffix(".json"))]
-        table["image"] = image_names
+            written += publish_derivative(image, out, entities={"subject": subject, "trial": f"{row:04d}",
+                                                                "desc": "recon"},
+                                          datatype="images", suffix="image", extension=".png", metadata=sidecar)
+        written += publish_derivative(files["features"], out, entities={"subject": subject, "desc": "predictions"},
+                                      datatype="decoding", suffix="features", extension=".npy", metadata={
+                                          "FeatureSpace": recon.feature_space, "Rows": "rows of the predictions table",
+                                          "Description": "decoded features rescaled to the training features' "
+                                          "mean and sd"})
+        self._results.update({"images": [str(p) for p in files["images"]], "image_meta": str(files["meta"]),
+                              "features": str(files["features"]), "out_derivatives": written})
+
+
+# --- evaluate ----------------------------------------------------------------------------------------------------
+class _EvaluateInputSpec(_FittedInputSpec):
+    predictions = File(exists=True, mandatory=True)
+    table = File(exists=True, mandatory=True)
+    images = traits.List(File(exists=True), mandatory=True)
+    image_meta = File(exists=True, mandatory=True)
+    n_perm = traits.Int(1000, usedefault=True, desc="permutations of every metric's p-value")
+    subject = traits.Str(mandatory=True)
+    output_dir = traits.Str(mandatory=True)
+
+
+class _EvaluateOutputSpec(TraitedSpec):
+    metrics = File(desc="the metrics table (in the derivatives)")
+    out_derivatives = traits.List(File(), desc="files published in the derivatives dataset")
+
+
+class EvaluateReconstructions(M2IInterface):
+    """Stage ``evaluate``: the predictions table (with retrieval top-1/top-5), retrieval, metrics and
+    conditions tables."""
+
+    input_spec = _EvaluateInputSpec
+    output_spec = _EvaluateOutputSpec
+
+    def _run(self, runtime):
+        from ..decoding.reconstruct import evaluate_items
+        from ..decoding.stage_files import load_predictions, load_reconstructions
+        from ..evaluation.table import conditions_side_by_side, write_metrics_table
+        from ..utils.atomic import write_tsv
+        from ..utils.torch_runtime import blas_threads
+        from .derivatives import publish_derivative
+
+        inputs = self.inputs
+        betas, prepared = _prepared(inputs)
+        options = _options(inputs, targets=prepared.targets, n_perm=inputs.n_perm)
+        eval_extractors = {}
+        if options.models_dir is not None:
+            from ..evaluation.feature_spaces import load_feature_extractors
+
+            eval_extractors = load_feature_extractors(options.models_dir, device=options.device)
+        with blas_threads(inputs.n_threads):
+            evaluation = evaluate_items(
+                betas, prepared, _fitted(inputs, prepared), load_predictions(inputs.predictions, inputs.table),
+                load_reconstructions(inputs.images, inputs.image_meta), options,
+                clip=_clip(options, prepared.targets), eval_extractors=eval_extractors)
+        cwd, out, subject = Path(runtime.cwd), inputs.output_dir, inputs.subject
+        table = evaluation.table.copy()
+        table["image"] = [_derivative(out, subject, datatype="images", trial=f"{row:04d}", desc="recon",
+                                      suffix="image", extension=".png").relative_to(Path(out)).as_posix()
+                          for row in range(len(table))]
         columns = ["trial_index", "source", "condition", "cue", "stimulus", "category", "stim_file", "cue_text",
                    "n_repeats", "image", "top1", "top5", "caption", "caption_source"]
-        table_path = path(datatype="decoding", desc="predictions", suffix="table", extension=".tsv")
-        write_tsv(table_path, table[columns])
-        features_path = path(datatype="decoding", desc="predictions", suffix="features", extension=".npy")
-        save_npy(features_path, result.features)
-        write_json(features_path.with_suffix(".json"), {
-            "FeatureSpace": result.feature_space, "Rows": "rows of the predictions table",
-            "Description": "decoded features rescaled to the training features' mean and sd"})
-        retrieval_path = path(datatype="decoding", desc="retrieval", suffix="table", extension=".tsv")
-        write_tsv(retrieval_path, result.retrieval if not result.retrieval.empty else pd.DataFrame(
-            columns=["row", "condition", "cue", "stimulus"]))
-        metrics_path = path(datatype="decoding", desc="metrics", suffix="table", extension=".tsv")
-        from ..evaluation.table import write_metrics_table
-
-        write_metrics_table(result.metrics, metrics_path)
+        write_tsv(cwd / "predictions_table.tsv", table[columns])
+        write_tsv(cwd / "retrieval_table.tsv", evaluation.retrieval if not evaluation.retrieval.empty else
+                  pd.DataFrame(columns=["row", "condition", "cue", "stimulus"]))
+        write_metrics_table(evaluation.metrics, cwd / "metrics_table.tsv")
         # vision and imagery side by side (one row per metric and feature space, one column per condition)
-        from ..evaluation.table import conditions_side_by_side
-
-        conditions_path = path(datatype="decoding", desc="conditions", suffix="table", extension=".tsv")
-        write_tsv(conditions_path, conditions_side_by_side(result.metrics))
-        written.append(str(conditions_path))
-        written += [str(table_path), str(features_path), str(features_path.with_suffix(".json")),
-                    str(retrieval_path), str(metrics_path)]
-        self._results["derivatives"] = written
-        self._results["metrics"] = str(metrics_path)
+        write_tsv(cwd / "conditions_table.tsv", conditions_side_by_side(evaluation.metrics))
+        written = []
+        for name in ("conditions", "predictions", "retrieval", "metrics"):
+            written += publish_derivative(cwd / f"{name}_table.tsv", out, entities={"subject": subject, "desc": name},
+                                          datatype="decoding", suffix="table", extension=".tsv")
+        self._results.update({"metrics": written[-1], "out_derivatives": written})

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BadDataError, InputMissingError, UsageError
@@ -146,17 +147,85 @@ def open_clip_component(models_dir: str | os.PathLike, role: str = "clip_feature
     return name
 
 
+@dataclass
+class OpenClipModel:
+    """A loaded open_clip component: the model (eval mode, fp32, on ``device``), its validation preprocessing,
+    its tokenizer, and where it came from."""
+
+    model: object
+    preprocess: object
+    tokenizer: object
+    folder: Path
+    config: dict
+    device: object
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.config["model_cfg"]["embed_dim"])
+
+    @property
+    def tiny(self) -> bool:
+        return bool(self.config.get("tiny", False))
+
+
+class _DropOpenClipNoWeightsWarning(logging.Filter):
+    """open_clip warns 'initialized randomly' because we load the weights ourselves right after."""
+
+    def filter(self, record):
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+def load_open_clip_folder(folder: str | os.PathLike, device="auto") -> OpenClipModel:
+    """The one open_clip loader: ``folder/open_clip_config.json`` + ``open_clip_model.safetensors``.
+
+    The model is built from the config alone (``load_weights=False``: open_clip reads no weight file and never
+    downloads), then the safetensors state dict is loaded strictly. The tokenizer works offline (its BPE
+    vocabulary ships with open_clip). Used by the decoding features (``clip``, ``clip-text``), the best-of-N
+    selector and the CLIP metric.
+    """
+    import json
+
+    import open_clip
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    config_path, weights_path = folder / "open_clip_config.json", folder / "open_clip_model.safetensors"
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise InputMissingError(
+                f"open_clip model file missing: {path}", path=path,
+                hint="run `m2i-models prepare MODELS_DIR` (or `m2i-models make-tiny` for a smoke test) "
+                     "and pass --models-dir")
+    config = json.loads(config_path.read_text())
+    device = resolve_device(device)
+    enforce_offline()
+    quiet = _DropOpenClipNoWeightsWarning()
+    logging.getLogger().addFilter(quiet)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}", load_weights=False,
+                                                                     device="cpu")
+        model.load_state_dict(load_file(str(weights_path)), strict=True)
+        tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
+    except (RuntimeError, ValueError, OSError, SafetensorError) as exc:
+        raise BadDataError(f"Cannot load the open_clip model in {folder}: {exc}", path=folder,
+                           hint="re-create the folder with `m2i-models prepare` (or make-tiny)") from exc
+    finally:
+        logging.getLogger().removeFilter(quiet)
+    model = model.to(device).eval().requires_grad_(False)
+    return OpenClipModel(model, preprocess, tokenizer, folder, config, device)
+
+
 def load_open_clip(models_dir: str | os.PathLike, role: str = "clip_features", device="auto", *, verify_hashes=False):
-    """Load an open_clip model from ``MODELS/open_clip/<arch>`` (config JSON + safetensors).
+    """Load the open_clip model that plays ``role`` in a models folder (checked against its manifest first).
 
     Returns
     -------
     (model, preprocess, info)
         ``model`` in eval mode on ``device`` (fp32), open_clip's validation ``preprocess`` transform, and
-        ``info`` with ``component``, ``arch``, ``embed_dim``, ``tiny``.
+        ``info`` with ``component``, ``arch``, ``embed_dim``, ``tiny``, ``loaded`` (the
+        :class:`OpenClipModel`, tokenizer included).
     """
-    import open_clip
-
     models_dir = Path(models_dir)
     name = open_clip_component(models_dir, role)
     check_models(models_dir, components=[name], verify_hashes=verify_hashes)
@@ -166,26 +235,63 @@ def load_open_clip(models_dir: str | os.PathLike, role: str = "clip_features", d
         raise InputMissingError(
             f"No open_clip_model.safetensors in {folder}", path=folder, hint="rerun `m2i-models prepare DIR`"
         )
-    enforce_offline()
-    device = resolve_device(device)
-    # open_clip's local-dir schema reads open_clip_config.json and prefers the .safetensors file;
-    # check_models has refused any pickle in the folder, so nothing else can be picked up
-    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}", device=device)
-    model.eval()
+    loaded = load_open_clip_folder(folder, device)
     info = {
         "component": name,
         "arch": manifest["components"][name].get("arch", folder.name),
         "embed_dim": int(manifest["components"][name].get("embed_dim", 0)) or None,
         "tiny": bool(manifest["tiny"]),
+        "loaded": loaded,
     }
-    return model, preprocess, info
+    return loaded.model, loaded.preprocess, info
+
+
+def find_decoding_clip_dir(models_dir: str | os.PathLike) -> Path:
+    """``open_clip/ViT-H-14`` (the unCLIP-H conditioning space), else the only other architecture present."""
+    root = Path(models_dir) / "open_clip"
+    preferred = root / "ViT-H-14"
+    if preferred.is_dir():
+        return preferred
+    present = sorted(p for p in root.glob("*") if p.is_dir()) if root.is_dir() else []
+    others = [p for p in present if not p.name.startswith("ViT-L-14")]
+    if len(others) == 1:
+        return others[0]
+    raise InputMissingError(f"No open_clip model for the clip target in {root}",
+                            hint="expected open_clip/ViT-H-14/ (open_clip_config.json + open_clip_model.safetensors); "
+                            "see docs/models.md (`m2i-models check DIR --for clip`)")
+
+
+def load_decoding_clip(models_dir: str | os.PathLike | None, device="auto"):
+    """The decoding CLIP model (``clip`` / ``clip-text`` targets, the best-of-N selector), loaded once and
+    wrapped as the ``clip`` feature space (:class:`bids_m2i.decoding.features.ClipExtractor`)."""
+    from ..decoding.features import ClipExtractor
+
+    if models_dir is None:
+        raise InputMissingError("--target clip/clip-text needs a models folder",
+                                hint="pass --models-dir or set M2I_MODELS_DIR (see docs/models.md)")
+    folder = find_decoding_clip_dir(models_dir)
+    return ClipExtractor(folder, loaded=load_open_clip_folder(folder, device))
 
 
 def load_eval_network(models_dir: str | os.PathLike, name: str, device="auto", *, verify_hashes=False):
-    """Load one evaluation network (``alexnet``, ``inception_v3``, ``efficientnet_b1``, ``swav``).
+    """Load one evaluation network (``alexnet``, ``inception_v3``, ``efficientnet_b1``, ``swav``) of a models
+    folder, checked against its manifest first (see :func:`load_eval_network_file`)."""
+    if name not in EVAL_NETWORKS:
+        raise UsageError(f"Unknown evaluation network {name!r}", hint=f"one of {', '.join(EVAL_NETWORKS)}")
+    models_dir = Path(models_dir)
+    component = f"eval/{name}"
+    check_models(models_dir, components=[component], verify_hashes=verify_hashes)
+    manifest = read_manifest(models_dir)
+    return load_eval_network_file(models_dir / manifest["components"][component]["path"], name, device)
 
-    The file ``eval/<name>.safetensors`` is the full state dict of the torchvision class (``swav``:
-    ResNet-50 with ``fc = Identity``); floating tensors may be stored in float16 and are cast to float32.
+
+def load_eval_network_file(path: str | os.PathLike, name: str, device="auto"):
+    """The one loader of evaluation networks: the torchvision class of ``name``
+    (:func:`bids_m2i.models.tiny.build_eval_network`) with the state dict of the safetensors file ``path``.
+
+    Floating tensors may be stored in float16 and are cast to float32. Checkpoints saved from DataParallel
+    (``module.`` prefixes) load, and SwAV's extra heads (``projection_head``, ``prototypes``, a classifier
+    ``fc``) are dropped: the metrics read the trunk only.
 
     Returns
     -------
@@ -195,22 +301,25 @@ def load_eval_network(models_dir: str | os.PathLike, name: str, device="auto", *
 
     from .tiny import build_eval_network
 
-    if name not in EVAL_NETWORKS:
-        raise UsageError(f"Unknown evaluation network {name!r}", hint=f"one of {', '.join(EVAL_NETWORKS)}")
-    models_dir = Path(models_dir)
-    component = f"eval/{name}"
-    check_models(models_dir, components=[component], verify_hashes=verify_hashes)
-    manifest = read_manifest(models_dir)
-    path = models_dir / manifest["components"][component]["path"]
-    state = {k: (v.float() if v.is_floating_point() else v) for k, v in load_file(str(path)).items()}
+    path = Path(path)
+    try:
+        state = load_file(str(path), device="cpu")
+    except Exception as exc:  # corrupt or not a safetensors file
+        raise BadDataError(f"Cannot read the {name} weights: {exc}", path=path,
+                           hint="re-create the models folder with `m2i-models prepare` (or `make-tiny` for tests)"
+                           ) from exc
+    state = {(k[len("module."):] if k.startswith("module.") else k): (v.float() if v.is_floating_point() else v)
+             for k, v in state.items()}
+    dropped = ("projection_head", "prototypes") + (("fc.",) if name == "swav" else ())
+    state = {k: v for k, v in state.items() if not k.startswith(dropped)}
     network = build_eval_network(name)
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise BadDataError(
-            f"{path} does not hold torchvision {name} weights: {str(exc).splitlines()[0]}",
+            f"The {name} weights in {path} do not match torchvision's architecture: {str(exc).splitlines()[0]}",
             path=path,
-            hint="recreate it with `m2i-models prepare DIR`",
+            hint="the file must hold a torchvision state dict saved with safetensors (`m2i-models prepare DIR`)",
         ) from exc
     return network.to(resolve_device(device)).eval().requires_grad_(False)
 
