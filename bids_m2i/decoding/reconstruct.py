@@ -478,7 +478,8 @@ def fit_decoder(options: DecodingOptions, train_betas: np.ndarray, features: np.
 
     from .components import DECODERS
 
-    decoder = DECODERS.create(options.decoder, top_k=options.top_k, device=options.device,
+    # no --top-k-voxels: the voxel count is chosen by cross-validation (BrainDecoder top_k="auto")
+    decoder = DECODERS.create(options.decoder, top_k=options.top_k or "auto", device=options.device,
                               n_threads=options.n_threads, seed=options.seed)
     cache = None
     if options.work_dir is not None and hasattr(decoder, "save") and hasattr(type(decoder), "load"):
@@ -489,7 +490,7 @@ def fit_decoder(options: DecodingOptions, train_betas: np.ndarray, features: np.
             digest.update(array.tobytes())
         digest.update("\x00".join(map(str, labels)).encode())
         mlp_config = vars(decoder.mlp_config) if hasattr(decoder, "mlp_config") else None
-        digest.update(repr((options.decoder, options.top_k, options.seed, getattr(decoder, "alphas", None),
+        digest.update(repr((options.decoder, decoder.top_k, options.seed, getattr(decoder, "alphas", None),
                             mlp_config)).encode())
         cache = Path(options.work_dir) / "decoders" / f"{options.decoder}-{digest.hexdigest()[:16]}.safetensors"
         if cache.is_file() and cache.with_suffix(".json").is_file():
