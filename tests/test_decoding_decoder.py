@@ -111,3 +111,59 @@ def test_unknown_method_is_usage_error():
 
     with pytest.raises(UsageError):
         BrainDecoder("svm")
+
+
+def _informative_and_noise_voxels(seed=0, n_train=100, n_informative=40, n_noise=600, d=8):
+    """A few voxels carry the features (with trial noise); many more carry only noise, as in a brain mask."""
+    rng = np.random.default_rng(seed)
+    feats = rng.standard_normal((n_train + 20, d)).astype(np.float32)
+    mapping = rng.standard_normal((d, n_informative)).astype(np.float32)
+    stim = np.r_[np.repeat(np.arange(n_train), 2), np.repeat(np.arange(n_train, n_train + 20), 3)]
+    signal = feats[stim] @ mapping + 3.0 * rng.standard_normal((len(stim), n_informative)).astype(np.float32)
+    noise = rng.standard_normal((len(stim), n_noise)).astype(np.float32) * 3.0
+    betas = np.concatenate([noise[:, : n_noise // 2], signal, noise[:, n_noise // 2:]], axis=1)
+    informative = np.arange(n_noise // 2, n_noise // 2 + n_informative)
+    return betas, feats, stim, informative, n_train
+
+
+def test_auto_voxel_count_keeps_informative_voxels_and_beats_the_whole_mask():
+    betas, feats, stim, informative, n_train = _informative_and_noise_voxels()
+    train = stim < n_train
+    labels = np.array([f"s{s}" for s in stim[train]])
+    auto = BrainDecoder("ridge", device="cpu").fit(betas[train], feats[stim[train]], labels=labels)
+    whole = BrainDecoder("ridge", device="cpu", top_k=None).fit(betas[train], feats[stim[train]], labels=labels)
+    selection = auto.info["voxel_selection"]
+    assert auto.top_k == "auto" and len(whole.scaler.columns) == betas.shape[1]
+    # the candidates are nested halves from the whole mask down; the CV error of the chosen one is the lowest
+    counts = [int(k) for k in selection["cv_error"]]
+    assert counts[0] == betas.shape[1] and all(b == round(a / 2) or abs(b - a / 2) <= 1 for a, b in zip(counts, counts[1:]))
+    assert selection["cv_error"][str(selection["chosen"])] == min(selection["cv_error"].values())
+    kept = set(auto.scaler.columns.tolist())
+    assert len(kept) <= betas.shape[1] // 4  # 640 voxels: 160 (the smallest candidate >= 100 voxels)
+    assert len(kept & set(informative.tolist())) >= 0.9 * len(informative)
+    # held-out stimuli (3 repeats averaged) are decoded better than from the whole mask
+    test_names = np.unique(stim[~train])
+    averaged = np.stack([betas[stim == s].mean(0) for s in test_names])
+    r_auto = np.mean([np.corrcoef(auto.predict(averaged)[:, j], feats[test_names, j])[0, 1] for j in range(feats.shape[1])])
+    r_whole = np.mean([np.corrcoef(whole.predict(averaged)[:, j], feats[test_names, j])[0, 1] for j in range(feats.shape[1])])
+    assert r_auto > r_whole + 0.05
+
+
+def test_auto_voxel_count_falls_back_to_all_voxels_without_repeats_and_fixed_k_is_kept():
+    betas, feats, stim, _, n_train = _informative_and_noise_voxels(n_noise=100)
+    first = np.unique(stim, return_index=True)[1]  # one trial per stimulus: no ncsnr, no grouped CV
+    decoder = BrainDecoder("ridge", device="cpu").fit(betas[first], feats[stim[first]], labels=stim[first])
+    assert len(decoder.scaler.columns) == betas.shape[1] and "voxel_selection" not in decoder.info
+    train = stim < n_train
+    fixed = BrainDecoder("ridge", device="cpu", top_k=30).fit(betas[train], feats[stim[train]], labels=stim[train])
+    assert len(fixed.scaler.columns) == 30 and "voxel_selection" not in fixed.info
+    with pytest.raises(Exception, match="top_k"):
+        BrainDecoder("ridge", top_k="some")
+
+
+def test_candidate_voxel_counts():
+    from bids_m2i.decoding.voxels import candidate_voxel_counts
+
+    assert candidate_voxel_counts(5230) == [5230, 2615, 1308, 654, 327, 163]
+    assert candidate_voxel_counts(80) == [80]
+    assert candidate_voxel_counts(1000, min_voxels=300) == [1000, 500]

@@ -6,6 +6,8 @@
 
 Ridge alphas are chosen by leave-one-*stimulus*-out cross-validation when training stimuli repeat (the
 other repeats of a held-out image would otherwise leak into its own validation fit), else leave-one-out.
+By default (``top_k="auto"``) the number of voxels is chosen by the same cross-validation: voxels ranked by
+ncsnr, nested halves of the mask tried from the whole mask down (see :func:`choose_voxel_count`).
 """
 
 from __future__ import annotations
@@ -20,9 +22,14 @@ from ..errors import BadDataError, InputMissingError, UsageError
 from ..utils.atomic import atomic_path, write_json
 from .mlp import MLPConfig, MLPRegressor
 from .ridge import DEFAULT_ALPHAS, fit_ridge_cv, ridge_predict
-from .voxels import VoxelScaler
+from .voxels import VoxelScaler, candidate_voxel_counts
 
 LOG = logging.getLogger("m2i.decoding")
+
+#: ``top_k`` value that chooses the number of voxels by cross-validation (the default)
+AUTO = "auto"
+#: the auto search stops once this many successive halvings failed to lower the best CV error
+AUTO_PATIENCE = 2
 
 
 def rescale_to_training(predictions: np.ndarray, train_mean: np.ndarray, train_sd: np.ndarray, *,
@@ -53,6 +60,61 @@ def rescale_to_training(predictions: np.ndarray, train_mean: np.ndarray, train_s
     return (z * train_sd + train_mean).astype(np.float32)
 
 
+class VoxelCountSearch:
+    """Result of :func:`choose_voxel_count`: the chosen scaler, its ridge fit, the CV error of every count."""
+
+    def __init__(self, scaler: VoxelScaler, result, errors: dict[int, float]):
+        self.scaler, self.result, self.errors = scaler, result, errors
+
+    def summary(self) -> dict:
+        return {"rule": "auto: ncsnr ranking, count chosen by grouped-CV ridge error (1 - R2, mean over targets)",
+                "chosen": int(len(self.scaler.columns)),
+                "cv_error": {str(k): round(float(v), 6) for k, v in self.errors.items()}}
+
+
+def choose_voxel_count(betas: np.ndarray, features: np.ndarray, labels, alphas=DEFAULT_ALPHAS, *,
+                       min_voxels: int | None = None, patience: int = AUTO_PATIENCE, device="auto",
+                       n_threads: int | None = None, seed: int = 0) -> VoxelCountSearch:
+    """Choose how many of the most reliable voxels to decode from, by cross-validation on training trials.
+
+    Why: a whole-brain mask holds mostly voxels that carry no stimulus information; ridge shrinks their
+    weights but cannot zero them, so their noise enters every prediction. NSD decoders keep the voxels of
+    highest ncsnr (Allen et al. 2022) or a visual ROI, with a count fixed by hand. Here the count is a
+    hyperparameter chosen like the ridge penalty: voxels are ranked by ncsnr of the training trials, the
+    nested sets ``all, all/2, all/4, ...`` (:func:`~bids_m2i.decoding.voxels.candidate_voxel_counts`) are
+    each fitted with the per-target alphas of leave-one-stimulus-out CV, and the set with the lowest CV
+    error wins. The error is ``1 - R2`` of the CV predictions averaged over targets (so that targets of
+    large variance do not dominate). The search walks from the whole mask down and stops once ``patience``
+    successive halvings failed to improve on the best (the error is near unimodal in the count).
+
+    Parameters
+    ----------
+    betas : (n_train, v)  features : (n_train, d)  labels : (n_train,) stimulus identity, with repeats
+    """
+    labels = np.asarray(labels).astype(str)
+    variance = np.maximum(features.var(0, dtype=np.float64), 1e-12)
+    full = VoxelScaler.fit(betas, labels, None)
+    counts = candidate_voxel_counts(len(full.columns), min_voxels)
+    errors: dict[int, float] = {}
+    best = None
+    since_best = 0
+    for count in counts:
+        scaler = VoxelScaler.fit(betas, labels, count) if count < len(full.columns) else full
+        result = fit_ridge_cv(scaler.transform(betas), features, alphas, groups=labels, device=device,
+                              n_threads=n_threads, seed=seed, overwrite_X=True, search="bracket")
+        # cv_mse: (n_alphas, d), inf for alphas the bracket search skipped
+        error = float(np.mean(np.min(np.asarray(result.cv_mse, dtype=np.float64), axis=0) / variance))
+        errors[len(scaler.columns)] = error
+        LOG.info("voxel count %d: CV error (1 - R2) %.4f", len(scaler.columns), error)
+        if best is None or error < best[0]:
+            best, since_best = (error, scaler, result), 0
+        else:
+            since_best += 1
+            if since_best >= patience:
+                break
+    return VoxelCountSearch(best[1], best[2], errors)
+
+
 class BrainDecoder:
     """Betas -> stimulus features.
 
@@ -61,18 +123,23 @@ class BrainDecoder:
     method : ``ridge`` | ``mlp``
     alphas : sequence of float
         Ridge penalty grid (one alpha chosen per feature dimension).
-    top_k : int, optional
-        Keep the ``top_k`` voxels of highest ncsnr among training trials.
+    top_k : int, ``"auto"`` or None
+        ``int``: keep the ``top_k`` voxels of highest ncsnr among training trials. ``"auto"`` (default): choose
+        the count among nested halves of the mask (all, 1/2, 1/4, ... voxels ranked by ncsnr) by the grouped
+        cross-validated ridge error (:func:`choose_voxel_count`); all voxels when no training stimulus repeats.
+        None: all voxels.
     device, n_threads, seed
     mlp_config : MLPConfig, optional
     """
 
-    def __init__(self, method: str = "ridge", *, alphas=DEFAULT_ALPHAS, top_k: int | None = None,
+    def __init__(self, method: str = "ridge", *, alphas=DEFAULT_ALPHAS, top_k: int | str | None = AUTO,
                  device="auto", n_threads: int | None = None, seed: int = 0, mlp_config: MLPConfig | None = None):
         if method not in ("ridge", "mlp"):
             raise UsageError(f"unknown decoder {method!r}", hint="use --decoder ridge or mlp")
         self.method = method
         self.alphas = tuple(float(a) for a in alphas)
+        if top_k is not None and top_k != AUTO and (isinstance(top_k, str) or int(top_k) < 1):
+            raise UsageError(f"top_k must be a positive voxel count, 'auto' or None, not {top_k!r}")
         self.top_k = top_k
         self.device = device
         self.n_threads = n_threads
@@ -98,8 +165,6 @@ class BrainDecoder:
         features = np.asarray(features, dtype=np.float32)
         if betas.shape[0] != features.shape[0]:
             raise BadDataError(f"{betas.shape[0]} training betas but {features.shape[0]} feature rows")
-        self.scaler = VoxelScaler.fit(betas, labels, self.top_k)
-        X = self.scaler.transform(betas)
         self.feature_mean = features.mean(0)
         self.feature_sd = features.std(0)
         groups = None
@@ -107,11 +172,20 @@ class BrainDecoder:
             labels = np.asarray(labels).astype(str)
             if len(np.unique(labels)) < len(labels):
                 groups = labels
+        search = None
+        if self.top_k == AUTO and groups is not None:
+            search = choose_voxel_count(betas, features, labels, self.alphas, device=self.device,
+                                        n_threads=self.n_threads, seed=self.seed)
+            self.scaler = search.scaler
+        else:
+            self.scaler = VoxelScaler.fit(betas, labels, None if self.top_k == AUTO else self.top_k)
+        X = None if (search is not None and self.method == "ridge") else self.scaler.transform(betas)
         if self.method == "ridge":
             # bracket search: on large CPU problems only the alphas around each feature's optimum are
             # factorised (same choice as the full grid when CV curves are unimodal, as they are in practice)
-            result = fit_ridge_cv(X, features, self.alphas, groups=groups, device=self.device,
-                                  n_threads=self.n_threads, seed=self.seed, overwrite_X=True, search="bracket")
+            result = search.result if search is not None else fit_ridge_cv(
+                X, features, self.alphas, groups=groups, device=self.device, n_threads=self.n_threads,
+                seed=self.seed, overwrite_X=True, search="bracket")
             self.coef, self.intercept, self.alpha = result.coef, result.intercept, result.alpha
             self.info = {"solver": result.solver, "cv": result.cv, "search": result.info["search"],
                          "alpha_median": float(np.median(result.alpha)),
@@ -122,6 +196,8 @@ class BrainDecoder:
             self.info = {"mlp": vars(self.mlp_config)}
         self.info.update({"n_train": int(len(betas)), "n_voxels": int(len(self.scaler.columns)),
                           "n_features": int(features.shape[1])})
+        if search is not None:
+            self.info["voxel_selection"] = search.summary()
         return self
 
     def _check_fitted(self):

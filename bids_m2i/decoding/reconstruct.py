@@ -356,8 +356,8 @@ def fit_decoders(betas: np.ndarray, prepared: PreparedTrials, options: DecodingO
 
             decoder = participant_decoder(options.shared_decoders, space, top_k=options.top_k, device=options.device,
                                           n_threads=options.n_threads, seed=options.seed)
-        else:
-            decoder = DECODERS.create(options.decoder, top_k=options.top_k, device=options.device,
+        else:  # no --top-k-voxels: the voxel count is chosen by cross-validation (BrainDecoder top_k="auto")
+            decoder = DECODERS.create(options.decoder, top_k=options.top_k or "auto", device=options.device,
                                       n_threads=options.n_threads, seed=options.seed)
         decoders[space] = decoder.fit(train_betas, features, labels=labels_train)
     finetuned: dict[str, dict[int, np.ndarray]] = {}

@@ -80,6 +80,23 @@ def select_top_k(scores: np.ndarray, k: int | None) -> np.ndarray:
     return np.sort(order[: int(k)])
 
 
+#: smallest voxel count the ``auto`` search tries (fewer voxels than this rarely decode images)
+MIN_AUTO_VOXELS = 100
+
+
+def candidate_voxel_counts(n_voxels: int, min_voxels: int | None = None) -> list[int]:
+    """Nested voxel counts for the cross-validated choice: ``n, n/2, n/4, ...`` (rounded), down to
+    ``min_voxels`` (default :data:`MIN_AUTO_VOXELS`, or ``n`` when smaller). Halving keeps the number of fits
+    logarithmic in the mask size while the grid stays fine where it matters (a factor 2 in voxels)."""
+    n_voxels = int(n_voxels)
+    floor = min(n_voxels, MIN_AUTO_VOXELS if min_voxels is None else int(min_voxels))
+    counts, count = [], float(n_voxels)
+    while int(round(count)) >= max(floor, 1):
+        counts.append(int(round(count)))
+        count /= 2
+    return counts
+
+
 @dataclass
 class VoxelScaler:
     """Per-voxel z-scoring with the statistics of the training rows.
