@@ -10,16 +10,17 @@ closed-form counterpart, sized for CPUs (seconds to minutes on 2 cores):
    ``k`` eigenvectors of the sum over participants of their (per-trial averaged) second-moment matrices are
    the ``k`` feature directions that brains predict best, *jointly*: the basis ``B`` (k x d, orthonormal rows).
 2. **Per-participant maps** into that space: a ridge from the participant's own z-scored voxels to its
-   latent targets ``Y_std Bᵀ`` (k targets, one alpha each, CV). Voxel counts differ freely; no template and
-   no shared stimuli are needed, because participants are linked only through the feature space.
-3. **Shared head** from the latent space to all features: a ridge fitted on every participant's
-   *out-of-fold* latent predictions (k-fold by stimulus), so it learns how noisy latent predictions relate
-   to features (it undoes shrinkage and mixes latent directions) rather than inverting ``B``.
+   latent targets ``Y_std Bᵀ`` (k targets, one penalty for all of them by default, grouped CV). Voxel counts
+   differ freely; no template and no shared stimuli are needed, because participants are linked only
+   through the feature space.
+3. **From the shared space to features**: the projection ``z B`` by default (reduced-rank ridge), or
+   (``head="ridge"``) a shared ridge head fitted on every participant's *out-of-fold* latent predictions
+   (k-fold by stimulus). Why the defaults: ``train_shared_model`` and docs/decoding.md.
 
 A new participant (seen in training or not) gets only step 2 on its own training trials: ``v x k`` weights
-instead of ``v x d``, targets the group found predictable, and the head trained on thousands of trials.
-Optionally the head is fine-tuned with the new participant's out-of-fold latent predictions added to the
-group's (kept as sufficient statistics in the model file).
+instead of ``v x d``, toward targets the group found predictable. Optionally a ridge head is fine-tuned
+with the new participant's out-of-fold latent predictions added to the group's (kept as sufficient
+statistics in the model file).
 
 Where participants share stimuli, the CV groups of the head are the stimulus identities across participants
 (an image's repeats in every participant are held out together); nothing else needs shared stimuli.
