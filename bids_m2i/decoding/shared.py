@@ -48,7 +48,7 @@ LOG = logging.getLogger("m2i.decoding")
 
 FORMAT = "m2i-shared-decoder/1"
 #: size of the shared space. On the simulator's demo (pixels 32 x 32 x 3, 5 participants; seed 0, the seed the
-#: method was tuned on) 16, 32 and 64 components scored within 0.01 two-way of each other on perception and 64
+#: method was tuned on) 8, 16, 32 and 64 components scored within 0.011 two-way of each other on perception, 64
 #: best on imagery from memory (docs/decoding.md); with one penalty for all components (below) the weak
 #: components are no longer shrunk to nothing, so more of them carry detail.
 DEFAULT_COMPONENTS = 64
