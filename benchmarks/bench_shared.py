@@ -7,7 +7,9 @@ training trials in 6, 2 (runs 04 + 05), 1 and half a run, with its own ridge dec
 shared model. Scores: held-out test images (repeats averaged), imagery from memory (standardised as at the
 participant level): PixCorr and 2-way identification on 32 x 32 pixels (the participant level's definitions).
 
-    python benchmarks/bench_shared.py --dataset /tmp/demo6 [--subjects 6 --noise 1.0 --noise-voxels 3000 -k 32]
+    python benchmarks/bench_shared.py --dataset /tmp/demo6 [--subjects 6 --noise 1.0 --noise-voxels 3000 -k 64]
+    # the previous method (per-target penalties of the maps, ridge head, 32 components):
+    python benchmarks/bench_shared.py --dataset /tmp/demo6 -k 32 --head ridge --per-target-penalties
 """
 
 from __future__ import annotations
@@ -55,7 +57,10 @@ def main(argv=None):
     parser.add_argument("--subjects", type=int, default=6)
     parser.add_argument("--noise", type=float, default=1.0)
     parser.add_argument("--noise-voxels", type=int, default=3000)
-    parser.add_argument("-k", "--components", type=int, default=32)
+    parser.add_argument("-k", "--components", type=int, default=None, help="default: the engine's")
+    parser.add_argument("--head", choices=("projection", "ridge"), default="projection")
+    parser.add_argument("--per-target-penalties", action="store_true",
+                        help="one ridge penalty per latent target in the maps (the previous method)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
 
@@ -79,7 +84,10 @@ def main(argv=None):
         group.append(ParticipantData(label, betas[split.train], feats[split.train],
                                      trials["stimulus"].to_numpy()[split.train]))
     start, cpu = time.monotonic(), time.process_time()
-    model = train_shared_model(group, "pixels", n_components=args.components, n_threads=args.threads)
+    from bids_m2i.decoding.shared import DEFAULT_COMPONENTS
+
+    model = train_shared_model(group, "pixels", n_components=args.components or DEFAULT_COMPONENTS,
+                               n_threads=args.threads, head=args.head, single_penalty=not args.per_target_penalties)
     print(f"shared model of {len(group)} participants (voxels {[g.betas.shape[1] for g in group]}): "
           f"{time.monotonic() - start:.1f} s wall, {time.process_time() - cpu:.1f} s CPU, peak RSS "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB")

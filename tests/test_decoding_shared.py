@@ -156,3 +156,28 @@ def test_ridge_helpers_match_direct_solutions():
     coef, intercept = ridge_fixed(X, Y, fit.alpha)
     np.testing.assert_allclose(fit.coef, coef, rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(fit.intercept, intercept, rtol=1e-3, atol=1e-4)
+
+
+def test_single_penalty_is_the_alpha_of_least_summed_cv_error():
+    rng = np.random.default_rng(3)
+    X, Y = rng.normal(size=(40, 60)), rng.normal(size=(40, 3))
+    Y[:, 0] += X[:, :5].sum(1) * 3  # per target, this one would get a smaller alpha than the others
+    stimuli = np.repeat(np.arange(20), 2)
+    alphas = [0.1, 1.0, 10.0, 100.0, 1000.0]
+    fit = kfold_ridge(X, Y, alphas, stimuli, folds=4, seed=0, single_penalty=True)
+    assert len(set(fit.alpha)) == 1
+    errors = [((kfold_ridge(X, Y, [a], stimuli, folds=4, seed=0).out_of_fold - Y) ** 2).sum() for a in alphas]
+    assert fit.alpha[0] == alphas[int(np.argmin(errors))]
+
+
+def test_projection_head_and_settings(planted):
+    model, group = planted["model"], planted["group"]
+    assert model.settings["head"] == "projection" and model.settings["single_penalty"] is True
+    np.testing.assert_allclose(model.head_coef, model.basis)  # decoded features = z B, in standardised units
+    latent = model.maps["02"].latent(group[1].betas)
+    np.testing.assert_allclose(model.predict("02", group[1].betas),
+                               (latent @ model.basis) * model.feature_scale + model.feature_mean, rtol=1e-4, atol=1e-4)
+    assert len(set(model.maps["02"].alpha)) == 1  # one penalty for every latent target
+    with pytest.raises(UsageError, match="unknown shared head"):
+        train_shared_model(group, "pixels", head="mlp")
+

@@ -10,16 +10,17 @@ closed-form counterpart, sized for CPUs (seconds to minutes on 2 cores):
    ``k`` eigenvectors of the sum over participants of their (per-trial averaged) second-moment matrices are
    the ``k`` feature directions that brains predict best, *jointly*: the basis ``B`` (k x d, orthonormal rows).
 2. **Per-participant maps** into that space: a ridge from the participant's own z-scored voxels to its
-   latent targets ``Y_std Bᵀ`` (k targets, one alpha each, CV). Voxel counts differ freely; no template and
-   no shared stimuli are needed, because participants are linked only through the feature space.
-3. **Shared head** from the latent space to all features: a ridge fitted on every participant's
-   *out-of-fold* latent predictions (k-fold by stimulus), so it learns how noisy latent predictions relate
-   to features (it undoes shrinkage and mixes latent directions) rather than inverting ``B``.
+   latent targets ``Y_std Bᵀ`` (k targets, one penalty for all of them by default, grouped CV). Voxel counts
+   differ freely; no template and no shared stimuli are needed, because participants are linked only
+   through the feature space.
+3. **From the shared space to features**: the projection ``z B`` by default (reduced-rank ridge), or
+   (``head="ridge"``) a shared ridge head fitted on every participant's *out-of-fold* latent predictions
+   (k-fold by stimulus). Why the defaults: ``train_shared_model`` and docs/decoding.md.
 
 A new participant (seen in training or not) gets only step 2 on its own training trials: ``v x k`` weights
-instead of ``v x d``, targets the group found predictable, and the head trained on thousands of trials.
-Optionally the head is fine-tuned with the new participant's out-of-fold latent predictions added to the
-group's (kept as sufficient statistics in the model file).
+instead of ``v x d``, toward targets the group found predictable. Optionally a ridge head is fine-tuned
+with the new participant's out-of-fold latent predictions added to the group's (kept as sufficient
+statistics in the model file).
 
 Where participants share stimuli, the CV groups of the head are the stimulus identities across participants
 (an image's repeats in every participant are held out together); nothing else needs shared stimuli.
@@ -46,9 +47,14 @@ from .voxels import VoxelScaler
 LOG = logging.getLogger("m2i.decoding")
 
 FORMAT = "m2i-shared-decoder/1"
-#: size of the shared space. On the simulator's demo (pixels 32 x 32 x 3, 5 participants) 24 and 64 components
-#: scored within 0.02 PixCorr of each other (24 higher) and held > 99.9 % of the group's predicted variance.
-DEFAULT_COMPONENTS = 32
+#: size of the shared space. On the simulator's demo (pixels 32 x 32 x 3, 5 participants; seed 0, the seed the
+#: method was tuned on) 8, 16, 32 and 64 components scored within 0.011 two-way of each other on perception, 64
+#: best on imagery from memory (docs/decoding.md); with one penalty for all components (below) the weak
+#: components are no longer shrunk to nothing, so more of them carry detail.
+DEFAULT_COMPONENTS = 64
+#: how the shared space is turned into features: ``projection`` (``z B``, the reduced-rank ridge estimator) or
+#: ``ridge`` (a head fitted on the group's out-of-fold latents; MindEye2's shared backbone, linear)
+HEADS = ("projection", "ridge")
 #: penalty grid of the shared head (latent predictions have sd ~ 0.1-1 and there are thousands of rows)
 HEAD_ALPHAS = tuple(float(a) for a in 10.0 ** np.arange(-1.0, 5.01, 0.5))
 CV_FOLDS = 5
@@ -292,8 +298,11 @@ class KFoldRidge:
 
 
 def kfold_ridge(X: np.ndarray, Y: np.ndarray, alphas, groups=None, folds: int = CV_FOLDS, seed: int = 0,
-                n_threads: int | None = None) -> KFoldRidge:
+                n_threads: int | None = None, single_penalty: bool = False) -> KFoldRidge:
     """Ridge with one alpha per target chosen by k-fold CV grouped by stimulus, in the dual (kernel) form.
+
+    ``single_penalty``: one alpha for all targets (the one of least CV error summed over targets), so the
+    targets keep their relative scale in the predictions (see :func:`train_shared_model`).
 
     One Gram matrix ``X Xᵀ`` serves every fold (each fold's centring is applied to it algebraically) and one
     eigendecomposition per fold serves every alpha, so the out-of-fold predictions at the chosen alphas (which
@@ -333,6 +342,8 @@ def kfold_ridge(X: np.ndarray, Y: np.ndarray, alphas, groups=None, folds: int = 
                 errors[i] += ((Yt[held] - pred) ** 2).sum(0)
                 oof[i, held] = pred.float()
         best = torch.argmin(errors, 0)
+        if single_penalty:
+            best = torch.full_like(best, int(torch.argmin(errors.sum(1))))
         alpha = alphas[best.numpy()]
         out = oof[best, torch.arange(n)[:, None], torch.arange(t)[None, :]].numpy()
         del oof
@@ -347,8 +358,22 @@ def kfold_ridge(X: np.ndarray, Y: np.ndarray, alphas, groups=None, folds: int = 
 def train_shared_model(participants: list[ParticipantData], feature_space: str, *,
                        n_components: int = DEFAULT_COMPONENTS, alphas=DEFAULT_ALPHAS, head_alphas=HEAD_ALPHAS,
                        top_k: int | None = None, feature_info: dict | None = None, folds: int = CV_FOLDS,
-                       seed: int = 0, device="cpu", n_threads: int | None = None) -> SharedModel:
-    """Train the shared model on several participants (at least 2) whose voxel counts may differ."""
+                       seed: int = 0, device="cpu", n_threads: int | None = None, head: str = "projection",
+                       single_penalty: bool = True) -> SharedModel:
+    """Train the shared model on several participants (at least 2) whose voxel counts may differ.
+
+    ``single_penalty``: each participant's map uses one ridge penalty for all ``k`` latent targets (chosen by
+    grouped CV on their summed error) instead of one per target. Per-target penalties minimise each target's
+    squared error, which shrinks the weakly predicted components to almost nothing; the decoded pattern then
+    keeps only the few strongest (coarse) components, which costs identification (two-way) and imagery,
+    whose signal is weaker than perception's. One penalty keeps the components' relative scale.
+    ``head``: ``projection`` decodes features as ``z B`` (B orthonormal: the reduced-rank ridge estimator of
+    Mukherjee & Zhu 2011 with a group-estimated subspace); ``ridge`` fits a head on the group's out-of-fold
+    latents, which re-weights the components by the *group's perception* reliability: it transferred worse
+    to a new participant and to imagery on the simulator (docs/decoding.md).
+    """
+    if head not in HEADS:
+        raise UsageError(f"unknown shared head {head!r}", hint=f"use one of {', '.join(HEADS)}")
     start = time.monotonic()
     if len(participants) < 2:
         raise UsageError(f"a shared decoder needs at least 2 participants with betas, got {len(participants)}",
@@ -408,7 +433,7 @@ def train_shared_model(participants: list[ParticipantData], feature_space: str, 
     for p in participants:
         Xz = scalers[p.label].transform(p.betas)
         T = standard[p.label] @ basis.T
-        fit = kfold_ridge(Xz, T, alphas, p.stimuli, folds, seed, n_threads)
+        fit = kfold_ridge(Xz, T, alphas, p.stimuli, folds, seed, n_threads, single_penalty)
         maps[p.label] = ParticipantMap(scalers[p.label], fit.coef, fit.intercept, fit.alpha, len(p.betas))
         latents.append(fit.out_of_fold)
         targets.append(standard[p.label])
@@ -418,6 +443,8 @@ def train_shared_model(participants: list[ParticipantData], feature_space: str, 
     head_alpha, gram, cross = head_alphas_by_cv(np.concatenate(latents), np.concatenate(targets), head_alphas,
                                                 np.concatenate(groups), folds, seed)
     head_coef, head_intercept = solve_head(gram, cross, head_alpha)
+    if head == "projection":  # the statistics stay in the file: fine-tuning can still fit a ridge head
+        head_coef, head_intercept = basis.copy(), np.zeros(d, np.float32)
     seconds = time.monotonic() - start
     LOG.info("shared %s decoder: %d participants, k=%d (%.0f %% of predicted variance), head alpha median %g, "
              "%.1f s", feature_space, len(participants), k, 100 * explained, float(np.median(head_alpha)), seconds)
@@ -427,8 +454,8 @@ def train_shared_model(participants: list[ParticipantData], feature_space: str, 
         head_alpha=head_alpha, head_gram=gram, head_cross=cross, maps=maps,
         settings={"n_components": k, "alphas": [float(a) for a in alphas],
                   "head_alphas": [float(a) for a in head_alphas], "top_k": top_k, "folds": folds, "seed": seed,
-                  "feature_axes": q,
-                  "method": "group reduced-rank ridge + per-participant ridge maps + shared ridge head"},
+                  "feature_axes": q, "head": head, "single_penalty": bool(single_penalty),
+                  "method": f"group reduced-rank ridge + per-participant ridge maps + {head} head"},
         info={"explained_predicted_variance": explained, "head_alpha_median": float(np.median(head_alpha)),
               "n_trials": int(sum(len(p.betas) for p in participants)), "seconds": round(seconds, 2)})
 
@@ -477,8 +504,9 @@ class SharedParticipantDecoder:
         Xz = scaler.transform(betas)
         standard = (features - model.feature_mean) / model.feature_scale
         T = standard @ model.basis.T
+        # models written before these settings existed used per-target penalties
         fit = kfold_ridge(Xz, T, self.alphas, labels, model.settings.get("folds", CV_FOLDS), self.seed,
-                       self.n_threads)
+                          self.n_threads, bool(model.settings.get("single_penalty", False)))
         self.map = ParticipantMap(scaler, fit.coef, fit.intercept, fit.alpha, len(betas))
 
         if self.fine_tune_head:
