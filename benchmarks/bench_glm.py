@@ -24,7 +24,12 @@ estimated and the true single-trial betas; ``test-retest`` = median over voxels 
 repeats of the across-stimulus correlation.
 
     nice -n 10 .venv/bin/python benchmarks/bench_glm.py --voxels 20000 --threads 1 \\
-        --glmsingle-python /work/.venv-glm13/bin/python [--generators ours dg-nsd ...]
+        --glmsingle-python /work/.venv-glm13/bin/python [--generators ours dg-nsd ...] [--seed 1] \\
+        [--glmsingle-cache /tmp/glmsingle-cache]
+
+``--glmsingle-cache`` keeps GLMsingle's betas and timings per (generator, seed, V, hash of the session's arrays):
+a later run on the same data reads them instead of rerunning the peer, and its rows say ``cached True`` (their
+times are those of the run that filled the cache).
 """
 
 from __future__ import annotations
