@@ -107,9 +107,9 @@ def choose_n_pcs(model: SessionModel, data_runs: list[torch.Tensor], kernel_of_v
     ``criterion="ridge"`` (an option, not the default): for each K, the loss of the betas the method returns —
     per voxel, the ridge stage's ``consistency`` loss at its best fraction
     (:func:`~bids_m2i.glm.fracridge.ridge_cv_loss`); the score of K is the median over voxels of the loss
-    decrease from K = 0. On the benchmark's generators it beat the default on 13 of 14 (generator, seed) pairs
-    (e.g. ``lib-nsd`` seed 1: 0 → 5 PCs, r_trial +0.058) but it chose more PCs for the demo's imagery task and
-    lowered imagery decoding there (docs/glm.md), so it is not the default.
+    decrease from K = 0. On the benchmark's generators it raised both scores on 10 of 14 (generator, seed)
+    pairs and left 3 unchanged (e.g. ``lib-nsd`` seed 1: 0 → 5 PCs, r_trial +0.058), but it chose more PCs for
+    the demo's imagery task and lowered imagery decoding there (docs/glm.md), so it is not the default.
 
     ``"ols-target"`` (default) / ``"consistency"``: OLS single-trial betas with K PCs per run;
 
