@@ -24,12 +24,18 @@ estimated and the true single-trial betas; ``test-retest`` = median over voxels 
 repeats of the across-stimulus correlation.
 
     nice -n 10 .venv/bin/python benchmarks/bench_glm.py --voxels 20000 --threads 1 \\
-        --glmsingle-python /work/.venv-glm13/bin/python [--generators ours dg-nsd ...]
+        --glmsingle-python /work/.venv-glm13/bin/python [--generators ours dg-nsd ...] [--seed 1] \\
+        [--glmsingle-cache /tmp/glmsingle-cache]
+
+``--glmsingle-cache`` keeps GLMsingle's betas and timings per (generator, seed, V, hash of the session's arrays):
+a later run on the same data reads them instead of rerunning the peer, and its rows say ``cached True`` (their
+times are those of the run that filled the cache).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -317,6 +323,35 @@ def run_child(python: str, args: list[str], env_threads: int) -> tuple[dict, flo
     return payload, wall, payload["peak_rss_mb"], cpu
 
 
+def _cache_folder(root: Path, generator: str, seed: int, n_voxels: int, data_path: str) -> Path:
+    """One folder per (generator, seed, V), named with a hash of the session's arrays: other data, other folder."""
+    digest = hashlib.sha256()
+    with np.load(data_path) as arrays:        # the arrays, not the file: a zip's member times differ per save
+        for name in sorted(arrays.files):
+            digest.update(name.encode() + np.ascontiguousarray(arrays[name]).tobytes())
+    digest = digest.hexdigest()[:16]
+    return root / f"{generator}-seed{seed}-v{n_voxels}-{digest}"
+
+
+def _write_cache(folder: Path, payload: dict, wall: float, peak: float, cpu: float) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    betas = {}
+    for key, path in payload["betas"].items():
+        target = folder / f"betas{key}.npy"
+        np.save(target, np.load(path))
+        betas[key] = str(target)
+    record = {"payload": {**payload, "betas": betas}, "wall": wall, "peak": peak, "cpu": cpu,
+              "written": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    tmp = folder / "run.json.tmp"
+    tmp.write_text(json.dumps(record))
+    tmp.rename(folder / "run.json")
+
+
+def _read_cache(folder: Path) -> tuple[dict, float, float, float]:
+    record = json.loads((folder / "run.json").read_text())
+    return record["payload"], record["wall"], record["peak"], record["cpu"]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--voxels", type=int, default=20000)
@@ -326,6 +361,10 @@ def main(argv=None) -> int:
     parser.add_argument("--glmsingle-python", default=None,
                         help="python of an environment with GLMsingle installed (omit to skip GLMsingle)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--glmsingle-cache", type=Path, default=None,
+                        help="folder keeping GLMsingle's betas and timings per (generator, seed, V, data hash); "
+                             "a later run on the same data reads them instead of rerunning the peer (the table "
+                             "says 'cached')")
     parser.add_argument("--json", type=Path, default=None, help="write all rows here")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -362,9 +401,17 @@ def main(argv=None) -> int:
             for method in methods:
                 python = args.glmsingle_python if method == "glmsingle" else sys.executable
                 out = os.path.join(tmp, f"{method}.npy")
+                cache = (_cache_folder(args.glmsingle_cache, generator, args.seed, args.voxels, data_path)
+                         if method == "glmsingle" and args.glmsingle_cache else None)
+                cached = cache is not None and (cache / "run.json").exists()
                 try:
-                    payload, wall, peak, cpu = run_child(python, ["--threads", str(args.threads), "--child", method,
-                                                             data_path, out], args.threads)
+                    if cached:
+                        payload, wall, peak, cpu = _read_cache(cache)
+                    else:
+                        payload, wall, peak, cpu = run_child(python, ["--threads", str(args.threads), "--child",
+                                                                      method, data_path, out], args.threads)
+                        if cache is not None:
+                            _write_cache(cache, payload, wall, peak, cpu)
                 except RuntimeError as error:
                     print(f"| {method} | failed: {error} |", flush=True)
                     continue
@@ -380,11 +427,13 @@ def main(argv=None) -> int:
                            "test_retest": float(np.median(test_retest(betas[:, responsive], stimulus))),
                            "n_voxels": args.voxels, "truth_ceiling": ceiling,
                            **{k: v for k, v in info.items() if k in ("n_pcs", "median_frac")}}
+                    if cached:
+                        row["cached"] = True
                     if method == "glmsingle" and ours_total:
                         row["glmsingle_over_ours"] = wall / ours_total[0]
                         row["glmsingle_over_ours_cpu"] = cpu / ours_total[1]
                     all_rows.append(row)
-                    keys = ("n_pcs", "median_frac", "glmsingle_over_ours", "glmsingle_over_ours_cpu")
+                    keys = ("n_pcs", "median_frac", "glmsingle_over_ours", "glmsingle_over_ours_cpu", "cached")
                     notes = ", ".join(f"{k} {row[k]:.3g}" if isinstance(row[k], float) else f"{k} {row[k]}"
                                       for k in keys if row.get(k) is not None)
                     print(f"| {row['method']} | {stage_s:.1f} | {wall:.1f} | {cpu:.1f} | {peak:.0f} | "

@@ -152,7 +152,8 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
                                 fractions=DEFAULT_FRACTIONS, oversampling: int = 50, min_onset: float = -24.0,
                                 brain_threshold: tuple[float, float] = (99.0, 0.1),
                                 noise_pool_r2: float | None = None, max_pc_voxels: int = 2000,
-                                hrf_selection: str = "full", ridge_criterion: str = "consistency") -> GLMResult:
+                                hrf_selection: str = "full", ridge_criterion: str = "consistency",
+                                pc_criterion: str = "ols-target") -> GLMResult:
     """Single-trial betas of one task of one session, all runs modelled together.
 
     Parameters
@@ -201,6 +202,9 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
         Library HRF chosen by R² of the full single-trial model (GLMsingle) or of the ON-OFF model.
     ridge_criterion : {"consistency", "ols-target"}
         Cross-validation criterion of the ridge fraction (``bids_m2i.glm.fracridge``).
+    pc_criterion : {"ols-target", "consistency", "ridge"}
+        How the number of noise PCs is cross-validated (:func:`bids_m2i.glm.denoise.choose_n_pcs`): by the
+        unregularised betas (default) or by the ridge stage's loss (``"ridge"``).
 
     Returns
     -------
@@ -215,6 +219,9 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
         raise UsageError(f"Unknown data_units {data_units!r}", hint="use 'raw' or 'percent'")
     if hrf_selection not in ("full", "onoff"):
         raise UsageError(f"Unknown hrf_selection {hrf_selection!r}", hint="use 'full' or 'onoff'")
+    if pc_criterion not in ("ols-target", "consistency", "ridge"):
+        raise UsageError(f"Unknown pc_criterion {pc_criterion!r}",
+                         hint="use 'ols-target', 'consistency' or 'ridge'")
     if ridge_criterion not in ("consistency", "ols-target"):
         raise UsageError(f"Unknown ridge_criterion {ridge_criterion!r}", hint="use 'consistency' or 'ols-target'")
     if precision not in ("single", "double"):
@@ -308,7 +315,7 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
             metadata_denoise = _denoise_and_ridge(
                 model, runs, chunks, load, betas, r2, hrf_index, n_pcs_map, frac, onoff_r2, intensity,
                 repeats, n_trials, data_units, brain_threshold, noise_pool_r2, max_pcs, max_pc_voxels,
-                fractions, seed, ridge_criterion)
+                fractions, seed, ridge_criterion, pc_criterion)
 
         if zscore:
             for voxels in chunks:
@@ -366,7 +373,7 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
 
 def _denoise_and_ridge(model, runs, chunks, load, betas, r2, hrf_index, n_pcs_map, frac, onoff_r2, intensity,
                        repeats, n_trials, data_units, brain_threshold, noise_pool_r2, max_pcs, max_pc_voxels,
-                       fractions, seed, ridge_criterion="consistency") -> dict:
+                       fractions, seed, ridge_criterion="consistency", pc_criterion="ols-target") -> dict:
     """GLMdenoise PCs, their number by cross-validation, then cross-validated fractional ridge (in place)."""
     n_voxels = r2.size
     if data_units == "raw":
@@ -398,9 +405,10 @@ def _denoise_and_ridge(model, runs, chunks, load, betas, r2, hrf_index, n_pcs_ma
         if candidates.size > max_pc_voxels:
             candidates = np.sort(np.random.default_rng(seed).choice(candidates, max_pc_voxels, replace=False))
         data_runs, _ = load(candidates)
-        n_pcs, scores = choose_n_pcs(model, data_runs, hrf_index[candidates], n_trials, repeats, max_pcs)
+        n_pcs, scores = choose_n_pcs(model, data_runs, hrf_index[candidates], n_trials, repeats, max_pcs,
+                                     criterion=pc_criterion, fractions=fractions)
         info["pc_selection"] = {"candidates": list(range(max_pcs + 1)), "median_cv_score": scores,
-                                "n_voxels": int(candidates.size),
+                                "n_voxels": int(candidates.size), "criterion": pc_criterion,
                                 "rule": "smallest number of PCs reaching 95% of the best median improvement"}
     else:
         info["pc_selection"] = {"skipped": f"noise pool has {int(pool.sum())} voxels (< {min_pool})"

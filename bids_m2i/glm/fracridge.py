@@ -79,6 +79,46 @@ def alphas_for_fraction(curve: torch.Tensor, grid: torch.Tensor, fraction: float
     return torch.where(curve[-1] > fraction, grid[-1].expand_as(alpha), alpha)
 
 
+def _ridge_path(operators, data_runs):
+    """Projections, OLS betas, explained sum of squares, and the fraction curve on the α grid."""
+    projections = [ops.project(data) for ops, data in zip(operators, data_runs)]
+    fitted = sum(ops.fitted_sum_of_squares(data, z) for ops, data, z in zip(operators, data_runs, projections))
+    n_voxels = data_runs[0].shape[0]
+    zeros = torch.zeros(n_voxels, dtype=data_runs[0].dtype, device=data_runs[0].device)
+    ols = _ridge_betas(operators, projections, zeros)
+
+    grid = alpha_grid(operators)
+    norm2 = 0
+    for ops, z in zip(operators, projections):
+        s = ops.singular[None, :]
+        denom = s * s + grid[:, None]
+        coef = torch.where(denom > 0, s / torch.clamp(denom, min=1e-30), torch.zeros_like(denom))
+        norm2 = norm2 + (coef * coef) @ (z * z).T                      # (n_alpha, n_voxels)
+    curve = torch.sqrt(norm2 / torch.clamp(norm2[:1], min=1e-30))
+    return projections, ols, fitted, curve, grid
+
+
+def ridge_cv_loss(operators: list[RunOperators], data_runs: list[torch.Tensor], repeats: RepeatStructure,
+                  fractions=DEFAULT_FRACTIONS, criterion: str = "consistency") -> torch.Tensor:
+    """Per voxel, the cross-validation loss of the best fraction (what :func:`fractional_ridge_cv` keeps).
+
+    Used to choose the number of noise PCs by the loss of the betas the method finally returns (after the
+    ridge) rather than by the unregularised betas (:func:`bids_m2i.glm.denoise.choose_n_pcs`).
+
+    Returns
+    -------
+    loss : Tensor, shape (n_voxels,)
+    """
+    projections, ols, _, curve, grid = _ridge_path(operators, data_runs)
+    best = _criterion(ols, ols, repeats, criterion)
+    for fraction in fractions:
+        if fraction >= 1.0:
+            continue
+        candidate = _ridge_betas(operators, projections, alphas_for_fraction(curve, grid, fraction))
+        best = torch.minimum(best, _criterion(ols, candidate, repeats, criterion))
+    return best
+
+
 def fractional_ridge_cv(operators: list[RunOperators], data_runs: list[torch.Tensor],
                         repeats: RepeatStructure, fractions=DEFAULT_FRACTIONS,
                         criterion: str = "consistency"):
@@ -99,20 +139,8 @@ def fractional_ridge_cv(operators: list[RunOperators], data_runs: list[torch.Ten
     fitted : Tensor, shape (n_voxels,)
         Explained sum of squares of the unregularised model.
     """
-    projections = [ops.project(data) for ops, data in zip(operators, data_runs)]
-    fitted = sum(ops.fitted_sum_of_squares(data, z) for ops, data, z in zip(operators, data_runs, projections))
+    projections, ols, fitted, curve, grid = _ridge_path(operators, data_runs)
     n_voxels = data_runs[0].shape[0]
-    zeros = torch.zeros(n_voxels, dtype=data_runs[0].dtype, device=data_runs[0].device)
-    ols = _ridge_betas(operators, projections, zeros)
-
-    grid = alpha_grid(operators)
-    norm2 = 0
-    for ops, z in zip(operators, projections):
-        s = ops.singular[None, :]
-        denom = s * s + grid[:, None]
-        coef = torch.where(denom > 0, s / torch.clamp(denom, min=1e-30), torch.zeros_like(denom))
-        norm2 = norm2 + (coef * coef) @ (z * z).T                      # (n_alpha, n_voxels)
-    curve = torch.sqrt(norm2 / torch.clamp(norm2[:1], min=1e-30))
 
     best = ols.clone()
     best_error = _criterion(ols, ols, repeats, criterion)
