@@ -12,7 +12,8 @@ closed-form counterpart, sized for CPUs (seconds to minutes on 2 cores):
 2. **Per-participant maps** into that space: a ridge from the participant's own z-scored voxels to its
    latent targets ``Y_std Bᵀ`` (k targets, one penalty for all of them by default, grouped CV). Voxel counts
    differ freely; no template and no shared stimuli are needed, because participants are linked only
-   through the feature space.
+   through the feature space. Which voxels: by default the count is chosen by cross-validation among the
+   most reliable (training ncsnr), as for the own-data decoder (:func:`select_voxels`).
 3. **From the shared space to features**: the projection ``z B`` by default (reduced-rank ridge), or
    (``head="ridge"``) a shared ridge head fitted on every participant's *out-of-fold* latent predictions
    (k-fold by stimulus). Why the defaults: ``train_shared_model`` and docs/decoding.md.
