@@ -181,3 +181,55 @@ def test_projection_head_and_settings(planted):
     with pytest.raises(UsageError, match="unknown shared head"):
         train_shared_model(group, "pixels", head="mlp")
 
+
+
+def test_auto_voxel_count_of_a_new_participants_map_drops_silent_voxels(planted):
+    """Without --top-k-voxels the map keeps the count chosen by the map's own grouped-CV error among ncsnr-ranked
+    nested halves of the mask (as the own-data decoder): with 60 responsive voxels among 960, it keeps at most a
+    quarter of the mask, the responsive voxels among them, and decodes held-out stimuli at least as well as the map on every voxel."""
+    world = World(7)
+    brain = world.participant(60, n_silent=900)
+    latent, features = world.stimuli(40)
+    repeats = 3  # repeats of each training stimulus: ncsnr needs them
+    train_betas = world.betas(brain, np.repeat(latent, repeats, axis=0), noise=1.0)
+    train_features = np.repeat(features, repeats, axis=0)
+    stimuli = np.repeat([f"s{k}" for k in range(40)], repeats)
+    test_latent, test_features = world.stimuli(100)
+    test_betas = world.betas(brain, test_latent, noise=1.0)
+
+    auto = fit_new_participant(planted["model"], train_betas, train_features, stimuli, n_threads=1)
+    every = fit_new_participant(planted["model"], train_betas, train_features, stimuli, n_threads=1, top_k=None)
+    kept = auto.map.scaler.columns
+    assert len(every.map.scaler.columns) == 960
+    assert len(kept) <= 960 / 4, len(kept)
+    assert np.isin(np.arange(60), kept).mean() >= 0.9  # the responsive voxels (the first 60 columns) stay
+    selection = auto.info["voxel_selection"]
+    assert selection["chosen"] == len(kept) and str(960) in selection["cv_error"]
+    assert selection["cv_error"][str(len(kept))] < selection["cv_error"]["960"]
+    score_auto = _corr_per_item(auto.predict(test_betas), test_features)
+    score_every = _corr_per_item(every.predict(test_betas), test_features)
+    assert score_auto >= score_every - 0.01, (score_auto, score_every)
+    # a fixed count is kept as asked
+    assert len(fit_new_participant(planted["model"], train_betas, train_features, stimuli, n_threads=1,
+                                   top_k=100).map.scaler.columns) == 100
+
+
+def test_group_training_chooses_each_participants_voxels_and_the_file_keeps_them(tmp_path):
+    """Group training (default top_k="auto") chooses every participant's voxel count by the CV error of its
+    step-1 ridge; the maps keep those voxels through save/load, and the sidecar records the choice."""
+    world = World(3)
+    group = []
+    for i, n_silent in enumerate([500, 700]):
+        brain = world.participant(50, n_silent=n_silent)
+        latent, features = world.stimuli(40)
+        group.append(ParticipantData(f"0{i + 1}", world.betas(brain, np.repeat(latent, 3, axis=0), noise=1.0),
+                                     np.repeat(features, 3, axis=0), np.repeat([f"s{k}" for k in range(40)], 3)))
+    model = train_shared_model(group, "pixels", n_components=6, n_threads=1)
+    assert model.settings["top_k"] == "auto"
+    for p in group:
+        kept = model.maps[p.label].scaler.columns
+        assert len(kept) < p.betas.shape[1] / 2 and np.isin(np.arange(50), kept).mean() >= 0.9
+        assert model.info["voxel_selection"][p.label]["chosen"] == len(kept)
+    loaded = SharedModel.load(model.save(tmp_path / "m.safetensors"))
+    assert np.array_equal(loaded.maps["02"].scaler.columns, model.maps["02"].scaler.columns)
+    np.testing.assert_allclose(loaded.predict("02", group[1].betas), model.predict("02", group[1].betas), atol=1e-5)

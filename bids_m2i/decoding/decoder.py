@@ -74,7 +74,7 @@ class VoxelCountSearch:
 
 def choose_voxel_count(betas: np.ndarray, features: np.ndarray, labels, alphas=DEFAULT_ALPHAS, *,
                        min_voxels: int | None = None, patience: int = AUTO_PATIENCE, device="auto",
-                       n_threads: int | None = None, seed: int = 0) -> VoxelCountSearch:
+                       n_threads: int | None = None, seed: int = 0, fit=None) -> VoxelCountSearch:
     """Choose how many of the most reliable voxels to decode from, by cross-validation on training trials.
 
     Why: a whole-brain mask holds mostly voxels that carry no stimulus information; ridge shrinks their
@@ -90,6 +90,10 @@ def choose_voxel_count(betas: np.ndarray, features: np.ndarray, labels, alphas=D
     Parameters
     ----------
     betas : (n_train, v)  features : (n_train, d)  labels : (n_train,) stimulus identity, with repeats
+    fit : optional callable ``fit(X, features, labels) -> (result, error)`` replacing the per-target ridge,
+        for a decoder with another estimator (the shared decoder's map: one penalty for all targets); its
+        ``error`` must be a cross-validated error comparable across voxel counts. ``result`` is kept for
+        the chosen count.
     """
     labels = np.asarray(labels).astype(str)
     variance = np.maximum(features.var(0, dtype=np.float64), 1e-12)
@@ -100,10 +104,13 @@ def choose_voxel_count(betas: np.ndarray, features: np.ndarray, labels, alphas=D
     since_best = 0
     for count in counts:
         scaler = VoxelScaler.fit(betas, labels, count) if count < len(full.columns) else full
-        result = fit_ridge_cv(scaler.transform(betas), features, alphas, groups=labels, device=device,
-                              n_threads=n_threads, seed=seed, overwrite_X=True, search="bracket")
-        # cv_mse: (n_alphas, d), inf for alphas the bracket search skipped
-        error = float(np.mean(np.min(np.asarray(result.cv_mse, dtype=np.float64), axis=0) / variance))
+        if fit is not None:
+            result, error = fit(scaler.transform(betas), features, labels)
+        else:
+            result = fit_ridge_cv(scaler.transform(betas), features, alphas, groups=labels, device=device,
+                                  n_threads=n_threads, seed=seed, overwrite_X=True, search="bracket")
+            # cv_mse: (n_alphas, d), inf for alphas the bracket search skipped
+            error = float(np.mean(np.min(np.asarray(result.cv_mse, dtype=np.float64), axis=0) / variance))
         errors[len(scaler.columns)] = error
         LOG.info("voxel count %d: CV error (1 - R2) %.4f", len(scaler.columns), error)
         if best is None or error < best[0]:

@@ -354,8 +354,8 @@ def fit_decoders(betas: np.ndarray, prepared: PreparedTrials, options: DecodingO
         if options.shared_decoders:  # a group-level model: only this participant's map is fitted
             from .shared import participant_decoder
 
-            decoder = participant_decoder(options.shared_decoders, space, top_k=options.top_k, device=options.device,
-                                          n_threads=options.n_threads, seed=options.seed)
+            decoder = participant_decoder(options.shared_decoders, space, top_k=options.top_k or "auto",
+                                          device=options.device, n_threads=options.n_threads, seed=options.seed)
         else:  # no --top-k-voxels: the voxel count is chosen by cross-validation (BrainDecoder top_k="auto")
             decoder = DECODERS.create(options.decoder, top_k=options.top_k or "auto", device=options.device,
                                       n_threads=options.n_threads, seed=options.seed)

@@ -12,7 +12,8 @@ closed-form counterpart, sized for CPUs (seconds to minutes on 2 cores):
 2. **Per-participant maps** into that space: a ridge from the participant's own z-scored voxels to its
    latent targets ``Y_std Bᵀ`` (k targets, one penalty for all of them by default, grouped CV). Voxel counts
    differ freely; no template and no shared stimuli are needed, because participants are linked only
-   through the feature space.
+   through the feature space. Which voxels: by default the count is chosen by cross-validation among the
+   most reliable (training ncsnr), as for the own-data decoder (:func:`select_voxels`).
 3. **From the shared space to features**: the projection ``z B`` by default (reduced-rank ridge), or
    (``head="ridge"``) a shared ridge head fitted on every participant's *out-of-fold* latent predictions
    (k-fold by stimulus). Why the defaults: ``train_shared_model`` and docs/decoding.md.
@@ -43,6 +44,9 @@ from ..errors import BadDataError, InputMissingError, UsageError
 from ..utils.atomic import atomic_path, write_json
 from .ridge import DEFAULT_ALPHAS, fit_ridge_cv, make_cv_groups, ridge_predict
 from .voxels import VoxelScaler
+
+#: ``top_k="auto"``: the voxel count is chosen by cross-validation (as for the own-data decoder)
+AUTO = "auto"
 
 LOG = logging.getLogger("m2i.decoding")
 
@@ -351,13 +355,52 @@ def kfold_ridge(X: np.ndarray, Y: np.ndarray, alphas, groups=None, folds: int = 
     return KFoldRidge(coef, intercept, alpha, out)
 
 
+def unexplained_share(fit: KFoldRidge, Y: np.ndarray) -> float:
+    """Cross-validated error of a map: the share of its targets' total variance that the out-of-fold
+    predictions leave unexplained. Summed over targets (not averaged per target) because the latent targets
+    are coordinates on orthonormal feature directions: this is the decoded features' squared error within
+    the shared subspace, the quantity the map's single penalty minimises."""
+    Y = np.asarray(Y, np.float64)
+    total = ((Y - Y.mean(0)) ** 2).sum()
+    return float(((Y - fit.out_of_fold) ** 2).sum() / max(total, 1e-30))
+
+
+def select_voxels(betas: np.ndarray, targets: np.ndarray, stimuli, top_k, *, alphas=DEFAULT_ALPHAS,
+                  folds: int = CV_FOLDS, seed: int = 0, n_threads: int | None = None,
+                  single_penalty: bool = False) -> tuple[VoxelScaler, KFoldRidge | None, dict | None]:
+    """The voxels of one participant's map: ``top_k`` an int (the most reliable by training ncsnr) or None
+    (all), or ``"auto"``: the count chosen as for the own-data decoder
+    (:func:`~bids_m2i.decoding.decoder.choose_voxel_count`: ncsnr ranking on these training trials, nested
+    halvings of the mask), with the map itself (``kfold_ridge`` with these settings, grouped by stimulus) as
+    the estimator and :func:`unexplained_share` as the error. Why: a whole-brain mask holds mostly voxels
+    without stimulus information, whose noise the ridge shrinks but does not remove; with few trials that
+    noise costs more than the missing voxels. ``"auto"`` keeps all voxels when no training stimulus repeats
+    (no ncsnr). Returns the scaler, the map's fit at the chosen count (or None) and the search summary."""
+    from .decoder import choose_voxel_count
+
+    labels = None if stimuli is None else np.asarray(stimuli).astype(str)
+    repeats = labels is not None and len(np.unique(labels)) < len(labels)
+    if top_k != AUTO or not repeats:
+        return VoxelScaler.fit(betas, labels, None if top_k == AUTO else top_k), None, None
+
+    def fit_map(X, Y, groups):
+        fit = kfold_ridge(X, Y, alphas, groups, folds, seed, n_threads, single_penalty)
+        return fit, unexplained_share(fit, Y)
+
+    search = choose_voxel_count(betas, targets, labels, alphas, fit=fit_map, n_threads=n_threads, seed=seed)
+    summary = search.summary()
+    summary["rule"] = ("auto: ncsnr ranking, count chosen by the map's grouped-CV error (share of the targets' "
+                       "variance unexplained)")
+    return search.scaler, search.result, summary
+
+
 # ----------------------------------------------------------------------------------------------------------
 # training
 
 
 def train_shared_model(participants: list[ParticipantData], feature_space: str, *,
                        n_components: int = DEFAULT_COMPONENTS, alphas=DEFAULT_ALPHAS, head_alphas=HEAD_ALPHAS,
-                       top_k: int | None = None, feature_info: dict | None = None, folds: int = CV_FOLDS,
+                       top_k: int | str | None = AUTO, feature_info: dict | None = None, folds: int = CV_FOLDS,
                        seed: int = 0, device="cpu", n_threads: int | None = None, head: str = "projection",
                        single_penalty: bool = True) -> SharedModel:
     """Train the shared model on several participants (at least 2) whose voxel counts may differ.
@@ -371,6 +414,8 @@ def train_shared_model(participants: list[ParticipantData], feature_space: str, 
     Mukherjee & Zhu 2011 with a group-estimated subspace); ``ridge`` fits a head on the group's out-of-fold
     latents, which re-weights the components by the *group's perception* reliability: it transferred worse
     to a new participant and to imagery on the simulator (docs/decoding.md).
+    ``top_k``: each participant's voxels (:func:`select_voxels`); with ``"auto"`` the count is chosen by the
+    grouped-CV error of the participant's own ridge of step 1 (the ridge whose fit defines the shared space).
     """
     if head not in HEADS:
         raise UsageError(f"unknown shared head {head!r}", hint=f"use one of {', '.join(HEADS)}")
@@ -414,11 +459,16 @@ def train_shared_model(participants: list[ParticipantData], feature_space: str, 
     k = min(k, q)
 
     # 1. shared basis: the feature directions that the participants' own ridges predict, summed over people
-    scalers, moment = {}, np.zeros((q, q))
+    scalers, moment, selection = {}, np.zeros((q, q)), {}
     for p in participants:
-        scaler = VoxelScaler.fit(p.betas, p.stimuli, top_k)
+        targets = standard[p.label] @ axes.T
+        scaler, own, summary = select_voxels(p.betas, targets, p.stimuli, top_k, alphas=alphas, folds=folds,
+                                             seed=seed, n_threads=n_threads)
         Xz = scaler.transform(p.betas)
-        own = kfold_ridge(Xz, standard[p.label] @ axes.T, alphas, p.stimuli, folds, seed, n_threads)
+        if own is None:
+            own = kfold_ridge(Xz, targets, alphas, p.stimuli, folds, seed, n_threads)
+        if summary is not None:
+            selection[p.label] = summary
         fitted = ridge_predict(Xz, own.coef, own.intercept).astype(np.float64)
         moment += fitted.T @ fitted / len(fitted)  # every participant weighs the same
         scalers[p.label] = scaler
@@ -457,7 +507,8 @@ def train_shared_model(participants: list[ParticipantData], feature_space: str, 
                   "feature_axes": q, "head": head, "single_penalty": bool(single_penalty),
                   "method": f"group reduced-rank ridge + per-participant ridge maps + {head} head"},
         info={"explained_predicted_variance": explained, "head_alpha_median": float(np.median(head_alpha)),
-              "n_trials": int(sum(len(p.betas) for p in participants)), "seconds": round(seconds, 2)})
+              "n_trials": int(sum(len(p.betas) for p in participants)), "seconds": round(seconds, 2),
+              **({"voxel_selection": selection} if selection else {})})
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -475,7 +526,7 @@ class SharedParticipantDecoder:
     method = "shared"
 
     def __init__(self, model: SharedModel, *, fine_tune_head: bool = False, alphas=DEFAULT_ALPHAS,
-                 device="cpu", n_threads: int | None = None, seed: int = 0, top_k: int | None = None,
+                 device="cpu", n_threads: int | None = None, seed: int = 0, top_k: int | str | None = AUTO,
                  source: str = ""):
         self.model = model
         self.fine_tune_head = fine_tune_head
@@ -500,13 +551,17 @@ class SharedParticipantDecoder:
         model.check_features(model.feature_space, features.shape[1])
         if len(betas) != len(features):
             raise BadDataError(f"{len(betas)} training betas but {len(features)} feature rows")
-        scaler = VoxelScaler.fit(betas, labels, self.top_k)
-        Xz = scaler.transform(betas)
         standard = (features - model.feature_mean) / model.feature_scale
         T = standard @ model.basis.T
         # models written before these settings existed used per-target penalties
-        fit = kfold_ridge(Xz, T, self.alphas, labels, model.settings.get("folds", CV_FOLDS), self.seed,
-                          self.n_threads, bool(model.settings.get("single_penalty", False)))
+        folds = model.settings.get("folds", CV_FOLDS)
+        single_penalty = bool(model.settings.get("single_penalty", False))
+        scaler, fit, selection = select_voxels(betas, T, labels, self.top_k, alphas=self.alphas, folds=folds,
+                                               seed=self.seed, n_threads=self.n_threads,
+                                               single_penalty=single_penalty)
+        if fit is None:
+            fit = kfold_ridge(scaler.transform(betas), T, self.alphas, labels, folds, self.seed, self.n_threads,
+                              single_penalty)
         self.map = ParticipantMap(scaler, fit.coef, fit.intercept, fit.alpha, len(betas))
 
         if self.fine_tune_head:
@@ -519,6 +574,8 @@ class SharedParticipantDecoder:
                      "components": model.n_components, "fine_tune_head": self.fine_tune_head,
                      "n_train": int(len(betas)), "n_voxels": int(len(scaler.columns)),
                      "n_features": int(features.shape[1]), "alpha_median": float(np.median(fit.alpha))}
+        if selection is not None:
+            self.info["voxel_selection"] = selection
         return self
 
     def _check_fitted(self):
