@@ -140,3 +140,28 @@ def test_decoder_registry_names():
     assert {"ridge", "mlp"} <= set(DECODERS.names())
     with pytest.raises(Exception, match="unknown decoder"):
         DECODERS.create("nope")
+
+
+def test_source_column_names_each_rows_own_statseries(tiny_full_run):
+    """Every GLM node writes ``statseries.nii.gz`` in its own folder: the predictions table's ``source`` must
+    still name the task's (and session's) own derivative, not the last series' for every row."""
+    assert tiny_full_run["code"] == 0
+    table = pd.read_csv(tiny_full_run["out"] / "sub-01" / "decoding" / "sub-01_desc-predictions_table.tsv",
+                        sep="\t", dtype=str)
+    for condition, task in (("perception", "task-perception"), ("imagery", "task-imagery")):
+        sources = set(table.loc[table["condition"] == condition, "source"])
+        assert sources and all(task in s for s in sources), (condition, sources)
+
+
+def test_source_names_by_position(tmp_path):
+    from bids_m2i.interfaces.decoding import source_names
+
+    events = []
+    for i, n in enumerate((2, 3)):
+        folder = tmp_path / f"node{i}"
+        folder.mkdir()
+        path = folder / "events.tsv"  # same basename in each node's folder, as the GLM nodes write them
+        pd.DataFrame({"trial_index": range(n)}).to_csv(path, sep="\t", index=False)
+        events.append(str(path))
+    assert list(source_names(events, ["a_statseries.nii.gz", "b_statseries.nii.gz"])) == [
+        "a_statseries.nii.gz"] * 2 + ["b_statseries.nii.gz"] * 3

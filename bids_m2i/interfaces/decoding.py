@@ -63,6 +63,17 @@ def load_betas(statseries: list[str], events: list[str], mask: np.ndarray, chunk
     return out, pd.concat(tables, ignore_index=True)
 
 
+def source_names(events: list[str], names: list[str]) -> np.ndarray:
+    """The ``source`` column of the stacked trials table: statseries ``i``'s derivative name on each of its rows.
+
+    By position, not by file name: every GLM node writes ``statseries.nii.gz`` in its own folder, so a map
+    from basenames would give every row the last series' name (all sessions and tasks but one mislabelled).
+    """
+    counts = [len(pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)) for path in events]
+    if len(names) != len(counts):
+        raise ValueError(f"{len(names)} statseries names for {len(counts)} events tables")
+    return np.repeat(np.asarray(names, dtype=object), counts)
+
 
 class _StageInputSpec(BaseInterfaceInputSpec):
     """What every stage needs: the run's settings that are not data."""
@@ -162,8 +173,7 @@ class DecodingFeatures(M2IInterface):
             mask &= np.asarray(roi.dataobj) > 0
         betas, trials = load_betas(list(inputs.statseries), list(inputs.events), mask)
         if inputs.statseries_names:
-            names = dict(zip([Path(p).name for p in inputs.statseries], inputs.statseries_names))
-            trials["source"] = trials["source"].map(lambda n: names.get(n, n))
+            trials["source"] = source_names(list(inputs.events), list(inputs.statseries_names))
         options = _options(inputs, targets=tuple(inputs.targets), finetune_imagery=inputs.finetune_imagery)
         with blas_threads(inputs.n_threads):
             prepared = prepare_features(trials, Path(inputs.stimuli_dir), options,
