@@ -75,6 +75,29 @@ def source_names(events: list[str], names: list[str]) -> np.ndarray:
     return np.repeat(np.asarray(names, dtype=object), counts)
 
 
+#: fewer ROI voxels than this inside the brain mask get a warning (the decoder still runs)
+FEW_ROI_VOXELS = 20
+
+
+def check_roi_overlap(brain: np.ndarray, roi: np.ndarray, roi_path) -> int:
+    """Voxels of ``roi`` inside ``brain``: none stops with exit 65 and says why, very few warn."""
+    import logging
+
+    from ..errors import BadDataError
+
+    inside = int(np.count_nonzero(brain & roi))
+    if inside == 0:
+        raise BadDataError(f"--roi-mask {roi_path} leaves no voxel to decode from: its {int(roi.sum())} voxels "
+                           f"all lie outside the participant's brain mask ({int(brain.sum())} voxels)",
+                           path=roi_path, hint="check that the ROI is on the participant grid "
+                           "(same affine as sub-XX_desc-brain_mask.nii.gz) and overlaps the brain")
+    if inside < FEW_ROI_VOXELS:
+        logging.getLogger("m2i.decoding").warning(
+            "--roi-mask leaves only %d voxel(s) inside the brain mask: decoding from so few voxels is rarely "
+            "above chance", inside)
+    return inside
+
+
 class _StageInputSpec(BaseInterfaceInputSpec):
     """What every stage needs: the run's settings that are not data."""
 
@@ -170,7 +193,8 @@ class DecodingFeatures(M2IInterface):
                 raise BadDataError(f"--roi-mask {inputs.roi_mask} is not on the participant grid "
                                    f"({roi.shape[:3]} vs {mask.shape})", path=inputs.roi_mask,
                                    hint="resample the ROI onto the participant grid (sub-XX_desc-brain_mask.nii.gz)")
-            mask &= np.asarray(roi.dataobj) > 0
+            check_roi_overlap(mask, np.asarray(roi.dataobj).reshape(mask.shape) > 0, inputs.roi_mask)
+            mask &= np.asarray(roi.dataobj).reshape(mask.shape) > 0
         betas, trials = load_betas(list(inputs.statseries), list(inputs.events), mask)
         if inputs.statseries_names:
             trials["source"] = source_names(list(inputs.events), list(inputs.statseries_names))
