@@ -165,3 +165,25 @@ def test_source_names_by_position(tmp_path):
         events.append(str(path))
     assert list(source_names(events, ["a_statseries.nii.gz", "b_statseries.nii.gz"])) == [
         "a_statseries.nii.gz"] * 2 + ["b_statseries.nii.gz"] * 3
+
+
+@pytest.mark.parametrize("n_memory_items", [1, 2])
+def test_finetune_with_few_memory_items(tmp_path, caplog, n_memory_items):
+    """--finetune-imagery with the memory items in one fold of the split (always so with one item) used to
+    fit each fold on zero trials (ZeroDivisionError). Two items are spread over two folds; one item cannot be
+    held out from itself: no fine-tuning, with a warning."""
+    import logging
+
+    betas, trials, stim_dir = _with_memory_imagery(tmp_path)
+    keep = (trials["condition"] != "imagery") | trials["stimulus"].isin([f"im{i:02d}" for i in range(n_memory_items)])
+    betas, trials = betas[keep.to_numpy()], trials[keep].reset_index(drop=True)
+    trials["trial_index"] = [str(i) for i in range(len(trials))]
+    options = DecodingOptions(targets=("pixels",), finetune_imagery=True, n_perm=0, work_dir=tmp_path / "work")
+    prepared = prepare_features(trials.astype(str), stim_dir, options)
+    with caplog.at_level(logging.WARNING, logger="m2i.decoding"):
+        fitted = fit_decoders(betas, prepared, options)
+    if n_memory_items == 1:
+        assert not fitted.finetuned and "not fine-tuned" in caplog.text
+    else:
+        assert fitted.decoders["pixels"].info["fine_tune"]["folds"] == 2
+        assert np.isfinite(np.stack(list(fitted.finetuned["pixels"].values()))).all()
