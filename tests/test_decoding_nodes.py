@@ -187,3 +187,20 @@ def test_finetune_with_few_memory_items(tmp_path, caplog, n_memory_items):
     else:
         assert fitted.decoders["pixels"].info["fine_tune"]["folds"] == 2
         assert np.isfinite(np.stack(list(fitted.finetuned["pixels"].values()))).all()
+
+
+def test_top_k_zero_keeps_every_voxel_and_default_is_auto(tmp_path):
+    """``--top-k-voxels 0`` keeps every voxel (as before the cross-validated count), no option means ``auto``;
+    the fit node's default (-1) is the no-option case."""
+    from bids_m2i.interfaces.decoding import FitDecoders
+
+    betas, trials, stim_dir = _with_memory_imagery(tmp_path)
+    prepared = prepare_features(trials.astype(str), stim_dir, DecodingOptions(targets=("pixels",), n_perm=0,
+                                                                              work_dir=tmp_path / "work"))
+    chosen = {}
+    for top_k in (None, 0, 7):
+        options = DecodingOptions(targets=("pixels",), n_perm=0, work_dir=tmp_path / "work", top_k=top_k)
+        decoder = fit_decoders(betas, prepared, options).decoders["pixels"]
+        chosen[top_k] = (decoder.top_k, decoder.info["n_voxels"])
+    assert chosen[None][0] == "auto" and chosen[0] == (None, betas.shape[1]) and chosen[7][0] == 7
+    assert FitDecoders().inputs.top_k == -1

@@ -377,10 +377,11 @@ def fit_decoders(betas: np.ndarray, prepared: PreparedTrials, options: DecodingO
         if options.shared_decoders:  # a group-level model: only this participant's map is fitted
             from .shared import participant_decoder
 
-            decoder = participant_decoder(options.shared_decoders, space, top_k=options.top_k, device=options.device,
+            decoder = participant_decoder(options.shared_decoders, space, top_k=options.top_k or None, device=options.device,
                                           n_threads=options.n_threads, seed=options.seed)
-        else:  # no --top-k-voxels: the voxel count is chosen by cross-validation (BrainDecoder top_k="auto")
-            decoder = DECODERS.create(options.decoder, top_k=options.top_k or "auto", device=options.device,
+        else:  # no --top-k-voxels: the count is chosen by cross-validation (top_k="auto"); 0: every voxel (None)
+            top_k = "auto" if options.top_k is None else (options.top_k or None)
+            decoder = DECODERS.create(options.decoder, top_k=top_k, device=options.device,
                                       n_threads=options.n_threads, seed=options.seed)
         decoders[space] = decoder.fit(train_betas, features, labels=labels_train)
     finetuned: dict[str, dict[int, np.ndarray]] = {}

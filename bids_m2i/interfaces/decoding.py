@@ -210,7 +210,7 @@ class DecodingFeatures(M2IInterface):
 # --- fit ---------------------------------------------------------------------------------------------------------
 class _FitInputSpec(_PreparedInputSpec):
     decoder = traits.Str("ridge", usedefault=True)
-    top_k = traits.Int(0, usedefault=True)
+    top_k = traits.Int(-1, usedefault=True, desc="-1: count chosen by CV; 0: every voxel; k: k of highest ncsnr")
     # File traits: nipype hashes the files, so a retrained shared model refits
     shared_decoders = traits.List(File(exists=True), desc="shared decoder files (group level) fitted instead of new "
                                   "decoders")
@@ -239,7 +239,8 @@ class FitDecoders(M2IInterface):
 
         inputs = self.inputs
         betas, prepared = _prepared(inputs)
-        options = _options(inputs, targets=prepared.targets, decoder=inputs.decoder, top_k=inputs.top_k or None)
+        options = _options(inputs, targets=prepared.targets, decoder=inputs.decoder,
+                           top_k=None if inputs.top_k < 0 else inputs.top_k)
         with blas_threads(inputs.n_threads):
             fitted = fit_decoders(betas, prepared, options)
         files = save_fitted(Path(runtime.cwd), fitted, prepared)

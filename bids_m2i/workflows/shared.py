@@ -129,7 +129,7 @@ def run_shared_training(config, work_dir: Path) -> list[Path]:
                     len(data[config.target[0]][-1].betas), data[config.target[0]][-1].betas.shape[1])
     written = []
     for target in config.target:
-        model = train_shared_model(data[target], target, feature_info=infos[target], top_k=config.top_k_voxels,
+        model = train_shared_model(data[target], target, feature_info=infos[target], top_k=config.top_k_voxels or None,
                                    seed=config.seed, device="cpu" if config.device == "auto" else config.device,
                                    n_threads=config.n_threads)
         model.settings["glm"] = config.glm
