@@ -377,8 +377,8 @@ def fit_decoders(betas: np.ndarray, prepared: PreparedTrials, options: DecodingO
         if options.shared_decoders:  # a group-level model: only this participant's map is fitted
             from .shared import participant_decoder
 
-            decoder = participant_decoder(options.shared_decoders, space, top_k=options.top_k or None, device=options.device,
-                                          n_threads=options.n_threads, seed=options.seed)
+            decoder = participant_decoder(options.shared_decoders, space, top_k=options.top_k or None,
+                                          device=options.device, n_threads=options.n_threads, seed=options.seed)
         else:  # no --top-k-voxels: the count is chosen by cross-validation (top_k="auto"); 0: every voxel (None)
             top_k = "auto" if options.top_k is None else (options.top_k or None)
             decoder = DECODERS.create(options.decoder, top_k=top_k, device=options.device,
