@@ -122,7 +122,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
                ("--roi-mask", "--roi_mask"), metavar="FILE"),
     OptionSpec("top_k_voxels", "decoding", "int", None, "Keep the k voxels with the highest ncsnr in the "
                "training data. Default: the count is chosen by cross-validation among nested halves of the mask "
-               "(docs/decoding.md); a k larger than the mask keeps every voxel.", ("--top-k-voxels", "--top_k_voxels")),
+               "(docs/decoding.md); 0 or a k larger than the mask keeps every voxel.",
+               ("--top-k-voxels", "--top_k_voxels")),
     OptionSpec("finetune_imagery", "decoding", "bool", False, "Fine-tune the decoder on imagery-from-memory "
                "trials (Mind-to-Image recipe; cross-validated).", ("--finetune-imagery", "--finetune_imagery")),
     OptionSpec("models_dir", "decoding", "path", None, "Models folder (see docs/models.md); default "

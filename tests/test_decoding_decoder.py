@@ -153,7 +153,9 @@ def test_auto_voxel_count_falls_back_to_all_voxels_without_repeats_and_fixed_k_i
     betas, feats, stim, _, n_train = _informative_and_noise_voxels(n_noise=100)
     first = np.unique(stim, return_index=True)[1]  # one trial per stimulus: no ncsnr, no grouped CV
     decoder = BrainDecoder("ridge", device="cpu").fit(betas[first], feats[stim[first]], labels=stim[first])
-    assert len(decoder.scaler.columns) == betas.shape[1] and "voxel_selection" not in decoder.info
+    assert len(decoder.scaler.columns) == betas.shape[1] and "cv_error" not in decoder.info["voxel_selection"]
+    assert decoder.info["voxel_selection"]["chosen"] == betas.shape[1]  # the sidecar says why all were kept
+    assert "no training stimulus repeats" in decoder.info["voxel_selection"]["rule"]
     train = stim < n_train
     fixed = BrainDecoder("ridge", device="cpu", top_k=30).fit(betas[train], feats[stim[train]], labels=stim[train])
     assert len(fixed.scaler.columns) == 30 and "voxel_selection" not in fixed.info

@@ -140,3 +140,67 @@ def test_decoder_registry_names():
     assert {"ridge", "mlp"} <= set(DECODERS.names())
     with pytest.raises(Exception, match="unknown decoder"):
         DECODERS.create("nope")
+
+
+def test_source_column_names_each_rows_own_statseries(tiny_full_run):
+    """Every GLM node writes ``statseries.nii.gz`` in its own folder: the predictions table's ``source`` must
+    still name the task's (and session's) own derivative, not the last series' for every row."""
+    assert tiny_full_run["code"] == 0
+    table = pd.read_csv(tiny_full_run["out"] / "sub-01" / "decoding" / "sub-01_desc-predictions_table.tsv",
+                        sep="\t", dtype=str)
+    for condition, task in (("perception", "task-perception"), ("imagery", "task-imagery")):
+        sources = set(table.loc[table["condition"] == condition, "source"])
+        assert sources and all(task in s for s in sources), (condition, sources)
+
+
+def test_source_names_by_position(tmp_path):
+    from bids_m2i.interfaces.decoding import source_names
+
+    events = []
+    for i, n in enumerate((2, 3)):
+        folder = tmp_path / f"node{i}"
+        folder.mkdir()
+        path = folder / "events.tsv"  # same basename in each node's folder, as the GLM nodes write them
+        pd.DataFrame({"trial_index": range(n)}).to_csv(path, sep="\t", index=False)
+        events.append(str(path))
+    assert list(source_names(events, ["a_statseries.nii.gz", "b_statseries.nii.gz"])) == [
+        "a_statseries.nii.gz"] * 2 + ["b_statseries.nii.gz"] * 3
+
+
+@pytest.mark.parametrize("n_memory_items", [1, 2])
+def test_finetune_with_few_memory_items(tmp_path, caplog, n_memory_items):
+    """--finetune-imagery with the memory items in one fold of the split (always so with one item) used to
+    fit each fold on zero trials (ZeroDivisionError). Two items are spread over two folds; one item cannot be
+    held out from itself: no fine-tuning, with a warning."""
+    import logging
+
+    betas, trials, stim_dir = _with_memory_imagery(tmp_path)
+    keep = (trials["condition"] != "imagery") | trials["stimulus"].isin([f"im{i:02d}" for i in range(n_memory_items)])
+    betas, trials = betas[keep.to_numpy()], trials[keep].reset_index(drop=True)
+    trials["trial_index"] = [str(i) for i in range(len(trials))]
+    options = DecodingOptions(targets=("pixels",), finetune_imagery=True, n_perm=0, work_dir=tmp_path / "work")
+    prepared = prepare_features(trials.astype(str), stim_dir, options)
+    with caplog.at_level(logging.WARNING, logger="m2i.decoding"):
+        fitted = fit_decoders(betas, prepared, options)
+    if n_memory_items == 1:
+        assert not fitted.finetuned and "not fine-tuned" in caplog.text
+    else:
+        assert fitted.decoders["pixels"].info["fine_tune"]["folds"] == 2
+        assert np.isfinite(np.stack(list(fitted.finetuned["pixels"].values()))).all()
+
+
+def test_top_k_zero_keeps_every_voxel_and_default_is_auto(tmp_path):
+    """``--top-k-voxels 0`` keeps every voxel (as before the cross-validated count), no option means ``auto``;
+    the fit node's default (-1) is the no-option case."""
+    from bids_m2i.interfaces.decoding import FitDecoders
+
+    betas, trials, stim_dir = _with_memory_imagery(tmp_path)
+    prepared = prepare_features(trials.astype(str), stim_dir, DecodingOptions(targets=("pixels",), n_perm=0,
+                                                                              work_dir=tmp_path / "work"))
+    chosen = {}
+    for top_k in (None, 0, 7):
+        options = DecodingOptions(targets=("pixels",), n_perm=0, work_dir=tmp_path / "work", top_k=top_k)
+        decoder = fit_decoders(betas, prepared, options).decoders["pixels"]
+        chosen[top_k] = (decoder.top_k, decoder.info["n_voxels"])
+    assert chosen[None][0] == "auto" and chosen[0] == (None, betas.shape[1]) and chosen[7][0] == 7
+    assert FitDecoders().inputs.top_k == -1

@@ -288,3 +288,15 @@ def test_presets_validate(tmp_path, preset):
         errors = [i for i in json.loads(run.stdout)["issues"]["issues"] if i["severity"] == "error"]
         assert errors == [], errors[:3]
     shutil.rmtree(root)
+
+
+def test_perception_only_dataset_has_no_imagery_sidecars(tmp_path):
+    """imagery_runs=0 (a perception-only dataset for tests) writes no task-imagery_*.json: top-level sidecars
+    without any imagery run fail the validator (SIDECAR_WITHOUT_DATAFILE)."""
+    root = simulate_dataset(tmp_path / "sim", preset="tiny", seed=0, imagery_runs=0)
+    assert not list(root.glob("task-imagery_*")) and list(root.glob("task-perception_bold.json"))
+    assert not list(root.rglob("*task-imagery*_bold.nii.gz"))
+    from bids_m2i.bids.validation import run_validator, validator_command
+
+    if validator_command() is not None:
+        assert run_validator(root).n_errors == 0

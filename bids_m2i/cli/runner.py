@@ -26,6 +26,29 @@ def _inside(child: Path, parent: Path) -> bool:
         return False
 
 
+def check_roi_mask(path: Path) -> None:
+    """--roi-mask must be a readable 3-D NIfTI with at least one voxel inside (exit 65), checked at startup:
+    otherwise the run would stop only after preprocessing and the GLM, at the first decoding node."""
+    import nibabel as nib
+    import numpy as np
+
+    from ..errors import BadDataError
+
+    try:
+        image = nib.load(str(path))
+        data = np.asarray(image.dataobj)
+    except Exception as exc:  # nibabel raises several kinds for a file that is not an image
+        raise BadDataError(f"--roi-mask {path} cannot be read as a NIfTI image ({exc})", path=path) from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise BadDataError(f"--roi-mask {path} is {data.ndim}-D (shape {data.shape}); a 3-D mask is needed",
+                           path=path)
+    if not np.any(data > 0):
+        raise BadDataError(f"--roi-mask {path} is empty: no voxel is above 0", path=path,
+                           hint="give a mask whose ROI voxels are 1 (or any value above 0) on the participant grid")
+
+
 def check_paths(config: Config) -> None:
     """Usage errors about folders, before anything is written (exit 64/66)."""
     from ..bids.layout import check_dataset_root
@@ -45,6 +68,8 @@ def check_paths(config: Config) -> None:
         value = config.values.get(name)
         if value is not None and not Path(value).exists():
             raise InputMissingError(f"--{name.replace('_', '-')} file not found: {value}", path=value)
+    if config.values.get("roi_mask") is not None and config.values.get("stop_after", "decode") == "decode":
+        check_roi_mask(Path(config.values["roi_mask"]))
     for folder in config.values.get("derivatives") or []:
         if not Path(folder).is_dir():
             raise InputMissingError(f"--derivatives folder not found: {folder}", path=folder,

@@ -205,6 +205,11 @@ class BrainDecoder:
                           "n_features": int(features.shape[1])})
         if search is not None:
             self.info["voxel_selection"] = search.summary()
+        elif self.top_k == AUTO:  # the fallback is recorded, so that the sidecar says why every voxel was kept
+            self.info["voxel_selection"] = {"rule": "auto: no training stimulus repeats, so ncsnr cannot rank the "
+                                            "voxels and no grouped CV can choose a count: every voxel kept",
+                                            "chosen": int(len(self.scaler.columns))}
+            LOG.info("voxel count: no repeated training stimulus; keeping all %d voxels", len(self.scaler.columns))
         return self
 
     def _check_fitted(self):

@@ -334,10 +334,33 @@ def prepare_features(trials: pd.DataFrame, stimuli_dir: Path, options: DecodingO
             prepared.pixel_basis = PixelBasis.fit(features[np.sort(distinct)], PIXEL_COMPONENTS)
             features = prepared.pixel_basis.transform(features)
         prepared.train_targets[space] = features
+    if options.finetune_imagery and not len(memory_rows):
+        LOGGER.warning("--finetune-imagery: no imagery-from-memory trial with a cue image (%d imagery trials, all "
+                       "text-cued or without an image): the decoders are not fine-tuned", len(imagery_rows))
     if options.finetune_imagery and split.imagery_folds is not None and len(memory_rows):
         targets = TargetFeatures(prepared, extractors, options.work_dir)
         prepared.memory_targets = {space: targets(space, memory_rows) for space in extractors}
     return prepared
+
+
+def memory_folds(trials: pd.DataFrame, memory_rows: np.ndarray, folds: np.ndarray) -> np.ndarray | None:
+    """The fine-tuning folds of the imagery-from-memory rows, or None (with a warning) when they cannot be
+    cross-validated.
+
+    The split assigns folds over every imagery item, text-cued ones included; the memory items alone may then
+    fall into a single fold (always so with one memory item), which would leave nothing to fine-tune on for
+    that fold. Two or more memory items in one fold are spread over folds of their own (by item, so that the
+    repeats of an item stay together); a single memory item cannot be held out from itself.
+    """
+    if len(np.unique(folds)) >= 2:
+        return folds
+    identity = trials["stimulus"].where(trials["stimulus"] != NA, trials["stim_file"]).to_numpy()[memory_rows]
+    items, item_of_row = np.unique(identity.astype(str), return_inverse=True)
+    if len(items) < 2:
+        LOGGER.warning("--finetune-imagery: the imagery-from-memory trials show %d item: fine-tuning needs 2 or "
+                       "more to hold one out; the decoders are not fine-tuned", len(items))
+        return None
+    return (item_of_row % min(len(items), 5)).astype(np.int64)
 
 
 def fit_decoders(betas: np.ndarray, prepared: PreparedTrials, options: DecodingOptions) -> FittedDecoders:
@@ -354,10 +377,13 @@ def fit_decoders(betas: np.ndarray, prepared: PreparedTrials, options: DecodingO
         if options.shared_decoders:  # a group-level model: only this participant's map is fitted
             from .shared import participant_decoder
 
-            decoder = participant_decoder(options.shared_decoders, space, top_k=options.top_k or "auto",
+            # no --top-k-voxels: the count is chosen by cross-validation (top_k="auto"); 0: every voxel (None)
+            top_k = "auto" if options.top_k is None else (options.top_k or None)
+            decoder = participant_decoder(options.shared_decoders, space, top_k=top_k,
                                           device=options.device, n_threads=options.n_threads, seed=options.seed)
-        else:  # no --top-k-voxels: the voxel count is chosen by cross-validation (BrainDecoder top_k="auto")
-            decoder = DECODERS.create(options.decoder, top_k=options.top_k or "auto", device=options.device,
+        else:
+            top_k = "auto" if options.top_k is None else (options.top_k or None)
+            decoder = DECODERS.create(options.decoder, top_k=top_k, device=options.device,
                                       n_threads=options.n_threads, seed=options.seed)
         decoders[space] = decoder.fit(train_betas, features, labels=labels_train)
     finetuned: dict[str, dict[int, np.ndarray]] = {}
@@ -365,10 +391,11 @@ def fit_decoders(betas: np.ndarray, prepared: PreparedTrials, options: DecodingO
         memory_rows = prepared.memory_rows
         memory_mask = np.isin(split.imagery, memory_rows)
         item_betas = ItemBetas(betas, split, options.standardise_imagery)
-        for space in decoders:
-            oof = decoders[space].fine_tune(item_betas(memory_rows), prepared.memory_targets[space],
-                                            split.imagery_folds[memory_mask])
-            finetuned[space] = dict(zip(memory_rows.tolist(), oof))
+        folds = memory_folds(prepared.trials, memory_rows, split.imagery_folds[memory_mask])
+        if folds is not None:
+            for space in decoders:
+                oof = decoders[space].fine_tune(item_betas(memory_rows), prepared.memory_targets[space], folds)
+                finetuned[space] = dict(zip(memory_rows.tolist(), oof))
     return FittedDecoders(decoders, finetuned)
 
 

@@ -63,6 +63,40 @@ def load_betas(statseries: list[str], events: list[str], mask: np.ndarray, chunk
     return out, pd.concat(tables, ignore_index=True)
 
 
+def source_names(events: list[str], names: list[str]) -> np.ndarray:
+    """The ``source`` column of the stacked trials table: statseries ``i``'s derivative name on each of its rows.
+
+    By position, not by file name: every GLM node writes ``statseries.nii.gz`` in its own folder, so a map
+    from basenames would give every row the last series' name (all sessions and tasks but one mislabelled).
+    """
+    counts = [len(pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)) for path in events]
+    if len(names) != len(counts):
+        raise ValueError(f"{len(names)} statseries names for {len(counts)} events tables")
+    return np.repeat(np.asarray(names, dtype=object), counts)
+
+
+#: fewer ROI voxels than this inside the brain mask get a warning (the decoder still runs)
+FEW_ROI_VOXELS = 20
+
+
+def check_roi_overlap(brain: np.ndarray, roi: np.ndarray, roi_path) -> int:
+    """Voxels of ``roi`` inside ``brain``: none stops with exit 65 and says why, very few warn."""
+    import logging
+
+    from ..errors import BadDataError
+
+    inside = int(np.count_nonzero(brain & roi))
+    if inside == 0:
+        raise BadDataError(f"--roi-mask {roi_path} leaves no voxel to decode from: its {int(roi.sum())} voxels "
+                           f"all lie outside the participant's brain mask ({int(brain.sum())} voxels)",
+                           path=roi_path, hint="check that the ROI is on the participant grid "
+                           "(same affine as sub-XX_desc-brain_mask.nii.gz) and overlaps the brain")
+    if inside < FEW_ROI_VOXELS:
+        logging.getLogger("m2i.decoding").warning(
+            "--roi-mask leaves only %d voxel(s) inside the brain mask: decoding from so few voxels is rarely "
+            "above chance", inside)
+    return inside
+
 
 class _StageInputSpec(BaseInterfaceInputSpec):
     """What every stage needs: the run's settings that are not data."""
@@ -159,11 +193,11 @@ class DecodingFeatures(M2IInterface):
                 raise BadDataError(f"--roi-mask {inputs.roi_mask} is not on the participant grid "
                                    f"({roi.shape[:3]} vs {mask.shape})", path=inputs.roi_mask,
                                    hint="resample the ROI onto the participant grid (sub-XX_desc-brain_mask.nii.gz)")
-            mask &= np.asarray(roi.dataobj) > 0
+            check_roi_overlap(mask, np.asarray(roi.dataobj).reshape(mask.shape) > 0, inputs.roi_mask)
+            mask &= np.asarray(roi.dataobj).reshape(mask.shape) > 0
         betas, trials = load_betas(list(inputs.statseries), list(inputs.events), mask)
         if inputs.statseries_names:
-            names = dict(zip([Path(p).name for p in inputs.statseries], inputs.statseries_names))
-            trials["source"] = trials["source"].map(lambda n: names.get(n, n))
+            trials["source"] = source_names(list(inputs.events), list(inputs.statseries_names))
         options = _options(inputs, targets=tuple(inputs.targets), finetune_imagery=inputs.finetune_imagery)
         with blas_threads(inputs.n_threads):
             prepared = prepare_features(trials, Path(inputs.stimuli_dir), options,
@@ -176,7 +210,7 @@ class DecodingFeatures(M2IInterface):
 # --- fit ---------------------------------------------------------------------------------------------------------
 class _FitInputSpec(_PreparedInputSpec):
     decoder = traits.Str("ridge", usedefault=True)
-    top_k = traits.Int(0, usedefault=True)
+    top_k = traits.Int(-1, usedefault=True, desc="-1: count chosen by CV; 0: every voxel; k: k of highest ncsnr")
     # File traits: nipype hashes the files, so a retrained shared model refits
     shared_decoders = traits.List(File(exists=True), desc="shared decoder files (group level) fitted instead of new "
                                   "decoders")
@@ -205,7 +239,8 @@ class FitDecoders(M2IInterface):
 
         inputs = self.inputs
         betas, prepared = _prepared(inputs)
-        options = _options(inputs, targets=prepared.targets, decoder=inputs.decoder, top_k=inputs.top_k or None)
+        options = _options(inputs, targets=prepared.targets, decoder=inputs.decoder,
+                           top_k=None if inputs.top_k < 0 else inputs.top_k)
         with blas_threads(inputs.n_threads):
             fitted = fit_decoders(betas, prepared, options)
         files = save_fitted(Path(runtime.cwd), fitted, prepared)

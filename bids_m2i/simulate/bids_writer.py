@@ -61,6 +61,8 @@ def write_dataset_files(root: Path, cfg: dict, subjects: list[str], seed: int) -
     for task, description in (("perception", "Viewing procedurally generated images (3 s each)"),
                               ("imagery", "Imagining an image after a cue: the image flashed (imagery from "
                                           "memory) or a text description (pure imagination)")):
+        if task == "imagery" and not cfg.get("imagery_runs", 1):
+            continue  # no imagery run: its top-level sidecars would fail the validator (SIDECAR_WITHOUT_DATAFILE)
         write_json(root / f"task-{task}_events.json", EVENTS_SIDECAR)
         write_json(root / f"task-{task}_bold.json", {"TaskName": task, "TaskDescription": description})
     # nothing non-standard in the raw dataset; derivatives/ is a dataset of its own

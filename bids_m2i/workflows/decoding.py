@@ -59,7 +59,8 @@ def init_decoding_wf(config, subject_inputs, task_sessions, output_dir: str, wor
         finetune_imagery=config.finetune_imagery, models_dir=models_dir, **common), "decode_features")
     if config.roi_mask:
         features.inputs.roi_mask = str(config.roi_mask)
-    fit = node(FitDecoders(decoder=config.decoder, top_k=config.top_k_voxels or 0, shared_decoders=shared,
+    top_k = -1 if config.top_k_voxels is None else config.top_k_voxels  # -1: count chosen by CV; 0: every voxel
+    fit = node(FitDecoders(decoder=config.decoder, top_k=top_k, shared_decoders=shared,
                            statseries_names=names, **publish, **common), "decode_fit")
     predict = node(PredictFeatures(average_repeats=config.average_repeats, shared_decoders=shared,
                                    captions=str(config.captions) if config.captions else "", models_dir=models_dir,

@@ -129,8 +129,9 @@ def run_shared_training(config, work_dir: Path) -> list[Path]:
                     len(data[config.target[0]][-1].betas), data[config.target[0]][-1].betas.shape[1])
     written = []
     for target in config.target:
-        model = train_shared_model(data[target], target, feature_info=infos[target],
-                                   top_k=config.top_k_voxels or "auto",  # no --top-k-voxels: chosen by CV
+        # no --top-k-voxels: each participant's count is chosen by CV ("auto"); 0: every voxel (None)
+        top_k = "auto" if config.top_k_voxels is None else (config.top_k_voxels or None)
+        model = train_shared_model(data[target], target, feature_info=infos[target], top_k=top_k,
                                    seed=config.seed, device="cpu" if config.device == "auto" else config.device,
                                    n_threads=config.n_threads)
         model.settings["glm"] = config.glm
