@@ -160,3 +160,35 @@ def _json_default(obj):
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj)}")
+
+
+def link_identical_copies(keep: str | os.PathLike, folder: str | os.PathLike, pattern: str = "*") -> int:
+    """Replace the files in ``folder`` (matching ``pattern``) whose bytes equal ``keep``'s by hard links to
+    ``keep``, so a work-dir cache and the published file take the disk once (e.g. a decoder model cached in
+    WORK/decoders and written again into OUTPUT_DIR). Returns how many were linked. Each replacement is atomic
+    (link under a temporary name, then rename); a filesystem without hard links leaves the copies."""
+    import filecmp
+
+    keep, folder, linked = Path(keep), Path(folder), 0
+    if not keep.is_file() or not folder.is_dir():
+        return 0
+    kept = keep.stat()
+    for other in sorted(folder.glob(pattern)):
+        try:
+            stat = other.stat()
+        except OSError:
+            continue
+        if not other.is_file() or stat.st_size != kept.st_size or (stat.st_dev, stat.st_ino) == (
+                kept.st_dev, kept.st_ino) or not filecmp.cmp(keep, other, shallow=False):
+            continue
+        tmp = other.with_name(f".{other.name}.link.tmp")
+        try:
+            if tmp.exists():
+                tmp.unlink()
+            os.link(keep, tmp)
+            os.replace(tmp, other)
+            linked += 1
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+    return linked
