@@ -123,7 +123,9 @@ class VoxelScaler:
         sd = betas_train.std(0, dtype=np.float64)
         varying = np.flatnonzero(sd > 0)
         columns = varying
-        if top_k is not None and labels_train is not None:
+        # top_k >= the varying voxels (e.g. betas already chosen by decoding/streaming.py): nothing to rank,
+        # and ncsnr's temporaries would cost ~7x the matrix
+        if top_k is not None and labels_train is not None and top_k < len(varying):
             snr = compute_ncsnr(betas_train[:, varying], labels_train)
             if np.any(snr > 0):
                 columns = varying[select_top_k(snr, top_k)]

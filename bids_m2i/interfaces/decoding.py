@@ -22,45 +22,31 @@ from .base import M2IInterface
 NA = "n/a"
 
 
-def load_betas(statseries: list[str], events: list[str], mask: np.ndarray, chunk_volumes: int = 32):
+def load_betas(statseries: list[str], events: list[str], mask: np.ndarray, chunk_volumes: int = 32, *,
+               top_k: int | None = None, seed: int = 0, fine_tune_imagery: bool = False,
+               memory_gb: float | None = None):
     """Stack the in-mask betas of several statseries; their events tables become one trials table.
 
-    Streams: the output (n_trials, n_voxels) float32 is allocated once, and each statseries is read
-    ``chunk_volumes`` volumes at a time through nibabel's array proxy, keeping only the mask's voxels. Peak
-    memory is the output plus one chunk of volumes (not every 4-D series plus a concatenated copy), so the
-    voxel mask, not the grid, sets the cost: 40 sessions x 750 trials x 200k voxels is 24 GB in float32
-    whatever the reader, 2.4 GB with a 20k-voxel ROI or ``--top-k-voxels`` mask.
+    Streams: the output (n_trials, n_voxels) float32 is allocated once, and each statseries is decompressed
+    once, ``chunk_volumes`` volumes at a time, keeping only the mask's voxels. Peak memory is the output plus
+    one chunk of volumes, so the voxel mask, not the grid, sets the cost: 40 sessions x 750 trials x 200k
+    voxels is 24 GB in float32 whatever the reader.
+
+    ``top_k`` (``--top-k-voxels``; with the split's ``seed`` and ``fine_tune_imagery``): return only the
+    columns of the voxels the decoder keeps (the ``top_k`` of highest training ncsnr), chosen from statistics
+    streamed session by session before any column is kept (:mod:`bids_m2i.decoding.streaming`; the per-stimulus
+    sums of a voxel block use at most ``memory_gb``). The decoder's own selection then keeps all of them.
     """
-    import nibabel as nib
+    from ..decoding import streaming
 
-    from ..errors import BadDataError
-
-    images, tables = [], []
-    for series_path, events_path in zip(statseries, events):
-        image = nib.load(series_path)  # header only: the data stay on disk behind the proxy
-        n_volumes = image.shape[3] if len(image.shape) == 4 else 1
-        if tuple(image.shape[:3]) != tuple(mask.shape):
-            raise BadDataError(f"{Path(series_path).name} is {image.shape[:3]}, the mask {mask.shape}",
-                               path=series_path)
-        table = pd.read_csv(events_path, sep="\t", dtype=str, keep_default_na=False)
-        if len(table) != n_volumes:
-            raise BadDataError(f"{Path(events_path).name} has {len(table)} rows for {n_volumes} volumes",
-                               path=events_path)
-        table["source"] = Path(series_path).name
-        images.append((image, n_volumes))
-        tables.append(table)
-    n_total = sum(n for _, n in images)
-    out = np.empty((n_total, int(mask.sum())), dtype=np.float32)
-    row = 0
-    for image, n_volumes in images:
-        proxy = image.dataobj
-        for start in range(0, n_volumes, chunk_volumes):
-            stop = min(n_volumes, start + chunk_volumes)
-            block = proxy[..., start:stop] if len(image.shape) == 4 else np.asarray(proxy)[..., None]
-            out[row + start:row + stop] = np.asarray(block, dtype=np.float32)[mask].T
-            del block
-        row += n_volumes
-    return out, pd.concat(tables, ignore_index=True)
+    mask = np.asarray(mask, dtype=bool)
+    if top_k:
+        selected = streaming.load_selected_betas(
+            statseries, events, mask, int(top_k), seed=seed, fine_tune_imagery=fine_tune_imagery,
+            memory_gb=memory_gb or streaming.DEFAULT_MEMORY_GB, chunk_volumes=chunk_volumes)
+        return selected.betas, selected.trials
+    series, trials = streaming.read_series(statseries, events, mask)
+    return streaming.read_columns(series, streaming.fortran_indices(mask), chunk_volumes), trials
 
 
 def source_names(events: list[str], names: list[str]) -> np.ndarray:
@@ -161,6 +147,8 @@ class _FeaturesInputSpec(_StageInputSpec):
     targets = traits.List(traits.Str(), mandatory=True)
     finetune_imagery = traits.Bool(False, usedefault=True)
     models_dir = traits.Str("", usedefault=True)
+    top_k = traits.Int(-1, usedefault=True, desc="--top-k-voxels k > 0: read only the k chosen voxels "
+                       "(decoding/streaming.py); -1 (count chosen by CV) and 0 (every voxel) read the whole mask")
 
 
 class _FeaturesOutputSpec(TraitedSpec):
@@ -195,7 +183,10 @@ class DecodingFeatures(M2IInterface):
                                    hint="resample the ROI onto the participant grid (sub-XX_desc-brain_mask.nii.gz)")
             check_roi_overlap(mask, np.asarray(roi.dataobj).reshape(mask.shape) > 0, inputs.roi_mask)
             mask &= np.asarray(roi.dataobj).reshape(mask.shape) > 0
-        betas, trials = load_betas(list(inputs.statseries), list(inputs.events), mask)
+        # with --top-k-voxels only the chosen voxels are read (chosen from streamed statistics, same split)
+        top_k = inputs.top_k if inputs.top_k > 0 else None
+        betas, trials = load_betas(list(inputs.statseries), list(inputs.events), mask, top_k=top_k,
+                                   seed=inputs.seed, fine_tune_imagery=inputs.finetune_imagery)
         if inputs.statseries_names:
             trials["source"] = source_names(list(inputs.events), list(inputs.statseries_names))
         options = _options(inputs, targets=tuple(inputs.targets), finetune_imagery=inputs.finetune_imagery)

@@ -44,12 +44,17 @@ def load_bold(path: str | Path):
 
 
 def save_like(data: np.ndarray, affine: np.ndarray, path: str | Path, tr: float | None = None,
-              dtype=np.float32) -> Path:
+              dtype=np.float32, stored_dtype=None) -> Path:
+    """Save ``data`` (cast to ``dtype``) as NIfTI. ``stored_dtype`` (e.g. ``np.int16``): the type on disk;
+    nibabel then scales floats into it with a ``scl_slope``/``scl_inter`` fitted to the data's range and
+    rounds (error at most half a slope), and readers get floats back through the same scaling."""
     import nibabel as nib
 
     from ..utils.atomic import save_nifti
 
     img = nib.Nifti1Image(np.asarray(data, dtype=dtype), affine)
+    if stored_dtype is not None:
+        img.set_data_dtype(stored_dtype)
     img.header.set_xyzt_units("mm", "sec")
     if tr is not None and np.asarray(data).ndim == 4:
         zooms = list(img.header.get_zooms()[:3]) + [float(tr)]

@@ -152,8 +152,11 @@ class ResampleRun(M2IInterface):
         transforms = compose_transforms(per_volume, run_to_ref)
         resampled = resample_to_grid(data, affine, transforms, reference.affine, reference.shape[:3],
                                      n_threads=self.inputs.n_threads, device=self.inputs.device)
+        # int16 with a per-run scl_slope/scl_inter (the raw input's type): half the bytes of float32 and
+        # compressible; the rounding error (at most slope/2, ~range/131,000) is thousands of times below the
+        # BOLD noise (docs/benchmarks.md, tests/test_preproc_quantise.py)
         self._results["out_file"] = str(save_like(resampled, reference.affine, cwd / "bold_preproc.nii.gz",
-                                                  tr=self.inputs.tr))
+                                                  tr=self.inputs.tr, stored_dtype=np.int16))
         # motion parameters relative to the participant reference (what the user sees and FD uses)
         from ..preproc.transforms import grid_centre
 

@@ -103,8 +103,10 @@ def save_nifti(img, path: str | os.PathLike) -> Path:
       deflate's string matching nothing to find; run-length matches (zeros outside the FOV or brain) plus
       Huffman coding give the same size as level 6 (91.3 % vs 91.5 % above; 83.0 % vs 83.0 % on a
       resampled simulated run) at 3-4x its speed (0.5 s above).
-    * integers (masks, labels, raw scanner data): the default strategy at level 1, ~5x faster than level 6
-      for ~2 % more bytes.
+    * 16-bit and wider integers (the preprocessed BOLD, stored as scaled int16): ``Z_RLE`` too; their low
+      bytes are noise as well. On a resampled simulated run (40x40x28x324): 25.4 MB in 0.31 s CPU, against
+      24.9 MB in 0.70 s with the default strategy at level 1 (24.7 MB, 1.08 s at level 6).
+    * bytes (masks, labels): the default strategy at level 1, ~5x faster than level 6 for ~2 % more bytes.
     """
     import gzip
     import zlib
@@ -115,14 +117,15 @@ def save_nifti(img, path: str | os.PathLike) -> Path:
     with atomic_path(final) as tmp:
         with open(tmp, "wb") as fh:
             if str(final).endswith(".gz"):
-                floating = np.issubdtype(np.dtype(img.get_data_dtype()), np.floating)
+                stored = np.dtype(img.get_data_dtype())
+                noisy = np.issubdtype(stored, np.floating) or stored.itemsize >= 2
                 # mtime=0 and no file name in the header: identical inputs give identical bytes
                 with gzip.GzipFile(filename="", mode="wb", fileobj=fh, mtime=0, compresslevel=1) as gz:
                     # GzipFile offers no deflate strategy: give it a raw-deflate compressor with one (same
                     # level; were the attribute ever renamed, this would only fall back to the default).
                     # memLevel 9: larger blocks, ~10 % faster than 8 for the same size
                     gz.compress = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS, 9,
-                                                   zlib.Z_RLE if floating else zlib.Z_DEFAULT_STRATEGY)
+                                                   zlib.Z_RLE if noisy else zlib.Z_DEFAULT_STRATEGY)
                     img.to_stream(gz)  # header, then the data a volume at a time: no copy of the whole image
             else:
                 img.to_stream(fh)

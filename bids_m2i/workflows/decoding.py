@@ -54,12 +54,13 @@ def init_decoding_wf(config, subject_inputs, task_sessions, output_dir: str, wor
     def node(interface, name):
         return pe.Node(interface, name=name, n_procs=config.n_threads)
 
+    top_k = -1 if config.top_k_voxels is None else config.top_k_voxels  # -1: count chosen by CV; 0: every voxel
+    # with --top-k-voxels k the features stage reads only the k chosen voxels (streamed choice, issue 16)
     features = node(DecodingFeatures(
         stimuli_dir=str(subject_inputs.stimuli_dir), targets=list(config.target), statseries_names=names,
-        finetune_imagery=config.finetune_imagery, models_dir=models_dir, **common), "decode_features")
+        finetune_imagery=config.finetune_imagery, models_dir=models_dir, top_k=top_k, **common), "decode_features")
     if config.roi_mask:
         features.inputs.roi_mask = str(config.roi_mask)
-    top_k = -1 if config.top_k_voxels is None else config.top_k_voxels  # -1: count chosen by CV; 0: every voxel
     fit = node(FitDecoders(decoder=config.decoder, top_k=top_k, shared_decoders=shared,
                            statseries_names=names, **publish, **common), "decode_fit")
     predict = node(PredictFeatures(average_repeats=config.average_repeats, shared_decoders=shared,
