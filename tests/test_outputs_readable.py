@@ -52,6 +52,13 @@ def test_every_writer_follows_the_umask(tmp_path, umask, mask, expected):
                                entities={"subject": "01", "task": "t", "desc": "x"}, suffix="bold",
                                extension=".json", datatype="func")
     written.append(Path(sink.run().outputs.out_file))
+    # a decoder model: safetensors replaces the temporary file rather than truncating it (it left 0600)
+    from bids_m2i.decoding.decoder import BrainDecoder
+
+    rng = np.random.default_rng(0)
+    decoder = BrainDecoder("ridge", top_k=None, alphas=(1.0,)).fit(rng.standard_normal((12, 5)),
+                                                                   rng.standard_normal((12, 2)))
+    written.append(decoder.save(tmp_path / "a_model.safetensors"))
     assert {p.name: oct(_mode(p)) for p in written} == {p.name: oct(expected) for p in written}
     assert not [p for p in tmp_path.rglob("*") if ".tmp" in p.name]  # still written under a temporary name
 

@@ -44,6 +44,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield tmp
+        # some writers replace the file instead of truncating it (safetensors 0.8 leaves 0600): set the mode again
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, final)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
