@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, InputMultiObject, TraitedSpec, traits
 
-from ..errors import BadDataError
+from ..errors import BadDataError, UsageError
 from .base import M2IInterface
 from .derivatives import derivatives_trait, publish_node_outputs
 from .images import load_bold, save_like
@@ -207,12 +207,19 @@ class SingleTrialBetas(M2IInterface):
         engine_gb = engine_memory_gb(self.inputs.mem_gb, baseline_gb, largest_run_gb)
         LOGGER.info("GLM memory: node budget %.2f GB, process baseline %.2f GB, largest raw run %.2f GB -> the "
                     "engine plans against %.2f GB", self.inputs.mem_gb, baseline_gb, largest_run_gb, engine_gb)
-        result = estimate_single_trial_betas(
-            runs, trials, method=self.inputs.method,
-            lss_split=None if self.inputs.lss_split == "none" else self.inputs.lss_split,
-            zscore=self.inputs.zscore, mem_gb=engine_gb, n_threads=self.inputs.n_threads,
-            device=self.inputs.device, seed=self.inputs.seed,
-        )
+        try:
+            result = estimate_single_trial_betas(
+                runs, trials, method=self.inputs.method,
+                lss_split=None if self.inputs.lss_split == "none" else self.inputs.lss_split,
+                zscore=self.inputs.zscore, mem_gb=engine_gb, n_threads=self.inputs.n_threads,
+                device=self.inputs.device, seed=self.inputs.seed,
+            )
+        except UsageError as exc:
+            # the engine names the budget it was given, which is not the figure the user passed: say how it came
+            raise UsageError(
+                f"{exc.message}. The {engine_gb:.2f} GB are what this GLM step keeps for the engine from its share "
+                f"of --mem-gb ({self.inputs.mem_gb:.2f} GB), after the process' own {baseline_gb:.2f} GB and "
+                f"{largest_run_gb:.2f} GB for reading one raw run", hint=exc.hint) from exc
         first_run = SimpleNamespace(run=runs[0].run, frame_times=runs[0].frame_times)
         del runs  # the input arrays: the whole-grid betas below take their place
         betas = np.zeros(mask.shape + (result.betas.shape[0],), dtype=np.float32)
