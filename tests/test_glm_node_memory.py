@@ -83,23 +83,29 @@ CHILD = textwrap.dedent("""
 """)
 
 
+def _write_noise_session(folder, shape, n_volumes, n_stimuli, seed):
+    """A simulated session's design with noise runs around a baseline (the GLM's memory and time do not depend
+    on the signal); returns the run files and the TR."""
+    from bids_m2i.glm.simulation import simulate_session
+
+    sim = simulate_session(n_voxels=10, n_runs=3, n_volumes=n_volumes, n_stimuli=n_stimuli, n_repeats=3, seed=seed)
+    rng = np.random.default_rng(0)
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    nib.save(nib.Nifti1Image(np.ones(shape, dtype=np.uint8), affine), folder / "mask.nii")
+    for run in sim.runs:
+        data = 1000.0 + 10.0 * rng.standard_normal((*shape, n_volumes), dtype=np.float32)
+        nib.save(nib.Nifti1Image(data, affine), folder / f"run-{run.run}_bold.nii")
+        (folder / f"run-{run.run}_confounds.tsv").write_text(
+            "framewise_displacement\n" + "n/a\n" + "0.1\n" * (n_volumes - 1))
+    sim.trials.to_csv(folder / "trials.tsv", sep="\t", index=False, na_rep="n/a")
+    return sorted(folder.glob("run-*_bold.nii")), float(sim.runs[0].tr)
+
+
 def test_peak_rss_within_a_budget_that_forces_chunking(tmp_path):
     """A fresh process runs the GLM node on 40,000 voxels x 3 runs with 0.45 GB above its own baseline: the
     engine must work in chunks, and the process' peak resident size stays within the budget."""
-    from bids_m2i.glm.simulation import simulate_session
-
     shape, n_volumes = (40, 40, 25), 150
-    # the design of a small simulated session; the voxels' data are noise around a baseline (memory only)
-    sim = simulate_session(n_voxels=10, n_runs=3, n_volumes=n_volumes, n_stimuli=40, n_repeats=3, seed=3)
-    rng = np.random.default_rng(0)
-    affine = np.diag([3.0, 3.0, 3.0, 1.0])
-    nib.save(nib.Nifti1Image(np.ones(shape, dtype=np.uint8), affine), tmp_path / "mask.nii")
-    for run in sim.runs:
-        data = 1000.0 + 10.0 * rng.standard_normal((*shape, n_volumes), dtype=np.float32)
-        nib.save(nib.Nifti1Image(data, affine), tmp_path / f"run-{run.run}_bold.nii")
-        (tmp_path / f"run-{run.run}_confounds.tsv").write_text(
-            "framewise_displacement\n" + "n/a\n" + "0.1\n" * (n_volumes - 1))
-    sim.trials.to_csv(tmp_path / "trials.tsv", sep="\t", index=False, na_rep="n/a")
+    _write_noise_session(tmp_path, shape, n_volumes, n_stimuli=40, seed=3)
     proc = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path), "0.45"], capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -112,26 +118,15 @@ def test_a_budget_too_small_for_the_engine_says_how_the_share_was_split(tmp_path
     """The engine's message names the budget it was given; the node adds where that figure came from (its
     share of --mem-gb, the process baseline, one raw run), so a user can see which --mem-gb would do."""
     from bids_m2i.errors import UsageError
-    from bids_m2i.glm.simulation import simulate_session
     from bids_m2i.interfaces.glm import SingleTrialBetas, process_rss_gb
 
-    shape, n_volumes = (20, 20, 10), 60
-    sim = simulate_session(n_voxels=10, n_runs=3, n_volumes=n_volumes, n_stimuli=12, n_repeats=3, seed=1)
-    rng = np.random.default_rng(0)
-    affine = np.diag([3.0, 3.0, 3.0, 1.0])
-    nib.save(nib.Nifti1Image(np.ones(shape, dtype=np.uint8), affine), tmp_path / "mask.nii")
-    for run in sim.runs:
-        data = 1000.0 + 10.0 * rng.standard_normal((*shape, n_volumes), dtype=np.float32)
-        nib.save(nib.Nifti1Image(data, affine), tmp_path / f"run-{run.run}_bold.nii")
-        (tmp_path / f"run-{run.run}_confounds.tsv").write_text("framewise_displacement\n" + "0.1\n" * n_volumes)
-    sim.trials.to_csv(tmp_path / "trials.tsv", sep="\t", index=False, na_rep="n/a")
-    runs = sorted(tmp_path.glob("run-*_bold.nii"))
+    runs, tr = _write_noise_session(tmp_path, (20, 20, 10), 60, n_stimuli=12, seed=1)
     budget = process_rss_gb() + 0.005  # 5 MB above this process' own size: nothing left for the engine
     node = SingleTrialBetas(bold_files=[str(p) for p in runs],
                             confounds_files=[str(p).replace("_bold.nii", "_confounds.tsv") for p in runs],
                             mask=str(tmp_path / "mask.nii"), trials=str(tmp_path / "trials.tsv"),
                             run_labels=[p.name[len("run-"):-len("_bold.nii")] for p in runs],
-                            trs=[float(sim.runs[0].tr)] * len(runs), method="fithrf-denoise-rr", mem_gb=budget)
+                            trs=[tr] * len(runs), method="fithrf-denoise-rr", mem_gb=budget)
     (tmp_path / "node").mkdir()
     with pytest.raises(UsageError) as caught:
         node._run_interface(SimpleNamespace(cwd=str(tmp_path / "node"), returncode=0))
