@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bids_m2i.errors import BadDataError, UsageError
-from bids_m2i.glm.design import RunData, convolve_events
+from bids_m2i.glm.design import RunData, convolve_events, drift_regressors
 from bids_m2i.glm.estimate import estimate_single_trial_betas
 from bids_m2i.glm.fracridge import alphas_for_fraction
 
@@ -74,6 +74,35 @@ def _nilearn_lsa(runs, trials):
                 effect = model.compute_contrast(f"t{i}", output_type="effect_size")
                 effects[(run.run, float(trials.at[i, "onset"]))] = effect.get_fdata().reshape(-1)
     return effects
+
+
+@pytest.mark.parametrize("model,kwargs", [("cosine", {"high_pass": 0.01}), ("cosine", {"high_pass": 0.03}),
+                                          ("polynomial", {"drift_order": 3}), ("polynomial", {"drift_order": 1}),
+                                          (None, {})])
+def test_drift_basis_equals_nilearn(model, kwargs):
+    # our own drift sets (no nilearn import in the GLM engine) must be nilearn's, column for column
+    from nilearn.glm.first_level import make_first_level_design_matrix
+
+    frame_times = np.arange(187) * 1.6 + 0.8
+    ours = drift_regressors(frame_times, model, kwargs.get("high_pass", 0.01), kwargs.get("drift_order", 1))
+    theirs = make_first_level_design_matrix(frame_times, None, hrf_model=None, drift_model=model,
+                                            high_pass=kwargs.get("high_pass", 0.01),
+                                            drift_order=kwargs.get("drift_order", 1)).to_numpy(float)
+    assert ours.shape == theirs.shape
+    np.testing.assert_allclose(ours, theirs, atol=1e-10)
+
+
+def test_glm_engine_does_not_import_nilearn():
+    # nilearn's GLM module pulls in scikit-learn: seconds of CPU per GLM process for nothing
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np, pandas as pd; from bids_m2i.glm import RunData, estimate_single_trial_betas; "
+            "from bids_m2i.glm.simulation import simulate_session; s = simulate_session(n_voxels=50, n_runs=3, seed=0); "
+            "estimate_single_trial_betas(s.runs, s.trials, method='fithrf-denoise-rr'); "
+            "print(sorted(m for m in sys.modules if m.startswith(('nilearn', 'sklearn'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_lsa_equals_nilearn_first_level_per_run():
@@ -230,3 +259,18 @@ def test_run_without_trials_is_left_out():
                                             data_units="percent")
     np.testing.assert_array_equal(result.betas, reference.betas)
     assert result.metadata["runs"] == ["1", "2"]
+
+
+@pytest.mark.parametrize("model", ["glover", "spm"])
+@pytest.mark.parametrize("t_r", [0.8, 1.6, 2.0])
+def test_canonical_kernels_equal_nilearn(model, t_r):
+    from nilearn.glm.first_level import glover_hrf, spm_hrf
+    from scipy.stats import gamma
+
+    from bids_m2i.glm.hrf_library import canonical_kernel, gamma_pdf
+
+    theirs = {"glover": glover_hrf, "spm": spm_hrf}[model](t_r, 50)
+    np.testing.assert_allclose(canonical_kernel(model, t_r), theirs, rtol=1e-10, atol=1e-14)
+    times = np.linspace(0, 32, 1000)
+    np.testing.assert_allclose(gamma_pdf(times, 6.67, 0.03, 0.9), gamma.pdf(times, 6.67, loc=0.03, scale=0.9),
+                               rtol=1e-10, atol=1e-14)

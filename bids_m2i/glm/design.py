@@ -138,20 +138,54 @@ def polynomial_degree(frame_times: np.ndarray) -> int:
     return max(1, int(np.floor(frame_times.size * step / 120.0 + 0.5)))
 
 
+def cosine_drift(frame_times: np.ndarray, high_pass: float) -> np.ndarray:
+    """DCT-II cosines below ``high_pass`` (Hz) and a constant last, shape (n_volumes, order + 1).
+
+    The discrete cosine set of SPM's high-pass filter (Friston et al. 2000), with nilearn's column order,
+    count (``floor(2 n high_pass dt)``, at most n - 1) and scaling (``sqrt(2 / n)``), so that designs equal
+    nilearn's (test)."""
+    frame_times = np.asarray(frame_times, dtype=float)
+    n = frame_times.size
+    dt = (frame_times[-1] - frame_times[0]) / (n - 1) if n > 1 else 0.0
+    order = int(min(n - 1, np.floor(2 * n * high_pass * dt)))
+    basis = np.ones((n, order + 1))
+    index = np.arange(n) + 0.5
+    for k in range(1, order + 1):
+        basis[:, k - 1] = np.sqrt(2.0 / n) * np.cos(np.pi / n * index * k)
+    return basis
+
+
+def polynomial_drift(frame_times: np.ndarray, order: int) -> np.ndarray:
+    """Polynomials of degree 1..order of ``t / max(t)``, each orthogonal to the lower degrees, then a
+    constant, shape (n_volumes, order + 1) (nilearn's column order and scaling: test).
+
+    Gram-Schmidt without normalisation is the QR factorisation's ``Q`` scaled by ``diag(R)``."""
+    frame_times = np.asarray(frame_times, dtype=float)
+    monomials = (frame_times[:, None] / frame_times.max()) ** np.arange(int(order) + 1)[None]
+    q, r = np.linalg.qr(monomials)
+    orthogonal = q * np.diag(r)[None]
+    return np.hstack([orthogonal[:, 1:], orthogonal[:, :1]])
+
+
 def drift_regressors(frame_times: np.ndarray, drift_model: str | None = "cosine", high_pass: float = 0.01,
                      drift_order: int | None = 1) -> np.ndarray:
-    """Drift basis of one run including the constant (nilearn's), shape (n_volumes, n_drift).
+    """Drift basis of one run including the constant (nilearn's sets), shape (n_volumes, n_drift).
 
     ``drift_model="polynomial"`` with ``drift_order=None`` takes the degree from the run's duration
-    (:func:`polynomial_degree`)."""
-    from nilearn.glm.first_level import make_first_level_design_matrix
-
+    (:func:`polynomial_degree`). Our own code rather than nilearn's ``make_first_level_design_matrix``:
+    importing nilearn's GLM module (it pulls in scikit-learn) cost more CPU than the whole fit of a small
+    session."""
     if drift_model == "polynomial" and drift_order is None:
         drift_order = polynomial_degree(frame_times)
+    if drift_model == "polynomial":
+        return polynomial_drift(frame_times, int(drift_order))
+    if drift_model == "cosine":
+        return cosine_drift(frame_times, high_pass)
+    if drift_model is None:
+        return np.ones((np.asarray(frame_times).size, 1))
+    from ..errors import UsageError
 
-    frame = make_first_level_design_matrix(frame_times, events=None, hrf_model=None, drift_model=drift_model,
-                                           high_pass=high_pass, drift_order=drift_order)
-    return frame.to_numpy(dtype=float)
+    raise UsageError(f"Unknown drift model {drift_model!r}", hint="use 'cosine', 'polynomial' or None")
 
 
 @dataclass
