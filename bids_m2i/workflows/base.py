@@ -32,7 +32,22 @@ def init_m2i_wf(config: Config, inputs: dict, work_dir: Path):
     n_glm_nodes = sum(len(inputs[subject].task_sessions) for subject in inputs)
     for subject in sorted(inputs):
         workflow.add_nodes([init_single_subject_wf(config, inputs[subject], work_dir, n_glm_nodes=n_glm_nodes)])
+    make_publishing_nodes(workflow)
     return workflow
+
+
+def make_publishing_nodes(workflow) -> None:
+    """Every plain node running one of our interfaces becomes a
+    :class:`~bids_m2i.workflows.publishing.PublishingNode` (done here, once, rather than in each stage's
+    builder, so that no stage can forget it): a rerun then restores the derivatives deleted since."""
+    from nipype.pipeline import engine as pe
+
+    from ..interfaces.base import M2IInterface
+    from .publishing import PublishingNode
+
+    for node in _all_nodes(workflow):
+        if type(node) is pe.Node and isinstance(node.interface, M2IInterface):
+            node.__class__ = PublishingNode
 
 
 def init_single_subject_wf(config: Config, subject_inputs, work_dir: Path, n_glm_nodes: int = 1):
