@@ -15,7 +15,8 @@ import pandas as pd
 
 from ..config import Config
 from ..errors import BadDataError, InputMissingError
-from .layout import BoldRun, index_dataset, load_bids_filters, select_bold_runs
+from .layout import (BoldRun, index_dataset, is_unfetched_link, load_bids_filters, select_bold_runs,
+                     unfetched_content_error)
 
 LOGGER = logging.getLogger("m2i.bids")
 
@@ -116,6 +117,11 @@ def collect_inputs(config: Config, work_dir: Path) -> dict[str, SubjectInputs]:
     needs_stimuli = config.stop_after == "decode" and not config.print_trials
     if needs_stimuli:
         check_models_early(config)
+    unfetched = [run.path for runs in selected.values() for run in runs if is_unfetched_link(run.path)]
+    unfetched += [run.events for runs in selected.values() for run in runs
+                  if needs_events and run.events is not None and is_unfetched_link(run.events)]
+    if unfetched:
+        raise unfetched_content_error(unfetched, "of the selected BOLD / events files", config.bids_dir)
     out: dict[str, SubjectInputs] = {}
     for subject, runs in selected.items():
         infos: list[RunInfo] = []

@@ -71,12 +71,49 @@ class BoldRun:
         return "_".join(parts)
 
 
+def is_unfetched_link(path: str | Path) -> bool:
+    """A symbolic link whose target is absent: in a DataLad / git-annex dataset, a file whose content was
+    not fetched (``datalad clone`` without ``datalad get``)."""
+    path = Path(path)
+    return path.is_symlink() and not path.exists()
+
+
+def unfetched_content_error(paths: list[Path], what: str, dataset: Path | None = None) -> InputMissingError:
+    """Exit 66 for files present only as dangling links, saying how to fetch them when they are annexed."""
+    import os
+
+    first = Path(paths[0])
+    try:
+        target = os.readlink(first)
+    except OSError:
+        target = "?"
+    shown = ", ".join(Path(p).name for p in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+    if "annex/objects" in target:
+        where = f"cd {dataset} && " if dataset else ""
+        hint = (f"this is a DataLad / git-annex dataset whose file content was not downloaded: run `{where}datalad "
+                f"get {first if dataset is None else _relative(first, dataset)}` (or `git annex get`) for these "
+                "files, or `datalad get .` for the whole dataset, then run m2i again")
+    else:
+        hint = f"the link points to {target}, which does not exist: restore the file or fix the link"
+    return InputMissingError(f"{len(paths)} {what} are symbolic links to content that is not here: {shown}",
+                             path=first, hint=hint)
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return Path(path).absolute().relative_to(Path(root).absolute()).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def check_dataset_root(bids_dir: Path) -> None:
     if not bids_dir.exists():
         raise InputMissingError(f"BIDS_DIR does not exist: {bids_dir}", hint="check the first argument")
     if not bids_dir.is_dir():
         raise InputMissingError(f"BIDS_DIR is not a folder: {bids_dir}", hint="give the dataset's top folder")
     description = bids_dir / "dataset_description.json"
+    if is_unfetched_link(description):
+        raise unfetched_content_error([description], "file(s)", bids_dir)
     if not description.exists():
         raise InputMissingError(
             f"{description} is missing: {bids_dir} is not a BIDS dataset root",
@@ -102,6 +139,9 @@ def index_dataset(bids_dir: Path, database_dir: Path | None):
                                database_path=None if database_dir is None else str(database_dir),
                                reset_database=database_dir is not None)
     except Exception as exc:  # pybids raises many types on broken datasets
+        missing = getattr(exc, "filename", None)
+        if isinstance(exc, FileNotFoundError) and missing and is_unfetched_link(missing):
+            raise unfetched_content_error([Path(missing)], "file(s)", bids_dir) from exc
         raise BadDataError(f"Cannot index the BIDS dataset {bids_dir}: {exc}", path=bids_dir,
                            hint="run the BIDS validator on it to see what is wrong") from exc
 
