@@ -70,12 +70,55 @@ def read_bold_header(run: BoldRun) -> tuple[tuple[int, ...], float | None]:
     if len(shape) != 4 or shape[3] < 2:
         raise BadDataError(f"BOLD file {path} is not a 4-D time series (shape {shape})", path=path,
                            hint="a BOLD run needs one 3-D volume per time point")
+    check_data_complete(path, img)
     header_tr = None
     if len(zooms) >= 4 and zooms[3] > 0:
         unit = img.header.get_xyzt_units()[1] if hasattr(img.header, "get_xyzt_units") else "sec"
         scale = {"msec": 1e-3, "usec": 1e-6}.get(unit, 1.0)
         header_tr = float(zooms[3]) * scale
     return shape, header_tr
+
+
+def check_data_complete(path: Path, img) -> None:
+    """A truncated BOLD file (an interrupted copy or download) stops the run now, not when its run's motion
+    correction reads it, possibly hours later after the other runs. Cheap: an uncompressed file's size, or the
+    uncompressed size that gzip stores in its last 4 bytes; only when that disagrees (a truncated file, or a
+    file of several gzip members, as bgzip writes) is the whole stream read to decide."""
+    import struct
+
+    import numpy as np
+
+    offset = int(getattr(img.dataobj, "offset", 0) or 0)
+    expected = offset + int(np.prod(img.shape)) * np.dtype(img.get_data_dtype()).itemsize
+    try:
+        if not str(path).endswith(".gz"):
+            complete = path.stat().st_size >= expected
+        else:
+            with open(path, "rb") as fh:
+                fh.seek(-4, 2)
+                stored = struct.unpack("<I", fh.read(4))[0]
+            complete = stored == expected % 2**32 or _gzip_stream_length(path) >= expected
+    except OSError as exc:
+        raise BadDataError(f"Cannot read the BOLD file {path}: {exc}", path=path) from exc
+    if not complete:
+        raise BadDataError(f"BOLD file {path} is truncated: it holds less data than its header's shape "
+                           f"{tuple(img.shape)} needs", path=path,
+                           hint="the copy or download was probably interrupted: copy or download it again")
+
+
+def _gzip_stream_length(path: Path) -> int:
+    """Bytes of the decompressed stream, or -1 when it is cut short or corrupt."""
+    import gzip
+    import zlib
+
+    total = 0
+    try:
+        with gzip.open(path, "rb") as fh:
+            while chunk := fh.read(1 << 24):
+                total += len(chunk)
+    except (EOFError, gzip.BadGzipFile, zlib.error):
+        return -1
+    return total
 
 
 def check_tr(run: BoldRun, header_tr: float | None) -> float:
