@@ -138,6 +138,10 @@ def read_events(path: str | os.PathLike) -> pd.DataFrame:
         raw = path.read_bytes()
     except FileNotFoundError as exc:
         raise InputMissingError(f"Events file not found: {path}", path=path) from exc
+    except PermissionError:
+        from ..errors import unreadable_input_error
+
+        raise unreadable_input_error(path) from None
     except OSError as exc:
         raise BadDataError(f"Cannot read {path}: {exc.strerror or exc}", path=path) from exc
     if not raw.strip():

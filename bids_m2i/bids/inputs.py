@@ -8,13 +8,14 @@ the end of a run, a run without trials) are warnings.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from ..config import Config
-from ..errors import BadDataError, InputMissingError
+from ..errors import BadDataError, InputMissingError, unreadable_input_error
 from .layout import (BoldRun, index_dataset, is_unfetched_link, load_bids_filters, select_bold_runs,
                      unfetched_content_error)
 
@@ -56,6 +57,8 @@ def read_bold_header(run: BoldRun) -> tuple[tuple[int, ...], float | None]:
     import nibabel as nib
 
     path = run.path
+    if path.exists() and not os.access(path, os.R_OK):
+        raise unreadable_input_error(path)
     try:
         if path.stat().st_size == 0:
             raise BadDataError(f"BOLD file is empty: {path}", path=path, hint="re-export or remove this run")
@@ -248,6 +251,8 @@ def check_stimulus_images(trials: pd.DataFrame, stimuli_dir: Path) -> None:
         try:
             with Image.open(path) as img:
                 img.verify()  # reads the whole file: catches truncation, not only a bad header
+        except PermissionError:
+            raise unreadable_input_error(path) from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise BadDataError(
                 f"Stimulus image {path} cannot be read: {exc}", path=path,

@@ -142,6 +142,10 @@ def index_dataset(bids_dir: Path, database_dir: Path | None):
         missing = getattr(exc, "filename", None)
         if isinstance(exc, FileNotFoundError) and missing and is_unfetched_link(missing):
             raise unfetched_content_error([Path(missing)], "file(s)", bids_dir) from exc
+        if isinstance(exc, PermissionError):
+            from ..errors import unreadable_input_error
+
+            raise unreadable_input_error(missing or bids_dir) from exc
         raise BadDataError(f"Cannot index the BIDS dataset {bids_dir}: {exc}", path=bids_dir,
                            hint="run the BIDS validator on it to see what is wrong") from exc
 
