@@ -148,6 +148,37 @@ def attach_fmriprep_inputs(inputs: dict, config) -> None:
         for run in subject_inputs.runs:
             found = find_fmriprep_files(index, run.bold.entities, space, run.bold.path.name)
             run.preproc_bold, run.brain_mask, run.confounds = found["bold"], found["mask"], found["confounds"]
+            check_fmriprep_run(found)
+
+
+def check_fmriprep_run(found: dict[str, Path]) -> None:
+    """fMRIPrep's files of one run are readable and agree (headers and the confounds table only: cheap), so
+    that a broken file stops the run now with 65, not in the GLM step after the others (an empty confounds
+    table ended there in exit 1 with pandas' traceback)."""
+    import nibabel as nib
+    import pandas as pd
+
+    from ..errors import BadDataError
+
+    shapes = {}
+    for kind in ("bold", "mask"):
+        try:
+            shapes[kind] = nib.load(str(found[kind])).shape
+        except Exception as exc:  # nibabel raises several kinds for a file that is not an image
+            raise BadDataError(f"Cannot read fMRIPrep's {found[kind].name}: {exc}", path=found[kind],
+                               hint="rerun fMRIPrep for this participant (the file is damaged or incomplete)") from exc
+    try:
+        n_rows = len(pd.read_csv(found["confounds"], sep="\t", usecols=[0]))
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise BadDataError(f"fMRIPrep's confounds table {found['confounds'].name} cannot be read: {exc}",
+                           path=found["confounds"], hint="rerun fMRIPrep for this participant (the table is empty "
+                           "or damaged)") from exc
+    n_volumes = shapes["bold"][3] if len(shapes["bold"]) == 4 else 1
+    if n_rows != n_volumes:
+        raise BadDataError(f"fMRIPrep's confounds table {found['confounds'].name} has {n_rows} rows for the "
+                           f"{n_volumes} volumes of {found['bold'].name}", path=found["confounds"],
+                           hint="the files come from different fMRIPrep runs or an interrupted one: rerun fMRIPrep "
+                           "for this participant into a clean output folder")
 
 
 def docker_available() -> bool:

@@ -287,9 +287,19 @@ def _error_from_records(error_dir: Path, logs_dir: Path, exc: Exception) -> M2IE
     if "[Errno 13]" in text or "[Errno 30]" in text:
         return OutputCreateError(f"Permission denied while writing during processing{where}",
                                  hint="check that the work dir and OUTPUT_DIR are writable")
-    return M2IError(f"A processing step failed: {exc}{where}",
+    return M2IError(f"A processing step failed: {_last_error_line(text or str(exc))}{where}",
                     hint="see the crash file and the log in OUTPUT_DIR/logs; rerun with the same work dir to "
                     "resume from the finished steps")
+
+
+def _last_error_line(text: str) -> str:
+    """The exception line of a traceback (``pandas.errors.EmptyDataError: No columns ...``): nipype's message
+    holds the whole traceback, which must not reach the terminal (DESIGN.md: tracebacks go to the log)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if not line.startswith(("File ", "Traceback", "^", "~")) and ": " in line and not line.startswith("[Node]"):
+            return line[:300]
+    return lines[0][:300] if lines else "unknown error"
 
 
 def collect_derivatives(workflow, outputnode, field: str = "derivatives") -> None:
