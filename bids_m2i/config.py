@@ -73,7 +73,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
     # --- execution ---
     OptionSpec("work_dir", "execution", "path", Path("work"), "Working directory (reused on rerun).",
                ("-w", "--work-dir", "--work_dir"), metavar="DIR"),
-    OptionSpec("clean_workdir", "execution", "bool", False, "Empty the working directory before running.",
+    OptionSpec("clean_workdir", "execution", "bool", False, "Empty the working directory before running (only "
+               "a folder m2i made, never one holding BIDS_DIR or OUTPUT_DIR).",
                ("--clean-workdir", "--clean_workdir")),
     OptionSpec("nprocs", "execution", "int", None, "Maximum number of processes/threads (default: all cores).",
                ("--nprocs", "--n-cpus", "--n_cpus", "--nthreads")),
