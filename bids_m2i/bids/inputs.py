@@ -22,6 +22,8 @@ from .layout import (BoldRun, index_dataset, is_unfetched_link, load_bids_filter
 LOGGER = logging.getLogger("m2i.bids")
 
 TR_TOLERANCE = 0.01  # relative difference allowed between the sidecar's and the header's TR
+# no fMRI sequence has a TR this long (sparse auditory designs reach ~10-20 s): a larger value is milliseconds
+MAX_TR_SECONDS = 60.0
 
 
 @dataclass
@@ -135,6 +137,11 @@ def check_tr(run: BoldRun, header_tr: float | None) -> float:
         raise BadDataError(f"RepetitionTime {sidecar_tr} of {run.path.name} is not positive", path=run.path,
                            hint="set RepetitionTime to the time between volumes, in seconds, in the run's "
                            "_bold.json or in task-<label>_bold.json")
+    if sidecar_tr > MAX_TR_SECONDS:
+        # e.g. 2000 for 2 s: with a header that has no TR it was taken as 2000 s, every event in the first volume
+        raise BadDataError(f"RepetitionTime {sidecar_tr:g} of {run.path.name} is not a TR in seconds",
+                           path=run.path, hint=f"BIDS gives RepetitionTime in seconds: {sidecar_tr:g} ms is "
+                           f"{sidecar_tr / 1000:g} s; fix the run's _bold.json or task-<label>_bold.json")
     if header_tr is not None and abs(header_tr - sidecar_tr) > TR_TOLERANCE * sidecar_tr:
         raise BadDataError(
             f"TR mismatch for {run.path.name}: the sidecar says {sidecar_tr} s, the NIfTI header "
