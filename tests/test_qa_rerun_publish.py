@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from bids_m2i.cli.run import run_cli
+from bids_m2i.interfaces.derivatives import recording_publications, restore_publications
 
 
 def _snapshot(out: Path) -> dict[str, bytes]:
@@ -100,3 +101,30 @@ def test_rerun_after_an_in_place_edit_recomputes_that_step(glm_run):
     rerun = sorted(k for k in after if after[k] != results[k])
     assert any("single_trial_task_perception" in k and "estimate_betas" in k for k in rerun), rerun
     assert not any("hmc_" in k or "resample_" in k for k in rerun), rerun
+
+
+def test_restore_publications_with_copies(tmp_path, monkeypatch):
+    """OUTPUT_DIR on another file system than the work dir: outputs are copies; a deleted one comes back with
+    the published modification time (nipype then sees the steps after it unchanged), an intact one is only
+    looked at."""
+    import os
+
+    from bids_m2i.interfaces.derivatives import publish_file
+
+    def no_links(*args, **kwargs):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_links)
+    node = tmp_path / "node"
+    node.mkdir()
+    src = node / "table.tsv"
+    src.write_text("a\tb\n1\t2\n")
+    dst = tmp_path / "out" / "sub-01" / "sub-01_desc-x_table.tsv"
+    with recording_publications(node):
+        publish_file(src, dst)
+    assert not os.path.samefile(src, dst)
+    published = dst.stat().st_mtime_ns
+    assert restore_publications(node) == ([], [])
+    dst.unlink()
+    assert restore_publications(node) == ([str(dst)], [])
+    assert dst.read_text() == src.read_text() and dst.stat().st_mtime_ns == published
