@@ -37,7 +37,7 @@ def _python_for_nobody() -> str | None:
     return None
 
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+NEEDS_ROOT = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
                                 reason="needs root to drop privileges to uid 65534")
 
 
@@ -70,6 +70,7 @@ def _run(python, root: Path) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
+@NEEDS_ROOT
 @pytest.mark.parametrize("relative, mode", [
     ("sub-01/func/sub-01_task-perception_run-01_bold.nii.gz", 0o600),
     ("sub-01/func/sub-01_task-perception_run-01_events.tsv", 0o600),
@@ -87,7 +88,21 @@ def test_unreadable_input_is_66_naming_it(python, dataset, relative, mode):
     assert "Traceback" not in result.stderr and "WORKFLOW-START" not in result.stderr
 
 
+@NEEDS_ROOT
 def test_readable_copy_starts(python, dataset):
     result = _run(python, dataset)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "WORKFLOW-START" in result.stderr
+
+
+def test_dataset_description_not_an_object_is_65(tmp_path, capsys):
+    """``[]`` or ``"text"`` parsed as JSON and the run went on (validation skipped); now 65 naming the file."""
+    from bids_m2i.cli.run import run_cli
+    from helpers import make_minimal_bids
+
+    bids = make_minimal_bids(tmp_path / "bids")
+    (bids / "dataset_description.json").write_text("[]")
+    code = run_cli([str(bids), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "work"),
+                    "--skip-bids-validation"])
+    assert code == 65
+    assert "holds a JSON list" in capsys.readouterr().err

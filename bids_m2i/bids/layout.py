@@ -121,10 +121,18 @@ def check_dataset_root(bids_dir: Path) -> None:
             hint="give the top folder of the dataset (the one holding dataset_description.json), or add the file",
         )
     try:
-        json.loads(description.read_text(encoding="utf-8"))
+        content = json.loads(description.read_text(encoding="utf-8"))
+    except PermissionError as exc:
+        from ..errors import unreadable_input_error
+
+        raise unreadable_input_error(description) from exc
     except (ValueError, OSError) as exc:
         raise BadDataError(f"{description} is not valid JSON ({exc})", path=description,
                            hint="fix the file (the BIDS validator shows where)") from exc
+    if not isinstance(content, dict):
+        raise BadDataError(f"{description} holds a JSON {type(content).__name__}, not an object with Name and "
+                           "BIDSVersion", path=description,
+                           hint='write e.g. {"Name": "my study", "BIDSVersion": "1.10.0"}')
 
 
 def index_dataset(bids_dir: Path, database_dir: Path | None):
