@@ -16,7 +16,7 @@ import pandas as pd
 
 from ..config import Config
 from ..errors import BadDataError, InputMissingError, unreadable_input_error
-from .layout import (BoldRun, index_dataset, is_unfetched_link, load_bids_filters, select_bold_runs,
+from .layout import (BoldRun, combine_echoes, index_dataset, is_unfetched_link, load_bids_filters, select_bold_runs,
                      unfetched_content_error)
 
 LOGGER = logging.getLogger("m2i.bids")
@@ -162,6 +162,8 @@ def collect_inputs(config: Config, work_dir: Path) -> dict[str, SubjectInputs]:
         layout, participants=config.participant_label, sessions=config.session_label, tasks=config.task,
         bids_filters=load_bids_filters(config.bids_filter_file),
     )
+    selected = combine_echoes(selected, fmriprep=bool(config.values.get("derivatives"))
+                              and config.resolved_space != "func")
     events_map = load_events_map(config.events_map) if config.events_map else None
     if events_map is not None:
         check_events_map_tasks(events_map, layout.get_tasks())

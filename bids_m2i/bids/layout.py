@@ -234,6 +234,48 @@ def select_bold_runs(layout, *, participants: list[str], sessions: list[str], ta
     return selected
 
 
+def combine_echoes(selected: dict[str, list[BoldRun]], *, fmriprep: bool) -> dict[str, list[BoldRun]]:
+    """Multi-echo runs (``echo-1``, ``echo-2``, ... of one run) are one acquisition, not several runs.
+
+    Taken as separate runs, every trial was modelled once per echo, with the same events: the echoes counted
+    as repeats of each stimulus (inflating ncsnr and the voxel choice) and the trials table doubled. With
+    fMRIPrep's outputs (optimally combined, no ``echo`` entity) each run is kept once, without its echo, so that
+    it matches them. Without them m2i cannot combine echoes: exit 64 with how to select one.
+    """
+    out = {}
+    for subject, runs in selected.items():
+        groups: dict[str, list[BoldRun]] = {}
+        for run in runs:
+            key = "_".join(f"{k}-{v}" for k, v in sorted(run.entities.items()) if k != "echo")
+            groups.setdefault(key, []).append(run)
+        multi = {key: group for key, group in groups.items() if len({r.entities.get("echo") for r in group}) > 1}
+        if not multi:
+            out[subject] = runs
+            continue
+        first = next(iter(multi.values()))
+        echoes = sorted(r.entities["echo"] for r in first if "echo" in r.entities)
+        if not fmriprep:
+            raise UsageError(
+                f"sub-{subject} has multi-echo runs ({first[0].path.name}: echoes {', '.join(echoes)}): m2i's own "
+                "preprocessing does not combine echoes, and taking them as separate runs would count every trial "
+                "once per echo",
+                path=first[0].path,
+                hint="preprocess with fMRIPrep (it combines the echoes) and pass --derivatives FMRIPREP_DIR, or "
+                f"select one echo: --bids-filter-file with {{\"bold\": {{\"echo\": \"{echoes[0]}\"}}}}",
+            )
+        kept = []
+        for key, group in groups.items():
+            if key in multi:
+                run = sorted(group, key=lambda r: r.path.name)[0]
+                entities = {k: v for k, v in run.entities.items() if k != "echo"}
+                group = [BoldRun(run.path, entities, run.events, run.metadata)]
+            kept.extend(group)
+        LOGGER.info("sub-%s: %d multi-echo run(s) use fMRIPrep's combined series (one run each, not one per echo)",
+                    subject, len(multi))
+        out[subject] = sorted(kept, key=lambda r: r.path.name)
+    return out
+
+
 def find_events_file(layout, bold_path: Path, entities: dict[str, str]) -> Path | None:
     """The events file of a run: same name with ``_events.tsv`` (BIDS inheritance for the rest)."""
     name = bold_path.name
