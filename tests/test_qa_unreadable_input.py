@@ -106,3 +106,31 @@ def test_dataset_description_not_an_object_is_65(tmp_path, capsys):
                     "--skip-bids-validation"])
     assert code == 65
     assert "holds a JSON list" in capsys.readouterr().err
+
+
+@NEEDS_ROOT
+def test_participant_folder_of_another_user_is_73_before_any_step(python, dataset):
+    """A shared OUTPUT_DIR whose sub-01/ an earlier run of another user made: the run computed the motion
+    correction, then failed naming a temporary file (``.sub-01_..._boldref.to5qom_3.tmp.nii.gz``)."""
+    out = dataset / "out"
+    (out / "sub-01" / "func").mkdir(parents=True)
+    out.chmod(0o777)  # the project folder is shared; sub-01/ is root's, 0755
+    result = _run(python, dataset)
+    assert result.returncode == 73, result.stderr[-2000:]
+    assert f"Cannot write into {out / 'sub-01'}" in result.stderr and "WORKFLOW-START" not in result.stderr
+
+
+def test_atomic_write_failure_names_the_file_not_its_temporary(tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    from bids_m2i.errors import OutputCreateError
+    from bids_m2i.utils.atomic import write_text
+
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / ".x.abc123.tmp.json"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", denied)
+    with pytest.raises(OutputCreateError) as info:
+        write_text(tmp_path / "x.json", "{}")
+    assert str(tmp_path / "x.json") in str(info.value) and ".tmp" not in str(info.value)

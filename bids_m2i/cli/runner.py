@@ -215,6 +215,21 @@ def print_trials(config: Config) -> int:
     return 0
 
 
+def check_participant_folders_writable(output_dir: Path, subjects: list[str]) -> None:
+    """Folders of the selected participants left by an earlier run of another user (a shared project folder)
+    must be writable now (exit 73), not when the first result is published after the preprocessing."""
+    for subject in subjects:
+        root = Path(output_dir) / f"sub-{subject}"
+        if not root.is_dir():
+            continue
+        for folder in [root, *(p for p in root.rglob("*") if p.is_dir() and not p.is_symlink())]:
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise OutputCreateError(
+                    f"Cannot write into {folder} (made by an earlier run, not writable by uid {os.getuid()})",
+                    path=folder, hint="make it writable for this user (or its group), remove it, or choose "
+                    "another OUTPUT_DIR")
+
+
 # nipype plugins that name their cluster jobs after os.environ["LOGNAME"] (a KeyError without it)
 PLUGINS_NEEDING_LOGNAME = {"slurm", "sge", "pbs", "lsf", "oar", "condor"}
 
@@ -308,6 +323,7 @@ def run(config: Config, on_log_file: Callable[[Path], None] | None = None) -> in
 
     inputs = collect_inputs(config, work_dir)
     check_memory_budget(config, inputs)
+    check_participant_folders_writable(output_dir, list(inputs))
     from ..workflows.base import run_participant_workflows
 
     run_participant_workflows(config, inputs, work_dir)
