@@ -37,3 +37,15 @@ def test_events_encodings(tmp_path, caplog, name, data):
     assert frame.loc[0, "stimulus"] == "café-01"
     if name.startswith("utf16"):
         assert "UTF-16" in caplog.text
+
+
+def test_decimal_comma_says_so(tmp_path):
+    """Spreadsheets in German/French locales write 10,5: the message named the value only."""
+    from bids_m2i.bids.events import build_trials_table
+    from bids_m2i.errors import BadDataError
+
+    path = tmp_path / "sub-01_task-a_run-01_events.tsv"
+    path.write_text("onset\tduration\ttrial_type\tstimulus\n10,5\t3,0\tstimulus\timg-01\n")
+    with pytest.raises(BadDataError) as info:
+        build_trials_table([(path, {"subject": "01", "task": "a", "run": "01"})])
+    assert "decimal comma" in info.value.hint and "'10,5'" in str(info.value)

@@ -718,12 +718,16 @@ def _parse_times(values: Sequence[str], column: str, roles: list[str], source, l
             out.append(None)
             bad.append(f"line {i + line_offset}: {text!r}")
     if bad:
+        hint = ("onsets and durations must be numbers of seconds >= 0; fix the events file or map these rows to "
+                "ignore with --events-map")
+        if any(re.fullmatch(r"[+-]?\d+,\d+", text.strip()) for text, role in zip(values, roles) if role != "ignore"):
+            # a spreadsheet in a locale that writes 10,5 for 10.5 (German, French, ...)
+            hint = ("the values use a decimal comma (10,5): BIDS needs a decimal point (10.5); export the table "
+                    "from the spreadsheet with '.' as the decimal separator. " + hint)
         raise BadDataError(
             f"{source}: column {column!r} has missing, negative or non-numeric values in rows that are "
             f"trials or nuisance events ({'; '.join(bad[:5])}{' ...' if len(bad) > 5 else ''})",
-            path=source,
-            hint="onsets and durations must be numbers of seconds >= 0; fix the events file or map these "
-            "rows to ignore with --events-map",
+            path=source, hint=hint,
         )
     return out
 
