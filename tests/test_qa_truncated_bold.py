@@ -56,3 +56,15 @@ def test_multi_member_gzip_bold_is_accepted(tmp_path, started):
     bold.write_bytes(gzip.compress(raw[:half]) + gzip.compress(raw[half:]))
     assert _run(bids, tmp_path) == 0
     assert started == [True]
+
+
+def test_run_too_short_for_the_glm_is_65_before_any_step(tmp_path, capsys, started):
+    """A 4-volume run (an aborted acquisition) was preprocessed with the others, then the GLM said "Run 01 has
+    only 4 volumes" without naming the task or the file."""
+    bids = make_minimal_bids(tmp_path / "bids", n_volumes=4)
+    code = run_cli([str(bids), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "work"),
+                    "--skip-bids-validation", "--stop-after", "glm"])
+    err = capsys.readouterr().err
+    assert code == 65, err
+    assert "sub-01_task-perception_run-01_bold.nii.gz has only 4 volumes" in err and started == []
+    assert _run(bids, tmp_path) == 0  # --stop-after preproc: fine

@@ -24,6 +24,8 @@ LOGGER = logging.getLogger("m2i.bids")
 TR_TOLERANCE = 0.01  # relative difference allowed between the sidecar's and the header's TR
 # no fMRI sequence has a TR this long (sparse auditory designs reach ~10-20 s): a larger value is milliseconds
 MAX_TR_SECONDS = 60.0
+# the single-trial GLM engine refuses shorter runs (glm/estimate.py)
+MIN_GLM_VOLUMES = 10
 
 
 @dataclass
@@ -189,6 +191,13 @@ def collect_inputs(config: Config, work_dir: Path) -> dict[str, SubjectInputs]:
             infos.append(info)
             if not needs_events:
                 continue
+            if info.n_volumes < MIN_GLM_VOLUMES and not config.print_trials:
+                # said now, not after the preprocessing of every run (the GLM engine refuses it there)
+                raise BadDataError(
+                    f"{run.path.name} has only {info.n_volumes} volumes: too few for the single-trial GLM (at least "
+                    f"{MIN_GLM_VOLUMES})", path=run.path,
+                    hint="exclude this run (--bids-filter-file, --task, --session-label) or stop before the GLM "
+                    "with --stop-after preproc")
             if run.events is None:
                 raise InputMissingError(
                     f"No events file for {run.path.name}", path=run.path,
