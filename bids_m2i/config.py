@@ -62,7 +62,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
                metavar="DIR"),
     OptionSpec("space", "bids", "str", None, "`func`: our own preprocessing onto the participant's grid "
                "(default without --derivatives); with --derivatives, any space fMRIPrep wrote: `T1w` (default), "
-               "`MNI152NLin2009cAsym`, `MNI152NLin6Asym`, ... (see docs/fmriprep.md).", metavar="SPACE"),
+               "`MNI152NLin2009cAsym`, `MNI152NLin6Asym`, ..., with fMRIPrep's `:res-N` / `:cohort-N` to choose "
+               "among several (see docs/fmriprep.md).", metavar="SPACE"),
     OptionSpec("skip_bids_validation", "bids", "bool", False, "Do not run the BIDS validator on the input.",
                ("--skip-bids-validation", "--skip_bids_validator", "--skip-bids-validator")),
     OptionSpec("events_map", "bids", "path", None, "TOML file mapping events to trials per task "
@@ -72,7 +73,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
     # --- execution ---
     OptionSpec("work_dir", "execution", "path", Path("work"), "Working directory (reused on rerun).",
                ("-w", "--work-dir", "--work_dir"), metavar="DIR"),
-    OptionSpec("clean_workdir", "execution", "bool", False, "Empty the working directory before running.",
+    OptionSpec("clean_workdir", "execution", "bool", False, "Empty the working directory before running (only "
+               "a folder m2i made, never one holding BIDS_DIR or OUTPUT_DIR).",
                ("--clean-workdir", "--clean_workdir")),
     OptionSpec("nprocs", "execution", "int", None, "Maximum number of processes/threads (default: all cores).",
                ("--nprocs", "--n-cpus", "--n_cpus", "--nthreads")),
@@ -182,6 +184,12 @@ class Config:
 
     @property
     def resolved_space(self) -> str:
+        """The space label of the outputs' names (``MNI152NLin2009cAsym`` for ``MNI152NLin2009cAsym:res-2``)."""
+        return self.space_spec.split(":")[0]
+
+    @property
+    def space_spec(self) -> str:
+        """--space as given, with fMRIPrep's ``:res-N`` / ``:cohort-N`` qualifiers (which files to use)."""
         return self.values["space"] or ("T1w" if self.values["derivatives"] else "func")
 
     @property
@@ -213,7 +221,7 @@ class Config:
                 elif spec.name == "mem_gb":
                     value = round(self.memory_gb, 2)
                 elif spec.name == "space":
-                    value = self.resolved_space
+                    value = self.space_spec
                 elif spec.name == "models_dir":
                     value = self.resolved_models_dir
                 if value is None:
@@ -363,10 +371,12 @@ def check_space(space: str | None, derivatives) -> None:
 
     if space is None or space == "func":
         return
-    if not re.fullmatch(r"[A-Za-z0-9]+", space):
-        raise UsageError(f"--space {space!r} is not a space label",
-                         hint="give the space entity of fMRIPrep's file names, e.g. T1w or MNI152NLin2009cAsym "
-                         "(without :res-N; see docs/fmriprep.md)")
+    # fMRIPrep's own spelling selects a resolution or cohort: MNI152NLin2009cAsym:res-2, MNIPediatricAsym:cohort-1
+    if not re.fullmatch(r"[A-Za-z0-9]+(:(res|cohort)-[A-Za-z0-9]+)*", space) or space.split(":")[0] in (
+            "fsnative", "fsaverage", "fsaverage5", "fsaverage6", "fsLR"):
+        raise UsageError(f"--space {space!r} is not a volume space label",
+                         hint="give the space entity of fMRIPrep's file names, e.g. T1w or MNI152NLin2009cAsym, "
+                         "optionally with fMRIPrep's :res-N / :cohort-N (see docs/fmriprep.md)")
     if not derivatives:
         raise UsageError(f"--space {space} needs fMRIPrep's outputs (--derivatives FMRIPREP_DIR)",
                          hint="without --derivatives m2i preprocesses the data itself onto the participant's own "

@@ -87,6 +87,28 @@ _NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
 # ----------------------------------------------------------------------------------------------------
 # Reading
 # ----------------------------------------------------------------------------------------------------
+def _decode_events_bytes(raw: bytes, path: Path) -> str:
+    """The text of an events file: UTF-8 (a BOM is dropped), else UTF-16 (Excel's "Unicode Text" export,
+    tab separated; read as Latin-1 it gave column names full of NUL characters), else Latin-1."""
+    head = raw[:200]
+    bom = head[:2] in (b"\xff\xfe", b"\xfe\xff")
+    odd_nuls, even_nuls = head[1::2].count(0), head[0::2].count(0)
+    if bom or max(odd_nuls, even_nuls) > 0.8 * (len(head) // 2):  # without a BOM: every other byte is 0
+        encoding = "utf-16" if bom else ("utf-16-le" if odd_nuls >= even_nuls else "utf-16-be")
+        try:
+            text = raw.decode(encoding)
+        except UnicodeDecodeError:
+            pass
+        else:
+            LOGGER.warning('%s is UTF-16 text (as Excel\'s "Unicode Text" saves it), not UTF-8; read anyway', path)
+            return text.lstrip("\ufeff")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        LOGGER.warning("%s is not UTF-8; reading it as Latin-1", path)
+        return raw.decode("latin-1")
+
+
 def read_events(path: str | os.PathLike) -> pd.DataFrame:
     """Read a BIDS events (or any BIDS ``.tsv``) file as strings.
 
@@ -116,6 +138,10 @@ def read_events(path: str | os.PathLike) -> pd.DataFrame:
         raw = path.read_bytes()
     except FileNotFoundError as exc:
         raise InputMissingError(f"Events file not found: {path}", path=path) from exc
+    except PermissionError:
+        from ..errors import unreadable_input_error
+
+        raise unreadable_input_error(path) from None
     except OSError as exc:
         raise BadDataError(f"Cannot read {path}: {exc.strerror or exc}", path=path) from exc
     if not raw.strip():
@@ -125,11 +151,7 @@ def read_events(path: str | os.PathLike) -> pd.DataFrame:
             hint="write a tab-separated header (onset, duration, ...) and one row per event, or exclude "
             "this run (--bids-filter-file)",
         )
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        LOGGER.warning("%s is not UTF-8; reading it as Latin-1", path)
-        text = raw.decode("latin-1")
+    text = _decode_events_bytes(raw, path)
     if "\r" in text:
         LOGGER.warning("%s has Windows (CRLF) or old Mac (CR) line ends; read anyway", path)
         text = text.replace("\r\n", "\n").replace("\r", "\n")
@@ -696,12 +718,16 @@ def _parse_times(values: Sequence[str], column: str, roles: list[str], source, l
             out.append(None)
             bad.append(f"line {i + line_offset}: {text!r}")
     if bad:
+        hint = ("onsets and durations must be numbers of seconds >= 0; fix the events file or map these rows to "
+                "ignore with --events-map")
+        if any(re.fullmatch(r"[+-]?\d+,\d+", text.strip()) for text, role in zip(values, roles) if role != "ignore"):
+            # a spreadsheet in a locale that writes 10,5 for 10.5 (German, French, ...)
+            hint = ("the values use a decimal comma (10,5): BIDS needs a decimal point (10.5); export the table "
+                    "from the spreadsheet with '.' as the decimal separator. " + hint)
         raise BadDataError(
             f"{source}: column {column!r} has missing, negative or non-numeric values in rows that are "
             f"trials or nuisance events ({'; '.join(bad[:5])}{' ...' if len(bad) > 5 else ''})",
-            path=source,
-            hint="onsets and durations must be numbers of seconds >= 0; fix the events file or map these "
-            "rows to ignore with --events-map",
+            path=source, hint=hint,
         )
     return out
 

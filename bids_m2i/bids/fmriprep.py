@@ -24,7 +24,7 @@ from .layout import parse_entities
 LOGGER = logging.getLogger("m2i.bids")
 
 _MATCH_ENTITIES = ("subject", "session", "task", "acquisition", "ceagent", "direction", "run", "echo")
-_SPACE_RE_ENTITIES = ("space", "res", "desc")
+_SPACE_RE_ENTITIES = ("space", "res", "cohort", "desc")
 
 
 def _norm(key: str, value: str) -> str:
@@ -86,6 +86,18 @@ def _in_space(paths: list[Path], space: str) -> list[Path]:
     return [p for p in paths if _derivative_entities(p).get("space") == space]
 
 
+def parse_space(spec: str) -> tuple[str, dict[str, str]]:
+    """``MNIPediatricAsym:cohort-1:res-2`` -> (``MNIPediatricAsym``, {"cohort": "1", "res": "2"})."""
+    label, *qualifiers = spec.split(":")
+    return label, dict(q.split("-", 1) for q in qualifiers)
+
+
+def _variant(path: Path) -> str:
+    """How --space names the space, resolution and cohort of a file (fMRIPrep's spelling)."""
+    ents = _derivative_entities(path)
+    return ents.get("space", "(none)") + "".join(f":{k}-{ents[k]}" for k in ("cohort", "res") if k in ents)
+
+
 def find_fmriprep_files(index: dict, raw_entities: dict[str, str], space: str, raw_name: str) -> dict[str, Path]:
     files = index.get(_key(raw_entities))
     if not files or "bold" not in files:
@@ -93,19 +105,28 @@ def find_fmriprep_files(index: dict, raw_entities: dict[str, str], space: str, r
             f"No fMRIPrep preprocessed BOLD for {raw_name} in the --derivatives folder(s)",
             hint="run fMRIPrep on this participant first" + _fmriprep_hint(),
         )
-    bolds = _in_space(files["bold"], space)
+    label, wanted = parse_space(space)
+    bolds = _in_space(files["bold"], label)
     if not bolds:
         present = sorted({_derivative_entities(p).get("space", "(none)") for p in files["bold"]})
         raise InputMissingError(
-            f"fMRIPrep outputs of {raw_name} have no space '{space}'; spaces present: {', '.join(present)}",
+            f"fMRIPrep outputs of {raw_name} have no space '{label}'; spaces present: {', '.join(present)}",
             hint=f"use --space with one of: {', '.join(present)} (any of them works: m2i needs one grid common to "
-            f"all runs), or rerun fMRIPrep with --output-spaces {space}; see docs/fmriprep.md",
+            f"all runs), or rerun fMRIPrep with --output-spaces {label}; see docs/fmriprep.md",
         )
-    if len(bolds) > 1:  # e.g. several resolutions: take the first, say so
-        LOGGER.warning("Several fMRIPrep BOLD files in space %s for %s; using %s", space, raw_name, bolds[0].name)
+    variants = sorted({_variant(p) for p in bolds})
+    bolds = [p for p in bolds if all(_derivative_entities(p).get(k) == v for k, v in wanted.items())]
+    if not bolds:
+        raise InputMissingError(f"fMRIPrep outputs of {raw_name} have no '{space}'; present: {', '.join(variants)}",
+                                hint=f"use --space with one of: {', '.join(variants)}")
+    if len(bolds) > 1:  # several resolutions or cohorts: take the first, say so and how to choose
+        LOGGER.warning("Several fMRIPrep BOLD files in space %s for %s (%s); using %s (choose with --space %s)",
+                       space, raw_name, ", ".join(_variant(p) for p in bolds), bolds[0].name, _variant(bolds[0]))
     bold = bolds[0]
-    res = _derivative_entities(bold).get("res")
-    masks = [m for m in _in_space(files.get("mask", []), space) if _derivative_entities(m).get("res") == res]
+    chosen = _derivative_entities(bold)
+    # the mask of the same grid: same space, resolution and cohort (another cohort's mask is another grid)
+    masks = [m for m in _in_space(files.get("mask", []), label)
+             if all(_derivative_entities(m).get(k) == chosen.get(k) for k in ("res", "cohort"))]
     if not masks:
         raise InputMissingError(f"fMRIPrep brain mask missing for {bold.name}",
                                 hint="expected ..._space-<space>_desc-brain_mask.nii.gz next to the BOLD file")
@@ -118,7 +139,7 @@ def find_fmriprep_files(index: dict, raw_entities: dict[str, str], space: str, r
 
 def attach_fmriprep_inputs(inputs: dict, config) -> None:
     """Fill ``RunInfo.preproc_bold/brain_mask/confounds`` for every selected run."""
-    space = config.resolved_space
+    space = config.space_spec
     if space == "func":
         LOGGER.info("--space func: using our own preprocessing; --derivatives is ignored")
         return
@@ -127,6 +148,37 @@ def attach_fmriprep_inputs(inputs: dict, config) -> None:
         for run in subject_inputs.runs:
             found = find_fmriprep_files(index, run.bold.entities, space, run.bold.path.name)
             run.preproc_bold, run.brain_mask, run.confounds = found["bold"], found["mask"], found["confounds"]
+            check_fmriprep_run(found)
+
+
+def check_fmriprep_run(found: dict[str, Path]) -> None:
+    """fMRIPrep's files of one run are readable and agree (headers and the confounds table only: cheap), so
+    that a broken file stops the run now with 65, not in the GLM step after the others (an empty confounds
+    table ended there in exit 1 with pandas' traceback)."""
+    import nibabel as nib
+    import pandas as pd
+
+    from ..errors import BadDataError
+
+    shapes = {}
+    for kind in ("bold", "mask"):
+        try:
+            shapes[kind] = nib.load(str(found[kind])).shape
+        except Exception as exc:  # nibabel raises several kinds for a file that is not an image
+            raise BadDataError(f"Cannot read fMRIPrep's {found[kind].name}: {exc}", path=found[kind],
+                               hint="rerun fMRIPrep for this participant (the file is damaged or incomplete)") from exc
+    try:
+        n_rows = len(pd.read_csv(found["confounds"], sep="\t", usecols=[0]))
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise BadDataError(f"fMRIPrep's confounds table {found['confounds'].name} cannot be read: {exc}",
+                           path=found["confounds"], hint="rerun fMRIPrep for this participant (the table is empty "
+                           "or damaged)") from exc
+    n_volumes = shapes["bold"][3] if len(shapes["bold"]) == 4 else 1
+    if n_rows != n_volumes:
+        raise BadDataError(f"fMRIPrep's confounds table {found['confounds'].name} has {n_rows} rows for the "
+                           f"{n_volumes} volumes of {found['bold'].name}", path=found["confounds"],
+                           hint="the files come from different fMRIPrep runs or an interrupted one: rerun fMRIPrep "
+                           "for this participant into a clean output folder")
 
 
 def docker_available() -> bool:

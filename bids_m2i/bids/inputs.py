@@ -8,18 +8,24 @@ the end of a run, a run without trials) are warnings.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from ..config import Config
-from ..errors import BadDataError, InputMissingError
-from .layout import BoldRun, index_dataset, load_bids_filters, select_bold_runs
+from ..errors import BadDataError, InputMissingError, unreadable_input_error
+from .layout import (BoldRun, combine_echoes, index_dataset, is_unfetched_link, load_bids_filters, select_bold_runs,
+                     unfetched_content_error)
 
 LOGGER = logging.getLogger("m2i.bids")
 
 TR_TOLERANCE = 0.01  # relative difference allowed between the sidecar's and the header's TR
+# no fMRI sequence has a TR this long (sparse auditory designs reach ~10-20 s): a larger value is milliseconds
+MAX_TR_SECONDS = 60.0
+# the single-trial GLM engine refuses shorter runs (glm/estimate.py)
+MIN_GLM_VOLUMES = 10
 
 
 @dataclass
@@ -55,6 +61,8 @@ def read_bold_header(run: BoldRun) -> tuple[tuple[int, ...], float | None]:
     import nibabel as nib
 
     path = run.path
+    if path.exists() and not os.access(path, os.R_OK):
+        raise unreadable_input_error(path)
     try:
         if path.stat().st_size == 0:
             raise BadDataError(f"BOLD file is empty: {path}", path=path, hint="re-export or remove this run")
@@ -69,12 +77,55 @@ def read_bold_header(run: BoldRun) -> tuple[tuple[int, ...], float | None]:
     if len(shape) != 4 or shape[3] < 2:
         raise BadDataError(f"BOLD file {path} is not a 4-D time series (shape {shape})", path=path,
                            hint="a BOLD run needs one 3-D volume per time point")
+    check_data_complete(path, img)
     header_tr = None
     if len(zooms) >= 4 and zooms[3] > 0:
         unit = img.header.get_xyzt_units()[1] if hasattr(img.header, "get_xyzt_units") else "sec"
         scale = {"msec": 1e-3, "usec": 1e-6}.get(unit, 1.0)
         header_tr = float(zooms[3]) * scale
     return shape, header_tr
+
+
+def check_data_complete(path: Path, img) -> None:
+    """A truncated BOLD file (an interrupted copy or download) stops the run now, not when its run's motion
+    correction reads it, possibly hours later after the other runs. Cheap: an uncompressed file's size, or the
+    uncompressed size that gzip stores in its last 4 bytes; only when that disagrees (a truncated file, or a
+    file of several gzip members, as bgzip writes) is the whole stream read to decide."""
+    import struct
+
+    import numpy as np
+
+    offset = int(getattr(img.dataobj, "offset", 0) or 0)
+    expected = offset + int(np.prod(img.shape)) * np.dtype(img.get_data_dtype()).itemsize
+    try:
+        if not str(path).endswith(".gz"):
+            complete = path.stat().st_size >= expected
+        else:
+            with open(path, "rb") as fh:
+                fh.seek(-4, 2)
+                stored = struct.unpack("<I", fh.read(4))[0]
+            complete = stored == expected % 2**32 or _gzip_stream_length(path) >= expected
+    except OSError as exc:
+        raise BadDataError(f"Cannot read the BOLD file {path}: {exc}", path=path) from exc
+    if not complete:
+        raise BadDataError(f"BOLD file {path} is truncated: it holds less data than its header's shape "
+                           f"{tuple(img.shape)} needs", path=path,
+                           hint="the copy or download was probably interrupted: copy or download it again")
+
+
+def _gzip_stream_length(path: Path) -> int:
+    """Bytes of the decompressed stream, or -1 when it is cut short or corrupt."""
+    import gzip
+    import zlib
+
+    total = 0
+    try:
+        with gzip.open(path, "rb") as fh:
+            while chunk := fh.read(1 << 24):
+                total += len(chunk)
+    except (EOFError, gzip.BadGzipFile, zlib.error):
+        return -1
+    return total
 
 
 def check_tr(run: BoldRun, header_tr: float | None) -> float:
@@ -88,6 +139,11 @@ def check_tr(run: BoldRun, header_tr: float | None) -> float:
         raise BadDataError(f"RepetitionTime {sidecar_tr} of {run.path.name} is not positive", path=run.path,
                            hint="set RepetitionTime to the time between volumes, in seconds, in the run's "
                            "_bold.json or in task-<label>_bold.json")
+    if sidecar_tr > MAX_TR_SECONDS:
+        # e.g. 2000 for 2 s: with a header that has no TR it was taken as 2000 s, every event in the first volume
+        raise BadDataError(f"RepetitionTime {sidecar_tr:g} of {run.path.name} is not a TR in seconds",
+                           path=run.path, hint=f"BIDS gives RepetitionTime in seconds: {sidecar_tr:g} ms is "
+                           f"{sidecar_tr / 1000:g} s; fix the run's _bold.json or task-<label>_bold.json")
     if header_tr is not None and abs(header_tr - sidecar_tr) > TR_TOLERANCE * sidecar_tr:
         raise BadDataError(
             f"TR mismatch for {run.path.name}: the sidecar says {sidecar_tr} s, the NIfTI header "
@@ -108,6 +164,8 @@ def collect_inputs(config: Config, work_dir: Path) -> dict[str, SubjectInputs]:
         layout, participants=config.participant_label, sessions=config.session_label, tasks=config.task,
         bids_filters=load_bids_filters(config.bids_filter_file),
     )
+    selected = combine_echoes(selected, fmriprep=bool(config.values.get("derivatives"))
+                              and config.resolved_space != "func")
     events_map = load_events_map(config.events_map) if config.events_map else None
     if events_map is not None:
         check_events_map_tasks(events_map, layout.get_tasks())
@@ -116,6 +174,11 @@ def collect_inputs(config: Config, work_dir: Path) -> dict[str, SubjectInputs]:
     needs_stimuli = config.stop_after == "decode" and not config.print_trials
     if needs_stimuli:
         check_models_early(config)
+    unfetched = [run.path for runs in selected.values() for run in runs if is_unfetched_link(run.path)]
+    unfetched += [run.events for runs in selected.values() for run in runs
+                  if needs_events and run.events is not None and is_unfetched_link(run.events)]
+    if unfetched:
+        raise unfetched_content_error(unfetched, "of the selected BOLD / events files", config.bids_dir)
     out: dict[str, SubjectInputs] = {}
     for subject, runs in selected.items():
         infos: list[RunInfo] = []
@@ -128,6 +191,13 @@ def collect_inputs(config: Config, work_dir: Path) -> dict[str, SubjectInputs]:
             infos.append(info)
             if not needs_events:
                 continue
+            if info.n_volumes < MIN_GLM_VOLUMES and not config.print_trials:
+                # said now, not after the preprocessing of every run (the GLM engine refuses it there)
+                raise BadDataError(
+                    f"{run.path.name} has only {info.n_volumes} volumes: too few for the single-trial GLM (at least "
+                    f"{MIN_GLM_VOLUMES})", path=run.path,
+                    hint="exclude this run (--bids-filter-file, --task, --session-label) or stop before the GLM "
+                    "with --stop-after preproc")
             if run.events is None:
                 raise InputMissingError(
                     f"No events file for {run.path.name}", path=run.path,
@@ -199,6 +269,8 @@ def check_stimulus_images(trials: pd.DataFrame, stimuli_dir: Path) -> None:
         try:
             with Image.open(path) as img:
                 img.verify()  # reads the whole file: catches truncation, not only a bad header
+        except PermissionError:
+            raise unreadable_input_error(path) from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise BadDataError(
                 f"Stimulus image {path} cannot be read: {exc}", path=path,

@@ -71,12 +71,49 @@ class BoldRun:
         return "_".join(parts)
 
 
+def is_unfetched_link(path: str | Path) -> bool:
+    """A symbolic link whose target is absent: in a DataLad / git-annex dataset, a file whose content was
+    not fetched (``datalad clone`` without ``datalad get``)."""
+    path = Path(path)
+    return path.is_symlink() and not path.exists()
+
+
+def unfetched_content_error(paths: list[Path], what: str, dataset: Path | None = None) -> InputMissingError:
+    """Exit 66 for files present only as dangling links, saying how to fetch them when they are annexed."""
+    import os
+
+    first = Path(paths[0])
+    try:
+        target = os.readlink(first)
+    except OSError:
+        target = "?"
+    shown = ", ".join(Path(p).name for p in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+    if "annex/objects" in target:
+        where = f"cd {dataset} && " if dataset else ""
+        hint = (f"this is a DataLad / git-annex dataset whose file content was not downloaded: run `{where}datalad "
+                f"get {first if dataset is None else _relative(first, dataset)}` (or `git annex get`) for these "
+                "files, or `datalad get .` for the whole dataset, then run m2i again")
+    else:
+        hint = f"the link points to {target}, which does not exist: restore the file or fix the link"
+    return InputMissingError(f"{len(paths)} {what} are symbolic links to content that is not here: {shown}",
+                             path=first, hint=hint)
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return Path(path).absolute().relative_to(Path(root).absolute()).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def check_dataset_root(bids_dir: Path) -> None:
     if not bids_dir.exists():
         raise InputMissingError(f"BIDS_DIR does not exist: {bids_dir}", hint="check the first argument")
     if not bids_dir.is_dir():
         raise InputMissingError(f"BIDS_DIR is not a folder: {bids_dir}", hint="give the dataset's top folder")
     description = bids_dir / "dataset_description.json"
+    if is_unfetched_link(description):
+        raise unfetched_content_error([description], "file(s)", bids_dir)
     if not description.exists():
         raise InputMissingError(
             f"{description} is missing: {bids_dir} is not a BIDS dataset root",
@@ -84,10 +121,18 @@ def check_dataset_root(bids_dir: Path) -> None:
             hint="give the top folder of the dataset (the one holding dataset_description.json), or add the file",
         )
     try:
-        json.loads(description.read_text(encoding="utf-8"))
+        content = json.loads(description.read_text(encoding="utf-8"))
+    except PermissionError as exc:
+        from ..errors import unreadable_input_error
+
+        raise unreadable_input_error(description) from exc
     except (ValueError, OSError) as exc:
         raise BadDataError(f"{description} is not valid JSON ({exc})", path=description,
                            hint="fix the file (the BIDS validator shows where)") from exc
+    if not isinstance(content, dict):
+        raise BadDataError(f"{description} holds a JSON {type(content).__name__}, not an object with Name and "
+                           "BIDSVersion", path=description,
+                           hint='write e.g. {"Name": "my study", "BIDSVersion": "1.10.0"}')
 
 
 def index_dataset(bids_dir: Path, database_dir: Path | None):
@@ -102,6 +147,13 @@ def index_dataset(bids_dir: Path, database_dir: Path | None):
                                database_path=None if database_dir is None else str(database_dir),
                                reset_database=database_dir is not None)
     except Exception as exc:  # pybids raises many types on broken datasets
+        missing = getattr(exc, "filename", None)
+        if isinstance(exc, FileNotFoundError) and missing and is_unfetched_link(missing):
+            raise unfetched_content_error([Path(missing)], "file(s)", bids_dir) from exc
+        if isinstance(exc, PermissionError):
+            from ..errors import unreadable_input_error
+
+            raise unreadable_input_error(missing or bids_dir) from exc
         raise BadDataError(f"Cannot index the BIDS dataset {bids_dir}: {exc}", path=bids_dir,
                            hint="run the BIDS validator on it to see what is wrong") from exc
 
@@ -180,6 +232,48 @@ def select_bold_runs(layout, *, participants: list[str], sessions: list[str], ta
                              hint="check --participant-label, --session-label, --task and --bids-filter-file")
     _check_duplicates(selected)
     return selected
+
+
+def combine_echoes(selected: dict[str, list[BoldRun]], *, fmriprep: bool) -> dict[str, list[BoldRun]]:
+    """Multi-echo runs (``echo-1``, ``echo-2``, ... of one run) are one acquisition, not several runs.
+
+    Taken as separate runs, every trial was modelled once per echo, with the same events: the echoes counted
+    as repeats of each stimulus (inflating ncsnr and the voxel choice) and the trials table doubled. With
+    fMRIPrep's outputs (optimally combined, no ``echo`` entity) each run is kept once, without its echo, so that
+    it matches them. Without them m2i cannot combine echoes: exit 64 with how to select one.
+    """
+    out = {}
+    for subject, runs in selected.items():
+        groups: dict[str, list[BoldRun]] = {}
+        for run in runs:
+            key = "_".join(f"{k}-{v}" for k, v in sorted(run.entities.items()) if k != "echo")
+            groups.setdefault(key, []).append(run)
+        multi = {key: group for key, group in groups.items() if len({r.entities.get("echo") for r in group}) > 1}
+        if not multi:
+            out[subject] = runs
+            continue
+        first = next(iter(multi.values()))
+        echoes = sorted(r.entities["echo"] for r in first if "echo" in r.entities)
+        if not fmriprep:
+            raise UsageError(
+                f"sub-{subject} has multi-echo runs ({first[0].path.name}: echoes {', '.join(echoes)}): m2i's own "
+                "preprocessing does not combine echoes, and taking them as separate runs would count every trial "
+                "once per echo",
+                path=first[0].path,
+                hint="preprocess with fMRIPrep (it combines the echoes) and pass --derivatives FMRIPREP_DIR, or "
+                f"select one echo: --bids-filter-file with {{\"bold\": {{\"echo\": \"{echoes[0]}\"}}}}",
+            )
+        kept = []
+        for key, group in groups.items():
+            if key in multi:
+                run = sorted(group, key=lambda r: r.path.name)[0]
+                entities = {k: v for k, v in run.entities.items() if k != "echo"}
+                group = [BoldRun(run.path, entities, run.events, run.metadata)]
+            kept.extend(group)
+        LOGGER.info("sub-%s: %d multi-echo run(s) use fMRIPrep's combined series (one run each, not one per echo)",
+                    subject, len(multi))
+        out[subject] = sorted(kept, key=lambda r: r.path.name)
+    return out
 
 
 def find_events_file(layout, bold_path: Path, entities: dict[str, str]) -> Path | None:

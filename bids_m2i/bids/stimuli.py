@@ -267,6 +267,14 @@ def check_decoding_stimuli(trials, stimuli_dir: str | os.PathLike, runs: list[di
         )
     files = list(dict.fromkeys(needed["stim_file"]))
     missing = [f for f in files if resolve_stimulus_path(stimuli_dir, f) is None]
+    dangling = [c for f in missing for c in stimulus_candidates(stimuli_dir, f)[:1] if c.is_symlink()]
+    if dangling:
+        from .layout import is_unfetched_link, unfetched_content_error
+
+        dangling = [c for c in dangling if is_unfetched_link(c)]
+        if dangling:
+            raise unfetched_content_error(dangling, "stimulus images that decoding needs",
+                                          Path(stimuli_dir).parent)
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         expected = Path(stimuli_dir).joinpath(*missing[0].split("/"))

@@ -96,6 +96,15 @@ def _run_from_cli(bids_dir, output_dir, analysis_level, config_file, values, giv
     except KeyboardInterrupt:
         LOGGER.warning("Interrupted: rerun with the same work dir to resume")
         return 130
+    except PermissionError as exc:  # one that no stage turned into its own message
+        from ..errors import error_from_oserror
+
+        LOGGER.debug("permission denied", exc_info=True)
+        where = getattr(exc, "filename", None)
+        reading = where is not None and _inside_folder(where, bids_dir)
+        error = error_from_oserror(exc, where, writing=not reading)
+        _print_error(error)
+        return error.exit_code
     except Exception as exc:  # the last resort: never a traceback on the terminal
         LOGGER.debug("unexpected failure", exc_info=True)
         log_file = _LOG_FILE[0]
@@ -109,6 +118,14 @@ def _run_from_cli(bids_dir, output_dir, analysis_level, config_file, values, giv
 
 
 _LOG_FILE: list[Path | None] = [None]
+
+
+def _inside_folder(path, folder) -> bool:
+    try:
+        Path(path).absolute().relative_to(Path(folder).absolute())
+        return True
+    except (TypeError, ValueError):
+        return False
 
 
 def _remember(path: Path) -> None:

@@ -64,6 +64,18 @@ def check_paths(config: Config) -> None:
     if _inside(work_dir, bids_dir) and not _inside(work_dir, bids_dir / "derivatives"):
         raise UsageError(f"The work dir {work_dir} is inside BIDS_DIR {bids_dir}",
                          hint="use -w/--work-dir outside the input dataset (the input is never modified)")
+    if work_dir.resolve() == output_dir.resolve():
+        raise UsageError(f"The work dir is OUTPUT_DIR ({output_dir}): nipype's files would fill the derivatives "
+                         "dataset", hint="give -w/--work-dir a folder of its own, e.g. OUTPUT_DIR/../work")
+    if config.clean_workdir:
+        # --clean-workdir deletes the work dir: never with the input or the results inside it (`-w .` run from
+        # the project folder deleted the dataset)
+        for name, folder in (("BIDS_DIR", bids_dir), ("OUTPUT_DIR", output_dir)):
+            if _inside(folder, work_dir):
+                raise UsageError(f"--clean-workdir would delete {name} ({folder}): it is inside the work dir "
+                                 f"{work_dir}", hint="give -w/--work-dir a folder of its own (e.g. ./work)")
+        if work_dir.is_dir():
+            check_work_dir_is_ours(work_dir.absolute())
     for name in ("events_map", "bids_filter_file", "roi_mask", "captions"):
         value = config.values.get(name)
         if value is not None and not Path(value).exists():
@@ -98,9 +110,31 @@ def redirect_caches(work_dir: Path) -> None:
     os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 
+#: what m2i itself puts in a work dir: --clean-workdir empties only a folder holding nothing else (or marked)
+WORK_DIR_MARKER = ".m2i-workdir"
+WORK_DIR_ENTRIES = {WORK_DIR_MARKER, ".m2i-write-test", ".cache", "m2i_wf", "pybids_db", "trials", "errors",
+                    "features", "report", "candidates", "group", "shared"}
+
+
+def check_work_dir_is_ours(work_dir: Path) -> None:
+    """--clean-workdir deletes the folder: refuse one that holds files m2i did not make (a home folder, a
+    project folder given as ``-w .``), exit 64."""
+    try:
+        entries = {p.name for p in work_dir.iterdir()}
+    except OSError:
+        return
+    if not entries or WORK_DIR_MARKER in entries or entries <= WORK_DIR_ENTRIES:
+        return
+    shown = ", ".join(sorted(entries - WORK_DIR_ENTRIES)[:5])
+    raise UsageError(f"--clean-workdir: {work_dir} holds files m2i did not make ({shown}); not emptying it",
+                     path=work_dir, hint="give -w/--work-dir a folder of its own (e.g. ./work), or delete "
+                     "what you no longer need yourself")
+
+
 def prepare_work_dir(config: Config) -> Path:
     work_dir = Path(config.work_dir).absolute()
     if config.clean_workdir and work_dir.exists():
+        check_work_dir_is_ours(work_dir)
         LOGGER.info("Emptying the work dir %s (--clean-workdir)", work_dir)
         shutil.rmtree(work_dir, ignore_errors=True)
     try:
@@ -108,6 +142,9 @@ def prepare_work_dir(config: Config) -> Path:
         probe = work_dir / ".m2i-write-test"
         probe.write_text("ok")
         probe.unlink()
+        marker = work_dir / WORK_DIR_MARKER
+        if not marker.exists():
+            marker.write_text("A work dir of m2i: --clean-workdir may empty this folder.\n")
     except OSError as exc:
         raise OutputCreateError(f"Cannot write to the work dir {work_dir}: {exc.strerror}", path=work_dir,
                                 hint="choose a writable folder with -w/--work-dir") from exc
@@ -176,6 +213,21 @@ def print_trials(config: Config) -> int:
         print(f"sub-{subject}")
         print(summarize_trials(subject_inputs.trials))
     return 0
+
+
+def check_participant_folders_writable(output_dir: Path, subjects: list[str]) -> None:
+    """Folders of the selected participants left by an earlier run of another user (a shared project folder)
+    must be writable now (exit 73), not when the first result is published after the preprocessing."""
+    for subject in subjects:
+        root = Path(output_dir) / f"sub-{subject}"
+        if not root.is_dir():
+            continue
+        for folder in [root, *(p for p in root.rglob("*") if p.is_dir() and not p.is_symlink())]:
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise OutputCreateError(
+                    f"Cannot write into {folder} (made by an earlier run, not writable by uid {os.getuid()})",
+                    path=folder, hint="make it writable for this user (or its group), remove it, or choose "
+                    "another OUTPUT_DIR")
 
 
 # nipype plugins that name their cluster jobs after os.environ["LOGNAME"] (a KeyError without it)
@@ -271,6 +323,7 @@ def run(config: Config, on_log_file: Callable[[Path], None] | None = None) -> in
 
     inputs = collect_inputs(config, work_dir)
     check_memory_budget(config, inputs)
+    check_participant_folders_writable(output_dir, list(inputs))
     from ..workflows.base import run_participant_workflows
 
     run_participant_workflows(config, inputs, work_dir)

@@ -47,7 +47,9 @@ def load_image(path) -> "Image.Image":  # noqa: F821
                                 hint="check the stim_file column and BIDS_DIR/stimuli/")
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")
+            from ..utils.images import to_rgb
+
+            return to_rgb(img)  # 16-bit PNGs scaled, not clipped to white
     except (UnidentifiedImageError, OSError) as exc:
         raise BadDataError(f"Cannot read stimulus image {path}: {exc}", path=path,
                            hint="replace the file with a readable PNG/JPEG") from exc

@@ -29,6 +29,17 @@ class ParticipantMaskFromRuns(M2IInterface):
     def _run(self, runtime):
         import nibabel as nib
 
+        # each run's mask on its own BOLD's grid first: otherwise a mask that does not match its BOLD (outputs
+        # of two fMRIPrep runs mixed, or an interrupted one) was reported as "runs not on one grid, use --space T1w"
+        for mask_path, bold in zip(self.inputs.in_files, self.inputs.bold_files):
+            mask_img, bold_img = nib.load(mask_path), nib.load(bold)
+            if mask_img.shape[:3] != bold_img.shape[:3] or not np.allclose(mask_img.affine, bold_img.affine,
+                                                                             atol=1e-3):
+                raise BadDataError(
+                    f"fMRIPrep's brain mask {Path(mask_path).name} (grid {mask_img.shape[:3]}) is not on the grid of "
+                    f"its BOLD series {Path(bold).name} ({bold_img.shape[:3]})", path=mask_path,
+                    hint="these outputs come from different fMRIPrep runs or an interrupted one: rerun fMRIPrep "
+                    "for this participant into a clean output folder")
         first = nib.load(self.inputs.in_files[0])
         mask = np.asarray(first.dataobj) > 0
         for path in self.inputs.in_files[1:]:
@@ -40,10 +51,6 @@ class ParticipantMaskFromRuns(M2IInterface):
                     hint="use a common output space (--space T1w) for every run",
                 )
             mask &= np.asarray(img.dataobj) > 0
-        for bold in self.inputs.bold_files:
-            img = nib.load(bold)
-            if img.shape[:3] != first.shape[:3]:
-                raise BadDataError(f"{Path(bold).name} is not on its mask's grid", path=bold)
         cwd = Path(runtime.cwd)
         self._results["out_file"] = str(save_like(mask.astype(np.uint8), first.affine, cwd / "brain_mask.nii.gz",
                                                   dtype=np.uint8))

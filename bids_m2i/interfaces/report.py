@@ -50,4 +50,7 @@ class ParticipantReport(M2IInterface):
         out = build_participant_report(output_dir=config.output_dir.absolute(), bids_dir=config.bids_dir,
                                        subject=self.inputs.subject, config=config, run_summaries=summaries,
                                        trials=trials, work_dir=Path(self.inputs.work_dir), stages=self.inputs.stages)
+        from .derivatives import note_written
+
+        note_written(out)  # restored from a copy if deleted before a rerun that finds the report finished
         self._results["out_report"] = str(out)

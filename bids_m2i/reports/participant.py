@@ -26,8 +26,10 @@ def data_uri(path: Path, thumbnail: int | None = None) -> str:
     if thumbnail:
         from PIL import Image
 
+        from ..utils.images import to_rgb
+
         with Image.open(path) as img:
-            img = img.convert("RGB")
+            img = to_rgb(img)
             img.thumbnail((thumbnail, thumbnail))
             buffer = io.BytesIO()
             img.save(buffer, format="PNG")

@@ -32,7 +32,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise error_from_oserror(exc, final.parent) from exc
     suffix = "".join(final.suffixes) if final.suffixes else ""
     stem = final.name[: len(final.name) - len(suffix)] if suffix else final.name
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{suffix}", dir=final.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{suffix}", dir=final.parent)
+    except OSError as exc:  # name the file meant, not the temporary name
+        raise error_from_oserror(exc, final) from exc
     tmp = Path(tmp_name)
     try:
         # writers below open this path with "wb" (truncate), which keeps the mode set here

@@ -32,7 +32,22 @@ def init_m2i_wf(config: Config, inputs: dict, work_dir: Path):
     n_glm_nodes = sum(len(inputs[subject].task_sessions) for subject in inputs)
     for subject in sorted(inputs):
         workflow.add_nodes([init_single_subject_wf(config, inputs[subject], work_dir, n_glm_nodes=n_glm_nodes)])
+    make_publishing_nodes(workflow)
     return workflow
+
+
+def make_publishing_nodes(workflow) -> None:
+    """Every plain node running one of our interfaces becomes a
+    :class:`~bids_m2i.workflows.publishing.PublishingNode` (done here, once, rather than in each stage's
+    builder, so that no stage can forget it): a rerun then restores the derivatives deleted since."""
+    from nipype.pipeline import engine as pe
+
+    from ..interfaces.base import M2IInterface
+    from .publishing import PublishingNode
+
+    for node in _all_nodes(workflow):
+        if type(node) is pe.Node and isinstance(node.interface, M2IInterface):
+            node.__class__ = PublishingNode
 
 
 def init_single_subject_wf(config: Config, subject_inputs, work_dir: Path, n_glm_nodes: int = 1):
@@ -272,9 +287,19 @@ def _error_from_records(error_dir: Path, logs_dir: Path, exc: Exception) -> M2IE
     if "[Errno 13]" in text or "[Errno 30]" in text:
         return OutputCreateError(f"Permission denied while writing during processing{where}",
                                  hint="check that the work dir and OUTPUT_DIR are writable")
-    return M2IError(f"A processing step failed: {exc}{where}",
+    return M2IError(f"A processing step failed: {_last_error_line(text or str(exc))}{where}",
                     hint="see the crash file and the log in OUTPUT_DIR/logs; rerun with the same work dir to "
                     "resume from the finished steps")
+
+
+def _last_error_line(text: str) -> str:
+    """The exception line of a traceback (``pandas.errors.EmptyDataError: No columns ...``): nipype's message
+    holds the whole traceback, which must not reach the terminal (DESIGN.md: tracebacks go to the log)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if not line.startswith(("File ", "Traceback", "^", "~")) and ": " in line and not line.startswith("[Node]"):
+            return line[:300]
+    return lines[0][:300] if lines else "unknown error"
 
 
 def collect_derivatives(workflow, outputnode, field: str = "derivatives") -> None:

@@ -1,0 +1,74 @@
+"""Damaged or inconsistent fMRIPrep outputs (``--derivatives``) stop the run early with exit 65 and a message
+that names the file, never a traceback.
+
+Users saw: an empty confounds table ended in the GLM step, after the other steps, with exit 1 and pandas'
+traceback printed on the terminal; a confounds table of another length also only in the GLM step; a brain
+mask not on its own BOLD's grid reported as "fMRIPrep runs are not on one grid: use --space T1w".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+import bids_m2i.workflows.base as base
+from bids_m2i.cli.run import run_cli
+from test_fmriprep_inputs import make_fmriprep_tree
+
+
+@pytest.fixture
+def tree(tiny_dataset, tmp_path):
+    return make_fmriprep_tree(tiny_dataset, tmp_path / "fmriprep", spaces=("T1w",))
+
+
+def _confounds(tree: Path) -> Path:
+    return sorted(tree.rglob("*task-perception_run-1_desc-confounds_timeseries.tsv"))[0]
+
+
+@pytest.mark.parametrize("damage, needle", [
+    ("empty", "cannot be read"),
+    ("short", "has 19 rows for the"),
+    ("not_tsv", "cannot be read"),
+])
+def test_damaged_confounds_are_65_before_any_step(tiny_dataset, tree, tmp_path, capsys, monkeypatch, damage,
+                                                  needle):
+    started = []
+    monkeypatch.setattr(base, "run_participant_workflows", lambda *a, **k: started.append(True))
+    path = _confounds(tree)
+    if damage == "empty":
+        path.write_text("")
+    elif damage == "short":
+        path.write_text("\n".join(path.read_text().splitlines()[:20]) + "\n")
+    else:
+        path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe")
+    code = run_cli([str(tiny_dataset), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "work"),
+                    "--derivatives", str(tree), "--skip-bids-validation", "--stop-after", "glm"])
+    err = capsys.readouterr().err
+    assert code == 65, err
+    assert needle in err and path.name in err and "Traceback" not in err
+    assert started == []
+
+
+def test_mask_off_its_bold_grid_says_so(tree, tmp_path):
+    from bids_m2i.errors import BadDataError
+    from bids_m2i.interfaces.fmriprep import ParticipantMaskFromRuns
+
+    bolds = sorted(tree.rglob("*_space-T1w_desc-preproc_bold.nii.gz"))
+    masks = [Path(str(b).replace("desc-preproc_bold", "desc-brain_mask")) for b in bolds]
+    img = nib.load(masks[1])
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[:-2], img.affine), masks[1])
+    node = ParticipantMaskFromRuns(in_files=[str(m) for m in masks], bold_files=[str(b) for b in bolds])
+    with pytest.raises(BadDataError, match="is not on the grid of its BOLD series") as info:
+        node._run(type("Runtime", (), {"cwd": str(tmp_path)})())
+    assert masks[1].name in str(info.value) and "--space" not in str(info.value)
+
+
+def test_generic_step_failure_shows_the_error_line_not_the_traceback():
+    from bids_m2i.workflows.base import _last_error_line
+
+    crash = ("Node: estimate_betas\nTraceback:\n\tTraceback (most recent call last):\n\t  File \"x.py\", line 1, in f"
+             "\n\t    g()\n\t    ^^^\n\tpandas.errors.EmptyDataError: No columns to parse from file\n")
+    assert _last_error_line(crash) == "pandas.errors.EmptyDataError: No columns to parse from file"
