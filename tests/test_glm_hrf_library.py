@@ -27,6 +27,13 @@ def test_narrow_library_is_latency_ordered_and_narrower_than_broad():
     assert np.median([_fwhm(k) for k in broad]) > widths.max()
     # the default is the broad library
     np.testing.assert_array_equal(library_kernels(1.6), broad)
+    # the medium library: the same peaks, FWHM 4-5 s
+    medium = library_kernels(1.6, name="medium")
+    np.testing.assert_allclose(medium.sum(1), 1.0)
+    medium_widths = np.array([_fwhm(k) for k in medium])
+    assert np.all((medium_widths > 3.3) & (medium_widths < 5.2)) and np.all(medium_widths > widths)
+    medium_peaks = [m["time_to_peak_s"] for m in describe_library(name="medium")]
+    assert np.all(np.diff(medium_peaks) > 0) and medium_peaks[0] < 3.5 and medium_peaks[-1] > 6.5
 
 
 def test_library_choice_reaches_the_model_and_the_sidecar():

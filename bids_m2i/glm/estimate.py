@@ -205,10 +205,10 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
     pc_criterion : {"ols-target", "consistency", "ridge"}
         How the number of noise PCs is cross-validated (:func:`bids_m2i.glm.denoise.choose_n_pcs`): by the
         unregularised betas (default) or by the ridge stage's loss (``"ridge"``).
-    hrf_library : {"broad", "narrow"}
+    hrf_library : {"broad", "narrow", "medium"}
         The HRF library of the fitted-HRF methods (:mod:`bids_m2i.glm.hrf_library`; docs/glm.md): the default
-        ``"broad"`` or the latency-ordered ``"narrow"`` family (better single-trial betas on the GLM benchmarks,
-        worse decoding on the demo simulator when it was tried as the default).
+        ``"broad"``, or the latency-ordered ``"narrow"`` (FWHM 2.5–3.5 s) or ``"medium"`` (FWHM 4–5 s) family
+        (issue-13 options: better r_trial on the GLM benchmarks; docs/glm.md gives what each costs).
 
     Returns
     -------

@@ -24,6 +24,9 @@ undershoot). The kernels are narrower than the canonical HRF on purpose: with tr
 kernels make neighbouring trials' regressors nearly collinear, and the R² that chooses the HRF then rewards
 fitting noise. Index 0 is the earliest member, index 19 the latest. The idea of a latency-ordered 20-member
 family is GLMsingle's; the shapes are our own.
+
+The ``"medium"`` library (an option; issue 13) is the same latency-ordered family with FWHM ``4 + i / 19`` s
+(4–5 s): between the two others (docs/glm.md, "HRF library").
 """
 
 from __future__ import annotations
@@ -40,10 +43,11 @@ LIBRARY_RATIOS = (0.15, 0.45)
 N_NARROW = 20
 NARROW_PEAKS = np.linspace(3.0, 7.0, N_NARROW)          # s, mode of the positive gamma
 NARROW_FWHM = np.linspace(2.5, 3.5, N_NARROW)           # s, full width at half maximum (gamma approximation)
+MEDIUM_FWHM = np.linspace(4.0, 5.0, N_NARROW)           # s, the "medium" library (same peaks and undershoots)
 NARROW_RATIOS = np.linspace(0.35, 0.05, N_NARROW)       # undershoot / peak
 NARROW_UNDERSHOOT_LAG = 8.0                             # s after the peak
 GAMMA_FWHM = 2.0 * np.sqrt(2.0 * np.log(2.0))           # FWHM / sd of a normal (gamma approximation)
-LIBRARIES = ("broad", "narrow")
+LIBRARIES = ("broad", "narrow", "medium")
 DEFAULT_LIBRARY = "broad"
 
 
@@ -92,9 +96,9 @@ def _broad_params() -> list[DoubleGammaParams]:
     return members
 
 
-def _narrow_params() -> list[DoubleGammaParams]:
+def _latency_ordered_params(widths: np.ndarray) -> list[DoubleGammaParams]:
     members = []
-    for peak, fwhm, ratio in zip(NARROW_PEAKS, NARROW_FWHM, NARROW_RATIOS):
+    for peak, fwhm, ratio in zip(NARROW_PEAKS, widths, NARROW_RATIOS):
         # a gamma of shape delay/dispersion and scale dispersion has mode delay - dispersion and variance
         # delay * dispersion: solve both for the requested peak and width
         variance = (fwhm / GAMMA_FWHM) ** 2
@@ -116,8 +120,11 @@ def check_library(name: str) -> str:
 
 
 def library_params(name: str = DEFAULT_LIBRARY) -> list[DoubleGammaParams]:
-    """The members of the HRF library ``name`` (``"broad"`` or ``"narrow"``), in index order (module docstring)."""
-    return _broad_params() if check_library(name) == "broad" else _narrow_params()
+    """The members of the HRF library ``name`` (``"broad"``, ``"narrow"``, ``"medium"``), in index order (module
+    docstring)."""
+    if check_library(name) == "broad":
+        return _broad_params()
+    return _latency_ordered_params(NARROW_FWHM if name == "narrow" else MEDIUM_FWHM)
 
 
 def library_kernels(t_r: float, oversampling: int = 50, name: str = DEFAULT_LIBRARY) -> np.ndarray:

@@ -22,7 +22,7 @@ class SessionModel:
     designs : list of RunDesign
     hrf_model : str
         ``"glover"`` or ``"spm"`` (nilearn's kernels).
-    library : {"broad", "narrow"}
+    library : {"broad", "narrow", "medium"}
         Which HRF library (:mod:`bids_m2i.glm.hrf_library`) when ``with_library``.
     """
 
