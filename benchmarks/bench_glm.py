@@ -134,7 +134,7 @@ def _ours_inputs(data):
     return runs, trials
 
 
-def child_ours(method: str, data_path: str, out: str, threads: int) -> dict:
+def child_ours(method: str, data_path: str, out: str, threads: int, hrf_library: str = "broad") -> dict:
     import torch
 
     torch.set_num_threads(threads)
@@ -147,6 +147,8 @@ def child_ours(method: str, data_path: str, out: str, threads: int) -> dict:
     info = {}
     if method in STAGES or method in ("lsa", "lss"):
         kwargs = {"fractions": (1.0,)} if method == "fithrf-denoise" else {}
+        if hrf_library != "broad":  # the engine's default library is "broad"; other values are issue-13 options
+            kwargs["hrf_library"] = hrf_library
         name = "fithrf-denoise-rr" if method == "fithrf-denoise" else method
         result = estimate_single_trial_betas(runs, trials, method=name, n_threads=threads, **kwargs)
         betas = result.betas
@@ -365,6 +367,8 @@ def main(argv=None) -> int:
                         help="folder keeping GLMsingle's betas and timings per (generator, seed, V, data hash); "
                              "a later run on the same data reads them instead of rerunning the peer (the table "
                              "says 'cached')")
+    parser.add_argument("--hrf-library", default="broad", choices=("broad", "narrow", "medium"),
+                        help="ours' HRF library (bids_m2i.glm.hrf_library; default: the engine's default 'broad')")
     parser.add_argument("--json", type=Path, default=None, help="write all rows here")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -372,7 +376,7 @@ def main(argv=None) -> int:
         _limit_threads(args.threads)
         method, data_path, out = args.child
         payload = (child_glmsingle(data_path, out, args.threads) if method == "glmsingle"
-                   else child_ours(method, data_path, out, args.threads))
+                   else child_ours(method, data_path, out, args.threads, args.hrf_library))
         payload["peak_rss_mb"] = _peak_rss_mb()
         print(json.dumps(payload))
         return 0
@@ -408,8 +412,9 @@ def main(argv=None) -> int:
                     if cached:
                         payload, wall, peak, cpu = _read_cache(cache)
                     else:
-                        payload, wall, peak, cpu = run_child(python, ["--threads", str(args.threads), "--child",
-                                                                      method, data_path, out], args.threads)
+                        payload, wall, peak, cpu = run_child(
+                            python, ["--threads", str(args.threads), "--hrf-library", args.hrf_library, "--child",
+                                     method, data_path, out], args.threads)
                         if cache is not None:
                             _write_cache(cache, payload, wall, peak, cpu)
                 except RuntimeError as error:

@@ -21,7 +21,7 @@ from .denoise import (NoisePCAccumulator, brain_voxels, choose_n_pcs, log_r2, no
 from .design import RunData, build_run_designs, polynomial_degree
 from .fithrf import grouped_trial_betas, library_fitted_ss, r2_from, total_sum_of_squares
 from .fracridge import DEFAULT_FRACTIONS, N_ALPHAS, fractional_ridge_cv
-from .hrf_library import describe_library
+from .hrf_library import DEFAULT_LIBRARY, check_library, describe_library
 from .lss import lss_betas
 from .model import SessionModel
 from .reliability import RepeatStructure, ncsnr
@@ -153,7 +153,7 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
                                 brain_threshold: tuple[float, float] = (99.0, 0.1),
                                 noise_pool_r2: float | None = None, max_pc_voxels: int = 2000,
                                 hrf_selection: str = "full", ridge_criterion: str = "consistency",
-                                pc_criterion: str = "ols-target") -> GLMResult:
+                                pc_criterion: str = "ols-target", hrf_library: str = DEFAULT_LIBRARY) -> GLMResult:
     """Single-trial betas of one task of one session, all runs modelled together.
 
     Parameters
@@ -205,6 +205,10 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
     pc_criterion : {"ols-target", "consistency", "ridge"}
         How the number of noise PCs is cross-validated (:func:`bids_m2i.glm.denoise.choose_n_pcs`): by the
         unregularised betas (default) or by the ridge stage's loss (``"ridge"``).
+    hrf_library : {"broad", "narrow", "medium"}
+        The HRF library of the fitted-HRF methods (:mod:`bids_m2i.glm.hrf_library`; docs/glm.md): the default
+        ``"broad"``, or the latency-ordered ``"narrow"`` (FWHM 2.5–3.5 s) or ``"medium"`` (FWHM 4–5 s) family
+        (issue-13 options: better r_trial on the GLM benchmarks; docs/glm.md gives what each costs).
 
     Returns
     -------
@@ -224,6 +228,7 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
                          hint="use 'ols-target', 'consistency' or 'ridge'")
     if ridge_criterion not in ("consistency", "ols-target"):
         raise UsageError(f"Unknown ridge_criterion {ridge_criterion!r}", hint="use 'consistency' or 'ols-target'")
+    check_library(hrf_library)
     if precision not in ("single", "double"):
         raise UsageError(f"Unknown precision {precision!r}", hint="use 'single' or 'double'")
     n_voxels, lengths = _check_runs(runs)
@@ -262,7 +267,7 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
 
     with torch_threads(n_threads):
         model = SessionModel(designs, hrf_model, with_library=use_library, oversampling=oversampling,
-                             min_onset=min_onset, dtype=dtype, device=torch_device)
+                             min_onset=min_onset, dtype=dtype, device=torch_device, library=hrf_library)
         chunk, memory_plan = estimate_memory(n_voxels, sum(lengths), n_trials, torch.finfo(dtype).bits // 8,
                                              runs[0].data.dtype.itemsize, model.n_kernels, mem_gb)
         chunks = [slice(start, min(start + chunk, n_voxels)) for start in range(0, n_voxels, chunk)]
@@ -337,7 +342,8 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
                            "the voxel's run mean",
         "zscored": bool(zscore),
         "hrf_model": hrf_model,
-        "hrf_library": describe_library() if use_library else None,
+        "hrf_library": describe_library(name=hrf_library) if use_library else None,
+        "hrf_library_name": hrf_library if use_library else None,
         "hrf_choice": (f"max R² of the {'full single-trial' if hrf_selection == 'full' else 'ON-OFF'} model"
                        if use_library else "assumed"),
         "ridge_criterion": ridge_criterion if effective == "fithrf-denoise-rr" else None,
