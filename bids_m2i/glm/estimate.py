@@ -21,7 +21,7 @@ from .denoise import (NoisePCAccumulator, brain_voxels, choose_n_pcs, log_r2, no
 from .design import RunData, build_run_designs, polynomial_degree
 from .fithrf import grouped_trial_betas, library_fitted_ss, r2_from, total_sum_of_squares
 from .fracridge import DEFAULT_FRACTIONS, N_ALPHAS, fractional_ridge_cv
-from .hrf_library import describe_library
+from .hrf_library import DEFAULT_LIBRARY, check_library, describe_library
 from .lss import lss_betas
 from .model import SessionModel
 from .reliability import RepeatStructure, ncsnr
@@ -155,7 +155,8 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
                                 brain_threshold: tuple[float, float] = (99.0, 0.1),
                                 noise_pool_r2: float | None = None, max_pc_voxels: int = 2000,
                                 hrf_selection: str = "full", ridge_criterion: str = "consistency",
-                                pc_criterion: str = "ols-target", noise_model: str = "ols") -> GLMResult:
+                                pc_criterion: str = "ols-target", hrf_library: str = DEFAULT_LIBRARY,
+                                noise_model: str = "ols") -> GLMResult:
     """Single-trial betas of one task of one session, all runs modelled together.
 
     Parameters
@@ -207,6 +208,10 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
     pc_criterion : {"ols-target", "consistency", "ridge"}
         How the number of noise PCs is cross-validated (:func:`bids_m2i.glm.denoise.choose_n_pcs`): by the
         unregularised betas (default) or by the ridge stage's loss (``"ridge"``).
+    hrf_library : {"broad", "narrow"}
+        The HRF library of the fitted-HRF methods (:mod:`bids_m2i.glm.hrf_library`; docs/glm.md): the default
+        ``"broad"`` or the latency-ordered ``"narrow"`` family (better single-trial betas on the GLM benchmarks,
+        worse decoding on the demo simulator when it was tried as the default).
     noise_model : {"ols", "ar1"}
         "ar1": the final betas (and the ridge stage) are fitted after AR(1) prewhitening of each voxel's data
         and design, ρ from the OLS residuals, quantised (``bids_m2i.glm.whitening``); not for ``lss``.
@@ -229,6 +234,7 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
                          hint="use 'ols-target', 'consistency' or 'ridge'")
     if ridge_criterion not in ("consistency", "ols-target"):
         raise UsageError(f"Unknown ridge_criterion {ridge_criterion!r}", hint="use 'consistency' or 'ols-target'")
+    check_library(hrf_library)
     if noise_model not in ("ols", "ar1"):
         raise UsageError(f"Unknown noise_model {noise_model!r}", hint="use 'ols' or 'ar1'")
     if noise_model == "ar1" and method == "lss":
@@ -271,7 +277,7 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
 
     with torch_threads(n_threads):
         model = SessionModel(designs, hrf_model, with_library=use_library, oversampling=oversampling,
-                             min_onset=min_onset, dtype=dtype, device=torch_device)
+                             min_onset=min_onset, dtype=dtype, device=torch_device, library=hrf_library)
         chunk, memory_plan = estimate_memory(n_voxels, sum(lengths), n_trials, torch.finfo(dtype).bits // 8,
                                              runs[0].data.dtype.itemsize, model.n_kernels, mem_gb)
         chunks = [slice(start, min(start + chunk, n_voxels)) for start in range(0, n_voxels, chunk)]
@@ -355,7 +361,8 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
                            "the voxel's run mean",
         "zscored": bool(zscore),
         "hrf_model": hrf_model,
-        "hrf_library": describe_library() if use_library else None,
+        "hrf_library": describe_library(name=hrf_library) if use_library else None,
+        "hrf_library_name": hrf_library if use_library else None,
         "hrf_choice": (f"max R² of the {'full single-trial' if hrf_selection == 'full' else 'ON-OFF'} model"
                        if use_library else "assumed"),
         "ridge_criterion": ridge_criterion if effective == "fithrf-denoise-rr" else None,

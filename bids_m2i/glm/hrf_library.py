@@ -13,7 +13,17 @@ that grows with the delay (``0.9 * d / 6``: later responses are broader, as meas
 2004, NeuroImage 21:1639), so that the time to peak ranges from about 3.3 s to 7.9 s; each with a weak and a
 strong undershoot (``ratio`` 0.15 and 0.45, undershoot delay ``d + 6`` s, dispersion 0.9). Glover's canonical
 HRF (delay 6, dispersion 0.9, undershoot 12, ratio 0.48) sits inside this family. The spread mirrors the range
-covered by GLMsingle's library (Prince et al. 2022, eLife 11:e77599), but the shapes are our own.
+covered by GLMsingle's library (Prince et al. 2022, eLife 11:e77599), but the shapes are our own. This is the
+``"broad"`` library (the default).
+
+The ``"narrow"`` library (an option; issue 13) is a one-parameter family ordered by latency: member ``i`` has its
+peak (the gamma mode, ``delay - dispersion``) at ``3 + 4 i / 19`` s (3–7 s), a full width at half maximum
+(``2.355 sqrt(delay · dispersion)``) of ``2.5 + i / 19`` s (later responses are broader) and an undershoot 8 s
+after the peak (dispersion 1) whose ratio falls from 0.35 to 0.05 (early, narrow responses have the stronger
+undershoot). The kernels are narrower than the canonical HRF on purpose: with trials every few seconds, broad
+kernels make neighbouring trials' regressors nearly collinear, and the R² that chooses the HRF then rewards
+fitting noise. Index 0 is the earliest member, index 19 the latest. The idea of a latency-ordered 20-member
+family is GLMsingle's; the shapes are our own.
 """
 
 from __future__ import annotations
@@ -26,6 +36,15 @@ from scipy.stats import gamma
 KERNEL_SECONDS = 32.0
 LIBRARY_DELAYS = np.round(np.linspace(4.0, 9.4, 10), 2)
 LIBRARY_RATIOS = (0.15, 0.45)
+# the "narrow" library
+N_NARROW = 20
+NARROW_PEAKS = np.linspace(3.0, 7.0, N_NARROW)          # s, mode of the positive gamma
+NARROW_FWHM = np.linspace(2.5, 3.5, N_NARROW)           # s, full width at half maximum (gamma approximation)
+NARROW_RATIOS = np.linspace(0.35, 0.05, N_NARROW)       # undershoot / peak
+NARROW_UNDERSHOOT_LAG = 8.0                             # s after the peak
+GAMMA_FWHM = 2.0 * np.sqrt(2.0 * np.log(2.0))           # FWHM / sd of a normal (gamma approximation)
+LIBRARIES = ("broad", "narrow")
+DEFAULT_LIBRARY = "broad"
 
 
 @dataclass(frozen=True)
@@ -64,8 +83,7 @@ def double_gamma_kernel(params: DoubleGammaParams, t_r: float, oversampling: int
     return kernel / kernel.sum()
 
 
-def library_params() -> list[DoubleGammaParams]:
-    """The 20 members of the HRF library, in index order (see module docstring)."""
+def _broad_params() -> list[DoubleGammaParams]:
     members = []
     for ratio in LIBRARY_RATIOS:
         for delay in LIBRARY_DELAYS:
@@ -74,14 +92,42 @@ def library_params() -> list[DoubleGammaParams]:
     return members
 
 
-def library_kernels(t_r: float, oversampling: int = 50) -> np.ndarray:
-    """All library kernels.
+def _narrow_params() -> list[DoubleGammaParams]:
+    members = []
+    for peak, fwhm, ratio in zip(NARROW_PEAKS, NARROW_FWHM, NARROW_RATIOS):
+        # a gamma of shape delay/dispersion and scale dispersion has mode delay - dispersion and variance
+        # delay * dispersion: solve both for the requested peak and width
+        variance = (fwhm / GAMMA_FWHM) ** 2
+        dispersion = (-peak + np.sqrt(peak * peak + 4.0 * variance)) / 2.0
+        delay = peak + dispersion
+        members.append(DoubleGammaParams(delay=round(float(delay), 4), dispersion=round(float(dispersion), 4),
+                                         undershoot=round(float(delay + NARROW_UNDERSHOOT_LAG), 4),
+                                         u_dispersion=1.0, ratio=round(float(ratio), 4)))
+    return members
+
+
+def check_library(name: str) -> str:
+    """``name`` if it is a known library, else a :class:`~bids_m2i.errors.UsageError`."""
+    if name not in LIBRARIES:
+        from ..errors import UsageError
+
+        raise UsageError(f"Unknown HRF library {name!r}", hint=f"use one of {', '.join(LIBRARIES)}")
+    return name
+
+
+def library_params(name: str = DEFAULT_LIBRARY) -> list[DoubleGammaParams]:
+    """The members of the HRF library ``name`` (``"broad"`` or ``"narrow"``), in index order (module docstring)."""
+    return _broad_params() if check_library(name) == "broad" else _narrow_params()
+
+
+def library_kernels(t_r: float, oversampling: int = 50, name: str = DEFAULT_LIBRARY) -> np.ndarray:
+    """All kernels of the library ``name``.
 
     Returns
     -------
     kernels : ndarray, shape (n_hrf, n_samples)
     """
-    return np.stack([double_gamma_kernel(p, t_r, oversampling) for p in library_params()])
+    return np.stack([double_gamma_kernel(p, t_r, oversampling) for p in library_params(name)])
 
 
 def time_to_peak(kernel: np.ndarray, t_r: float, oversampling: int = 50) -> float:
@@ -109,10 +155,10 @@ def canonical_kernel(hrf_model: str, t_r: float, oversampling: int = 50) -> np.n
                      hint="use 'glover' or 'spm' (the fitted HRF methods use the documented library)")
 
 
-def describe_library(t_r: float = 1.0, oversampling: int = 50) -> list[dict]:
-    """One dict per library member (parameters and time to peak), for the sidecar."""
+def describe_library(t_r: float = 1.0, oversampling: int = 50, name: str = DEFAULT_LIBRARY) -> list[dict]:
+    """One dict per member of the library ``name`` (parameters and time to peak), for the sidecar."""
     out = []
-    for index, params in enumerate(library_params()):
+    for index, params in enumerate(library_params(name)):
         kernel = double_gamma_kernel(params, t_r, oversampling)
         out.append({"index": index, **params.as_dict(), "time_to_peak_s": round(time_to_peak(kernel, t_r), 2)})
     return out

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from .design import RunDesign
-from .hrf_library import canonical_kernel, library_kernels
+from .hrf_library import DEFAULT_LIBRARY, canonical_kernel, library_kernels
 from .solvers import GRAM_TOLERANCE, SINGULAR_TOLERANCE, RunOperators, orthonormal_basis
 
 
@@ -22,10 +22,13 @@ class SessionModel:
     designs : list of RunDesign
     hrf_model : str
         ``"glover"`` or ``"spm"`` (nilearn's kernels).
+    library : {"broad", "narrow"}
+        Which HRF library (:mod:`bids_m2i.glm.hrf_library`) when ``with_library``.
     """
 
     def __init__(self, designs: list[RunDesign], hrf_model: str = "glover", with_library: bool = False,
-                 oversampling: int = 50, min_onset: float = -24.0, dtype=torch.float32, device=None):
+                 oversampling: int = 50, min_onset: float = -24.0, dtype=torch.float32, device=None,
+                 library: str = DEFAULT_LIBRARY):
         self.designs = designs
         self.dtype = dtype
         self.device = device or torch.device("cpu")
@@ -33,7 +36,7 @@ class SessionModel:
         for design in designs:
             kernels = [canonical_kernel(hrf_model, design.tr, oversampling)[None]]
             if with_library:
-                kernels.insert(0, library_kernels(design.tr, oversampling))
+                kernels.insert(0, library_kernels(design.tr, oversampling, library))
             trials, nuisance = design.event_regressors(np.concatenate(kernels), oversampling, min_onset)
             self.trial_regressors.append(trials)      # (n_kernels, n_volumes, n_run_trials)
             self.nuisance_regressors.append(nuisance)  # (n_kernels, n_volumes, n_nuisance_types)

@@ -1,0 +1,50 @@
+"""The HRF libraries: the default "broad" one and the "narrow" option (issue 13)."""
+
+import numpy as np
+import pytest
+
+from bids_m2i.errors import UsageError
+from bids_m2i.glm import estimate_single_trial_betas
+from bids_m2i.glm.hrf_library import KERNEL_SECONDS, describe_library, library_kernels
+from bids_m2i.glm.simulation import simulate_session
+
+
+def _fwhm(kernel: np.ndarray) -> float:
+    dt = KERNEL_SECONDS / (kernel.size - 1)
+    above = np.flatnonzero(kernel >= kernel.max() / 2)
+    return float((above[-1] - above[0]) * dt)
+
+
+def test_narrow_library_is_latency_ordered_and_narrower_than_broad():
+    narrow = library_kernels(1.6, name="narrow")
+    broad = library_kernels(1.6, name="broad")
+    assert narrow.shape == broad.shape == (20, narrow.shape[1])
+    np.testing.assert_allclose(narrow.sum(1), 1.0)
+    peaks = [m["time_to_peak_s"] for m in describe_library(name="narrow")]
+    assert np.all(np.diff(peaks) > 0) and 2.8 < peaks[0] < 3.3 and 6.7 < peaks[-1] < 7.3
+    widths = np.array([_fwhm(k) for k in narrow])
+    assert np.all((widths > 2.2) & (widths < 3.8))
+    assert np.median([_fwhm(k) for k in broad]) > widths.max()
+    # the default is the broad library
+    np.testing.assert_array_equal(library_kernels(1.6), broad)
+
+
+def test_library_choice_reaches_the_model_and_the_sidecar():
+    sim = simulate_session(n_voxels=200, n_runs=3, n_volumes=150, n_stimuli=40, n_repeats=3, seed=21)
+    broad = estimate_single_trial_betas(sim.runs, sim.trials, method="fithrf")
+    narrow = estimate_single_trial_betas(sim.runs, sim.trials, method="fithrf", hrf_library="narrow")
+    assert broad.metadata["hrf_library_name"] == "broad"
+    assert broad.metadata["hrf_library"] == describe_library()
+    assert narrow.metadata["hrf_library_name"] == "narrow"
+    assert narrow.metadata["hrf_library"] == describe_library(name="narrow")
+    assert not np.array_equal(broad.betas, narrow.betas)
+    assert narrow.hrf_index.min() >= 0 and narrow.hrf_index.max() < 20
+    # the assumed-HRF methods carry no library
+    lsa = estimate_single_trial_betas(sim.runs, sim.trials, method="lsa", hrf_library="narrow")
+    assert lsa.metadata["hrf_library"] is None and lsa.metadata["hrf_library_name"] is None
+
+
+def test_unknown_library_is_a_usage_error():
+    sim = simulate_session(n_voxels=50, n_runs=2, n_volumes=100, n_stimuli=10, n_repeats=2, seed=1)
+    with pytest.raises(UsageError, match="HRF library"):
+        estimate_single_trial_betas(sim.runs, sim.trials, method="fithrf", hrf_library="wide")
