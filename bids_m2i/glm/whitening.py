@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .solvers import RunOperators
+from .solvers import GRAM_TOLERANCE, SINGULAR_TOLERANCE, RunOperators
 
 AR1_STEP = 0.05
 RHO_MIN, RHO_MAX = -0.5, 0.9
@@ -120,17 +120,42 @@ def estimate_ar1(operators: list[RunOperators], data_runs: list[torch.Tensor]):
     return np.interp(observed, curve, RHO_GRID), fitted
 
 
-def quantise(rho: np.ndarray, step: float = AR1_STEP) -> np.ndarray:
-    """``rho`` rounded to the grid of ``step`` (the bins that share one factorisation)."""
+def quantise(rho: np.ndarray, step: float | None = None) -> np.ndarray:
+    """``rho`` rounded to the grid of ``step`` (default :data:`AR1_STEP`; the bins that share one factorisation)."""
+    step = AR1_STEP if step is None else step
     return np.round(np.round(np.asarray(rho) / step) * step, 6)
 
 
-def whitened_operators(model, run: int, kernel: int, n_pcs: int, rho: float) -> RunOperators:
-    """The run's full model (trials, nuisance events, drift, confounds, PCs) whitened with ``rho``, factorised."""
-    trials = model.trial_regressors[run][kernel]
-    nuisance = model.nuisance(run, kernel, n_pcs)
-    return RunOperators.build(whiten_columns(trials, rho), whiten_columns(nuisance, rho), model.dtype,
-                              model.device)
+def whiten_stack(matrix: np.ndarray, rhos: np.ndarray) -> np.ndarray:
+    """:func:`whiten_columns` of one (n_volumes, k) matrix for several ρ at once, shape (n_rho, n_volumes, k)."""
+    rhos = np.asarray(rhos, dtype=float)[:, None, None]
+    out = np.empty((rhos.shape[0],) + matrix.shape)
+    out[:, 0] = np.sqrt(1.0 - rhos[:, 0] ** 2) * matrix[0]
+    out[:, 1:] = matrix[1:] - rhos * matrix[:-1]
+    return out
+
+
+def whitened_operators(model, run: int, kernel: int, n_pcs: int, rhos) -> list[RunOperators]:
+    """The run's full model (trials, nuisance events, drift, confounds, PCs) whitened with each ρ, factorised.
+
+    Same factorisation as :meth:`RunOperators.build`, stacked over the ρ values (one numpy call per step
+    instead of one per bin).
+    """
+    trials = whiten_stack(model.trial_regressors[run][kernel], rhos)               # (B, T, n)
+    nuisance = whiten_stack(model.nuisance(run, kernel, n_pcs), rhos)              # (B, T, e)
+    left, sing, _ = np.linalg.svd(nuisance, full_matrices=False)
+    keep = sing > SINGULAR_TOLERANCE * np.maximum(sing.max(axis=1, keepdims=True), 1e-300)
+    basis = left * keep[:, None, :]                                                # dropped directions -> 0
+    reduced = trials - basis @ (np.swapaxes(basis, 1, 2) @ trials)
+    values, right = np.linalg.eigh(np.swapaxes(reduced, 1, 2) @ reduced)
+    values, right = values[:, ::-1].copy(), right[:, :, ::-1].copy()
+    estimable = values > GRAM_TOLERANCE * np.maximum(values.max(axis=1, keepdims=True), 1e-300)
+    sing = np.sqrt(np.where(estimable, values, 0.0))
+    left = np.where(estimable[:, None, :], reduced @ right / np.where(estimable, sing, 1.0)[:, None, :], 0.0)
+    to = dict(dtype=model.dtype, device=model.device)
+    return [RunOperators(torch.as_tensor(np.ascontiguousarray(basis[b][:, keep[b]]), **to),
+                         torch.as_tensor(left[b], **to), torch.as_tensor(sing[b], **to),
+                         torch.as_tensor(right[b], **to)) for b in range(len(rhos))]
 
 
 def whitened_bins(model, data_runs: list[torch.Tensor], kernel: int, n_pcs: int, rho_bins: np.ndarray):
@@ -145,17 +170,18 @@ def whitened_bins(model, data_runs: list[torch.Tensor], kernel: int, n_pcs: int,
     whitened : list of Tensor, shape (n_bin_voxels, n_volumes_run)
         The bin's data whitened with the same ρ.
     """
-    for value in np.unique(rho_bins):
+    values = np.unique(rho_bins)
+    per_run = [whitened_operators(model, run, kernel, n_pcs, values) for run in range(model.n_runs)]
+    for b, value in enumerate(values):
         local = np.flatnonzero(rho_bins == value)
         index = torch.as_tensor(local, device=model.device)
-        rho = float(value)
-        operators = [whitened_operators(model, run, kernel, n_pcs, rho) for run in range(model.n_runs)]
-        whitened = [whiten_data(d.index_select(0, index), rho) for d in data_runs]
+        operators = [ops[b] for ops in per_run]
+        whitened = [whiten_data(d.index_select(0, index), float(value)) for d in data_runs]
         yield local, operators, whitened
 
 
 def whitened_trial_betas(model, data_runs: list[torch.Tensor], kernel_of_voxel: np.ndarray, n_trials: int,
-                         n_pcs: int = 0, step: float = AR1_STEP):
+                         n_pcs: int = 0, step: float | None = None):
     """GLS (AR(1)-prewhitened) single-trial betas with a per-voxel kernel.
 
     Returns
