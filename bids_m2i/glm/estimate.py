@@ -156,7 +156,7 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
                                 noise_pool_r2: float | None = None, max_pc_voxels: int = 2000,
                                 hrf_selection: str = "full", ridge_criterion: str = "consistency",
                                 pc_criterion: str = "ols-target", hrf_library: str = DEFAULT_LIBRARY,
-                                noise_model: str = "ols") -> GLMResult:
+                                noise_model: str = "auto") -> GLMResult:
     """Single-trial betas of one task of one session, all runs modelled together.
 
     Parameters
@@ -212,9 +212,10 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
         The HRF library of the fitted-HRF methods (:mod:`bids_m2i.glm.hrf_library`; docs/glm.md): the default
         ``"broad"`` or the latency-ordered ``"narrow"`` family (better single-trial betas on the GLM benchmarks,
         worse decoding on the demo simulator when it was tried as the default).
-    noise_model : {"ols", "ar1"}
+    noise_model : {"auto", "ols", "ar1"}
         "ar1": the final betas (and the ridge stage) are fitted after AR(1) prewhitening of each voxel's data
         and design, ρ from the OLS residuals, quantised (``bids_m2i.glm.whitening``); not for ``lss``.
+        "auto" (default): "ar1" for ``fithrf`` and ``fithrf-denoise-rr``, "ols" for ``lsa`` and ``lss``.
 
     Returns
     -------
@@ -235,8 +236,10 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
     if ridge_criterion not in ("consistency", "ols-target"):
         raise UsageError(f"Unknown ridge_criterion {ridge_criterion!r}", hint="use 'consistency' or 'ols-target'")
     check_library(hrf_library)
-    if noise_model not in ("ols", "ar1"):
-        raise UsageError(f"Unknown noise_model {noise_model!r}", hint="use 'ols' or 'ar1'")
+    if noise_model not in ("auto", "ols", "ar1"):
+        raise UsageError(f"Unknown noise_model {noise_model!r}", hint="use 'auto', 'ols' or 'ar1'")
+    if noise_model == "auto":
+        noise_model = "ar1" if method in ("fithrf", "fithrf-denoise-rr") else "ols"
     if noise_model == "ar1" and method == "lss":
         raise UsageError("noise_model='ar1' is not implemented for lss", hint="use noise_model='ols' with lss")
     if precision not in ("single", "double"):

@@ -30,7 +30,7 @@ import torch
 
 from .solvers import GRAM_TOLERANCE, SINGULAR_TOLERANCE, RunOperators
 
-AR1_STEP = 0.05
+AR1_STEP = 0.1
 RHO_MIN, RHO_MAX = -0.5, 0.9
 
 
