@@ -105,8 +105,13 @@ def test_ar1_full_pipeline_is_recorded_and_rerun_identically(sim):
     np.testing.assert_array_equal(first.betas, again.betas)
     assert np.isfinite(first.betas).all()
     assert first.metadata["noise_model"] == "ar1" and first.metadata["ar1"]["n_bins"] >= 1
-    ols = estimate_single_trial_betas(sim.runs, sim.trials, max_pcs=2)
+    ols = estimate_single_trial_betas(sim.runs, sim.trials, max_pcs=2, noise_model="ols")
     assert ols.metadata["noise_model"] == "ols" and ols.metadata["ar1"] is None
+    # the default ("auto") whitens the fitted-HRF methods only
+    default = estimate_single_trial_betas(sim.runs, sim.trials, max_pcs=2)
+    assert default.metadata["noise_model"] == "ar1"
+    np.testing.assert_array_equal(default.betas, first.betas)
+    assert estimate_single_trial_betas(sim.runs, sim.trials, method="lsa").metadata["noise_model"] == "ols"
     # HRF choice and PCs are the OLS ones; only the final fit changes
     np.testing.assert_array_equal(first.hrf_index, ols.hrf_index)
     assert first.metadata["n_pcs"] == ols.metadata["n_pcs"]
@@ -118,3 +123,26 @@ def test_ar1_with_lss_or_unknown_model_is_a_usage_error(sim):
         estimate_single_trial_betas(sim.runs, sim.trials, method="lss", noise_model="ar1")
     with pytest.raises(UsageError, match="noise_model"):
         estimate_single_trial_betas(sim.runs, sim.trials, noise_model="arma")
+
+
+def test_whitening_raises_r_trial_on_the_independent_generator():
+    """The benchmark's independent generator (AR + global + physiological noise, double-gamma HRFs), small:
+    the default (AR(1) prewhitening) beats OLS on r_trial, as on every benchmark generator (docs/glm.md)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from glm_generators import simulate
+
+    from bids_m2i.glm.simulation import r_trial
+
+    s = simulate(n_voxels=500, n_runs=6, n_volumes=200, n_stimuli=120, n_repeats=3, seed=3)
+    runs = [RunData(data=d, tr=s.tr, run=str(i + 1)) for i, d in enumerate(s.runs)]
+    trials = pd.DataFrame({"onset": s.onsets, "duration": s.durations, "run": [str(r + 1) for r in s.trial_run],
+                           "role": "trial", "event_type": "stimulus", "condition": "perception",
+                           "stimulus": [f"img-{k:04d}" for k in s.stimulus]})
+    scores = {}
+    for noise_model in ("ols", "auto"):
+        result = estimate_single_trial_betas(runs, trials, noise_model=noise_model, max_pcs=4)
+        scores[noise_model] = float(np.median(r_trial(result.betas, s.true_betas, s.responsive)))
+    assert scores["auto"] > scores["ols"] + 0.005, scores
