@@ -36,10 +36,7 @@ RHO_MIN, RHO_MAX = -0.5, 0.9
 
 def whiten_columns(matrix: np.ndarray, rho: float) -> np.ndarray:
     """AR(1) whitening of each column of ``matrix`` (n_volumes, k) along time (float64 numpy)."""
-    out = np.empty_like(matrix, dtype=float)
-    out[0] = np.sqrt(1.0 - rho * rho) * matrix[0]
-    out[1:] = matrix[1:] - rho * matrix[:-1]
-    return out
+    return whiten_stack(matrix, [rho])[0]
 
 
 def whiten_data(data: torch.Tensor, rho: float) -> torch.Tensor:
@@ -116,8 +113,9 @@ def estimate_ar1(operators: list[RunOperators], data_runs: list[torch.Tensor]):
         a0, a1, fitted = a0 + s0, a1 + s1, fitted + explained
     curve = np.maximum.accumulate(expected1 / expected0)       # increasing in ρ
     a0 = a0.double().cpu().numpy()
-    observed = np.where(a0 > 0, a1.double().cpu().numpy() / np.where(a0 > 0, a0, 1.0), curve[0])
-    return np.interp(observed, curve, RHO_GRID), fitted
+    observed = a1.double().cpu().numpy() / np.where(a0 > 0, a0, 1.0)
+    # a voxel without residual (constant, or not scalable to % signal) is left unwhitened
+    return np.where(a0 > 0, np.interp(observed, curve, RHO_GRID), 0.0), fitted
 
 
 def quantise(rho: np.ndarray, step: float | None = None) -> np.ndarray:
