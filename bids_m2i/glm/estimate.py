@@ -373,7 +373,8 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
         "ar1": ({"estimate": "lag-1 autocorrelation of the OLS residuals (chosen HRF and PCs), pooled over runs, "
                             "bias-corrected for the model (Worsley et al. 2002)", "bin_step": AR1_STEP,
                  "clip": [RHO_MIN, RHO_MAX], "median": float(np.median(ar1)), "n_bins": int(np.unique(ar1).size),
-                 "applies_to": "final betas and the ridge stage (HRF choice and number of PCs by OLS)"}
+                 "applies_to": ("final betas and the ridge stage" if effective == "fithrf-denoise-rr" else
+                                "final betas") + "; HRF choice, noise pool and number of PCs are OLS"}
                 if noise_model == "ar1" else None),
         "drift_model": drift_model, "high_pass": high_pass if drift_model == "cosine" else None,
         "drift_order": ([polynomial_degree(d.frame_times) for d in designs] if drift_model == "polynomial"
