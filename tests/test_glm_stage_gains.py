@@ -40,7 +40,8 @@ def _stages(runs, trials, truth, responsive):
     for name, kwargs in (("fithrf", {"method": "fithrf"}),
                          ("denoise", {"method": "fithrf-denoise-rr", "fractions": (1.0,)}),
                          ("rr", {"method": "fithrf-denoise-rr"})):
-        result = estimate_single_trial_betas(runs, trials, **kwargs)
+        # the OLS stages (docs/glm.md's stage table); AR(1) prewhitening is pinned in test_glm_whitening.py
+        result = estimate_single_trial_betas(runs, trials, noise_model="ols", **kwargs)
         out[name] = (float(np.median(r_trial(result.betas, truth, responsive))),
                      float(np.median(retest_reliability(result.betas[:, responsive],
                                                         result.trial_rows["stimulus"]))))

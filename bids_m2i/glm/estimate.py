@@ -27,6 +27,8 @@ from .model import SessionModel
 from .reliability import RepeatStructure, ncsnr
 from ..utils.torch_runtime import resolve_device
 from .solvers import percent_signal, torch_threads, zscore_rows
+from .whitening import (AR1_STEP, RHO_MAX, RHO_MIN, estimate_ar1, quantise, whitened_bins,
+                        whitened_trial_betas)
 
 LOGGER = logging.getLogger("m2i.glm")
 
@@ -153,7 +155,8 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
                                 brain_threshold: tuple[float, float] = (99.0, 0.1),
                                 noise_pool_r2: float | None = None, max_pc_voxels: int = 2000,
                                 hrf_selection: str = "full", ridge_criterion: str = "consistency",
-                                pc_criterion: str = "ols-target", hrf_library: str = DEFAULT_LIBRARY) -> GLMResult:
+                                pc_criterion: str = "ols-target", hrf_library: str = DEFAULT_LIBRARY,
+                                noise_model: str = "auto") -> GLMResult:
     """Single-trial betas of one task of one session, all runs modelled together.
 
     Parameters
@@ -209,6 +212,10 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
         The HRF library of the fitted-HRF methods (:mod:`bids_m2i.glm.hrf_library`; docs/glm.md): the default
         ``"broad"``, or the latency-ordered ``"narrow"`` (FWHM 2.5–3.5 s) or ``"medium"`` (FWHM 4–5 s) family
         (issue-13 options: better r_trial on the GLM benchmarks; docs/glm.md gives what each costs).
+    noise_model : {"auto", "ols", "ar1"}
+        "ar1": the final betas (and the ridge stage) are fitted after AR(1) prewhitening of each voxel's data
+        and design, ρ from the OLS residuals, quantised (``bids_m2i.glm.whitening``); not for ``lss``.
+        "auto" (default): "ar1" for ``fithrf`` and ``fithrf-denoise-rr``, "ols" for ``lsa`` and ``lss``.
 
     Returns
     -------
@@ -229,6 +236,12 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
     if ridge_criterion not in ("consistency", "ols-target"):
         raise UsageError(f"Unknown ridge_criterion {ridge_criterion!r}", hint="use 'consistency' or 'ols-target'")
     check_library(hrf_library)
+    if noise_model not in ("auto", "ols", "ar1"):
+        raise UsageError(f"Unknown noise_model {noise_model!r}", hint="use 'auto', 'ols' or 'ar1'")
+    if noise_model == "auto":
+        noise_model = "ar1" if method in ("fithrf", "fithrf-denoise-rr") else "ols"
+    if noise_model == "ar1" and method == "lss":
+        raise UsageError("noise_model='ar1' is not implemented for lss", hint="use noise_model='ols' with lss")
     if precision not in ("single", "double"):
         raise UsageError(f"Unknown precision {precision!r}", hint="use 'single' or 'double'")
     n_voxels, lengths = _check_runs(runs)
@@ -283,6 +296,7 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
         n_pcs_map = np.zeros(n_voxels, dtype=np.int16)
         frac = np.ones(n_voxels, dtype=np.float32)
         onoff_r2 = np.zeros(n_voxels, dtype=np.float32)
+        ar1 = np.zeros(n_voxels, dtype=np.float32)  # quantised AR(1) coefficient (noise_model="ar1")
         intensity = np.zeros(n_voxels, dtype=np.float32)
         groups = None
         if effective == "lss" and lss_split == "condition":
@@ -297,7 +311,11 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
             total = total_sum_of_squares(data_runs)
             if effective in ("lsa", "lss"):
                 kernel_of_voxel = np.full(voxels.stop - voxels.start, model.canonical_index)
-                ols, fitted = grouped_trial_betas(model, data_runs, kernel_of_voxel, n_trials)
+                if noise_model == "ar1" and effective == "lsa":
+                    ols, fitted, rho = whitened_trial_betas(model, data_runs, kernel_of_voxel, n_trials)
+                    ar1[voxels] = rho
+                else:
+                    ols, fitted = grouped_trial_betas(model, data_runs, kernel_of_voxel, n_trials)
                 chunk_betas = ols if effective == "lsa" else lss_betas(model, data_runs, n_trials, groups)
                 r2[voxels] = r2_from(fitted, total).cpu().numpy()
                 betas[:, voxels] = chunk_betas.T.cpu().numpy()
@@ -308,7 +326,11 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
             # R² of the selecting model; for "onoff" selection it measures the mean evoked response
             r2[voxels] = r2_from(fitted_all.gather(0, best[None])[0], total).cpu().numpy()
             if effective == "fithrf":
-                chunk_betas, fitted = grouped_trial_betas(model, data_runs, hrf_index[voxels], n_trials)
+                if noise_model == "ar1":
+                    chunk_betas, fitted, rho = whitened_trial_betas(model, data_runs, hrf_index[voxels], n_trials)
+                    ar1[voxels] = rho
+                else:
+                    chunk_betas, fitted = grouped_trial_betas(model, data_runs, hrf_index[voxels], n_trials)
                 betas[:, voxels] = chunk_betas.T.cpu().numpy()
                 r2[voxels] = r2_from(fitted, total).cpu().numpy()
             else:
@@ -320,7 +342,7 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
             metadata_denoise = _denoise_and_ridge(
                 model, runs, chunks, load, betas, r2, hrf_index, n_pcs_map, frac, onoff_r2, intensity,
                 repeats, n_trials, data_units, brain_threshold, noise_pool_r2, max_pcs, max_pc_voxels,
-                fractions, seed, ridge_criterion, pc_criterion)
+                fractions, seed, ridge_criterion, pc_criterion, ar1 if noise_model == "ar1" else None)
 
         if zscore:
             for voxels in chunks:
@@ -347,6 +369,13 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
         "hrf_choice": (f"max R² of the {'full single-trial' if hrf_selection == 'full' else 'ON-OFF'} model"
                        if use_library else "assumed"),
         "ridge_criterion": ridge_criterion if effective == "fithrf-denoise-rr" else None,
+        "noise_model": noise_model,
+        "ar1": ({"estimate": "lag-1 autocorrelation of the OLS residuals (chosen HRF and PCs), pooled over runs, "
+                            "bias-corrected for the model (Worsley et al. 2002)", "bin_step": AR1_STEP,
+                 "clip": [RHO_MIN, RHO_MAX], "median": float(np.median(ar1)), "n_bins": int(np.unique(ar1).size),
+                 "applies_to": ("final betas and the ridge stage" if effective == "fithrf-denoise-rr" else
+                                "final betas") + "; HRF choice, noise pool and number of PCs are OLS"}
+                if noise_model == "ar1" else None),
         "drift_model": drift_model, "high_pass": high_pass if drift_model == "cosine" else None,
         "drift_order": ([polynomial_degree(d.frame_times) for d in designs] if drift_model == "polynomial"
                         and drift_order is None else drift_order),
@@ -379,7 +408,8 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
 
 def _denoise_and_ridge(model, runs, chunks, load, betas, r2, hrf_index, n_pcs_map, frac, onoff_r2, intensity,
                        repeats, n_trials, data_units, brain_threshold, noise_pool_r2, max_pcs, max_pc_voxels,
-                       fractions, seed, ridge_criterion="consistency", pc_criterion="ols-target") -> dict:
+                       fractions, seed, ridge_criterion="consistency", pc_criterion="ols-target",
+                       ar1=None) -> dict:
     """GLMdenoise PCs, their number by cross-validation, then cross-validated fractional ridge (in place)."""
     n_voxels = r2.size
     if data_units == "raw":
@@ -430,9 +460,20 @@ def _denoise_and_ridge(model, runs, chunks, load, betas, r2, hrf_index, n_pcs_ma
             index = torch.as_tensor(local, device=model.device)
             operators = [model.operators(run, int(kernel), n_pcs) for run in range(model.n_runs)]
             group_data = [data.index_select(0, index) for data in data_runs]
+            columns = voxels.start + local
+            if ar1 is not None:  # GLS: each AR(1) bin refitted on whitened data and design
+                rho, fitted = estimate_ar1(operators, group_data)
+                bins = quantise(rho)
+                ar1[columns] = bins
+                r2[columns] = r2_from(fitted, total.index_select(0, index)).cpu().numpy()
+                for in_bin, white_ops, white_data in whitened_bins(model, group_data, int(kernel), n_pcs, bins):
+                    final, chosen, _, _ = fractional_ridge_cv(white_ops, white_data, repeats, fractions,
+                                                              ridge_criterion)
+                    betas[:, columns[in_bin]] = final.T.cpu().numpy()
+                    frac[columns[in_bin]] = chosen.cpu().numpy()
+                continue
             final, chosen, _, fitted = fractional_ridge_cv(
                 operators, group_data, repeats, fractions, ridge_criterion)
-            columns = voxels.start + local
             betas[:, columns] = final.T.cpu().numpy()
             frac[columns] = chosen.cpu().numpy()
             r2[columns] = r2_from(fitted, total.index_select(0, index)).cpu().numpy()
