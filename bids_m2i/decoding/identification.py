@@ -70,19 +70,36 @@ def pattern_twoway_per_item(predicted: np.ndarray, targets: np.ndarray) -> np.nd
     return (np.diag(corr)[:, None] > corr).sum(1) / max(len(corr) - 1, 1)
 
 
-def _dual_path(Xtr: torch.Tensor, Ytr: torch.Tensor, Xte: torch.Tensor | None, alpha: torch.Tensor, scales):
-    """Ridge in its dual form for every scale: yields (scale, coef or held-out predictions).
+#: voxels per block when forming the Gram matrix in float64 (bounds the float64 temporaries to n x block)
+GRAM_BLOCK = 2048
 
-    ``Xtr``, ``Ytr`` centred; with ``Xte`` (centred with the training mean) the held-out predictions are
-    yielded, else the coefficients (p, t).
-    """
-    gram = Xtr @ Xtr.T
-    evals, evecs = torch.linalg.eigh(gram)
+
+def _gram(X: torch.Tensor) -> torch.Tensor:
+    """``X Xᵀ`` in float64 from a float32 ``X`` (n, v), one block of voxels at a time (no float64 copy of X)."""
+    gram = torch.zeros((X.shape[0], X.shape[0]), dtype=torch.float64, device=X.device)
+    for start in range(0, X.shape[1], GRAM_BLOCK):
+        block = X[:, start:start + GRAM_BLOCK].double()
+        gram += block @ block.T
+    return gram
+
+
+def _centred(gram_rows: torch.Tensor, train_mean_rows: torch.Tensor, row_means: torch.Tensor,
+             grand_mean: torch.Tensor) -> torch.Tensor:
+    """Gram entries of rows centred on the training mean: ``(x_a - m)·(x_t - m)`` from uncentred ``x_a·x_t``
+    (``train_mean_rows`` = mean over training t of ``x_a·x_t``; ``row_means`` = the same for each training t)."""
+    return gram_rows - train_mean_rows[:, None] - row_means[None, :] + grand_mean
+
+
+def _solve_path(gram_train: torch.Tensor, Y_train: torch.Tensor, alpha: torch.Tensor, scales):
+    """Dual ridge weights ``U diag(1 / (lambda + s alpha_j)) Uᵀ Y`` (n_train, d) for every scale ``s``.
+
+    ``gram_train`` (n_train, n_train) and ``Y_train`` centred on the training rows. The coefficients are
+    ``Xcᵀ`` times these weights, the predictions of rows ``a`` their centred Gram rows times them."""
+    evals, evecs = torch.linalg.eigh(gram_train)
     evals = evals.clamp_min(0)
-    uty = evecs.T @ Ytr  # (n, t)
-    left = (Xte @ Xtr.T) @ evecs if Xte is not None else Xtr.T @ evecs  # (m, n) or (p, n)
+    uty = evecs.T @ Y_train
     for s in scales:
-        yield s, left @ (uty / (evals[:, None] + s * alpha[None, :]))
+        yield s, evecs @ (uty / (evals[:, None] + s * alpha[None, :]))
 
 
 def choose_penalty_scale(X: np.ndarray, Y: np.ndarray, alpha: np.ndarray, labels, *, scales=SCALES,
@@ -106,14 +123,19 @@ def choose_penalty_scale(X: np.ndarray, Y: np.ndarray, alpha: np.ndarray, labels
     from .decoder import rescale_to_training
 
     with torch_threads(n_threads), torch.no_grad():
-        Xt = torch.as_tensor(np.asarray(X), dtype=torch.float64, device=dev)
+        # one Gram matrix serves every fold: each fold's centring is applied to it algebraically
+        gram = _gram(torch.as_tensor(np.asarray(X, dtype=np.float32), device=dev))
         Yt = torch.as_tensor(np.asarray(Y), dtype=torch.float64, device=dev)
         alpha_t = torch.as_tensor(np.asarray(alpha, dtype=np.float64), device=dev)
         for fold in np.unique(folds):
             held = folds == fold
-            train = torch.as_tensor(~held, device=dev)
-            test = torch.as_tensor(held, device=dev)
-            x_mean, y_mean = Xt[train].mean(0), Yt[train].mean(0)
+            train = torch.as_tensor(np.flatnonzero(~held), device=dev)
+            test = torch.as_tensor(np.flatnonzero(held), device=dev)
+            k_tt, k_et = gram[train][:, train], gram[test][:, train]
+            row_means, grand = k_tt.mean(1), k_tt.mean()
+            gram_train = _centred(k_tt, row_means, row_means, grand)
+            gram_test = _centred(k_et, k_et.mean(1), row_means, grand)
+            y_mean = Yt[train].mean(0)
             # one item per held-out stimulus: its repeats averaged, as test items are
             items = np.unique(inverse[held])
             average = np.zeros((len(items), int(held.sum())))
@@ -122,8 +144,8 @@ def choose_penalty_scale(X: np.ndarray, Y: np.ndarray, alpha: np.ndarray, labels
                 average[i, members] = 1.0 / members.sum()
             average_t = torch.as_tensor(average, device=dev)
             targets = (average_t @ Yt[test]).cpu().numpy()
-            for s, pred in _dual_path(Xt[train] - x_mean, Yt[train] - y_mean, Xt[test] - x_mean, alpha_t, scales):
-                item_pred = (average_t @ (pred + y_mean)).cpu().numpy()
+            for s, weights in _solve_path(gram_train, Yt[train] - y_mean, alpha_t, scales):
+                item_pred = (average_t @ (gram_test @ weights + y_mean)).cpu().numpy()
                 item_pred = rescale_to_training(item_pred, feature_mean, feature_sd, centre="training")
                 per_item[s].append(pattern_twoway_per_item(item_pred, targets))
     twoway = {s: float(np.mean(np.concatenate(v))) for s, v in per_item.items()}
@@ -142,10 +164,18 @@ def refit_scaled(X: np.ndarray, Y: np.ndarray, alpha: np.ndarray, scale: float, 
     eigendecomposition of the trials x trials Gram matrix, any number of voxels)."""
     dev = resolve_device(device)
     with torch_threads(n_threads), torch.no_grad():
-        Xt = torch.as_tensor(np.asarray(X), dtype=torch.float64, device=dev)
+        Xt = torch.as_tensor(np.asarray(X, dtype=np.float32), device=dev)
         Yt = torch.as_tensor(np.asarray(Y), dtype=torch.float64, device=dev)
         alpha_t = torch.as_tensor(np.asarray(alpha, dtype=np.float64), device=dev)
-        x_mean, y_mean = Xt.mean(0), Yt.mean(0)
-        (_, coef), = _dual_path(Xt - x_mean, Yt - y_mean, None, alpha_t, [scale])
+        gram = _gram(Xt)
+        row_means = gram.mean(1)
+        y_mean = Yt.mean(0)
+        (_, weights), = _solve_path(_centred(gram, row_means, row_means, gram.mean()), Yt - y_mean, alpha_t,
+                                    [scale])
+        # Xcᵀ W = Xᵀ W - x_mean (1ᵀ W), in float64 one block of voxels at a time
+        x_mean = Xt.double().mean(0) if Xt.shape[1] <= GRAM_BLOCK else torch.cat(
+            [Xt[:, i:i + GRAM_BLOCK].double().mean(0) for i in range(0, Xt.shape[1], GRAM_BLOCK)])
+        coef = torch.cat([Xt[:, i:i + GRAM_BLOCK].double().T @ weights for i in range(0, Xt.shape[1], GRAM_BLOCK)])
+        coef -= x_mean[:, None] * weights.sum(0)[None, :]
         intercept = y_mean - x_mean @ coef
         return coef.float().cpu().numpy(), intercept.float().cpu().numpy()
