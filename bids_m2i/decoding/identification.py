@@ -18,8 +18,10 @@ stimulus, so repeats never leak), averaged over each stimulus' repeats, mapped b
 scale (:func:`~bids_m2i.decoding.decoder.rescale_to_training`, centred on the training mean as held-out
 perception items are), Pearson correlation of feature patterns, each stimulus against the others of its fold.
 
-Only training trials are used. Cost: one eigendecomposition of a fold's Gram matrix (trials x trials) per fold
-and one for the refit, then matrix products for every scale.
+Only training trials are used. Cost: one Gram matrix of the training trials (trials x trials, float64; each
+fold's centring is applied to it algebraically), one eigendecomposition per fold and one for the refit, then
+matrix products for every scale. Memory: a few trials x trials and trials x features float64 arrays; the betas
+are never copied to float64.
 """
 
 from __future__ import annotations
