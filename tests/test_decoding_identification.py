@@ -78,3 +78,24 @@ def test_decoder_records_the_scale_and_error_rule_keeps_the_squared_error_fit(tm
     np.testing.assert_allclose(loaded.predict(betas[:5]), scaled.predict(betas[:5]), rtol=1e-5, atol=1e-6)
     with pytest.raises(UsageError):
         BrainDecoder("ridge", penalty="mse")
+
+
+def test_refit_scaled_primal_form_when_trials_outnumber_voxels():
+    betas, features, _ = _trials(n_stimuli=60, n_voxels=30)  # 120 trials > 30 voxels
+    alpha = np.geomspace(1, 100, features.shape[1])
+    coef, intercept = refit_scaled(betas, features, alpha, 0.5, device="cpu")
+    ref_coef, ref_intercept = fit_ridge(betas, features, 0.5 * alpha, device="cpu")
+    np.testing.assert_allclose(coef, ref_coef, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(intercept, ref_intercept, rtol=1e-3, atol=1e-5)
+
+
+def test_large_training_sets_are_subsampled_by_whole_stimuli():
+    betas, features, labels = _trials(n_stimuli=100, repeats=3)
+    alpha = np.full(features.shape[1], 3000.0)
+    search = choose_penalty_scale(betas, features, alpha, labels, device="cpu", max_trials=150)
+    assert search.n_trials == 150 and search.summary()["cv_trials"] == 150  # 50 whole stimuli of 3 repeats
+    # the same as the CV on those stimuli alone, with the penalties scaled by the share of trials kept (1/2)
+    kept = np.random.default_rng(0).permutation(100)[:50]
+    rows = np.flatnonzero(np.isin(np.unique(labels, return_inverse=True)[1], kept))
+    direct = choose_penalty_scale(betas[rows], features[rows], alpha / 2, labels[rows], device="cpu")
+    assert direct.twoway == pytest.approx(search.twoway) and direct.scale == search.scale

@@ -41,6 +41,11 @@ LOG = logging.getLogger("m2i.decoding")
 SCALES = tuple(float(2.0 ** (-e / 2)) for e in range(0, 9))
 #: folds of the grouped cross-validation
 N_FOLDS = 5
+#: at most this many training trials (whole stimuli, seeded) enter the scale's cross-validation: one scale is
+#: estimated well from a few thousand trials, and the trials x trials Gram matrix of NSD's ~24,000 training
+#: trials would cost 4.6 GB and an eigendecomposition per fold. The penalties are scaled by the share of trials
+#: kept (a ridge penalty acts against ``Xᵀ X``, which grows with the number of trials)
+MAX_CV_TRIALS = 4000
 #: fewer distinct training stimuli than this: no search (a two-way within folds of 2-3 items is noise)
 MIN_STIMULI = 20
 
@@ -52,11 +57,12 @@ class PenaltyScaleSearch:
     scale: float
     twoway: dict[float, float]
     stderr: dict[float, float]
+    n_trials: int = 0  # training trials in the cross-validation
 
     def summary(self) -> dict:
         return {"rule": "one common scale of the per-target penalties, the largest whose grouped-CV two-way "
                 "identification is within one standard error of the best (1-SE rule)",
-                "chosen": round(self.scale, 6),
+                "chosen": round(self.scale, 6), "cv_trials": int(self.n_trials),
                 "cv_twoway": {f"{s:.4g}": round(v, 6) for s, v in self.twoway.items()},
                 "cv_twoway_se": {f"{s:.4g}": round(v, 6) for s, v in self.stderr.items()}}
 
@@ -105,18 +111,29 @@ def _solve_path(gram_train: torch.Tensor, Y_train: torch.Tensor, alpha: torch.Te
 
 
 def choose_penalty_scale(X: np.ndarray, Y: np.ndarray, alpha: np.ndarray, labels, *, scales=SCALES,
-                         n_folds: int = N_FOLDS, seed: int = 0, device="auto",
-                         n_threads: int | None = None) -> PenaltyScaleSearch | None:
+                         n_folds: int = N_FOLDS, seed: int = 0, device="auto", n_threads: int | None = None,
+                         max_trials: int = MAX_CV_TRIALS) -> PenaltyScaleSearch | None:
     """The scale of the per-target penalties ``alpha`` chosen by grouped-CV two-way identification (1-SE rule).
 
     X : (n, v) decoder inputs (z-scored voxels) of training trials; Y : (n, d) their features; alpha : (d,)
     per-target penalties; labels : (n,) stimulus of each trial (repeats held out together). Returns None
-    when there are too few distinct stimuli to estimate identification.
+    when there are too few distinct stimuli to estimate identification. With more than ``max_trials`` trials,
+    whole stimuli drawn at random (``seed``) up to that many trials enter the CV, with ``alpha`` times the
+    share of trials kept.
     """
     labels = np.asarray(labels).astype(str)
     names, inverse = np.unique(labels, return_inverse=True)
     if len(names) < max(MIN_STIMULI, 2 * n_folds):
         return None
+    n_all = len(labels)
+    if n_all > max_trials:
+        counts = np.bincount(inverse)
+        order = np.random.default_rng(seed).permutation(len(names))
+        kept = order[: max(int(np.searchsorted(np.cumsum(counts[order]), max_trials, side="right")), 2 * n_folds)]
+        rows = np.flatnonzero(np.isin(inverse, kept))
+        X, Y, labels = np.asarray(X)[rows], np.asarray(Y)[rows], labels[rows]
+        alpha = np.asarray(alpha, dtype=np.float64) * (len(rows) / n_all)
+        names, inverse = np.unique(labels, return_inverse=True)
     folds, _ = make_cv_groups(len(labels), cv=n_folds, groups=labels, seed=seed)
     dev = resolve_device(device)
     scales = sorted(set(float(s) for s in scales), reverse=True)
@@ -157,27 +174,39 @@ def choose_penalty_scale(X: np.ndarray, Y: np.ndarray, alpha: np.ndarray, labels
     chosen = max(s for s in scales if twoway[s] >= threshold)
     LOG.info("penalty scale %.3g (two-way %.4f; best %.4f at %.3g, se %.4f)", chosen, twoway[chosen],
              twoway[best], best, stderr[best])
-    return PenaltyScaleSearch(chosen, twoway, stderr)
+    return PenaltyScaleSearch(chosen, twoway, stderr, n_trials=len(labels))
 
 
 def refit_scaled(X: np.ndarray, Y: np.ndarray, alpha: np.ndarray, scale: float, *, device="auto",
                  n_threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Ridge coefficients (v, d) and intercept (d,) with penalties ``scale * alpha`` (dual form: one
-    eigendecomposition of the trials x trials Gram matrix, any number of voxels)."""
+    """Ridge coefficients (v, d) and intercept (d,) with penalties ``scale * alpha``: one eigendecomposition of
+    the smaller of the trials x trials (dual) and voxels x voxels (primal) Gram matrices, built in float64 one
+    block at a time from float32 betas (no float64 copy of X)."""
     dev = resolve_device(device)
     with torch_threads(n_threads), torch.no_grad():
         Xt = torch.as_tensor(np.asarray(X, dtype=np.float32), device=dev)
         Yt = torch.as_tensor(np.asarray(Y), dtype=torch.float64, device=dev)
-        alpha_t = torch.as_tensor(np.asarray(alpha, dtype=np.float64), device=dev)
-        gram = _gram(Xt)
-        row_means = gram.mean(1)
+        alpha_t = torch.as_tensor(np.asarray(alpha, dtype=np.float64), device=dev) * scale
+        n, v = Xt.shape
         y_mean = Yt.mean(0)
-        (_, weights), = _solve_path(_centred(gram, row_means, row_means, gram.mean()), Yt - y_mean, alpha_t,
-                                    [scale])
-        # Xcᵀ W = Xᵀ W - x_mean (1ᵀ W), in float64 one block of voxels at a time
-        x_mean = Xt.double().mean(0) if Xt.shape[1] <= GRAM_BLOCK else torch.cat(
-            [Xt[:, i:i + GRAM_BLOCK].double().mean(0) for i in range(0, Xt.shape[1], GRAM_BLOCK)])
-        coef = torch.cat([Xt[:, i:i + GRAM_BLOCK].double().T @ weights for i in range(0, Xt.shape[1], GRAM_BLOCK)])
-        coef -= x_mean[:, None] * weights.sum(0)[None, :]
+        x_mean = torch.cat([Xt[:, i:i + GRAM_BLOCK].double().mean(0) for i in range(0, v, GRAM_BLOCK)])
+        if n <= v:  # dual: Xcᵀ W with W = U diag(1 / (lambda + a)) Uᵀ Yc, and Xcᵀ W = Xᵀ W - x_mean (1ᵀ W)
+            gram = _gram(Xt)
+            row_means = gram.mean(1)
+            (_, weights), = _solve_path(_centred(gram, row_means, row_means, gram.mean()), Yt - y_mean, alpha_t,
+                                        [1.0])
+            coef = torch.cat([Xt[:, i:i + GRAM_BLOCK].double().T @ weights for i in range(0, v, GRAM_BLOCK)])
+            coef -= x_mean[:, None] * weights.sum(0)[None, :]
+        else:  # primal: (Xcᵀ Xc + a I)⁻¹ Xcᵀ Yc, Xcᵀ Xc = Xᵀ X - n x_mean x_meanᵀ, accumulated over row blocks
+            cov = torch.zeros((v, v), dtype=torch.float64, device=dev)
+            rhs = torch.zeros((v, Yt.shape[1]), dtype=torch.float64, device=dev)
+            for i in range(0, n, GRAM_BLOCK):
+                block = Xt[i:i + GRAM_BLOCK].double()
+                cov += block.T @ block
+                rhs += block.T @ Yt[i:i + GRAM_BLOCK]
+            cov -= n * torch.outer(x_mean, x_mean)
+            rhs -= n * torch.outer(x_mean, y_mean)
+            evals, evecs = torch.linalg.eigh(cov)
+            coef = evecs @ ((evecs.T @ rhs) / (evals.clamp_min(0)[:, None] + alpha_t[None, :]))
         intercept = y_mean - x_mean @ coef
         return coef.float().cpu().numpy(), intercept.float().cpu().numpy()
