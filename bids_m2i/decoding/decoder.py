@@ -28,6 +28,9 @@ LOG = logging.getLogger("m2i.decoding")
 
 #: ``top_k`` value that chooses the number of voxels by cross-validation (the default)
 AUTO = "auto"
+#: how the ridge penalties are chosen: ``identification`` (default; squared-error penalties times one scale
+#: chosen by cross-validated two-way identification) or ``error`` (the squared-error penalties as they are)
+PENALTY_RULES = ("identification", "error")
 #: the auto search stops once this many successive halvings failed to lower the best CV error
 AUTO_PATIENCE = 2
 
@@ -137,12 +140,20 @@ class BrainDecoder:
         None: all voxels.
     device, n_threads, seed
     mlp_config : MLPConfig, optional
+    penalty : ``identification`` | ``error``
+        Ridge only. ``error``: per-target penalties of the squared-error CV. ``identification`` (default): the
+        same penalties times one common scale chosen by grouped-CV two-way identification of the training
+        stimuli (1-SE rule; :mod:`bids_m2i.decoding.identification`); needs stimulus labels.
     """
 
     def __init__(self, method: str = "ridge", *, alphas=DEFAULT_ALPHAS, top_k: int | str | None = AUTO,
-                 device="auto", n_threads: int | None = None, seed: int = 0, mlp_config: MLPConfig | None = None):
+                 device="auto", n_threads: int | None = None, seed: int = 0, mlp_config: MLPConfig | None = None,
+                 penalty: str = "identification"):
         if method not in ("ridge", "mlp"):
             raise UsageError(f"unknown decoder {method!r}", hint="use --decoder ridge or mlp")
+        if penalty not in PENALTY_RULES:
+            raise UsageError(f"unknown penalty rule {penalty!r}", hint=f"use one of {', '.join(PENALTY_RULES)}")
+        self.penalty = penalty
         self.method = method
         self.alphas = tuple(float(a) for a in alphas)
         if top_k is not None and top_k != AUTO and (isinstance(top_k, str) or int(top_k) < 1):
@@ -197,6 +208,8 @@ class BrainDecoder:
             self.info = {"solver": result.solver, "cv": result.cv, "search": result.info["search"],
                          "alpha_median": float(np.median(result.alpha)),
                          "alpha_counts": {f"{a:g}": int(np.sum(result.alpha == a)) for a in np.unique(result.alpha)}}
+            if self.penalty == "identification" and labels is not None:
+                self._scale_penalties(betas, features, labels)
         else:
             self.mlp = MLPRegressor(self.mlp_config, seed=self.seed, device=self.device,
                                     n_threads=self.n_threads).fit(X, features)
@@ -211,6 +224,23 @@ class BrainDecoder:
                                             "chosen": int(len(self.scaler.columns))}
             LOG.info("voxel count: no repeated training stimulus; keeping all %d voxels", len(self.scaler.columns))
         return self
+
+    def _scale_penalties(self, betas, features, labels) -> None:
+        """Rescale every penalty by the factor that identification prefers (see ``identification.py``)."""
+        from .identification import choose_penalty_scale, refit_scaled
+
+        X = self.scaler.transform(betas)  # afresh: the ridge fit may have centred its copy in place
+        search = choose_penalty_scale(X, features, self.alpha, labels, seed=self.seed, device=self.device,
+                                      n_threads=self.n_threads)
+        if search is None:
+            self.info["penalty_scale"] = {"rule": "too few distinct training stimuli for identification: the "
+                                          "squared-error penalties are kept", "chosen": 1.0}
+            return
+        self.info["penalty_scale"] = search.summary()
+        if search.scale != 1.0:
+            self.alpha = (self.alpha * search.scale).astype(self.alpha.dtype)
+            self.coef, self.intercept = refit_scaled(X, features, self.alpha, 1.0, device=self.device,
+                                                     n_threads=self.n_threads)
 
     def _check_fitted(self):
         if self.scaler is None:
@@ -290,7 +320,7 @@ class BrainDecoder:
         with atomic_path(path) as tmp:
             save_file(arrays, str(tmp))
         meta = {"method": self.method, "alphas": list(self.alphas), "top_k": self.top_k, "seed": self.seed,
-                "mlp_config": vars(self.mlp_config), "info": self.info}
+                "mlp_config": vars(self.mlp_config), "penalty": self.penalty, "info": self.info}
         write_json(path.with_suffix(".json"), meta)
         return path
 
@@ -304,7 +334,8 @@ class BrainDecoder:
         meta = json.loads(path.with_suffix(".json").read_text())
         arrays = load_file(str(path))
         decoder = cls(meta["method"], alphas=meta["alphas"], top_k=meta["top_k"], seed=meta["seed"],
-                      device=device, mlp_config=MLPConfig(**meta["mlp_config"]))
+                      device=device, mlp_config=MLPConfig(**meta["mlp_config"]),
+                      penalty=meta.get("penalty", "error"))  # models written before the rule: error
         decoder.scaler = VoxelScaler.from_arrays(arrays)
         decoder.feature_mean, decoder.feature_sd = arrays["feature_mean"], arrays["feature_sd"]
         decoder.info = meta["info"]

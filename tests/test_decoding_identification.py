@@ -1,0 +1,101 @@
+"""The ridge penalty scale chosen for identification (bids_m2i/decoding/identification.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bids_m2i.decoding.decoder import BrainDecoder
+from bids_m2i.decoding.identification import (PenaltyScaleSearch, choose_penalty_scale, pattern_twoway_per_item,
+                                              refit_scaled)
+from bids_m2i.decoding.ridge import fit_ridge
+from bids_m2i.errors import UsageError
+
+
+def _trials(n_stimuli=60, repeats=2, n_voxels=80, n_features=40, noise=2.0, seed=0):
+    """Betas = stimulus features through a random voxel map + trial noise; features with much fine detail."""
+    rng = np.random.default_rng(seed)
+    features = rng.normal(size=(n_stimuli, n_features))
+    mixing = rng.normal(size=(n_features, n_voxels)) / np.sqrt(n_features)
+    labels = np.repeat([f"s{i:03d}" for i in range(n_stimuli)], repeats)
+    index = np.repeat(np.arange(n_stimuli), repeats)
+    betas = features[index] @ mixing + noise * rng.normal(size=(len(index), n_voxels))
+    return betas.astype(np.float32), features[index].astype(np.float32), labels
+
+
+def test_twoway_per_item_is_one_for_perfect_and_half_for_shuffled_predictions():
+    rng = np.random.default_rng(1)
+    targets = rng.normal(size=(200, 30))
+    assert np.all(pattern_twoway_per_item(targets, targets) == 1.0)
+    shuffled = pattern_twoway_per_item(rng.normal(size=(200, 30)), targets)
+    assert abs(shuffled.mean() - 0.5) < 0.03
+
+
+def test_refit_scaled_is_the_ridge_with_scaled_penalties():
+    betas, features, _ = _trials(n_stimuli=30, n_voxels=120)  # more voxels than trials: the dual form matters
+    alpha = np.geomspace(1, 1000, features.shape[1])
+    coef, intercept = refit_scaled(betas, features, alpha, 0.25, device="cpu")
+    ref_coef, ref_intercept = fit_ridge(betas, features, 0.25 * alpha, device="cpu")
+    np.testing.assert_allclose(coef, ref_coef, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(intercept, ref_intercept, rtol=1e-3, atol=1e-5)
+
+
+def test_scale_follows_the_one_standard_error_rule():
+    betas, features, labels = _trials()
+    alpha = np.full(features.shape[1], 3000.0)  # far too strong for this SNR: identification wants less
+    search = choose_penalty_scale(betas, features, alpha, labels, device="cpu")
+    assert isinstance(search, PenaltyScaleSearch)
+    best = max(search.twoway, key=search.twoway.get)
+    within = [s for s in search.twoway if search.twoway[s] >= search.twoway[best] - search.stderr[best]]
+    assert search.scale == max(within)
+    assert search.scale < 1.0  # the over-penalised decoder is relaxed
+    assert search.twoway[search.scale] > search.twoway[1.0]
+    summary = search.summary()
+    assert summary["chosen"] == pytest.approx(search.scale, abs=1e-6) and "1-SE" in summary["rule"]
+
+
+def test_too_few_stimuli_keep_the_error_penalties():
+    betas, features, labels = _trials(n_stimuli=8)
+    assert choose_penalty_scale(betas, features, np.ones(features.shape[1]), labels, device="cpu") is None
+
+
+def test_decoder_records_the_scale_and_error_rule_keeps_the_squared_error_fit(tmp_path):
+    betas, features, labels = _trials()
+    grid = (3000.0,)  # one over-strong penalty, so that identification asks for less
+    plain = BrainDecoder("ridge", alphas=grid, top_k=None, device="cpu", penalty="error").fit(betas, features,
+                                                                                              labels=labels)
+    scaled = BrainDecoder("ridge", alphas=grid, top_k=None, device="cpu").fit(betas, features, labels=labels)
+    assert "penalty_scale" not in plain.info
+    chosen = scaled.info["penalty_scale"]["chosen"]
+    assert chosen < 1.0
+    np.testing.assert_allclose(scaled.alpha, plain.alpha * chosen, rtol=1e-5)  # chosen: 6 digits
+    # the coefficients are the refit with the scaled penalties
+    ref_coef, _ = fit_ridge(scaled.scaler.transform(betas), features, scaled.alpha, device="cpu")
+    np.testing.assert_allclose(scaled.coef, ref_coef, rtol=1e-3, atol=1e-5)
+    scaled.save(tmp_path / "m.safetensors")
+    loaded = BrainDecoder.load(tmp_path / "m.safetensors", device="cpu")
+    assert loaded.penalty == "identification" and loaded.info["penalty_scale"]["chosen"] == chosen
+    np.testing.assert_allclose(loaded.predict(betas[:5]), scaled.predict(betas[:5]), rtol=1e-5, atol=1e-6)
+    with pytest.raises(UsageError):
+        BrainDecoder("ridge", penalty="mse")
+
+
+def test_refit_scaled_primal_form_when_trials_outnumber_voxels():
+    betas, features, _ = _trials(n_stimuli=60, n_voxels=30)  # 120 trials > 30 voxels
+    alpha = np.geomspace(1, 100, features.shape[1])
+    coef, intercept = refit_scaled(betas, features, alpha, 0.5, device="cpu")
+    ref_coef, ref_intercept = fit_ridge(betas, features, 0.5 * alpha, device="cpu")
+    np.testing.assert_allclose(coef, ref_coef, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(intercept, ref_intercept, rtol=1e-3, atol=1e-5)
+
+
+def test_large_training_sets_are_subsampled_by_whole_stimuli():
+    betas, features, labels = _trials(n_stimuli=100, repeats=3)
+    alpha = np.full(features.shape[1], 3000.0)
+    search = choose_penalty_scale(betas, features, alpha, labels, device="cpu", max_trials=150)
+    assert search.n_trials == 150 and search.summary()["cv_trials"] == 150  # 50 whole stimuli of 3 repeats
+    # the same as the CV on those stimuli alone, with the penalties scaled by the share of trials kept (1/2)
+    kept = np.random.default_rng(0).permutation(100)[:50]
+    rows = np.flatnonzero(np.isin(np.unique(labels, return_inverse=True)[1], kept))
+    direct = choose_penalty_scale(betas[rows], features[rows], alpha / 2, labels[rows], device="cpu")
+    assert direct.twoway == pytest.approx(search.twoway) and direct.scale == search.scale
