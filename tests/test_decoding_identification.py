@@ -64,7 +64,10 @@ def test_decoder_records_the_scale_and_error_rule_keeps_the_squared_error_fit(tm
     grid = (3000.0,)  # one over-strong penalty, so that identification asks for less
     plain = BrainDecoder("ridge", alphas=grid, top_k=None, device="cpu", penalty="error").fit(betas, features,
                                                                                               labels=labels)
-    scaled = BrainDecoder("ridge", alphas=grid, top_k=None, device="cpu").fit(betas, features, labels=labels)
+    scaled = BrainDecoder("ridge", alphas=grid, top_k=None, device="cpu", penalty="identification").fit(
+        betas, features, labels=labels)
+    default = BrainDecoder("ridge", alphas=grid, top_k=None, device="cpu")
+    assert default.penalty == "error"  # the option is not the default (docs/decoding.md)
     assert "penalty_scale" not in plain.info
     chosen = scaled.info["penalty_scale"]["chosen"]
     assert chosen < 1.0

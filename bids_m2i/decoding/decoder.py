@@ -141,14 +141,15 @@ class BrainDecoder:
     device, n_threads, seed
     mlp_config : MLPConfig, optional
     penalty : ``identification`` | ``error``
-        Ridge only. ``error``: per-target penalties of the squared-error CV. ``identification`` (default): the
+        Ridge only. ``error`` (default): per-target penalties of the squared-error CV. ``identification``: the
         same penalties times one common scale chosen by grouped-CV two-way identification of the training
-        stimuli (1-SE rule; :mod:`bids_m2i.decoding.identification`); needs stimulus labels.
+        stimuli (1-SE rule; :mod:`bids_m2i.decoding.identification`); needs stimulus labels. Not the default:
+        it raised perception two-way but lowered imagery-from-memory PixCorr on every demo seed (docs/decoding.md).
     """
 
     def __init__(self, method: str = "ridge", *, alphas=DEFAULT_ALPHAS, top_k: int | str | None = AUTO,
                  device="auto", n_threads: int | None = None, seed: int = 0, mlp_config: MLPConfig | None = None,
-                 penalty: str = "identification"):
+                 penalty: str = "error"):
         if method not in ("ridge", "mlp"):
             raise UsageError(f"unknown decoder {method!r}", hint="use --decoder ridge or mlp")
         if penalty not in PENALTY_RULES:
