@@ -299,7 +299,7 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
                 torch_device, data_units, brain_threshold, max_pc_voxels, seed, mem_gb)
             library_choice["elapsed_s"] = round(time.perf_counter() - choice_started, 3)
             LOGGER.info("HRF library chosen for the session: %s (%s)", hrf_library,
-                        library_choice.get("median_cv_r2", library_choice.get("reason")))
+                        library_choice.get("median_score", library_choice.get("reason")))
         elif hrf_library == AUTO:
             hrf_library = DEFAULT_LIBRARY  # assumed HRF methods: no library used
         model = models.get(hrf_library) or SessionModel(

@@ -167,9 +167,13 @@ def choose_library(designs, data_runs: list[torch.Tensor], stimulus: np.ndarray,
     n_predicted = int((predictor.sum(1) > 0).sum())
     info = {"candidates": list(candidates), "n_voxels": int(data_runs[0].shape[0]),
             "n_trials_predicted": n_predicted, "betas": betas,
-            "criterion": "median over signal voxels of the leave-one-run-out R² of the held-out run's time series "
-                         "(HRF per voxel chosen on the other runs; each trial predicted by its stimulus's mean "
-                         "unregularised beta in the other runs; nuisance projected out)"}
+            "score": score,
+            "criterion": ("median over signal voxels of the correlation between each held-out run's betas and "
+                          "their predictions (the mean beta of the same stimulus in the other runs); "
+                          "unregularised betas, no PCs, each voxel's HRF chosen by R² on the other runs; "
+                          "highest median wins, ties to the broader library" if score == "beta-correlation" else
+                          "median over signal voxels of the leave-one-run-out R² of the held-out runs' time "
+                          "series (one gain per voxel; nuisance projected out)")}
     if n_predicted == 0 or data_runs[0].shape[0] == 0:
         info.update(chosen=FALLBACK, reason="no stimulus is shown in more than one run: kept the broad library")
         return FALLBACK, info, {}
@@ -184,5 +188,5 @@ def choose_library(designs, data_runs: list[torch.Tensor], stimulus: np.ndarray,
                                                              fractions, score)).item())
         models[name] = model
     chosen = max(candidates, key=lambda n: (scores[n], -candidates.index(n)))
-    info.update(median_cv_r2={k: round(v, 6) for k, v in scores.items()}, chosen=chosen)
+    info.update(median_score={k: round(v, 6) for k, v in scores.items()}, chosen=chosen)
     return chosen, info, models
