@@ -370,7 +370,8 @@ def main(argv=None) -> int:
                              "a later run on the same data reads them instead of rerunning the peer (the table "
                              "says 'cached')")
     parser.add_argument("--hrf-library", default="broad", choices=("broad", "narrow", "medium", "auto"),
-                        help="ours' HRF library (bids_m2i.glm.hrf_library; default: the engine's default 'broad')")
+                        help="ours' HRF library (bids_m2i.glm.hrf_library; default: the engine's default 'broad'; "
+                             "'auto': one per session, bids_m2i.glm.library_choice)")
     parser.add_argument("--json", type=Path, default=None, help="write all rows here")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
