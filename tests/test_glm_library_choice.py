@@ -22,6 +22,7 @@ def test_prediction_matrix_uses_other_runs_only():
     np.testing.assert_allclose(m[4], [0.5, 0, 0.5, 0, 0, 0, 0])
     assert not m[1].any() and not m[3].any()      # shown once
     assert not m[5].any() and not m[6].any()      # unlabelled stimuli are not repeats
+    np.testing.assert_array_equal(prediction_matrix(stimulus, run, slice(3, 5)), m[3:5])  # one run's rows
 
 
 @pytest.fixture(scope="module")

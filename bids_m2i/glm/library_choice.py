@@ -38,27 +38,25 @@ CANDIDATES = ("broad", "medium", "narrow")
 FALLBACK = "broad"
 
 
-def _other_run_means(stimulus: np.ndarray, run_of_trial: np.ndarray):
-    """For each trial, the indices of the same stimulus's trials in other runs (list of int arrays)."""
-    by_stimulus: dict[str, list[int]] = {}
-    for index, label in enumerate(stimulus):
-        by_stimulus.setdefault(label, []).append(index)
-    return [np.array([j for j in by_stimulus[label] if run_of_trial[j] != run_of_trial[i]], dtype=np.int64)
-            for i, label in enumerate(stimulus)]
-
-
-def prediction_matrix(stimulus: np.ndarray, run_of_trial: np.ndarray, missing=MISSING) -> np.ndarray:
-    """``M`` (n_trials × n_trials): predicted betas = betas @ M.T, each trial the mean of its stimulus's
-    trials in other runs (a zero row when there are none or the stimulus is unlabelled)."""
-    n = stimulus.size
-    matrix = np.zeros((n, n))
-    for i, others in enumerate(_other_run_means(stimulus, run_of_trial)):
-        if others.size and stimulus[i] not in missing:
-            matrix[i, others] = 1.0 / others.size
+def prediction_matrix(stimulus: np.ndarray, run_of_trial: np.ndarray, rows=slice(None), missing=MISSING) -> np.ndarray:
+    """``M[rows]`` of ``M`` (n_trials × n_trials): predicted betas = betas @ M.T, each trial the mean of its
+    stimulus's trials in other runs (a zero row when there are none or the stimulus is unlabelled). Only the
+    requested rows are built (one run's trials at a time: the whole matrix would grow as n_trials²)."""
+    stimulus = np.asarray(stimulus).astype(str)
+    run_of_trial = np.asarray(run_of_trial).astype(str)
+    wanted = np.arange(stimulus.size)[rows]
+    matrix = np.zeros((wanted.size, stimulus.size))
+    for row, i in enumerate(wanted):
+        if stimulus[i] in missing:
+            continue
+        others = np.flatnonzero((stimulus == stimulus[i]) & (run_of_trial != run_of_trial[i]))
+        if others.size:
+            matrix[row, others] = 1.0 / others.size
     return matrix
 
 
-def cross_validated_r2(model: SessionModel, data_runs: list[torch.Tensor], predictor: np.ndarray,
+def cross_validated_r2(model: SessionModel, data_runs: list[torch.Tensor], stimulus: np.ndarray,
+                       run_of_trial: np.ndarray,
                        repeats: RepeatStructure | None = None, fractions=DEFAULT_FRACTIONS,
                        score: str = "beta-correlation") -> torch.Tensor:
     """Per-voxel leave-one-run-out R² of the library model (module docstring, steps 1–3).
@@ -67,7 +65,8 @@ def cross_validated_r2(model: SessionModel, data_runs: list[torch.Tensor], predi
     ----------
     model : SessionModel with a library (kernels ``0 .. n_kernels-2``)
     data_runs : list of Tensor, shape (n_voxels, n_volumes_run), % signal change
-    predictor : ndarray, shape (n_trials, n_trials), from :func:`prediction_matrix`
+    stimulus, run_of_trial : ndarray, shape (n_trials,)
+        Each trial's stimulus label and run label (session order); see :func:`prediction_matrix`.
     repeats : RepeatStructure, optional
         Given: the predicting betas are the cross-validated fractional-ridge betas (the pipeline's last stage,
         no PCs, kernel by R² on all runs); None: the unregularised betas, kernel chosen without the held-out run.
@@ -79,7 +78,7 @@ def cross_validated_r2(model: SessionModel, data_runs: list[torch.Tensor], predi
     n_kernels = model.n_kernels - 1
     n_runs = model.n_runs
     n_voxels = data_runs[0].shape[0]
-    n_trials = predictor.shape[0]
+    n_trials = len(stimulus)
     to = dict(dtype=model.dtype, device=model.device)
     explained = torch.zeros(n_runs, n_kernels, n_voxels, **to)
     betas = torch.zeros(n_kernels, n_voxels, n_trials, **to)
@@ -105,7 +104,6 @@ def cross_validated_r2(model: SessionModel, data_runs: list[torch.Tensor], predi
         explained = explained.new_zeros(explained.shape)
         explained[:, kernel_of_voxel, torch.arange(n_voxels, device=model.device)] = 1.0  # same kernel every fold
         everything = explained.sum(0)
-    predictor_t = torch.as_tensor(predictor, **to)
     own_kept, predicted_kept = [], []
     residual_ss = torch.zeros(n_voxels, **to)   # Σ_r |y_r with nuisance projected out|²
     cross = torch.zeros(n_voxels, **to)         # Σ_r <y_r, p_r>, p_r the predicted trial responses
@@ -116,10 +114,11 @@ def cross_validated_r2(model: SessionModel, data_runs: list[torch.Tensor], predi
         columns = model.designs[run].trial_slice
         chosen = torch.argmax(everything - explained[run], 0)  # kernel by R² on the other runs
         # betas of this run's trials predicted from the other runs (the chosen kernel's betas there)
-        predicted = betas[chosen, voxels] @ predictor_t[columns].T     # (n_voxels, n_run_trials)
+        rows = prediction_matrix(stimulus, run_of_trial, columns)     # (n_run_trials, n_trials)
+        predicted = betas[chosen, voxels] @ torch.as_tensor(rows, **to).T  # (n_voxels, n_run_trials)
         if score == "beta-correlation":
             own = betas[chosen, voxels][:, columns]
-            keep = torch.as_tensor(predictor[columns].sum(1) > 0, device=model.device)
+            keep = torch.as_tensor(rows.sum(1) > 0, device=model.device)
             own_kept.append(own[:, keep])
             predicted_kept.append(predicted[:, keep])
             continue
@@ -163,8 +162,13 @@ def choose_library(designs, data_runs: list[torch.Tensor], stimulus: np.ndarray,
     info : dict (sidecar): every candidate's median score, the rule, and the number of voxels
     models : dict name -> SessionModel (the chosen one can be reused for the whole session)
     """
-    predictor = prediction_matrix(np.asarray(stimulus).astype(str), np.asarray(run_of_trial).astype(str))
-    n_predicted = int((predictor.sum(1) > 0).sum())
+    stimulus = np.asarray(stimulus).astype(str)
+    run_of_trial = np.asarray(run_of_trial).astype(str)
+    labelled = ~np.isin(stimulus, list(MISSING))
+    runs_of = {}
+    for label, run in zip(stimulus[labelled], run_of_trial[labelled]):
+        runs_of.setdefault(label, set()).add(run)
+    n_predicted = int(sum(len(runs_of[label]) > 1 for label in stimulus[labelled]))
     info = {"candidates": list(candidates), "n_voxels": int(data_runs[0].shape[0]),
             "n_trials_predicted": n_predicted, "betas": betas,
             "score": score,
@@ -184,7 +188,7 @@ def choose_library(designs, data_runs: list[torch.Tensor], stimulus: np.ndarray,
         model = SessionModel(designs, hrf_model, with_library=True, oversampling=oversampling,
                              min_onset=min_onset, dtype=dtype, device=device, library=name)
         repeats = RepeatStructure.from_labels(stimulus) if betas == "ridge" else None
-        scores[name] = float(torch.median(cross_validated_r2(model, data_runs, predictor, repeats,
+        scores[name] = float(torch.median(cross_validated_r2(model, data_runs, stimulus, run_of_trial, repeats,
                                                              fractions, score)).item())
         models[name] = model
     chosen = max(candidates, key=lambda n: (scores[n], -candidates.index(n)))
