@@ -18,7 +18,7 @@ so the choice is one decision per session, made on at most ``max_voxels`` signal
    trials' regressors are collinear barely change the predicted time series, and those errors are what
    separates the libraries' betas).
 
-The unregularised betas are scored, not the ridge ones: with the ridge the broad library always won (its
+The unregularised betas are scored, not the ridge ones: with the ridge the broad library won on every session tried (its
 fraction stage smooths most), also where its final betas are the worse ones (docs/glm.md).
 """
 
