@@ -153,6 +153,8 @@ def child_ours(method: str, data_path: str, out: str, threads: int, hrf_library:
         result = estimate_single_trial_betas(runs, trials, method=name, n_threads=threads, **kwargs)
         betas = result.betas
         info = {"n_pcs": result.metadata["n_pcs"], "median_frac": result.metadata["median_ridge_fraction"]}
+        if result.metadata.get("hrf_library_choice"):
+            info["hrf_library_choice"] = result.metadata["hrf_library_choice"]
     else:
         from types import SimpleNamespace
 
@@ -367,8 +369,9 @@ def main(argv=None) -> int:
                         help="folder keeping GLMsingle's betas and timings per (generator, seed, V, data hash); "
                              "a later run on the same data reads them instead of rerunning the peer (the table "
                              "says 'cached')")
-    parser.add_argument("--hrf-library", default="broad", choices=("broad", "narrow", "medium"),
-                        help="ours' HRF library (bids_m2i.glm.hrf_library; default: the engine's default 'broad')")
+    parser.add_argument("--hrf-library", default="broad", choices=("broad", "narrow", "medium", "auto"),
+                        help="ours' HRF library (bids_m2i.glm.hrf_library; default: the engine's default 'broad'; "
+                             "'auto': one per session, bids_m2i.glm.library_choice)")
     parser.add_argument("--json", type=Path, default=None, help="write all rows here")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -431,7 +434,7 @@ def main(argv=None) -> int:
                            "r_trial": float(np.median(r_trial(betas, truth, responsive))),
                            "test_retest": float(np.median(test_retest(betas[:, responsive], stimulus))),
                            "n_voxels": args.voxels, "truth_ceiling": ceiling,
-                           **{k: v for k, v in info.items() if k in ("n_pcs", "median_frac")}}
+                           **{k: v for k, v in info.items() if k in ("n_pcs", "median_frac", "hrf_library_choice")}}
                     if cached:
                         row["cached"] = True
                     if method == "glmsingle" and ours_total:

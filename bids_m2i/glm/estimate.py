@@ -22,6 +22,7 @@ from .design import RunData, build_run_designs, polynomial_degree
 from .fithrf import grouped_trial_betas, library_fitted_ss, r2_from, total_sum_of_squares
 from .fracridge import DEFAULT_FRACTIONS, N_ALPHAS, fractional_ridge_cv
 from .hrf_library import DEFAULT_LIBRARY, check_library, describe_library
+from .library_choice import AUTO, choose_library
 from .lss import lss_betas
 from .model import SessionModel
 from .reliability import RepeatStructure, ncsnr
@@ -211,7 +212,9 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
     hrf_library : {"broad", "narrow", "medium"}
         The HRF library of the fitted-HRF methods (:mod:`bids_m2i.glm.hrf_library`; docs/glm.md): the default
         ``"broad"``, or the latency-ordered ``"narrow"`` (FWHM 2.5–3.5 s) or ``"medium"`` (FWHM 4–5 s) family
-        (issue-13 options: better r_trial on the GLM benchmarks; docs/glm.md gives what each costs).
+        (issue-13 options: better r_trial on the GLM benchmarks; docs/glm.md gives what each costs), or
+        ``"auto"``: one of the three per session, the one whose unregularised betas best predict held-out runs
+        (:mod:`bids_m2i.glm.library_choice`; broad when no stimulus is shown in two runs).
     noise_model : {"auto", "ols", "ar1"}
         "ar1": the final betas (and the ridge stage) are fitted after AR(1) prewhitening of each voxel's data
         and design, ρ from the OLS residuals, quantised (``bids_m2i.glm.whitening``); not for ``lss``.
@@ -235,7 +238,8 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
                          hint="use 'ols-target', 'consistency' or 'ridge'")
     if ridge_criterion not in ("consistency", "ols-target"):
         raise UsageError(f"Unknown ridge_criterion {ridge_criterion!r}", hint="use 'consistency' or 'ols-target'")
-    check_library(hrf_library)
+    if hrf_library != AUTO:
+        check_library(hrf_library)
     if noise_model not in ("auto", "ols", "ar1"):
         raise UsageError(f"Unknown noise_model {noise_model!r}", hint="use 'auto', 'ols' or 'ar1'")
     if noise_model == "auto":
@@ -278,17 +282,33 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
         LOGGER.warning(fallback)
     use_library = effective in ("fithrf", "fithrf-denoise-rr")
 
+    library_choice = None
+    requested_library = hrf_library
     with torch_threads(n_threads):
-        model = SessionModel(designs, hrf_model, with_library=use_library, oversampling=oversampling,
-                             min_onset=min_onset, dtype=dtype, device=torch_device, library=hrf_library)
-        chunk, memory_plan = estimate_memory(n_voxels, sum(lengths), n_trials, torch.finfo(dtype).bits // 8,
-                                             runs[0].data.dtype.itemsize, model.n_kernels, mem_gb)
-        chunks = [slice(start, min(start + chunk, n_voxels)) for start in range(0, n_voxels, chunk)]
-
         def load(voxels):
             """Data of some voxels in % signal change, one tensor per run, and their mean intensity."""
             pieces = [percent_signal(run.data[voxels], dtype, torch_device, data_units) for run in runs]
             return [p[0] for p in pieces], sum(p[1] for p in pieces) / len(pieces)
+
+        models = {}
+        if hrf_library == AUTO and use_library:
+            # one library for the whole session, by leave-one-run-out prediction (glm/library_choice.py)
+            choice_started = time.perf_counter()
+            hrf_library, library_choice, models = _choose_session_library(
+                designs, runs, load, trial_rows, stimulus, n_voxels, hrf_model, oversampling, min_onset, dtype,
+                torch_device, data_units, brain_threshold, max_pc_voxels, seed, mem_gb)
+            library_choice["elapsed_s"] = round(time.perf_counter() - choice_started, 3)
+            LOGGER.info("HRF library chosen for the session: %s (%s)", hrf_library,
+                        library_choice.get("median_score", library_choice.get("reason")))
+        elif hrf_library == AUTO:
+            hrf_library = DEFAULT_LIBRARY  # assumed HRF methods: no library used
+        model = models.get(hrf_library) or SessionModel(
+            designs, hrf_model, with_library=use_library, oversampling=oversampling, min_onset=min_onset,
+            dtype=dtype, device=torch_device, library=hrf_library)
+        del models
+        chunk, memory_plan = estimate_memory(n_voxels, sum(lengths), n_trials, torch.finfo(dtype).bits // 8,
+                                             runs[0].data.dtype.itemsize, model.n_kernels, mem_gb)
+        chunks = [slice(start, min(start + chunk, n_voxels)) for start in range(0, n_voxels, chunk)]
 
         betas = np.zeros((n_trials, n_voxels), dtype=np.float32)
         r2 = np.zeros(n_voxels, dtype=np.float32)
@@ -366,6 +386,8 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
         "hrf_model": hrf_model,
         "hrf_library": describe_library(name=hrf_library) if use_library else None,
         "hrf_library_name": hrf_library if use_library else None,
+        "hrf_library_requested": requested_library if use_library else None,
+        "hrf_library_choice": library_choice,
         "hrf_choice": (f"max R² of the {'full single-trial' if hrf_selection == 'full' else 'ON-OFF'} model"
                        if use_library else "assumed"),
         "ridge_criterion": ridge_criterion if effective == "fithrf-denoise-rr" else None,
@@ -404,6 +426,38 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
     }
     return GLMResult(betas=betas, trial_rows=trial_rows, r2=r2, ncsnr=snr, hrf_index=hrf_index,
                      n_pcs=n_pcs_map, frac=frac, metadata=metadata)
+
+
+def _choose_session_library(designs, runs, load, trial_rows, stimulus, n_voxels, hrf_model, oversampling,
+                            min_onset, dtype, device, data_units, brain_threshold, max_voxels, seed, mem_gb):
+    """``hrf_library="auto"``: signal voxels by the ON-OFF model's R² (assumed HRF), then
+    :func:`bids_m2i.glm.library_choice.choose_library` on at most ``max_voxels`` of them (random, ``seed``)."""
+    canonical = SessionModel(designs, hrf_model, with_library=False, oversampling=oversampling,
+                             min_onset=min_onset, dtype=dtype, device=device)
+    chunk, _ = estimate_memory(n_voxels, sum(r.data.shape[1] for r in runs), len(trial_rows),
+                               torch.finfo(dtype).bits // 8, runs[0].data.dtype.itemsize, 1, mem_gb)
+    onoff_r2 = np.zeros(n_voxels, dtype=np.float32)
+    intensity = np.zeros(n_voxels, dtype=np.float32)
+    for start in range(0, n_voxels, chunk):
+        voxels = slice(start, min(start + chunk, n_voxels))
+        data_runs, mean = load(voxels)
+        intensity[voxels] = mean.cpu().numpy()
+        onoff = sum(canonical.onoff_operators(r).fitted_sum_of_squares(d) for r, d in enumerate(data_runs))
+        onoff_r2[voxels] = r2_from(onoff, total_sum_of_squares(data_runs)).cpu().numpy()
+    brain = brain_voxels(intensity, *brain_threshold) if data_units == "raw" else np.ones(n_voxels, dtype=bool)
+    if not brain.any():
+        brain = np.ones(n_voxels, dtype=bool)
+    candidates = np.flatnonzero(brain & (onoff_r2 > 10.0 ** otsu_threshold(log_r2(onoff_r2[brain]))))
+    if candidates.size < 50:
+        candidates = np.argsort(-np.where(brain, onoff_r2, -np.inf))[:min(50, int(brain.sum()))]
+    if candidates.size > max_voxels:
+        candidates = np.sort(np.random.default_rng(seed).choice(candidates, max_voxels, replace=False))
+    data_runs, _ = load(np.sort(candidates))
+    run_of_trial = trial_rows["run"].astype(str).to_numpy()
+    name, info, models = choose_library(designs, data_runs, stimulus, run_of_trial, hrf_model, oversampling,
+                                        min_onset, dtype, device)
+    info["voxels"] = "signal voxels: ON-OFF R² (assumed HRF) above Otsu's threshold of log10 R² among brain voxels"
+    return name, info, models
 
 
 def _denoise_and_ridge(model, runs, chunks, load, betas, r2, hrf_index, n_pcs_map, frac, onoff_r2, intensity,
