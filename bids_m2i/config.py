@@ -188,6 +188,20 @@ class Config:
         return self.space_spec.split(":")[0]
 
     @property
+    def space_entities(self) -> dict[str, str]:
+        """The space entities of the outputs' names: ``space`` and fMRIPrep's ``cohort``/``res`` of the BOLD
+        used (set by the fMRIPrep inputs once chosen, else from --space), so that two resolutions or cohorts
+        of one template written into one OUTPUT_DIR do not overwrite each other; {} for ``func``."""
+        if self.resolved_space == "func":
+            return {}
+        chosen = self.__dict__.get("input_space_entities")
+        if chosen:
+            return dict(chosen)
+        label, *qualifiers = self.space_spec.split(":")
+        found = dict(q.split("-", 1) for q in qualifiers if "-" in q)
+        return {"space": label, **{k: found[k] for k in ("cohort", "res") if k in found}}
+
+    @property
     def space_spec(self) -> str:
         """--space as given, with fMRIPrep's ``:res-N`` / ``:cohort-N`` qualifiers (which files to use)."""
         return self.values["space"] or ("T1w" if self.values["derivatives"] else "func")
