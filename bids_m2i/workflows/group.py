@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import InputMissingError
+from ..errors import InputMissingError, NoDataSelected
 from ..utils.atomic import write_text, write_tsv
 
 LOGGER = logging.getLogger("m2i.group")
@@ -27,9 +27,16 @@ GROUP_COLUMNS = ["participant_id", "glm_method", *KEYS, "value", "chance", "p_va
 
 
 def expected_participants(config) -> list[str]:
-    if config.participant_label:
-        return list(config.participant_label)
-    return sorted(p.name[4:] for p in Path(config.bids_dir).glob("sub-*") if p.is_dir())
+    """The participants of BIDS_DIR, or those of --participant-label; a label not in BIDS_DIR (a typo) is
+    exit 18 as at the participant level, not a participant counted as "not finished"."""
+    present = sorted(p.name[4:] for p in Path(config.bids_dir).glob("sub-*") if p.is_dir())
+    if not config.participant_label:
+        return present
+    absent = [label for label in config.participant_label if label not in present]
+    if absent:
+        raise NoDataSelected(f"Participant(s) {', '.join(absent)} not found in the dataset",
+                             hint=f"participants present: {', '.join(present) or 'none'}")
+    return list(config.participant_label)
 
 
 def metrics_path(output_dir: Path, subject: str) -> Path:
