@@ -82,6 +82,10 @@ def check_paths(config: Config) -> None:
             raise InputMissingError(f"--{name.replace('_', '-')} file not found: {value}", path=value)
     if config.values.get("roi_mask") is not None and config.values.get("stop_after", "decode") == "decode":
         check_roi_mask(Path(config.values["roi_mask"]))
+    if config.values.get("captions") is not None and config.values.get("stop_after", "decode") == "decode":
+        from ..decoding.text import read_caption_file
+
+        read_caption_file(config.values["captions"])  # a binary file: 65 now, not at the decoding stage
     for folder in config.values.get("derivatives") or []:
         if not Path(folder).is_dir():
             raise InputMissingError(f"--derivatives folder not found: {folder}", path=folder,
