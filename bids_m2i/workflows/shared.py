@@ -173,6 +173,7 @@ def check_shared_decoders(config) -> dict[str, Path]:
     for path in files:
         path = Path(path)
         meta = read_shared_sidecar(path)
+        _check_weights_complete(path)
         target = meta.get("FeatureSpace")
         if target in by_target:
             raise UsageError(f"two --shared-decoder files decode '{target}': {by_target[target]} and {path}")
@@ -195,6 +196,21 @@ def check_shared_decoders(config) -> dict[str, Path]:
                          hint=f"pass OUT/group/decoding/desc-shared{absent[0]}_model.safetensors too, or drop "
                          f"--target {absent[0]}")
     return by_target
+
+
+def _check_weights_complete(path: Path) -> None:
+    """The weights file's header and size agree (a copy cut short passed the sidecar-only check and failed at
+    the decoding stage, hours later): 65 now, naming the file."""
+    from ..errors import BadDataError
+    from ..models.store import safetensors_shapes
+
+    try:
+        safetensors_shapes(path)
+    except BadDataError as exc:
+        raise BadDataError(f"The shared decoder {path.name} is damaged or incomplete ({path.stat().st_size} bytes): "
+                           f"{exc.message}", path=path,
+                           hint="copy it again from the group level's OUT/group/decoding/ (with its .json), or "
+                           "retrain it with `m2i BIDS OUT group --train-shared-decoder`") from exc
 
 
 def summary_possible(config) -> bool:
