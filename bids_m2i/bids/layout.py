@@ -141,7 +141,9 @@ def index_dataset(bids_dir: Path, database_dir: Path | None):
     import bids
 
     if database_dir is not None:
-        database_dir.mkdir(parents=True, exist_ok=True)
+        # one database per process: the jobs of an HPC array often share -w, and each one re-created a shared
+        # index while another read it (exit 65 "no such table: files"); removed when this process ends
+        database_dir = process_database_dir(database_dir)
     try:
         return bids.BIDSLayout(str(bids_dir), validate=False, derivatives=False,
                                database_path=None if database_dir is None else str(database_dir),
@@ -156,6 +158,20 @@ def index_dataset(bids_dir: Path, database_dir: Path | None):
             raise unreadable_input_error(missing or bids_dir) from exc
         raise BadDataError(f"Cannot index the BIDS dataset {bids_dir}: {exc}", path=bids_dir,
                            hint="run the BIDS validator on it to see what is wrong") from exc
+
+
+def process_database_dir(parent: Path) -> Path:
+    """A new folder of this process under ``parent`` (host and pid in its name), removed at exit."""
+    import atexit
+    import os
+    import shutil
+    import socket
+    import tempfile
+
+    Path(parent).mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"{socket.gethostname()}-{os.getpid()}-", dir=parent))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def load_bids_filters(path: Path | None) -> dict:
