@@ -55,7 +55,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
                metavar="TASK"),
     OptionSpec("bids_filter_file", "bids", "path", None, "JSON file in fMRIPrep's format "
                "(`{\"bold\": {...}}`) with extra BIDS entity filters; a list of such objects under `bold` selects "
-               "their union.", ("--bids-filter-file", "--bids_filter_file"),
+               "their union; as in fMRIPrep, `\"*\"` is any value and `null` an absent entity.", ("--bids-filter-file", "--bids_filter_file"),
                metavar="FILE"),
     OptionSpec("derivatives", "bids", "paths", [], "fMRIPrep output folder (contains its "
                "dataset_description.json); repeatable. Uses its preprocessed BOLD, masks and confounds.",

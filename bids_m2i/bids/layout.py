@@ -212,11 +212,15 @@ def select_bold_runs(layout, *, participants: list[str], sessions: list[str], ta
         if unknown:
             raise NoDataSelected(f"{name.capitalize()}(s) {', '.join(unknown)} not found in the dataset",
                                  hint=f"{name}s present: {', '.join(sorted(present)) or 'none'}")
+    from bids.layout import Query
+
     files = {}
-    for filters in (bids_filters if isinstance(bids_filters, list) else [bids_filters or {}]):
+    filter_sets = bids_filters if isinstance(bids_filters, list) else [bids_filters or {}]
+    for filters in filter_sets:
         query = {"datatype": "func", "suffix": "bold", "extension": [".nii", ".nii.gz"]}
         for key, value in filters.items():
-            query[key] = value
+            # fMRIPrep's reading of a filter file: "*" is any value, null the entity absent
+            query[key] = Query.ANY if value == "*" else Query.NONE if value is None else value
         if participants:
             query["subject"] = participants
         if sessions:
@@ -226,7 +230,10 @@ def select_bold_runs(layout, *, participants: list[str], sessions: list[str], ta
         try:
             files.update({f.path: f for f in layout.get(**query)})
         except (ValueError, TypeError) as exc:
-            raise UsageError(f"Invalid BIDS filter: {exc}", hint="check --bids-filter-file entity names") from exc
+            detail = str(exc).split(" If you're sure")[0]  # pybids' advice (invalid_filters='allow') is not ours
+            raise UsageError(f"Invalid --bids-filter-file: {detail}",
+                             hint="use BIDS entity names as pybids spells them (subject, session, task, "
+                             "acquisition, run, echo, ...; see docs/usage.md)") from exc
     files = list(files.values())
 
     selected: dict[str, list[BoldRun]] = {}
@@ -243,7 +250,13 @@ def select_bold_runs(layout, *, participants: list[str], sessions: list[str], ta
         events = find_events_file(layout, path, entities)
         selected.setdefault(entities["subject"], []).append(BoldRun(path, entities, events, dict(metadata)))
     if not selected:
-        described = ", ".join(f"{k}={v}" for k, v in query.items() if k not in ("datatype", "suffix", "extension"))
+        def shown(value):
+            return "null" if value is None else str(value)
+
+        given = [", ".join(f"{k}={shown(v)}" for k, v in f.items()) for f in filter_sets if f]
+        labels = [f"{k}={','.join(v)}" for k, v in (("subject", participants), ("session", sessions),
+                                                     ("task", tasks)) if v]
+        described = "; ".join([*labels, *(f"filter file: {g}" for g in given)])
         raise NoDataSelected("The filters select no BOLD runs" + (f" ({described})" if described else ""),
                              hint="check --participant-label, --session-label, --task and --bids-filter-file")
     _check_duplicates(selected)
