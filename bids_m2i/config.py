@@ -109,7 +109,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "`pixels clip` enables the low-level start of unCLIP generation; `text` (TF-IDF of the captions, no "
                "weights) and `clip-text` decode into text and give unclip a retrieved caption as its prompt.", choices=TARGETS, metavar="TARGET"),
     OptionSpec("decoder", "decoding", "choice", "ridge", "Betas-to-features model.", choices=DECODERS),
-    OptionSpec("generator", "decoding", "choice", "pixels", "Image generator (`unclip` needs `--target clip`).",
+    OptionSpec("generator", "decoding", "choice", "pixels", "Image generator (`pixels` needs `--target pixels`, `unclip` needs `--target clip`).",
                choices=GENERATORS),
     OptionSpec("captions", "decoding", "path", None, "Extra captions (one per line) for the caption bank of the "
                "text channel (`--target text`/`clip-text`), besides the training captions and cue texts.",

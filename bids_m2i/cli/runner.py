@@ -234,6 +234,17 @@ def check_participant_folders_writable(output_dir: Path, subjects: list[str]) ->
                     "another OUTPUT_DIR")
 
 
+def check_generator_has_its_target(config: Config) -> None:
+    """``--generator pixels`` (the default) draws the decoded pixels: without ``--target pixels`` (``--target
+    clip`` alone) it stopped the decoding stage with 65, after the preprocessing and the GLM. A usage error
+    (64), said before any step (after the models and inputs checks, whose messages come first)."""
+    targets = list(config.values["target"])
+    if config.values["generator"] == "pixels" and "pixels" not in targets and config.stop_after == "decode":
+        raise UsageError(f"--generator pixels (the default) needs --target pixels; --target is {' '.join(targets)}",
+                         hint=f"use `--target pixels {' '.join(targets)}`, or `--generator unclip` with --target "
+                         "clip (needs --models-dir)")
+
+
 # nipype plugins that name their cluster jobs after os.environ["LOGNAME"] (a KeyError without it)
 PLUGINS_NEEDING_LOGNAME = {"slurm", "sge", "pbs", "lsf", "oar", "condor"}
 
@@ -328,6 +339,7 @@ def run(config: Config, on_log_file: Callable[[Path], None] | None = None) -> in
     inputs = collect_inputs(config, work_dir)
     check_memory_budget(config, inputs)
     check_participant_folders_writable(output_dir, list(inputs))
+    check_generator_has_its_target(config)
     from ..workflows.base import run_participant_workflows
 
     run_participant_workflows(config, inputs, work_dir)
