@@ -23,7 +23,8 @@ SPACE = "MNI152NLin2009cAsym"
 def test_entity_order_space_cohort_res_stat_desc(tmp_path):
     path = derivative_path(tmp_path, subject="01", task="imagery", space="MNIPediatricAsym", cohort="2", res="2",
                            stat="effect", desc="lsa", suffix="statseries", extension=".nii.gz", datatype="func")
-    assert path.name == "sub-01_task-imagery_space-MNIPediatricAsym_cohort-2_res-2_stat-effect_desc-lsa_statseries.nii.gz"
+    assert path.name == ("sub-01_task-imagery_space-MNIPediatricAsym_cohort-2_res-2_stat-effect_desc-lsa_"
+                         "statseries.nii.gz")
 
 
 def test_two_resolutions_into_one_output_dir_keep_both(tiny_dataset, tmp_path):
