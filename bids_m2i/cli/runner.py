@@ -116,7 +116,9 @@ def redirect_caches(work_dir: Path) -> None:
 
 #: what m2i itself puts in a work dir: --clean-workdir empties only a folder holding nothing else (or marked)
 WORK_DIR_MARKER = ".m2i-workdir"
-WORK_DIR_ENTRIES = {WORK_DIR_MARKER, ".m2i-write-test", ".cache", "m2i_wf", "pybids_db", "trials", "errors",
+#: every run holds a shared lock on this file while it runs; --clean-workdir needs it exclusively
+WORK_DIR_IN_USE = ".m2i-in-use"
+WORK_DIR_ENTRIES = {WORK_DIR_MARKER, WORK_DIR_IN_USE, ".m2i-write-test", ".cache", "m2i_wf", "pybids_db", "trials", "errors",
                     "features", "report", "candidates", "group", "shared"}
 
 
@@ -135,14 +137,61 @@ def check_work_dir_is_ours(work_dir: Path) -> None:
                      "what you no longer need yourself")
 
 
+#: work dir -> open file holding this process's lock on it (kept open for the process's lifetime)
+_WORK_DIR_LOCKS: dict[Path, object] = {}
+
+
+def lock_work_dir(work_dir: Path, *, exclusive: bool):
+    """Take this process's lock on the work dir: shared for a run, exclusive (without waiting) to empty it.
+
+    The jobs of a job array often share -w and pass --clean-workdir: a job starting later emptied the folder
+    under a running one, which then failed in a step. flock is per host (and on NFS/Lustre mounted with
+    locks, across nodes); where locks are not supported, the run goes on without one.
+    """
+    import fcntl
+
+    previous = _WORK_DIR_LOCKS.pop(work_dir, None)
+    if previous is not None:  # this process's own earlier run on this work dir
+        previous.close()
+    try:
+        handle = open(work_dir / WORK_DIR_IN_USE, "a+")
+    except OSError:  # not ours to lock (written by the checks below, with their own messages)
+        return None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB if exclusive else fcntl.LOCK_SH)
+    except BlockingIOError:
+        handle.close()
+        raise UsageError(f"--clean-workdir: another m2i run is using the work dir {work_dir}; not emptying it",
+                         path=work_dir, hint="give each job its own -w (e.g. -w work/sub-$LABEL), or drop "
+                         "--clean-workdir while other jobs run") from None
+    except OSError:  # a file system without locks
+        handle.close()
+        return None
+    _WORK_DIR_LOCKS[work_dir] = handle
+    return handle
+
+
 def prepare_work_dir(config: Config) -> Path:
     work_dir = Path(config.work_dir).absolute()
     if config.clean_workdir and work_dir.exists():
         check_work_dir_is_ours(work_dir)
+        handle = lock_work_dir(work_dir, exclusive=True)
         LOGGER.info("Emptying the work dir %s (--clean-workdir)", work_dir)
-        shutil.rmtree(work_dir, ignore_errors=True)
+        for entry in work_dir.iterdir():
+            if entry.name == WORK_DIR_IN_USE:
+                continue  # the lock file stays: a new file would be a new, unlocked one
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        if handle is not None:
+            import fcntl
+
+            fcntl.flock(handle, fcntl.LOCK_SH)  # emptied: other runs may use it with this one
     try:
         work_dir.mkdir(parents=True, exist_ok=True)
+        if work_dir not in _WORK_DIR_LOCKS:
+            lock_work_dir(work_dir, exclusive=False)
         probe = work_dir / ".m2i-write-test"
         probe.write_text("ok")
         probe.unlink()
