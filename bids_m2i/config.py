@@ -55,7 +55,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
                metavar="TASK"),
     OptionSpec("bids_filter_file", "bids", "path", None, "JSON file in fMRIPrep's format "
                "(`{\"bold\": {...}}`) with extra BIDS entity filters; a list of such objects under `bold` selects "
-               "their union.", ("--bids-filter-file", "--bids_filter_file"),
+               "their union; as in fMRIPrep, `\"*\"` is any value and `null` an absent entity.",
+               ("--bids-filter-file", "--bids_filter_file"),
                metavar="FILE"),
     OptionSpec("derivatives", "bids", "paths", [], "fMRIPrep output folder (contains its "
                "dataset_description.json); repeatable. Uses its preprocessed BOLD, masks and confounds.",
@@ -109,7 +110,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "`pixels clip` enables the low-level start of unCLIP generation; `text` (TF-IDF of the captions, no "
                "weights) and `clip-text` decode into text and give unclip a retrieved caption as its prompt.", choices=TARGETS, metavar="TARGET"),
     OptionSpec("decoder", "decoding", "choice", "ridge", "Betas-to-features model.", choices=DECODERS),
-    OptionSpec("generator", "decoding", "choice", "pixels", "Image generator (`unclip` needs `--target clip`).",
+    OptionSpec("generator", "decoding", "choice", "pixels", "Image generator (`pixels` needs `--target pixels`, "
+               "`unclip` needs `--target clip`).",
                choices=GENERATORS),
     OptionSpec("captions", "decoding", "path", None, "Extra captions (one per line) for the caption bank of the "
                "text channel (`--target text`/`clip-text`), besides the training captions and cue texts.",
@@ -186,6 +188,20 @@ class Config:
     def resolved_space(self) -> str:
         """The space label of the outputs' names (``MNI152NLin2009cAsym`` for ``MNI152NLin2009cAsym:res-2``)."""
         return self.space_spec.split(":")[0]
+
+    @property
+    def space_entities(self) -> dict[str, str]:
+        """The space entities of the outputs' names: ``space`` and fMRIPrep's ``cohort``/``res`` of the BOLD
+        used (set by the fMRIPrep inputs once chosen, else from --space), so that two resolutions or cohorts
+        of one template written into one OUTPUT_DIR do not overwrite each other; {} for ``func``."""
+        if self.resolved_space == "func":
+            return {}
+        chosen = self.__dict__.get("input_space_entities")
+        if chosen:
+            return dict(chosen)
+        label, *qualifiers = self.space_spec.split(":")
+        found = dict(q.split("-", 1) for q in qualifiers if "-" in q)
+        return {"space": label, **{k: found[k] for k in ("cohort", "res") if k in found}}
 
     @property
     def space_spec(self) -> str:

@@ -130,9 +130,10 @@ def test_mni_only_outputs_run_in_the_space_the_error_suggests(tiny_dataset, tmp_
     out = tmp_path / "out"
     assert run_cli([str(tiny_dataset), str(out), "participant", "--space", "MNI152NLin2009cAsym",
                     "--task", "perception", *common]) == 0
-    series = sorted(out.glob("sub-01/func/*_space-MNI152NLin2009cAsym_stat-effect_desc-lsa_statseries.nii.gz"))
+    # the names carry the resolution of fMRIPrep's files (res-2), as fMRIPrep's own names do
+    series = sorted(out.glob("sub-01/func/*_space-MNI152NLin2009cAsym_res-2_stat-effect_desc-lsa_statseries.nii.gz"))
     assert len(series) == 1  # the perception task
-    assert (out / "sub-01" / "func" / "sub-01_space-MNI152NLin2009cAsym_desc-brain_mask.nii.gz").exists()
+    assert (out / "sub-01" / "func" / "sub-01_space-MNI152NLin2009cAsym_res-2_desc-brain_mask.nii.gz").exists()
 
 
 def test_space_needs_derivatives_and_a_label(tiny_dataset, tmp_path, capsys):

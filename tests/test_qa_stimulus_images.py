@@ -47,7 +47,8 @@ def test_stimulus_formats_keep_their_content(tmp_path, kind):
         path = tmp_path / "float.tif"
         Image.fromarray(RAMP.astype(np.float32), mode="F").save(path)
     elif kind == "rgba":
-        rgba = np.dstack([(RAMP * 255).round().astype(np.uint8)] * 3 + [np.full((32, 32), 128, np.uint8)])
+        # opaque RGBA (transparency: tests/test_qa_rgba_stimuli.py)
+        rgba = np.dstack([(RAMP * 255).round().astype(np.uint8)] * 3 + [np.full((32, 32), 255, np.uint8)])
         Image.fromarray(rgba, mode="RGBA").save(path)
     elif kind == "palette":
         Image.fromarray((RAMP * 255).round().astype(np.uint8)).convert("P").save(path)

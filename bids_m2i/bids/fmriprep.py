@@ -144,11 +144,16 @@ def attach_fmriprep_inputs(inputs: dict, config) -> None:
         LOGGER.info("--space func: using our own preprocessing; --derivatives is ignored")
         return
     index = index_fmriprep([Path(p) for p in config.derivatives])
+    variants = set()
     for subject_inputs in inputs.values():
         for run in subject_inputs.runs:
             found = find_fmriprep_files(index, run.bold.entities, space, run.bold.path.name)
             run.preproc_bold, run.brain_mask, run.confounds = found["bold"], found["mask"], found["confounds"]
             check_fmriprep_run(found)
+            chosen = _derivative_entities(found["bold"])
+            variants.add(tuple((k, chosen[k]) for k in ("space", "cohort", "res") if k in chosen))
+    if len(variants) == 1:  # outputs named after the grid used (res/cohort included: see Config.space_entities)
+        config.__dict__["input_space_entities"] = dict(variants.pop())
 
 
 def check_fmriprep_run(found: dict[str, Path]) -> None:

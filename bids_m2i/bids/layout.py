@@ -141,7 +141,9 @@ def index_dataset(bids_dir: Path, database_dir: Path | None):
     import bids
 
     if database_dir is not None:
-        database_dir.mkdir(parents=True, exist_ok=True)
+        # one database per process: the jobs of an HPC array often share -w, and each one re-created a shared
+        # index while another read it (exit 65 "no such table: files"); removed when this process ends
+        database_dir = process_database_dir(database_dir)
     try:
         return bids.BIDSLayout(str(bids_dir), validate=False, derivatives=False,
                                database_path=None if database_dir is None else str(database_dir),
@@ -156,6 +158,20 @@ def index_dataset(bids_dir: Path, database_dir: Path | None):
             raise unreadable_input_error(missing or bids_dir) from exc
         raise BadDataError(f"Cannot index the BIDS dataset {bids_dir}: {exc}", path=bids_dir,
                            hint="run the BIDS validator on it to see what is wrong") from exc
+
+
+def process_database_dir(parent: Path) -> Path:
+    """A new folder of this process under ``parent`` (host and pid in its name), removed at exit."""
+    import atexit
+    import os
+    import shutil
+    import socket
+    import tempfile
+
+    Path(parent).mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"{socket.gethostname()}-{os.getpid()}-", dir=parent))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def load_bids_filters(path: Path | None) -> dict:
@@ -196,11 +212,15 @@ def select_bold_runs(layout, *, participants: list[str], sessions: list[str], ta
         if unknown:
             raise NoDataSelected(f"{name.capitalize()}(s) {', '.join(unknown)} not found in the dataset",
                                  hint=f"{name}s present: {', '.join(sorted(present)) or 'none'}")
+    from bids.layout import Query
+
     files = {}
-    for filters in (bids_filters if isinstance(bids_filters, list) else [bids_filters or {}]):
+    filter_sets = bids_filters if isinstance(bids_filters, list) else [bids_filters or {}]
+    for filters in filter_sets:
         query = {"datatype": "func", "suffix": "bold", "extension": [".nii", ".nii.gz"]}
         for key, value in filters.items():
-            query[key] = value
+            # fMRIPrep's reading of a filter file: "*" is any value, null the entity absent
+            query[key] = Query.ANY if value == "*" else Query.NONE if value is None else value
         if participants:
             query["subject"] = participants
         if sessions:
@@ -210,7 +230,10 @@ def select_bold_runs(layout, *, participants: list[str], sessions: list[str], ta
         try:
             files.update({f.path: f for f in layout.get(**query)})
         except (ValueError, TypeError) as exc:
-            raise UsageError(f"Invalid BIDS filter: {exc}", hint="check --bids-filter-file entity names") from exc
+            detail = str(exc).split(" If you're sure")[0]  # pybids' advice (invalid_filters='allow') is not ours
+            raise UsageError(f"Invalid --bids-filter-file: {detail}",
+                             hint="use BIDS entity names as pybids spells them (subject, session, task, "
+                             "acquisition, run, echo, ...; see docs/usage.md)") from exc
     files = list(files.values())
 
     selected: dict[str, list[BoldRun]] = {}
@@ -227,7 +250,13 @@ def select_bold_runs(layout, *, participants: list[str], sessions: list[str], ta
         events = find_events_file(layout, path, entities)
         selected.setdefault(entities["subject"], []).append(BoldRun(path, entities, events, dict(metadata)))
     if not selected:
-        described = ", ".join(f"{k}={v}" for k, v in query.items() if k not in ("datatype", "suffix", "extension"))
+        def shown(value):
+            return "null" if value is None else str(value)
+
+        given = [", ".join(f"{k}={shown(v)}" for k, v in f.items()) for f in filter_sets if f]
+        labels = [f"{k}={','.join(v)}" for k, v in (("subject", participants), ("session", sessions),
+                                                     ("task", tasks)) if v]
+        described = "; ".join([*labels, *(f"filter file: {g}" for g in given)])
         raise NoDataSelected("The filters select no BOLD runs" + (f" ({described})" if described else ""),
                              hint="check --participant-label, --session-label, --task and --bids-filter-file")
     _check_duplicates(selected)

@@ -82,6 +82,10 @@ def check_paths(config: Config) -> None:
             raise InputMissingError(f"--{name.replace('_', '-')} file not found: {value}", path=value)
     if config.values.get("roi_mask") is not None and config.values.get("stop_after", "decode") == "decode":
         check_roi_mask(Path(config.values["roi_mask"]))
+    if config.values.get("captions") is not None and config.values.get("stop_after", "decode") == "decode":
+        from ..decoding.text import read_caption_file
+
+        read_caption_file(config.values["captions"])  # a binary file: 65 now, not at the decoding stage
     for folder in config.values.get("derivatives") or []:
         if not Path(folder).is_dir():
             raise InputMissingError(f"--derivatives folder not found: {folder}", path=folder,
@@ -112,7 +116,9 @@ def redirect_caches(work_dir: Path) -> None:
 
 #: what m2i itself puts in a work dir: --clean-workdir empties only a folder holding nothing else (or marked)
 WORK_DIR_MARKER = ".m2i-workdir"
-WORK_DIR_ENTRIES = {WORK_DIR_MARKER, ".m2i-write-test", ".cache", "m2i_wf", "pybids_db", "trials", "errors",
+#: every run holds a shared lock on this file while it runs; --clean-workdir needs it exclusively
+WORK_DIR_IN_USE = ".m2i-in-use"
+WORK_DIR_ENTRIES = {WORK_DIR_MARKER, WORK_DIR_IN_USE, ".m2i-write-test", ".cache", "m2i_wf", "pybids_db", "trials", "errors",
                     "features", "report", "candidates", "group", "shared"}
 
 
@@ -131,14 +137,61 @@ def check_work_dir_is_ours(work_dir: Path) -> None:
                      "what you no longer need yourself")
 
 
+#: work dir -> open file holding this process's lock on it (kept open for the process's lifetime)
+_WORK_DIR_LOCKS: dict[Path, object] = {}
+
+
+def lock_work_dir(work_dir: Path, *, exclusive: bool):
+    """Take this process's lock on the work dir: shared for a run, exclusive (without waiting) to empty it.
+
+    The jobs of a job array often share -w and pass --clean-workdir: a job starting later emptied the folder
+    under a running one, which then failed in a step. flock is per host (and on NFS/Lustre mounted with
+    locks, across nodes); where locks are not supported, the run goes on without one.
+    """
+    import fcntl
+
+    previous = _WORK_DIR_LOCKS.pop(work_dir, None)
+    if previous is not None:  # this process's own earlier run on this work dir
+        previous.close()
+    try:
+        handle = open(work_dir / WORK_DIR_IN_USE, "a+")
+    except OSError:  # not ours to lock (written by the checks below, with their own messages)
+        return None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB if exclusive else fcntl.LOCK_SH)
+    except BlockingIOError:
+        handle.close()
+        raise UsageError(f"--clean-workdir: another m2i run is using the work dir {work_dir}; not emptying it",
+                         path=work_dir, hint="give each job its own -w (e.g. -w work/sub-$LABEL), or drop "
+                         "--clean-workdir while other jobs run") from None
+    except OSError:  # a file system without locks
+        handle.close()
+        return None
+    _WORK_DIR_LOCKS[work_dir] = handle
+    return handle
+
+
 def prepare_work_dir(config: Config) -> Path:
     work_dir = Path(config.work_dir).absolute()
     if config.clean_workdir and work_dir.exists():
         check_work_dir_is_ours(work_dir)
+        handle = lock_work_dir(work_dir, exclusive=True)
         LOGGER.info("Emptying the work dir %s (--clean-workdir)", work_dir)
-        shutil.rmtree(work_dir, ignore_errors=True)
+        for entry in work_dir.iterdir():
+            if entry.name == WORK_DIR_IN_USE:
+                continue  # the lock file stays: a new file would be a new, unlocked one
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        if handle is not None:
+            import fcntl
+
+            fcntl.flock(handle, fcntl.LOCK_SH)  # emptied: other runs may use it with this one
     try:
         work_dir.mkdir(parents=True, exist_ok=True)
+        if work_dir not in _WORK_DIR_LOCKS:
+            lock_work_dir(work_dir, exclusive=False)
         probe = work_dir / ".m2i-write-test"
         probe.write_text("ok")
         probe.unlink()
@@ -228,6 +281,17 @@ def check_participant_folders_writable(output_dir: Path, subjects: list[str]) ->
                     f"Cannot write into {folder} (made by an earlier run, not writable by uid {os.getuid()})",
                     path=folder, hint="make it writable for this user (or its group), remove it, or choose "
                     "another OUTPUT_DIR")
+
+
+def check_generator_has_its_target(config: Config) -> None:
+    """``--generator pixels`` (the default) draws the decoded pixels: without ``--target pixels`` (``--target
+    clip`` alone) it stopped the decoding stage with 65, after the preprocessing and the GLM. A usage error
+    (64), said before any step (after the models and inputs checks, whose messages come first)."""
+    targets = list(config.values["target"])
+    if config.values["generator"] == "pixels" and "pixels" not in targets and config.stop_after == "decode":
+        raise UsageError(f"--generator pixels (the default) needs --target pixels; --target is {' '.join(targets)}",
+                         hint=f"use `--target pixels {' '.join(targets)}`, or `--generator unclip` with --target "
+                         "clip (needs --models-dir)")
 
 
 # nipype plugins that name their cluster jobs after os.environ["LOGNAME"] (a KeyError without it)
@@ -324,6 +388,7 @@ def run(config: Config, on_log_file: Callable[[Path], None] | None = None) -> in
     inputs = collect_inputs(config, work_dir)
     check_memory_budget(config, inputs)
     check_participant_folders_writable(output_dir, list(inputs))
+    check_generator_has_its_target(config)
     from ..workflows.base import run_participant_workflows
 
     run_participant_workflows(config, inputs, work_dir)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from collections import Counter
 from pathlib import Path
@@ -32,6 +33,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import BadDataError, InputMissingError
+
+LOGGER = logging.getLogger("m2i.decoding")
 
 NA = "n/a"
 CAPTION_COLUMNS = ("caption", "description")
@@ -61,16 +64,44 @@ def read_captions(stimuli_dir) -> dict[str, str]:
 
 
 def read_caption_file(path) -> list[str]:
-    """Extra bank captions (``--captions FILE``): one per line, blank lines and ``#`` comments skipped."""
+    """Extra bank captions (``--captions FILE``): one per line, blank lines and ``#`` comments skipped.
+
+    UTF-8 (a BOM dropped) or UTF-16 (Notepad's "Unicode", Excel's "Unicode Text"); anything else, e.g. a .docx
+    or an image given by mistake, is 65 "not a text file". Read at start-up too (cli/runner.py), so a bad file
+    stops the run before preprocessing, not at the decoding stage hours later.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputMissingError(f"--captions file not found: {path}", path=path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BadDataError(f"Cannot read the --captions file {path}: {exc}", path=path,
-                           hint="give a UTF-8 text file with one caption per line") from exc
-    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise BadDataError(f"Cannot read the --captions file {path}: {exc.strerror}", path=path,
+                           hint="make it readable for this user") from exc
+    text = None
+    head = raw[:400]
+    bom = head[:2] in (b"\xff\xfe", b"\xfe\xff")
+    odd_nuls, even_nuls = head[1::2].count(0), head[0::2].count(0)
+    if bom or max(odd_nuls, even_nuls) > 0.8 * (len(head) // 2):  # UTF-16 without a BOM: every other byte 0
+        encoding = "utf-16" if bom else ("utf-16-le" if odd_nuls >= even_nuls else "utf-16-be")
+        try:
+            text = raw.decode(encoding).lstrip("\ufeff")
+        except UnicodeDecodeError:
+            text = None
+    if text is None:
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            text = None
+    if text is None or "\x00" in text:
+        raise BadDataError(f"The --captions file {path.name} is not a text file (neither UTF-8 nor UTF-16)",
+                           path=path, hint="give a plain text file (UTF-8) with one caption per line, e.g. saved "
+                           "from a text editor, not a word-processor document")
+    captions = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not captions:
+        LOGGER.warning("The --captions file %s holds no caption (only blank or # lines): the caption bank keeps "
+                       "the training captions and cue texts", path)
+    return captions
 
 
 def caption_of(row, captions: dict[str, str]) -> str:

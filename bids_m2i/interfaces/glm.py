@@ -170,6 +170,12 @@ class SingleTrialBetas(M2IInterface):
         baseline_gb = process_rss_gb()  # python + libraries, before any data
         mask_img = nib.load(self.inputs.mask)
         mask = np.asarray(mask_img.dataobj) > 0
+        if not mask.any():  # the engine would fail on zero voxels with a bare ValueError (exit 1)
+            raise BadDataError(
+                "The participant's brain mask has no voxel: no betas can be estimated", path=self.inputs.mask,
+                hint="the BOLD images show no brain against background (a phantom, data already masked to a "
+                "constant, or a wrong scaling), or fMRIPrep's run masks do not overlap; check the mean images in "
+                "the report (OUTPUT_DIR/sub-*.html) and the BOLD files")
         trials = pd.read_csv(self.inputs.trials, sep="\t", dtype=str, keep_default_na=False)
         trials["onset"] = trials["onset"].astype(float)
         trials["duration"] = trials["duration"].astype(float)

@@ -197,7 +197,11 @@ def load_open_clip_folder(folder: str | os.PathLike, device="auto") -> OpenClipM
                 f"open_clip model file missing: {path}", path=path,
                 hint="run `m2i-models prepare MODELS_DIR` (or `m2i-models make-tiny` for a smoke test) "
                      "and pass --models-dir")
-    config = json.loads(config_path.read_text())
+    try:
+        config = json.loads(config_path.read_text("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadDataError(f"{config_path.name} is not JSON ({exc})", path=config_path,
+                           hint="re-create the folder with `m2i-models prepare` (or make-tiny)") from exc
     device = resolve_device(device)
     enforce_offline()
     quiet = _DropOpenClipNoWeightsWarning()

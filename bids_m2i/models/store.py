@@ -448,6 +448,12 @@ def _check_file(path: Path, rel: str, entry: dict, verify_hashes: bool) -> tuple
         expected = {k: list(v) for k, v in entry["shapes"].items()}
         if shapes != expected:
             return "bad", f"{rel}: tensor shapes differ from the manifest ({_shape_difference(expected, shapes)})"
+    # configs are cheap to parse, and a broken one of the manifest's size stopped the decoding stage hours later
+    if path.suffix == ".json" and size < (1 << 24):
+        try:
+            json.loads(path.read_bytes().decode("utf-8-sig"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            return "bad", f"{rel}: not JSON ({exc})"
     if verify_hashes and sha256_of(path) != entry.get("sha256"):
         return "bad", f"{rel}: sha256 differs from the manifest (file changed or damaged)"
     return None

@@ -42,9 +42,8 @@ def init_decoding_wf(config, subject_inputs, task_sessions, output_dir: str, wor
     # the statseries' derivative names (with the GLM method): the tables' `source` column, read by the group level
     from ..bids.derivatives import derivative_path
 
-    space = config.resolved_space if config.resolved_space != "func" else None
-    names = [derivative_path(output_dir, subject=subject_inputs.subject, session=s, task=t, space=space, stat="effect",
-                             desc=config.glm_label, suffix="statseries", extension=".nii.gz").name
+    names = [derivative_path(output_dir, subject=subject_inputs.subject, session=s, task=t, **config.space_entities,
+                             stat="effect", desc=config.glm_label, suffix="statseries", extension=".nii.gz").name
              for t, s in task_sessions]
     models_dir = str(config.resolved_models_dir) if config.resolved_models_dir else ""
     shared = [str(p) for p in config.shared_decoder]

@@ -79,8 +79,7 @@ def init_single_trial_wf(config, subject_inputs, task: str, session: str | None,
                                    glm_need_gb(runs, n_trials))
 
     ents = {"subject": subject_inputs.subject, "session": session, "task": task}
-    if config.resolved_space != "func":
-        ents["space"] = config.resolved_space
+    ents.update(config.space_entities)  # space (+ cohort, res) of fMRIPrep inputs; none for func
     method = config.glm_label
     sources = [str(r.bold.path) for r in runs]
     files = {

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import InputMissingError
+from ..errors import InputMissingError, NoDataSelected
 from ..utils.atomic import write_text, write_tsv
 
 LOGGER = logging.getLogger("m2i.group")
@@ -27,9 +27,16 @@ GROUP_COLUMNS = ["participant_id", "glm_method", *KEYS, "value", "chance", "p_va
 
 
 def expected_participants(config) -> list[str]:
-    if config.participant_label:
-        return list(config.participant_label)
-    return sorted(p.name[4:] for p in Path(config.bids_dir).glob("sub-*") if p.is_dir())
+    """The participants of BIDS_DIR, or those of --participant-label; a label not in BIDS_DIR (a typo) is
+    exit 18 as at the participant level, not a participant counted as "not finished"."""
+    present = sorted(p.name[4:] for p in Path(config.bids_dir).glob("sub-*") if p.is_dir())
+    if not config.participant_label:
+        return present
+    absent = [label for label in config.participant_label if label not in present]
+    if absent:
+        raise NoDataSelected(f"Participant(s) {', '.join(absent)} not found in the dataset",
+                             hint=f"participants present: {', '.join(present) or 'none'}")
+    return list(config.participant_label)
 
 
 def metrics_path(output_dir: Path, subject: str) -> Path:
@@ -56,6 +63,24 @@ def glm_method_of(output_dir: Path, subject: str) -> str:
     return "+".join(sorted(methods)) if methods else "n/a"
 
 
+def read_metrics_table(path: Path) -> pd.DataFrame | None:
+    """One participant's metrics table, or None (with a warning naming it) when it is empty, damaged or not
+    ours: a copy or sync cut short must not stop the group level for everyone (it stopped it with exit 1)."""
+    subject = path.name.split("_")[0]
+    try:
+        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        problem = f"cannot be read ({type(exc).__name__}: {exc})"
+    else:
+        lacking = [c for c in [*KEYS, "value"] if c not in table.columns]
+        if not lacking and len(table):
+            return table
+        problem = f"lacks the column(s) {', '.join(lacking)}" if lacking else "has no rows"
+    LOGGER.warning("%s %s: %s is left out as not finished; rerun the participant level for %s", path, problem,
+                   subject, subject)
+    return None
+
+
 def collect_group_metrics(output_dir: Path, participants: list[str]) -> tuple[pd.DataFrame, list[str]]:
     frames, missing = [], []
     for subject in participants:
@@ -63,7 +88,10 @@ def collect_group_metrics(output_dir: Path, participants: list[str]) -> tuple[pd
         if not path.exists():
             missing.append(subject)
             continue
-        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+        table = read_metrics_table(path)
+        if table is None:
+            missing.append(subject)
+            continue
         table.insert(0, "participant_id", f"sub-{subject}")
         table.insert(1, "glm_method", glm_method_of(output_dir, subject))
         frames.append(table)

@@ -124,7 +124,7 @@ def init_fmriprep_inputs_wf(config, subject_inputs, output_dir: str, name: str =
                                            bold_files=[str(r.preproc_bold) for r in runs]),
                    name="participant_mask")
     ds_mask = pe.Node(DerivativesDataSink(base_directory=output_dir, entities={"subject": subject_inputs.subject,
-                                          "space": config.resolved_space, "desc": "brain"}, suffix="mask",
+                                          **config.space_entities, "desc": "brain"}, suffix="mask",
                                           extension=".nii.gz", datatype="func",
                                           metadata={"Type": "Brain", "Description": "intersection of fMRIPrep's "
                                                     "run masks"}),

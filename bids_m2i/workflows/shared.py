@@ -39,21 +39,35 @@ def feature_info(target: str, models_dir=None) -> dict:
     return {"clip_model": find_decoding_clip_dir(models_dir).name}
 
 
-def participant_betas(output_dir: Path, subject: str, glm_label: str, space: str | None = None):
-    """The brain mask and the (statseries, events) pairs of one participant's GLM outputs, or None."""
+def participant_betas(output_dir: Path, subject: str, glm_label: str, space: str | dict | None = None):
+    """The brain mask and the (statseries, events) pairs of one participant's GLM outputs, or None.
+
+    ``space`` is a label or the entities ``{"space", "cohort", "res"}`` (Config.space_entities): outputs of
+    another resolution or cohort of the same template are another grid and are never mixed in. Without a
+    cohort/res asked for, the first variant present (in name order) is used, as with fMRIPrep's files.
+    """
+    from ..bids.fmriprep import _derivative_entities
+
+    wanted = dict(space) if isinstance(space, dict) else ({"space": space} if space and space != "func" else {})
     sub_dir = Path(output_dir) / f"sub-{subject}"
-    space_part = f"_space-{space}" if space and space != "func" else ""
-    masks = sorted(sub_dir.glob(f"func/sub-{subject}{space_part}_desc-brain_mask.nii.gz"))
-    series = sorted(p for p in sub_dir.rglob(f"sub-{subject}_*stat-effect_desc-{glm_label}_statseries.nii.gz")
-                    if (space_part in p.name) or not space_part)
-    pairs = []
-    for path in series:
+
+    def variant(path: Path):
+        ents = _derivative_entities(path)
+        if any(ents.get(k) != v for k, v in wanted.items()) or ("space" in ents) != ("space" in wanted):
+            return None
+        return tuple(ents.get(k, "") for k in ("cohort", "res"))
+
+    masks: dict[tuple, Path] = {}
+    for path in sorted(sub_dir.glob(f"func/sub-{subject}_*desc-brain_mask.nii.gz")):
+        masks.setdefault(variant(path), path)
+    series: dict[tuple, list] = {}
+    for path in sorted(sub_dir.rglob(f"sub-{subject}_*stat-effect_desc-{glm_label}_statseries.nii.gz")):
         events = path.with_name(path.name.replace("_stat-effect_", "_").replace("_statseries.nii.gz", "_events.tsv"))
         if events.is_file():
-            pairs.append((path, events))
-    if not masks or not pairs:
-        return None
-    return masks[0], pairs
+            series.setdefault(variant(path), []).append((path, events))
+    for key in sorted(k for k in masks if k is not None and k in series):
+        return masks[key], series[key]
+    return None
 
 
 def _participant_training(config, subject: str, found, extractors: dict, work_dir: Path) -> dict:
@@ -98,7 +112,7 @@ def run_shared_training(config, work_dir: Path) -> list[Path]:
     participants = expected_participants(config)
     found, missing = {}, []
     for subject in participants:
-        betas = participant_betas(output_dir, subject, config.glm_label, config.resolved_space)
+        betas = participant_betas(output_dir, subject, config.glm_label, config.space_entities)
         if betas is None:
             missing.append(subject)
         else:
@@ -159,6 +173,7 @@ def check_shared_decoders(config) -> dict[str, Path]:
     for path in files:
         path = Path(path)
         meta = read_shared_sidecar(path)
+        _check_weights_complete(path)
         target = meta.get("FeatureSpace")
         if target in by_target:
             raise UsageError(f"two --shared-decoder files decode '{target}': {by_target[target]} and {path}")
@@ -181,6 +196,21 @@ def check_shared_decoders(config) -> dict[str, Path]:
                          hint=f"pass OUT/group/decoding/desc-shared{absent[0]}_model.safetensors too, or drop "
                          f"--target {absent[0]}")
     return by_target
+
+
+def _check_weights_complete(path: Path) -> None:
+    """The weights file's header and size agree (a copy cut short passed the sidecar-only check and failed at
+    the decoding stage, hours later): 65 now, naming the file."""
+    from ..errors import BadDataError
+    from ..models.store import safetensors_shapes
+
+    try:
+        safetensors_shapes(path)
+    except BadDataError as exc:
+        raise BadDataError(f"The shared decoder {path.name} is damaged or incomplete ({path.stat().st_size} bytes): "
+                           f"{exc.message}", path=path,
+                           hint="copy it again from the group level's OUT/group/decoding/ (with its .json), or "
+                           "retrain it with `m2i BIDS OUT group --train-shared-decoder`") from exc
 
 
 def summary_possible(config) -> bool:
