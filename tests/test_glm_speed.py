@@ -133,3 +133,35 @@ def test_expected_lag_profile_equals_traces():
     np.testing.assert_allclose(d_lagged, [np.trace(lagged, k) * (1 if k == 0 else 2) for k in range(n)],
                                atol=1e-12)
     np.testing.assert_array_equal(_rho_powers(n), RHO_GRID[:, None] ** np.arange(n)[None, :])
+
+
+@pytest.mark.parametrize("nuisance_per_run", [0, 1])   # with nuisance events: the stacked (per-kernel) basis
+def test_pc_search_betas_equal_grouped_trial_betas(nuisance_per_run):
+    from bids_m2i.glm.denoise import _ols_trial_betas
+    from bids_m2i.glm.design import build_run_designs
+    from bids_m2i.glm.fithrf import grouped_trial_betas
+    from bids_m2i.glm.model import SessionModel
+    from bids_m2i.glm.simulation import simulate_session
+    from bids_m2i.glm.solvers import percent_signal
+
+    rng = np.random.default_rng(3)
+    sim = simulate_session(n_voxels=40, n_runs=2, n_volumes=120, n_stimuli=20, n_repeats=2,
+                           nuisance_per_run=nuisance_per_run, seed=3)
+    designs, rows = build_run_designs(sim.runs, sim.trials, "polynomial", 0.01, None)
+    model = SessionModel(designs, with_library=True)
+    model.noise_pcs = [np.linalg.qr(rng.standard_normal((d.frame_times.size, 3)))[0] for d in designs]
+    data_runs = [percent_signal(run.data, torch.float32, torch.device("cpu"))[0] for run in sim.runs]
+    kernel_of_voxel = rng.integers(0, model.n_kernels - 1, 40)
+    for n_pcs in (0, 3):
+        reference, _ = grouped_trial_betas(model, data_runs, kernel_of_voxel, len(rows), n_pcs=n_pcs)
+        fast = _ols_trial_betas(model, data_runs, kernel_of_voxel, len(rows), n_pcs)
+        assert torch.allclose(fast, reference, atol=1e-4 * float(reference.std()))
+    # a kernel whose reduced design is singular falls back to the operators' pseudo-inverse
+    kernel = int(kernel_of_voxel[0])
+    model.trial_regressors[0][kernel][:, 1] = model.trial_regressors[0][kernel][:, 0]
+    model.forget()
+    assert model.ols_maps(0, 0)[kernel] is None
+    assert sum(m is not None for m in model.ols_maps(0, 0)) == model.n_kernels - 1
+    reference, _ = grouped_trial_betas(model, data_runs, kernel_of_voxel, len(rows))
+    fast = _ols_trial_betas(model, data_runs, kernel_of_voxel, len(rows), 0)
+    assert torch.allclose(fast, reference, atol=1e-4 * float(reference.std()))

@@ -37,7 +37,7 @@ def _ridge_betas(operators, projections, alpha):
     blocks = []
     for ops, z in zip(operators, projections):
         s = ops.singular[None, :]
-        # s ≥ 0 and α ≥ 0: s² + α = 0 only where s = 0, where s / clamp(s² + α) is 0 too (no torch.where needed)
+        # s ≥ 0 and α ≥ 0: s² + α = 0 only where s = 0, where s / clamp(s² + α) is 0 too (no torch.where)
         coef = (s * s + alpha[:, None]).clamp_(min=1e-30)
         blocks.append(torch.div(s, coef, out=coef).mul_(z) @ ops.right.T)
     # runs are consecutive blocks of the session's trial order
