@@ -16,7 +16,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .fithrf import grouped_trial_betas
 from .fracridge import DEFAULT_FRACTIONS, ridge_cv_loss
 from .model import SessionModel
 from .reliability import RepeatStructure, leave_one_out_error
@@ -129,7 +128,7 @@ def choose_n_pcs(model: SessionModel, data_runs: list[torch.Tensor], kernel_of_v
     scores = []
     reference = None
     for k in range(max_pcs + 1):
-        betas, _ = grouped_trial_betas(model, data_runs, kernel_of_voxel, n_trials, n_pcs=k)
+        betas = _ols_trial_betas(model, data_runs, kernel_of_voxel, n_trials, k)
         if criterion == "consistency":
             centred = betas - betas.mean(1, keepdim=True)
             error = leave_one_out_error(centred, centred, repeats)
@@ -146,6 +145,30 @@ def choose_n_pcs(model: SessionModel, data_runs: list[torch.Tensor], kernel_of_v
     if gains.max() <= 0:
         return 0, scores
     return int(np.flatnonzero(gains >= stop * gains.max())[0]), scores
+
+
+def _ols_trial_betas(model: SessionModel, data_runs: list[torch.Tensor], kernel_of_voxel: np.ndarray,
+                     n_trials: int, n_pcs: int) -> torch.Tensor:
+    """The betas of :func:`~bids_m2i.glm.fithrf.grouped_trial_betas` (OLS, per-voxel kernel), through
+    :meth:`SessionModel.ols_maps` (one product per kernel and run, no eigen-decomposition; the model's
+    operators where a design is not clearly full rank), shape (n_voxels, n_trials)."""
+    betas = torch.zeros(data_runs[0].shape[0], n_trials, dtype=model.dtype, device=model.device)
+    kernels = np.unique(kernel_of_voxel)
+    for kernel in kernels:
+        whole = kernels.size == 1
+        voxels = None if whole else torch.as_tensor(np.flatnonzero(kernel_of_voxel == kernel), device=model.device)
+        block = betas if whole else torch.zeros(voxels.numel(), n_trials, dtype=model.dtype, device=model.device)
+        for run, data in enumerate(data_runs):
+            part = data if whole else data.index_select(0, voxels)
+            ols_map = model.ols_maps(run, n_pcs)[int(kernel)]
+            if ols_map is None:
+                ops = model.operators(run, int(kernel), n_pcs)
+                block[:, model.designs[run].trial_slice] = ops.ols_from_projection(ops.project(part))
+            else:
+                block[:, model.designs[run].trial_slice] = part @ ols_map
+        if not whole:
+            betas[voxels] = block
+    return betas
 
 
 def _choose_n_pcs_ridge(model, data_runs, kernel_of_voxel, repeats, max_pcs, stop, fractions):

@@ -42,12 +42,25 @@ def library_fitted_ss(model: SessionModel, data_runs: list[torch.Tensor], kernel
         common = data @ fixed
         out += (torch.linalg.vector_norm(common, dim=1) ** 2)[None]
         reduced = data - common @ fixed.T
-        for row, kernel in enumerate(kernels):
+        bases = []
+        for kernel in kernels:
             ops = model.operators(run, kernel) if selection == "full" else model.onoff_operators(run, kernel)
             # the remaining basis (nuisance events of this kernel, trials) is orthogonal to ``fixed``
             extra = ops.nuisance_basis[:, fixed.shape[1]:]
-            basis = torch.cat([ops.left, extra], dim=1) if extra.shape[1] else ops.left
-            out[row] += torch.linalg.vector_norm(reduced @ basis, dim=1) ** 2
+            bases.append(torch.cat([ops.left, extra], dim=1) if extra.shape[1] else ops.left)
+        # several kernels per product (one large GEMM runs faster than many thin ones); a product holds at
+        # most ``4 * n_run_trials`` values per voxel, within estimate_memory's per-voxel working set
+        budget = 4 * max(model.designs[run].trial_slice.stop - model.designs[run].trial_slice.start, 1)
+        start = 0
+        while start < len(bases):
+            stop, width = start + 1, bases[start].shape[1]
+            while stop < len(bases) and width + bases[stop].shape[1] <= budget:
+                width += bases[stop].shape[1]
+                stop += 1
+            product = (reduced @ torch.cat(bases[start:stop], dim=1)).square_()
+            for row, part in enumerate(torch.split(product, [b.shape[1] for b in bases[start:stop]], dim=1)):
+                out[start + row] += part.sum(1)
+            start = stop
     return out
 
 

@@ -37,9 +37,9 @@ def _ridge_betas(operators, projections, alpha):
     blocks = []
     for ops, z in zip(operators, projections):
         s = ops.singular[None, :]
-        denom = s * s + alpha[:, None]
-        coef = torch.where(denom > 0, s / torch.clamp(denom, min=1e-30), torch.zeros_like(denom))
-        blocks.append((z * coef) @ ops.right.T)
+        # s ≥ 0 and α ≥ 0: s² + α = 0 only where s = 0, where s / clamp(s² + α) is 0 too (no torch.where)
+        coef = (s * s + alpha[:, None]).clamp_(min=1e-30)
+        blocks.append(torch.div(s, coef, out=coef).mul_(z) @ ops.right.T)
     # runs are consecutive blocks of the session's trial order
     return torch.cat(blocks, dim=1)
 
@@ -63,13 +63,20 @@ def alpha_grid(operators: list[RunOperators]) -> torch.Tensor:
     return torch.as_tensor(grid, dtype=operators[0].singular.dtype, device=operators[0].singular.device)
 
 
-def alphas_for_fraction(curve: torch.Tensor, grid: torch.Tensor, fraction: float) -> torch.Tensor:
-    """Per-voxel α reaching ``fraction`` on a decreasing fraction curve (n_alpha, n_voxels)."""
+def alphas_for_fraction(curve: torch.Tensor, grid: torch.Tensor, fraction) -> torch.Tensor:
+    """Per-voxel α reaching ``fraction`` on a decreasing fraction curve (n_alpha, n_voxels).
+
+    ``fraction`` is a number (result shape (n_voxels,)) or a tensor of shape (n_fractions, 1) (result shape
+    (n_fractions, n_voxels), every fraction at once with the same arithmetic).
+    """
     n_alpha = grid.numel()
-    above = (curve > fraction).sum(0).clamp(1, n_alpha - 1)       # first grid index at or below the fraction
+    if torch.is_tensor(fraction):                                  # (F, 1): compare along a new leading axis
+        above = (curve[None] > fraction[:, :, None]).sum(1).clamp(1, n_alpha - 1)
+    else:
+        above = (curve > fraction).sum(0).clamp(1, n_alpha - 1)    # first grid index at or below the fraction
     low, high = above - 1, above
-    f_low = curve.gather(0, low[None])[0]
-    f_high = curve.gather(0, high[None])[0]
+    f_low = curve.gather(0, low if low.dim() == 2 else low[None]).reshape(low.shape)
+    f_high = curve.gather(0, high if high.dim() == 2 else high[None]).reshape(high.shape)
     t = torch.clamp((f_low - fraction) / torch.clamp(f_low - f_high, min=1e-30), 0.0, 1.0)
     a_low, a_high = grid[low], grid[high]
     log_interp = torch.exp(torch.log(torch.clamp(a_low, min=1e-300)) * (1 - t)
@@ -98,6 +105,48 @@ def _ridge_path(operators, data_runs):
     return projections, ols, fitted, curve, grid
 
 
+# Fractions are scored in batches: one torch call per step for many fractions instead of one per fraction
+# (the groups of voxels sharing an HRF and an AR(1) bin are small, so per-call overhead dominated). The batch
+# holds at most this many (fraction, voxel) rows of candidate betas (a few MB), whatever the group size, so the
+# engine's memory bound is unchanged; the results do not depend on it.
+FRACTION_BATCH_ROWS = 2048
+
+
+def _fraction_errors(operators, projections, ols, curve, grid, fractions, repeats, criterion):
+    """Per-voxel α and cross-validation loss of each fraction, both shape (n_fractions, n_voxels).
+
+    Same arithmetic as calling :func:`alphas_for_fraction`, :func:`_ridge_betas` and :func:`_criterion` once per
+    fraction, on stacked (fraction, voxel) rows.
+    """
+    n_voxels, n_trials = ols.shape
+    alphas, errors = [], []
+    per_batch = max(1, FRACTION_BATCH_ROWS // max(n_voxels, 1))
+    for start in range(0, len(fractions), per_batch):
+        batch = fractions[start:start + per_batch]
+        alpha = alphas_for_fraction(curve, grid, torch.tensor(batch, dtype=curve.dtype,
+                                                              device=curve.device)[:, None])  # (F, V)
+        candidate = torch.empty(len(batch) * n_voxels, n_trials, dtype=ols.dtype, device=ols.device)
+        column = 0
+        for ops, z in zip(operators, projections):
+            s = ops.singular
+            # _ridge_betas' coefficients in one buffer: s ≥ 0 and α ≥ 0, so s² + α = 0 only where s = 0, where
+            # s / clamp(s² + α) is 0 as well (the torch.where there is then a no-op)
+            coef = (s * s + alpha[:, :, None]).clamp_(min=1e-30)
+            torch.div(s, coef, out=coef).mul_(z[None])
+            width = s.numel()
+            torch.mm(coef.reshape(-1, width), ops.right.T, out=candidate[:, column:column + width])
+            column += width
+        if criterion == "ols-target":
+            error = leave_one_out_error(ols.repeat(len(batch), 1), candidate, repeats)
+        else:  # _criterion's "consistency", centring in place (the candidates are ours)
+            centred = candidate.sub_(candidate.mean(1, keepdim=True))
+            error = leave_one_out_error(centred, centred, repeats) / torch.clamp((centred * centred).sum(1),
+                                                                                min=1e-30)
+        errors.append(error.reshape(len(batch), n_voxels))
+        alphas.append(alpha)
+    return torch.cat(alphas), torch.cat(errors)
+
+
 def ridge_cv_loss(operators: list[RunOperators], data_runs: list[torch.Tensor], repeats: RepeatStructure,
                   fractions=DEFAULT_FRACTIONS, criterion: str = "consistency") -> torch.Tensor:
     """Per voxel, the cross-validation loss of the best fraction (what :func:`fractional_ridge_cv` keeps).
@@ -111,11 +160,10 @@ def ridge_cv_loss(operators: list[RunOperators], data_runs: list[torch.Tensor], 
     """
     projections, ols, _, curve, grid = _ridge_path(operators, data_runs)
     best = _criterion(ols, ols, repeats, criterion)
-    for fraction in fractions:
-        if fraction >= 1.0:
-            continue
-        candidate = _ridge_betas(operators, projections, alphas_for_fraction(curve, grid, fraction))
-        best = torch.minimum(best, _criterion(ols, candidate, repeats, criterion))
+    tried = [f for f in fractions if f < 1.0]
+    if tried:
+        _, errors = _fraction_errors(operators, projections, ols, curve, grid, tried, repeats, criterion)
+        best = torch.minimum(best, errors.min(0).values)
     return best
 
 
@@ -142,19 +190,20 @@ def fractional_ridge_cv(operators: list[RunOperators], data_runs: list[torch.Ten
     projections, ols, fitted, curve, grid = _ridge_path(operators, data_runs)
     n_voxels = data_runs[0].shape[0]
 
-    best = ols.clone()
     best_error = _criterion(ols, ols, repeats, criterion)
+    best_alpha = torch.zeros(n_voxels, dtype=ols.dtype, device=ols.device)   # α = 0: the OLS betas
     chosen = torch.ones(n_voxels, dtype=ols.dtype, device=ols.device)
-    for fraction in sorted(fractions, reverse=True):
-        if fraction >= 1.0:
-            continue
-        alpha = alphas_for_fraction(curve, grid, fraction)
-        candidate = _ridge_betas(operators, projections, alpha)
-        error = _criterion(ols, candidate, repeats, criterion)
-        better = error < best_error
-        best = torch.where(better[:, None], candidate, best)
-        best_error = torch.where(better, error, best_error)
-        chosen = torch.where(better, torch.full_like(chosen, fraction), chosen)
+    tried = [f for f in sorted(fractions, reverse=True) if f < 1.0]
+    if tried:
+        alphas, errors = _fraction_errors(operators, projections, ols, curve, grid, tried, repeats, criterion)
+        # in order of decreasing fraction, a fraction replaces the best only if strictly better (ties keep the
+        # larger fraction), as a sequential search would
+        for row, fraction in enumerate(tried):
+            better = errors[row] < best_error
+            best_error = torch.where(better, errors[row], best_error)
+            best_alpha = torch.where(better, alphas[row], best_alpha)
+            chosen = torch.where(better, torch.full_like(chosen, fraction), chosen)
+    best = _ridge_betas(operators, projections, best_alpha)
 
     # per-voxel scale and offset onto the unregularised betas
     centred = best - best.mean(1, keepdim=True)

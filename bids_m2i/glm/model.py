@@ -73,20 +73,63 @@ class SessionModel:
                 self._cache[("trials", run, k, n_pcs)] = ops
         return self._cache[key]
 
-    def _build_all_kernels(self, run: int, n_pcs: int) -> list[RunOperators]:
-        """:meth:`RunOperators.build` for every kernel of a run at once (stacked numpy linear algebra:
-        one call per step instead of one per kernel; same factorisation)."""
+    def _reduced_trials(self, run: int, n_pcs: int):
+        """Every kernel's nuisance basis (K, T, m) and trial regressors with it projected out (K, T, n)."""
         fixed = self.fixed_basis(run, n_pcs)
         trials = self.trial_regressors[run]                       # (K, T, n)
         events = self.nuisance_regressors[run]                    # (K, T, e)
-        n_kernels = trials.shape[0]
+        n_kernels, n_volumes, n_trials = trials.shape
         basis = np.broadcast_to(fixed, (n_kernels,) + fixed.shape)
         if events.shape[2]:
             extra = events - fixed @ (fixed.T @ events)
             left, sing, _ = np.linalg.svd(extra, full_matrices=False)
             keep = sing > SINGULAR_TOLERANCE * np.maximum(sing.max(axis=1, keepdims=True), 1e-300)
             basis = np.concatenate([basis, left * keep[:, None, :]], axis=2)  # dropped directions -> 0 columns
-        reduced = trials - basis @ (np.swapaxes(basis, 1, 2) @ trials)
+            return basis, trials - basis @ (np.swapaxes(basis, 1, 2) @ trials)
+        # one basis for all kernels: two plain GEMMs on the kernels' regressors side by side
+        flat = np.swapaxes(trials, 0, 1).reshape(n_volumes, n_kernels * n_trials)
+        flat = flat - fixed @ (fixed.T @ flat)
+        return basis, np.ascontiguousarray(np.swapaxes(flat.reshape(n_volumes, n_kernels, n_trials), 0, 1))
+
+    def ols_maps(self, run: int, n_pcs: int = 0) -> list[torch.Tensor | None]:
+        """Per kernel, the matrix ``M`` (T, n) with OLS trial betas ``Y M`` (the full model's, by Frisch–Waugh–
+        Lovell: ``M = X_r (X_rᵀ X_r)⁻¹`` with ``X_r`` the reduced trial regressors), or None for a kernel whose
+        reduced design is not clearly full rank (use :meth:`operators` then).
+
+        For the search over the number of noise PCs, which needs OLS betas only: an inverse of the small Gram
+        matrix instead of its eigen-decomposition. ``M`` is used only when ``1 / tr(G⁻¹) ≤ λ_min`` exceeds
+        ``1e-8 × tr(G) ≥ 1e-8 λ_max`` — every direction then passes :data:`GRAM_TOLERANCE` (so the
+        pseudo-inverse of :meth:`operators` is this inverse) and the inverse keeps float32 accuracy.
+        """
+        key = ("ols", run, n_pcs)
+        if key not in self._cache:
+            _, reduced = self._reduced_trials(run, n_pcs)
+            gram = np.swapaxes(reduced, 1, 2) @ reduced
+            try:  # a Cholesky factor exists: positive definite; G⁻¹ = L⁻ᵀ L⁻¹, tr(G⁻¹) = |L⁻¹|²
+                factor = np.linalg.cholesky(gram)
+                positive = np.ones(len(gram), dtype=bool)
+            except np.linalg.LinAlgError:  # some kernel's Gram matrix is not: find which, one by one
+                factor = np.broadcast_to(np.eye(gram.shape[1]), gram.shape).copy()
+                positive = np.zeros(len(gram), dtype=bool)
+                for k, matrix in enumerate(gram):
+                    try:
+                        factor[k], positive[k] = np.linalg.cholesky(matrix), True
+                    except np.linalg.LinAlgError:
+                        pass
+            inverse_factor = np.linalg.inv(factor)
+            inverse = np.swapaxes(inverse_factor, 1, 2) @ inverse_factor
+            with np.errstate(all="ignore"):
+                clear = positive & (1.0 / (inverse_factor ** 2).sum((1, 2)) > 1e-8 * np.trace(gram, axis1=1, axis2=2))
+            maps = reduced @ np.where(clear[:, None, None], inverse, 0.0)
+            self._cache[key] = [torch.as_tensor(maps[k], dtype=self.dtype, device=self.device) if clear[k]
+                                else None for k in range(len(maps))]
+        return self._cache[key]
+
+    def _build_all_kernels(self, run: int, n_pcs: int) -> list[RunOperators]:
+        """:meth:`RunOperators.build` for every kernel of a run at once (stacked numpy linear algebra:
+        one call per step instead of one per kernel; same factorisation)."""
+        basis, reduced = self._reduced_trials(run, n_pcs)
+        n_kernels = reduced.shape[0]
         values, right = np.linalg.eigh(np.swapaxes(reduced, 1, 2) @ reduced)
         values, right = values[:, ::-1].copy(), right[:, :, ::-1].copy()
         estimable = values > GRAM_TOLERANCE * np.maximum(values.max(axis=1, keepdims=True), 1e-300)
@@ -112,5 +155,5 @@ class SessionModel:
         if n_pcs is None:
             self._cache.clear()
         else:
-            for key in [k for k in self._cache if k[0] in ("trials", "fixed") and k[-1] == n_pcs]:
+            for key in [k for k in self._cache if k[0] in ("trials", "fixed", "ols") and k[-1] == n_pcs]:
                 del self._cache[key]

@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -113,6 +113,7 @@ class RepeatStructure:
     stimulus_of_trial: np.ndarray
     repeats_of_trial: np.ndarray
     n_stimuli: int
+    _tensors: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_labels(cls, stimulus) -> "RepeatStructure":
@@ -128,6 +129,17 @@ class RepeatStructure:
     @property
     def has_repeats(self) -> bool:
         return self.n_stimuli > 0
+
+    def index_tensors(self, n_trials: int, dtype, device):
+        """``(trials or None, stimulus_of_trial, repeats_of_trial - 1)`` as tensors, built once per device and
+        dtype; ``trials`` is None when every trial of ``n_trials`` is repeated, in order (no gather needed)."""
+        key = (n_trials, dtype, str(device))
+        if key not in self._tensors:
+            every = self.trials.size == n_trials and bool(np.array_equal(self.trials, np.arange(n_trials)))
+            self._tensors[key] = (None if every else torch.as_tensor(self.trials, device=device),
+                                  torch.as_tensor(self.stimulus_of_trial, device=device),
+                                  torch.as_tensor(self.repeats_of_trial - 1, device=device, dtype=dtype))
+        return self._tensors[key]
 
 
 def leave_one_out_error(target: torch.Tensor, estimate: torch.Tensor, repeats: RepeatStructure) -> torch.Tensor:
@@ -145,13 +157,11 @@ def leave_one_out_error(target: torch.Tensor, estimate: torch.Tensor, repeats: R
     -------
     error : Tensor, shape (n_voxels,)
     """
-    device = estimate.device
-    trials = torch.as_tensor(repeats.trials, device=device)
-    stim = torch.as_tensor(repeats.stimulus_of_trial, device=device)
-    others = torch.as_tensor(repeats.repeats_of_trial - 1, device=device, dtype=estimate.dtype)
-    selected = estimate.index_select(1, trials)
-    sums = torch.zeros(estimate.shape[0], repeats.n_stimuli, dtype=estimate.dtype, device=device)
+    trials, stim, others = repeats.index_tensors(estimate.shape[1], estimate.dtype, estimate.device)
+    selected = estimate if trials is None else estimate.index_select(1, trials)
+    sums = torch.zeros(estimate.shape[0], repeats.n_stimuli, dtype=estimate.dtype, device=estimate.device)
     sums.index_add_(1, stim, selected)
-    prediction = (sums.index_select(1, stim) - selected) / others
-    residual = target.index_select(1, trials) - prediction
-    return (residual * residual).sum(1)
+    # in place (one buffer instead of four; the rows are large): prediction - target = -residual, same square
+    deviation = sums.index_select(1, stim).sub_(selected).div_(others)
+    deviation.sub_(target if trials is None else target.index_select(1, trials))
+    return deviation.mul_(deviation).sum(1)

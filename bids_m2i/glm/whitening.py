@@ -25,6 +25,8 @@ scale-and-offset are those of the GLS betas.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -64,10 +66,36 @@ def expected_lag_profile(ops: RunOperators):
     basis = _full_basis(ops).double().cpu().numpy()
     n = basis.shape[0]
     residual = np.eye(n) - basis @ basis.T
-    lagged = residual @ np.eye(n, k=-1) @ residual      # e' L e = Σ e_t e_(t−1)
+    shifted = np.zeros_like(residual)                   # R L: L (the lag-1 shift) moves R's columns left
+    shifted[:, :-1] = residual[:, 1:]
+    lagged = shifted @ residual                         # e' L e = Σ e_t e_(t−1)
     lagged = 0.5 * (lagged + lagged.T)                  # only its symmetric part meets the symmetric Σ
-    return (np.array([np.trace(residual, k) * (1 if k == 0 else 2) for k in range(n)]),
-            np.array([np.trace(lagged, k) * (1 if k == 0 else 2) for k in range(n)]))
+    return _diagonal_sums(residual), _diagonal_sums(lagged)
+
+
+@functools.lru_cache(maxsize=8)
+def _lower_diagonals(n: int):
+    """Flat indices of the lower triangle of an n × n matrix, and each one's diagonal (i − j)."""
+    rows, cols = np.tril_indices(n)
+    return rows * n + cols, rows - cols
+
+
+def _diagonal_sums(matrix: np.ndarray) -> np.ndarray:
+    """Sum of each diagonal k = 0..n−1 of a symmetric matrix, both sides (``trace(matrix, k)``, doubled for
+    k > 0), in one pass."""
+    n = matrix.shape[0]
+    flat, diagonal = _lower_diagonals(n)
+    sums = np.bincount(diagonal, weights=matrix.ravel()[flat], minlength=n)
+    sums[1:] *= 2
+    return sums
+
+
+@functools.lru_cache(maxsize=8)
+def _rho_powers(n: int) -> np.ndarray:
+    """``RHO_GRID[:, None] ** arange(n)``, shape (n_grid, n) (the same for every run of n volumes)."""
+    powers = RHO_GRID[:, None] ** np.arange(n)[None, :]
+    powers.flags.writeable = False
+    return powers
 
 
 RHO_GRID = np.round(np.arange(RHO_MIN, RHO_MAX + 1e-9, 0.005), 6)
@@ -106,7 +134,7 @@ def estimate_ar1(operators: list[RunOperators], data_runs: list[torch.Tensor]):
     a0 = a1 = fitted = 0
     for ops, data in zip(operators, data_runs):
         d_residual, d_lagged = expected_lag_profile(ops)
-        powers = RHO_GRID[:, None] ** np.arange(d_residual.size)[None, :]
+        powers = _rho_powers(d_residual.size)
         expected0 += powers @ d_residual
         expected1 += powers @ d_lagged
         s0, s1, explained = residual_lag_sums(ops, data)
