@@ -24,6 +24,8 @@ STOP_AFTER = ("decode", "preproc", "glm")
 DEVICES = ("auto", "cpu", "cuda")
 SPACES = ("func", "T1w")  # the usual values; --space also takes any standard space label fMRIPrep writes
 LSS_SPLITS = ("none", "condition")
+GLM_NOISE_MODELS = ("auto", "ols", "ar1")
+HRF_LIBRARIES = ("broad", "medium", "narrow", "auto")
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,14 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("lss_split", "glm", "choice", "none", "With --glm lss: `condition` models the other trials per "
                "condition (LSS-N) instead of as one regressor (LSS-1).", ("--lss-split", "--lss_split"),
                choices=LSS_SPLITS),
+    OptionSpec("glm_noise_model", "glm", "choice", "auto", "Temporal noise model of the single-trial GLM: `ar1` "
+               "fits the betas after AR(1) prewhitening, `ols` as GLMsingle does; `auto`: `ar1` for the fitted-HRF "
+               "methods, `ols` for lsa/lss (docs/glm.md).", ("--glm-noise-model", "--glm_noise_model"),
+               choices=GLM_NOISE_MODELS),
+    OptionSpec("hrf_library", "glm", "choice", "broad", "HRF library of --glm fithrf / fithrf-denoise-rr: `broad` "
+               "(default), the narrower latency-ordered `medium` / `narrow` (better betas on dense designs in our "
+               "benchmarks), or `auto` (chosen per session by cross-validation; docs/glm.md).",
+               ("--hrf-library", "--hrf_library"), choices=HRF_LIBRARIES),
     OptionSpec("zscore_betas", "glm", "bool", False, "z-score betas per voxel within session (NSD/MindEye).",
                ("--zscore-betas", "--zscore_betas")),
     # --- decoding ---
@@ -418,6 +428,9 @@ def build_config(bids_dir, output_dir, analysis_level, cli_values: dict[str, Any
     for name in ("participant_label", "session_label", "task"):
         values[name] = normalize_labels(name, values[name])
     check_space(values["space"], values["derivatives"])
+    if values["glm"] == "lss" and values["glm_noise_model"] == "ar1":
+        raise UsageError("--glm-noise-model ar1 is not implemented for --glm lss",
+                         hint="use --glm-noise-model auto or ols with lss, or --glm lsa / fithrf-denoise-rr with ar1")
     # absolute paths: nipype runs every step in its own folder, where a relative path means something else
     for spec in OPTIONS:
         if spec.kind == "path" and values[spec.name] is not None:

@@ -39,3 +39,29 @@ def make_minimal_bids(root: Path, subjects=("01",), tasks=("perception",), runs=
                     rows.append(f"{4 + 10 * i}\t3\tstimulus\timg-{i:04d}\tn/a\tnone\tn/a\tn/a")
                 Path(f"{stem}_events.tsv").write_text("\n".join(rows) + "\n")
     return root
+
+
+def independent_glm_session(n_voxels: int, seed: int, **kwargs):
+    """A session of the GLM benchmark's independent generator (``benchmarks/glm_generators.py``: double-gamma
+    HRFs, TR-locked design, AR + global + physiological noise) as the engine's inputs.
+
+    Returns (session, runs, trials): the generator's arrays (``true_betas``, ``responsive`` ...), the
+    ``RunData`` list and the trials table."""
+    import sys
+
+    import pandas as pd
+
+    from bids_m2i.glm.design import RunData
+
+    benchmarks = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    if benchmarks not in sys.path:
+        sys.path.insert(0, benchmarks)
+    from glm_generators import simulate
+
+    settings = dict(n_runs=6, n_volumes=200, n_stimuli=120, n_repeats=3)
+    s = simulate(n_voxels=n_voxels, seed=seed, **{**settings, **kwargs})
+    runs = [RunData(data=d, tr=s.tr, run=str(i + 1)) for i, d in enumerate(s.runs)]
+    trials = pd.DataFrame({"onset": s.onsets, "duration": s.durations, "run": [str(r + 1) for r in s.trial_run],
+                           "role": "trial", "event_type": "stimulus", "condition": "perception",
+                           "stimulus": [f"img-{k:04d}" for k in s.stimulus]})
+    return s, runs, trials

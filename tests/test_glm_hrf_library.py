@@ -61,22 +61,11 @@ def test_latency_ordered_libraries_give_better_unregularised_betas_on_the_indepe
     # issue 13 (docs/glm.md, "The HRF library and the HRF choice"): with a trial every 4.8 s, the broad library's
     # late members make neighbouring trials' regressors nearly collinear; the narrower families give better
     # fithrf betas (benchmark V = 2,000, seed 0: r_trial 0.37 broad, 0.48 medium, 0.57 narrow on dg-nsd)
-    import sys
-    from pathlib import Path
+    from helpers import independent_glm_session
 
-    import pandas as pd
-
-    from bids_m2i.glm.design import RunData
     from bids_m2i.glm.simulation import r_trial
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from glm_generators import simulate
-
-    s = simulate(n_voxels=600, n_runs=6, n_volumes=200, n_stimuli=120, n_repeats=3, seed=4)
-    runs = [RunData(data=d, tr=s.tr, run=str(i + 1)) for i, d in enumerate(s.runs)]
-    trials = pd.DataFrame({"onset": s.onsets, "duration": s.durations, "run": [str(r + 1) for r in s.trial_run],
-                           "role": "trial", "event_type": "stimulus", "condition": "perception",
-                           "stimulus": [f"img-{k:04d}" for k in s.stimulus]})
+    s, runs, trials = independent_glm_session(600, seed=4)
     scores = {}
     for library in ("broad", "medium", "narrow"):
         result = estimate_single_trial_betas(runs, trials, method="fithrf", hrf_library=library)

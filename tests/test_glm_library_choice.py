@@ -1,14 +1,10 @@
 """hrf_library="auto": one HRF library per session, chosen by leave-one-run-out agreement (issue 13)."""
 
-import sys
-from pathlib import Path
-
 import numpy as np
-import pandas as pd
 import pytest
+from helpers import independent_glm_session
 
 from bids_m2i.glm import estimate_single_trial_betas
-from bids_m2i.glm.design import RunData
 from bids_m2i.glm.library_choice import prediction_matrix
 from bids_m2i.glm.simulation import r_trial, simulate_session
 
@@ -27,14 +23,7 @@ def test_prediction_matrix_uses_other_runs_only():
 
 @pytest.fixture(scope="module")
 def independent_session():
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from glm_generators import simulate
-
-    s = simulate(n_voxels=400, n_runs=6, n_volumes=200, n_stimuli=120, n_repeats=3, seed=4)
-    runs = [RunData(data=d, tr=s.tr, run=str(i + 1)) for i, d in enumerate(s.runs)]
-    trials = pd.DataFrame({"onset": s.onsets, "duration": s.durations, "run": [str(r + 1) for r in s.trial_run],
-                           "role": "trial", "event_type": "stimulus", "condition": "perception",
-                           "stimulus": [f"img-{k:04d}" for k in s.stimulus]})
+    s, runs, trials = independent_glm_session(400, seed=4)
     return s, runs, trials
 
 

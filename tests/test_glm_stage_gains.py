@@ -2,31 +2,20 @@
 one of the benchmark (benchmarks/glm_generators.py: double-gamma HRFs, TR-locked design, AR + global +
 physiological noise), at a small size (issue 13). The figures these thresholds pin are in docs/glm.md."""
 
-import sys
-from pathlib import Path
-
 import numpy as np
-import pandas as pd
 import pytest
 import torch
+from helpers import independent_glm_session
 
-from bids_m2i.glm.design import RunData
 from bids_m2i.glm.estimate import estimate_single_trial_betas
 from bids_m2i.glm.reliability import retest_reliability
 from bids_m2i.glm.simulation import r_trial, simulate_session
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from glm_generators import simulate  # noqa: E402
 
 torch.set_num_threads(1)
 
 
 def _independent(seed=3):
-    s = simulate(n_voxels=900, n_runs=6, n_volumes=200, n_stimuli=120, n_repeats=3, seed=seed)
-    runs = [RunData(data=d, tr=s.tr, run=str(i + 1)) for i, d in enumerate(s.runs)]
-    trials = pd.DataFrame({"onset": s.onsets, "duration": s.durations, "run": [str(r + 1) for r in s.trial_run],
-                           "role": "trial", "event_type": "stimulus", "condition": "perception",
-                           "stimulus": [f"img-{k:04d}" for k in s.stimulus]})
+    s, runs, trials = independent_glm_session(900, seed)
     return runs, trials, s.true_betas, s.responsive
 
 

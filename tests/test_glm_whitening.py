@@ -128,19 +128,11 @@ def test_ar1_with_lss_or_unknown_model_is_a_usage_error(sim):
 def test_whitening_raises_r_trial_on_the_independent_generator():
     """The benchmark's independent generator (AR + global + physiological noise, double-gamma HRFs), small:
     the default (AR(1) prewhitening) beats OLS on r_trial, as on every benchmark generator (docs/glm.md)."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from glm_generators import simulate
+    from helpers import independent_glm_session
 
     from bids_m2i.glm.simulation import r_trial
 
-    s = simulate(n_voxels=500, n_runs=6, n_volumes=200, n_stimuli=120, n_repeats=3, seed=3)
-    runs = [RunData(data=d, tr=s.tr, run=str(i + 1)) for i, d in enumerate(s.runs)]
-    trials = pd.DataFrame({"onset": s.onsets, "duration": s.durations, "run": [str(r + 1) for r in s.trial_run],
-                           "role": "trial", "event_type": "stimulus", "condition": "perception",
-                           "stimulus": [f"img-{k:04d}" for k in s.stimulus]})
+    s, runs, trials = independent_glm_session(500, seed=3)
     scores = {}
     for noise_model in ("ols", "auto"):
         result = estimate_single_trial_betas(runs, trials, noise_model=noise_model, max_pcs=4)

@@ -23,3 +23,18 @@ def test_labels_present_but_unfinished_are_still_listed(group_dirs):
     bids, out = group_dirs
     assert _group(bids, out, "--participant-label", "sub-01", "03") == 0  # sub-03 has not run decoding
     assert _participants(out) == {"sub-01"}
+
+
+def test_a_label_with_derivatives_but_no_raw_data_counts(group_dirs):
+    # the group level reads OUTPUT_DIR only: derivatives of a participant whose raw data left BIDS_DIR still count
+    import shutil
+
+    bids, out = group_dirs
+    shutil.copytree(out / "sub-01", out / "sub-07")
+    for path in sorted((out / "sub-07").rglob("*sub-01*"), key=lambda p: -len(p.parts)):
+        path.rename(path.with_name(path.name.replace("sub-01", "sub-07")))
+    try:
+        assert _group(bids, out, "--participant-label", "01", "07") == 0
+        assert _participants(out) == {"sub-01", "sub-07"}
+    finally:
+        shutil.rmtree(out / "sub-07")

@@ -132,6 +132,8 @@ class _SingleTrialInputSpec(BaseInterfaceInputSpec):
     method = traits.Enum("fithrf-denoise-rr", "fithrf", "lss", "lsa", usedefault=True)
     lss_split = traits.Str("none", usedefault=True)
     zscore = traits.Bool(False, usedefault=True)
+    noise_model = traits.Enum("auto", "ols", "ar1", usedefault=True)
+    hrf_library = traits.Enum("broad", "medium", "narrow", "auto", usedefault=True)
     # not hashed: the budget changes the voxel chunks, not the betas, and depends on --nprocs and on how many
     # GLM nodes the run has (a run of one more participant must not recompute the finished ones)
     mem_gb = traits.Float(4.0, usedefault=True, nohash=True,
@@ -218,7 +220,8 @@ class SingleTrialBetas(M2IInterface):
                 runs, trials, method=self.inputs.method,
                 lss_split=None if self.inputs.lss_split == "none" else self.inputs.lss_split,
                 zscore=self.inputs.zscore, mem_gb=engine_gb, n_threads=self.inputs.n_threads,
-                device=self.inputs.device, seed=self.inputs.seed,
+                device=self.inputs.device, seed=self.inputs.seed, noise_model=self.inputs.noise_model,
+                hrf_library=self.inputs.hrf_library,
             )
         except UsageError as exc:
             # the engine names the budget it was given, which is not the figure the user passed: say how it came

@@ -98,7 +98,8 @@ def init_single_trial_wf(config, subject_inputs, task: str, session: str | None,
     glm = pe.Node(SingleTrialBetas(
         trials=str(trials_file), run_labels=[r.bold.run or "n/a" for r in runs], trs=[r.tr for r in runs],
         slice_timings=[r.bold.slice_timing for r in runs], method=config.glm, lss_split=config.lss_split,
-        zscore=config.zscore_betas, mem_gb=budget_gb, n_threads=config.n_threads, device=_device(config),
+        zscore=config.zscore_betas, noise_model=config.glm_noise_model, hrf_library=config.hrf_library,
+        mem_gb=budget_gb, n_threads=config.n_threads, device=_device(config),
         seed=config.seed, derivatives={"base_directory": output_dir, "files": files}),
         name="estimate_betas", n_procs=config.n_threads, mem_gb=budget_gb)
     workflow.connect([(merge_bold, glm, [("out", "bold_files")]), (merge_conf, glm, [("out", "confounds_files")]),

@@ -27,12 +27,15 @@ GROUP_COLUMNS = ["participant_id", "glm_method", *KEYS, "value", "chance", "p_va
 
 
 def expected_participants(config) -> list[str]:
-    """The participants of BIDS_DIR, or those of --participant-label; a label not in BIDS_DIR (a typo) is
-    exit 18 as at the participant level, not a participant counted as "not finished"."""
+    """The participants of BIDS_DIR, or those of --participant-label; a label neither in BIDS_DIR nor in
+    OUTPUT_DIR (a typo) is exit 18 as at the participant level, not a participant counted as "not finished".
+    The group level reads only OUTPUT_DIR, so a participant whose derivatives are there counts even when its raw
+    data are not in BIDS_DIR (moved, or a derivatives-only copy)."""
     present = sorted(p.name[4:] for p in Path(config.bids_dir).glob("sub-*") if p.is_dir())
     if not config.participant_label:
         return present
-    absent = [label for label in config.participant_label if label not in present]
+    derived = {p.name[4:] for p in Path(config.output_dir).glob("sub-*") if p.is_dir()}
+    absent = [label for label in config.participant_label if label not in present and label not in derived]
     if absent:
         raise NoDataSelected(f"Participant(s) {', '.join(absent)} not found in the dataset",
                              hint=f"participants present: {', '.join(present) or 'none'}")

@@ -1,0 +1,41 @@
+"""--glm-noise-model and --hrf-library reach the GLM node; a combination the engine lacks stops at start-up."""
+
+from __future__ import annotations
+
+import pytest
+
+from bids_m2i.cli.run import run_cli
+
+
+def _glm_nodes(tmp_path, values):
+    from nipype.pipeline import engine as pe
+
+    from bids_m2i.bids.inputs import collect_inputs
+    from bids_m2i.config import build_config
+    from bids_m2i.workflows.base import init_m2i_wf
+    from helpers import make_minimal_bids
+
+    bids = make_minimal_bids(tmp_path / "bids")
+    values = {"stop_after": "glm", "skip_bids_validation": True, **values}
+    config = build_config(bids, tmp_path / "out", "participant", values, set(values))
+    workflow = init_m2i_wf(config, collect_inputs(config, tmp_path / "work"), tmp_path / "work")
+    return [n for n in workflow._create_flat_graph().nodes() if isinstance(n, pe.Node) and n.name == "estimate_betas"]
+
+
+def test_defaults_and_choices_reach_the_glm_node(tmp_path):
+    (node,) = _glm_nodes(tmp_path / "a", {})
+    assert (node.inputs.noise_model, node.inputs.hrf_library) == ("auto", "broad")
+    (node,) = _glm_nodes(tmp_path / "b", {"glm_noise_model": "ols", "hrf_library": "narrow"})
+    assert (node.inputs.noise_model, node.inputs.hrf_library) == ("ols", "narrow")
+
+
+@pytest.mark.parametrize("args,code", [
+    (["--glm", "lss", "--glm-noise-model", "ar1"], 64),
+    (["--hrf-library", "wide"], 64),
+    (["--glm-noise-model", "ar2"], 64),
+])
+def test_unsupported_glm_options_are_64_before_any_step(args, code, minimal_bids, tmp_path, capsys):
+    assert run_cli([str(minimal_bids), str(tmp_path / "out"), "participant", "--skip-bids-validation", *args]) == code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out" / "sub-01").exists()
