@@ -8,7 +8,7 @@ import torch
 
 from .design import RunDesign
 from .hrf_library import DEFAULT_LIBRARY, canonical_kernel, library_kernels
-from .solvers import GRAM_TOLERANCE, SINGULAR_TOLERANCE, RunOperators, orthonormal_basis
+from .solvers import SINGULAR_TOLERANCE, RunOperators, orthonormal_basis, stacked_operators
 
 
 class SessionModel:
@@ -129,16 +129,7 @@ class SessionModel:
         """:meth:`RunOperators.build` for every kernel of a run at once (stacked numpy linear algebra:
         one call per step instead of one per kernel; same factorisation)."""
         basis, reduced = self._reduced_trials(run, n_pcs)
-        n_kernels = reduced.shape[0]
-        values, right = np.linalg.eigh(np.swapaxes(reduced, 1, 2) @ reduced)
-        values, right = values[:, ::-1].copy(), right[:, :, ::-1].copy()
-        estimable = values > GRAM_TOLERANCE * np.maximum(values.max(axis=1, keepdims=True), 1e-300)
-        sing = np.sqrt(np.where(estimable, values, 0.0))
-        left = np.where(estimable[:, None, :], reduced @ right / np.where(estimable, sing, 1.0)[:, None, :], 0.0)
-        to = dict(dtype=self.dtype, device=self.device)
-        return [RunOperators(torch.as_tensor(np.ascontiguousarray(basis[k]), **to), torch.as_tensor(left[k], **to),
-                             torch.as_tensor(sing[k], **to), torch.as_tensor(right[k], **to))
-                for k in range(n_kernels)]
+        return stacked_operators(basis, reduced, self.dtype, self.device)
 
     def onoff_operators(self, run: int, kernel: int | None = None) -> RunOperators:
         """All trials as one condition (GLMsingle's ON-OFF model); assumed HRF unless ``kernel`` is given."""

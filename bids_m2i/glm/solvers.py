@@ -108,6 +108,30 @@ class RunOperators:
         return explained
 
 
+def stacked_operators(basis: np.ndarray, reduced: np.ndarray, dtype, device) -> list["RunOperators"]:
+    """:meth:`RunOperators.build`'s factorisation for a stack of designs at once (one numpy call per step).
+
+    Parameters
+    ----------
+    basis : ndarray, shape (B, T, e) or a list of B (T, e_b) arrays
+        Orthonormal nuisance basis of each design.
+    reduced : ndarray, shape (B, T, n)
+        Each design's trial regressors with its nuisance projected out.
+
+    The thin SVD of each reduced design comes from its Gram matrix's eigendecomposition; directions whose
+    eigenvalue is below :data:`GRAM_TOLERANCE` of the largest are not estimable and get zero singular values.
+    """
+    values, right = np.linalg.eigh(np.swapaxes(reduced, 1, 2) @ reduced)
+    values, right = values[:, ::-1].copy(), right[:, :, ::-1].copy()
+    estimable = values > GRAM_TOLERANCE * np.maximum(values.max(axis=1, keepdims=True), 1e-300)
+    sing = np.sqrt(np.where(estimable, values, 0.0))
+    left = np.where(estimable[:, None, :], reduced @ right / np.where(estimable, sing, 1.0)[:, None, :], 0.0)
+    to = dict(dtype=dtype, device=device)
+    return [RunOperators(torch.as_tensor(np.ascontiguousarray(basis[b]), **to), torch.as_tensor(left[b], **to),
+                         torch.as_tensor(sing[b], **to), torch.as_tensor(right[b], **to))
+            for b in range(reduced.shape[0])]
+
+
 def centred_sum_of_squares(data: torch.Tensor) -> torch.Tensor:
     """Per-voxel total sum of squares around the run mean, shape (n_voxels,)."""
     centred = data - data.mean(1, keepdim=True)

@@ -30,7 +30,7 @@ import functools
 import numpy as np
 import torch
 
-from .solvers import GRAM_TOLERANCE, SINGULAR_TOLERANCE, RunOperators
+from .solvers import SINGULAR_TOLERANCE, RunOperators, stacked_operators
 
 AR1_STEP = 0.1
 RHO_MIN, RHO_MAX = -0.5, 0.9
@@ -173,15 +173,7 @@ def whitened_operators(model, run: int, kernel: int, n_pcs: int, rhos) -> list[R
     keep = sing > SINGULAR_TOLERANCE * np.maximum(sing.max(axis=1, keepdims=True), 1e-300)
     basis = left * keep[:, None, :]                                                # dropped directions -> 0
     reduced = trials - basis @ (np.swapaxes(basis, 1, 2) @ trials)
-    values, right = np.linalg.eigh(np.swapaxes(reduced, 1, 2) @ reduced)
-    values, right = values[:, ::-1].copy(), right[:, :, ::-1].copy()
-    estimable = values > GRAM_TOLERANCE * np.maximum(values.max(axis=1, keepdims=True), 1e-300)
-    sing = np.sqrt(np.where(estimable, values, 0.0))
-    left = np.where(estimable[:, None, :], reduced @ right / np.where(estimable, sing, 1.0)[:, None, :], 0.0)
-    to = dict(dtype=model.dtype, device=model.device)
-    return [RunOperators(torch.as_tensor(np.ascontiguousarray(basis[b][:, keep[b]]), **to),
-                         torch.as_tensor(left[b], **to), torch.as_tensor(sing[b], **to),
-                         torch.as_tensor(right[b], **to)) for b in range(len(rhos))]
+    return stacked_operators([basis[b][:, keep[b]] for b in range(len(rhos))], reduced, model.dtype, model.device)
 
 
 def whitened_bins(model, data_runs: list[torch.Tensor], kernel: int, n_pcs: int, rho_bins: np.ndarray):
