@@ -37,6 +37,16 @@ def minimal_bids(tmp_path):
     return make_minimal_bids(tmp_path / "bids")
 
 
+@pytest.fixture
+def started(monkeypatch):
+    """Stub out the participant workflows: a check that must stop the run before any step leaves this empty."""
+    import bids_m2i.workflows.base as base
+
+    calls = []
+    monkeypatch.setattr(base, "run_participant_workflows", lambda *args, **kwargs: calls.append(True))
+    return calls
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
     """The simulator's tiny preset (seconds to make), shared by the tests of a session. Read-only by

@@ -15,16 +15,8 @@ import json
 
 import pytest
 
-import bids_m2i.workflows.base as base
 from bids_m2i.cli.run import run_cli
 from helpers import make_minimal_bids
-
-
-@pytest.fixture
-def started(monkeypatch):
-    calls = []
-    monkeypatch.setattr(base, "run_participant_workflows", lambda *args, **kwargs: calls.append(True))
-    return calls
 
 
 def _run(tmp_path, filters):

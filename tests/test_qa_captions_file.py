@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import pytest
 
-import bids_m2i.workflows.base as base
 from bids_m2i.cli.run import run_cli
 from bids_m2i.decoding.text import read_caption_file
 from helpers import make_minimal_bids
@@ -24,13 +23,6 @@ def test_text_encodings_are_read(tmp_path, encoding):
     path = tmp_path / "captions.txt"
     path.write_bytes(CAPTIONS.replace("\n", "\r\n").encode(encoding))
     assert read_caption_file(path) == ["a dog on a beach", "the red car"]
-
-
-@pytest.fixture
-def started(monkeypatch):
-    calls = []
-    monkeypatch.setattr(base, "run_participant_workflows", lambda *args, **kwargs: calls.append(True))
-    return calls
 
 
 def _run(tmp_path, captions):

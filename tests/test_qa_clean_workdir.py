@@ -10,18 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
-import bids_m2i.workflows.base as base
 from bids_m2i.cli.run import run_cli
 from helpers import make_minimal_bids
-
-
-@pytest.fixture
-def started(monkeypatch):
-    calls = []
-    monkeypatch.setattr(base, "run_participant_workflows", lambda *a, **k: calls.append(True))
-    return calls
 
 
 def _files(root: Path) -> dict[str, bytes]:

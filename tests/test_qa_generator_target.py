@@ -9,16 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-import bids_m2i.workflows.base as base
 from bids_m2i.cli.run import run_cli
 from helpers import make_minimal_bids
-
-
-@pytest.fixture
-def started(monkeypatch):
-    calls = []
-    monkeypatch.setattr(base, "run_participant_workflows", lambda *args, **kwargs: calls.append(True))
-    return calls
 
 
 @pytest.mark.parametrize("targets", [["clip"], ["text"], ["clip", "text"]])

@@ -11,18 +11,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import bids_m2i.workflows.base as base
 from bids_m2i.cli.run import run_cli
 from bids_m2i.decoding.shared import ParticipantData, train_shared_model
 from bids_m2i.workflows.shared import feature_info
 from helpers import make_minimal_bids
-
-
-@pytest.fixture
-def started(monkeypatch):
-    calls = []
-    monkeypatch.setattr(base, "run_participant_workflows", lambda *args, **kwargs: calls.append(True))
-    return calls
 
 
 @pytest.fixture
