@@ -31,11 +31,15 @@ def test_twoway_per_item_is_one_for_perfect_and_half_for_shuffled_predictions():
     assert abs(shuffled.mean() - 0.5) < 0.03
 
 
-def test_refit_scaled_is_the_ridge_with_scaled_penalties():
-    betas, features, _ = _trials(n_stimuli=30, n_voxels=120)  # more voxels than trials: the dual form matters
-    alpha = np.geomspace(1, 1000, features.shape[1])
-    coef, intercept = refit_scaled(betas, features, alpha, 0.25, device="cpu")
-    ref_coef, ref_intercept = fit_ridge(betas, features, 0.25 * alpha, device="cpu")
+@pytest.mark.parametrize("n_stimuli,n_voxels,max_alpha,scale", [
+    (30, 120, 1000, 0.25),   # more voxels than trials: the dual form
+    (60, 30, 100, 0.5),      # 120 trials > 30 voxels: the primal form
+])
+def test_refit_scaled_is_the_ridge_with_scaled_penalties(n_stimuli, n_voxels, max_alpha, scale):
+    betas, features, _ = _trials(n_stimuli=n_stimuli, n_voxels=n_voxels)
+    alpha = np.geomspace(1, max_alpha, features.shape[1])
+    coef, intercept = refit_scaled(betas, features, alpha, scale, device="cpu")
+    ref_coef, ref_intercept = fit_ridge(betas, features, scale * alpha, device="cpu")
     np.testing.assert_allclose(coef, ref_coef, rtol=1e-3, atol=1e-5)
     np.testing.assert_allclose(intercept, ref_intercept, rtol=1e-3, atol=1e-5)
 
@@ -81,15 +85,6 @@ def test_decoder_records_the_scale_and_error_rule_keeps_the_squared_error_fit(tm
     np.testing.assert_allclose(loaded.predict(betas[:5]), scaled.predict(betas[:5]), rtol=1e-5, atol=1e-6)
     with pytest.raises(UsageError):
         BrainDecoder("ridge", penalty="mse")
-
-
-def test_refit_scaled_primal_form_when_trials_outnumber_voxels():
-    betas, features, _ = _trials(n_stimuli=60, n_voxels=30)  # 120 trials > 30 voxels
-    alpha = np.geomspace(1, 100, features.shape[1])
-    coef, intercept = refit_scaled(betas, features, alpha, 0.5, device="cpu")
-    ref_coef, ref_intercept = fit_ridge(betas, features, 0.5 * alpha, device="cpu")
-    np.testing.assert_allclose(coef, ref_coef, rtol=1e-3, atol=1e-5)
-    np.testing.assert_allclose(intercept, ref_intercept, rtol=1e-3, atol=1e-5)
 
 
 def test_large_training_sets_are_subsampled_by_whole_stimuli():
