@@ -6,11 +6,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 from types import SimpleNamespace
 
-import nibabel as nib
-import numpy as np
 import pytest
 
 from bids_m2i.interfaces.glm import ENGINE_SHARE, engine_memory_gb
@@ -56,62 +53,30 @@ def test_workflow_declares_the_budget_to_multiproc(tmp_path):
         assert node.inputs.mem_gb == pytest.approx(3.0)
 
 
-CHILD = textwrap.dedent("""
-    import json, sys
+def _bench():
+    """``benchmarks/bench_glm_node_memory.py``: its child process and its session writer are what these tests run
+    (the benchmark is the same measurement at NSD size)."""
     from pathlib import Path
-    from bids_m2i.interfaces.glm import SingleTrialBetas, process_rss_gb
-    import bids_m2i.glm.estimate, bids_m2i.reports.figures  # torch, matplotlib: what a worker holds anyway
 
-    folder = Path(sys.argv[1])
-    headroom_gb = float(sys.argv[2])
-    baseline = process_rss_gb()
-    budget = baseline + headroom_gb
-    runs = sorted(folder.glob("run-*_bold.nii"))
-    node = SingleTrialBetas(bold_files=[str(p) for p in runs],
-                            confounds_files=[str(p).replace("_bold.nii", "_confounds.tsv") for p in runs],
-                            mask=str(folder / "mask.nii"), trials=str(folder / "trials.tsv"),
-                            run_labels=[p.name[len("run-"):-len("_bold.nii")] for p in runs],
-                            trs=[2.0] * len(runs),
-                            method="fithrf-denoise-rr", mem_gb=budget, n_threads=1)
-    work = folder / "node"
-    work.mkdir()
-    result = node.run(cwd=str(work))
-    meta = json.loads(Path(result.outputs.statseries_meta).read_text())
-    # VmHWM: this process' own high-water mark (ru_maxrss can carry over the parent's size at fork + exec)
-    peak = [int(line.split()[1]) * 1024 / 1e9 for line in open("/proc/self/status") if line.startswith("VmHWM:")][0]
-    print(json.dumps({"baseline": baseline, "budget": budget, "peak": peak, "plan": meta["memory"]}))
-""")
+    benchmarks = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    if benchmarks not in sys.path:
+        sys.path.insert(0, benchmarks)
+    import bench_glm_node_memory
 
-
-def _write_noise_session(folder, shape, n_volumes, n_stimuli, seed):
-    """A simulated session's design with noise runs around a baseline (the GLM's memory and time do not depend
-    on the signal); returns the run files and the TR."""
-    from bids_m2i.glm.simulation import simulate_session
-
-    sim = simulate_session(n_voxels=10, n_runs=3, n_volumes=n_volumes, n_stimuli=n_stimuli, n_repeats=3, seed=seed)
-    rng = np.random.default_rng(0)
-    affine = np.diag([3.0, 3.0, 3.0, 1.0])
-    nib.save(nib.Nifti1Image(np.ones(shape, dtype=np.uint8), affine), folder / "mask.nii")
-    for run in sim.runs:
-        data = 1000.0 + 10.0 * rng.standard_normal((*shape, n_volumes), dtype=np.float32)
-        nib.save(nib.Nifti1Image(data, affine), folder / f"run-{run.run}_bold.nii")
-        (folder / f"run-{run.run}_confounds.tsv").write_text(
-            "framewise_displacement\n" + "n/a\n" + "0.1\n" * (n_volumes - 1))
-    sim.trials.to_csv(folder / "trials.tsv", sep="\t", index=False, na_rep="n/a")
-    return sorted(folder.glob("run-*_bold.nii")), float(sim.runs[0].tr)
+    return bench_glm_node_memory
 
 
 def test_peak_rss_within_a_budget_that_forces_chunking(tmp_path):
     """A fresh process runs the GLM node on 40,000 voxels x 3 runs with 0.45 GB above its own baseline: the
     engine must work in chunks, and the process' peak resident size stays within the budget."""
-    shape, n_volumes = (40, 40, 25), 150
-    _write_noise_session(tmp_path, shape, n_volumes, n_stimuli=40, seed=3)
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path), "0.45"], capture_output=True, text=True,
-                          timeout=600)
+    bench, n_voxels = _bench(), 40_000
+    tr = bench.write_session(tmp_path, n_voxels, n_runs=3, n_volumes=150, n_stimuli=40, seed=3)
+    proc = subprocess.run([sys.executable, "-c", bench.CHILD, str(tmp_path), "0.45", str(tr)], capture_output=True,
+                          text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert report["plan"]["chunk_voxels"] < int(np.prod(shape)), report  # the budget forced chunks
-    assert report["peak"] <= report["budget"], report
+    assert report["plan"]["chunk_voxels"] < n_voxels, report  # the budget forced chunks
+    assert report["peak_gb"] <= report["budget_gb"], report
 
 
 def test_a_budget_too_small_for_the_engine_says_how_the_share_was_split(tmp_path):
@@ -120,7 +85,8 @@ def test_a_budget_too_small_for_the_engine_says_how_the_share_was_split(tmp_path
     from bids_m2i.errors import UsageError
     from bids_m2i.interfaces.glm import SingleTrialBetas, process_rss_gb
 
-    runs, tr = _write_noise_session(tmp_path, (20, 20, 10), 60, n_stimuli=12, seed=1)
+    tr = _bench().write_session(tmp_path, 4_000, n_runs=3, n_volumes=60, n_stimuli=12, seed=1)
+    runs = sorted(tmp_path.glob("run-*_bold.nii"))
     budget = process_rss_gb() + 0.005  # 5 MB above this process' own size: nothing left for the engine
     node = SingleTrialBetas(bold_files=[str(p) for p in runs],
                             confounds_files=[str(p).replace("_bold.nii", "_confounds.tsv") for p in runs],
