@@ -47,6 +47,20 @@ def log_r2(r2: np.ndarray) -> np.ndarray:
     return np.log10(np.clip(r2, 1e-8, None))
 
 
+def signal_voxel_sample(r2: np.ndarray, brain: np.ndarray, max_voxels: int, seed: int,
+                        eligible: np.ndarray | None = None) -> np.ndarray:
+    """Indices (sorted) of voxels that carry signal: ``eligible`` (default: brain) voxels whose R² is above Otsu's
+    threshold of log10 R² among brain voxels; the 50 best brain voxels when fewer qualify; at most
+    ``max_voxels`` of them, drawn with ``seed``. They choose the number of PCs and the session's HRF library."""
+    eligible = brain if eligible is None else eligible
+    candidates = np.flatnonzero(eligible & (r2 > 10.0 ** otsu_threshold(log_r2(r2[brain]))))
+    if candidates.size < 50:
+        candidates = np.argsort(-np.where(brain, r2, -np.inf))[:min(50, int(brain.sum()))]
+    if candidates.size > max_voxels:
+        candidates = np.random.default_rng(seed).choice(candidates, max_voxels, replace=False)
+    return np.sort(candidates)
+
+
 def noise_pool(onoff_r2: np.ndarray, brain: np.ndarray, r2_threshold: float | None = None):
     """Noise-pool mask and the R² threshold used.
 

@@ -16,8 +16,8 @@ import pandas as pd
 import torch
 
 from ..errors import BadDataError, UsageError
-from .denoise import (NoisePCAccumulator, brain_voxels, choose_n_pcs, log_r2, noise_pool, onoff_residuals,
-                      otsu_threshold)
+from .denoise import (NoisePCAccumulator, brain_voxels, choose_n_pcs, noise_pool, onoff_residuals,
+                      signal_voxel_sample)
 from .design import RunData, build_run_designs, polynomial_degree
 from .fithrf import grouped_trial_betas, library_fitted_ss, r2_from, total_sum_of_squares
 from .fracridge import DEFAULT_FRACTIONS, N_ALPHAS, fractional_ridge_cv
@@ -447,12 +447,7 @@ def _choose_session_library(designs, runs, load, trial_rows, stimulus, n_voxels,
     brain = brain_voxels(intensity, *brain_threshold) if data_units == "raw" else np.ones(n_voxels, dtype=bool)
     if not brain.any():
         brain = np.ones(n_voxels, dtype=bool)
-    candidates = np.flatnonzero(brain & (onoff_r2 > 10.0 ** otsu_threshold(log_r2(onoff_r2[brain]))))
-    if candidates.size < 50:
-        candidates = np.argsort(-np.where(brain, onoff_r2, -np.inf))[:min(50, int(brain.sum()))]
-    if candidates.size > max_voxels:
-        candidates = np.sort(np.random.default_rng(seed).choice(candidates, max_voxels, replace=False))
-    data_runs, _ = load(np.sort(candidates))
+    data_runs, _ = load(signal_voxel_sample(onoff_r2, brain, max_voxels, seed))
     run_of_trial = trial_rows["run"].astype(str).to_numpy()
     name, info, models = choose_library(designs, data_runs, stimulus, run_of_trial, hrf_model, oversampling,
                                         min_onset, dtype, device)
@@ -488,12 +483,7 @@ def _denoise_and_ridge(model, runs, chunks, load, betas, r2, hrf_index, n_pcs_ma
         model.noise_pcs = accumulator.components(max_pcs)
 
         # voxels that carry signal choose the number of PCs
-        signal = brain & ~pool & (r2 > 10.0 ** otsu_threshold(log_r2(r2[brain])))
-        candidates = np.flatnonzero(signal)
-        if candidates.size < 50:
-            candidates = np.argsort(-np.where(brain, r2, -np.inf))[:min(50, int(brain.sum()))]
-        if candidates.size > max_pc_voxels:
-            candidates = np.sort(np.random.default_rng(seed).choice(candidates, max_pc_voxels, replace=False))
+        candidates = signal_voxel_sample(r2, brain, max_pc_voxels, seed, eligible=brain & ~pool)
         data_runs, _ = load(candidates)
         n_pcs, scores = choose_n_pcs(model, data_runs, hrf_index[candidates], n_trials, repeats, max_pcs,
                                      criterion=pc_criterion, fractions=fractions)
