@@ -10,13 +10,12 @@ so the choice is one decision per session, made on at most ``max_voxels`` signal
 2. For each held-out run ``r``: each voxel's kernel is chosen by its R² on the *other* runs (so the held-out
    run does not choose its own HRF), and each trial of run ``r`` whose stimulus is shown in another run is
    predicted by the mean beta of that stimulus in the other runs.
-3. ``score="beta-correlation"`` (default): per voxel, the correlation over all held-out trials between the
-   betas and their predictions (scale-free: narrow kernels have higher peaks per unit beta, so the libraries'
-   betas are on different scales); the library with the highest median over the voxels wins, ties to the
-   broader one. ``score="data"``: the cross-validated R² of the held-out runs' time series with one gain per
-   voxel (it separated the libraries by < 0.01 and was not kept: errors in the directions where neighbouring
-   trials' regressors are collinear barely change the predicted time series, and those errors are what
-   separates the libraries' betas).
+3. Per voxel, the correlation over all held-out trials between the betas and their predictions (scale-free:
+   narrow kernels have higher peaks per unit beta, so the libraries' betas are on different scales); the library
+   with the highest median over the voxels wins, ties to the broader one. The cross-validated R² of the held-out
+   runs' time series was tried instead and dropped: it separated the libraries by < 0.01 (errors in the
+   directions where neighbouring trials' regressors are collinear barely change the predicted time series, and
+   those errors are what separates the libraries' betas).
 
 The unregularised betas are scored, not the ridge ones: with the ridge the broad library won on every session tried (its
 fraction stage smooths most), also where its final betas are the worse ones (docs/glm.md).
@@ -27,11 +26,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .fithrf import total_sum_of_squares
-from .fracridge import DEFAULT_FRACTIONS, fractional_ridge_cv
 from .hrf_library import LIBRARIES
 from .model import SessionModel
-from .reliability import MISSING, RepeatStructure
+from .reliability import MISSING
 
 AUTO = "auto"
 CANDIDATES = ("broad", "medium", "narrow")
@@ -55,11 +52,9 @@ def prediction_matrix(stimulus: np.ndarray, run_of_trial: np.ndarray, rows=slice
     return matrix
 
 
-def cross_validated_r2(model: SessionModel, data_runs: list[torch.Tensor], stimulus: np.ndarray,
-                       run_of_trial: np.ndarray,
-                       repeats: RepeatStructure | None = None, fractions=DEFAULT_FRACTIONS,
-                       score: str = "beta-correlation") -> torch.Tensor:
-    """Per-voxel leave-one-run-out R² of the library model (module docstring, steps 1–3).
+def held_out_agreement(model: SessionModel, data_runs: list[torch.Tensor], stimulus: np.ndarray,
+                       run_of_trial: np.ndarray) -> torch.Tensor:
+    """Per-voxel leave-one-run-out agreement of the library model's unregularised betas (module docstring).
 
     Parameters
     ----------
@@ -67,21 +62,16 @@ def cross_validated_r2(model: SessionModel, data_runs: list[torch.Tensor], stimu
     data_runs : list of Tensor, shape (n_voxels, n_volumes_run), % signal change
     stimulus, run_of_trial : ndarray, shape (n_trials,)
         Each trial's stimulus label and run label (session order); see :func:`prediction_matrix`.
-    repeats : RepeatStructure, optional
-        Given: the predicting betas are the cross-validated fractional-ridge betas (the pipeline's last stage,
-        no PCs, kernel by R² on all runs); None: the unregularised betas, kernel chosen without the held-out run.
 
     Returns
     -------
-    r2 : Tensor, shape (n_voxels,)
+    correlation : Tensor, shape (n_voxels,)
     """
     n_kernels = model.n_kernels - 1
-    n_runs = model.n_runs
     n_voxels = data_runs[0].shape[0]
-    n_trials = len(stimulus)
     to = dict(dtype=model.dtype, device=model.device)
-    explained = torch.zeros(n_runs, n_kernels, n_voxels, **to)
-    betas = torch.zeros(n_kernels, n_voxels, n_trials, **to)
+    explained = torch.zeros(model.n_runs, n_kernels, n_voxels, **to)
+    betas = torch.zeros(n_kernels, n_voxels, len(stimulus), **to)
     for run, data in enumerate(data_runs):
         columns = model.designs[run].trial_slice
         for kernel in range(n_kernels):
@@ -90,71 +80,29 @@ def cross_validated_r2(model: SessionModel, data_runs: list[torch.Tensor], stimu
             betas[kernel, :, columns] = ops.ols_from_projection(z)
             explained[run, kernel] = ops.fitted_sum_of_squares(data, z)
     everything = explained.sum(0)
-    if repeats is not None:
-        # ridge betas of each voxel's kernel (chosen on all runs: the fraction's criterion uses them all too)
-        kernel_of_voxel = torch.argmax(everything, 0)
-        ridge = torch.zeros(n_voxels, n_trials, **to)
-        for kernel in torch.unique(kernel_of_voxel).tolist():
-            local = torch.nonzero(kernel_of_voxel == kernel).flatten()
-            operators = [model.operators(run, kernel) for run in range(n_runs)]
-            final, _, _, _ = fractional_ridge_cv(operators, [d.index_select(0, local) for d in data_runs],
-                                                 repeats, fractions)
-            ridge[local] = final
-        betas[kernel_of_voxel, torch.arange(n_voxels, device=model.device)] = ridge
-        explained = explained.new_zeros(explained.shape)
-        explained[:, kernel_of_voxel, torch.arange(n_voxels, device=model.device)] = 1.0  # same kernel every fold
-        everything = explained.sum(0)
-    own_kept, predicted_kept = [], []
-    residual_ss = torch.zeros(n_voxels, **to)   # Σ_r |y_r with nuisance projected out|²
-    cross = torch.zeros(n_voxels, **to)         # Σ_r <y_r, p_r>, p_r the predicted trial responses
-    predicted_ss = torch.zeros(n_voxels, **to)  # Σ_r |p_r|²
-    total = total_sum_of_squares(data_runs)
     voxels = torch.arange(n_voxels, device=model.device)
-    for run, data in enumerate(data_runs):
+    own_kept, predicted_kept = [], []
+    for run in range(model.n_runs):
         columns = model.designs[run].trial_slice
-        chosen = torch.argmax(everything - explained[run], 0)  # kernel by R² on the other runs
-        # betas of this run's trials predicted from the other runs (the chosen kernel's betas there)
-        rows = prediction_matrix(stimulus, run_of_trial, columns)     # (n_run_trials, n_trials)
-        predicted = betas[chosen, voxels] @ torch.as_tensor(rows, **to).T  # (n_voxels, n_run_trials)
-        if score == "beta-correlation":
-            own = betas[chosen, voxels][:, columns]
-            keep = torch.as_tensor(rows.sum(1) > 0, device=model.device)
-            own_kept.append(own[:, keep])
-            predicted_kept.append(predicted[:, keep])
-            continue
-        for kernel in torch.unique(chosen).tolist():
-            local = torch.nonzero(chosen == kernel).flatten()
-            ops = model.operators(run, kernel)
-            part = data.index_select(0, local)
-            # with the nuisance projected out: |y|² - |y N|², <y, X b> = <y U, S Wᵀ b>, |X b|² = |S Wᵀ b|²
-            nuisance = torch.linalg.vector_norm(part @ ops.nuisance_basis, dim=1) ** 2
-            signal = (predicted.index_select(0, local) @ ops.right) * ops.singular
-            z = ops.project(part)
-            residual_ss.index_add_(0, local, (part * part).sum(1) - nuisance)
-            cross.index_add_(0, local, (z * signal).sum(1))
-            predicted_ss.index_add_(0, local, (signal * signal).sum(1))
-    if score == "beta-correlation":
-        # scale-free agreement of each held-out trial's beta with its prediction from the other runs
-        a = torch.cat(own_kept, 1)
-        b = torch.cat(predicted_kept, 1)
-        a = a - a.mean(1, keepdim=True)
-        b = b - b.mean(1, keepdim=True)
-        norm = torch.sqrt((a * a).sum(1) * (b * b).sum(1))
-        return torch.where(norm > 0, (a * b).sum(1) / torch.clamp(norm, min=1e-30), torch.zeros_like(norm))
-    # one non-negative gain per voxel on the prediction (the mean of other repeats is not shrunk towards 0, and
-    # trial-to-trial variability makes the best gain < 1; libraries differ in how their betas' scale relates
-    # to it): the error of the best-scaled prediction, 1 - error / total
-    gain_part = torch.where(predicted_ss > 0, torch.clamp(cross, min=0) ** 2 / torch.clamp(predicted_ss, min=1e-30),
-                            torch.zeros_like(cross))
-    error = residual_ss - gain_part
-    return torch.where(total > 0, 1.0 - error / torch.clamp(total, min=1e-30), torch.zeros_like(error))
+        chosen = betas[torch.argmax(everything - explained[run], 0), voxels]  # kernel by R² on the other runs
+        # this run's trials predicted from the other runs (the mean beta of the same stimulus there)
+        rows = prediction_matrix(stimulus, run_of_trial, columns)          # (n_run_trials, n_trials)
+        keep = torch.as_tensor(rows.sum(1) > 0, device=model.device)
+        own_kept.append(chosen[:, columns][:, keep])
+        predicted_kept.append((chosen @ torch.as_tensor(rows, **to).T)[:, keep])
+    a = torch.cat(own_kept, 1)
+    b = torch.cat(predicted_kept, 1)
+    a = a - a.mean(1, keepdim=True)
+    b = b - b.mean(1, keepdim=True)
+    norm = torch.sqrt((a * a).sum(1) * (b * b).sum(1))
+    return torch.where(norm > 0, (a * b).sum(1) / torch.clamp(norm, min=1e-30), torch.zeros_like(norm))
 
 
 def choose_library(designs, data_runs: list[torch.Tensor], stimulus: np.ndarray, run_of_trial: np.ndarray,
                    hrf_model: str, oversampling: int, min_onset: float, dtype, device,
-                   candidates=CANDIDATES, betas: str = "ols", fractions=DEFAULT_FRACTIONS,
-                   score: str = "beta-correlation"):
-    """The library whose leave-one-run-out R² has the highest median over the given voxels.
+                   candidates=CANDIDATES):
+    """The library whose held-out agreement (:func:`held_out_agreement`) has the highest median over the given
+    voxels.
 
     Returns
     -------
@@ -170,14 +118,11 @@ def choose_library(designs, data_runs: list[torch.Tensor], stimulus: np.ndarray,
         runs_of.setdefault(label, set()).add(run)
     n_predicted = int(sum(len(runs_of[label]) > 1 for label in stimulus[labelled]))
     info = {"candidates": list(candidates), "n_voxels": int(data_runs[0].shape[0]),
-            "n_trials_predicted": n_predicted, "betas": betas,
-            "score": score,
+            "n_trials_predicted": n_predicted, "betas": "ols", "score": "beta-correlation",
             "criterion": ("median over signal voxels of the correlation between each held-out run's betas and "
                           "their predictions (the mean beta of the same stimulus in the other runs); "
                           "unregularised betas, no PCs, each voxel's HRF chosen by R² on the other runs; "
-                          "highest median wins, ties to the broader library" if score == "beta-correlation" else
-                          "median over signal voxels of the leave-one-run-out R² of the held-out runs' time "
-                          "series (one gain per voxel; nuisance projected out)")}
+                          "highest median wins, ties to the broader library")}
     if n_predicted == 0 or data_runs[0].shape[0] == 0:
         info.update(chosen=FALLBACK, reason="no stimulus is shown in more than one run: kept the broad library")
         return FALLBACK, info, {}
@@ -187,9 +132,7 @@ def choose_library(designs, data_runs: list[torch.Tensor], stimulus: np.ndarray,
             raise ValueError(name)
         model = SessionModel(designs, hrf_model, with_library=True, oversampling=oversampling,
                              min_onset=min_onset, dtype=dtype, device=device, library=name)
-        repeats = RepeatStructure.from_labels(stimulus) if betas == "ridge" else None
-        scores[name] = float(torch.median(cross_validated_r2(model, data_runs, stimulus, run_of_trial, repeats,
-                                                             fractions, score)).item())
+        scores[name] = float(torch.median(held_out_agreement(model, data_runs, stimulus, run_of_trial)).item())
         models[name] = model
     chosen = max(candidates, key=lambda n: (scores[n], -candidates.index(n)))
     info.update(median_score={k: round(v, 6) for k, v in scores.items()}, chosen=chosen)
