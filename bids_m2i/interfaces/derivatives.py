@@ -12,7 +12,7 @@ mask).
 Every node that publishes also leaves a manifest in its work-dir folder (:func:`recording_publications`):
 which work-dir file (or which sidecar text) each published path holds. nipype skips a finished node on a
 rerun, so a derivative the user deleted or changed would never come back; the node, found finished, restores
-them from the manifest instead (:func:`restore_publications`, called by ``workflows.base.PublishingNode``),
+them from the manifest instead (:func:`restore_publications`, called by ``workflows.publishing.PublishingNode``),
 without computing anything again.
 """
 
