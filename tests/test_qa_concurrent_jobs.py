@@ -46,3 +46,31 @@ def test_two_participant_jobs_at_once_share_output_and_work_dir(tmp_path):
         assert list((out / f"sub-{label}" / "func").glob(f"sub-{label}_*desc-preproc_bold.nii.gz"))
         assert len(list((out / "logs").glob(f"m2i-participant-*_sub-{label}.log"))) == 1
     assert not [p for p in (work / "pybids_db").iterdir()]  # each job removed its own index
+
+
+def _prepare_many_times(work: str, times: int) -> str:
+    from types import SimpleNamespace
+
+    from bids_m2i.cli.runner import prepare_work_dir
+    from bids_m2i.errors import OutputCreateError
+
+    config = SimpleNamespace(work_dir=work, clean_workdir=False)
+    try:
+        for _ in range(times):
+            prepare_work_dir(config)
+    except OutputCreateError as exc:
+        return str(exc)
+    return ""
+
+
+def test_jobs_starting_at_once_do_not_delete_each_others_write_probe(tmp_path):
+    """The start-up check wrote and removed one probe file shared by every job: a job could delete the other's
+    probe between its write and its unlink, and that job stopped with 73 "Cannot write to the work dir ...:
+    No such file or directory" (seen once in CI). Each process now probes with a name of its own."""
+    import multiprocessing
+
+    work = tmp_path / "work"
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        errors = pool.starmap(_prepare_many_times, [(str(work), 300)] * 4)
+    assert errors == [""] * 4
+    assert sorted(p.name for p in work.iterdir()) == [".m2i-in-use", ".m2i-workdir"]

@@ -118,7 +118,10 @@ def redirect_caches(work_dir: Path) -> None:
 WORK_DIR_MARKER = ".m2i-workdir"
 #: every run holds a shared lock on this file while it runs; --clean-workdir needs it exclusively
 WORK_DIR_IN_USE = ".m2i-in-use"
-WORK_DIR_ENTRIES = {WORK_DIR_MARKER, WORK_DIR_IN_USE, ".m2i-write-test", ".cache", "m2i_wf", "pybids_db", "trials", "errors",
+#: a write probe per process (its pid in the name): jobs starting at once on one -w must not delete each
+#: other's probe between its write and its unlink (that raced as "No such file or directory", exit 73)
+WORK_DIR_PROBE_PREFIX = ".m2i-write-test"
+WORK_DIR_ENTRIES = {WORK_DIR_MARKER, WORK_DIR_IN_USE, WORK_DIR_PROBE_PREFIX, ".cache", "m2i_wf", "pybids_db", "trials", "errors",
                     "features", "report", "candidates", "group", "shared"}
 
 
@@ -129,6 +132,7 @@ def check_work_dir_is_ours(work_dir: Path) -> None:
         entries = {p.name for p in work_dir.iterdir()}
     except OSError:
         return
+    entries = {WORK_DIR_PROBE_PREFIX if name.startswith(WORK_DIR_PROBE_PREFIX) else name for name in entries}
     if not entries or WORK_DIR_MARKER in entries or entries <= WORK_DIR_ENTRIES:
         return
     shown = ", ".join(sorted(entries - WORK_DIR_ENTRIES)[:5])
@@ -192,9 +196,9 @@ def prepare_work_dir(config: Config) -> Path:
         work_dir.mkdir(parents=True, exist_ok=True)
         if work_dir not in _WORK_DIR_LOCKS:
             lock_work_dir(work_dir, exclusive=False)
-        probe = work_dir / ".m2i-write-test"
+        probe = work_dir / f"{WORK_DIR_PROBE_PREFIX}-{os.getpid()}"
         probe.write_text("ok")
-        probe.unlink()
+        probe.unlink(missing_ok=True)
         marker = work_dir / WORK_DIR_MARKER
         if not marker.exists():
             marker.write_text("A work dir of m2i: --clean-workdir may empty this folder.\n")
