@@ -149,7 +149,8 @@ def run_participant_workflows(config: Config, inputs: dict, work_dir: Path) -> N
     from nipype import config as nipype_config
 
     logs_dir = config.output_dir.absolute() / "logs"
-    error_dir = Path(work_dir) / "errors" / time.strftime("%Y%m%dT%H%M%S")
+    started = time.time()
+    error_dir = run_error_dir(work_dir)
     os.environ["M2I_ERROR_DIR"] = str(error_dir)
     nipype_config.set("execution", "crashdump_dir", str(logs_dir))
     nipype_config.set("execution", "crashfile_format", "txt")
@@ -182,7 +183,37 @@ def run_participant_workflows(config: Config, inputs: dict, work_dir: Path) -> N
     except M2IError:
         raise
     except Exception as exc:  # nipype reports node failures as RuntimeError
-        raise _error_from_records(error_dir, logs_dir, exc) from exc
+        raise _error_from_records(error_dir, logs_dir, exc, since=started,
+                                  workflows=[f"sub_{node_name(subject)}_wf" for subject in inputs]) from exc
+
+
+def run_error_dir(work_dir: Path, now: float | None = None) -> Path:
+    """The folder where this run's nodes record their errors: ``errors/<UTC second>-<pid>``.
+
+    The jobs of a job array start in the same second on one -w: with the second alone in the name they
+    shared the folder, and a failed job could report another job's error (message and exit code)."""
+    import os
+
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
+    return Path(work_dir) / "errors" / f"{stamp}-{os.getpid()}"
+
+
+def own_crash_files(logs_dir: Path, since: float, workflows: list[str] | None) -> list[Path]:
+    """nipype's crash files in the shared ``OUTPUT_DIR/logs`` written by this run: made since it started, by
+    a node of one of its participant workflows (the first line names the node: ``Node: m2i_wf.sub_01_wf...``).
+    Other jobs of a job array write their crash files into the same folder at the same time."""
+    found = []
+    for path in sorted(Path(logs_dir).glob("crash-*")):
+        try:
+            if path.stat().st_mtime < since - 1.0:  # 1 s: file systems with coarse timestamps
+                continue
+            with path.open(encoding="utf-8", errors="replace") as fh:
+                first = fh.readline()
+        except OSError:
+            continue
+        if workflows is None or any(f".{name}." in first for name in workflows):
+            found.append(path)
+    return found
 
 
 def multiproc_runner(plugin_args: dict):
@@ -265,7 +296,8 @@ class ProgressReporter:
             LOGGER.info("failed   %s %s", where, name)
 
 
-def _error_from_records(error_dir: Path, logs_dir: Path, exc: Exception) -> M2IError:
+def _error_from_records(error_dir: Path, logs_dir: Path, exc: Exception, since: float = 0.0,
+                        workflows: list[str] | None = None) -> M2IError:
     from ..interfaces.base import read_error_records
 
     records = read_error_records(error_dir) if error_dir.exists() else []
@@ -276,7 +308,7 @@ def _error_from_records(error_dir: Path, logs_dir: Path, exc: Exception) -> M2IE
         if cls is M2IError:
             error.exit_code = first["exit_code"]
         return error
-    crash_files = sorted(logs_dir.glob("crash-*"))
+    crash_files = own_crash_files(logs_dir, since, workflows)
     where = f" (crash file: {crash_files[-1]})" if crash_files else ""
     # an OSError raised by nipype itself (not by our interfaces) is only in the crash file's text
     text = crash_files[-1].read_text(errors="replace") if crash_files else ""

@@ -1,0 +1,73 @@
+"""Participant jobs of a job array, started in the same second into one OUTPUT_DIR with one -w, must each
+report their own failure and keep their own log.
+
+Before: the nodes' error records went to ``-w/errors/<UTC second>`` and the fallback read the newest
+``crash-*`` file of the shared ``OUTPUT_DIR/logs``: a job could stop with the exit code and message of
+another job's failure (e.g. 74 "No space left" for a job whose own events were bad)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from pathlib import Path
+
+from bids_m2i.errors import BadDataError, ProcessingIOError
+from bids_m2i.workflows import base
+
+
+def _error_dir_of_a_job(work: str, now: float) -> str:
+    from bids_m2i.workflows.base import run_error_dir
+
+    return str(run_error_dir(Path(work), now=now))
+
+
+def test_jobs_of_one_second_record_errors_in_folders_of_their_own(tmp_path):
+    now = time.time()
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        folders = pool.starmap(_error_dir_of_a_job, [(str(tmp_path), now)] * 2)
+    assert folders[0] != folders[1]
+    assert all(Path(f).parent == tmp_path / "errors" for f in folders)
+
+
+def _crash_file(logs: Path, name: str, node: str, text: str) -> Path:
+    path = logs / name
+    path.write_text(f"Node: {node}\nWorking directory: /w/{node}\n\nTraceback (most recent call last):\n"
+                    f"  File \"x.py\", line 1\n{text}\n")
+    return path
+
+
+def test_another_jobs_crash_file_is_not_reported_as_ours(tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    started = time.time()
+    ours = _crash_file(logs, "crash-20261202-080000-u-estimate_betas-a.txt", "m2i_wf.sub_01_wf.estimate_betas",
+                       "ValueError: ours went wrong")
+    # another participant's job failed a second later, into the same logs folder
+    _crash_file(logs, "crash-20261202-080001-u-resample-b.txt", "m2i_wf.sub_02_wf.preproc_wf.resample",
+                "OSError: [Errno 28] No space left on device")
+    error = base._error_from_records(tmp_path / "none", logs, RuntimeError("x"), since=started,
+                                     workflows=["sub_01_wf"])
+    assert not isinstance(error, ProcessingIOError)
+    assert "ours went wrong" in error.message and ours.name in error.message
+
+
+def test_crash_files_of_earlier_runs_are_not_reported(tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    old = _crash_file(logs, "crash-20261201-080000-u-x-a.txt", "m2i_wf.sub_01_wf.x", "OSError: [Errno 13] denied")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    error = base._error_from_records(tmp_path / "none", logs, RuntimeError("the workflow failed"),
+                                     since=time.time(), workflows=["sub_01_wf"])
+    assert "crash file" not in error.message and "the workflow failed" in error.message
+    assert error.exit_code == 1
+
+
+def test_records_of_the_run_give_its_exit_code(tmp_path, monkeypatch):
+    from bids_m2i.interfaces.base import record_error
+
+    folder = base.run_error_dir(tmp_path)
+    monkeypatch.setenv("M2I_ERROR_DIR", str(folder))
+    record_error(BadDataError("bad events"), "EstimateBetas")
+    error = base._error_from_records(folder, tmp_path, RuntimeError("x"), since=time.time(), workflows=[])
+    assert error.exit_code == 65 and error.message == "bad events"
