@@ -215,6 +215,7 @@ def collect_inputs(config: Config, work_dir: Path) -> dict[str, SubjectInputs]:
         if needs_events and not config.print_trials:
             _check_trials(out[subject])
         if needs_stimuli:
+            check_has_training_trials(out[subject])
             check_stimulus_images(out[subject].trials, stimuli_dir)
     if config.values.get("derivatives"):
         from .fmriprep import attach_fmriprep_inputs
@@ -230,6 +231,27 @@ def _check_trials(inputs: SubjectInputs) -> None:
             f"No trials found in the events of sub-{inputs.subject}",
             hint="check the events' columns (m2i --print-trials shows what was read) or give an --events-map",
         )
+
+
+def check_has_training_trials(inputs: SubjectInputs) -> None:
+    """Decoding trains on perception trials with a stimulus: a participant with only imagery runs (or
+    perception events without a stimulus column) stopped the run with 65 at the decoding stage, after its
+    preprocessing and GLM. Said now (65), naming the participant and what to do."""
+    from ..decoding.splits import _identity
+
+    trials = inputs.trials
+    if trials.empty or "condition" not in trials.columns:
+        return
+    rows = trials[trials["role"] == "trial"] if "role" in trials.columns else trials
+    perception = rows[rows["condition"].astype(str) == "perception"]
+    if len(perception) and (_identity(perception) != "n/a").any():
+        return
+    conditions = ", ".join(sorted(set(rows["condition"].astype(str)))) or "none"
+    raise BadDataError(
+        f"sub-{inputs.subject} has no perception trials with a stimulus (its trials' conditions: {conditions}): "
+        "the decoder has nothing to train on",
+        hint="select perception runs of this participant too, stop before decoding with --stop-after glm, or "
+        "check the condition/stimulus columns (m2i --print-trials)")
 
 
 def check_models_early(config: Config) -> None:
