@@ -71,3 +71,28 @@ def test_records_of_the_run_give_its_exit_code(tmp_path, monkeypatch):
     record_error(BadDataError("bad events"), "EstimateBetas")
     error = base._error_from_records(folder, tmp_path, RuntimeError("x"), since=time.time(), workflows=[])
     assert error.exit_code == 65 and error.message == "bad events"
+
+
+def test_jobs_of_one_second_with_the_same_participant_keep_their_own_log_and_config(tmp_path, monkeypatch):
+    """An array over sessions (same --participant-label, another --session-label per task) started in one
+    second: both appended to one log and the second config replaced the first."""
+    import tomllib
+
+    from helpers import make_minimal_bids
+
+    from bids_m2i.cli import runner
+    from bids_m2i.cli.run import run_cli
+
+    bids = make_minimal_bids(tmp_path / "bids", subjects=("01",))
+    monkeypatch.setattr(runner.time, "strftime", lambda fmt, *args: "20260102T030405Z")
+    for session in ("a", "b"):  # no such sessions: each run stops with 18 after writing its log and config
+        code = run_cli([str(bids), str(tmp_path / "out"), "participant", "--participant-label", "01",
+                        "--session-label", session, "--skip-bids-validation", "-w", str(tmp_path / "work")])
+        assert code == 18
+    logs = tmp_path / "out" / "logs"
+    assert sorted(p.name for p in logs.glob("m2i-participant-*.log")) == [
+        "m2i-participant-20260102T030405Z-2_sub-01.log", "m2i-participant-20260102T030405Z_sub-01.log"]
+    sessions = {p.name: tomllib.loads(p.read_text())["bids"]["session_label"] for p in logs.glob("config-*.toml")}
+    assert sessions == {"config-20260102T030405Z_sub-01.toml": ["a"], "config-20260102T030405Z-2_sub-01.toml": ["b"]}
+    first = (logs / "m2i-participant-20260102T030405Z_sub-01.log").read_text()
+    assert "Session(s) a not found" in first and "Session(s) b" not in first

@@ -341,6 +341,28 @@ def run_tag(config: Config) -> str:
     return f"_sub-{shown}"
 
 
+def reserve_run_names(logs_dir: Path, level: str, stamp: str, tag: str) -> tuple[Path, str]:
+    """This run's log file, created empty under a name no other run holds, and the name part
+    (``<stamp>[-n]<tag>``) its resolved config file shares.
+
+    Jobs of one second with the same participants (an array over sessions or tasks, ``--bids-filter-file``
+    per job, two group jobs) appended to one log and replaced each other's config: the second one gets
+    ``<stamp>-2``, and so on. The name is taken with O_EXCL, so two processes cannot both get it."""
+    for n in range(1, 1000):
+        name = stamp if n == 1 else f"{stamp}-{n}"
+        path = logs_dir / f"m2i-{level}-{name}{tag}.log"
+        if (logs_dir / f"config-{name}{tag}.toml").exists():
+            continue
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except FileExistsError:
+            continue
+        except OSError:  # not writable: the log handler says so with its own error
+            return path, f"{name}{tag}"
+        return path, f"{name}{tag}"
+    return logs_dir / f"m2i-{level}-{stamp}-{os.getpid()}{tag}.log", f"{stamp}-{os.getpid()}{tag}"
+
+
 def run(config: Config, on_log_file: Callable[[Path], None] | None = None) -> int:
     from ..bids.derivatives import initialize_output_dataset
     from ..utils.logs import add_file_logging
@@ -358,8 +380,9 @@ def run(config: Config, on_log_file: Callable[[Path], None] | None = None) -> in
         raise InputMissingError(f"{output_dir} holds no participant results yet",
                                 hint="run the participant level first")
     initialize_output_dataset(output_dir, config.bids_dir)
-    timestamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + run_tag(config)
-    log_file = add_file_logging(output_dir / "logs" / f"m2i-{config.analysis_level}-{timestamp}.log").baseFilename
+    log_path, timestamp = reserve_run_names(output_dir / "logs", config.analysis_level,
+                                            time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()), run_tag(config))
+    log_file = add_file_logging(log_path).baseFilename
     if on_log_file:
         on_log_file(Path(log_file))
     write_resolved_config(config, output_dir / "logs", timestamp)
