@@ -427,7 +427,8 @@ def build_config(bids_dir, output_dir, analysis_level, cli_values: dict[str, Any
         sources[name] = "cli"
     for name in ("participant_label", "session_label", "task"):
         values[name] = normalize_labels(name, values[name])
-    check_space(values["space"], values["derivatives"])
+    # the group level reads only OUTPUT_DIR: --space there picks the participants' decoding outputs of that space
+    check_space(values["space"], values["derivatives"] or analysis_level == "group")
     if values["glm"] == "lss" and values["glm_noise_model"] == "ar1":
         raise UsageError("--glm-noise-model ar1 is not implemented for --glm lss",
                          hint="use --glm-noise-model auto or ols with lss, or --glm lsa / fithrf-denoise-rr with ar1")
@@ -468,9 +469,11 @@ def config_to_json(config: Config) -> str:
             return [plain(v) for v in value]
         return value
 
-    return json.dumps({"bids_dir": str(config.bids_dir), "output_dir": str(config.output_dir),
-                       "analysis_level": config.analysis_level,
-                       "values": {k: plain(v) for k, v in config.values.items()}}, sort_keys=True)
+    raw = {"bids_dir": str(config.bids_dir), "output_dir": str(config.output_dir),
+           "analysis_level": config.analysis_level, "values": {k: plain(v) for k, v in config.values.items()}}
+    if config.__dict__.get("input_space_entities"):  # the fMRIPrep variant chosen (e.g. res-2): the outputs' names
+        raw["input_space_entities"] = dict(config.__dict__["input_space_entities"])
+    return json.dumps(raw, sort_keys=True)
 
 
 def config_from_json(text: str) -> Config:
@@ -487,4 +490,7 @@ def config_from_json(text: str) -> Config:
         elif value is not None and spec.kind == "paths":
             value = [Path(v) for v in value]
         values[name] = value
-    return Config(Path(raw["bids_dir"]), Path(raw["output_dir"]), raw["analysis_level"], values)
+    config = Config(Path(raw["bids_dir"]), Path(raw["output_dir"]), raw["analysis_level"], values)
+    if raw.get("input_space_entities"):
+        config.__dict__["input_space_entities"] = dict(raw["input_space_entities"])
+    return config

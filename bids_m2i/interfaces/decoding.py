@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from nipype.interfaces.base import BaseInterfaceInputSpec, File, InputMultiObject, TraitedSpec, traits
+from nipype.interfaces.base import BaseInterfaceInputSpec, File, InputMultiObject, TraitedSpec, isdefined, traits
 
 from .base import M2IInterface
 
@@ -136,6 +136,13 @@ def _derivative(output_dir, subject, **kw):
     return derivative_path(Path(output_dir), subject=subject, **kw)
 
 
+def _name_entities(inputs, **entities) -> dict:
+    """The entities of an output's name: subject, the space entities of the betas decoded (so that runs with
+    another --space into one OUTPUT_DIR keep their own decoding outputs, as the GLM outputs do), then these."""
+    space = inputs.space_entities if isdefined(inputs.space_entities) else {}
+    return {"subject": inputs.subject, **space, **entities}
+
+
 # --- features ----------------------------------------------------------------------------------------------------
 class _FeaturesInputSpec(_StageInputSpec):
     statseries = InputMultiObject(File(exists=True), mandatory=True)
@@ -207,6 +214,8 @@ class _FitInputSpec(_PreparedInputSpec):
                                   "decoders")
     subject = traits.Str(mandatory=True)
     output_dir = traits.Str(mandatory=True)
+    space_entities = traits.Dict(traits.Str(), traits.Str(), desc="space (+ cohort, res) of the outputs' names "
+                                 "(fMRIPrep inputs); not set for the participant's own grid")
     statseries_names = traits.List(traits.Str(), desc="derivative names of the statseries (model sidecars)")
 
 
@@ -243,8 +252,8 @@ class FitDecoders(M2IInterface):
             meta.update({"Target": space, "Split": split_summary(prepared, options),
                          "Sources": list(inputs.statseries_names)})
             # entity values are alphanumeric: clip-text -> cliptext
-            written += publish_derivative(model, inputs.output_dir, entities={
-                "subject": inputs.subject, "desc": f"{space.replace('-', '')}{label}"}, datatype="decoding",
+            written += publish_derivative(model, inputs.output_dir, entities=_name_entities(
+                inputs, desc=f"{space.replace('-', '')}{label}"), datatype="decoding",
                 suffix="model", extension=".safetensors", metadata=meta)
         self._results.update({"models": [str(p) for p in files["models"]], "finetuned": str(files["finetuned"]),
                               "out_derivatives": written})
@@ -311,6 +320,8 @@ class _GenerateInputSpec(_StageInputSpec):
     models_dir = traits.Str("", usedefault=True)
     subject = traits.Str(mandatory=True)
     output_dir = traits.Str(mandatory=True)
+    space_entities = traits.Dict(traits.Str(), traits.Str(), desc="space (+ cohort, res) of the outputs' names "
+                                 "(fMRIPrep inputs); not set for the participant's own grid")
 
 
 class _GenerateOutputSpec(TraitedSpec):
@@ -361,10 +372,10 @@ class GenerateImages(M2IInterface):
                        "Stimulus": item["stimulus"], "Condition": item["condition"], "Cue": item["cue"],
                        "Target": item["stim_file"] if item["cue"] != "text" else item["cue_text"],
                        "PredictionsRow": row}
-            written += publish_derivative(image, out, entities={"subject": subject, "trial": f"{row:04d}",
-                                                                "desc": "recon"},
+            written += publish_derivative(image, out, entities=_name_entities(inputs, trial=f"{row:04d}",
+                                                                              desc="recon"),
                                           datatype="images", suffix="image", extension=".png", metadata=sidecar)
-        written += publish_derivative(files["features"], out, entities={"subject": subject, "desc": "predictions"},
+        written += publish_derivative(files["features"], out, entities=_name_entities(inputs, desc="predictions"),
                                       datatype="decoding", suffix="features", extension=".npy", metadata={
                                           "FeatureSpace": recon.feature_space, "Rows": "rows of the predictions table",
                                           "Description": "decoded features rescaled to the training features' "
@@ -382,6 +393,8 @@ class _EvaluateInputSpec(_FittedInputSpec):
     n_perm = traits.Int(1000, usedefault=True, desc="permutations of every metric's p-value")
     subject = traits.Str(mandatory=True)
     output_dir = traits.Str(mandatory=True)
+    space_entities = traits.Dict(traits.Str(), traits.Str(), desc="space (+ cohort, res) of the outputs' names "
+                                 "(fMRIPrep inputs); not set for the participant's own grid")
 
 
 class _EvaluateOutputSpec(TraitedSpec):
@@ -419,8 +432,9 @@ class EvaluateReconstructions(M2IInterface):
                 clip=_clip(options, prepared.targets), eval_extractors=eval_extractors)
         cwd, out, subject = Path(runtime.cwd), inputs.output_dir, inputs.subject
         table = evaluation.table.copy()
-        table["image"] = [_derivative(out, subject, datatype="images", trial=f"{row:04d}", desc="recon",
-                                      suffix="image", extension=".png").relative_to(Path(out)).as_posix()
+        table["image"] = [_derivative(out, **_name_entities(inputs, trial=f"{row:04d}", desc="recon"),
+                                      datatype="images", suffix="image", extension=".png")
+                          .relative_to(Path(out)).as_posix()
                           for row in range(len(table))]
         columns = ["trial_index", "source", "condition", "cue", "stimulus", "category", "stim_file", "cue_text",
                    "n_repeats", "image", "top1", "top5", "caption", "caption_source"]
@@ -432,6 +446,6 @@ class EvaluateReconstructions(M2IInterface):
         write_tsv(cwd / "conditions_table.tsv", conditions_side_by_side(evaluation.metrics))
         written = []
         for name in ("conditions", "predictions", "retrieval", "metrics"):
-            written += publish_derivative(cwd / f"{name}_table.tsv", out, entities={"subject": subject, "desc": name},
+            written += publish_derivative(cwd / f"{name}_table.tsv", out, entities=_name_entities(inputs, desc=name),
                                           datatype="decoding", suffix="table", extension=".tsv")
         self._results.update({"metrics": written[-1], "out_derivatives": written})

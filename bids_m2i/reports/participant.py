@@ -195,9 +195,8 @@ def build_participant_report(*, output_dir: Path, bids_dir: Path, subject: str, 
                              "figures": figures})
 
     # --- reconstructions ------------------------------------------------------------------------------------
-    decoding_dir = sub_dir / "decoding"
-    predictions_path = decoding_dir / f"sub-{subject}_desc-predictions_table.tsv"
-    metrics_path = decoding_dir / f"sub-{subject}_desc-metrics_table.tsv"
+    predictions_path = _decoding_table(output_dir, subject, config, "predictions")
+    metrics_path = _decoding_table(output_dir, subject, config, "metrics")
     recon_groups, retrieval, tiny_models = [], [], False
     decoding_note = "Not run (--stop-after preproc or glm)."
     if predictions_path.exists():
@@ -235,8 +234,8 @@ def build_participant_report(*, output_dir: Path, bids_dir: Path, subject: str, 
             else:
                 title, caption = "Imagery from memory", "Cue image (the remembered stimulus) | reconstruction."
             recon_groups.append({"title": title, "caption": caption, "pairs": pairs})
-        retrieval = _retrieval_examples(predictions, decoding_dir, subject, Path(bids_dir) / "stimuli",
-                                        config.report_stimuli)
+        retrieval = _retrieval_examples(predictions, _decoding_table(output_dir, subject, config, "retrieval"),
+                                        Path(bids_dir) / "stimuli", config.report_stimuli)
         decoding_note = "No reconstructed images were written."
     metrics = []
     if metrics_path.exists():
@@ -270,9 +269,16 @@ def run_configs_for(logs_dir: Path, subject: str) -> list[Path]:
             if "_sub-" not in path.stem or subject in path.stem.split("_sub-", 1)[1].split("+")]
 
 
-def _retrieval_examples(predictions: pd.DataFrame, decoding_dir: Path, subject: str, stimuli_dir: Path,
+def _decoding_table(output_dir: Path, subject: str, config, desc: str) -> Path:
+    """A decoding table of this run: its name carries the space entities of fMRIPrep inputs."""
+    from ..bids.derivatives import derivative_path
+
+    return derivative_path(output_dir, subject=subject, **config.space_entities, desc=desc, datatype="decoding",
+                           suffix="table", extension=".tsv")
+
+
+def _retrieval_examples(predictions: pd.DataFrame, ranking_path: Path, stimuli_dir: Path,
                         show_images: bool, n_examples: int = 6) -> list[dict]:
-    ranking_path = decoding_dir / f"sub-{subject}_desc-retrieval_table.tsv"
     if not ranking_path.exists():
         return []
     ranking = _read_tsv(ranking_path)

@@ -49,6 +49,8 @@ def init_decoding_wf(config, subject_inputs, task_sessions, output_dir: str, wor
     shared = [str(p) for p in config.shared_decoder]
     common = dict(seed=config.seed, device=_device(config), n_threads=config.n_threads, work_dir=str(work_dir))
     publish = dict(subject=subject_inputs.subject, output_dir=output_dir)
+    if config.space_entities:  # set only when there are some: the func runs' node hashes stay as they were
+        publish["space_entities"] = dict(config.space_entities)
 
     def node(interface, name):
         return pe.Node(interface, name=name, n_procs=config.n_threads)

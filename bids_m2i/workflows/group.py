@@ -42,18 +42,42 @@ def expected_participants(config) -> list[str]:
     return list(config.participant_label)
 
 
-def metrics_path(output_dir: Path, subject: str) -> Path:
-    return Path(output_dir) / f"sub-{subject}" / "decoding" / f"sub-{subject}_desc-metrics_table.tsv"
+def decoding_table_path(output_dir: Path, subject: str, desc: str, space: dict | None = None) -> Path:
+    """A participant's decoding table for the space of the group run (``--space``, as at the participant level;
+    none for the participant's own grid). With ``--space`` without fMRIPrep's ``:res-``/``:cohort-`` qualifier,
+    the one variant the participant level chose (``space-X_res-2``) is found too."""
+    from ..bids.derivatives import derivative_path
+
+    space = dict(space or {})
+    exact = derivative_path(output_dir, subject=subject, **space, desc=desc, datatype="decoding", suffix="table",
+                            extension=".tsv")
+    if exact.exists() or not space or set(space) != {"space"}:
+        return exact
+    variants = sorted(exact.parent.glob(f"sub-{subject}_space-{space['space']}_*desc-{desc}_table.tsv"))
+    return variants[0] if len(variants) == 1 else exact
 
 
-def glm_method_of(output_dir: Path, subject: str) -> str:
+def metrics_path(output_dir: Path, subject: str, space: dict | None = None) -> Path:
+    return decoding_table_path(output_dir, subject, "metrics", space)
+
+
+def other_spaces(output_dir: Path, subject: str) -> list[str]:
+    """The space entities of the decoding outputs a participant has (``space-T1w``), for the hint."""
+    folder = Path(output_dir) / f"sub-{subject}" / "decoding"
+    found = set()
+    for path in folder.glob(f"sub-{subject}_*desc-metrics_table.tsv"):
+        found.add("_".join(p for p in path.name.split("_")[1:] if p.startswith(("space-", "cohort-", "res-"))))
+    return sorted(found)
+
+
+def glm_method_of(output_dir: Path, subject: str, space: dict | None = None) -> str:
     """The GLM method label(s) of the betas a participant's last decoding run used (``n/a`` if unknown).
 
     The predictions table is rewritten with the metrics table by every decoding run, and its ``source`` column
     names the statseries (``..._desc-<method>_statseries.nii.gz``): stale files of another method that an
     earlier run left beside them do not count.
     """
-    path = Path(output_dir) / f"sub-{subject}" / "decoding" / f"sub-{subject}_desc-predictions_table.tsv"
+    path = decoding_table_path(output_dir, subject, "predictions", space)
     try:
         sources = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)["source"]
     except (OSError, KeyError, ValueError):
@@ -84,11 +108,20 @@ def read_metrics_table(path: Path) -> pd.DataFrame | None:
     return None
 
 
-def collect_group_metrics(output_dir: Path, participants: list[str]) -> tuple[pd.DataFrame, list[str]]:
+def collect_group_metrics(output_dir: Path, participants: list[str],
+                          space: dict | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """Every participant's metrics of the decoding run in ``space`` (the space entities of ``--space``)."""
     frames, missing = [], []
     for subject in participants:
-        path = metrics_path(output_dir, subject)
+        path = metrics_path(output_dir, subject, space)
         if not path.exists():
+            elsewhere = [s for s in other_spaces(output_dir, subject) if s != "_".join(
+                f"{k}-{v}" for k, v in (space or {}).items())]
+            if elsewhere:
+                LOGGER.warning("sub-%s has decoding results only in other spaces (%s): give the group level the "
+                               "--space of the participant level (e.g. --space %s)", subject,
+                               ", ".join(s or "the participant's own grid (no --space)" for s in elsewhere),
+                               elsewhere[0].split("_")[0].removeprefix("space-") or "func")
             missing.append(subject)
             continue
         table = read_metrics_table(path)
@@ -96,7 +129,7 @@ def collect_group_metrics(output_dir: Path, participants: list[str]) -> tuple[pd
             missing.append(subject)
             continue
         table.insert(0, "participant_id", f"sub-{subject}")
-        table.insert(1, "glm_method", glm_method_of(output_dir, subject))
+        table.insert(1, "glm_method", glm_method_of(output_dir, subject, space))
         frames.append(table)
     if not frames:
         return pd.DataFrame(columns=GROUP_COLUMNS), missing
@@ -126,7 +159,7 @@ def summarize(per_participant: pd.DataFrame) -> pd.DataFrame:
 def run_group_level(config) -> int:
     output_dir = Path(config.output_dir).absolute()
     participants = expected_participants(config)
-    per_participant, missing = collect_group_metrics(output_dir, participants)
+    per_participant, missing = collect_group_metrics(output_dir, participants, config.space_entities)
     if per_participant.empty:
         raise InputMissingError(
             f"No participant has finished in {output_dir} (no sub-*/decoding/*_desc-metrics_table.tsv)",
