@@ -14,7 +14,6 @@ import csv
 import json
 import re
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -159,13 +158,12 @@ def ds001506_copy(tmp_path_factory):
 def test_ds001506_without_images_stops_at_startup_naming_the_expected_path(ds001506_copy, tmp_path, capsys):
     bids, filters, _ = ds001506_copy
     out, work = tmp_path / "out", tmp_path / "work"
-    start = time.monotonic()
     code = run_cli([str(bids), str(out), "participant", "--skip-bids-validation", "--bids-filter-file", str(filters),
                     "-w", str(work), "--nprocs", "1"])
-    elapsed = time.monotonic() - start
     err = capsys.readouterr().err
     assert code == 66, err
-    assert elapsed < 60, elapsed  # seconds, not the 17 minutes of preprocessing and GLM first
+    # at start-up, not after the 17 minutes of preprocessing and GLM: proven below by the work dir and outputs
+    # (no nipype node ran), not by a wall-clock limit that a busy CI machine can exceed
     assert "100 stimulus images that decoding needs" in err  # 50 training + 50 test images, no shape or letter
     # the first missing image (table order: the test session sorts first) with the exact path expected
     assert "n03954393_10038.JPEG" in err and f"e.g. {bids / 'stimuli' / 'n03954393_10038.JPEG'}" in err
