@@ -96,3 +96,41 @@ def test_jobs_of_one_second_with_the_same_participant_keep_their_own_log_and_con
     assert sessions == {"config-20260102T030405Z_sub-01.toml": ["a"], "config-20260102T030405Z-2_sub-01.toml": ["b"]}
     first = (logs / "m2i-participant-20260102T030405Z_sub-01.log").read_text()
     assert "Session(s) a not found" in first and "Session(s) b" not in first
+
+
+def test_a_second_run_of_a_participant_in_one_work_dir_is_refused(tmp_path, started, capsys):
+    """A job resubmitted while the first still runs (or a label twice in an array) ran the same nipype nodes in
+    the same work-dir folders at once, each deleting the other's results. Now the second is 64 at start-up."""
+    import fcntl
+
+    from helpers import make_minimal_bids
+
+    from bids_m2i.cli.run import run_cli
+
+    bids = make_minimal_bids(tmp_path / "bids", subjects=("01", "02"))
+    work = tmp_path / "work"
+    args = [str(bids), str(tmp_path / "out"), "participant", "-w", str(work), "--skip-bids-validation",
+            "--stop-after", "preproc"]
+    assert run_cli(args) == 0 and len(started) == 1  # the locks of a run are released when it ends
+    holder = open(work / "locks" / "sub-02.lock", "a+")  # another process's run of sub-02, still going
+    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        assert run_cli(args) == 64
+        err = capsys.readouterr().err
+        assert "Another m2i run is processing sub-02" in err and "-w" in err and len(started) == 1
+        assert run_cli([*args, "--participant-label", "01"]) == 0 and len(started) == 2  # other participants run
+    finally:
+        holder.close()
+    assert run_cli(args) == 0 and len(started) == 3
+
+
+def test_clean_workdir_accepts_the_locks_folder(tmp_path):
+    from types import SimpleNamespace
+
+    from bids_m2i.cli.runner import check_work_dir_is_ours, prepare_work_dir
+
+    work = tmp_path / "work"
+    prepare_work_dir(SimpleNamespace(work_dir=str(work), clean_workdir=False))
+    (work / "locks").mkdir()
+    (work / "locks" / "sub-01.lock").touch()
+    check_work_dir_is_ours(work)  # no UsageError: m2i made it

@@ -4,6 +4,7 @@ summary (group)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -121,7 +122,9 @@ WORK_DIR_IN_USE = ".m2i-in-use"
 #: a write probe per process (its pid in the name): jobs starting at once on one -w must not delete each
 #: other's probe between its write and its unlink (that raced as "No such file or directory", exit 73)
 WORK_DIR_PROBE_PREFIX = ".m2i-write-test"
-WORK_DIR_ENTRIES = {WORK_DIR_MARKER, WORK_DIR_IN_USE, WORK_DIR_PROBE_PREFIX, ".cache", "m2i_wf", "pybids_db", "trials", "errors",
+#: one lock file per participant being processed (``locks/sub-<label>.lock``)
+PARTICIPANT_LOCKS = "locks"
+WORK_DIR_ENTRIES = {WORK_DIR_MARKER, WORK_DIR_IN_USE, WORK_DIR_PROBE_PREFIX, PARTICIPANT_LOCKS, ".cache", "m2i_wf", "pybids_db", "trials", "errors",
                     "features", "report", "candidates", "group", "shared"}
 
 
@@ -206,6 +209,47 @@ def prepare_work_dir(config: Config) -> Path:
         raise OutputCreateError(f"Cannot write to the work dir {work_dir}: {exc.strerror}", path=work_dir,
                                 hint="choose a writable folder with -w/--work-dir") from exc
     return work_dir
+
+
+@contextlib.contextmanager
+def participants_locked(work_dir: Path, subjects: list[str]):
+    """Hold an exclusive lock per participant in the work dir while its workflow runs.
+
+    Two runs of one participant in one work dir at once (a job resubmitted while the first still runs, a label
+    twice in an array, two --space runs sharing -w) run the same nipype nodes in the same folders: each
+    deletes and rewrites the other's results, and both may publish a mix. The second run is refused (64) at
+    start-up, naming the participant. Where the file system has no locks, runs go on without this check."""
+    import fcntl
+
+    folder = Path(work_dir) / PARTICIPANT_LOCKS
+    handles = []
+    try:
+        try:
+            folder.mkdir(exist_ok=True)
+        except OSError:
+            yield
+            return
+        for subject in subjects:
+            try:
+                handle = open(folder / f"sub-{subject}.lock", "a+")
+            except OSError:
+                continue
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                raise UsageError(
+                    f"Another m2i run is processing sub-{subject} in the work dir {work_dir}",
+                    path=work_dir, hint="wait for it to end (rerunning then reuses its finished steps), or give "
+                    "this run its own -w/--work-dir; one job per participant (docs/hpc.md)") from None
+            except OSError:  # a file system without locks
+                handle.close()
+                continue
+            handles.append(handle)
+        yield
+    finally:
+        for handle in handles:
+            handle.close()
 
 
 def limit_threads(config: Config) -> None:
@@ -418,7 +462,8 @@ def run(config: Config, on_log_file: Callable[[Path], None] | None = None) -> in
     check_generator_has_its_target(config)
     from ..workflows.base import run_participant_workflows
 
-    run_participant_workflows(config, inputs, work_dir)
+    with participants_locked(work_dir, list(inputs)):
+        run_participant_workflows(config, inputs, work_dir)
     LOGGER.info("Done: results in %s", output_dir)
     return 0
 
