@@ -51,6 +51,7 @@ class DecodingOptions:
     device: str = "cpu"
     n_threads: int = 1
     work_dir: Path | None = None
+    candidates_dir: Path | None = None  # where best-of-N candidates go (the generate node's own folder)
     # imagery betas standardised per voxel over the imagery trials before decoding (see standardise_like)
     standardise_imagery: bool = True
     captions_file: Path | None = None  # extra captions for the retrieval bank (--captions)
@@ -505,7 +506,8 @@ def generate_reconstructions(predictions: ItemPredictions, prepared: PreparedTri
 
         chosen, similarity = SELECTORS.create("clip-cosine", clip=clip).select(candidates, decoded)
         if options.work_dir is not None:
-            candidate_paths = save_candidates(Path(options.work_dir) / "candidates", candidates, seeds)
+            candidate_paths = save_candidates(options.candidates_dir or Path(options.work_dir) / "candidates",
+                                              candidates, seeds)
     images, image_meta = [], []
     for i in range(n_items):
         k = int(chosen[i])

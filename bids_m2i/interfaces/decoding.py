@@ -90,7 +90,7 @@ class _StageInputSpec(BaseInterfaceInputSpec):
     seed = traits.Int(0, usedefault=True)
     device = traits.Str("cpu", usedefault=True)
     n_threads = traits.Int(1, usedefault=True)
-    work_dir = traits.Str(mandatory=True, desc="the run's work dir (feature cache, candidates)")
+    work_dir = traits.Str(mandatory=True, desc="the run's work dir (feature cache)")
 
 
 class _PreparedInputSpec(_StageInputSpec):
@@ -347,8 +347,11 @@ class GenerateImages(M2IInterface):
         inputs = self.inputs
         prepared = load_prepared(inputs.trials, inputs.targets, inputs.prepared)
         predictions = load_predictions(inputs.predictions, inputs.table)
+        # best-of-N candidates in this node's folder: under the shared work dir their names (item, candidate,
+        # seed) were the same for every participant, and one participant's overwrote another's
         options = _options(inputs, targets=prepared.targets, generator=inputs.generator,
-                           candidates=inputs.candidates, decoder=inputs.decoder)
+                           candidates=inputs.candidates, decoder=inputs.decoder,
+                           candidates_dir=Path(runtime.cwd) / "candidates")
         clip, pipeline = None, None
         if inputs.generator == "unclip":
             from ..models.loading import load_unclip_pipeline
