@@ -257,10 +257,32 @@ def select_bold_runs(layout, *, participants: list[str], sessions: list[str], ta
         labels = [f"{k}={','.join(v)}" for k, v in (("subject", participants), ("session", sessions),
                                                      ("task", tasks)) if v]
         described = "; ".join([*labels, *(f"filter file: {g}" for g in given)])
+        events_only = _events_without_bold(layout, participants, sessions, tasks)
+        if events_only:
+            raise NoDataSelected(
+                f"BIDS_DIR has events files but no BOLD images for them ({len(events_only)} events file(s), e.g. "
+                f"{Path(events_only[0]).name}; no _bold.nii/_bold.nii.gz beside them)", path=events_only[0],
+                hint="m2i selects runs in BIDS_DIR, which must hold the raw _bold.nii[.gz] files (also with "
+                "--derivatives, as fMRIPrep needs them); restore them, or point BIDS_DIR at the complete dataset")
         raise NoDataSelected("The filters select no BOLD runs" + (f" ({described})" if described else ""),
                              hint="check --participant-label, --session-label, --task and --bids-filter-file")
     _check_duplicates(selected)
     return selected
+
+
+def _events_without_bold(layout, participants, sessions, tasks) -> list[str]:
+    """Events files of the selection when the dataset has no BOLD image at all for it (a copy of the events
+    and sidecars only, or BOLD files deleted after fMRIPrep ran): said as such, not as filters selecting nothing."""
+    query = {"datatype": "func", "suffix": "events", "extension": ".tsv"}
+    for key, value in (("subject", participants), ("session", sessions), ("task", tasks)):
+        if value:
+            query[key] = value
+    try:
+        events = sorted(f.path for f in layout.get(**query))
+        bold = layout.get(**{**query, "suffix": "bold", "extension": [".nii", ".nii.gz"]})
+    except Exception:  # only a better message is at stake
+        return []
+    return events if events and not bold else []
 
 
 def combine_echoes(selected: dict[str, list[BoldRun]], *, fmriprep: bool) -> dict[str, list[BoldRun]]:
