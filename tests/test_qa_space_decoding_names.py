@@ -18,11 +18,10 @@ from bids_m2i.workflows.group import metrics_path
 
 from test_fmriprep_inputs import make_fmriprep_tree
 
-pytestmark = pytest.mark.slow  # two decoding runs and two group runs of the tiny preset: ~80 s on 2 cores
-
 MNI = "MNI152NLin2009cAsym"
 
 
+@pytest.mark.slow  # two decoding runs and two group runs of the tiny preset: ~55 s on a busy 2-core machine
 def test_two_spaces_into_one_output_dir_keep_their_decoding_outputs(tiny_dataset, tmp_path, capsys):
     tree = make_fmriprep_tree(tiny_dataset, tmp_path / "fmriprep", spaces=("T1w", MNI))
     out = tmp_path / "out"
@@ -71,3 +70,27 @@ def test_group_picks_the_metrics_of_its_space(tmp_path, caplog):
         assert not missing and list(table["value"]) == [value]
     table, missing = collect_group_metrics(tmp_path, ["01"], {})
     assert missing == ["01"] and "--space" in caplog.text and "space-T1w" in caplog.text
+
+
+def test_the_report_shows_the_betas_of_its_own_space(tmp_path):
+    """Fast: the participant page of a --space T1w run listed the MNI run's betas too (both in one OUTPUT_DIR)."""
+    import json
+
+    from bids_m2i.config import build_config
+    from bids_m2i.reports.participant import build_participant_report
+
+    bids = tmp_path / "bids"
+    bids.mkdir()
+    (bids / "dataset_description.json").write_text(json.dumps({"Name": "x", "BIDSVersion": "1.10.0"}))
+    fmriprep = tmp_path / "fmriprep"
+    fmriprep.mkdir()
+    out = tmp_path / "out"
+    func = out / "sub-01" / "func"
+    func.mkdir(parents=True)
+    for entities in ("space-T1w", f"space-{MNI}_res-2"):
+        (func / f"sub-01_task-a_{entities}_stat-effect_desc-lsa_statseries.json").write_text(json.dumps({}))
+    config = build_config(bids, out, "participant", {"derivatives": [fmriprep], "space": "T1w", "glm": "lsa"},
+                          {"derivatives", "space", "glm"})
+    page = build_participant_report(output_dir=out, bids_dir=bids, subject="01", config=config, run_summaries=[],
+                                    trials=None, work_dir=tmp_path / "work", stages=["fMRIPrep inputs"]).read_text()
+    assert "sub-01_task-a_space-T1w" in page and MNI not in page
