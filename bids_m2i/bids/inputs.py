@@ -179,6 +179,8 @@ def collect_inputs(config: Config, work_dir: Path) -> dict[str, SubjectInputs]:
                   if needs_events and run.events is not None and is_unfetched_link(run.events)]
     if unfetched:
         raise unfetched_content_error(unfetched, "of the selected BOLD / events files", config.bids_dir)
+    if needs_events and not config.print_trials:
+        selected = drop_resting_state_runs(selected)
     out: dict[str, SubjectInputs] = {}
     for subject, runs in selected.items():
         infos: list[RunInfo] = []
@@ -222,6 +224,23 @@ def collect_inputs(config: Config, work_dir: Path) -> dict[str, SubjectInputs]:
 
         attach_fmriprep_inputs(out, config)
     return out
+
+
+def drop_resting_state_runs(selected: dict[str, list]) -> dict[str, list]:
+    """Resting-state runs (BIDS ``task-rest``, no events by definition) are left out of a run that models trials,
+    with a warning: most datasets hold one, and each stopped the whole participant with 66 "No events file"
+    unless the user filtered it out. A participant left with no run keeps them (the 66 then names the run)."""
+    kept: dict[str, list] = {}
+    for subject, runs in selected.items():
+        rest = [run for run in runs if run.events is None and run.entities.get("task", "").lower() == "rest"]
+        others = [run for run in runs if run not in rest]
+        if rest and others:
+            LOGGER.warning("sub-%s: %d resting-state run(s) without events left out (%s); single-trial betas need "
+                           "events", subject, len(rest), ", ".join(run.path.name for run in rest[:3]))
+            kept[subject] = others
+        else:
+            kept[subject] = runs
+    return kept
 
 
 def _check_trials(inputs: SubjectInputs) -> None:
