@@ -134,3 +134,24 @@ def test_clean_workdir_accepts_the_locks_folder(tmp_path):
     (work / "locks").mkdir()
     (work / "locks" / "sub-01.lock").touch()
     check_work_dir_is_ours(work)  # no UsageError: m2i made it
+
+
+def test_the_participant_lock_is_released_even_when_a_forked_worker_lives_on(tmp_path):
+    """nipype's MultiProc workers are forked while the run holds its locks and, after a failed node, may outlive
+    the run in the same process: the lock must not stay with them (a rerun in that process was refused)."""
+    import fcntl
+
+    from bids_m2i.cli.runner import participants_locked
+
+    with participants_locked(tmp_path, ["01"]):
+        child = os.fork()
+        if child == 0:  # a worker that shares the locked file and lives on
+            time.sleep(5)
+            os._exit(0)
+    try:
+        probe = open(tmp_path / "locks" / "sub-01.lock", "a+")
+        fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError if the worker still held it
+        probe.close()
+    finally:
+        os.kill(child, 9)
+        os.waitpid(child, 0)

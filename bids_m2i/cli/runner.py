@@ -249,6 +249,10 @@ def participants_locked(work_dir: Path, subjects: list[str]):
         yield
     finally:
         for handle in handles:
+            # unlock, not only close: nipype's workers (forked while it was held) share this open file, and after a
+            # failed run they may outlive it in this process
+            with contextlib.suppress(OSError):
+                fcntl.flock(handle, fcntl.LOCK_UN)
             handle.close()
 
 
