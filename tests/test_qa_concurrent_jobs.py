@@ -46,6 +46,8 @@ def test_two_participant_jobs_at_once_share_output_and_work_dir(tmp_path):
         assert list((out / f"sub-{label}" / "func").glob(f"sub-{label}_*desc-preproc_bold.nii.gz"))
         assert len(list((out / "logs").glob(f"m2i-participant-*_sub-{label}.log"))) == 1
     assert not [p for p in (work / "pybids_db").iterdir()]  # each job removed its own index
+    # nipype's graph report, fixed names in the shared work dir that every job rewrote at once, is not written
+    assert not [p.name for p in (work / "m2i_wf").iterdir() if p.is_file()]
 
 
 def _prepare_many_times(work: str, times: int) -> str:

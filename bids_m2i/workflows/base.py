@@ -161,6 +161,9 @@ def run_participant_workflows(config: Config, inputs: dict, work_dir: Path) -> N
     poll_seconds = 0.1 if (config.plugin or "MultiProc") in ("MultiProc", "Linear", "LegacyMultiProc") else 2.0
     nipype_config.set("execution", "poll_sleep_duration", str(poll_seconds))
     nipype_config.set("monitoring", "enabled", "false")
+    # nipype's graph report (WORK_DIR/m2i_wf/index.html, d3.js, graph*.json): one set of fixed names that every
+    # job of an array sharing -w rewrote at once, and a walk of the whole graph per run; nothing reads it
+    nipype_config.set("execution", "create_report", "false")
     nipype_config.set("logging", "log_to_file", "false")
 
     workflow = init_m2i_wf(config, inputs, work_dir)
@@ -171,6 +174,7 @@ def run_participant_workflows(config: Config, inputs: dict, work_dir: Path) -> N
         "stop_on_first_crash": True,
         "remove_unnecessary_outputs": False,
         "poll_sleep_duration": poll_seconds,
+        "create_report": False,
     })
     plugin, args = plugin_settings(config)
     if plugin in ("MultiProc", "Linear", "LegacyMultiProc"):
