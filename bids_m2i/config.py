@@ -66,7 +66,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("space", "bids", "str", None, "`func`: our own preprocessing onto the participant's grid "
                "(default without --derivatives); with --derivatives, any space fMRIPrep wrote: `T1w` (default), "
                "`MNI152NLin2009cAsym`, `MNI152NLin6Asym`, ..., with fMRIPrep's `:res-N` / `:cohort-N` to choose "
-               "among several (see docs/fmriprep.md).", metavar="SPACE"),
+               "among several (see docs/fmriprep.md). Group level: the space of the participants' decoding "
+               "outputs to summarise (no --derivatives needed).", metavar="SPACE"),
     OptionSpec("skip_bids_validation", "bids", "bool", False, "Do not run the BIDS validator on the input.",
                ("--skip-bids-validation", "--skip_bids_validator", "--skip-bids-validator")),
     OptionSpec("events_map", "bids", "path", None, "TOML file mapping events to trials per task "
