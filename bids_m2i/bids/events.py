@@ -700,10 +700,15 @@ def _label_from_path(source: Any, entity: str) -> str | None:
     return found.group(1) if found else None
 
 
-def _parse_times(values: Sequence[str], column: str, roles: list[str], source, line_offset: int = 2):
-    """Float seconds per row; ``None`` where the row is ``ignore`` and unusable (dropped by the caller)."""
+def _parse_times(values: Sequence[str], column: str, roles: list[str], source, line_offset: int = 2,
+                 nuisance_na: float | None = None):
+    """Float seconds per row; ``None`` where the row is ``ignore`` and unusable (dropped by the caller).
+
+    ``n/a`` on a nuisance row (a response that never came, a button press of unknown duration) is not an error:
+    it becomes ``nuisance_na`` (``None``: the row is dropped; 0: an impulse), with a warning."""
     out: list[float | None] = []
     bad: list[str] = []
+    replaced: list[int] = []
     for i, (text, role) in enumerate(zip(values, roles)):
         try:
             number = float(text) if text != NA else math.nan
@@ -714,6 +719,9 @@ def _parse_times(values: Sequence[str], column: str, roles: list[str], source, l
             out.append(number)
         elif role == "ignore":
             out.append(None)
+        elif role == "nuisance" and text == NA:
+            out.append(nuisance_na)
+            replaced.append(i + line_offset)
         else:
             out.append(None)
             bad.append(f"line {i + line_offset}: {text!r}")
@@ -729,6 +737,10 @@ def _parse_times(values: Sequence[str], column: str, roles: list[str], source, l
             f"trials or nuisance events ({'; '.join(bad[:5])}{' ...' if len(bad) > 5 else ''})",
             path=source, hint=hint,
         )
+    if replaced:
+        LOGGER.warning("%s: %d nuisance event(s) with %r n/a (line(s) %s): %s", source, len(replaced), column,
+                       ", ".join(str(i) for i in replaced[:5]),
+                       "left out" if nuisance_na is None else f"modelled with {column} {nuisance_na:g}")
     return out
 
 
@@ -823,7 +835,7 @@ def events_to_trials(
     if stimuli_table is None:
         stimuli_table = load_stimuli_table(stimuli_dir)
 
-    onsets = _parse_times([r[onset_col] for r in records], onset_col, roles, source_text)
+    onsets = _parse_times([r[onset_col] for r in records], onset_col, roles, source_text, nuisance_na=None)
     if rule.offset_column:
         offsets = _parse_times([r[rule.offset_column] for r in records], rule.offset_column, roles, source_text)
         durations = [None if (a is None or b is None) else b - a for a, b in zip(onsets, offsets)]
@@ -835,11 +847,12 @@ def events_to_trials(
             )
         durations = [None if (d is not None and d < 0) else d for d in durations]
     else:
-        durations = _parse_times([r[duration_col] for r in records], duration_col, roles, source_text)
+        durations = _parse_times([r[duration_col] for r in records], duration_col, roles, source_text,
+                                 nuisance_na=0.0)
     dropped = [i for i, (a, b) in enumerate(zip(onsets, durations)) if a is None or b is None]
     if dropped:
         LOGGER.warning(
-            "%s: %d ignore row(s) without a usable onset/duration dropped (line(s) %s)",
+            "%s: %d ignored or nuisance row(s) without a usable onset/duration dropped (line(s) %s)",
             source_text,
             len(dropped),
             ", ".join(str(i + 2) for i in dropped[:5]),
