@@ -46,9 +46,12 @@ def test_two_spaces_into_one_output_dir_keep_their_decoding_outputs(tiny_dataset
 
     # the group level summarises the space it is given; the res- of the participant level is found
     assert metrics_path(out, "01", {"space": MNI}).name == f"sub-01_space-{MNI}_res-2_desc-metrics_table.tsv"
-    assert run_cli([str(tiny_dataset), str(out), "group", "--space", "T1w", "-w", str(tmp_path / "wg")]) == 0
-    group = pd.read_csv(out / "group" / "desc-metrics_table.tsv", sep="\t", dtype=str)
-    assert set(group["participant_id"]) >= {"sub-01", "group"}
+    for space, prefix in (("T1w", "space-T1w_"), (f"{MNI}:res-2", f"space-{MNI}_res-2_")):
+        assert run_cli([str(tiny_dataset), str(out), "group", "--space", space, "-w", str(tmp_path / "wg")]) == 0
+        group = pd.read_csv(out / "group" / f"{prefix}desc-metrics_table.tsv", sep="\t", dtype=str)
+        assert set(group["participant_id"]) >= {"sub-01", "group"}
+        assert (out / "group" / f"{prefix}group.html").is_file()
+    assert not (out / "group" / "desc-metrics_table.tsv").exists()
     capsys.readouterr()
     # without --space (the participant's own grid) nothing is found, and the message says which --space to give
     assert run_cli([str(tiny_dataset), str(out), "group", "-w", str(tmp_path / "wg")]) == 66

@@ -177,15 +177,23 @@ def run_group_level(config) -> int:
                        "per method, never averaged across them; rerun the participant level with one --glm for "
                        "all to compare them", methods)
     table = pd.concat([summarize(per_participant), per_participant[GROUP_COLUMNS]], ignore_index=True)
-    write_tsv(output_dir / "group" / "desc-metrics_table.tsv", table)
+    prefix = group_name_prefix(config.space_entities)
+    write_tsv(output_dir / "group" / f"{prefix}desc-metrics_table.tsv", table)
     from ..evaluation.table import conditions_side_by_side  # vision and imagery side by side (group means)
 
-    write_tsv(output_dir / "group" / "desc-conditions_table.tsv",
+    write_tsv(output_dir / "group" / f"{prefix}desc-conditions_table.tsv",
               conditions_side_by_side(table[table["participant_id"] == "group"], value="mean"))
-    write_text(output_dir / "group" / "group.html", render_group_html(table, missing, participants, methods))
+    write_text(output_dir / "group" / f"{prefix}group.html", render_group_html(table, missing, participants, methods))
     LOGGER.info("Group level: %d participant(s) summarised, %d missing -> %s", len(participants) - len(missing),
                 len(missing), output_dir / "group")
     return 0
+
+
+def group_name_prefix(space: dict | None) -> str:
+    """``space-T1w_`` (+ ``cohort-``/``res-``) for the group files of a ``--space`` run, as the participants'
+    decoding outputs carry it: group runs of two spaces into one OUTPUT_DIR keep their own summaries. Empty for
+    the participant's own grid (``group/desc-metrics_table.tsv``, as before)."""
+    return "".join(f"{key}-{space[key]}_" for key in ("space", "cohort", "res") if (space or {}).get(key))
 
 
 def mixed_methods(per_participant: pd.DataFrame) -> str:
