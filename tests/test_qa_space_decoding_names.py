@@ -97,3 +97,21 @@ def test_the_report_shows_the_betas_of_its_own_space(tmp_path):
     page = build_participant_report(output_dir=out, bids_dir=bids, subject="01", config=config, run_summaries=[],
                                     trials=None, work_dir=tmp_path / "work", stages=["fMRIPrep inputs"]).read_text()
     assert "sub-01_task-a_space-T1w" in page and MNI not in page
+
+
+def test_shared_training_sees_the_metrics_of_its_space(tmp_path):
+    """``group --train-shared-decoder --space T1w`` decides whether to write the summary from the participants'
+    metrics tables: it must look for the ``space-T1w`` ones."""
+    from types import SimpleNamespace
+
+    from bids_m2i.workflows.shared import summary_possible
+
+    bids = tmp_path / "bids"
+    (bids / "sub-01").mkdir(parents=True)
+    folder = tmp_path / "out" / "sub-01" / "decoding"
+    folder.mkdir(parents=True)
+    (folder / "sub-01_space-T1w_desc-metrics_table.tsv").write_text("condition\n")
+    config = SimpleNamespace(bids_dir=bids, output_dir=tmp_path / "out", participant_label=[],
+                             space_entities={"space": "T1w"})
+    assert summary_possible(config)
+    assert not summary_possible(SimpleNamespace(**{**vars(config), "space_entities": {}}))

@@ -218,4 +218,5 @@ def summary_possible(config) -> bool:
     ``participant --stop-after glm`` only the shared decoder is trained."""
     from .group import expected_participants, metrics_path
 
-    return any(metrics_path(config.output_dir, s).exists() for s in expected_participants(config))
+    return any(metrics_path(config.output_dir, s, config.space_entities).exists()
+               for s in expected_participants(config))
