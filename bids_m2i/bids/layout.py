@@ -237,10 +237,17 @@ def select_bold_runs(layout, *, participants: list[str], sessions: list[str], ta
     files = list(files.values())
 
     selected: dict[str, list[BoldRun]] = {}
+    part_filtered = any("part" in f for f in filter_sets)
+    left_out: list[str] = []
     for bids_file in sorted(files, key=lambda f: f.path):
         path = Path(bids_file.path)
         entities = parse_entities(path)
         if "subject" not in entities or "task" not in entities:
+            continue
+        if not part_filtered and entities.get("part", "mag") != "mag":
+            # the phase (real, imag) image of a complex-valued run: the magnitude is the run, as fMRIPrep's
+            # default filter ("part": ["mag", null]) takes it; taken as another run it doubled every trial
+            left_out.append(path.name)
             continue
         try:
             metadata = layout.get_metadata(bids_file.path)
@@ -249,6 +256,10 @@ def select_bold_runs(layout, *, participants: list[str], sessions: list[str], ta
                                hint="fix the sidecar JSON (the BIDS validator shows where)") from exc
         events = find_events_file(layout, path, entities)
         selected.setdefault(entities["subject"], []).append(BoldRun(path, entities, events, dict(metadata)))
+    if left_out:
+        LOGGER.info("%d part-phase/real/imag BOLD file(s) left out: the magnitude (part-mag) is used, as by "
+                    "fMRIPrep (select another part with --bids-filter-file '{\"bold\": {\"part\": ...}}')",
+                    len(left_out))
     if not selected:
         def shown(value):
             return "null" if value is None else str(value)
@@ -352,6 +363,17 @@ def _check_duplicates(selected: dict[str, list[BoldRun]]) -> None:
         for run in runs:
             key = run.key
             if key in seen:
+                first, second = parse_entities(seen[key]), parse_entities(run.path)
+                differing = [name for name in ("ceagent", "reconstruction", "direction", "part")
+                             if first.get(name) != second.get(name)]
+                if differing:  # e.g. dir-AP and dir-PA runs: m2i has no outputs names for these entities
+                    name = differing[0]
+                    raise BadDataError(
+                        f"Two BOLD files of sub-{subject} differ only in their '{name}' entity ({key}): "
+                        f"{seen[key].name} and {run.path.name}; m2i does not tell runs apart by it",
+                        path=run.path,
+                        hint=f"select one with --bids-filter-file, e.g. '{{\"bold\": {{\"{name}\": "
+                        f"\"{second.get(name) or first.get(name)}\"}}}}' (or give them different run- labels)")
                 raise BadDataError(
                     f"Two BOLD files of sub-{subject} have the same entities ({key}): {seen[key].name} and "
                     f"{run.path.name}",
