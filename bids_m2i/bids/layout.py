@@ -348,13 +348,32 @@ def find_events_file(layout, bold_path: Path, entities: dict[str, str]) -> Path 
     candidate = bold_path.parent / f"{stem}_events.tsv"
     if candidate.exists():
         return candidate
-    # inherited events (e.g. task-x_events.tsv at the top) via pybids
-    query = {k: v for k, v in entities.items() if k in ("subject", "session", "task", "run", "acquisition")}
-    try:
-        matches = layout.get(suffix="events", extension=".tsv", **query)
-    except Exception:  # pragma: no cover - defensive
-        matches = []
-    return Path(matches[0].path) if matches else None
+    return inherited_events_file(Path(layout.root), bold_path)
+
+
+def inherited_events_file(root: Path, bold_path: Path) -> Path | None:
+    """BIDS inheritance for an events file: the nearest folder (the run's, then up to the dataset's top) holding
+    an ``*_events.tsv`` whose entities are all the run's (``task-x_events.tsv`` at the top serves every run of
+    task x; ``sub-01_task-x_run-1_events.tsv`` serves ``..._run-1_echo-2_bold``); the most specific one of a
+    folder wins. (A pybids query by the run's own entities found none of the top-level files.)"""
+    wanted = parse_entities(bold_path)
+    root = root.absolute()
+    folder = bold_path.parent.absolute()
+    levels = [folder]
+    if root in folder.parents:
+        while folder != root:
+            folder = folder.parent
+            levels.append(folder)
+    for level in levels:
+        best: tuple[int, Path] | None = None
+        for path in sorted(level.glob("*_events.tsv")):
+            ents = parse_entities(path)
+            if "task" in ents and all(wanted.get(k) == v for k, v in ents.items()):
+                if best is None or len(ents) > best[0]:
+                    best = (len(ents), path)
+        if best is not None:
+            return best[1]
+    return None
 
 
 def _check_duplicates(selected: dict[str, list[BoldRun]]) -> None:
