@@ -368,7 +368,7 @@ class GenerateImages(M2IInterface):
         with blas_threads(inputs.n_threads):
             recon = generate_reconstructions(predictions, prepared, options, clip=clip, pipeline=pipeline)
         files = save_reconstructions(Path(runtime.cwd), recon, predictions.features[recon.feature_space])
-        out, subject, table, written = inputs.output_dir, inputs.subject, predictions.table, []
+        out, table, written = inputs.output_dir, predictions.table, []
         for row, (image, meta) in enumerate(zip(files["images"], recon.metadata)):
             item = table.iloc[row]
             sidecar = {**meta, "SourceVolumes": item["trial_index"], "Statseries": item["source"],
@@ -433,7 +433,7 @@ class EvaluateReconstructions(M2IInterface):
                 betas, prepared, _fitted(inputs, prepared), load_predictions(inputs.predictions, inputs.table),
                 load_reconstructions(inputs.images, inputs.image_meta), options,
                 clip=_clip(options, prepared.targets), eval_extractors=eval_extractors)
-        cwd, out, subject = Path(runtime.cwd), inputs.output_dir, inputs.subject
+        cwd, out = Path(runtime.cwd), inputs.output_dir
         table = evaluation.table.copy()
         table["image"] = [_derivative(out, **_name_entities(inputs, trial=f"{row:04d}", desc="recon"),
                                       datatype="images", suffix="image", extension=".png")
