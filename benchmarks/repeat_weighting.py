@@ -17,7 +17,10 @@ Two weightings that read the truth are printed as upper bounds, never as methods
 repeat weighted by its single-trial correlation with the target, floored at 0.01) and ``truth_best`` (only the
 repeat that decodes best). If even those barely move the scores, no data-only weighting can.
 
-    python benchmarks/repeat_weighting.py DATASET RUN_OUTPUT [--subject 01] [--json FILE]
+    python benchmarks/repeat_weighting.py DATASET RUN_OUTPUT [--subject 01] [--json FILE] [--trim-training 0.05]
+
+``--trim-training F`` also down-weights bad *training* trials, to zero: the fraction ``F`` of training trials that
+agree least with the other repeats of their stimulus (:func:`training_keep_mask`) are dropped before the fit.
 
 ``RUN_OUTPUT`` is the output folder of ``m2i DATASET RUN_OUTPUT participant --target pixels text``. About a
 minute per seed on one core (the decoder fit dominates); run it under ``nice`` on shared machines.
@@ -78,6 +81,32 @@ def repeat_agreement(z_betas: np.ndarray) -> np.ndarray:
     return out
 
 
+def training_keep_mask(betas: np.ndarray, labels, fraction: float, n_voxels: int = 2000) -> np.ndarray:
+    """Rows of training ``betas`` to keep when the ``fraction`` of trials that agree least with the other
+    repeats of their stimulus are dropped (agreement: :func:`repeat_agreement` in the ``n_voxels`` columns of
+    highest training ncsnr, betas z-scored over the training rows). Unrepeated trials are always kept."""
+    from bids_m2i.decoding.voxels import compute_ncsnr, select_top_k
+
+    betas = np.asarray(betas, dtype=np.float64)
+    labels = np.asarray(labels).astype(str)
+    keep = np.ones(len(betas), dtype=bool)
+    if fraction <= 0:
+        return keep
+    sd = betas.std(0)
+    varying = sd > 0
+    z = (betas[:, varying] - betas[:, varying].mean(0)) / sd[varying]
+    z = z[:, select_top_k(compute_ncsnr(z, labels), min(n_voxels, z.shape[1]))]
+    agreement = np.full(len(betas), np.nan)
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        if len(rows) >= 2:
+            agreement[rows] = repeat_agreement(z[rows])
+    valid = np.isfinite(agreement)
+    if valid.any():
+        keep[valid & (agreement < np.quantile(agreement[valid], fraction))] = False
+    return keep
+
+
 def noise_variance(z_betas: np.ndarray, noise_voxels: np.ndarray) -> np.ndarray:
     """Per trial: mean squared z-score over ``noise_voxels`` (columns that carry no stimulus information, e.g.
     the lower half by training ncsnr). With voxels z-scored on the training trials, a value of 1 is a typical
@@ -130,7 +159,7 @@ def score_schemes(indices: pd.DataFrame, predictions: np.ndarray, truth_pixels: 
     return results
 
 
-def run(dataset: Path, output: Path, subject: str = "01") -> dict:
+def run(dataset: Path, output: Path, subject: str = "01", trim_training: float = 0.0) -> dict:
     import nibabel as nib
 
     from bids_m2i.decoding.reconstruct import DecodingOptions, ItemBetas, fit_decoders, prepare_features
@@ -147,8 +176,17 @@ def run(dataset: Path, output: Path, subject: str = "01") -> dict:
     with tempfile.TemporaryDirectory() as cache:  # stimulus features, cached during the fit only
         options = DecodingOptions(targets=("pixels",), work_dir=Path(cache))
         prepared = prepare_features(trials, dataset / "stimuli", options)
-        decoder = fit_decoders(betas, prepared, options).decoders["pixels"]
-    split, trials = prepared.split, prepared.trials
+        split, trials = prepared.split, prepared.trials
+        if trim_training > 0:  # the pipeline's decoder, fitted without the least consistent training trials
+            from bids_m2i.decoding.components import DECODERS
+
+            keep = training_keep_mask(betas[split.train], prepared.labels_train, trim_training)
+            decoder = DECODERS.create("ridge", top_k="auto", device=options.device, n_threads=options.n_threads,
+                                      seed=options.seed).fit(betas[split.train][keep],
+                                                             prepared.train_targets["pixels"][keep],
+                                                             labels=prepared.labels_train[keep])
+        else:
+            decoder = fit_decoders(betas, prepared, options).decoders["pixels"]
     item_betas = ItemBetas(betas, split, options.standardise_imagery)
     train = betas[split.train]
     mean, sd = train.mean(0), train.std(0)
@@ -187,7 +225,7 @@ def run(dataset: Path, output: Path, subject: str = "01") -> dict:
         association[f"{condition}/{cue}"] = {k: float(centred["r_truth"].corr(centred[k]))
                                              for k in ("fd_mean", "noise_variance", "prediction_energy")}
     return {"scores": scores, "within_item_correlation_with_decoding": association,
-            "n_voxels": int(len(decoder.scaler.columns))}
+            "n_voxels": int(len(decoder.scaler.columns)), "trim_training": trim_training}
 
 
 def main(argv=None) -> int:
@@ -196,8 +234,11 @@ def main(argv=None) -> int:
     parser.add_argument("output", type=Path)
     parser.add_argument("--subject", default="01")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--trim-training", type=float, default=0.0, metavar="FRACTION",
+                        help="drop this fraction of training trials, those that agree least with the other repeats "
+                             "of their stimulus, before fitting (default 0: the pipeline's fit)")
     args = parser.parse_args(argv)
-    result = run(args.dataset, args.output, args.subject)
+    result = run(args.dataset, args.output, args.subject, args.trim_training)
     groups = list(next(iter(result["scores"].values())))
     print("| scheme | " + " | ".join(f"{g} PixCorr / 2-way" for g in groups) + " |")
     print("| --- |" + " --- |" * len(groups))

@@ -85,3 +85,16 @@ def test_scored_schemes_reward_the_weighting_that_drops_a_corrupted_repeat():
     scores = rw.score_schemes(indices, predictions, pixels, targets.mean(0), targets.std(0), schemes)
     assert scores["knows"]["imagery/text"]["pixcorr"] > scores["equal"]["imagery/text"]["pixcorr"]
     assert scores["equal"]["imagery/text"]["n_items"] == n_items
+
+
+def test_training_trimming_drops_the_trials_that_disagree_with_their_repeats():
+    rng = np.random.default_rng(4)
+    n_stimuli, n_voxels = 20, 120
+    patterns = rng.normal(size=(n_stimuli, n_voxels))
+    labels = np.repeat([f"s{k}" for k in range(n_stimuli)], 2)
+    betas = patterns[np.repeat(np.arange(n_stimuli), 2)] + 0.5 * rng.normal(size=(2 * n_stimuli, n_voxels))
+    betas[[6, 7]] = rng.normal(size=(2, n_voxels)) * 1.2  # both repeats of s3 lost (e.g. a motion burst)
+    keep = rw.training_keep_mask(betas, labels, 0.05, n_voxels=60)
+    assert not keep[6] and not keep[7] and keep.sum() == 38
+    assert rw.training_keep_mask(betas, labels, 0.0).all()
+    assert rw.training_keep_mask(betas, np.array([f"u{k}" for k in range(40)]), 0.5).all()  # nothing repeats
