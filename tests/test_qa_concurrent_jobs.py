@@ -72,7 +72,14 @@ def test_jobs_starting_at_once_do_not_delete_each_others_write_probe(tmp_path):
     import multiprocessing
 
     work = tmp_path / "work"
-    with multiprocessing.get_context("spawn").Pool(4) as pool:
-        errors = pool.starmap(_prepare_many_times, [(str(work), 300)] * 4)
+    # one pool per job, so that four processes really run at once (a shared pool may give one worker every call)
+    context = multiprocessing.get_context("spawn")
+    pools = [context.Pool(1) for _ in range(4)]
+    try:
+        pending = [pool.apply_async(_prepare_many_times, (str(work), 300)) for pool in pools]
+        errors = [result.get(timeout=300) for result in pending]
+    finally:
+        for pool in pools:
+            pool.terminate()
     assert errors == [""] * 4
     assert sorted(p.name for p in work.iterdir()) == [".m2i-in-use", ".m2i-workdir"]

@@ -24,8 +24,11 @@ def _error_dir_of_a_job(work: str, now: float) -> str:
 
 def test_jobs_of_one_second_record_errors_in_folders_of_their_own(tmp_path):
     now = time.time()
-    with multiprocessing.get_context("spawn").Pool(2) as pool:
-        folders = pool.starmap(_error_dir_of_a_job, [(str(tmp_path), now)] * 2)
+    # one pool per job: a pool of two may hand both calls to the same worker process (seen under load)
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as first, context.Pool(1) as second:
+        pending = [pool.apply_async(_error_dir_of_a_job, (str(tmp_path), now)) for pool in (first, second)]
+        folders = [result.get(timeout=120) for result in pending]
     assert folders[0] != folders[1]
     assert all(Path(f).parent == tmp_path / "errors" for f in folders)
 
