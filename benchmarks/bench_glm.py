@@ -17,7 +17,21 @@ type-B (FitHRF), type-C (+GLMdenoise) and type-D (+ridge) betas; the time at whi
 from GLMsingle's own progress messages. Optional further peers: ``lsa lss numpy-lsa nilearn-lsa naive-lss``.
 
 Every method runs in a fresh process under the same thread limit; "process s" is the whole process (start of
-the interpreter to exit: imports, reading the data, fitting, writing the betas), peak RSS its ``VmHWM``.
+the interpreter to exit), peak RSS its ``VmHWM``. What the process does (``--process``, default ``node``):
+
+* ours: the app's GLM node (``bids_m2i.interfaces.glm.SingleTrialBetas``, set up as ``workflows/glm.py`` sets
+  it up) on the session written as NIfTI (per run a 4-D float32 ``.nii.gz`` and an fMRIPrep-style confounds
+  table, a brain mask, the trials table): the imports, reading and masking the runs, the fit, writing the
+  statseries, statmaps, events table and the two figures, and publishing them under BIDS names. This is what
+  a user's GLM step costs. ``fithrf-denoise`` (no node option) runs the engine on the arrays;
+* GLMsingle: reading the same NIfTI runs (nibabel, masked), its fit with its defaults (its figures; in-memory
+  type B, C, D), the betas saved as ``.npy``;
+* ``--process engine`` (the measure before 2026-12-02 08:00 UTC): ours is the engine on the session's arrays
+  (``.npz``), its betas saved as ``.npy``, no figures or NIfTI; GLMsingle reads the arrays.
+
+"process CPU s" is the whole process' user + system CPU; ``startup_cpu_s`` the part before the step (the
+interpreter and the libraries, which an m2i worker inherits from the main process) and ``step_cpu_s`` the step
+itself (ours: the node's run; GLMsingle: reading the runs and its fit).
 
 Metrics over responsive voxels: ``r_trial`` = median over voxels of the correlation over trials between the
 estimated and the true single-trial betas; ``test-retest`` = median over voxels of the mean over pairs of
@@ -251,6 +265,8 @@ def child_node(method: str, folder: str, out: str, threads: int, hrf_library: st
     here; the node imports the rest itself. The parent reads the betas back after this process has ended."""
     from bids_m2i.interfaces.glm import SingleTrialBetas
 
+    _preload_node_libraries()
+    loaded_cpu = time.process_time()
     spec = json.loads((Path(folder) / "node.json").read_text())
     work = Path(out + ".node")
     work.mkdir()
@@ -261,13 +277,28 @@ def child_node(method: str, folder: str, out: str, threads: int, hrf_library: st
         derivatives={"base_directory": str(work / "derivatives"), "files": node_derivative_files(method)})
     start = time.perf_counter()
     outputs = node.run(cwd=str(work)).outputs
-    node_s = time.perf_counter() - start
+    node_s, node_cpu = time.perf_counter() - start, time.process_time() - loaded_cpu
     meta = json.loads(Path(outputs.statseries_meta).read_text())
     info = {"fit_s": node_s, "engine_s": meta.get("elapsed_s"), "n_pcs": meta.get("n_pcs"),
-            "median_frac": meta.get("median_ridge_fraction"), "process": "node"}
+            "median_frac": meta.get("median_ridge_fraction"), "process": "node", "startup_cpu_s": loaded_cpu,
+            "step_cpu_s": node_cpu}
     if meta.get("hrf_library_choice"):
         info["hrf_library_choice"] = meta["hrf_library_choice"]
     return {"betas": {}, "node": {"statseries": outputs.statseries, "events": outputs.events}, "info": info}
+
+
+def _preload_node_libraries() -> None:
+    """What an m2i worker holds before its GLM node starts (the main process loaded them: torch for the
+    engines, matplotlib for the figures, pybids for the output names, nibabel): imported here, before the
+    node's CPU time is read, so that ``step_cpu_s`` is the GLM step's own cost in an m2i run. The process'
+    total is the same either way."""
+    import bids.layout.writing  # noqa: F401
+    import nibabel  # noqa: F401
+
+    import bids_m2i.glm.estimate  # noqa: F401
+    from bids_m2i.reports.figures import _pyplot
+
+    _pyplot()
 
 
 def read_glmsingle_runs(folder: str) -> list[np.ndarray]:
@@ -287,6 +318,9 @@ def child_glmsingle(data_path: str, out: str, threads: int, node_folder: str | N
 
     from glmsingle.glmsingle import GLM_single
 
+    if node_folder:
+        import nibabel  # noqa: F401
+    loaded_cpu = time.process_time()
     with np.load(data_path) as f:       # the design's arrays only
         data = {k: f[k] for k in ("tr", "onsets", "durations", "trial_run", "stimulus", "n_runs")}
     data["tr"] = float(data["tr"])
@@ -323,6 +357,7 @@ def child_glmsingle(data_path: str, out: str, threads: int, node_folder: str | N
     finally:
         sys.stdout = stdout
     marks["D"] = time.perf_counter() - start
+    step_cpu = time.process_time() - loaded_cpu
     betas = {}
     for key, name in (("B", "typeb"), ("C", "typec"), ("D", "typed")):
         if results.get(name) is not None:
@@ -330,7 +365,7 @@ def child_glmsingle(data_path: str, out: str, threads: int, node_folder: str | N
             np.save(path, np.squeeze(results[name]["betasmd"]).T.astype(np.float32))
             betas[key] = path
     typed = results.get("typed") or {}
-    info = {"stage_s": marks, "n_pcs": int(np.squeeze(typed["pcnum"])) if "pcnum" in typed else None,
+    info = {"stage_s": marks, "startup_cpu_s": loaded_cpu, "step_cpu_s": step_cpu, "n_pcs": int(np.squeeze(typed["pcnum"])) if "pcnum" in typed else None,
             "median_frac": float(np.median(typed["FRACvalue"])) if "FRACvalue" in typed else None}
     return {"betas": betas, "info": info}
 
@@ -432,6 +467,7 @@ def run_child(python: str, args: list[str], env_threads: int) -> tuple[dict, flo
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[name] = str(env_threads)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["NIPYPE_NO_ET"] = "1"      # as m2i sets it (cli/runner.py): no nipype version check over the network
     import resource
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -562,7 +598,7 @@ def main(argv=None) -> int:
                     continue
                 info = payload["info"]
                 if method == "fithrf-denoise-rr":
-                    ours_total = (wall, cpu)
+                    ours_total = (wall, cpu, info.get("step_cpu_s"))
                 for key, path in payload["betas"].items():
                     betas = np.load(path)
                     stage_s = info.get("stage_s", {}).get(key, info.get("fit_s"))
@@ -572,15 +608,19 @@ def main(argv=None) -> int:
                            "test_retest": float(np.median(test_retest(betas[:, responsive], stimulus))),
                            "n_voxels": args.voxels, "truth_ceiling": ceiling,
                            **{k: v for k, v in info.items()
-                              if k in ("n_pcs", "median_frac", "hrf_library_choice", "process", "engine_s")}}
+                              if k in ("n_pcs", "median_frac", "hrf_library_choice", "process", "engine_s",
+                                       "startup_cpu_s", "step_cpu_s")}}
                     if cached:
                         row["cached"] = True
                     if method == "glmsingle" and ours_total:
                         row["glmsingle_over_ours"] = wall / ours_total[0]
                         row["glmsingle_over_ours_cpu"] = cpu / ours_total[1]
+                        if ours_total[2] and info.get("step_cpu_s"):
+                            row["glmsingle_over_ours_step_cpu"] = info["step_cpu_s"] / ours_total[2]
                     all_rows.append(row)
-                    keys = ("process", "engine_s", "n_pcs", "median_frac", "glmsingle_over_ours",
-                            "glmsingle_over_ours_cpu", "cached")
+                    keys = ("process", "engine_s", "startup_cpu_s", "step_cpu_s", "n_pcs", "median_frac",
+                            "glmsingle_over_ours", "glmsingle_over_ours_cpu", "glmsingle_over_ours_step_cpu",
+                            "cached")
                     notes = ", ".join(f"{k} {row[k]:.3g}" if isinstance(row[k], float) else f"{k} {row[k]}"
                                       for k in keys if row.get(k) is not None)
                     print(f"| {row['method']} | {stage_s:.1f} | {wall:.1f} | {cpu:.1f} | {peak:.0f} | "

@@ -105,7 +105,8 @@ def test_glm_node_process_imports_no_nilearn_and_matches_the_engine(tmp_path):
     bench_glm.write_node_inputs(session, tmp_path / "inputs")
     out = subprocess.run([sys.executable, "-c", NODE_CHILD, str(tmp_path / "inputs"), str(tmp_path / "node.npy"),
                           str(ROOT / "benchmarks")], capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+                         env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+                              "NIPYPE_NO_ET": "1"})
     payload = json.loads(out.stdout.strip().splitlines()[-1])
     assert not {"nilearn", "sklearn"} & set(payload["modules"])
     node = payload["node"]
@@ -125,3 +126,28 @@ def test_glm_node_process_imports_no_nilearn_and_matches_the_engine(tmp_path):
     expected[order] = engine.betas
     np.testing.assert_array_equal(bench_glm.read_node_betas(node["statseries"], node["events"], session),
                                   expected.astype(np.float32))
+
+
+def test_trial_fd_mean_equals_the_row_loop():
+    # the events table's fd_mean, read from plain columns: the values of the former DataFrame.iterrows loop
+    from bids_m2i.interfaces.glm import trial_fd_mean
+
+    rng = np.random.default_rng(3)
+    trials = pd.DataFrame({"run": rng.choice(["1", "2", "3"], 50), "onset": rng.uniform(-2, 330, 50),
+                           "duration": rng.choice([0.0, 1.0, 3.0], 50), "stimulus": "img"})
+    fd = {"1": rng.uniform(0, 1, 200), "2": np.r_[np.nan, rng.uniform(0, 1, 199)], "3": np.array([])}
+    fd["2"][50:54] = np.nan
+    trs = {"1": 1.6, "2": 1.6, "3": 2.0}
+    expected = []
+    for _, row in trials.iterrows():
+        values = fd[row["run"]]
+        if not len(values):
+            expected.append(float("nan"))
+            continue
+        tr = trs[row["run"]]
+        first = int(np.floor(row["onset"] / tr))
+        last = int(np.ceil((row["onset"] + max(row["duration"], tr)) / tr))
+        window = values[max(first, 0):min(max(last, first + 1), len(values))]
+        window = window[np.isfinite(window)]
+        expected.append(float(window.mean()) if window.size else float("nan"))
+    np.testing.assert_array_equal(trial_fd_mean(trials, fd, trs), expected)
