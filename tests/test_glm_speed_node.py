@@ -151,3 +151,13 @@ def test_trial_fd_mean_equals_the_row_loop():
         window = window[np.isfinite(window)]
         expected.append(float(window.mean()) if window.size else float("nan"))
     np.testing.assert_array_equal(trial_fd_mean(trials, fd, trs), expected)
+
+
+def test_glm_package_imports_torch_only_when_the_engine_is_asked_for():
+    code = ("import sys; import bids_m2i.glm.design, bids_m2i.glm.hrf_library; print('torch' in sys.modules); "
+            "from bids_m2i.glm import RunData, estimate_single_trial_betas, METHODS, ncsnr; "
+            "import bids_m2i.glm as glm; print('torch' in sys.modules, callable(glm.estimate_single_trial_betas), "
+            "'estimate_single_trial_betas' in dir(glm))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout.split()
+    assert out == ["False", "True", "True", "True"]
