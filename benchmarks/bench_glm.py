@@ -315,7 +315,8 @@ def read_glmsingle_runs(folder: str) -> list[np.ndarray]:
     return [np.asarray(nib.load(path).dataobj, dtype=np.float32)[mask] for path in spec["bold"]]
 
 
-def child_glmsingle(data_path: str, out: str, threads: int, node_folder: str | None = None) -> dict:
+def child_glmsingle(data_path: str, out: str, threads: int, node_folder: str | None = None,
+                    figures: bool = True) -> dict:
     """GLMsingle with its defaults (its figures; only the in-memory outputs asked: type B, C, D, saved here
     as .npy). With ``node_folder`` it reads the BOLD runs from the same NIfTI files as ours' node (timed: it is
     part of its process), else from the session's arrays."""
@@ -356,9 +357,11 @@ def child_glmsingle(data_path: str, out: str, threads: int, node_folder: str | N
     sys.stdout = Clock()
     try:
         with tempfile.TemporaryDirectory() as folder:
+            os.chdir(folder)     # without figuredir GLMsingle still makes (and empties) a figure folder in cwd
             glm = GLM_single({"wantmemoryoutputs": [0, 1, 1, 1], "wantfileoutputs": [0, 0, 0, 0], "seed": 0})
-            results = glm.fit(designs, data["runs"], float(data["durations"][0]), data["tr"], outputdir=folder,
-                              figuredir=folder)
+            results = glm.fit(designs, data["runs"], float(data["durations"][0]), data["tr"],
+                              outputdir=os.path.join(folder, "outputs"),
+                              figuredir=os.path.join(folder, "figures") if figures else None)
     finally:
         sys.stdout = stdout
     marks["D"] = time.perf_counter() - start
@@ -532,6 +535,9 @@ def main(argv=None) -> int:
     parser.add_argument("--hrf-library", default="broad", choices=("broad", "narrow", "medium", "auto"),
                         help="ours' HRF library (bids_m2i.glm.hrf_library; default: the engine's default 'broad'; "
                              "'auto': one per session, bids_m2i.glm.library_choice)")
+    parser.add_argument("--glmsingle-figures", default="on", choices=("on", "off"),
+                        help="GLMsingle's figures: 'on' (default, as every run of this benchmark so far: its fit is "
+                             "given a figuredir) or 'off' (its fit without figuredir: no figures)")
     parser.add_argument("--process", default="node", choices=("node", "engine"),
                         help="what ours' process runs: 'node' (default) the app's GLM node on NIfTI inputs (reading "
                              "them, the fit, writing and publishing every output; GLMsingle then reads the same "
@@ -545,7 +551,7 @@ def main(argv=None) -> int:
         _limit_threads(args.threads)
         method, data_path, out = args.child
         if method == "glmsingle":
-            payload = child_glmsingle(data_path, out, args.threads, args.node_inputs)
+            payload = child_glmsingle(data_path, out, args.threads, args.node_inputs, args.glmsingle_figures == "on")
         elif args.node_inputs and method in NODE_METHODS:
             payload = child_node(method, args.node_inputs, out, args.threads, args.hrf_library)
         else:
@@ -591,6 +597,7 @@ def main(argv=None) -> int:
                     else:
                         payload, wall, peak, cpu = run_child(
                             python, ["--threads", str(args.threads), "--hrf-library", args.hrf_library,
+                                     "--glmsingle-figures", args.glmsingle_figures,
                                      *node_inputs, "--child", method, data_path, out], args.threads)
                         if "node" in payload:     # read back here, outside the measured process
                             np.save(out, read_node_betas(payload["node"]["statseries"], payload["node"]["events"],
