@@ -4,7 +4,7 @@ The node's design-matrix figure was drawn from nilearn's ``make_first_level_desi
 pulls in scikit-learn) cost about 1.7 CPU s per GLM process; it is now built from the engine's own convolution
 and drift. These tests pin that the matrix is nilearn's (names, order, values) wherever the fast path is taken,
 that nilearn itself builds it where nilearn would do something else, and that the node's process no longer
-imports nilearn or scikit-learn. No timing is asserted. About 15 s (two child processes import torch).
+imports nilearn or scikit-learn. No timing is asserted. About 10 s (two child processes import torch).
 """
 
 import json
