@@ -17,7 +17,21 @@ type-B (FitHRF), type-C (+GLMdenoise) and type-D (+ridge) betas; the time at whi
 from GLMsingle's own progress messages. Optional further peers: ``lsa lss numpy-lsa nilearn-lsa naive-lss``.
 
 Every method runs in a fresh process under the same thread limit; "process s" is the whole process (start of
-the interpreter to exit: imports, reading the data, fitting, writing the betas), peak RSS its ``VmHWM``.
+the interpreter to exit), peak RSS its ``VmHWM``. What the process does (``--process``, default ``node``):
+
+* ours: the app's GLM node (``bids_m2i.interfaces.glm.SingleTrialBetas``, set up as ``workflows/glm.py`` sets
+  it up) on the session written as NIfTI (per run a 4-D float32 ``.nii.gz`` and an fMRIPrep-style confounds
+  table, a brain mask, the trials table): the imports, reading and masking the runs, the fit, writing the
+  statseries, statmaps, events table and the two figures, and publishing them under BIDS names. This is what
+  a user's GLM step costs. ``fithrf-denoise`` (no node option) runs the engine on the arrays;
+* GLMsingle: reading the same NIfTI runs (nibabel, masked), its fit with its defaults (its figures; in-memory
+  type B, C, D), the betas saved as ``.npy``;
+* ``--process engine`` (the measure before 2026-12-02 08:00 UTC): ours is the engine on the session's arrays
+  (``.npz``), its betas saved as ``.npy``, no figures or NIfTI; GLMsingle reads the arrays.
+
+"process CPU s" is the whole process' user + system CPU; ``startup_cpu_s`` the part before the step (the
+interpreter and the libraries, which an m2i worker inherits from the main process) and ``step_cpu_s`` the step
+itself (ours: the node's run; GLMsingle: reading the runs and its fit).
 
 Metrics over responsive voxels: ``r_trial`` = median over voxels of the correlation over trials between the
 estimated and the true single-trial betas; ``test-retest`` = median over voxels of the mean over pairs of
@@ -106,6 +120,83 @@ def load_session(path: str) -> dict:
     return out
 
 
+# the app's GLM node (bids_m2i.interfaces.glm.SingleTrialBetas) runs these methods; ``fithrf-denoise`` (ridge
+# fraction fixed at 1) is no option of the node: it runs the engine on the arrays instead
+NODE_METHODS = ("fithrf-denoise-rr", "fithrf", "lss", "lsa")
+NODE_MEM_GB = 4.0          # the node's memory budget (its trait's default); the plan is one chunk at V = 20,000
+
+
+def node_grid(n_voxels: int) -> tuple[int, int, int]:
+    """A grid of 50 slices that holds ``n_voxels`` (the mask: the first ``n_voxels`` voxels in C order)."""
+    side = int(np.ceil(np.sqrt(n_voxels / 50)))
+    return side, side, 50
+
+
+def write_node_inputs(session: dict, folder: Path) -> dict:
+    """The session as the GLM node reads it in the app: per run a 4-D float32 ``.nii.gz`` (fMRIPrep's format)
+    and an fMRIPrep-style confounds table, a brain mask, the trials table (contracts' columns). Returns the
+    node's other inputs (run labels, TRs) and the paths."""
+    import nibabel as nib
+
+    folder.mkdir(parents=True, exist_ok=True)
+    n_voxels = session["runs"][0].shape[0]
+    shape = node_grid(n_voxels)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    mask = np.zeros(int(np.prod(shape)), dtype=np.uint8)
+    mask[:n_voxels] = 1
+    nib.save(nib.Nifti1Image(mask.reshape(shape), affine), folder / "mask.nii.gz")
+    bold, confounds = [], []
+    for i, run in enumerate(session["runs"]):
+        grid = np.zeros((int(np.prod(shape)), run.shape[1]), dtype=np.float32)
+        grid[:n_voxels] = run
+        img = nib.Nifti1Image(grid.reshape(*shape, run.shape[1]), affine)
+        img.header.set_xyzt_units("mm", "sec")
+        img.header.set_zooms((2.0, 2.0, 2.0, float(session["tr"])))
+        bold.append(folder / f"sub-01_task-sim_run-{i + 1}_desc-preproc_bold.nii.gz")
+        nib.save(img, bold[-1])
+        confounds.append(folder / f"sub-01_task-sim_run-{i + 1}_desc-confounds_timeseries.tsv")
+        confounds[-1].write_text("framewise_displacement\nn/a\n" + "0.1\n" * (run.shape[1] - 1))
+    _, trials = _ours_inputs(session)
+    trials.to_csv(folder / "trials.tsv", sep="\t", index=False)
+    spec = {"bold": [str(p) for p in bold], "confounds": [str(p) for p in confounds],
+            "mask": str(folder / "mask.nii.gz"), "trials": str(folder / "trials.tsv"),
+            "run_labels": [str(i + 1) for i in range(len(bold))], "trs": [float(session["tr"])] * len(bold)}
+    (folder / "node.json").write_text(json.dumps(spec))
+    return spec
+
+
+def node_derivative_files(method: str) -> dict:
+    """What the app's GLM workflow asks the node to publish (``workflows/glm.py``), for one subject and task."""
+    ents = {"subject": "01", "session": None, "task": "sim"}
+    files = {"statseries": dict(datatype="func", suffix="statseries", extension=".nii.gz",
+                                entities={**ents, "stat": "effect", "desc": method}, metadata_from="statseries_meta"),
+             "events": dict(datatype="func", suffix="events", extension=".tsv", entities={**ents, "desc": method})}
+    for stat in ("ncsnr", "r2", "hrfindex", "pcs", "fracridge"):
+        files[f"statmaps.{stat}"] = dict(datatype="func", suffix="statmap", extension=".nii.gz",
+                                         entities={**ents, "stat": stat, "desc": method})
+    for figure in ("ncsnr", "design"):
+        files[f"figures.{figure}"] = dict(datatype="figures", suffix="statmap" if figure == "ncsnr" else "design",
+                                          extension=".svg", entities={**ents, "desc": figure + method})
+    return files
+
+
+def read_node_betas(statseries: str, events: str, session: dict) -> np.ndarray:
+    """The node's betas (trials, voxels) in the session's trial order (matched on run and onset)."""
+    import csv
+
+    import nibabel as nib
+
+    n_voxels = session["runs"][0].shape[0]
+    volume = np.asarray(nib.load(statseries).dataobj, dtype=np.float32)
+    betas = volume.reshape(-1, volume.shape[-1])[:n_voxels].T
+    with open(events, newline="") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    row_of = {(row["run"], round(float(row["onset"]), 4)): i for i, row in enumerate(rows)}
+    order = [row_of[(str(r + 1), round(float(o), 4))]
+             for r, o in zip(np.asarray(session["trial_run"]), np.asarray(session["onsets"]))]
+    return betas[order]
+
+
 # ----------------------------------------------------------------------------------------------- children
 def _peak_rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -162,17 +253,85 @@ def child_ours(method: str, data_path: str, out: str, threads: int, hrf_library:
         by_trial = {"numpy-lsa": run_numpy_lsa, "nilearn-lsa": run_nilearn_lsa, "naive-lss": run_naive_lss}[method](sim)
         betas = np.stack([by_trial[i] for i in sorted(by_trial)])
     info["fit_s"] = time.perf_counter() - start
+    info["process"] = "engine"
     np.save(out, np.asarray(betas, dtype=np.float32))
     return {"betas": {"": out}, "info": info}
 
 
-def child_glmsingle(data_path: str, out: str, threads: int) -> dict:
-    """GLMsingle with its defaults (only the in-memory outputs asked: type B, C, D; no files, no figures)."""
+def child_node(method: str, folder: str, out: str, threads: int, hrf_library: str = "broad") -> dict:
+    """The app's GLM node (``SingleTrialBetas``, as ``workflows/glm.py`` sets it up) in this fresh process: it
+    reads the NIfTI runs, mask, confounds and trials, fits, writes the statseries, statmaps, events table and
+    figures, and publishes them into a derivatives folder. Only the module that defines the node is imported
+    here; the node imports the rest itself. The parent reads the betas back after this process has ended."""
+    from bids_m2i.interfaces.glm import SingleTrialBetas
+
+    _preload_node_libraries()
+    import gc
+
+    gc.freeze()      # as m2i's MultiProc plugin does once the libraries are loaded (workflows/base.py)
+    loaded_cpu = time.process_time()
+    spec = json.loads((Path(folder) / "node.json").read_text())
+    work = Path(out + ".node")
+    work.mkdir()
+    node = SingleTrialBetas(
+        bold_files=spec["bold"], confounds_files=spec["confounds"], mask=spec["mask"], trials=spec["trials"],
+        run_labels=spec["run_labels"], trs=spec["trs"], slice_timings=[None] * len(spec["bold"]), method=method,
+        hrf_library=hrf_library, mem_gb=NODE_MEM_GB, n_threads=threads, seed=0,
+        derivatives={"base_directory": str(work / "derivatives"), "files": node_derivative_files(method)})
+    start = time.perf_counter()
+    outputs = node.run(cwd=str(work)).outputs
+    node_s, node_cpu = time.perf_counter() - start, time.process_time() - loaded_cpu
+    meta = json.loads(Path(outputs.statseries_meta).read_text())
+    info = {"fit_s": node_s, "engine_s": meta.get("elapsed_s"), "n_pcs": meta.get("n_pcs"),
+            "median_frac": meta.get("median_ridge_fraction"), "process": "node", "startup_cpu_s": loaded_cpu,
+            "step_cpu_s": node_cpu}
+    if meta.get("hrf_library_choice"):
+        info["hrf_library_choice"] = meta["hrf_library_choice"]
+    return {"betas": {}, "node": {"statseries": outputs.statseries, "events": outputs.events}, "info": info}
+
+
+def _preload_node_libraries() -> None:
+    """What an m2i worker holds before its GLM node starts (the main process loaded them: torch for the
+    engines, matplotlib for the figures, pybids for the output names, nibabel): imported here, before the
+    node's CPU time is read, so that ``step_cpu_s`` is the GLM step's own cost in an m2i run. The process'
+    total is the same either way. The caller then freezes the heap for the garbage collector, as m2i's
+    MultiProc plugin does after loading torch (its workers inherit the frozen heap): without it, the collections
+    during the step and at the interpreter's exit walk torch's objects (about 0.4 CPU s at exit alone)."""
+    import bids.layout.writing  # noqa: F401
+    import nibabel  # noqa: F401
+
+    import bids_m2i.glm.estimate  # noqa: F401
+    from bids_m2i.reports.figures import _pyplot
+
+    _pyplot()
+
+
+def read_glmsingle_runs(folder: str) -> list[np.ndarray]:
+    """The same NIfTI runs the node reads, as GLMsingle's user would pass them: (voxels, volumes) in the mask."""
+    import nibabel as nib
+
+    spec = json.loads((Path(folder) / "node.json").read_text())
+    mask = np.asarray(nib.load(spec["mask"]).dataobj) > 0
+    return [np.asarray(nib.load(path).dataobj, dtype=np.float32)[mask] for path in spec["bold"]]
+
+
+def child_glmsingle(data_path: str, out: str, threads: int, node_folder: str | None = None,
+                    figures: bool = True) -> dict:
+    """GLMsingle with its defaults (its figures; only the in-memory outputs asked: type B, C, D, saved here
+    as .npy). With ``node_folder`` it reads the BOLD runs from the same NIfTI files as ours' node (timed: it is
+    part of its process), else from the session's arrays."""
     import io
 
     from glmsingle.glmsingle import GLM_single
 
-    data = load_session(data_path)
+    if node_folder:
+        import nibabel  # noqa: F401
+    loaded_cpu = time.process_time()
+    with np.load(data_path) as f:       # the design's arrays only
+        data = {k: f[k] for k in ("tr", "onsets", "durations", "trial_run", "stimulus", "n_runs")}
+    data["tr"] = float(data["tr"])
+    data["runs"] = (read_glmsingle_runs(node_folder) if node_folder
+                    else load_session(data_path)["runs"])
     stimuli = np.unique(data["stimulus"])
     column = {s: j for j, s in enumerate(stimuli)}
     designs = []
@@ -198,12 +357,15 @@ def child_glmsingle(data_path: str, out: str, threads: int) -> dict:
     sys.stdout = Clock()
     try:
         with tempfile.TemporaryDirectory() as folder:
+            os.chdir(folder)     # without figuredir GLMsingle still makes (and empties) a figure folder in cwd
             glm = GLM_single({"wantmemoryoutputs": [0, 1, 1, 1], "wantfileoutputs": [0, 0, 0, 0], "seed": 0})
-            results = glm.fit(designs, data["runs"], float(data["durations"][0]), data["tr"], outputdir=folder,
-                              figuredir=folder)
+            results = glm.fit(designs, data["runs"], float(data["durations"][0]), data["tr"],
+                              outputdir=os.path.join(folder, "outputs"),
+                              figuredir=os.path.join(folder, "figures") if figures else None)
     finally:
         sys.stdout = stdout
     marks["D"] = time.perf_counter() - start
+    step_cpu = time.process_time() - loaded_cpu
     betas = {}
     for key, name in (("B", "typeb"), ("C", "typec"), ("D", "typed")):
         if results.get(name) is not None:
@@ -211,7 +373,7 @@ def child_glmsingle(data_path: str, out: str, threads: int) -> dict:
             np.save(path, np.squeeze(results[name]["betasmd"]).T.astype(np.float32))
             betas[key] = path
     typed = results.get("typed") or {}
-    info = {"stage_s": marks, "n_pcs": int(np.squeeze(typed["pcnum"])) if "pcnum" in typed else None,
+    info = {"stage_s": marks, "startup_cpu_s": loaded_cpu, "step_cpu_s": step_cpu, "n_pcs": int(np.squeeze(typed["pcnum"])) if "pcnum" in typed else None,
             "median_frac": float(np.median(typed["FRACvalue"])) if "FRACvalue" in typed else None}
     return {"betas": betas, "info": info}
 
@@ -313,6 +475,7 @@ def run_child(python: str, args: list[str], env_threads: int) -> tuple[dict, flo
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[name] = str(env_threads)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["NIPYPE_NO_ET"] = "1"      # as m2i sets it (cli/runner.py): no nipype version check over the network
     import resource
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -372,14 +535,27 @@ def main(argv=None) -> int:
     parser.add_argument("--hrf-library", default="broad", choices=("broad", "narrow", "medium", "auto"),
                         help="ours' HRF library (bids_m2i.glm.hrf_library; default: the engine's default 'broad'; "
                              "'auto': one per session, bids_m2i.glm.library_choice)")
+    parser.add_argument("--glmsingle-figures", default="on", choices=("on", "off"),
+                        help="GLMsingle's figures: 'on' (default, as every run of this benchmark so far: its fit is "
+                             "given a figuredir) or 'off' (its fit without figuredir: no figures)")
+    parser.add_argument("--process", default="node", choices=("node", "engine"),
+                        help="what ours' process runs: 'node' (default) the app's GLM node on NIfTI inputs (reading "
+                             "them, the fit, writing and publishing every output; GLMsingle then reads the same "
+                             "NIfTI runs), 'engine' the engine on the session's arrays, betas saved as .npy (the "
+                             "measure before 2026-12-02 08:00 UTC). fithrf-denoise always runs the engine")
     parser.add_argument("--json", type=Path, default=None, help="write all rows here")
+    parser.add_argument("--node-inputs", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         _limit_threads(args.threads)
         method, data_path, out = args.child
-        payload = (child_glmsingle(data_path, out, args.threads) if method == "glmsingle"
-                   else child_ours(method, data_path, out, args.threads, args.hrf_library))
+        if method == "glmsingle":
+            payload = child_glmsingle(data_path, out, args.threads, args.node_inputs, args.glmsingle_figures == "on")
+        elif args.node_inputs and method in NODE_METHODS:
+            payload = child_node(method, args.node_inputs, out, args.threads, args.hrf_library)
+        else:
+            payload = child_ours(method, data_path, out, args.threads, args.hrf_library)
         payload["peak_rss_mb"] = _peak_rss_mb()
         print(json.dumps(payload))
         return 0
@@ -403,6 +579,10 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
             data_path = os.path.join(tmp, "session.npz")
             save_session(session, data_path)
+            node_inputs = []
+            if args.process == "node":
+                write_node_inputs(session, Path(tmp) / "inputs")
+                node_inputs = ["--node-inputs", str(Path(tmp) / "inputs")]
             methods = list(args.methods) + (["glmsingle"] if args.glmsingle_python else [])
             ours_total = None
             for method in methods:
@@ -416,8 +596,13 @@ def main(argv=None) -> int:
                         payload, wall, peak, cpu = _read_cache(cache)
                     else:
                         payload, wall, peak, cpu = run_child(
-                            python, ["--threads", str(args.threads), "--hrf-library", args.hrf_library, "--child",
-                                     method, data_path, out], args.threads)
+                            python, ["--threads", str(args.threads), "--hrf-library", args.hrf_library,
+                                     "--glmsingle-figures", args.glmsingle_figures,
+                                     *node_inputs, "--child", method, data_path, out], args.threads)
+                        if "node" in payload:     # read back here, outside the measured process
+                            np.save(out, read_node_betas(payload["node"]["statseries"], payload["node"]["events"],
+                                                         session))
+                            payload["betas"] = {"": out}
                         if cache is not None:
                             _write_cache(cache, payload, wall, peak, cpu)
                 except RuntimeError as error:
@@ -425,7 +610,7 @@ def main(argv=None) -> int:
                     continue
                 info = payload["info"]
                 if method == "fithrf-denoise-rr":
-                    ours_total = (wall, cpu)
+                    ours_total = (wall, cpu, info.get("step_cpu_s"))
                 for key, path in payload["betas"].items():
                     betas = np.load(path)
                     stage_s = info.get("stage_s", {}).get(key, info.get("fit_s"))
@@ -434,14 +619,20 @@ def main(argv=None) -> int:
                            "r_trial": float(np.median(r_trial(betas, truth, responsive))),
                            "test_retest": float(np.median(test_retest(betas[:, responsive], stimulus))),
                            "n_voxels": args.voxels, "truth_ceiling": ceiling,
-                           **{k: v for k, v in info.items() if k in ("n_pcs", "median_frac", "hrf_library_choice")}}
+                           **{k: v for k, v in info.items()
+                              if k in ("n_pcs", "median_frac", "hrf_library_choice", "process", "engine_s",
+                                       "startup_cpu_s", "step_cpu_s")}}
                     if cached:
                         row["cached"] = True
                     if method == "glmsingle" and ours_total:
                         row["glmsingle_over_ours"] = wall / ours_total[0]
                         row["glmsingle_over_ours_cpu"] = cpu / ours_total[1]
+                        if ours_total[2] and info.get("step_cpu_s"):
+                            row["glmsingle_over_ours_step_cpu"] = info["step_cpu_s"] / ours_total[2]
                     all_rows.append(row)
-                    keys = ("n_pcs", "median_frac", "glmsingle_over_ours", "glmsingle_over_ours_cpu", "cached")
+                    keys = ("process", "engine_s", "startup_cpu_s", "step_cpu_s", "n_pcs", "median_frac",
+                            "glmsingle_over_ours", "glmsingle_over_ours_cpu", "glmsingle_over_ours_step_cpu",
+                            "cached")
                     notes = ", ".join(f"{k} {row[k]:.3g}" if isinstance(row[k], float) else f"{k} {row[k]}"
                                       for k in keys if row.get(k) is not None)
                     print(f"| {row['method']} | {stage_s:.1f} | {wall:.1f} | {cpu:.1f} | {peak:.0f} | "
