@@ -19,7 +19,8 @@ from ..errors import BadDataError, UsageError
 from .denoise import (NoisePCAccumulator, brain_voxels, choose_n_pcs, noise_pool, onoff_residuals,
                       signal_voxel_sample)
 from .design import RunData, build_run_designs, polynomial_degree
-from .fithrf import grouped_trial_betas, library_fitted_ss, r2_from, total_sum_of_squares
+from .fithrf import (HRF_NOISE_CORRECTION, NoiseExplainedByKernel, grouped_trial_betas, library_fitted_ss, r2_from,
+                     total_sum_of_squares)
 from .fracridge import DEFAULT_FRACTIONS, N_ALPHAS, fractional_ridge_cv
 from .hrf_library import DEFAULT_LIBRARY, check_library, describe_library
 from .library_choice import AUTO, choose_library
@@ -157,7 +158,8 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
                                 noise_pool_r2: float | None = None, max_pc_voxels: int = 2000,
                                 hrf_selection: str = "full", ridge_criterion: str = "consistency",
                                 pc_criterion: str = "ols-target", hrf_library: str = DEFAULT_LIBRARY,
-                                noise_model: str = "auto") -> GLMResult:
+                                noise_model: str = "auto",
+                                hrf_noise_correction: float = HRF_NOISE_CORRECTION) -> GLMResult:
     """Single-trial betas of one task of one session, all runs modelled together.
 
     Parameters
@@ -219,6 +221,11 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
         "ar1": the final betas (and the ridge stage) are fitted after AR(1) prewhitening of each voxel's data
         and design, ρ from the OLS residuals, quantised (``bids_m2i.glm.whitening``); not for ``lss``.
         "auto" (default): "ar1" for ``fithrf`` and ``fithrf-denoise-rr``, "ols" for ``lsa`` and ``lss``.
+    hrf_noise_correction : float
+        With ``hrf_selection="full"``: each kernel's explained sum of squares minus this weight times the
+        expected explained sum of squares of the voxel's own noise under that kernel
+        (:class:`~bids_m2i.glm.fithrf.NoiseExplainedByKernel`) chooses the HRF; 0 = the plain R² (before
+        issue 13's fourth pass). Default 0.5 (docs/glm.md, "The HRF choice corrected for noise").
 
     Returns
     -------
@@ -240,6 +247,9 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
         raise UsageError(f"Unknown ridge_criterion {ridge_criterion!r}", hint="use 'consistency' or 'ols-target'")
     if hrf_library != AUTO:
         check_library(hrf_library)
+    if not (np.isfinite(hrf_noise_correction) and hrf_noise_correction >= 0):
+        raise UsageError(f"hrf_noise_correction must be a number >= 0, got {hrf_noise_correction!r}",
+                         hint="0 chooses the HRF by plain R²")
     if noise_model not in ("auto", "ols", "ar1"):
         raise UsageError(f"Unknown noise_model {noise_model!r}", hint="use 'auto', 'ols' or 'ar1'")
     if noise_model == "auto":
@@ -323,6 +333,9 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
             _, groups = np.unique(trial_rows["condition"].astype(str).to_numpy(), return_inverse=True)
         library = list(range(model.n_kernels - 1)) if use_library else []
 
+        noise_correction = None
+        if use_library and hrf_selection == "full" and hrf_noise_correction > 0:
+            noise_correction = NoiseExplainedByKernel(model, library)
         timing = {"design_s": time.perf_counter() - started}
         # pass 1: HRF choice (fitted methods) or the final betas (lsa, lss, fithrf)
         for voxels in chunks:
@@ -341,7 +354,10 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
                 betas[:, voxels] = chunk_betas.T.cpu().numpy()
                 continue
             fitted_all = library_fitted_ss(model, data_runs, library, hrf_selection)
-            best = torch.argmax(fitted_all, 0)
+            choice = fitted_all
+            if noise_correction is not None:  # less the noise each kernel would explain (fithrf.py)
+                choice = fitted_all - hrf_noise_correction * noise_correction.expected(data_runs)
+            best = torch.argmax(choice, 0)
             hrf_index[voxels] = best.cpu().numpy()
             # R² of the selecting model; for "onoff" selection it measures the mean evoked response
             r2[voxels] = r2_from(fitted_all.gather(0, best[None])[0], total).cpu().numpy()
@@ -389,7 +405,11 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
         "hrf_library_requested": requested_library if use_library else None,
         "hrf_library_choice": library_choice,
         "hrf_choice": (f"max R² of the {'full single-trial' if hrf_selection == 'full' else 'ON-OFF'} model"
+                       + (f", less {hrf_noise_correction:g} × the expected R² of the voxel's noise (autocovariance "
+                          f"at lags 0-{noise_correction.lags} from the assumed-HRF model's residuals)"
+                          if noise_correction is not None else "")
                        if use_library else "assumed"),
+        "hrf_noise_correction": hrf_noise_correction if noise_correction is not None else 0.0,
         "ridge_criterion": ridge_criterion if effective == "fithrf-denoise-rr" else None,
         "noise_model": noise_model,
         "ar1": ({"estimate": "lag-1 autocorrelation of the OLS residuals (chosen HRF and PCs), pooled over runs, "
