@@ -328,6 +328,8 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
         onoff_r2 = np.zeros(n_voxels, dtype=np.float32)
         ar1 = np.zeros(n_voxels, dtype=np.float32)  # quantised AR(1) coefficient (noise_model="ar1")
         intensity = np.zeros(n_voxels, dtype=np.float32)
+        pc_search_hrf = np.full(n_voxels, -1, dtype=np.int16)
+        pc_search_r2 = np.zeros(n_voxels, dtype=np.float32)
         groups = None
         if effective == "lss" and lss_split == "condition":
             _, groups = np.unique(trial_rows["condition"].astype(str).to_numpy(), return_inverse=True)
@@ -354,13 +356,16 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
                 betas[:, voxels] = chunk_betas.T.cpu().numpy()
                 continue
             fitted_all = library_fitted_ss(model, data_runs, library, hrf_selection)
-            choice = fitted_all
+            best = plain = torch.argmax(fitted_all, 0)
             if noise_correction is not None:  # less the noise each kernel would explain (fithrf.py)
-                choice = fitted_all - hrf_noise_correction * noise_correction.expected(data_runs)
-            best = torch.argmax(choice, 0)
+                best = torch.argmax(fitted_all - hrf_noise_correction * noise_correction.expected(data_runs), 0)
             hrf_index[voxels] = best.cpu().numpy()
             # R² of the selecting model; for "onoff" selection it measures the mean evoked response
             r2[voxels] = r2_from(fitted_all.gather(0, best[None])[0], total).cpu().numpy()
+            # the number of noise PCs is searched with the plain choice's HRFs and R² (what it was validated on;
+            # docs/glm.md "The HRF choice corrected for noise": its score is too flat to absorb another change)
+            pc_search_hrf[voxels] = plain.cpu().numpy()
+            pc_search_r2[voxels] = r2_from(fitted_all.gather(0, plain[None])[0], total).cpu().numpy()
             if effective == "fithrf":
                 if noise_model == "ar1":
                     chunk_betas, fitted, rho = whitened_trial_betas(model, data_runs, hrf_index[voxels], n_trials)
@@ -378,7 +383,8 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
             metadata_denoise = _denoise_and_ridge(
                 model, runs, chunks, load, betas, r2, hrf_index, n_pcs_map, frac, onoff_r2, intensity,
                 repeats, n_trials, data_units, brain_threshold, noise_pool_r2, max_pcs, max_pc_voxels,
-                fractions, seed, ridge_criterion, pc_criterion, ar1 if noise_model == "ar1" else None)
+                fractions, seed, ridge_criterion, pc_criterion, ar1 if noise_model == "ar1" else None,
+                pc_search=(pc_search_hrf, pc_search_r2))
 
         if zscore:
             for voxels in chunks:
@@ -478,8 +484,13 @@ def _choose_session_library(designs, runs, load, trial_rows, stimulus, n_voxels,
 def _denoise_and_ridge(model, runs, chunks, load, betas, r2, hrf_index, n_pcs_map, frac, onoff_r2, intensity,
                        repeats, n_trials, data_units, brain_threshold, noise_pool_r2, max_pcs, max_pc_voxels,
                        fractions, seed, ridge_criterion="consistency", pc_criterion="ols-target",
-                       ar1=None) -> dict:
-    """GLMdenoise PCs, their number by cross-validation, then cross-validated fractional ridge (in place)."""
+                       ar1=None, pc_search=None) -> dict:
+    """GLMdenoise PCs, their number by cross-validation, then cross-validated fractional ridge (in place).
+
+    ``pc_search``: (HRF index, R²) per voxel for the search over the number of PCs (default: ``hrf_index``,
+    ``r2``).
+    """
+    search_hrf, search_r2 = pc_search if pc_search is not None else (hrf_index, r2)
     n_voxels = r2.size
     if data_units == "raw":
         brain = brain_voxels(intensity, *brain_threshold)
@@ -503,9 +514,9 @@ def _denoise_and_ridge(model, runs, chunks, load, betas, r2, hrf_index, n_pcs_ma
         model.noise_pcs = accumulator.components(max_pcs)
 
         # voxels that carry signal choose the number of PCs
-        candidates = signal_voxel_sample(r2, brain, max_pc_voxels, seed, eligible=brain & ~pool)
+        candidates = signal_voxel_sample(search_r2, brain, max_pc_voxels, seed, eligible=brain & ~pool)
         data_runs, _ = load(candidates)
-        n_pcs, scores = choose_n_pcs(model, data_runs, hrf_index[candidates], n_trials, repeats, max_pcs,
+        n_pcs, scores = choose_n_pcs(model, data_runs, search_hrf[candidates], n_trials, repeats, max_pcs,
                                      criterion=pc_criterion, fractions=fractions)
         info["pc_selection"] = {"candidates": list(range(max_pcs + 1)), "median_cv_score": scores,
                                 "n_voxels": int(candidates.size), "criterion": pc_criterion,
