@@ -116,27 +116,33 @@ def _lag_sums(matrix: np.ndarray, lags: int) -> np.ndarray:
                      for m in range(lags + 1)])
 
 
+def _model_basis(ops) -> torch.Tensor:
+    """Orthonormal basis of a run's whole model (reduced trial regressors and nuisance), (n_volumes, rank)."""
+    return torch.cat([ops.left, ops.nuisance_basis], dim=1)
+
+
 class NoiseExplainedByKernel:
     """Expected explained sum of squares of each voxel's noise under each kernel's full model.
 
     The noise of a voxel is modelled as stationary with autocovariance ``γ(m)`` at lags ``m = 0..lags`` (0
     beyond), the same in every run: ``Σ = Σ_m γ(m) T_m``. Then ``E|P_k ε|² = Σ_m γ(m) tr(P_k T_m)`` (summed
-    over runs). ``γ`` is estimated per voxel from the residuals ``e = R y`` of the assumed-HRF single-trial model
-    without removing the bias of the fit by hand: ``E[e' T_l e] = Σ_m γ(m) tr(R T_l R T_m)`` is a linear system
-    (the same for all voxels, summed over runs), solved for the observed lag sums (Worsley et al. 2002 do the
-    same for AR coefficients). The design terms are computed once per session; :meth:`expected` is per chunk.
+    over runs). ``γ`` is estimated per voxel from the residuals ``e = R y`` of the assumed-HRF single-trial model,
+    corrected for the fit's bias through ``R``: ``E[e' T_l e] = Σ_m γ(m) tr(R T_l R T_m)`` is a linear system (the
+    same for all voxels, summed over runs), solved for the observed lag sums (Worsley et al. 2002 do the same for
+    AR coefficients). With one regressor per trial the residual pins the level ``γ(0)`` poorly, but its term
+    ``γ(0) tr(P_k)`` (the model's rank) is the same for every kernel and does not move the choice; the
+    differences between kernels are well determined (tests/test_glm_hrf_noise_choice.py). The design terms are
+    computed once per session; :meth:`expected` is per chunk of voxels.
     """
 
     def __init__(self, model: SessionModel, kernels, lags: int = NOISE_LAGS):
-        from .whitening import _full_basis
-
         self.lags = lags
         self.model = model
         system = np.zeros((lags + 1, lags + 1))
         per_kernel = np.zeros((len(kernels), lags + 1))
         self._bases = []
         for run in range(model.n_runs):
-            basis_t = _full_basis(model.operators(run, model.canonical_index))
+            basis_t = _model_basis(model.operators(run, model.canonical_index))
             self._bases.append(basis_t)
             basis = basis_t.double().cpu().numpy()
             n = basis.shape[0]
@@ -148,7 +154,7 @@ class NoiseExplainedByKernel:
                     shifted[lag:] += residual[:-lag]
                 system[lag] += _lag_sums(residual @ shifted, lags)
             for row, kernel in enumerate(kernels):
-                full = _full_basis(model.operators(run, int(kernel))).double().cpu().numpy()
+                full = _model_basis(model.operators(run, int(kernel))).double().cpu().numpy()
                 per_kernel[row] += _lag_sums(full @ full.T, lags)
         self._solve = np.linalg.pinv(system)
         self._per_kernel = per_kernel
