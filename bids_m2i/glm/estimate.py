@@ -208,9 +208,10 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
         Library HRF chosen by R² of the full single-trial model (GLMsingle) or of the ON-OFF model.
     ridge_criterion : {"consistency", "ols-target"}
         Cross-validation criterion of the ridge fraction (``bids_m2i.glm.fracridge``).
-    pc_criterion : {"ols-target", "consistency", "ridge"}
+    pc_criterion : {"ols-target", "consistency", "ridge", "condition-r2"}
         How the number of noise PCs is cross-validated (:func:`bids_m2i.glm.denoise.choose_n_pcs`): by the
-        unregularised betas (default) or by the ridge stage's loss (``"ridge"``).
+        unregularised betas (default), by the ridge stage's loss (``"ridge"``) or by the leave-one-run-out
+        time-series R² of a condition-level model (``"condition-r2"``).
     hrf_library : {"broad", "narrow", "medium"}
         The HRF library of the fitted-HRF methods (:mod:`bids_m2i.glm.hrf_library`; docs/glm.md): the default
         ``"broad"``, or the latency-ordered ``"narrow"`` (FWHM 2.5–3.5 s) or ``"medium"`` (FWHM 4–5 s) family
@@ -240,9 +241,9 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
         raise UsageError(f"Unknown data_units {data_units!r}", hint="use 'raw' or 'percent'")
     if hrf_selection not in ("full", "onoff"):
         raise UsageError(f"Unknown hrf_selection {hrf_selection!r}", hint="use 'full' or 'onoff'")
-    if pc_criterion not in ("ols-target", "consistency", "ridge"):
+    if pc_criterion not in ("ols-target", "consistency", "ridge", "condition-r2"):
         raise UsageError(f"Unknown pc_criterion {pc_criterion!r}",
-                         hint="use 'ols-target', 'consistency' or 'ridge'")
+                         hint="use 'ols-target', 'consistency', 'ridge' or 'condition-r2'")
     if ridge_criterion not in ("consistency", "ols-target"):
         raise UsageError(f"Unknown ridge_criterion {ridge_criterion!r}", hint="use 'consistency' or 'ols-target'")
     if hrf_library != AUTO:
@@ -520,7 +521,9 @@ def _denoise_and_ridge(model, runs, chunks, load, betas, r2, hrf_index, n_pcs_ma
                                      criterion=pc_criterion, fractions=fractions)
         info["pc_selection"] = {"candidates": list(range(max_pcs + 1)), "median_cv_score": scores,
                                 "n_voxels": int(candidates.size), "criterion": pc_criterion,
-                                "rule": "smallest number of PCs reaching 95% of the best median improvement"}
+                                "rule": ("GLMsingle's: at least one PC, the first whose improvement x 1.05 reaches "
+                                         "the best" if pc_criterion == "condition-r2" else
+                                         "smallest number of PCs reaching 95% of the best median improvement")}
     else:
         info["pc_selection"] = {"skipped": f"noise pool has {int(pool.sum())} voxels (< {min_pool})"
                                 if max_pcs > 0 else "max_pcs = 0"}
