@@ -1,5 +1,5 @@
 """The number of noise PCs by a condition-level time-series R² (``pc_criterion="condition-r2"``, an option;
-issue 13, docs/glm.md "The number of noise PCs and the library, against type D"). ~15 s."""
+issue 13, docs/glm.md "The number of noise PCs and the library, against type D"). ~10 s."""
 
 import numpy as np
 import pandas as pd
@@ -92,3 +92,25 @@ def test_unknown_pc_criterion_is_a_usage_error(sessions):
     _, runs, trials = sessions["low"]
     with pytest.raises(UsageError, match="condition-r2"):
         estimate_single_trial_betas(runs, trials, method="fithrf-denoise-rr", pc_criterion="time-series")
+
+
+def test_repeats_only_within_runs_choose_no_pcs():
+    from bids_m2i.glm.denoise import choose_n_pcs
+
+    n_volumes, tr = 200, 1.6
+    onsets = np.arange(4.0, n_volumes * tr - 20.0, 6.4)
+    # every stimulus shown twice, both times in the same run: nothing predicts a held-out run
+    stimulus = [f"r{r}-s{i // 2:02d}" for r in range(2) for i in range(onsets.size)]
+    trials = pd.DataFrame([{"onset": o, "duration": 3.0, "run": str(r + 1), "role": "trial",
+                            "event_type": "stimulus", "condition": "perception",
+                            "stimulus": stimulus[r * onsets.size + i]}
+                           for r in range(2) for i, o in enumerate(onsets)])
+    empty = [RunData(np.zeros((1, n_volumes)), tr, str(r + 1)) for r in range(2)]
+    designs, _ = build_run_designs(empty, trials, "polynomial", 0.01, None)
+    model = SessionModel(designs, "glover", with_library=True, dtype=torch.float64)
+    rng = np.random.default_rng(1)
+    model.noise_pcs = [np.linalg.qr(rng.standard_normal((n_volumes, 3)))[0] for _ in range(2)]
+    data = [torch.as_tensor(rng.standard_normal((50, n_volumes))) for _ in range(2)]
+    n_pcs, scores = choose_n_pcs(model, data, np.zeros(50, dtype=int), len(stimulus),
+                                 RepeatStructure.from_labels(stimulus), 3, criterion="condition-r2")
+    assert n_pcs == 0 and scores == [0.0] * 4

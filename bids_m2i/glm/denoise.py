@@ -283,6 +283,13 @@ def first_near_best(scores, pcstop: float = 1.05) -> int:
 
 def _choose_n_pcs_condition_r2(model, data_runs, kernel_of_voxel, n_trials, repeats, max_pcs):
     condition = condition_codes(n_trials, repeats)
+    runs_of_condition = {}
+    for run, design in enumerate(model.designs):
+        for code in np.unique(condition[design.trial_slice]):
+            runs_of_condition.setdefault(int(code), set()).add(run)
+    if max(len(runs) for runs in runs_of_condition.values()) < 2:
+        # repeats only within runs: no held-out run can be predicted, the score would be 0 for every K
+        return 0, [0.0] * (max_pcs + 1)
     scores = []
     for k in range(max_pcs + 1):
         scores.append(float(torch.median(condition_cv_r2(model, data_runs, kernel_of_voxel, condition, k))))
