@@ -19,7 +19,8 @@ from ..errors import BadDataError, UsageError
 from .denoise import (NoisePCAccumulator, brain_voxels, choose_n_pcs, noise_pool, onoff_residuals,
                       signal_voxel_sample)
 from .design import RunData, build_run_designs, polynomial_degree
-from .fithrf import grouped_trial_betas, library_fitted_ss, r2_from, total_sum_of_squares
+from .fithrf import (HRF_NOISE_CORRECTION, NoiseExplainedByKernel, grouped_trial_betas, library_fitted_ss, r2_from,
+                     total_sum_of_squares)
 from .fracridge import DEFAULT_FRACTIONS, N_ALPHAS, fractional_ridge_cv
 from .hrf_library import DEFAULT_LIBRARY, check_library, describe_library
 from .library_choice import AUTO, choose_library
@@ -157,7 +158,8 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
                                 noise_pool_r2: float | None = None, max_pc_voxels: int = 2000,
                                 hrf_selection: str = "full", ridge_criterion: str = "consistency",
                                 pc_criterion: str = "ols-target", hrf_library: str = DEFAULT_LIBRARY,
-                                noise_model: str = "auto") -> GLMResult:
+                                noise_model: str = "auto",
+                                hrf_noise_correction: float = HRF_NOISE_CORRECTION) -> GLMResult:
     """Single-trial betas of one task of one session, all runs modelled together.
 
     Parameters
@@ -206,9 +208,10 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
         Library HRF chosen by R² of the full single-trial model (GLMsingle) or of the ON-OFF model.
     ridge_criterion : {"consistency", "ols-target"}
         Cross-validation criterion of the ridge fraction (``bids_m2i.glm.fracridge``).
-    pc_criterion : {"ols-target", "consistency", "ridge"}
+    pc_criterion : {"ols-target", "consistency", "ridge", "condition-r2"}
         How the number of noise PCs is cross-validated (:func:`bids_m2i.glm.denoise.choose_n_pcs`): by the
-        unregularised betas (default) or by the ridge stage's loss (``"ridge"``).
+        unregularised betas (default), by the ridge stage's loss (``"ridge"``) or by the leave-one-run-out
+        time-series R² of a condition-level model (``"condition-r2"``).
     hrf_library : {"broad", "narrow", "medium"}
         The HRF library of the fitted-HRF methods (:mod:`bids_m2i.glm.hrf_library`; docs/glm.md): the default
         ``"broad"``, or the latency-ordered ``"narrow"`` (FWHM 2.5–3.5 s) or ``"medium"`` (FWHM 4–5 s) family
@@ -219,6 +222,11 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
         "ar1": the final betas (and the ridge stage) are fitted after AR(1) prewhitening of each voxel's data
         and design, ρ from the OLS residuals, quantised (``bids_m2i.glm.whitening``); not for ``lss``.
         "auto" (default): "ar1" for ``fithrf`` and ``fithrf-denoise-rr``, "ols" for ``lsa`` and ``lss``.
+    hrf_noise_correction : float
+        With ``hrf_selection="full"``: each kernel's explained sum of squares minus this weight times the
+        expected explained sum of squares of the voxel's own noise under that kernel
+        (:class:`~bids_m2i.glm.fithrf.NoiseExplainedByKernel`) chooses the HRF; 0 = the plain R² (before
+        issue 13's fourth pass). Default 0.5 (docs/glm.md, "The HRF choice corrected for noise").
 
     Returns
     -------
@@ -233,13 +241,16 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
         raise UsageError(f"Unknown data_units {data_units!r}", hint="use 'raw' or 'percent'")
     if hrf_selection not in ("full", "onoff"):
         raise UsageError(f"Unknown hrf_selection {hrf_selection!r}", hint="use 'full' or 'onoff'")
-    if pc_criterion not in ("ols-target", "consistency", "ridge"):
+    if pc_criterion not in ("ols-target", "consistency", "ridge", "condition-r2"):
         raise UsageError(f"Unknown pc_criterion {pc_criterion!r}",
-                         hint="use 'ols-target', 'consistency' or 'ridge'")
+                         hint="use 'ols-target', 'consistency', 'ridge' or 'condition-r2'")
     if ridge_criterion not in ("consistency", "ols-target"):
         raise UsageError(f"Unknown ridge_criterion {ridge_criterion!r}", hint="use 'consistency' or 'ols-target'")
     if hrf_library != AUTO:
         check_library(hrf_library)
+    if not (np.isfinite(hrf_noise_correction) and hrf_noise_correction >= 0):
+        raise UsageError(f"hrf_noise_correction must be a number >= 0, got {hrf_noise_correction!r}",
+                         hint="0 chooses the HRF by plain R²")
     if noise_model not in ("auto", "ols", "ar1"):
         raise UsageError(f"Unknown noise_model {noise_model!r}", hint="use 'auto', 'ols' or 'ar1'")
     if noise_model == "auto":
@@ -318,11 +329,16 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
         onoff_r2 = np.zeros(n_voxels, dtype=np.float32)
         ar1 = np.zeros(n_voxels, dtype=np.float32)  # quantised AR(1) coefficient (noise_model="ar1")
         intensity = np.zeros(n_voxels, dtype=np.float32)
+        pc_search_hrf = np.full(n_voxels, -1, dtype=np.int16)
+        pc_search_r2 = np.zeros(n_voxels, dtype=np.float32)
         groups = None
         if effective == "lss" and lss_split == "condition":
             _, groups = np.unique(trial_rows["condition"].astype(str).to_numpy(), return_inverse=True)
         library = list(range(model.n_kernels - 1)) if use_library else []
 
+        noise_correction = None
+        if use_library and hrf_selection == "full" and hrf_noise_correction > 0:
+            noise_correction = NoiseExplainedByKernel(model, library)
         timing = {"design_s": time.perf_counter() - started}
         # pass 1: HRF choice (fitted methods) or the final betas (lsa, lss, fithrf)
         for voxels in chunks:
@@ -341,10 +357,16 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
                 betas[:, voxels] = chunk_betas.T.cpu().numpy()
                 continue
             fitted_all = library_fitted_ss(model, data_runs, library, hrf_selection)
-            best = torch.argmax(fitted_all, 0)
+            best = plain = torch.argmax(fitted_all, 0)
+            if noise_correction is not None:  # less the noise each kernel would explain (fithrf.py)
+                best = torch.argmax(fitted_all - hrf_noise_correction * noise_correction.expected(data_runs), 0)
             hrf_index[voxels] = best.cpu().numpy()
             # R² of the selecting model; for "onoff" selection it measures the mean evoked response
             r2[voxels] = r2_from(fitted_all.gather(0, best[None])[0], total).cpu().numpy()
+            # the number of noise PCs is searched with the plain choice's HRFs and R² (what it was validated on;
+            # docs/glm.md "The HRF choice corrected for noise": its score is too flat to absorb another change)
+            pc_search_hrf[voxels] = plain.cpu().numpy()
+            pc_search_r2[voxels] = r2_from(fitted_all.gather(0, plain[None])[0], total).cpu().numpy()
             if effective == "fithrf":
                 if noise_model == "ar1":
                     chunk_betas, fitted, rho = whitened_trial_betas(model, data_runs, hrf_index[voxels], n_trials)
@@ -362,7 +384,8 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
             metadata_denoise = _denoise_and_ridge(
                 model, runs, chunks, load, betas, r2, hrf_index, n_pcs_map, frac, onoff_r2, intensity,
                 repeats, n_trials, data_units, brain_threshold, noise_pool_r2, max_pcs, max_pc_voxels,
-                fractions, seed, ridge_criterion, pc_criterion, ar1 if noise_model == "ar1" else None)
+                fractions, seed, ridge_criterion, pc_criterion, ar1 if noise_model == "ar1" else None,
+                pc_search=(pc_search_hrf, pc_search_r2))
 
         if zscore:
             for voxels in chunks:
@@ -389,7 +412,11 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
         "hrf_library_requested": requested_library if use_library else None,
         "hrf_library_choice": library_choice,
         "hrf_choice": (f"max R² of the {'full single-trial' if hrf_selection == 'full' else 'ON-OFF'} model"
+                       + (f", less {hrf_noise_correction:g} × the expected R² of the voxel's noise (autocovariance "
+                          f"at lags 0-{noise_correction.lags} from the assumed-HRF model's residuals)"
+                          if noise_correction is not None else "")
                        if use_library else "assumed"),
+        "hrf_noise_correction": hrf_noise_correction if noise_correction is not None else 0.0,
         "ridge_criterion": ridge_criterion if effective == "fithrf-denoise-rr" else None,
         "noise_model": noise_model,
         "ar1": ({"estimate": "lag-1 autocorrelation of the OLS residuals (chosen HRF and PCs), pooled over runs, "
@@ -458,8 +485,13 @@ def _choose_session_library(designs, runs, load, trial_rows, stimulus, n_voxels,
 def _denoise_and_ridge(model, runs, chunks, load, betas, r2, hrf_index, n_pcs_map, frac, onoff_r2, intensity,
                        repeats, n_trials, data_units, brain_threshold, noise_pool_r2, max_pcs, max_pc_voxels,
                        fractions, seed, ridge_criterion="consistency", pc_criterion="ols-target",
-                       ar1=None) -> dict:
-    """GLMdenoise PCs, their number by cross-validation, then cross-validated fractional ridge (in place)."""
+                       ar1=None, pc_search=None) -> dict:
+    """GLMdenoise PCs, their number by cross-validation, then cross-validated fractional ridge (in place).
+
+    ``pc_search``: (HRF index, R²) per voxel for the search over the number of PCs (default: ``hrf_index``,
+    ``r2``).
+    """
+    search_hrf, search_r2 = pc_search if pc_search is not None else (hrf_index, r2)
     n_voxels = r2.size
     if data_units == "raw":
         brain = brain_voxels(intensity, *brain_threshold)
@@ -483,13 +515,15 @@ def _denoise_and_ridge(model, runs, chunks, load, betas, r2, hrf_index, n_pcs_ma
         model.noise_pcs = accumulator.components(max_pcs)
 
         # voxels that carry signal choose the number of PCs
-        candidates = signal_voxel_sample(r2, brain, max_pc_voxels, seed, eligible=brain & ~pool)
+        candidates = signal_voxel_sample(search_r2, brain, max_pc_voxels, seed, eligible=brain & ~pool)
         data_runs, _ = load(candidates)
-        n_pcs, scores = choose_n_pcs(model, data_runs, hrf_index[candidates], n_trials, repeats, max_pcs,
+        n_pcs, scores = choose_n_pcs(model, data_runs, search_hrf[candidates], n_trials, repeats, max_pcs,
                                      criterion=pc_criterion, fractions=fractions)
         info["pc_selection"] = {"candidates": list(range(max_pcs + 1)), "median_cv_score": scores,
                                 "n_voxels": int(candidates.size), "criterion": pc_criterion,
-                                "rule": "smallest number of PCs reaching 95% of the best median improvement"}
+                                "rule": ("GLMsingle's: at least one PC, the first whose improvement x 1.05 reaches "
+                                         "the best" if pc_criterion == "condition-r2" else
+                                         "smallest number of PCs reaching 95% of the best median improvement")}
     else:
         info["pc_selection"] = {"skipped": f"noise pool has {int(pool.sum())} voxels (< {min_pool})"
                                 if max_pcs > 0 else "max_pcs = 0"}

@@ -93,3 +93,83 @@ def grouped_trial_betas(model: SessionModel, data_runs: list[torch.Tensor], kern
             betas[voxels] = block
             fitted[voxels] = explained
     return betas, fitted
+
+
+# ------------------------------------------------------------------------------------------------------------
+# HRF choice corrected for the noise each kernel explains (issue 13)
+#
+# The full model's explained sum of squares also counts the part of the voxel's *noise* that the kernel's
+# column space captures, E[|P_k ε|²] = tr(P_k Σ_v). With autocorrelated noise that part is largest for broad,
+# smooth kernels (their trial regressors span the low frequencies where the noise has its power), so the plain
+# R² choice drifts towards broad kernels as the noise grows, and their nearly collinear trial regressors make
+# the betas noisy. The correction subtracts an estimate of tr(P_k Σ_v) from each kernel's explained sum of
+# squares before the choice; the R² map stays the plain one.
+
+NOISE_LAGS = 12                 # noise autocovariance estimated at lags 0..12 volumes (≈ 19 s at TR 1.6 s)
+HRF_NOISE_CORRECTION = 0.5      # weight of the subtracted term (0 = the plain R² choice; docs/glm.md ablation)
+
+
+def _lag_sums(matrix: np.ndarray, lags: int) -> np.ndarray:
+    """``tr(matrix · T_m)`` for m = 0..lags, ``T_m`` the symmetric Toeplitz matrix with ones on diagonals ±m
+    (the sums of the m-th diagonals on both sides)."""
+    return np.array([np.trace(matrix) if m == 0 else np.trace(matrix, m) + np.trace(matrix, -m)
+                     for m in range(lags + 1)])
+
+
+def _model_basis(ops) -> torch.Tensor:
+    """Orthonormal basis of a run's whole model (reduced trial regressors and nuisance), (n_volumes, rank)."""
+    return torch.cat([ops.left, ops.nuisance_basis], dim=1)
+
+
+class NoiseExplainedByKernel:
+    """Expected explained sum of squares of each voxel's noise under each kernel's full model.
+
+    The noise of a voxel is modelled as stationary with autocovariance ``γ(m)`` at lags ``m = 0..lags`` (0
+    beyond), the same in every run: ``Σ = Σ_m γ(m) T_m``. Then ``E|P_k ε|² = Σ_m γ(m) tr(P_k T_m)`` (summed
+    over runs). ``γ`` is estimated per voxel from the residuals ``e = R y`` of the assumed-HRF single-trial model,
+    corrected for the fit's bias through ``R``: ``E[e' T_l e] = Σ_m γ(m) tr(R T_l R T_m)`` is a linear system (the
+    same for all voxels, summed over runs), solved for the observed lag sums (Worsley et al. 2002 do the same for
+    AR coefficients). With one regressor per trial the residual pins the level ``γ(0)`` poorly, but its term
+    ``γ(0) tr(P_k)`` (the model's rank) is the same for every kernel and does not move the choice; the
+    differences between kernels are well determined (tests/test_glm_hrf_noise_choice.py). The design terms are
+    computed once per session; :meth:`expected` is per chunk of voxels.
+    """
+
+    def __init__(self, model: SessionModel, kernels, lags: int = NOISE_LAGS):
+        self.lags = lags
+        self.model = model
+        system = np.zeros((lags + 1, lags + 1))
+        per_kernel = np.zeros((len(kernels), lags + 1))
+        self._bases = []
+        for run in range(model.n_runs):
+            basis_t = _model_basis(model.operators(run, model.canonical_index))
+            self._bases.append(basis_t)
+            basis = basis_t.double().cpu().numpy()
+            n = basis.shape[0]
+            residual = np.eye(n) - basis @ basis.T
+            for lag in range(lags + 1):
+                shifted = residual.copy() if lag == 0 else np.zeros_like(residual)
+                if lag:                                  # T_l R: row i is R[i + l] + R[i − l]
+                    shifted[:-lag] += residual[lag:]
+                    shifted[lag:] += residual[:-lag]
+                system[lag] += _lag_sums(residual @ shifted, lags)
+            for row, kernel in enumerate(kernels):
+                full = _model_basis(model.operators(run, int(kernel))).double().cpu().numpy()
+                per_kernel[row] += _lag_sums(full @ full.T, lags)
+        self._solve = np.linalg.pinv(system)
+        self._per_kernel = per_kernel
+
+    def autocovariance(self, data_runs: list[torch.Tensor]) -> np.ndarray:
+        """Per voxel noise autocovariance ``γ(0..lags)``, shape (lags + 1, n_voxels) (float64)."""
+        observed = 0
+        for basis, data in zip(self._bases, data_runs):
+            residual = data - (data @ basis) @ basis.T
+            sums = [(residual * residual).sum(1)]
+            sums += [2 * (residual[:, lag:] * residual[:, :-lag]).sum(1) for lag in range(1, self.lags + 1)]
+            observed = observed + torch.stack(sums).double().cpu().numpy()
+        return self._solve @ observed
+
+    def expected(self, data_runs: list[torch.Tensor]) -> torch.Tensor:
+        """Expected explained sum of squares of the noise, shape (n_kernels, n_voxels), model dtype/device."""
+        values = self._per_kernel @ self.autocovariance(data_runs)
+        return torch.as_tensor(values, dtype=self.model.dtype, device=self.model.device)
