@@ -24,7 +24,10 @@ with the new participant's out-of-fold latent predictions added to the group's (
 statistics in the model file).
 
 Where participants share stimuli, the CV groups of the head are the stimulus identities across participants
-(an image's repeats in every participant are held out together); nothing else needs shared stimuli.
+(an image's repeats in every participant are held out together), and the model keeps the group's mean latent
+response to each training stimulus: a new participant without repeated training stimuli (no ncsnr) but with
+stimuli the group saw gets its voxels ranked by that response (:mod:`.shared_stimuli`). Nothing requires
+shared stimuli: without them the voxel rule is the own-data decoder's (ncsnr, or every voxel).
 
 Files: ``save``/``load`` write ``.safetensors`` (arrays) + ``.json`` (participants, trials, settings, feature
 space and its dimension). Everything is numpy/torch on arrays: no BIDS, no nipype.
