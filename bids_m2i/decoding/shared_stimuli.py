@@ -42,9 +42,11 @@ def group_stimulus_latents(maps: dict, participants) -> tuple[list[str], np.ndar
         if p.stimuli is None:
             continue
         latent = maps[p.label].latent(p.betas).astype(np.float64)
-        names = np.asarray(p.stimuli).astype(str)
-        for name in np.unique(names):
-            mean = latent[names == name].mean(0)
+        unique, which = np.unique(np.asarray(p.stimuli).astype(str), return_inverse=True)
+        means = np.zeros((len(unique), latent.shape[1]))
+        np.add.at(means, which, latent)  # one pass over the trials (NSD: 30,000 trials, 10,000 stimuli)
+        means /= np.bincount(which, minlength=len(unique))[:, None]
+        for name, mean in zip(unique.tolist(), means):
             sums[name] = sums.get(name, 0.0) + mean
             counts[name] = counts.get(name, 0) + 1
     order = sorted(sums)
