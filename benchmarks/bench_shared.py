@@ -10,6 +10,10 @@ participant level): PixCorr and 2-way identification on 32 x 32 pixels (the part
     python benchmarks/bench_shared.py --dataset /tmp/demo6 [--subjects 6 --noise 1.0 --noise-voxels 3000 -k 64]
     # the previous method (per-target penalties of the maps, ridge head, 32 components):
     python benchmarks/bench_shared.py --dataset /tmp/demo6 -k 32 --head ridge --per-target-penalties
+    # the pipeline's GLM betas instead (``participant --stop-after glm --glm lsa`` of every participant in OUT):
+    python benchmarks/bench_shared.py --dataset /tmp/demo6 --betas OUT
+    # plus the shared response model (Chen et al. 2015; tried and not kept, docs/decoding.md):
+    python benchmarks/bench_shared.py --dataset /tmp/demo6 --srm 650:20:16 650:50:32
 """
 
 from __future__ import annotations
@@ -51,6 +55,102 @@ def load_participant(dataset, label, noise, noise_voxels, rng, work_dir):
     return trials, betas, stimulus_features(files, PixelExtractor(32), work_dir=work_dir)
 
 
+def load_glm_participant(dataset, out, label, work_dir, glm="lsa"):
+    """A participant's GLM betas (every trial; ``participant --stop-after glm`` outputs in ``out``), its trials
+    table (columns as in the simulator's design) and the 32 x 32 pixels of each row's image (zeros without)."""
+    import nibabel as nib
+
+    from bids_m2i.decoding.features import PixelExtractor, stimulus_features
+    from bids_m2i.decoding.reconstruct import NA, resolve_images
+    from bids_m2i.interfaces.decoding import load_betas
+    from bids_m2i.workflows.shared import participant_betas
+
+    mask_path, pairs = participant_betas(Path(out), label, glm)
+    mask = np.asarray(nib.load(mask_path).dataobj) > 0
+    betas, trials = load_betas([str(p) for p, _ in pairs], [str(e) for _, e in pairs], mask)
+    trials = trials.reset_index(drop=True)
+    for column in ("condition", "cue", "stimulus", "stim_file", "cue_text", "category"):
+        if column not in trials:
+            trials[column] = NA
+        trials[column] = trials[column].astype(str).replace({"": NA, "nan": NA})
+    paths = resolve_images(trials, Path(dataset) / "stimuli")
+    rows = [i for i, path in enumerate(paths) if path is not None]
+    feats = np.zeros((len(trials), 32 * 32 * 3), np.float32)
+    feats[rows] = stimulus_features([paths[i] for i in rows], PixelExtractor(32), work_dir=work_dir)
+    return trials, betas, feats
+
+
+def _polar(matrix):
+    """The orthonormal matrix nearest ``matrix`` (orthogonal Procrustes)."""
+    u, _, vt = np.linalg.svd(matrix, full_matrices=False)
+    return u @ vt
+
+
+def srm_decoder(group, n_voxels: int, n_reduced: int, k: int, iterations: int = 30):
+    """The shared response model (Chen et al. 2015, deterministic SRM) as a decoder; tried, not kept.
+
+    Group: each participant's per-stimulus mean of z-scored betas on its ``n_voxels`` voxels of highest
+    training ncsnr, reduced to its ``n_reduced`` leading principal components (SRM with more dimensions than
+    stimuli fits noise: orthonormal maps can match any S); then S (stimuli x k) and orthonormal maps by
+    alternating Procrustes. Each participant's voxels -> its leave-one-participant-out S (a ridge, one
+    penalty, grouped CV; its own noise out of its targets); a ridge head (penalty per feature, CV grouped by
+    stimulus) from those maps' out-of-fold latents to the standardised features, over the whole group.
+    A new participant: a ridge from its voxels to S at its training stimuli (all of them must be among the
+    group's), then the group's head. Returns ``fit(betas, features, stimuli) -> predict`` and the inter-subject
+    correlation of the aligned responses (each participant vs the mean of the others)."""
+    from bids_m2i.decoding.ridge import DEFAULT_ALPHAS, ridge_predict
+    from bids_m2i.decoding.shared import HEAD_ALPHAS, head_alphas_by_cv, kfold_ridge, solve_head
+    from bids_m2i.decoding.voxels import VoxelScaler
+
+    stimuli = sorted(set.intersection(*[set(g.stimuli) for g in group]))
+    index = {s: i for i, s in enumerate(stimuli)}
+    reduced = {}
+    for g in group:
+        keep = np.isin(g.stimuli, stimuli)
+        scaler = VoxelScaler.fit(g.betas, g.stimuli, n_voxels)
+        z = scaler.transform(g.betas[keep]).astype(np.float64)
+        rows = np.array([index[s] for s in g.stimuli[keep]])
+        means = np.zeros((len(stimuli), z.shape[1]))
+        np.add.at(means, rows, z)
+        means /= np.bincount(rows, minlength=len(stimuli))[:, None]
+        means -= means.mean(0)
+        u, sv, _ = np.linalg.svd(means, full_matrices=False)
+        reduced[g.label] = u[:, :n_reduced] * sv[:n_reduced]
+    labels = list(reduced)
+    u, sv, _ = np.linalg.svd(np.concatenate([reduced[p] for p in labels], 1), full_matrices=False)
+    shared = u[:, :k] * sv[:k] / np.sqrt(len(labels))
+    for _ in range(iterations):
+        maps = {p: _polar(reduced[p].T @ shared) for p in labels}
+        shared = np.mean([reduced[p] @ maps[p] for p in labels], 0)
+    aligned = {p: reduced[p] @ maps[p] for p in labels}
+    others = {p: np.mean([aligned[q] for q in labels if q != p], 0) for p in labels}
+    isc = float(np.mean([np.corrcoef(aligned[p].ravel(), others[p].ravel())[0, 1] for p in labels]))
+    features = np.concatenate([g.features for g in group]).astype(np.float64)
+    mean, scale = features.mean(0), features.std(0)
+    scale[scale < 1e-8] = 1.0
+    latents, targets, groups = [], [], []
+    for g in group:
+        keep = np.isin(g.stimuli, stimuli)
+        z = VoxelScaler.fit(g.betas[keep], g.stimuli[keep], None).transform(g.betas[keep])
+        fit = kfold_ridge(z, others[g.label][[index[s] for s in g.stimuli[keep]]], DEFAULT_ALPHAS,
+                          g.stimuli[keep], 5, 0, 1, True)
+        latents.append(fit.out_of_fold)
+        targets.append((g.features[keep] - mean) / scale)
+        groups.append(g.stimuli[keep].astype(str))
+    alpha, gram, cross = head_alphas_by_cv(np.concatenate(latents), np.concatenate(targets), HEAD_ALPHAS,
+                                           np.concatenate(groups))
+    head_coef, head_intercept = solve_head(gram, cross, alpha)
+
+    def fit(betas, feats, stims):
+        scaler = VoxelScaler.fit(betas, stims, None)
+        own = kfold_ridge(scaler.transform(betas), shared[[index[s] for s in stims]], DEFAULT_ALPHAS, stims, 5, 0,
+                          1, True)
+        return lambda b: ridge_predict(ridge_predict(scaler.transform(b), own.coef, own.intercept), head_coef,
+                                       head_intercept) * scale + mean
+
+    return fit, isc
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", type=Path, required=True, help="made with --subjects N if absent")
@@ -62,6 +162,10 @@ def main(argv=None):
     parser.add_argument("--per-target-penalties", action="store_true",
                         help="one ridge penalty per latent target in the maps (the previous method)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--betas", type=Path, default=None,
+                        help="use the GLM betas of this output folder (participant --stop-after glm --glm lsa)")
+    parser.add_argument("--srm", nargs="*", default=(), metavar="VOXELS:REDUCED:K",
+                        help="also the shared response model with these settings (tried, not kept)")
     args = parser.parse_args(argv)
 
     from bids_m2i.decoding.decoder import BrainDecoder, rescale_to_training
@@ -76,7 +180,11 @@ def main(argv=None):
     labels = [f"{i + 1:02d}" for i in range(args.subjects)]
     rng = np.random.default_rng(0)
     work = args.dataset.parent / (args.dataset.name + "-features")
-    data = {label: load_participant(args.dataset, label, args.noise, args.noise_voxels, rng, work) for label in labels}
+    if args.betas is not None:
+        data = {label: load_glm_participant(args.dataset, args.betas, label, work) for label in labels}
+    else:
+        data = {label: load_participant(args.dataset, label, args.noise, args.noise_voxels, rng, work)
+                for label in labels}
     group = []
     for label in labels[:-1]:
         trials, betas, feats = data[label]
@@ -92,6 +200,12 @@ def main(argv=None):
           f"{time.monotonic() - start:.1f} s wall, {time.process_time() - cpu:.1f} s CPU, peak RSS "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB")
 
+    srm = {}
+    for setting in args.srm:
+        voxels, reduced, k = (int(x) for x in setting.split(":"))
+        srm[setting] = srm_decoder(group, voxels, reduced, k)
+        print(f"SRM {setting}: inter-subject correlation of the aligned responses {srm[setting][1]:.3f}")
+
     trials, betas, feats = data[labels[-1]]
     split = split_trials(trials, seed=0)
     stim = trials["stimulus"].to_numpy()
@@ -101,14 +215,14 @@ def main(argv=None):
                "1 run": split.train[run[split.train] == "04"]}
     subsets["half a run"] = subsets["1 run"][::2]
 
-    def score(decoder, rows, centre, train_rows, imagery):
+    def score(predict, decoder, rows, centre, train_rows, imagery):
         X = betas.copy()
         if imagery:
             X[split.imagery] = standardise_like(betas[split.imagery], betas[train_rows])
         names = sorted(set(stim[rows]))
         items = np.stack([X[rows][stim[rows] == n].mean(0) for n in names])
         targets = np.stack([feats[rows][stim[rows] == n][0] for n in names])
-        pred = rescale_to_training(decoder.predict(items), decoder.feature_mean, decoder.feature_sd, centre=centre)
+        pred = rescale_to_training(predict(items), decoder.feature_mean, decoder.feature_sd, centre=centre)
         return pixcorr(pred, targets), twoway(pred - decoder.feature_mean, targets - decoder.feature_mean)
 
     print("| trains on | decoder | perception PixCorr | perception 2-way | imagery-memory PixCorr | imagery-memory 2-way |")
@@ -117,9 +231,12 @@ def main(argv=None):
         own = BrainDecoder("ridge", device="cpu", n_threads=args.threads).fit(betas[rows], feats[rows],
                                                                              labels=stim[rows])
         shared = fit_new_participant(model, betas[rows], feats[rows], stim[rows], n_threads=args.threads)
-        for kind, decoder in (("own ridge", own), ("shared", shared)):
-            pc, tw = score(decoder, split.test, "training", rows, False)
-            ipc, itw = score(decoder, memory, "items", rows, True)
+        decoders = [("own ridge", own.predict, own), ("shared", shared.predict, shared)]
+        for setting, (make, _) in srm.items():
+            decoders.append((f"SRM {setting}", make(betas[rows], feats[rows], stim[rows]), own))
+        for kind, predict, scaled in decoders:  # rescaled to this participant's training features
+            pc, tw = score(predict, scaled, split.test, "training", rows, False)
+            ipc, itw = score(predict, scaled, memory, "items", rows, True)
             print(f"| {name} ({len(rows)} trials) | {kind} | {pc:.3f} | {tw:.3f} | {ipc:.3f} | {itw:.3f} |", flush=True)
 
 

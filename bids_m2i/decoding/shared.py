@@ -24,7 +24,10 @@ with the new participant's out-of-fold latent predictions added to the group's (
 statistics in the model file).
 
 Where participants share stimuli, the CV groups of the head are the stimulus identities across participants
-(an image's repeats in every participant are held out together); nothing else needs shared stimuli.
+(an image's repeats in every participant are held out together), and the model keeps the group's mean latent
+response to each training stimulus: a new participant without repeated training stimuli (no ncsnr) but with
+stimuli the group saw gets its voxels ranked by that response (:mod:`.shared_stimuli`). Nothing requires
+shared stimuli: without them the voxel rule is the own-data decoder's (ncsnr, or every voxel).
 
 Files: ``save``/``load`` write ``.safetensors`` (arrays) + ``.json`` (participants, trials, settings, feature
 space and its dimension). Everything is numpy/torch on arrays: no BIDS, no nipype.
@@ -123,6 +126,10 @@ class SharedModel:
     maps: dict[str, ParticipantMap] = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)
+    # the group's mean latent response to each of its training stimuli (shared_stimuli.py): ranks a new
+    # participant's voxels when its training stimuli are the group's; empty in files written before
+    stimulus_names: list = field(default_factory=list)
+    stimulus_latents: np.ndarray | None = None
 
     @property
     def feature_dim(self) -> int:
@@ -173,6 +180,8 @@ class SharedModel:
         order = sorted(self.maps)
         for i, label in enumerate(order):
             arrays.update(self.maps[label].to_arrays(f"map{i}."))
+        if self.stimulus_names:
+            arrays["stimulus_latents"] = np.asarray(self.stimulus_latents, np.float32)
         arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
@@ -183,7 +192,7 @@ class SharedModel:
             "Participants": [{"label": label, "index": i, "n_train": self.maps[label].n_train,
                               "n_voxels": int(len(self.maps[label].scaler.columns))}
                              for i, label in enumerate(order)],
-            "Settings": self.settings, "Info": self.info,
+            "Settings": self.settings, "Info": self.info, "Stimuli": list(self.stimulus_names),
         }
         write_json(path.with_suffix(".json"), meta)
         return path
@@ -206,7 +215,9 @@ class SharedModel:
                    feature_mean=arrays["feature_mean"], feature_scale=arrays["feature_scale"], basis=arrays["basis"],
                    head_coef=arrays["head_coef"], head_intercept=arrays["head_intercept"],
                    head_alpha=arrays["head_alpha"], head_gram=arrays["head_gram"], head_cross=arrays["head_cross"],
-                   maps=maps, settings=meta.get("Settings", {}), info=meta.get("Info", {}))
+                   maps=maps, settings=meta.get("Settings", {}), info=meta.get("Info", {}),
+                   stimulus_names=list(meta.get("Stimuli", [])) if "stimulus_latents" in arrays else [],
+                   stimulus_latents=arrays.get("stimulus_latents"))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -495,6 +506,9 @@ def train_shared_model(participants: list[ParticipantData], feature_space: str, 
     head_coef, head_intercept = solve_head(gram, cross, head_alpha)
     if head == "projection":  # the statistics stay in the file: fine-tuning can still fit a ridge head
         head_coef, head_intercept = basis.copy(), np.zeros(d, np.float32)
+    from .shared_stimuli import group_stimulus_latents
+
+    stimulus_names, stimulus_latents = group_stimulus_latents(maps, participants)
     seconds = time.monotonic() - start
     LOG.info("shared %s decoder: %d participants, k=%d (%.0f %% of predicted variance), head alpha median %g, "
              "%.1f s", feature_space, len(participants), k, 100 * explained, float(np.median(head_alpha)), seconds)
@@ -502,6 +516,7 @@ def train_shared_model(participants: list[ParticipantData], feature_space: str, 
         feature_space=feature_space, feature_info=dict(feature_info or {}), feature_mean=mean.astype(np.float32),
         feature_scale=scale.astype(np.float32), basis=basis, head_coef=head_coef, head_intercept=head_intercept,
         head_alpha=head_alpha, head_gram=gram, head_cross=cross, maps=maps,
+        stimulus_names=stimulus_names, stimulus_latents=stimulus_latents if stimulus_names else None,
         settings={"n_components": k, "alphas": [float(a) for a in alphas],
                   "head_alphas": [float(a) for a in head_alphas], "top_k": top_k, "folds": folds, "seed": seed,
                   "feature_axes": q, "head": head, "single_penalty": bool(single_penalty),
@@ -556,9 +571,14 @@ class SharedParticipantDecoder:
         # models written before these settings existed used per-target penalties
         folds = model.settings.get("folds", CV_FOLDS)
         single_penalty = bool(model.settings.get("single_penalty", False))
-        scaler, fit, selection = select_voxels(betas, T, labels, self.top_k, alphas=self.alphas, folds=folds,
-                                               seed=self.seed, n_threads=self.n_threads,
-                                               single_penalty=single_penalty)
+        ranked = self._rank_by_group(betas, T, labels, folds) if single_penalty else None
+        if ranked is not None:  # no repeats, but stimuli the group saw: the group's response ranks the voxels
+            (scaler, selection), fit, ranking = ranked, None, "shared stimuli"
+        else:
+            scaler, fit, selection = select_voxels(betas, T, labels, self.top_k, alphas=self.alphas, folds=folds,
+                                                   seed=self.seed, n_threads=self.n_threads,
+                                                   single_penalty=single_penalty)
+            ranking = "ncsnr" if selection is not None else "none"
         if fit is None:
             fit = kfold_ridge(scaler.transform(betas), T, self.alphas, labels, folds, self.seed, self.n_threads,
                               single_penalty)
@@ -573,10 +593,25 @@ class SharedParticipantDecoder:
         self.info = {"shared_model": self.source, "shared_participants": sorted(model.maps),
                      "components": model.n_components, "fine_tune_head": self.fine_tune_head,
                      "n_train": int(len(betas)), "n_voxels": int(len(scaler.columns)),
-                     "n_features": int(features.shape[1]), "alpha_median": float(np.median(fit.alpha))}
+                     "n_features": int(features.shape[1]), "alpha_median": float(np.median(fit.alpha)),
+                     "voxel_ranking": ranking}
         if selection is not None:
             self.info["voxel_selection"] = selection
         return self
+
+    def _rank_by_group(self, betas, T, labels, folds):
+        """(scaler, summary) from the group's response to shared stimuli (:mod:`.shared_stimuli`), or None:
+        only with ``top_k="auto"``, stimulus labels, no repeated training stimulus (else ncsnr ranks the
+        voxels, as for the own-data decoder) and a model that stores the group's stimulus responses."""
+        from .shared_stimuli import rank_by_group
+
+        if self.top_k != AUTO or labels is None or not self.model.stimulus_names:
+            return None
+        names = np.asarray(labels).astype(str)
+        if len(np.unique(names)) < len(names):
+            return None
+        return rank_by_group(betas, T, names, self.model.stimulus_names, self.model.stimulus_latents,
+                             self.alphas, folds, self.seed)
 
     def _check_fitted(self):
         if self.map is None:
