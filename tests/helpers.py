@@ -65,3 +65,33 @@ def independent_glm_session(n_voxels: int, seed: int, **kwargs):
                            "role": "trial", "event_type": "stimulus", "condition": "perception",
                            "stimulus": [f"img-{k:04d}" for k in s.stimulus]})
     return s, runs, trials
+
+
+def regular_trials(n_runs: int, n_volumes: int, tr: float, every: float, n_stimuli: int):
+    """Single trials (3 s) every ``every`` seconds in each run, stimuli cycling over ``n_stimuli`` names (so
+    repeated within and across runs), and the engine's run designs for them.
+
+    Returns (trials, designs, rows) as ``build_run_designs`` gives them."""
+    import numpy as np
+    import pandas as pd
+
+    from bids_m2i.glm.design import RunData, build_run_designs
+
+    onsets = np.arange(4.0, n_volumes * tr - 20.0, every)
+    trials = pd.DataFrame([{"onset": o, "duration": 3.0, "run": str(r + 1), "role": "trial",
+                            "event_type": "stimulus", "condition": "perception", "stimulus": f"s{i % n_stimuli:02d}"}
+                           for r in range(n_runs) for i, o in enumerate(onsets)])
+    empty = [RunData(np.zeros((1, n_volumes)), tr, str(r + 1)) for r in range(n_runs)]
+    designs, rows = build_run_designs(empty, trials, "polynomial", 0.01, None)
+    return trials, designs, rows
+
+
+def ar1_noise(rng, n_voxels: int, n_volumes: int, rho: float):
+    """Unit-variance AR(1) noise, (n_voxels, n_volumes)."""
+    import numpy as np
+
+    noise = np.empty((n_voxels, n_volumes))
+    noise[:, 0] = rng.standard_normal(n_voxels)
+    for t in range(1, n_volumes):
+        noise[:, t] = rho * noise[:, t - 1] + np.sqrt(1 - rho ** 2) * rng.standard_normal(n_voxels)
+    return noise

@@ -2,12 +2,12 @@
 ``hrf_noise_correction``; issue 13, docs/glm.md "The HRF choice corrected for noise"). ~30 s."""
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
+from helpers import ar1_noise, regular_trials
+
 from bids_m2i.errors import UsageError
-from bids_m2i.glm.design import RunData, build_run_designs
 from bids_m2i.glm.estimate import estimate_single_trial_betas
 from bids_m2i.glm.fithrf import NoiseExplainedByKernel, library_fitted_ss
 from bids_m2i.glm.model import SessionModel
@@ -20,20 +20,9 @@ torch.set_num_threads(1)
 def _noise_only(n_voxels, rho, seed, n_runs=3, n_volumes=200, tr=1.6):
     """A dense single-trial design (a trial every 4.8 s) with the broad library, and pure AR(1) noise."""
     rng = np.random.default_rng(seed)
-    onsets = np.arange(4.0, n_volumes * tr - 20.0, 4.8)
-    trials = pd.DataFrame([{"onset": o, "duration": 3.0, "run": str(r + 1), "role": "trial",
-                            "event_type": "stimulus", "condition": "perception", "stimulus": f"s{i % 20:02d}"}
-                           for r in range(n_runs) for i, o in enumerate(onsets)])
-    empty = [RunData(np.zeros((1, n_volumes)), tr, str(r + 1)) for r in range(n_runs)]
-    designs, _ = build_run_designs(empty, trials, "polynomial", 0.01, None)
+    _, designs, _ = regular_trials(n_runs, n_volumes, tr, every=4.8, n_stimuli=20)
     model = SessionModel(designs, "glover", with_library=True, dtype=torch.float64)
-    data = []
-    for _ in range(n_runs):
-        noise = np.empty((n_voxels, n_volumes))
-        noise[:, 0] = rng.standard_normal(n_voxels)
-        for t in range(1, n_volumes):
-            noise[:, t] = rho * noise[:, t - 1] + np.sqrt(1 - rho ** 2) * rng.standard_normal(n_voxels)
-        data.append(torch.as_tensor(noise))
+    data = [torch.as_tensor(ar1_noise(rng, n_voxels, n_volumes, rho)) for _ in range(n_runs)]
     return model, data
 
 

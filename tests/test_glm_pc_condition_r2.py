@@ -6,6 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
+from helpers import independent_glm_session, regular_trials
+
 from bids_m2i.errors import UsageError
 from bids_m2i.glm.denoise import condition_codes, condition_cv_r2, first_near_best
 from bids_m2i.glm.design import RunData, build_run_designs
@@ -13,8 +15,6 @@ from bids_m2i.glm.estimate import estimate_single_trial_betas
 from bids_m2i.glm.model import SessionModel
 from bids_m2i.glm.reliability import RepeatStructure, retest_reliability
 from bids_m2i.glm.simulation import r_trial
-
-from helpers import independent_glm_session
 
 torch.set_num_threads(1)
 
@@ -40,13 +40,8 @@ def test_condition_codes_pool_repeats_and_keep_single_trials_apart():
 def test_condition_r2_is_positive_for_repeated_responses_and_negative_for_noise():
     rng = np.random.default_rng(0)
     n_runs, n_volumes, tr = 3, 200, 1.6
-    onsets = np.arange(4.0, n_volumes * tr - 20.0, 6.4)
-    stimulus = [f"s{i % 15:02d}" for r in range(n_runs) for i in range(onsets.size)]
-    trials = pd.DataFrame([{"onset": o, "duration": 3.0, "run": str(r + 1), "role": "trial",
-                            "event_type": "stimulus", "condition": "perception", "stimulus": f"s{i % 15:02d}"}
-                           for r in range(n_runs) for i, o in enumerate(onsets)])
-    empty = [RunData(np.zeros((1, n_volumes)), tr, str(r + 1)) for r in range(n_runs)]
-    designs, _ = build_run_designs(empty, trials, "polynomial", 0.01, None)
+    trials, designs, _ = regular_trials(n_runs, n_volumes, tr, every=6.4, n_stimuli=15)
+    stimulus = list(trials["stimulus"])
     model = SessionModel(designs, "glover", with_library=True, dtype=torch.float64)
     kernel = 3
     repeats = RepeatStructure.from_labels(stimulus)

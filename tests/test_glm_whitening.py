@@ -1,12 +1,13 @@
 """AR(1) prewhitening of the single-trial model (``noise_model="ar1"``, bids_m2i.glm.whitening; issue 13)."""
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
+from helpers import ar1_noise, regular_trials
+
 from bids_m2i.errors import UsageError
-from bids_m2i.glm.design import RunData, build_run_designs
+from bids_m2i.glm.design import RunData
 from bids_m2i.glm.estimate import estimate_single_trial_betas
 from bids_m2i.glm.model import SessionModel
 from bids_m2i.glm.simulation import simulate_session
@@ -19,20 +20,12 @@ torch.set_num_threads(1)
 def _dense_session(n_voxels, rho, seed, n_runs=2, n_volumes=200, tr=1.6):
     """Canonical-HRF single trials every 4.8 s, AR(1) noise with coefficient ``rho``, data in % (known betas)."""
     rng = np.random.default_rng(seed)
-    onsets = np.arange(4.0, n_volumes * tr - 20.0, 4.8)
-    trials = pd.DataFrame([{"onset": o, "duration": 3.0, "run": str(r + 1), "role": "trial",
-                            "event_type": "stimulus", "condition": "perception", "stimulus": f"s{i % 20:02d}"}
-                           for r in range(n_runs) for i, o in enumerate(onsets)])
-    empty = [RunData(np.zeros((1, n_volumes)), tr, str(r + 1)) for r in range(n_runs)]
-    designs, rows = build_run_designs(empty, trials, "polynomial", 0.01, None)
+    trials, designs, rows = regular_trials(n_runs, n_volumes, tr, every=4.8, n_stimuli=20)
     model = SessionModel(designs, "glover", dtype=torch.float64)
     truth = rng.normal(1.0, 1.0, (len(rows), n_voxels))
     runs = []
     for r, design in enumerate(designs):
-        noise = np.empty((n_voxels, n_volumes))
-        noise[:, 0] = rng.standard_normal(n_voxels)
-        for t in range(1, n_volumes):
-            noise[:, t] = rho * noise[:, t - 1] + np.sqrt(1 - rho ** 2) * rng.standard_normal(n_voxels)
+        noise = ar1_noise(rng, n_voxels, n_volumes, rho)
         signal = (model.trial_regressors[r][model.canonical_index] @ truth[design.trial_slice]).T
         runs.append(RunData(signal + 0.5 * noise, tr, str(r + 1)))
     return runs, trials, truth, model
