@@ -33,13 +33,16 @@ def record_error(error: M2IError, where: str) -> None:
         "path": error.path,
         "hint": error.hint,
     }
-    name = f"{time.time_ns()}-{os.getpid()}.json"
-    (Path(folder) / name).write_text(json.dumps(record))
+    final = Path(folder) / f"{time.time_ns()}-{os.getpid()}.json"
+    # written whole under a hidden name, then renamed: the run's main process may read the folder at any time
+    partial = final.with_name(f".{final.name}.tmp")
+    partial.write_text(json.dumps(record))
+    os.replace(partial, final)
 
 
 def read_error_records(folder: Path) -> list[dict]:
     records = []
-    for path in sorted(Path(folder).glob("*.json")):
+    for path in sorted(Path(folder).glob("[!.]*.json")):
         try:
             records.append(json.loads(path.read_text()))
         except (OSError, ValueError):
