@@ -47,6 +47,25 @@ def pybids_config() -> dict:
     return json.loads(text)
 
 
+#: the entities that name the space of an output (fMRIPrep's template, cohort and resolution)
+SPACE_ENTITY_KEYS = ("space", "cohort", "res")
+
+
+def space_entities_of(path: str | os.PathLike) -> dict[str, str]:
+    """The space entities (space, cohort, res) of an output's name; {} for the participant's own grid."""
+    found = {}
+    for part in Path(path).name.split("_"):
+        key, _, value = part.partition("-")
+        if key in SPACE_ENTITY_KEYS and value:
+            found[key] = value
+    return found
+
+
+def space_name_part(space: dict | None) -> str:
+    """``space-T1w_res-2`` for space entities (in BIDS order), ``""`` for the participant's own grid."""
+    return "_".join(f"{key}-{space[key]}" for key in SPACE_ENTITY_KEYS if (space or {}).get(key))
+
+
 def derivative_path(output_dir: Path | str, *, suffix: str, extension: str, datatype: str | None = None,
                     **entities: Any) -> Path:
     """The path of one output file, built from entities (``desc`` is always the last entity)."""

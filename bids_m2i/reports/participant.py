@@ -57,16 +57,6 @@ def _run_name(path: Path) -> str:
     return "_".join(parts)
 
 
-def _space_of(path: Path) -> dict[str, str]:
-    """The space entities (space, cohort, res) of an output's name; {} for the participant's own grid."""
-    found = {}
-    for part in Path(path).name.split("_"):
-        key, _, value = part.partition("-")
-        if key in ("space", "cohort", "res") and value:
-            found[key] = value
-    return found
-
-
 def _method_of(statseries: Path) -> str:
     """The GLM method label of a statseries file name (``..._desc-<method>_statseries.json``)."""
     for part in Path(statseries).name.split("_"):
@@ -176,8 +166,10 @@ def build_participant_report(*, output_dir: Path, bids_dir: Path, subject: str, 
     # only this run's GLM method: outputs of another --glm from an earlier run may sit beside them
     method = config.glm_label
     # and only this run's space: a run with another --space into this OUTPUT_DIR keeps its own betas beside them
+    from ..bids.derivatives import space_entities_of
+
     current = sorted(p for p in sub_dir.rglob(f"*_stat-effect_desc-{method}_statseries.json")
-                     if _space_of(p) == dict(config.space_entities))
+                     if space_entities_of(p) == dict(config.space_entities))
     stale = sorted({_method_of(p) for p in sub_dir.rglob("*_statseries.json")} - {method})
     if stale:
         warnings.append(f"This folder also holds single-trial betas of another GLM method from an earlier run "

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..bids.derivatives import space_entities_of, space_name_part
 from ..errors import InputMissingError, NoDataSelected
 from ..utils.atomic import write_text, write_tsv
 
@@ -64,10 +65,8 @@ def metrics_path(output_dir: Path, subject: str, space: dict | None = None) -> P
 def other_spaces(output_dir: Path, subject: str) -> list[str]:
     """The space entities of the decoding outputs a participant has (``space-T1w``), for the hint."""
     folder = Path(output_dir) / f"sub-{subject}" / "decoding"
-    found = set()
-    for path in folder.glob(f"sub-{subject}_*desc-metrics_table.tsv"):
-        found.add("_".join(p for p in path.name.split("_")[1:] if p.startswith(("space-", "cohort-", "res-"))))
-    return sorted(found)
+    return sorted({space_name_part(space_entities_of(path))
+                   for path in folder.glob(f"sub-{subject}_*desc-metrics_table.tsv")})
 
 
 def glm_method_of(output_dir: Path, subject: str, space: dict | None = None) -> str:
@@ -115,8 +114,7 @@ def collect_group_metrics(output_dir: Path, participants: list[str],
     for subject in participants:
         path = metrics_path(output_dir, subject, space)
         if not path.exists():
-            elsewhere = [s for s in other_spaces(output_dir, subject) if s != "_".join(
-                f"{k}-{v}" for k, v in (space or {}).items())]
+            elsewhere = [s for s in other_spaces(output_dir, subject) if s != space_name_part(space)]
             if elsewhere:
                 LOGGER.warning("sub-%s has decoding results only in other spaces (%s): give the group level the "
                                "--space of the participant level (e.g. --space %s)", subject,
@@ -193,7 +191,8 @@ def group_name_prefix(space: dict | None) -> str:
     """``space-T1w_`` (+ ``cohort-``/``res-``) for the group files of a ``--space`` run, as the participants'
     decoding outputs carry it: group runs of two spaces into one OUTPUT_DIR keep their own summaries. Empty for
     the participant's own grid (``group/desc-metrics_table.tsv``, as before)."""
-    return "".join(f"{key}-{space[key]}_" for key in ("space", "cohort", "res") if (space or {}).get(key))
+    part = space_name_part(space)
+    return f"{part}_" if part else ""
 
 
 def mixed_methods(per_participant: pd.DataFrame) -> str:
