@@ -160,18 +160,127 @@ def index_dataset(bids_dir: Path, database_dir: Path | None):
                            hint="run the BIDS validator on it to see what is wrong") from exc
 
 
+#: a database folder younger than this is never taken for stale (its owner may be between creating it and
+#: locking it, or on another node whose locks this one cannot see)
+STALE_DATABASE_AGE_S = 120.0
+#: file lock of a database folder ``<name>`` while its process lives: ``<name>.lock`` beside it
+DATABASE_LOCK_SUFFIX = ".lock"
+
+
 def process_database_dir(parent: Path) -> Path:
-    """A new folder of this process under ``parent`` (host and pid in its name), removed at exit."""
+    """A new folder of this process under ``parent`` (host and pid in its name), removed at exit.
+
+    A job that is killed (SIGKILL, out of memory, a node failure, the scheduler's time limit) never runs its
+    exit handlers, so its folder stays; on a work dir shared by many jobs they piled up. Each process therefore
+    holds a lock on ``<folder>.lock`` while it lives, and every new process first removes the stale folders of
+    dead ones (:func:`remove_stale_database_dirs`)."""
     import atexit
+    import fcntl
     import os
     import shutil
     import socket
     import tempfile
 
-    Path(parent).mkdir(parents=True, exist_ok=True)
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_database_dirs(parent)
     folder = Path(tempfile.mkdtemp(prefix=f"{socket.gethostname()}-{os.getpid()}-", dir=parent))
+    lock_path = folder.with_name(folder.name + DATABASE_LOCK_SUFFIX)
+    try:
+        handle = open(lock_path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _DATABASE_LOCKS.append(handle)  # held (open) for the process's lifetime
+        except OSError:  # a file system without locks: the host/pid rule decides
+            handle.close()
+    except OSError:
+        pass
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    atexit.register(lambda: lock_path.unlink(missing_ok=True))
     return folder
+
+
+_DATABASE_LOCKS: list = []
+
+
+def _database_owner(name: str) -> tuple[str, int] | None:
+    """(host, pid) of a folder named ``<host>-<pid>-<random>`` by :func:`process_database_dir`, else None."""
+    parts = name.rsplit("-", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        return None
+    return parts[0], int(parts[1])
+
+
+def _process_alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_stale_database_dirs(parent: Path, min_age_s: float = STALE_DATABASE_AGE_S) -> list[Path]:
+    """Remove the pybids database folders under ``parent`` whose process has ended; return them.
+
+    A folder is stale when it is older than ``min_age_s`` and either its lock file can be locked (the process
+    that held it is gone: flock is released when a process dies, however it dies) or, where there is no lock
+    file or locks are not supported, it was made on this host by a process id that no longer runs. Anything
+    else is left alone: a folder of a live job (on this node or another), of another program, or too young to
+    judge. Errors (a folder another job is removing at the same time) are ignored."""
+    import fcntl
+    import shutil
+    import socket
+    import time
+
+    parent = Path(parent)
+    host = socket.gethostname()
+    removed: list[Path] = []
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return removed
+    now = time.time()
+    for folder in entries:
+        owner = _database_owner(folder.name)
+        if owner is None or not folder.is_dir() or folder.is_symlink():
+            continue
+        try:
+            if now - folder.stat().st_mtime < min_age_s:
+                continue
+        except OSError:
+            continue
+        lock_path = folder.with_name(folder.name + DATABASE_LOCK_SUFFIX)
+        handle = None
+        verdict = None  # True: stale, False: in use, None: the lock cannot tell
+        if lock_path.exists():
+            try:
+                handle = open(lock_path, "a+")
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                verdict = True
+            except BlockingIOError:
+                verdict = False
+            except OSError:
+                verdict = None
+        if verdict is None:
+            verdict = owner[0] == host and not _process_alive(owner[1])
+        elif verdict and owner[0] == host and _process_alive(owner[1]):
+            verdict = False  # its process lives (it has not locked yet, or this is a reused pid): leave it
+        try:
+            if verdict:
+                shutil.rmtree(folder, ignore_errors=True)
+                lock_path.unlink(missing_ok=True)
+                removed.append(folder)
+        finally:
+            if handle is not None:
+                handle.close()
+    if removed:
+        LOGGER.info("Removed %d pybids database folder(s) of ended runs from %s: %s", len(removed), parent,
+                    ", ".join(p.name for p in removed[:5]))
+    return removed
 
 
 def load_bids_filters(path: Path | None) -> dict:
