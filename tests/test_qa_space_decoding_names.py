@@ -42,7 +42,9 @@ def test_two_spaces_into_one_output_dir_keep_their_decoding_outputs(tiny_dataset
         assert all((out / image).is_file() for image in table["image"])
         assert all(f"_{entities}_stat-effect_" in source for source in table["source"])
     assert not list(decoding.glob("sub-01_desc-*")) and not list(images.glob("sub-01_trial-*"))
-    assert "Not run (--stop-after" not in (out / "sub-01.html").read_text()  # the page found this run's decoding
+    for page in ("sub-01_space-T1w.html", f"sub-01_space-{MNI}_res-2.html"):  # one page per space
+        assert "Not run (--stop-after" not in (out / page).read_text()  # each page found its run's decoding
+    assert not (out / "sub-01.html").exists()
 
     # the group level summarises the space it is given; the res- of the participant level is found
     assert metrics_path(out, "01", {"space": MNI}).name == f"sub-01_space-{MNI}_res-2_desc-metrics_table.tsv"

@@ -256,14 +256,14 @@ def check_has_training_trials(inputs: SubjectInputs) -> None:
     """Decoding trains on perception trials with a stimulus: a participant with only imagery runs (or
     perception events without a stimulus column) stopped the run with 65 at the decoding stage, after its
     preprocessing and GLM. Said now (65), naming the participant and what to do."""
-    from ..decoding.splits import _identity
+    from ..decoding.splits import stimulus_identity
 
     trials = inputs.trials
     if trials.empty or "condition" not in trials.columns:
         return
     rows = trials[trials["role"] == "trial"] if "role" in trials.columns else trials
     perception = rows[rows["condition"].astype(str) == "perception"]
-    if len(perception) and (_identity(perception) != "n/a").any():
+    if len(perception) and (stimulus_identity(perception) != "n/a").any():
         return
     conditions = ", ".join(sorted(set(rows["condition"].astype(str)))) or "none"
     raise BadDataError(

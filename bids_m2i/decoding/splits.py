@@ -73,11 +73,17 @@ def _column(trials: pd.DataFrame, name: str) -> pd.Series:
     return pd.Series(["n/a"] * len(trials), index=trials.index)
 
 
-def _identity(trials: pd.DataFrame) -> pd.Series:
-    """What was seen: the stimulus label, else the stimulus file."""
+def stimulus_identity(trials: pd.DataFrame) -> pd.Series:
+    """What was seen or imagined in each trial: the stimulus label, else the stimulus file (``n/a``: neither).
+
+    The one definition of a trial's identity for the decoding split and for the checks made before a run
+    starts (:func:`bids_m2i.bids.inputs.check_has_training_trials`)."""
     stim = _column(trials, "stimulus")
     files = _column(trials, "stim_file")
     return stim.where(stim != "n/a", files)
+
+
+_identity = stimulus_identity  # the earlier private name, used below
 
 
 def split_trials(trials: pd.DataFrame, *, seed: int = 0, test_fraction: float = 0.2,

@@ -101,6 +101,39 @@ def _glm_facts(metas: list[dict]) -> str:
     return text
 
 
+#: the voxel-ranking rules of a shared decoder fitted to a participant (its model sidecar's info.voxel_ranking)
+VOXEL_RANKING_TEXT = {
+    "shared stimuli": "voxels ranked by how well the group's response to the stimuli it shared with this "
+                      "participant predicts them (no training stimulus repeated, so no ncsnr)",
+    "ncsnr": "voxels ranked by their noise-ceiling SNR (ncsnr) over repeated training stimuli",
+    "none": "every voxel of the mask kept (nothing to rank them by)",
+}
+
+
+def _shared_voxel_ranking(config, output_dir: Path, subject: str) -> str:
+    """``; voxels ranked by ... (k voxels)`` per target, from the fitted models' sidecars (``info.voxel_ranking``):
+    which rule chose the voxels depends on the participant's data, so the page must say which one ran."""
+    from ..bids.derivatives import derivative_path
+
+    parts = []
+    for target in config.target:
+        sidecar = derivative_path(output_dir, subject=subject, **config.space_entities,
+                                  desc=f"{target.replace('-', '')}shared", datatype="decoding", suffix="model",
+                                  extension=".json")
+        try:
+            info = json.loads(sidecar.read_text()).get("info") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        rule = info.get("voxel_ranking")
+        if not rule:
+            continue
+        text = VOXEL_RANKING_TEXT.get(rule, f"voxel ranking: {rule}")
+        if info.get("n_voxels"):
+            text += f", {info['n_voxels']} voxels used"
+        parts.append(f"{target}: {text}" if len(config.target) > 1 else text)
+    return ("; " + "; ".join(parts)) if parts else ""
+
+
 def methods_paragraphs(config, *, stages, output_dir: Path, subject: str) -> list[str]:
     paragraphs = [
         f"Results were produced with m2i {__version__} (bids_m2i), a BIDS-App (Gorgolewski et al. 2017) built on "
@@ -126,8 +159,12 @@ def methods_paragraphs(config, *, stages, output_dir: Path, subject: str) -> lis
                           "of the run masks.")
     if "single-trial betas" in stages:
         # this run's method only: another --glm's outputs from an earlier run may sit beside them
-        sidecars = sorted((Path(output_dir) / f"sub-{subject}").rglob(
-            f"*_stat-effect_desc-{config.glm_label}_statseries.json"))
+        # and this run's space only: a run with another --space into this OUTPUT_DIR keeps its betas beside them
+        from ..bids.derivatives import space_entities_of
+
+        sidecars = sorted(p for p in (Path(output_dir) / f"sub-{subject}").rglob(
+            f"*_stat-effect_desc-{config.glm_label}_statseries.json")
+            if space_entities_of(p) == dict(config.space_entities))
         metas = [json.loads(p.read_text()) for p in sidecars]
         method_text = {
             "lsa": "a least-squares-all model (one regressor per trial; Mumford et al. 2012)",
@@ -158,7 +195,8 @@ def methods_paragraphs(config, *, stages, output_dir: Path, subject: str) -> lis
                ", except that the model used was the group's shared-subject decoder (after MindEye2, Scotti et al. "
                "2024; "
                + ", ".join(Path(p).name for p in config.shared_decoder) + "): only this participant's linear map "
-               "into its shared space was fitted, on the participant's training trials")
+               "into its shared space was fitted, on the participant's training trials"
+               + _shared_voxel_ranking(config, output_dir, subject))
             + ". Predictions were rescaled to the training features' per-dimension mean and standard deviation "
             "(Ozcelik & VanRullen 2023) and applied to held-out perception trials"
             + (" (repeats averaged)" if config.average_repeats else "")

@@ -1,4 +1,4 @@
-"""The participant report ``OUTPUT_DIR/sub-<label>.html``: one self-contained page (figures and images are
+"""The participant report ``OUTPUT_DIR/sub-<label>[_space-<space>].html``: one self-contained page (figures and images are
 embedded), written for whatever stages ran. It reads the derivatives on disk, so it shows what a user gets."""
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ def build_participant_report(*, output_dir: Path, bids_dir: Path, subject: str, 
     # only this run's GLM method: outputs of another --glm from an earlier run may sit beside them
     method = config.glm_label
     # and only this run's space: a run with another --space into this OUTPUT_DIR keeps its own betas beside them
-    from ..bids.derivatives import space_entities_of
+    from ..bids.derivatives import space_entities_of, space_name_part
 
     current = sorted(p for p in sub_dir.rglob(f"*_stat-effect_desc-{method}_statseries.json")
                      if space_entities_of(p) == dict(config.space_entities))
@@ -177,6 +177,7 @@ def build_participant_report(*, output_dir: Path, bids_dir: Path, subject: str, 
     glm_sections = []
     for series_meta in current:
         meta = json.loads(series_meta.read_text())
+        warnings += list(meta.get("events_warnings") or [])
         events = series_meta.with_name(series_meta.name.replace("_stat-effect_", "_").replace("_statseries.json",
                                                                                                 "_events.tsv"))
         n_trials = len(_read_tsv(events)) if events.exists() else "?"
@@ -253,6 +254,8 @@ def build_participant_report(*, output_dir: Path, bids_dir: Path, subject: str, 
     write_text(output_dir / "logs" / "CITATION.md", "# Methods\n\n" + "\n\n".join(methods) + "\n\n## References\n\n"
                + "\n".join(f"- {c}" for c in citations) + "\n")
 
+    page = report_path(output_dir, subject, config.space_entities)
+    space_label = space_name_part(config.space_entities) or "the participant's own grid (m2i preprocessing)"
     env = Environment(loader=PackageLoader("bids_m2i", "data/templates"), autoescape=select_autoescape(["html"]))
     config_files = run_configs_for(output_dir / "logs", subject)
     html = env.get_template("participant.html.j2").render(
@@ -262,8 +265,27 @@ def build_participant_report(*, output_dir: Path, bids_dir: Path, subject: str, 
         glm_sections=glm_sections, recon_groups=recon_groups, retrieval=retrieval, tiny_models=tiny_models,
         decoding_note=decoding_note, metrics=metrics, methods=methods, citations=citations,
         config_file=config_files[-1].name if config_files else "logs/",
+        space=space_label, other_reports=other_space_reports(output_dir, subject, page),
     )
-    return write_text(output_dir / f"sub-{subject}.html", html)
+    return write_text(report_path(output_dir, subject, config.space_entities), html)
+
+
+def report_path(output_dir: Path, subject: str, space: dict | None = None) -> Path:
+    """``OUTPUT_DIR/sub-<label>.html`` for the participant's own grid; with fMRIPrep inputs the space entities
+    follow the label as in every other output's name (``sub-01_space-T1w.html``,
+    ``sub-01_space-MNI152NLin2009cAsym_res-2.html``), so that runs in several spaces into one OUTPUT_DIR each
+    keep the page of their own betas, decoders and metrics (as the group level's ``space-T1w_group.html``)."""
+    from ..bids.derivatives import space_name_part
+
+    part = space_name_part(space)
+    return Path(output_dir) / (f"sub-{subject}_{part}.html" if part else f"sub-{subject}.html")
+
+
+def other_space_reports(output_dir: Path, subject: str, own: Path) -> list[str]:
+    """Names of this participant's pages of other spaces in OUTPUT_DIR (linked from each page)."""
+    names = {p.name for p in Path(output_dir).glob(f"sub-{subject}.html")}
+    names |= {p.name for p in Path(output_dir).glob(f"sub-{subject}_space-*.html")}
+    return sorted(names - {Path(own).name})
 
 
 def run_configs_for(logs_dir: Path, subject: str) -> list[Path]:
