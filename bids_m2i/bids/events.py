@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import re
+import statistics
 import tomllib
 from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
@@ -253,6 +254,8 @@ class TaskRule:
     onset_column: str = "onset"
     duration_column: str | None = "duration"
     offset_column: str | None = None
+    # seconds for trial rows whose duration is n/a (default: the median of the same event type, else 0)
+    missing_duration: float | None = None
     oneback_column: str | None = None
     oneback_event_type: str = "oneback"
     match_columns: tuple[str, ...] = ()
@@ -301,7 +304,7 @@ _STR_KEYS = {
     "description",
 }
 _LIST_KEYS = {"trial", "nuisance", "ignore", "match_columns", "train_sessions", "test_sessions"}
-_RULE_KEYS = _STR_KEYS | _LIST_KEYS | {"condition", "cue", "condition_values"}
+_RULE_KEYS = _STR_KEYS | _LIST_KEYS | {"condition", "cue", "condition_values", "missing_duration"}
 
 
 def _as_code(value: Any, where: str, origin: str) -> str:
@@ -337,6 +340,11 @@ def _parse_rule(task: str, table: Mapping[str, Any], origin: str) -> TaskRule:
             if not isinstance(value, list):
                 raise UsageError(f"{origin}: {where} {key} must be a list, got {value!r}", path=origin)
             kwargs[key] = tuple(_as_code(v, f"{where} {key}", origin) for v in value)
+        elif key == "missing_duration":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise UsageError(f"{origin}: {where} missing_duration must be a number of seconds >= 0, got {value!r}",
+                                 path=origin)
+            kwargs[key] = float(value)
         elif key == "condition":
             if value not in (*CONDITIONS, "auto"):
                 raise UsageError(
@@ -701,11 +709,12 @@ def _label_from_path(source: Any, entity: str) -> str | None:
 
 
 def _parse_times(values: Sequence[str], column: str, roles: list[str], source, line_offset: int = 2,
-                 nuisance_na: float | None = None):
+                 nuisance_na: float | None = None, notes: list[str] | None = None):
     """Float seconds per row; ``None`` where the row is ``ignore`` and unusable (dropped by the caller).
 
     ``n/a`` on a nuisance row (a response that never came, a button press of unknown duration) is not an error:
-    it becomes ``nuisance_na`` (``None``: the row is dropped; 0: an impulse), with a warning."""
+    it becomes ``nuisance_na`` (``None``: the row is dropped; 0: an impulse), with a warning (also appended to
+    ``notes``, which the GLM sidecar records)."""
     out: list[float | None] = []
     bad: list[str] = []
     replaced: list[int] = []
@@ -738,10 +747,57 @@ def _parse_times(values: Sequence[str], column: str, roles: list[str], source, l
             path=source, hint=hint,
         )
     if replaced:
-        LOGGER.warning("%s: %d nuisance event(s) with %r n/a (line(s) %s): %s", source, len(replaced), column,
-                       ", ".join(str(i) for i in replaced[:5]),
-                       "left out" if nuisance_na is None else f"modelled with {column} {nuisance_na:g}")
+        message = "%s: %d nuisance event(s) with %r n/a (line(s) %s): %s" % (
+            source, len(replaced), column, ", ".join(str(i) for i in replaced[:5]),
+            "left out" if nuisance_na is None else f"modelled with {column} {nuisance_na:g}")
+        LOGGER.warning(message)
+        if notes is not None:
+            notes.append(message)
     return out
+
+
+def _fill_missing_trial_durations(values: list[str], roles: list[str], event_types: list[str], rule: TaskRule,
+                                  source, line_offset: int = 2) -> tuple[list[str], list[str]]:
+    """Durations for trial rows whose duration is ``n/a`` (BIDS allows it: "unknown"), with one note per event
+    type saying what was used.
+
+    What a lab would expect, in order: the duration the ``--events-map`` gives (``missing_duration``), else the
+    median of the known durations of trials of the same event type in this file (a row whose logging failed in
+    a run where every other stimulus lasted 3 s), else 0 s, an impulse (the whole file leaves it unknown: brief
+    events are modelled so). Non-numeric or negative values stay errors (a typo, not an unknown)."""
+    missing = [i for i, (text, role) in enumerate(zip(values, roles)) if role == "trial" and text == NA]
+    if not missing:
+        return list(values), []
+    known: dict[str, list[float]] = {}
+    for text, role, kind in zip(values, roles, event_types):
+        try:
+            number = float(text)
+        except ValueError:
+            continue
+        if role == "trial" and math.isfinite(number) and number >= 0:
+            known.setdefault(kind, []).append(number)
+    out = list(values)
+    by_type: dict[str, list[int]] = {}
+    for i in missing:
+        by_type.setdefault(event_types[i], []).append(i)
+    notes = []
+    for kind, rows in by_type.items():
+        if rule.missing_duration is not None:
+            value, how = rule.missing_duration, f"{rule.missing_duration:g} s (missing_duration of {rule.origin})"
+        elif known.get(kind):
+            value = float(statistics.median(known[kind]))
+            how = (f"{value:g} s, the median of the {len(known[kind])} known duration(s) of {kind!r} trials in "
+                   "this file")
+        else:
+            value, how = 0.0, f"0 s (an impulse: no {kind!r} trial in this file has a known duration)"
+        for i in rows:
+            out[i] = repr(value)
+        lines = ", ".join(str(i + line_offset) for i in rows[:5]) + (" ..." if len(rows) > 5 else "")
+        notes.append(f"{source}: {len(rows)} {kind!r} trial(s) with duration n/a (line(s) {lines}) modelled with "
+                     f"duration {how}")
+    for note in notes:
+        LOGGER.warning(note)
+    return out, notes
 
 
 def _stem_of(value: str) -> str:
@@ -835,7 +891,9 @@ def events_to_trials(
     if stimuli_table is None:
         stimuli_table = load_stimuli_table(stimuli_dir)
 
-    onsets = _parse_times([r[onset_col] for r in records], onset_col, roles, source_text, nuisance_na=None)
+    notes: list[str] = []  # what was assumed for missing times
+    onsets = _parse_times([r[onset_col] for r in records], onset_col, roles, source_text, nuisance_na=None,
+                          notes=notes)
     if rule.offset_column:
         offsets = _parse_times([r[rule.offset_column] for r in records], rule.offset_column, roles, source_text)
         durations = [None if (a is None or b is None) else b - a for a, b in zip(onsets, offsets)]
@@ -847,8 +905,10 @@ def events_to_trials(
             )
         durations = [None if (d is not None and d < 0) else d for d in durations]
     else:
-        durations = _parse_times([r[duration_col] for r in records], duration_col, roles, source_text,
-                                 nuisance_na=0.0)
+        duration_texts, filled = _fill_missing_trial_durations([r[duration_col] for r in records], roles,
+                                                               event_types, rule, source_text)
+        notes += filled
+        durations = _parse_times(duration_texts, duration_col, roles, source_text, nuisance_na=0.0, notes=notes)
     dropped = [i for i, (a, b) in enumerate(zip(onsets, durations)) if a is None or b is None]
     if dropped:
         LOGGER.warning(
@@ -891,6 +951,7 @@ def events_to_trials(
     if not (table["role"] == "trial").any():
         LOGGER.warning("%s: no trials found (rule: %s)", source_text, rule.origin)
     table.attrs["rule"] = rule.origin
+    table.attrs["notes"] = notes  # what was assumed for missing times (the GLM sidecar records it)
     return table
 
 
@@ -1157,7 +1218,8 @@ def build_trials_table(
         )
         session = str(entities["session"]) if entities.get("session") not in (None, "") else (_label_from_path(path, "ses") or NA)
         run = _label_from_path(path, "run") or (str(entities["run"]) if entities.get("run") not in (None, "") else NA)
-        runs.append({"task": str(task), "session": session, "run": run, "source": str(path), "rule": part.attrs["rule"]})
+        runs.append({"task": str(task), "session": session, "run": run, "source": str(path), "rule": part.attrs["rule"],
+                     "notes": list(part.attrs.get("notes", []))})
         parts.append(part)
     if parts:
         table = pd.concat(parts, ignore_index=True)

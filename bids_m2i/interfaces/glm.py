@@ -187,6 +187,8 @@ class _SingleTrialInputSpec(BaseInterfaceInputSpec):
     n_threads = traits.Int(1, usedefault=True)
     device = traits.Str("cpu", usedefault=True)
     seed = traits.Int(0, usedefault=True)
+    # set only when there is something to say (an unset input keeps the hash of earlier runs' nodes)
+    events_notes = traits.List(traits.Str(), desc="what was assumed for events with n/a times (for the sidecar)")
     derivatives = derivatives_trait()
 
 
@@ -282,6 +284,8 @@ class SingleTrialBetas(M2IInterface):
         self._results["statseries"] = str(save_like(betas, affine, cwd / "statseries.nii.gz"))
         meta = dict(result.metadata)
         meta.setdefault("Units", "percent signal change" if not self.inputs.zscore else "z (per voxel, session)")
+        if self.inputs.events_notes:  # Undefined and [] are both false
+            meta["events_warnings"] = list(self.inputs.events_notes)
         self._results["statseries_meta"] = str(write_json(cwd / "statseries.json", meta))
 
         rows = result.trial_rows.reset_index(drop=True).copy()

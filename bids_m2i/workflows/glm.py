@@ -95,12 +95,16 @@ def init_single_trial_wf(config, subject_inputs, task: str, session: str | None,
         files[f"figures.{figure}"] = dict(datatype="figures", suffix="statmap" if figure == "ncsnr" else "design",
                                           extension=".svg", entities={**ents, "desc": figure + method})
 
+    # what the events reading assumed for n/a times of these runs (BIDS allows n/a durations): kept in the sidecar
+    notes = [note for run in trials.attrs.get("runs", []) if run.get("task") == task
+             and run.get("session") == (session or "n/a") for note in run.get("notes", [])]
     glm = pe.Node(SingleTrialBetas(
         trials=str(trials_file), run_labels=[r.bold.run or "n/a" for r in runs], trs=[r.tr for r in runs],
         slice_timings=[r.bold.slice_timing for r in runs], method=config.glm, lss_split=config.lss_split,
         zscore=config.zscore_betas, noise_model=config.glm_noise_model, hrf_library=config.hrf_library,
         mem_gb=budget_gb, n_threads=config.n_threads, device=_device(config),
-        seed=config.seed, derivatives={"base_directory": output_dir, "files": files}),
+        seed=config.seed, derivatives={"base_directory": output_dir, "files": files},
+        **({"events_notes": notes} if notes else {})),
         name="estimate_betas", n_procs=config.n_threads, mem_gb=budget_gb)
     workflow.connect([(merge_bold, glm, [("out", "bold_files")]), (merge_conf, glm, [("out", "confounds_files")]),
                       (inputnode, glm, [("brain_mask", "mask")]),
