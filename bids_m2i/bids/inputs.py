@@ -129,7 +129,14 @@ def _gzip_stream_length(path: Path) -> int:
 
 
 def check_tr(run: BoldRun, header_tr: float | None) -> float:
-    sidecar_tr = run.tr
+    try:
+        sidecar_tr = run.tr
+    except (TypeError, ValueError):  # "2 s", [2], {"value": 2}: stopped the run with 1, "unexpected failure"
+        raise BadDataError(
+            f"RepetitionTime of {run.path.name} is not a number of seconds: "
+            f"{run.metadata.get('RepetitionTime')!r}", path=run.path,
+            hint="write it as a plain number (\"RepetitionTime\": 2.0) in the run's _bold.json or in "
+            "task-<label>_bold.json") from None
     if sidecar_tr is None:
         raise BadDataError(
             f"RepetitionTime is missing for {run.path.name} (no sidecar JSON defines it)",
@@ -152,7 +159,36 @@ def check_tr(run: BoldRun, header_tr: float | None) -> float:
         )
     if header_tr is None:
         LOGGER.warning("%s: the NIfTI header has no TR; using the sidecar's %s s", run.path.name, sidecar_tr)
+    check_slice_timing(run, float(sidecar_tr))
     return float(sidecar_tr)
+
+
+def check_slice_timing(run: BoldRun, tr: float) -> None:
+    """SliceTiming (seconds from the start of each volume, all within the TR) sets the GLM's frame times.
+
+    Values in milliseconds (``[0, 500, 1000, 1500]``, a common conversion slip) or inherited from a
+    top-level sidecar written for another TR moved every frame by their median, up to minutes: every event then
+    fell before the first frame, and the betas were fitted to nothing, without a word. Non-numeric values
+    stopped the GLM step with 1. Both are exit 65 now, before any step, naming the file."""
+    import math
+
+    timing = run.metadata.get("SliceTiming")
+    if timing is None:
+        return
+    where = f"SliceTiming of {run.path.name}"
+    fix = "fix or remove SliceTiming in the run's _bold.json (or in task-<label>_bold.json, which every run inherits)"
+    if not isinstance(timing, list) or not timing or not all(
+            isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) for t in timing):
+        raise BadDataError(f"{where} is not a list of numbers of seconds: {str(timing)[:80]}", path=run.path,
+                           hint=fix)
+    low, high = min(timing), max(timing)
+    if low < 0:
+        raise BadDataError(f"{where} has a negative value ({low:g} s)", path=run.path, hint=fix)
+    if high > tr:
+        unit = (f"they look like milliseconds ({high:g} ms = {high / 1000:g} s): BIDS gives SliceTiming in seconds; "
+                if high / 1000 < tr else "")
+        raise BadDataError(f"{where} reaches {high:g} s, beyond the repetition time {tr:g} s (every slice is "
+                           "acquired within one TR)", path=run.path, hint=unit + fix)
 
 
 def collect_inputs(config: Config, work_dir: Path) -> dict[str, SubjectInputs]:
