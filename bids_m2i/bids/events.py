@@ -479,6 +479,18 @@ class EventsProfile:
             return rule
         return None
 
+    def unknown_values(self, task: str, events: pd.DataFrame) -> list[str]:
+        """Values of the role column of this profile's section for ``task`` (by name, not ``"*"``) that it does
+        not list, when everything else about ``events`` matches; [] otherwise."""
+        rule = self.rules.get(task)
+        if rule is None or not rule.role_column or rule.ignore is None:
+            return []
+        columns = set(events.columns)
+        if not set(self.match_columns) <= columns or not set(rule.needed_columns()) <= columns:
+            return []
+        known = {_code_key(v) for v in (*rule.trial, *rule.nuisance, *rule.ignore)}
+        return sorted({v for v in events[rule.role_column] if v != NA and _code_key(v) not in known})
+
 
 def load_events_map(path: str | os.PathLike) -> EventsMap:
     """Read an ``--events-map`` TOML file.
@@ -670,10 +682,20 @@ def select_rule(
                     hint="fix the events map section for this task",
                 )
             return rule
-    for profile in builtin_profiles() if profiles is None else profiles:
+    profiles = builtin_profiles() if profiles is None else profiles
+    for profile in profiles:
         rule = profile.rule_for(task, events)
         if rule is not None:
             return rule
+    for profile in profiles:
+        unknown = profile.unknown_values(task, events)
+        if unknown:
+            # a look-alike of a known dataset with codes its profile does not list: say so, not only "auto" in INFO
+            LOGGER.warning("%s: not read with %s: its %r values %s are not listed there; read by auto-detection "
+                           "instead (check m2i --print-trials, or give an --events-map with profile = %r and "
+                           "these values under trial / nuisance / ignore; docs/events.md)", source,
+                           profile.rules[task].origin, profile.rules[task].role_column,
+                           ", ".join(repr(v) for v in unknown[:5]), profile.name)
     return auto_rule(events, task)
 
 
@@ -681,11 +703,13 @@ def select_rule(
 # Events → trials
 # ----------------------------------------------------------------------------------------------------
 def _code_key(value: str) -> tuple[str, Any]:
-    """Comparison key of a code: numbers compare as numbers (``1`` == ``1.0``), words as text."""
+    """Comparison key of a code: numbers compare as numbers (``1`` == ``1.0``), words as text whatever their case
+    (``Famous`` == ``FAMOUS``: a lab's spreadsheet or script that capitalises differently means the same event;
+    the profile stopped applying and the rows were read by auto-detection, null events becoming trials)."""
     text = str(value).strip()
     if _NUMBER.match(text):
         return ("num", float(text))
-    return ("str", text)
+    return ("str", text.casefold())
 
 
 def _as_strings(events: pd.DataFrame) -> pd.DataFrame:
