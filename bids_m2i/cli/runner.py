@@ -61,6 +61,12 @@ def check_paths(config: Config) -> None:
                          hint="give another OUTPUT_DIR, e.g. BIDS_DIR/derivatives/m2i")
     if _inside(bids_dir, output_dir):
         raise UsageError("BIDS_DIR is inside OUTPUT_DIR", hint="give an OUTPUT_DIR outside the input dataset")
+    if _inside(output_dir, bids_dir) and not _inside(output_dir, bids_dir / "derivatives"):
+        # BIDS_DIR/m2i_out or BIDS_DIR/sub-01/out: the run wrote into the input dataset, and the next run indexed
+        # its desc-preproc_bold files as raw runs (65 "Two BOLD files of sub-01 have the same entities")
+        raise UsageError(f"OUTPUT_DIR {output_dir} is inside BIDS_DIR {bids_dir}: the input dataset is never "
+                         "modified", hint=f"give OUTPUT_DIR outside it, or under its derivatives/ folder "
+                         f"({bids_dir / 'derivatives' / 'm2i'})")
     work_dir = Path(config.work_dir)
     if _inside(work_dir, bids_dir) and not _inside(work_dir, bids_dir / "derivatives"):
         raise UsageError(f"The work dir {work_dir} is inside BIDS_DIR {bids_dir}",
