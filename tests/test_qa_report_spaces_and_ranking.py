@@ -105,3 +105,21 @@ def test_training_trials_check_uses_a_public_identity():
     assert "_identity" not in source.replace("stimulus_identity", "")
     trials = pd.DataFrame({"stimulus": ["a", "n/a", "n/a"], "stim_file": ["a.png", "b.png", "n/a"]})
     assert list(stimulus_identity(trials)) == ["a", "b.png", "n/a"]
+
+
+def test_group_page_links_the_participant_page_of_its_space(tmp_path):
+    """``space-..._group.html`` linked ``../sub-01.html``, the page of another run (or none)."""
+    from bids_m2i.cli.run import run_cli
+
+    bids, _, out = _dirs(tmp_path)
+    (bids / "sub-01").mkdir()
+    folder = out / "sub-01" / "decoding"
+    folder.mkdir(parents=True)
+    row = "condition\tcue\tmetric\tfeature_space\tvalue\tchance\tp_value\nperception\tnone\tpixcorr\tpixels\t0.2\t0\t0.01\n"
+    (folder / f"sub-01_space-{MNI}_res-2_desc-metrics_table.tsv").write_text(row)
+    (out / "dataset_description.json").write_text(json.dumps({"Name": "m2i", "BIDSVersion": "1.10.0",
+                                                              "DatasetType": "derivative"}))
+    assert run_cli([str(bids), str(out), "group", "--space", MNI, "-w", str(tmp_path / "work"),
+                    "--skip-bids-validation"]) == 0
+    page = (out / "group" / f"space-{MNI}_group.html").read_text()
+    assert f'href="../sub-01_space-{MNI}_res-2.html"' in page and 'href="../sub-01.html"' not in page

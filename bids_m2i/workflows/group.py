@@ -181,7 +181,10 @@ def run_group_level(config) -> int:
 
     write_tsv(output_dir / "group" / f"{prefix}desc-conditions_table.tsv",
               conditions_side_by_side(table[table["participant_id"] == "group"], value="mean"))
-    write_text(output_dir / "group" / f"{prefix}group.html", render_group_html(table, missing, participants, methods))
+    pages = {f"sub-{label}": participant_page(output_dir, label, config.space_entities)
+             for label in participants if label not in missing}
+    write_text(output_dir / "group" / f"{prefix}group.html", render_group_html(table, missing, participants, methods,
+                                                                               pages))
     LOGGER.info("Group level: %d participant(s) summarised, %d missing -> %s", len(participants) - len(missing),
                 len(missing), output_dir / "group")
     return 0
@@ -203,7 +206,16 @@ def mixed_methods(per_participant: pd.DataFrame) -> str:
     return "; ".join(f"{method}: {', '.join(sorted(ids))}" for method, ids in by_method.items())
 
 
-def render_group_html(table: pd.DataFrame, missing: list[str], participants: list[str], mixed: str = "") -> str:
+def participant_page(output_dir: Path, subject: str, space: dict | None = None) -> str:
+    """The name of the participant page of the outputs summarised (``sub-01_space-T1w_res-2.html``): the page
+    carries the space entities of the participant's metrics table, ``res``/``cohort`` included."""
+    from ..reports.participant import report_path
+
+    return report_path(output_dir, subject, space_entities_of(metrics_path(output_dir, subject, space))).name
+
+
+def render_group_html(table: pd.DataFrame, missing: list[str], participants: list[str], mixed: str = "",
+                      pages: dict[str, str] | None = None) -> str:
     import time
 
     from jinja2 import Environment, PackageLoader, select_autoescape
@@ -225,5 +237,7 @@ def render_group_html(table: pd.DataFrame, missing: list[str], participants: lis
         n_done=len(participants) - len(missing), n_expected=len(participants),
         missing=[f"sub-{m}" for m in missing], mixed=mixed,
         summary=[{k: fmt(v) for k, v in r.items()} for r in summary.to_dict("records")],
-        rows=[{k: fmt(v) for k, v in r.items()} for r in rows.to_dict("records")],
+        rows=[{**{k: fmt(v) for k, v in r.items()},
+               "page": (pages or {}).get(r["participant_id"], f"{r['participant_id']}.html")}
+              for r in rows.to_dict("records")],
     )
