@@ -1,7 +1,8 @@
 """pybids database folders of killed jobs piled up in the work dir (``-w/pybids_db/<host>-<pid>-*``): a job
 killed by SIGKILL, the OOM killer or a scheduler's time limit never runs its exit handler. Each process now
 holds a lock on ``<folder>.lock`` while it lives, and a new run removes the folders of ended ones, never the
-folder of a live job (on this host or on another node sharing the work dir) nor one too young to judge."""
+folder of a live job (on this host or on another node sharing the work dir) nor one too young to judge (an
+hour for another node's: its lock may not be visible here, as on Lustre mounted with localflock)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,8 @@ def test_only_the_folders_of_ended_runs_are_removed(tmp_path):
     held = _old(parent / "othernode-77-mno", lock=True)
     young = parent / f"{HOST}-{_dead_pid()}-pqr"
     young.mkdir()
+    recent = _old(parent / "othernode-78-stu", lock=True)  # free lock, but another node's and only 20 min old
+    os.utime(recent, (time.time() - 1200, time.time() - 1200))
     other = _old(parent / "notes")                                        # not ours
     holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time\n"
                                f"h = open({str(held) + '.lock'!r}, 'a+'); fcntl.flock(h, fcntl.LOCK_EX)\n"
@@ -55,7 +58,7 @@ def test_only_the_folders_of_ended_runs_are_removed(tmp_path):
         holder.wait()
     assert sorted(removed) == sorted([dead, unlocked])
     assert not dead.exists() and not unlocked.exists() and not Path(str(unlocked) + ".lock").exists()
-    for kept in (alive, elsewhere, held, young, other):
+    for kept in (alive, elsewhere, held, young, recent, other):
         assert kept.is_dir(), kept.name
 
 

@@ -163,6 +163,9 @@ def index_dataset(bids_dir: Path, database_dir: Path | None):
 #: a database folder younger than this is never taken for stale (its owner may be between creating it and
 #: locking it, or on another node whose locks this one cannot see)
 STALE_DATABASE_AGE_S = 120.0
+#: ... and for a folder of another node: its lock may be invisible here (Lustre mounted with localflock), and
+#: the index is read only while a run starts (collect_inputs), which takes minutes at most even for NSD
+STALE_DATABASE_AGE_OTHER_HOST_S = 3600.0
 #: file lock of a database folder ``<name>`` while its process lives: ``<name>.lock`` beside it
 DATABASE_LOCK_SUFFIX = ".lock"
 
@@ -223,10 +226,12 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_database_dirs(parent: Path, min_age_s: float = STALE_DATABASE_AGE_S) -> list[Path]:
+def remove_stale_database_dirs(parent: Path, min_age_s: float = STALE_DATABASE_AGE_S,
+                               min_age_other_host_s: float = STALE_DATABASE_AGE_OTHER_HOST_S) -> list[Path]:
     """Remove the pybids database folders under ``parent`` whose process has ended; return them.
 
-    A folder is stale when it is older than ``min_age_s`` and either its lock file can be locked (the process
+    A folder is stale when it is older than ``min_age_s`` (``min_age_other_host_s`` when made on another
+    node) and either its lock file can be locked (the process
     that held it is gone: flock is released when a process dies, however it dies) or, where there is no lock
     file or locks are not supported, it was made on this host by a process id that no longer runs. Anything
     else is left alone: a folder of a live job (on this node or another), of another program, or too young to
@@ -249,7 +254,7 @@ def remove_stale_database_dirs(parent: Path, min_age_s: float = STALE_DATABASE_A
         if owner is None or not folder.is_dir() or folder.is_symlink():
             continue
         try:
-            if now - folder.stat().st_mtime < min_age_s:
+            if now - folder.stat().st_mtime < (min_age_s if owner[0] == host else min_age_other_host_s):
                 continue
         except OSError:
             continue
