@@ -13,7 +13,10 @@ closed-form counterpart, sized for CPUs (seconds to minutes on 2 cores):
    latent targets ``Y_std Bᵀ`` (k targets, one penalty for all of them by default, grouped CV). Voxel counts
    differ freely; no template and no shared stimuli are needed, because participants are linked only
    through the feature space. Which voxels: by default the count is chosen by cross-validation among the
-   most reliable (training ncsnr), as for the own-data decoder (:func:`select_voxels`).
+   most reliable (training ncsnr), as for the own-data decoder (:func:`select_voxels`). A model may instead
+   ask for a new participant's map as the posterior mean of an inverted encoding model on the same voxels
+   (``participant_map="inversion"``, :mod:`.shared_inversion`; measured level with the ridge map, not the
+   default).
 3. **From the shared space to features**: the projection ``z B`` by default (reduced-rank ridge), or
    (``head="ridge"``) a shared ridge head fitted on every participant's *out-of-fold* latent predictions
    (k-fold by stimulus). Why the defaults: ``train_shared_model`` and docs/decoding.md.
