@@ -14,6 +14,8 @@ participant level): PixCorr and 2-way identification on 32 x 32 pixels (the part
     python benchmarks/bench_shared.py --dataset /tmp/demo6 --betas OUT
     # plus the shared response model (Chen et al. 2015; tried and not kept, docs/decoding.md):
     python benchmarks/bench_shared.py --dataset /tmp/demo6 --srm 650:20:16 650:50:32
+    # plus the participant's map as an inverted encoding model (shared_inversion.py; measured, not the default):
+    python benchmarks/bench_shared.py --dataset /tmp/demo6 --betas OUT --inversion
 """
 
 from __future__ import annotations
@@ -166,6 +168,9 @@ def main(argv=None):
                         help="use the GLM betas of this output folder (participant --stop-after glm --glm lsa)")
     parser.add_argument("--srm", nargs="*", default=(), metavar="VOXELS:REDUCED:K",
                         help="also the shared response model with these settings (tried, not kept)")
+    parser.add_argument("--inversion", action="store_true",
+                        help="also the shared decoder whose participant map inverts an encoding model")
+    parser.add_argument("--subsets", nargs="*", default=None, help="only these training subsets (e.g. '2 runs')")
     args = parser.parse_args(argv)
 
     from bids_m2i.decoding.decoder import BrainDecoder, rescale_to_training
@@ -214,6 +219,14 @@ def main(argv=None):
     subsets = {"6 runs": split.train, "2 runs": split.train[np.isin(run[split.train], ["04", "05"])],
                "1 run": split.train[run[split.train] == "04"]}
     subsets["half a run"] = subsets["1 run"][::2]
+    if args.subsets:
+        subsets = {name: rows for name, rows in subsets.items() if name in args.subsets}
+    inverted = None
+    if args.inversion:  # the same group model; only the participant's map is fitted differently
+        import copy
+
+        inverted = copy.copy(model)
+        inverted.settings = {**model.settings, "participant_map": "inversion"}
 
     def score(predict, decoder, rows, centre, train_rows, imagery):
         X = betas.copy()
@@ -232,6 +245,9 @@ def main(argv=None):
                                                                              labels=stim[rows])
         shared = fit_new_participant(model, betas[rows], feats[rows], stim[rows], n_threads=args.threads)
         decoders = [("own ridge", own.predict, own), ("shared", shared.predict, shared)]
+        if inverted is not None:
+            inv = fit_new_participant(inverted, betas[rows], feats[rows], stim[rows], n_threads=args.threads)
+            decoders.append(("shared, inverted encoding map", inv.predict, inv))
         for setting, (make, _) in srm.items():
             decoders.append((f"SRM {setting}", make(betas[rows], feats[rows], stim[rows]), own))
         for kind, predict, scaled in decoders:  # rescaled to this participant's training features

@@ -13,7 +13,10 @@ closed-form counterpart, sized for CPUs (seconds to minutes on 2 cores):
    latent targets ``Y_std Bᵀ`` (k targets, one penalty for all of them by default, grouped CV). Voxel counts
    differ freely; no template and no shared stimuli are needed, because participants are linked only
    through the feature space. Which voxels: by default the count is chosen by cross-validation among the
-   most reliable (training ncsnr), as for the own-data decoder (:func:`select_voxels`).
+   most reliable (training ncsnr), as for the own-data decoder (:func:`select_voxels`). A model may instead
+   ask for a new participant's map as the posterior mean of an inverted encoding model on the same voxels
+   (``participant_map="inversion"``, :mod:`.shared_inversion`; measured level with the ridge map, not the
+   default).
 3. **From the shared space to features**: the projection ``z B`` by default (reduced-rank ridge), or
    (``head="ridge"``) a shared ridge head fitted on every participant's *out-of-fold* latent predictions
    (k-fold by stimulus). Why the defaults: ``train_shared_model`` and docs/decoding.md.
@@ -67,6 +70,10 @@ HEAD_ALPHAS = tuple(float(a) for a in 10.0 ** np.arange(-1.0, 5.01, 0.5))
 CV_FOLDS = 5
 #: at most this many leading feature axes enter the search for the shared space
 FEATURE_AXES = 256
+#: how a participant's map into the shared space is fitted (the model's ``Settings.participant_map``):
+#: ``ridge`` (a decoding ridge, one penalty) or ``inversion`` (the posterior mean of an encoding model,
+#: :mod:`.shared_inversion`; measured and not the default, docs/decoding.md)
+PARTICIPANT_MAPS = ("ridge", "inversion")
 
 
 @dataclass
@@ -130,6 +137,9 @@ class SharedModel:
     # participant's voxels when its training stimuli are the group's; empty in files written before
     stimulus_names: list = field(default_factory=list)
     stimulus_latents: np.ndarray | None = None
+    # (k, k) covariance of the latents over the group's training trials (the prior of an inverted encoding
+    # model, shared_inversion.py); None in files written before
+    latent_cov: np.ndarray | None = None
 
     @property
     def feature_dim(self) -> int:
@@ -182,6 +192,8 @@ class SharedModel:
             arrays.update(self.maps[label].to_arrays(f"map{i}."))
         if self.stimulus_names:
             arrays["stimulus_latents"] = np.asarray(self.stimulus_latents, np.float32)
+        if self.latent_cov is not None:
+            arrays["latent_cov"] = np.asarray(self.latent_cov, np.float64)
         arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
@@ -217,7 +229,7 @@ class SharedModel:
                    head_alpha=arrays["head_alpha"], head_gram=arrays["head_gram"], head_cross=arrays["head_cross"],
                    maps=maps, settings=meta.get("Settings", {}), info=meta.get("Info", {}),
                    stimulus_names=list(meta.get("Stimuli", [])) if "stimulus_latents" in arrays else [],
-                   stimulus_latents=arrays.get("stimulus_latents"))
+                   stimulus_latents=arrays.get("stimulus_latents"), latent_cov=arrays.get("latent_cov"))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -413,7 +425,7 @@ def train_shared_model(participants: list[ParticipantData], feature_space: str, 
                        n_components: int = DEFAULT_COMPONENTS, alphas=DEFAULT_ALPHAS, head_alphas=HEAD_ALPHAS,
                        top_k: int | str | None = AUTO, feature_info: dict | None = None, folds: int = CV_FOLDS,
                        seed: int = 0, device="cpu", n_threads: int | None = None, head: str = "projection",
-                       single_penalty: bool = True) -> SharedModel:
+                       single_penalty: bool = True, participant_map: str = "ridge") -> SharedModel:
     """Train the shared model on several participants (at least 2) whose voxel counts may differ.
 
     ``single_penalty``: each participant's map uses one ridge penalty for all ``k`` latent targets (chosen by
@@ -427,9 +439,15 @@ def train_shared_model(participants: list[ParticipantData], feature_space: str, 
     to a new participant and to imagery on the simulator (docs/decoding.md).
     ``top_k``: each participant's voxels (:func:`select_voxels`); with ``"auto"`` the count is chosen by the
     grouped-CV error of the participant's own ridge of step 1 (the ridge whose fit defines the shared space).
+    ``participant_map``: how a participant fitted *on* this model (``fit_new_participant``) gets its map:
+    ``ridge`` or ``inversion`` (:mod:`.shared_inversion`); recorded in ``Settings``. The group's own maps are
+    ridges either way (their out-of-fold latents and the stimulus responses are defined with them).
     """
     if head not in HEADS:
         raise UsageError(f"unknown shared head {head!r}", hint=f"use one of {', '.join(HEADS)}")
+    if participant_map not in PARTICIPANT_MAPS:
+        raise UsageError(f"unknown participant map {participant_map!r}",
+                         hint=f"use one of {', '.join(PARTICIPANT_MAPS)}")
     start = time.monotonic()
     if len(participants) < 2:
         raise UsageError(f"a shared decoder needs at least 2 participants with betas, got {len(participants)}",
@@ -509,6 +527,8 @@ def train_shared_model(participants: list[ParticipantData], feature_space: str, 
     from .shared_stimuli import group_stimulus_latents
 
     stimulus_names, stimulus_latents = group_stimulus_latents(maps, participants)
+    latent_cov = np.cov(np.concatenate([standard[p.label] @ basis.T for p in participants]).astype(np.float64),
+                        rowvar=False).reshape(k, k)
     seconds = time.monotonic() - start
     LOG.info("shared %s decoder: %d participants, k=%d (%.0f %% of predicted variance), head alpha median %g, "
              "%.1f s", feature_space, len(participants), k, 100 * explained, float(np.median(head_alpha)), seconds)
@@ -517,9 +537,11 @@ def train_shared_model(participants: list[ParticipantData], feature_space: str, 
         feature_scale=scale.astype(np.float32), basis=basis, head_coef=head_coef, head_intercept=head_intercept,
         head_alpha=head_alpha, head_gram=gram, head_cross=cross, maps=maps,
         stimulus_names=stimulus_names, stimulus_latents=stimulus_latents if stimulus_names else None,
+        latent_cov=latent_cov,
         settings={"n_components": k, "alphas": [float(a) for a in alphas],
                   "head_alphas": [float(a) for a in head_alphas], "top_k": top_k, "folds": folds, "seed": seed,
                   "feature_axes": q, "head": head, "single_penalty": bool(single_penalty),
+                  "participant_map": participant_map,
                   "method": f"group reduced-rank ridge + per-participant ridge maps + {head} head"},
         info={"explained_predicted_variance": explained, "head_alpha_median": float(np.median(head_alpha)),
               "n_trials": int(sum(len(p.betas) for p in participants)), "seconds": round(seconds, 2),
@@ -579,6 +601,18 @@ class SharedParticipantDecoder:
                                                    seed=self.seed, n_threads=self.n_threads,
                                                    single_penalty=single_penalty)
             ranking = "ncsnr" if selection is not None else "none"
+        method = model.settings.get("participant_map", "ridge")  # files written before: ridge maps
+        if method not in PARTICIPANT_MAPS:
+            raise UsageError(f"the shared decoder asks for a participant map {method!r} that this version does "
+                             f"not know", path=self.source or None,
+                             hint=f"retrain it at the group level (known: {', '.join(PARTICIPANT_MAPS)})")
+        inversion = None
+        if method == "inversion":  # the map is the posterior mean of an encoding model, on the same voxels
+            from .shared_inversion import inversion_map
+
+            coef, intercept, inversion, out_of_fold = inversion_map(
+                scaler.transform(betas), T, model.latent_cov, labels, folds=folds, seed=self.seed)
+            fit = KFoldRidge(coef, intercept, np.full(T.shape[1], np.nan), out_of_fold.astype(np.float32))
         if fit is None:
             fit = kfold_ridge(scaler.transform(betas), T, self.alphas, labels, folds, self.seed, self.n_threads,
                               single_penalty)
@@ -593,8 +627,11 @@ class SharedParticipantDecoder:
         self.info = {"shared_model": self.source, "shared_participants": sorted(model.maps),
                      "components": model.n_components, "fine_tune_head": self.fine_tune_head,
                      "n_train": int(len(betas)), "n_voxels": int(len(scaler.columns)),
-                     "n_features": int(features.shape[1]), "alpha_median": float(np.median(fit.alpha)),
-                     "voxel_ranking": ranking}
+                     "n_features": int(features.shape[1]), "voxel_ranking": ranking, "participant_map": method}
+        if inversion is None:
+            self.info["alpha_median"] = float(np.median(fit.alpha))
+        else:
+            self.info["inversion"] = inversion
         if selection is not None:
             self.info["voxel_selection"] = selection
         return self
