@@ -149,9 +149,9 @@ class BrainDecoder:
         imagery-from-memory PixCorr on every demo seed (docs/decoding.md). ``joint`` (default): ``predict`` keeps
         the squared-error penalties, and ``predict(..., perception=True)`` (held-out perception items) uses a
         second set of coefficients with the penalties times one scale chosen by grouped CV for two-way and
-        PixCorr together (maximin of the two, each relative to its best; ``identification.py``); the scale is measured on held-out perception
-        repeats, so imagery (another signal-to-noise, docs/decoding.md) is not decoded with it. Both need
-        stimulus labels with repeats (else the squared-error fit is kept).
+        PixCorr together (maximin of the two, each relative to its best; ``identification.py``). The scale is
+        measured on held-out perception repeats; imagery (another signal-to-noise, docs/decoding.md) is not
+        decoded with it. Both need stimulus labels with repeats (else the squared-error fit is kept).
     """
 
     def __init__(self, method: str = "ridge", *, alphas=DEFAULT_ALPHAS, top_k: int | str | None = AUTO,

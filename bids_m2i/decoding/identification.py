@@ -18,6 +18,11 @@ stimulus, so repeats never leak), averaged over each stimulus' repeats, mapped b
 scale (:func:`~bids_m2i.decoding.decoder.rescale_to_training`, centred on the training mean as held-out
 perception items are), Pearson correlation of feature patterns, each stimulus against the others of its fold.
 
+Two rules pick the scale from that cross-validation (``rule``): ``1se`` above (``BrainDecoder(penalty=
+"identification")``: every prediction uses it), and ``joint`` (the default decoder's, for held-out perception items
+only): the scale that loses the least share of either two-way or pattern correlation (PixCorr) relative to their
+best over the scales (maximin), since reconstructions are judged by both and PixCorr is best near ``s = 1``.
+
 Only training trials are used. Cost: one Gram matrix of the training trials (trials x trials, float64; each
 fold's centring is applied to it algebraically), one eigendecomposition per fold and one for the refit, then
 matrix products for every scale. Memory: a few trials x trials and trials x features float64 arrays; the betas
