@@ -71,7 +71,7 @@ def test_decoder_records_the_scale_and_error_rule_keeps_the_squared_error_fit(tm
     scaled = BrainDecoder("ridge", alphas=grid, top_k=None, device="cpu", penalty="identification").fit(
         betas, features, labels=labels)
     default = BrainDecoder("ridge", alphas=grid, top_k=None, device="cpu")
-    assert default.penalty == "error"  # the option is not the default (docs/decoding.md)
+    assert default.penalty == "joint"  # the default (docs/decoding.md)
     assert "penalty_scale" not in plain.info
     chosen = scaled.info["penalty_scale"]["chosen"]
     assert chosen < 1.0
@@ -97,3 +97,69 @@ def test_large_training_sets_are_subsampled_by_whole_stimuli():
     rows = np.flatnonzero(np.isin(np.unique(labels, return_inverse=True)[1], kept))
     direct = choose_penalty_scale(betas[rows], features[rows], alpha / 2, labels[rows], device="cpu")
     assert direct.twoway == pytest.approx(search.twoway) and direct.scale == search.scale
+
+
+def test_joint_rule_takes_the_scale_of_best_worse_ratio_of_twoway_and_pixcorr():
+    betas, features, labels = _trials()
+    alpha = np.full(features.shape[1], 3000.0)
+    search = choose_penalty_scale(betas, features, alpha, labels, device="cpu", rule="joint")
+    assert search.rule == "joint" and set(search.pixcorr) == set(search.twoway)
+    candidates = [s for s in search.pixcorr if s <= 1.0]
+    best_t, best_p = max(search.twoway[s] for s in candidates), max(search.pixcorr[s] for s in candidates)
+    worse = {s: min(search.twoway[s] / best_t, search.pixcorr[s] / best_p) for s in candidates}
+    assert worse[search.scale] == max(worse.values())
+    summary = search.summary()
+    assert "maximin" in summary["rule"] and set(summary["cv_pixcorr"]) == set(summary["cv_twoway"])
+    # the same CV as the 1-SE rule: only the choice differs
+    other = choose_penalty_scale(betas, features, alpha, labels, device="cpu")
+    assert other.twoway == pytest.approx(search.twoway)
+    with pytest.raises(ValueError):
+        choose_penalty_scale(betas, features, alpha, labels, device="cpu", rule="best")
+
+
+def test_joint_rule_keeps_the_pixcorr_best_scale_when_two_way_cannot_gain():
+    # clean data: two-way is 1 at every scale, so PixCorr alone decides (ties: the larger scale)
+    betas, features, labels = _trials(noise=0.05)
+    search = choose_penalty_scale(betas, features, np.full(features.shape[1], 1.0), labels, device="cpu",
+                                  rule="joint")
+    assert all(v == 1.0 for v in search.twoway.values())
+    best = max(search.pixcorr.values())
+    assert search.scale == max(s for s, v in search.pixcorr.items() if v == best)
+
+
+def test_joint_rule_trades_two_way_against_pixcorr():
+    # an over-penalised decoder: the joint scale lies between the squared-error scale (1) and the scale of best
+    # two-way, and keeps more PixCorr than the two-way optimum does
+    betas, features, labels = _trials()
+    search = choose_penalty_scale(betas, features, np.full(features.shape[1], 3000.0), labels, device="cpu",
+                                  rule="joint")
+    best_twoway = max(search.twoway, key=search.twoway.get)
+    assert search.twoway[search.scale] > search.twoway[1.0]
+    assert search.pixcorr[search.scale] >= search.pixcorr[best_twoway]
+
+
+def test_joint_decoder_decodes_perception_items_with_the_scaled_map_and_imagery_with_the_error_map(tmp_path):
+    betas, features, labels = _trials()
+    grid = (3000.0,)
+    plain = BrainDecoder("ridge", alphas=grid, top_k=None, device="cpu", penalty="error").fit(betas, features,
+                                                                                              labels=labels)
+    joint = BrainDecoder("ridge", alphas=grid, top_k=None, device="cpu", penalty="joint").fit(betas, features,
+                                                                                              labels=labels)
+    chosen = joint.info["penalty_scale"]["chosen"]
+    assert chosen < 1.0
+    # imagery (the default) keeps the squared-error penalties and coefficients
+    np.testing.assert_allclose(joint.alpha, plain.alpha)
+    np.testing.assert_allclose(joint.predict(betas[:5]), plain.predict(betas[:5]), rtol=1e-5, atol=1e-6)
+    # perception items: the refit with the scaled penalties
+    np.testing.assert_allclose(joint.perception_alpha, plain.alpha * chosen, rtol=1e-5)
+    ref_coef, ref_intercept = fit_ridge(joint.scaler.transform(betas), features, joint.perception_alpha, device="cpu")
+    X = joint.scaler.transform(betas[:5])
+    np.testing.assert_allclose(joint.predict(betas[:5], perception=True), X @ ref_coef + ref_intercept,
+                               rtol=1e-3, atol=1e-4)
+    assert not np.allclose(joint.predict(betas[:5], perception=True), joint.predict(betas[:5]))
+    joint.save(tmp_path / "m.safetensors")
+    loaded = BrainDecoder.load(tmp_path / "m.safetensors", device="cpu")
+    assert loaded.penalty == "joint"
+    for perception in (False, True):
+        np.testing.assert_allclose(loaded.predict(betas[:5], perception=perception),
+                                   joint.predict(betas[:5], perception=perception), rtol=1e-5, atol=1e-6)

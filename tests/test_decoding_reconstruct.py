@@ -81,3 +81,26 @@ def test_imagery_betas_standardised_before_decoding(tmp_path):
     assert _twoway(on, "perception") == _twoway(off, "perception") > 0.9
     assert _twoway(on, "imagery") > 0.8
     assert _twoway(on, "imagery") > _twoway(off, "imagery") + 0.1
+
+
+def test_held_out_perception_items_use_the_perception_map_and_imagery_the_error_map(tmp_path):
+    from bids_m2i.decoding.reconstruct import fit_decoders, predict_items, prepare_features
+
+    betas, trials, stim_dir = _dataset(tmp_path)
+    options = DecodingOptions(targets=("pixels",), work_dir=tmp_path / "work")
+    prepared = prepare_features(trials, stim_dir, options)
+    fitted = fit_decoders(betas, prepared, options)
+    decoder = fitted.decoders["pixels"]
+    assert decoder.penalty == "joint"
+    # a perception map that predicts a constant: every perception item gets the same image, while imagery items
+    # still vary
+    decoder.perception_coef = np.zeros_like(decoder.coef)
+    decoder.perception_intercept = decoder.intercept.copy()
+    decoder.perception_alpha = decoder.alpha
+    predicted = predict_items(betas, prepared, fitted, options)
+    table, pixels = predicted.table, predicted.features["pixels"]
+    perception = (table["condition"] == "perception").to_numpy()
+    assert perception.any() and (~perception).any()
+    np.testing.assert_allclose(pixels[perception], np.broadcast_to(pixels[perception][0], pixels[perception].shape),
+                               atol=1e-5)
+    assert pixels[~perception].std(0).mean() > 0.01

@@ -28,9 +28,11 @@ LOG = logging.getLogger("m2i.decoding")
 
 #: ``top_k`` value that chooses the number of voxels by cross-validation (the default)
 AUTO = "auto"
-#: how the ridge penalties are chosen: ``identification`` (default; squared-error penalties times one scale
-#: chosen by cross-validated two-way identification) or ``error`` (the squared-error penalties as they are)
-PENALTY_RULES = ("identification", "error")
+#: how the ridge penalties are chosen: ``joint`` (default: held-out perception items decoded with the
+#: squared-error penalties times one scale chosen by cross-validated two-way identification and PixCorr
+#: together, every other item with the squared-error penalties), ``identification`` (every item decoded with
+#: the scale of the 1-SE rule on two-way) or ``error`` (the squared-error penalties as they are)
+PENALTY_RULES = ("joint", "identification", "error")
 #: the auto search stops once this many successive halvings failed to lower the best CV error
 AUTO_PATIENCE = 2
 
@@ -140,16 +142,21 @@ class BrainDecoder:
         None: all voxels.
     device, n_threads, seed
     mlp_config : MLPConfig, optional
-    penalty : ``identification`` | ``error``
-        Ridge only. ``error`` (default): per-target penalties of the squared-error CV. ``identification``: the
-        same penalties times one common scale chosen by grouped-CV two-way identification of the training
-        stimuli (1-SE rule; :mod:`bids_m2i.decoding.identification`); needs stimulus labels. Not the default:
-        it raised perception two-way but lowered imagery-from-memory PixCorr on every demo seed (docs/decoding.md).
+    penalty : ``joint`` | ``identification`` | ``error``
+        Ridge only. ``error``: per-target penalties of the squared-error CV. ``identification``: the same
+        penalties times one common scale chosen by grouped-CV two-way identification of the training stimuli
+        (1-SE rule; :mod:`bids_m2i.decoding.identification`), for every prediction; it lowered
+        imagery-from-memory PixCorr on every demo seed (docs/decoding.md). ``joint`` (default): ``predict`` keeps
+        the squared-error penalties, and ``predict(..., perception=True)`` (held-out perception items) uses a
+        second set of coefficients with the penalties times one scale chosen by grouped CV for two-way and
+        PixCorr together (maximin of the two, each relative to its best; ``identification.py``). The scale is
+        measured on held-out perception repeats; imagery (another signal-to-noise, docs/decoding.md) is not
+        decoded with it. Both need stimulus labels with repeats (else the squared-error fit is kept).
     """
 
     def __init__(self, method: str = "ridge", *, alphas=DEFAULT_ALPHAS, top_k: int | str | None = AUTO,
                  device="auto", n_threads: int | None = None, seed: int = 0, mlp_config: MLPConfig | None = None,
-                 penalty: str = "error"):
+                 penalty: str = "joint"):
         if method not in ("ridge", "mlp"):
             raise UsageError(f"unknown decoder {method!r}", hint="use --decoder ridge or mlp")
         if penalty not in PENALTY_RULES:
@@ -166,6 +173,8 @@ class BrainDecoder:
         self.mlp_config = mlp_config or MLPConfig()
         self.scaler: VoxelScaler | None = None
         self.coef = self.intercept = self.alpha = None
+        # penalty="joint": the coefficients (and penalties) for held-out perception items; None: use ``coef``
+        self.perception_coef = self.perception_intercept = self.perception_alpha = None
         self.mlp: MLPRegressor | None = None
         self.feature_mean = self.feature_sd = None
         self.info: dict = {}
@@ -209,7 +218,7 @@ class BrainDecoder:
             self.info = {"solver": result.solver, "cv": result.cv, "search": result.info["search"],
                          "alpha_median": float(np.median(result.alpha)),
                          "alpha_counts": {f"{a:g}": int(np.sum(result.alpha == a)) for a in np.unique(result.alpha)}}
-            if self.penalty == "identification" and labels is not None:
+            if self.penalty in ("identification", "joint") and labels is not None:
                 self._scale_penalties(betas, features, labels)
         else:
             self.mlp = MLPRegressor(self.mlp_config, seed=self.seed, device=self.device,
@@ -231,27 +240,37 @@ class BrainDecoder:
         from .identification import choose_penalty_scale, refit_scaled
 
         X = self.scaler.transform(betas)  # afresh: the ridge fit may have centred its copy in place
+        rule = "joint" if self.penalty == "joint" else "1se"
         search = choose_penalty_scale(X, features, self.alpha, labels, seed=self.seed, device=self.device,
-                                      n_threads=self.n_threads)
+                                      n_threads=self.n_threads, rule=rule)
         if search is None:
             self.info["penalty_scale"] = {"rule": "too few distinct training stimuli for identification: the "
                                           "squared-error penalties are kept", "chosen": 1.0}
             return
         self.info["penalty_scale"] = search.summary()
-        if search.scale != 1.0:
-            self.alpha = (self.alpha * search.scale).astype(self.alpha.dtype)
-            self.coef, self.intercept = refit_scaled(X, features, self.alpha, 1.0, device=self.device,
-                                                     n_threads=self.n_threads)
+        if search.scale == 1.0:
+            return
+        alpha = (self.alpha * search.scale).astype(self.alpha.dtype)
+        coef, intercept = refit_scaled(X, features, alpha, 1.0, device=self.device, n_threads=self.n_threads)
+        if self.penalty == "joint":  # a second map for held-out perception items only
+            self.perception_coef, self.perception_intercept, self.perception_alpha = coef, intercept, alpha
+        else:
+            self.alpha, self.coef, self.intercept = alpha, coef, intercept
 
     def _check_fitted(self):
         if self.scaler is None:
             raise UsageError("the decoder is not fitted yet")
 
-    def predict(self, betas: np.ndarray) -> np.ndarray:
-        """Betas (n, v) -> predicted features (n, d) (not rescaled; see :func:`rescale_to_training`)."""
+    def predict(self, betas: np.ndarray, *, perception: bool = False) -> np.ndarray:
+        """Betas (n, v) -> predicted features (n, d) (not rescaled; see :func:`rescale_to_training`).
+
+        perception : True for held-out trials of the training condition (perception); with ``penalty="joint"``
+            they are decoded with the penalties chosen for them (class docstring). Imagery: False."""
         self._check_fitted()
         X = self.scaler.transform(betas)
         if self.method == "ridge":
+            if perception and self.perception_coef is not None:
+                return ridge_predict(X, self.perception_coef, self.perception_intercept)
             return ridge_predict(X, self.coef, self.intercept)
         return self.mlp.predict(X).astype(np.float32)
 
@@ -314,6 +333,9 @@ class BrainDecoder:
         arrays.update(feature_mean=self.feature_mean, feature_sd=self.feature_sd)
         if self.method == "ridge":
             arrays.update(coef=self.coef, intercept=self.intercept, alpha=np.asarray(self.alpha, np.float64))
+            if self.perception_coef is not None:
+                arrays.update(perception_coef=self.perception_coef, perception_intercept=self.perception_intercept,
+                              perception_alpha=np.asarray(self.perception_alpha, np.float64))
         else:
             arrays.update(self.mlp.state_arrays())
         arrays.update(extra_arrays or {})
@@ -342,6 +364,10 @@ class BrainDecoder:
         decoder.info = meta["info"]
         if decoder.method == "ridge":
             decoder.coef, decoder.intercept, decoder.alpha = arrays["coef"], arrays["intercept"], arrays["alpha"]
+            if "perception_coef" in arrays:
+                decoder.perception_coef = arrays["perception_coef"]
+                decoder.perception_intercept = arrays["perception_intercept"]
+                decoder.perception_alpha = arrays["perception_alpha"]
         else:
             decoder.mlp = MLPRegressor(decoder.mlp_config, seed=decoder.seed, device=device).load_state_arrays(
                 arrays, len(decoder.scaler.columns), len(decoder.feature_mean))

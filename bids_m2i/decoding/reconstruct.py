@@ -412,6 +412,7 @@ def predict_items(betas: np.ndarray, prepared: PreparedTrials, fitted: FittedDec
     if not items:
         raise BadDataError("No test items: no held-out perception or imagery trials to reconstruct")
     features = {}
+    held_out_perception = set(int(r) for r in split.test)
     for space, decoder in fitted.decoders.items():
         finetuned = fitted.finetuned.get(space)
         rows = []
@@ -419,7 +420,9 @@ def predict_items(betas: np.ndarray, prepared: PreparedTrials, fitted: FittedDec
             if finetuned is not None and all(int(r) in finetuned for r in group):
                 rows.append(np.mean([finetuned[int(r)] for r in group], axis=0))
             else:
-                rows.append(decoder.predict(item_betas(group).mean(axis=0, keepdims=True))[0])
+                # held-out perception items: the penalties chosen for them (BrainDecoder penalty="joint")
+                rows.append(decoder.predict(item_betas(group).mean(axis=0, keepdims=True),
+                                            perception=int(group[0]) in held_out_perception)[0])
         raw = np.stack(rows).astype(np.float32)
         # rescaled within each (condition, cue) group: imagery predictions are weaker than perception ones, and
         # standardising them together would shrink one group and inflate the other. Held-out perception items

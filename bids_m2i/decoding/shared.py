@@ -658,8 +658,9 @@ class SharedParticipantDecoder:
         self._check_fitted()
         return self.map.latent(betas)
 
-    def predict(self, betas: np.ndarray) -> np.ndarray:
-        """Betas (n, v) -> features (n, d) (not rescaled; see ``rescale_to_training``)."""
+    def predict(self, betas: np.ndarray, *, perception: bool = False) -> np.ndarray:
+        """Betas (n, v) -> features (n, d) (not rescaled; see ``rescale_to_training``). ``perception`` is
+        accepted for the interface of ``BrainDecoder.predict`` and changes nothing (one map for every item)."""
         standard = ridge_predict(self.latent(betas), self.head_coef, self.head_intercept)
         return (standard * self.model.feature_scale + self.model.feature_mean).astype(np.float32)
 
