@@ -27,8 +27,8 @@ def gc_paused():
 
     Why: importing torch creates ~100 000 tracked objects (modules, classes, functions) that live as long as
     the process; the collector, run every few hundred allocations, walks the ever larger heap again and
-    again and frees nothing. Paused, ``import torch`` took ~0.4 CPU s less of ~3.6 on the busy 2-core machine
-    (about 11 %). Follow with ``gc.freeze()`` where the process keeps the libraries (``m2i``'s main process
+    again and frees nothing. Paused, ``import torch`` took 3.6-4.0 CPU s instead of 4.1-4.3 on the busy
+    2-core machine (load 11). Follow with ``gc.freeze()`` where the process keeps the libraries (``m2i``'s main process
     and its workers): the first collection then does not walk them either.
     """
     enabled = gc.isenabled()
