@@ -30,7 +30,7 @@ CHILD = textwrap.dedent("""
     import json, sys, time
     from pathlib import Path
     from bids_m2i.interfaces.glm import SingleTrialBetas, process_rss_gb
-    import bids_m2i.glm.estimate, bids_m2i.reports.figures  # torch, matplotlib: what a worker holds anyway
+    import bids_m2i.glm.estimate, bids_m2i.reports.figures  # torch (and the figures, without matplotlib)
 
     folder, headroom_gb, tr = Path(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
     baseline = process_rss_gb()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import logging
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,7 @@ def load_bold(path: str | Path):
     path = Path(path)
     try:
         img = nib.load(str(path))
-        data = np.asarray(img.dataobj, dtype=np.float32)  # applies scl_slope/scl_inter
+        data = read_float32(img, path)  # applies scl_slope/scl_inter
     except Exception as exc:
         raise BadDataError(f"Cannot read the image data of {path}: {exc}", path=path,
                            hint="the file is probably truncated: re-export or re-download it") from exc
@@ -41,6 +43,103 @@ def load_bold(path: str | Path):
     if not np.any(data):
         raise BadDataError(f"{path} is all zeros", path=path, hint="check the conversion from DICOM")
     return data, np.asarray(img.affine, dtype=np.float64), img.header
+
+
+def read_float32(img, path: str | Path) -> np.ndarray:
+    """``np.asarray(img.dataobj, dtype=np.float32)`` (nibabel's scaling and casting), with a ``.gz`` file
+    decompressed by :class:`GunzipReader` instead of Python's ``GzipFile``."""
+    from nibabel.arrayproxy import ArrayProxy
+
+    proxy = img.dataobj
+    if not (str(path).endswith(".gz") and type(proxy) is ArrayProxy):
+        return np.asarray(proxy, dtype=np.float32)
+    with GunzipReader(path) as stream:
+        # the same array proxy (shape, on-disk type, offset, scale factors, order) over the faster stream
+        fast = ArrayProxy(stream, (proxy.shape, proxy.dtype, proxy.offset, proxy.slope, proxy.inter),
+                          mmap=False, order=proxy.order)
+        return np.asarray(fast, dtype=np.float32)
+
+
+class GunzipReader(io.RawIOBase):
+    """The content of a gzip file as a forward-only file object (for nibabel's array reader).
+
+    Python's ``GzipFile`` decompresses 8 KiB of input per turn of a Python loop: reading a run of 16 MB took
+    about 1.5x the time of one zlib call over the whole file (0.12 against 0.08 CPU s; six runs per GLM step).
+    This reads 4 MiB at a time and decompresses straight into the caller's buffer, so a run is never held
+    twice in memory. Files of several gzip members (and zero padding between them) are read as ``gzip`` reads
+    them; a file that ends inside a member raises ``EOFError``, as ``gzip`` does. Only forward seeks: nibabel
+    reads the header with ``nib.load`` and then seeks once to the data."""
+
+    CHUNK = 1 << 22
+
+    def __init__(self, path: str | Path):
+        super().__init__()
+        self.name = str(path)
+        self._file = open(path, "rb")
+        self._decompressor = zlib.decompressobj(wbits=31)    # 31: a gzip header and trailer (CRC checked)
+        self._in_member = False
+        self._pending = b""          # compressed input not yet given to the decompressor
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_CUR:
+            offset += self._position
+        elif whence != io.SEEK_SET:
+            raise io.UnsupportedOperation("GunzipReader seeks from the start or the current position only")
+        if offset < self._position:
+            raise io.UnsupportedOperation("GunzipReader seeks forward only")
+        while self._position < offset and self._next(min(offset - self._position, self.CHUNK)):
+            pass
+        return self._position
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        filled = 0
+        while filled < len(view):
+            piece = self._next(min(len(view) - filled, self.CHUNK))    # pieces of 4 MiB at most
+            if not piece:
+                break
+            view[filled:filled + len(piece)] = piece
+            filled += len(piece)
+        return filled
+
+    def _next(self, limit: int) -> bytes:
+        """At most ``limit`` (> 0) next bytes of the content; ``b""`` at its end."""
+        while True:
+            if not self._in_member:
+                self._pending = self._pending.lstrip(b"\0")      # padding between members
+            if not self._pending:
+                self._pending = self._file.read(self.CHUNK)
+                if not self._pending:
+                    if self._in_member:
+                        raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+                    return b""
+                continue
+            self._in_member = True
+            piece = self._decompressor.decompress(self._pending, limit)
+            if self._decompressor.eof:
+                self._pending = self._decompressor.unused_data
+                self._decompressor = zlib.decompressobj(wbits=31)
+                self._in_member = False
+            else:
+                self._pending = self._decompressor.unconsumed_tail
+            if piece:
+                self._position += len(piece)
+                return piece
+
+    def close(self) -> None:
+        if not self.closed:
+            self._file.close()
+        super().close()
 
 
 def save_like(data: np.ndarray, affine: np.ndarray, path: str | Path, tr: float | None = None,

@@ -260,8 +260,11 @@ def _load_compute_libraries() -> None:
     """torch with the thread counts that ``m2i`` set in the environment (OMP_NUM_THREADS...)."""
     import os
 
+    from ..utils.process import gc_paused
+
     try:
-        import torch
+        with gc_paused():  # the caller freezes the heap next
+            import torch
     except ImportError:  # pragma: no cover
         return
     threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
