@@ -373,9 +373,24 @@ def child_glmsingle(data_path: str, out: str, threads: int, node_folder: str | N
             np.save(path, np.squeeze(results[name]["betasmd"]).T.astype(np.float32))
             betas[key] = path
     typed = results.get("typed") or {}
+    # GLMsingle's per-voxel choices, kept beside its betas (benchmarks/glm_ablation.py feeds them one at a time
+    # into ours): its HRF index (type B/D), noise pool, PC-selection voxels and curve, PC count, ridge fractions
+    # and its candidate noise regressors per run
+    extras = {}
+    for key, name in (("typeb", "HRFindex"), ("typed", "HRFindex"), ("typed", "noisepool"), ("typed", "pcvoxels"),
+                      ("typed", "xvaltrend"), ("typed", "pcnum"), ("typed", "FRACvalue")):
+        value = (results.get(key) or {}).get(name)
+        if value is not None:
+            extras[f"{key}_{name}"] = np.squeeze(np.asarray(value))
+    for r, regressors in enumerate(typed.get("pcregressors") or []):
+        extras[f"pcregressors_{r}"] = np.asarray(regressors, dtype=np.float32)
+    extras_path = None
+    if extras:
+        extras_path = f"{out}.extras.npz"
+        np.savez(extras_path, **extras)
     info = {"stage_s": marks, "startup_cpu_s": loaded_cpu, "step_cpu_s": step_cpu, "n_pcs": int(np.squeeze(typed["pcnum"])) if "pcnum" in typed else None,
             "median_frac": float(np.median(typed["FRACvalue"])) if "FRACvalue" in typed else None}
-    return {"betas": betas, "info": info}
+    return {"betas": betas, "info": info, "extras": extras_path}
 
 
 # --- optional classic peers (nilearn designs) ---------------------------------------------------------
@@ -507,7 +522,13 @@ def _write_cache(folder: Path, payload: dict, wall: float, peak: float, cpu: flo
         target = folder / f"betas{key}.npy"
         np.save(target, np.load(path))
         betas[key] = str(target)
-    record = {"payload": {**payload, "betas": betas}, "wall": wall, "peak": peak, "cpu": cpu,
+    extras = payload.get("extras")
+    if extras:
+        target = folder / "extras.npz"
+        with open(extras, "rb") as src, open(target, "wb") as dst:
+            dst.write(src.read())
+        extras = str(target)
+    record = {"payload": {**payload, "betas": betas, "extras": extras}, "wall": wall, "peak": peak, "cpu": cpu,
               "written": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     tmp = folder / "run.json.tmp"
     tmp.write_text(json.dumps(record))

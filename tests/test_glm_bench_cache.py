@@ -40,3 +40,18 @@ def test_cache_round_trip(tmp_path):
     assert (wall, peak, cpu) == (10.0, 400.0, 9.0)
     assert read["info"] == payload["info"]
     np.testing.assert_array_equal(np.load(read["betas"]["D"]), betas)
+
+
+def test_cache_keeps_glmsingle_choices(tmp_path):
+    """GLMsingle's per-voxel choices (``extras``: HRF index, noise pool, PCs ...) are copied into the cache, so
+    that benchmarks/glm_ablation.py can feed them into ours after the run's temporary folder is gone."""
+    np.save(tmp_path / "typed.npy", np.zeros((2, 3), dtype=np.float32))
+    np.savez(tmp_path / "extras.npz", typeb_HRFindex=np.array([3, 19, 0]), typed_pcnum=np.array(4))
+    payload = {"betas": {"D": str(tmp_path / "typed.npy")}, "info": {}, "extras": str(tmp_path / "extras.npz")}
+    folder = tmp_path / "cache" / "x"
+    bench_glm._write_cache(folder, payload, 1.0, 1.0, 1.0)
+    (tmp_path / "extras.npz").unlink()
+    read, *_ = bench_glm._read_cache(folder)
+    with np.load(read["extras"]) as extras:
+        np.testing.assert_array_equal(extras["typeb_HRFindex"], [3, 19, 0])
+        assert int(extras["typed_pcnum"]) == 4

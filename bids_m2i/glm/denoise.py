@@ -112,6 +112,13 @@ def onoff_residuals(model: SessionModel, run: int, data: torch.Tensor) -> torch.
     return data - fitted
 
 
+def drift_residuals(model: SessionModel, run: int, data: torch.Tensor) -> torch.Tensor:
+    """The data with only the run's drift and confounds projected out, shape like ``data``: what GLMdenoise and
+    GLMsingle take the noise PCs of (``pc_source="drift-residuals"``, an option)."""
+    fixed = torch.as_tensor(model.fixed_basis(run), dtype=data.dtype, device=data.device)
+    return data - (data @ fixed) @ fixed.T
+
+
 def choose_n_pcs(model: SessionModel, data_runs: list[torch.Tensor], kernel_of_voxel: np.ndarray,
                  n_trials: int, repeats: RepeatStructure, max_pcs: int, stop: float = 0.95,
                  criterion: str = "ols-target", fractions=DEFAULT_FRACTIONS):

@@ -16,11 +16,11 @@ import pandas as pd
 import torch
 
 from ..errors import BadDataError, UsageError
-from .denoise import (NoisePCAccumulator, brain_voxels, choose_n_pcs, noise_pool, onoff_residuals,
-                      signal_voxel_sample)
+from .denoise import (NoisePCAccumulator, brain_voxels, choose_n_pcs, drift_residuals, noise_pool,
+                      onoff_residuals, signal_voxel_sample)
 from .design import RunData, build_run_designs, polynomial_degree
-from .fithrf import (HRF_NOISE_CORRECTION, NoiseExplainedByKernel, grouped_trial_betas, library_fitted_ss, r2_from,
-                     total_sum_of_squares)
+from .fithrf import (HRF_NOISE_CORRECTION, NoiseExplainedByKernel, drift_sum_of_squares, grouped_trial_betas,
+                     library_fitted_ss, r2_beyond_drift, r2_from, total_sum_of_squares)
 from .fracridge import DEFAULT_FRACTIONS, N_ALPHAS, fractional_ridge_cv
 from .hrf_library import DEFAULT_LIBRARY, check_library, describe_library
 from .library_choice import AUTO, choose_library
@@ -159,7 +159,9 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
                                 hrf_selection: str = "full", ridge_criterion: str = "consistency",
                                 pc_criterion: str = "ols-target", hrf_library: str = DEFAULT_LIBRARY,
                                 noise_model: str = "auto",
-                                hrf_noise_correction: float = HRF_NOISE_CORRECTION) -> GLMResult:
+                                hrf_noise_correction: float = HRF_NOISE_CORRECTION,
+                                selection_r2: str = "with-drift",
+                                pc_source: str = "onoff-residuals") -> GLMResult:
     """Single-trial betas of one task of one session, all runs modelled together.
 
     Parameters
@@ -227,6 +229,17 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
         expected explained sum of squares of the voxel's own noise under that kernel
         (:class:`~bids_m2i.glm.fithrf.NoiseExplainedByKernel`) chooses the HRF; 0 = the plain R² (before
         issue 13's fourth pass). Default 0.5 (docs/glm.md, "The HRF choice corrected for noise").
+    selection_r2 : {"with-drift", "beyond-drift"}
+        The R² that picks the noise pool (ON-OFF model) and the signal voxels that choose the number of PCs
+        (full model): "with-drift" (default) the plain R², drift counted as explained; "beyond-drift" (an
+        issue-13 option) the share of the variance left after drift and confounds, as GLMdenoise/GLMsingle
+        threshold it (:func:`~bids_m2i.glm.fithrf.r2_beyond_drift`). The ``r2`` map is the plain R² either way.
+    pc_source : {"onoff-residuals", "drift-residuals"}
+        What the noise PCs are taken from: the pool's residuals of the ON-OFF model (default) or the pool's data
+        with only drift and confounds projected out (GLMdenoise's and GLMsingle's way; an issue-13 option).
+        With ``selection_r2="beyond-drift"`` this raised r_trial on 20 of the 21 benchmark pairs of seeds 0-2
+        but lost on ``nsd-session`` seed 1 (the PC count fell from 6 to 1), so neither is the default
+        (docs/glm.md, "The noise pool's R² and the PCs' source").
 
     Returns
     -------
@@ -251,6 +264,10 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
     if not (np.isfinite(hrf_noise_correction) and hrf_noise_correction >= 0):
         raise UsageError(f"hrf_noise_correction must be a number >= 0, got {hrf_noise_correction!r}",
                          hint="0 chooses the HRF by plain R²")
+    if pc_source not in ("onoff-residuals", "drift-residuals"):
+        raise UsageError(f"Unknown pc_source {pc_source!r}", hint="use 'onoff-residuals' or 'drift-residuals'")
+    if selection_r2 not in ("beyond-drift", "with-drift"):
+        raise UsageError(f"Unknown selection_r2 {selection_r2!r}", hint="use 'beyond-drift' or 'with-drift'")
     if noise_model not in ("auto", "ols", "ar1"):
         raise UsageError(f"Unknown noise_model {noise_model!r}", hint="use 'auto', 'ols' or 'ar1'")
     if noise_model == "auto":
@@ -366,7 +383,13 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
             # the number of noise PCs is searched with the plain choice's HRFs and R² (what it was validated on;
             # docs/glm.md "The HRF choice corrected for noise": its score is too flat to absorb another change)
             pc_search_hrf[voxels] = plain.cpu().numpy()
-            pc_search_r2[voxels] = r2_from(fitted_all.gather(0, plain[None])[0], total).cpu().numpy()
+            # selection_r2="beyond-drift" (an option) picks the pool and the PC-search voxels by the R² beyond
+            # drift (fithrf.r2_beyond_drift: the plain R² counts a large drift as signal; docs/glm.md, "The noise
+            # pool's R² and the PCs' source")
+            drift = drift_sum_of_squares(model, data_runs) if selection_r2 == "beyond-drift" else None
+            plain_fitted = fitted_all.gather(0, plain[None])[0]
+            pc_search_r2[voxels] = (r2_beyond_drift(plain_fitted, drift) if drift is not None
+                                    else r2_from(plain_fitted, total)).cpu().numpy()
             if effective == "fithrf":
                 if noise_model == "ar1":
                     chunk_betas, fitted, rho = whitened_trial_betas(model, data_runs, hrf_index[voxels], n_trials)
@@ -377,7 +400,8 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
                 r2[voxels] = r2_from(fitted, total).cpu().numpy()
             else:
                 onoff = sum(model.onoff_operators(r).fitted_sum_of_squares(d) for r, d in enumerate(data_runs))
-                onoff_r2[voxels] = r2_from(onoff, total).cpu().numpy()
+                onoff_r2[voxels] = (r2_beyond_drift(onoff, drift) if drift is not None
+                                    else r2_from(onoff, total)).cpu().numpy()
 
         metadata_denoise = {}
         if effective == "fithrf-denoise-rr":
@@ -385,7 +409,7 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
                 model, runs, chunks, load, betas, r2, hrf_index, n_pcs_map, frac, onoff_r2, intensity,
                 repeats, n_trials, data_units, brain_threshold, noise_pool_r2, max_pcs, max_pc_voxels,
                 fractions, seed, ridge_criterion, pc_criterion, ar1 if noise_model == "ar1" else None,
-                pc_search=(pc_search_hrf, pc_search_r2))
+                pc_search=(pc_search_hrf, pc_search_r2), pc_source=pc_source)
 
         if zscore:
             for voxels in chunks:
@@ -417,6 +441,7 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
                           if noise_correction is not None else "")
                        if use_library else "assumed"),
         "hrf_noise_correction": hrf_noise_correction if noise_correction is not None else 0.0,
+        "selection_r2": selection_r2 if effective == "fithrf-denoise-rr" else None,
         "ridge_criterion": ridge_criterion if effective == "fithrf-denoise-rr" else None,
         "noise_model": noise_model,
         "ar1": ({"estimate": "lag-1 autocorrelation of the OLS residuals (chosen HRF and PCs), pooled over runs, "
@@ -485,7 +510,7 @@ def _choose_session_library(designs, runs, load, trial_rows, stimulus, n_voxels,
 def _denoise_and_ridge(model, runs, chunks, load, betas, r2, hrf_index, n_pcs_map, frac, onoff_r2, intensity,
                        repeats, n_trials, data_units, brain_threshold, noise_pool_r2, max_pcs, max_pc_voxels,
                        fractions, seed, ridge_criterion="consistency", pc_criterion="ols-target",
-                       ar1=None, pc_search=None) -> dict:
+                       ar1=None, pc_search=None, pc_source="onoff-residuals") -> dict:
     """GLMdenoise PCs, their number by cross-validation, then cross-validated fractional ridge (in place).
 
     ``pc_search``: (HRF index, R²) per voxel for the search over the number of PCs (default: ``hrf_index``,
@@ -498,7 +523,8 @@ def _denoise_and_ridge(model, runs, chunks, load, betas, r2, hrf_index, n_pcs_ma
     else:  # no intensities: every voxel counts as brain
         brain = np.ones(n_voxels, dtype=bool)
     pool, pool_threshold = noise_pool(onoff_r2, brain, noise_pool_r2)
-    info = {"noise_pool": {"n_voxels": int(pool.sum()), "onoff_r2_threshold": pool_threshold,
+    info = {"pc_source": pc_source,
+            "noise_pool": {"n_voxels": int(pool.sum()), "onoff_r2_threshold": pool_threshold,
                            "brain_threshold": {"percentile": brain_threshold[0], "fraction": brain_threshold[1],
                                                "applied": data_units == "raw"}}}
     n_pcs = 0
@@ -511,7 +537,8 @@ def _denoise_and_ridge(model, runs, chunks, load, betas, r2, hrf_index, n_pcs_ma
                 continue
             data_runs, _ = load(np.arange(voxels.start, voxels.stop)[in_pool])
             for run, data in enumerate(data_runs):
-                accumulator.add(run, onoff_residuals(model, run, data))
+                accumulator.add(run, (onoff_residuals if pc_source == "onoff-residuals" else drift_residuals)(
+                    model, run, data))
         model.noise_pcs = accumulator.components(max_pcs)
 
         # voxels that carry signal choose the number of PCs
