@@ -95,3 +95,16 @@ def ar1_noise(rng, n_voxels: int, n_volumes: int, rho: float):
     for t in range(1, n_volumes):
         noise[:, t] = rho * noise[:, t - 1] + np.sqrt(1 - rho ** 2) * rng.standard_normal(n_voxels)
     return noise
+
+
+def pinned_glm_session(generator: str, n_voxels: int = 900):
+    """The two small sessions the GLM stage tests pin their gains on: ``"ours"`` (``bids_m2i.glm.simulation``,
+    seed 21) or ``"independent"`` (the benchmark's generator, seed 3). Returns (runs, trials, true_betas,
+    responsive)."""
+    if generator == "ours":
+        from bids_m2i.glm.simulation import simulate_session
+
+        sim = simulate_session(n_voxels=n_voxels, seed=21)
+        return sim.runs, sim.trials, sim.true_betas, sim.responsive
+    s, runs, trials = independent_glm_session(n_voxels, 3)
+    return runs, trials, s.true_betas, s.responsive

@@ -6,26 +6,16 @@ responsive voxels with little drift. Pinned on our generator and the benchmark's
 import numpy as np
 import pytest
 import torch
-from helpers import independent_glm_session
+from helpers import pinned_glm_session
 
 from bids_m2i.errors import UsageError
 from bids_m2i.glm import estimate
 from bids_m2i.glm.design import RunData, build_run_designs
 from bids_m2i.glm.fithrf import drift_sum_of_squares, r2_beyond_drift, r2_from, total_sum_of_squares
 from bids_m2i.glm.model import SessionModel
-from bids_m2i.glm.simulation import r_trial, simulate_session
+from bids_m2i.glm.simulation import r_trial
 
 torch.set_num_threads(1)
-
-
-def _independent(seed=3):
-    s, runs, trials = independent_glm_session(900, seed)
-    return runs, trials, s.true_betas, s.responsive
-
-
-def _ours(seed=21):
-    sim = simulate_session(n_voxels=900, seed=seed)
-    return sim.runs, sim.trials, sim.true_betas, sim.responsive
 
 
 def test_r2_beyond_drift_ignores_the_drift():
@@ -52,7 +42,7 @@ def test_r2_beyond_drift_ignores_the_drift():
 
 @pytest.fixture(scope="module", params=["ours", "independent"])
 def pools(request):
-    runs, trials, truth, responsive = _ours() if request.param == "ours" else _independent()
+    runs, trials, truth, responsive = pinned_glm_session(request.param)
     out = {}
     configs = {"beyond-drift": dict(selection_r2="beyond-drift"), "with-drift": dict(selection_r2="with-drift"),
                "both": dict(selection_r2="beyond-drift", pc_source="drift-residuals")}
@@ -95,6 +85,6 @@ def test_final_betas_not_worse(pools):
 
 
 def test_unknown_selection_r2_is_refused():
-    runs, trials, _, _ = _ours()
+    runs, trials, _, _ = pinned_glm_session("ours")
     with pytest.raises(UsageError):
         estimate.estimate_single_trial_betas(runs, trials, selection_r2="plain")

@@ -5,23 +5,13 @@ physiological noise), at a small size (issue 13). The figures these thresholds p
 import numpy as np
 import pytest
 import torch
-from helpers import independent_glm_session
+from helpers import pinned_glm_session
 
 from bids_m2i.glm.estimate import estimate_single_trial_betas
 from bids_m2i.glm.reliability import retest_reliability
-from bids_m2i.glm.simulation import r_trial, simulate_session
+from bids_m2i.glm.simulation import r_trial
 
 torch.set_num_threads(1)
-
-
-def _independent(seed=3):
-    s, runs, trials = independent_glm_session(900, seed)
-    return runs, trials, s.true_betas, s.responsive
-
-
-def _ours(seed=21):
-    sim = simulate_session(n_voxels=900, seed=seed)
-    return sim.runs, sim.trials, sim.true_betas, sim.responsive
 
 
 def _stages(runs, trials, truth, responsive):
@@ -39,7 +29,7 @@ def _stages(runs, trials, truth, responsive):
 
 @pytest.fixture(scope="module", params=["ours", "independent"])
 def stage_scores(request):
-    data = _ours() if request.param == "ours" else _independent()
+    data = pinned_glm_session(request.param)
     return request.param, _stages(*data)
 
 
