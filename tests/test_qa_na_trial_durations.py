@@ -74,6 +74,8 @@ def test_recorded_in_the_glm_sidecar_and_the_report(minimal_bids, tmp_path):
     sidecar = next((out / "sub-01" / "func").glob("*_stat-effect_desc-lsa_statseries.json"))
     warnings = json.loads(sidecar.read_text())["events_warnings"]
     assert len(warnings) == 1 and "duration n/a (line(s) 4)" in warnings[0] and "3 s, the median" in warnings[0]
+    # the events file named relative to BIDS_DIR: no machine path in the derivatives
+    assert warnings[0].startswith(f"sub-01/func/{events.name}:") and str(tmp_path) not in warnings[0]
     table = next((out / "sub-01" / "func").glob("*_desc-lsa_events.tsv")).read_text().splitlines()
     assert table[3].split("\t")[2] == "3.0"  # onset duration: the row got the median of the others (3 s)
     assert "duration n/a (line(s) 4)" in (out / "sub-01.html").read_text()

@@ -975,6 +975,16 @@ def events_to_trials(
     if not (table["role"] == "trial").any():
         LOGGER.warning("%s: no trials found (rule: %s)", source_text, rule.origin)
     table.attrs["rule"] = rule.origin
+    # what was looked at, for the "No trials found" message: the column deciding the role and its values
+    role_values: dict[str, int] = {}
+    for record in records:
+        value = str(record[rule.role_column]) if rule.role_column else NA
+        role_values[value] = role_values.get(value, 0) + 1
+    table.attrs["looked_at"] = {
+        "role_column": rule.role_column, "role_values": role_values, "stimulus_column": rule.stimulus_column,
+        "trial_values": list(rule.trial), "n_rows": len(records), "no_stimulus": n_unidentified,
+        "roles": {name: roles.count(name) for name in ("trial", "nuisance", "ignore")},
+    }
     table.attrs["notes"] = notes  # what was assumed for missing times (the GLM sidecar records it)
     return table
 
@@ -986,11 +996,13 @@ def _assign_roles(records: list[dict], rule: TaskRule) -> tuple[list[str], list[
     trial = {_code_key(v) for v in rule.trial}
     nuisance = {_code_key(v) for v in rule.nuisance}
     ignore = {_code_key(v) for v in (rule.ignore or ())}
+    spellings = {_code_key(v): str(v) for v in (*(rule.ignore or ()), *rule.nuisance, *rule.trial)}
     unlisted: dict[str, int] = {}
     for record in records:
         stimulus = _stimulus_value(record, rule)
         value = record[rule.role_column] if rule.role_column else NA
-        event_types.append(value if rule.role_column else ("stimulus" if stimulus != NA else NA))
+        event_types.append(canonical_event_type(value, spellings) if rule.role_column
+                           else ("stimulus" if stimulus != NA else NA))
         if rule.auto_vocabulary:
             # auto-detection: words of the event type first, then "no stimulus → ignore"
             if value != NA and AUTO_IGNORE_PATTERN.search(value):
@@ -1024,6 +1036,22 @@ def _assign_roles(records: list[dict], rule: TaskRule) -> tuple[list[str], list[
             rule.role_column,
         )
     return roles, event_types
+
+
+def canonical_event_type(value: str, spellings: Mapping[tuple, str]) -> str:
+    """One spelling per event type. Roles match codes whatever their case (``Cue`` == ``cue``, ``1`` == ``1.0``:
+    :func:`_code_key`), but the GLM makes one nuisance regressor per distinct ``event_type`` string: ``Cue`` and
+    ``cue`` rows became two regressors (and two names in the sidecar and the design figure). The rule's own
+    spelling when it lists the code, else the key's (lower case; numbers as ``1`` / ``1.5``)."""
+    if value == NA:
+        return value
+    key = _code_key(value)
+    if key in spellings:
+        return spellings[key]
+    kind, canonical = key
+    if kind == "num":
+        return str(int(canonical)) if float(canonical).is_integer() else repr(canonical)
+    return canonical
 
 
 def _stimulus_value(record: Mapping[str, str], rule: TaskRule) -> str:
@@ -1243,7 +1271,7 @@ def build_trials_table(
         session = str(entities["session"]) if entities.get("session") not in (None, "") else (_label_from_path(path, "ses") or NA)
         run = _label_from_path(path, "run") or (str(entities["run"]) if entities.get("run") not in (None, "") else NA)
         runs.append({"task": str(task), "session": session, "run": run, "source": str(path), "rule": part.attrs["rule"],
-                     "notes": list(part.attrs.get("notes", []))})
+                     "notes": list(part.attrs.get("notes", [])), "looked_at": part.attrs.get("looked_at")})
         parts.append(part)
     if parts:
         table = pd.concat(parts, ignore_index=True)

@@ -283,9 +283,44 @@ def _check_trials(inputs: SubjectInputs) -> None:
     trials = inputs.trials
     if trials.empty or not (trials["role"] == "trial").any():
         raise BadDataError(
-            f"No trials found in the events of sub-{inputs.subject}",
-            hint="check the events' columns (m2i --print-trials shows what was read) or give an --events-map",
+            f"No trials found in the events of sub-{inputs.subject}; looked at:\n"
+            + describe_events_looked_at(trials.attrs.get("runs", []), inputs.stimuli_dir.parent),
+            hint="a trial is a row whose role column has one of the trial values of its rule (the --events-map "
+            "[task.<label>] `trial = [...]`, or the built-in profile) and that names a stimulus; check the "
+            "trial_type (role column) values above against the events map, and the stimulus column. "
+            "`m2i BIDS_DIR OUT participant --print-trials` shows what was read (docs/events.md)",
         )
+
+
+def describe_events_looked_at(runs: list[dict], bids_dir: Path, limit: int = 6) -> str:
+    """One line per events file read: its path relative to BIDS_DIR, the rule, the role column's values and
+    what they became (for the "No trials found" message: the user sees which values to map)."""
+    lines = []
+    for run in runs[:limit]:
+        source = Path(run.get("source", "?"))
+        try:
+            shown = source.absolute().relative_to(Path(bids_dir).absolute())
+        except ValueError:
+            shown = source.name
+        seen = run.get("looked_at") or {}
+        values = sorted(seen.get("role_values", {}).items(), key=lambda kv: -kv[1])
+        value_text = ", ".join(f"{v!r} x{n}" for v, n in values[:8]) + (", ..." if len(values) > 8 else "")
+        roles = seen.get("roles", {})
+        parts = [f"rule {run.get('rule', '?')}", f"{seen.get('n_rows', '?')} rows"]
+        if seen.get("role_column"):
+            parts.append(f"column {seen['role_column']!r}: {value_text or 'no rows'}")
+            if seen.get("trial_values"):
+                parts.append(f"trial values {list(seen['trial_values'])}")
+            else:  # auto-detection: rest/fixation-like words are ignored, cue/response-like ones nuisance
+                parts.append(f"trials: other values with a stimulus in column {seen.get('stimulus_column')!r}")
+        parts.append("roles " + ", ".join(f"{k} {v}" for k, v in roles.items()))
+        if seen.get("no_stimulus"):
+            parts.append(f"{seen['no_stimulus']} trial row(s) without a stimulus in column "
+                         f"{seen.get('stimulus_column')!r}")
+        lines.append(f"  {shown}: " + "; ".join(parts))
+    if len(runs) > limit:
+        lines.append(f"  ... and {len(runs) - limit} more events file(s)")
+    return "\n".join(lines) or "  no events file"
 
 
 def check_has_training_trials(inputs: SubjectInputs) -> None:

@@ -6,7 +6,9 @@ Every failure becomes a message that names the file and what to do, and a BIDS-A
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -66,27 +68,56 @@ class _Terminated(BaseException):
     KeyboardInterrupt, so that no ``except Exception`` on the way (nipype's, ours) mistakes it for a failure."""
 
 
+class _WorkerTerminated(SystemExit):
+    """Raised in a worker process (nipype's MultiProc pool, forked with this handler) on the SIGTERM the main
+    process forwards: the node running there unwinds (its temporary files removed by ``utils.atomic``), and an
+    idle worker exits quietly (a SystemExit, which multiprocessing does not print)."""
+
+
+_MAIN_PID: list[int | None] = [None]
+
+
 def _on_sigterm(signum, frame):  # pragma: no cover - exercised by the interruption tests
+    if os.getpid() != _MAIN_PID[0]:
+        raise _WorkerTerminated(143)
+    # stop the workers too: otherwise the interpreter's exit waited for the node they ran (a GLM: minutes), and a
+    # scheduler's SIGKILL after its grace period left that node's temporary files in the work dir
+    import multiprocessing
+
+    for child in multiprocessing.active_children():
+        with contextlib.suppress(OSError):
+            os.kill(child.pid, signal.SIGTERM)
     raise _Terminated()
 
 
 def _run_from_cli(bids_dir, output_dir, analysis_level, config_file, values, given) -> int:
+    _LOG_FILE[0] = _FOOTPRINT[0] = None  # an earlier run in this process (tests) must not lend its log
+    code = _run_and_report(bids_dir, output_dir, analysis_level, config_file, values, given)
+    footprint = _FOOTPRINT[0]
+    if code != 0 and footprint is not None:
+        # a failed group run takes back what it created; an unexpected failure (1) keeps its log: the traceback
+        footprint.undo(keep_log=code == 1)
+    return code
+
+
+def _run_and_report(bids_dir, output_dir, analysis_level, config_file, values, given) -> int:
     from ..config import build_config
     from ..utils.logs import close_handlers, setup_terminal_logging
 
     setup_terminal_logging(values.get("verbose") or 0)
     log_file = None
+    _MAIN_PID[0] = os.getpid()
     previous_handler = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         config = build_config(bids_dir, output_dir, analysis_level, values, given, config_file)
         from .runner import run
 
-        return run(config, on_log_file=lambda path: _remember(path))
+        return run(config, on_log_file=_remember, on_footprint=lambda footprint: _FOOTPRINT.__setitem__(0, footprint))
     except M2IError as error:
         LOGGER.debug("failure", exc_info=True)
         _print_error(error)
         log_file = _LOG_FILE[0]
-        if log_file:
+        if log_file and _FOOTPRINT[0] is None:  # a failed group run removes its log (the message says it all)
             click.echo(f"m2i: details in {log_file}", err=True)
         return error.exit_code
     except _Terminated:
@@ -118,6 +149,7 @@ def _run_from_cli(bids_dir, output_dir, analysis_level, config_file, values, giv
 
 
 _LOG_FILE: list[Path | None] = [None]
+_FOOTPRINT: list = [None]  # the group run's RunFootprint (cli.runner), to take back a failed run's files
 
 
 def _inside_folder(path, folder) -> bool:

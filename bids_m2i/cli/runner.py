@@ -50,12 +50,26 @@ def check_roi_mask(path: Path) -> None:
                            hint="give a mask whose ROI voxels are 1 (or any value above 0) on the participant grid")
 
 
+def check_is_folder_or_absent(path: Path, name: str) -> None:
+    """OUTPUT_DIR or the work dir given as an existing regular file (or below one) is a usage error (64), said
+    before anything is written: mkdir's bare "File exists" / "Not a directory" (73) did not say what was wrong."""
+    for candidate in (Path(path), *Path(path).absolute().parents):
+        if candidate.is_dir():
+            return
+        if candidate.exists() or candidate.is_symlink():
+            what = "is an existing file" if candidate == Path(path) else f"is below {candidate}, an existing file"
+            raise UsageError(f"{name} {path} {what}, not a folder", path=path,
+                             hint="give a folder (new or existing); m2i never replaces a file by a folder")
+
+
 def check_paths(config: Config) -> None:
     """Usage errors about folders, before anything is written (exit 64/66)."""
     from ..bids.layout import check_dataset_root
 
     bids_dir, output_dir = config.bids_dir, config.output_dir
     check_dataset_root(bids_dir)
+    check_is_folder_or_absent(output_dir, "OUTPUT_DIR")
+    check_is_folder_or_absent(Path(config.work_dir), "The work dir (-w/--work-dir)")
     if output_dir.resolve() == bids_dir.resolve():
         raise UsageError("OUTPUT_DIR is the same folder as BIDS_DIR: the input dataset is never modified",
                          hint="give another OUTPUT_DIR, e.g. BIDS_DIR/derivatives/m2i")
@@ -417,7 +431,71 @@ def reserve_run_names(logs_dir: Path, level: str, stamp: str, tag: str) -> tuple
     return logs_dir / f"m2i-{level}-{stamp}-{os.getpid()}{tag}.log", f"{stamp}-{os.getpid()}{tag}"
 
 
-def run(config: Config, on_log_file: Callable[[Path], None] | None = None) -> int:
+class RunFootprint:
+    """What a group run finds in OUTPUT_DIR and the work dir before it writes, so that a failed one can take
+    back what it created (its log and config, logs/, .bidsignore, a rewritten dataset_description.json, new
+    files under group/, a new work dir) and keep whatever existed: a failed group run left logs/ and partial
+    files that looked like results."""
+
+    def __init__(self, output_dir: Path, work_dir: Path):
+        self.output_dir, self.work_dir = Path(output_dir), Path(work_dir).absolute()
+        self.existed = {path: path.exists() for path in (
+            self.output_dir, self.output_dir / "logs", self.output_dir / ".bidsignore",
+            self.output_dir / "group", self.work_dir)}
+        description = self.output_dir / "dataset_description.json"
+        try:
+            self.description = description.read_bytes()
+        except OSError:
+            self.description = None
+        self.group_files = set(self._files(self.output_dir / "group"))
+        self.run_files: list[Path] = []  # this run's log and resolved config
+
+    @staticmethod
+    def _files(folder: Path) -> list[Path]:
+        return [p for p in folder.rglob("*") if not p.is_dir()] if folder.is_dir() else []
+
+    def undo(self, keep_log: bool = False) -> None:
+        """Remove what this run created (best effort: never raises). ``keep_log`` keeps the log file (and its
+        folder) of an unexpected failure: its traceback is what to report."""
+        for path in self.run_files:
+            if not (keep_log and path.suffix == ".log"):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+        for path in set(self._files(self.output_dir / "group")) - self.group_files:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        description = self.output_dir / "dataset_description.json"
+        with contextlib.suppress(OSError):
+            if self.description is not None and description.read_bytes() != self.description:
+                from ..utils.atomic import write_bytes
+
+                write_bytes(description, self.description)
+        if not self.existed[self.output_dir / ".bidsignore"]:
+            with contextlib.suppress(OSError):
+                (self.output_dir / ".bidsignore").unlink()
+        for folder in (self.output_dir / "group", self.output_dir / "logs"):
+            if not self.existed[folder]:
+                _remove_empty_tree(folder)
+        if not self.existed[self.work_dir]:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+        if not self.existed[self.output_dir]:
+            _remove_empty_tree(self.output_dir)
+
+
+def _remove_empty_tree(folder: Path) -> None:
+    """Remove a folder and the empty folders in it, bottom up; a folder still holding a file stays."""
+    if not folder.is_dir() or folder.is_symlink():
+        return
+    for sub in sorted((p for p in folder.rglob("*") if p.is_dir() and not p.is_symlink()),
+                      key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            sub.rmdir()
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+
+
+def run(config: Config, on_log_file: Callable[[Path], None] | None = None,
+        on_footprint: Callable[[RunFootprint], None] | None = None) -> int:
     from ..bids.derivatives import initialize_output_dataset
     from ..utils.logs import add_file_logging
 
@@ -433,9 +511,16 @@ def run(config: Config, on_log_file: Callable[[Path], None] | None = None) -> in
     if config.analysis_level == "group" and not (output_dir / "dataset_description.json").exists():
         raise InputMissingError(f"{output_dir} holds no participant results yet",
                                 hint="run the participant level first")
+    footprint = None
+    if config.analysis_level == "group":
+        footprint = RunFootprint(output_dir, Path(config.work_dir))
+        if on_footprint:
+            on_footprint(footprint)
     initialize_output_dataset(output_dir, config.bids_dir)
     log_path, timestamp = reserve_run_names(output_dir / "logs", config.analysis_level,
                                             time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()), run_tag(config))
+    if footprint is not None:
+        footprint.run_files += [log_path, output_dir / "logs" / f"config-{timestamp}.toml"]
     log_file = add_file_logging(log_path).baseFilename
     if on_log_file:
         on_log_file(Path(log_file))

@@ -96,8 +96,8 @@ def init_single_trial_wf(config, subject_inputs, task: str, session: str | None,
                                           extension=".svg", entities={**ents, "desc": figure + method})
 
     # what the events reading assumed for n/a times of these runs (BIDS allows n/a durations): kept in the sidecar
-    notes = [note for run in trials.attrs.get("runs", []) if run.get("task") == task
-             and run.get("session") == (session or "n/a") for note in run.get("notes", [])]
+    notes = [relative_note(note, run.get("source"), config.bids_dir) for run in trials.attrs.get("runs", [])
+             if run.get("task") == task and run.get("session") == (session or "n/a") for note in run.get("notes", [])]
     glm = pe.Node(SingleTrialBetas(
         trials=str(trials_file), run_labels=[r.bold.run or "n/a" for r in runs], trs=[r.tr for r in runs],
         slice_timings=[r.bold.slice_timing for r in runs], method=config.glm, lss_split=config.lss_split,
@@ -113,3 +113,15 @@ def init_single_trial_wf(config, subject_inputs, task: str, session: str | None,
                                          ("statseries_meta", "meta")])])
     collect_derivatives(workflow, outputnode)
     return workflow
+
+
+def relative_note(note: str, source: str | None, bids_dir) -> str:
+    """An events note with its file named relative to BIDS_DIR (``sub-01/func/..._events.tsv``): the sidecars
+    are shared with the derivatives, and this machine's paths (home folders, scratch mounts) must not leak."""
+    if not source:
+        return note
+    try:
+        shown = Path(source).absolute().relative_to(Path(bids_dir).absolute()).as_posix()
+    except ValueError:
+        shown = Path(source).name
+    return note.replace(str(source), shown)

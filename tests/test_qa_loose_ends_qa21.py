@@ -1,0 +1,183 @@
+"""Loose ends of the command line (issue qa21): messages that say what was looked at, OUTPUT_DIR given as a
+file, a failed group run taking back what it wrote, a prompt and clean SIGTERM during the GLM, event types
+that differ only in case, one try-lock helper, public names across packages."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from bids_m2i.cli.run import run_cli
+from helpers import make_minimal_bids
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _events(bids: Path) -> list[Path]:
+    return sorted(bids.rglob("*_events.tsv"))
+
+
+def test_no_trials_message_names_the_files_values_and_what_to_check(tmp_path, capsys, started):
+    bids = make_minimal_bids(tmp_path / "bids", runs=("01", "02"))
+    for events in _events(bids):
+        events.write_text(events.read_text().replace("\tstimulus\t", "\tfixation\t"))
+    code = run_cli([str(bids), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "work"),
+                    "--skip-bids-validation", "--stop-after", "glm"])
+    err = capsys.readouterr().err
+    assert code == 65, err
+    assert "No trials found in the events of sub-01" in err
+    # both files, relative to BIDS_DIR; the role column, the values found and the rule's trial values
+    for events in _events(bids):
+        assert f"sub-01/func/{events.name}" in err
+    assert str(bids) + "/sub-01" not in err.split("m2i: error:")[1]
+    assert "column 'trial_type': 'fixation' x6" in err and "with a stimulus in column" in err
+    assert "events map" in err and "--print-trials" in err
+    assert started == []
+
+
+def test_output_dir_that_is_a_file_is_a_usage_error(minimal_bids, tmp_path, capsys):
+    a_file = tmp_path / "results.txt"
+    a_file.write_text("mine")
+    for output, work in ((a_file, tmp_path / "work"), (a_file / "out", tmp_path / "work"),
+                         (tmp_path / "out", a_file)):
+        code = run_cli([str(minimal_bids), str(output), "participant", "-w", str(work), "--skip-bids-validation"])
+        err = capsys.readouterr().err
+        assert code == 64, err
+        assert "not a folder" in err and str(a_file) in err and "File exists" not in err
+    assert a_file.read_text() == "mine"
+    assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()  # refused before writing
+
+
+def _derivative_only(out: Path) -> None:
+    out.mkdir(parents=True)
+    (out / "dataset_description.json").write_text(json.dumps({"Name": "mine", "BIDSVersion": "1.10.0",
+                                                              "DatasetType": "derivative"}))
+
+
+def test_failed_group_run_takes_back_what_it_created(minimal_bids, tmp_path, capsys):
+    out, work = tmp_path / "out", tmp_path / "work"
+    _derivative_only(out)
+    description = (out / "dataset_description.json").read_bytes()
+    code = run_cli([str(minimal_bids), str(out), "group", "-w", str(work)])
+    err = capsys.readouterr().err
+    assert code == 66, err
+    assert "No participant has finished" in err and "details in" not in err
+    assert sorted(p.name for p in out.iterdir()) == ["dataset_description.json"]  # no logs/, .bidsignore
+    assert (out / "dataset_description.json").read_bytes() == description         # not rewritten
+    assert not work.exists()
+
+
+def test_failed_group_run_keeps_what_existed(minimal_bids, tmp_path, capsys):
+    out, work = tmp_path / "out", tmp_path / "work"
+    _derivative_only(out)
+    (out / "logs").mkdir()
+    (out / "logs" / "m2i-participant-old.log").write_text("an earlier run")
+    (out / "group").mkdir()
+    (out / "group" / "notes.txt").write_text("mine")
+    work.mkdir()
+    (work / "keep.txt").write_text("mine")
+    assert run_cli([str(minimal_bids), str(out), "group", "-w", str(work)]) == 66
+    assert sorted(p.name for p in (out / "logs").iterdir()) == ["m2i-participant-old.log"]
+    assert (out / "group" / "notes.txt").read_text() == "mine" and (work / "keep.txt").read_text() == "mine"
+
+
+def test_unexpected_group_failure_keeps_its_log(minimal_bids, tmp_path, capsys, monkeypatch):
+    import bids_m2i.workflows.group as group
+
+    out = tmp_path / "out"
+    _derivative_only(out)
+
+    def boom(config):
+        (out / "group").mkdir()
+        (out / "group" / "desc-metrics_table.tsv").write_text("half")
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr(group, "run_group_level", boom)
+    assert run_cli([str(minimal_bids), str(out), "group", "-w", str(tmp_path / "work")]) == 1
+    logs = list((out / "logs").glob("m2i-group-*.log"))
+    assert len(logs) == 1 and "Traceback" in logs[0].read_text()  # what to report
+    assert not (out / "group").exists() and not list((out / "logs").glob("config-*.toml"))
+
+
+SLOW_GLM = textwrap.dedent("""
+    import os, sys, time
+    from pathlib import Path
+    import bids_m2i.glm.estimate as glm
+    from bids_m2i.utils.atomic import atomic_path
+
+    def slow(*args, **kwargs):  # a long GLM step, in the middle of writing a file
+        with atomic_path(Path(os.getcwd()) / "design.svg") as tmp:
+            tmp.write_text("partial")
+            Path(sys.argv[-1]).write_text("in the GLM")
+            time.sleep(120)
+        raise AssertionError("not interrupted")
+
+    glm.estimate_single_trial_betas = slow
+    from bids_m2i.cli.run import main
+    main(sys.argv[1:-1])
+""")
+
+
+@pytest.mark.slow  # about 30 s on 2 busy cores: a subprocess through preprocessing
+def test_sigterm_during_the_glm_stops_promptly_and_leaves_no_temporary_file(minimal_bids, tmp_path):
+    from fixture_datasets import synthetic_bold, write_bold
+
+    for k, bold in enumerate(sorted(minimal_bids.rglob("*_bold.nii.gz"))):  # a head: a usable brain mask
+        write_bold(bold, synthetic_bold(40, (6, 6, 4), seed=k), tr=2.0)
+    out, work, flag = tmp_path / "out", tmp_path / "work", tmp_path / "in_glm"
+    script = tmp_path / "slow_glm.py"
+    script.write_text(SLOW_GLM)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(
+        [sys.executable, str(script), str(minimal_bids), str(out), "participant", "-w", str(work),
+         "--skip-bids-validation", "--stop-after", "glm", "--glm", "lsa", "--nprocs", "1", str(flag)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while not flag.exists():
+            assert process.poll() is None, process.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "the GLM step never started"
+            time.sleep(0.05)
+        assert list(work.rglob(".design.*.tmp.svg"))  # the file being written
+        start = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+        elapsed = time.monotonic() - start
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert process.returncode == 143, stderr[-3000:]
+    assert elapsed < 20, f"{elapsed:.1f} s to stop: the worker ran on"  # before: the whole GLM step (120 s)
+    assert "Traceback" not in stderr
+    assert [p for p in work.rglob("*") if ".tmp" in p.name] == []
+    assert [p for p in out.rglob("*") if ".tmp" in p.name] == []
+
+
+def test_event_types_differing_in_case_are_one_nuisance_regressor(tmp_path):
+    """Roles match codes whatever their case, and the GLM makes one regressor per event type: ``Cue`` and ``cue``
+    (and ``1`` / ``1.0``) were two regressors. One spelling each: the rule's, else lower case / plain number."""
+    from bids_m2i.bids.events import build_trials_table, load_events_map
+
+    mapping = tmp_path / "map.toml"
+    mapping.write_text('[task.x]\nrole_column = "kind"\ntrial = ["pic"]\nnuisance = ["cue", "2"]\n'
+                       'stimulus_column = "stim"\n')
+    rows = ["onset\tduration\tkind\tstim", "0\t1\tCue\tn/a", "2\t1\tPIC\ta", "4\t1\tcue\tn/a",
+            "6\t1\t2.0\tn/a", "8\t1\t2\tn/a", "10\t1\tpic\tb"]
+    first, second = tmp_path / "sub-01_task-x_run-1_events.tsv", tmp_path / "sub-01_task-x_run-2_events.tsv"
+    first.write_text("\n".join(rows) + "\n")
+    second.write_text("\n".join(rows).replace("Cue", "CUE") + "\n")
+    trials = build_trials_table([(first, {"task": "x", "run": "1"}), (second, {"task": "x", "run": "2"})],
+                                events_map=load_events_map(mapping))
+    nuisance = trials[trials["role"] == "nuisance"]
+    assert sorted(set(nuisance["event_type"])) == ["2", "cue"]
+    assert set(trials.loc[trials["role"] == "trial", "event_type"]) == {"pic"}
