@@ -181,3 +181,53 @@ def test_event_types_differing_in_case_are_one_nuisance_regressor(tmp_path):
     nuisance = trials[trials["role"] == "nuisance"]
     assert sorted(set(nuisance["event_type"])) == ["2", "cue"]
     assert set(trials.loc[trials["role"] == "trial", "event_type"]) == {"pic"}
+
+
+def test_try_lock_helper(tmp_path):
+    """One try-lock idiom for the work-dir, participant and pybids-database locks: held, busy for another
+    process, released; a file that cannot be opened gives no lock (None), not an error."""
+    from bids_m2i.utils.locks import LockBusy, release, try_lock
+
+    path = tmp_path / "x.lock"
+    handle = try_lock(path)
+    assert handle is not None
+    probe = [sys.executable, "-c", "import sys; from bids_m2i.utils.locks import try_lock, LockBusy\n"
+             "try:\n    h = try_lock(sys.argv[1])\nexcept LockBusy:\n    sys.exit(3)\nsys.exit(0 if h else 4)",
+             str(path)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    assert subprocess.run(probe, env=env).returncode == 3  # held here: busy there
+    release(handle)
+    assert subprocess.run(probe, env=env).returncode == 0
+    assert try_lock(tmp_path / "no" / "such" / "folder.lock") is None
+    shared = try_lock(path, shared=True)
+    with pytest.raises(LockBusy):  # an exclusive lock next to a shared one of another open file
+        try_lock(path)
+    release(shared)
+
+
+def test_runner_and_layout_use_the_one_lock_helper():
+    import inspect
+
+    import bids_m2i.bids.layout as layout
+    import bids_m2i.cli.runner as runner
+
+    for module, names in ((runner, ("lock_work_dir", "participants_locked")),
+                          (layout, ("process_database_dir", "remove_stale_database_dirs"))):
+        for name in names:
+            source = inspect.getsource(getattr(module, name))
+            assert "try_lock(" in source and "LOCK_NB" not in source, name
+
+
+def test_names_used_across_packages_are_public():
+    import ast
+
+    offenders = []
+    for path in (REPO / "bids_m2i").rglob("*.py"):
+        package = path.relative_to(REPO / "bids_m2i").parts[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level and node.module:
+                target = node.module.split(".")[0] if node.level == 2 else package
+                if target != package:
+                    offenders += [f"{path.name}: {node.module}.{a.name}" for a in node.names
+                                  if a.name.startswith("_") and not a.name.startswith("__")]
+    assert offenders == []

@@ -37,7 +37,9 @@ def _key(entities: dict[str, str]) -> tuple:
     return tuple((k, _norm(k, entities[k])) for k in _MATCH_ENTITIES if k in entities)
 
 
-def _derivative_entities(path: Path) -> dict[str, str]:
+def derivative_entities(path: Path) -> dict[str, str]:
+    """The entities of a derivative file's name, with fMRIPrep's ``space``/``cohort``/``res`` (public: the
+    shared decoder's workflow finds participants' outputs with it)."""
     ents = parse_entities(path)
     for part in path.name.split("_"):
         if "-" in part:
@@ -45,6 +47,9 @@ def _derivative_entities(path: Path) -> dict[str, str]:
             if key in _SPACE_RE_ENTITIES:
                 ents[key] = value
     return ents
+
+
+_derivative_entities = derivative_entities  # the former private name, for code written against it
 
 
 def check_fmriprep_folder(folder: Path) -> dict:
@@ -67,7 +72,7 @@ def index_fmriprep(folders: list[Path]) -> dict[tuple, dict[str, list[Path]]]:
         check_fmriprep_folder(folder)
         for path in sorted(Path(folder).glob("sub-*/**/func/*")):
             name = path.name
-            ents = _derivative_entities(path)
+            ents = derivative_entities(path)
             if "subject" not in ents or "task" not in ents:
                 continue
             kind = None
@@ -83,7 +88,7 @@ def index_fmriprep(folders: list[Path]) -> dict[tuple, dict[str, list[Path]]]:
 
 
 def _in_space(paths: list[Path], space: str) -> list[Path]:
-    return [p for p in paths if _derivative_entities(p).get("space") == space]
+    return [p for p in paths if derivative_entities(p).get("space") == space]
 
 
 def parse_space(spec: str) -> tuple[str, dict[str, str]]:
@@ -94,7 +99,7 @@ def parse_space(spec: str) -> tuple[str, dict[str, str]]:
 
 def _variant(path: Path) -> str:
     """How --space names the space, resolution and cohort of a file (fMRIPrep's spelling)."""
-    ents = _derivative_entities(path)
+    ents = derivative_entities(path)
     return ents.get("space", "(none)") + "".join(f":{k}-{ents[k]}" for k in ("cohort", "res") if k in ents)
 
 
@@ -108,14 +113,14 @@ def find_fmriprep_files(index: dict, raw_entities: dict[str, str], space: str, r
     label, wanted = parse_space(space)
     bolds = _in_space(files["bold"], label)
     if not bolds:
-        present = sorted({_derivative_entities(p).get("space", "(none)") for p in files["bold"]})
+        present = sorted({derivative_entities(p).get("space", "(none)") for p in files["bold"]})
         raise InputMissingError(
             f"fMRIPrep outputs of {raw_name} have no space '{label}'; spaces present: {', '.join(present)}",
             hint=f"use --space with one of: {', '.join(present)} (any of them works: m2i needs one grid common to "
             f"all runs), or rerun fMRIPrep with --output-spaces {label}; see docs/fmriprep.md",
         )
     variants = sorted({_variant(p) for p in bolds})
-    bolds = [p for p in bolds if all(_derivative_entities(p).get(k) == v for k, v in wanted.items())]
+    bolds = [p for p in bolds if all(derivative_entities(p).get(k) == v for k, v in wanted.items())]
     if not bolds:
         raise InputMissingError(f"fMRIPrep outputs of {raw_name} have no '{space}'; present: {', '.join(variants)}",
                                 hint=f"use --space with one of: {', '.join(variants)}")
@@ -123,10 +128,10 @@ def find_fmriprep_files(index: dict, raw_entities: dict[str, str], space: str, r
         LOGGER.warning("Several fMRIPrep BOLD files in space %s for %s (%s); using %s (choose with --space %s)",
                        space, raw_name, ", ".join(_variant(p) for p in bolds), bolds[0].name, _variant(bolds[0]))
     bold = bolds[0]
-    chosen = _derivative_entities(bold)
+    chosen = derivative_entities(bold)
     # the mask of the same grid: same space, resolution and cohort (another cohort's mask is another grid)
     masks = [m for m in _in_space(files.get("mask", []), label)
-             if all(_derivative_entities(m).get(k) == chosen.get(k) for k in ("res", "cohort"))]
+             if all(derivative_entities(m).get(k) == chosen.get(k) for k in ("res", "cohort"))]
     if not masks:
         raise InputMissingError(f"fMRIPrep brain mask missing for {bold.name}",
                                 hint="expected ..._space-<space>_desc-brain_mask.nii.gz next to the BOLD file")
@@ -150,7 +155,7 @@ def attach_fmriprep_inputs(inputs: dict, config) -> None:
             found = find_fmriprep_files(index, run.bold.entities, space, run.bold.path.name)
             run.preproc_bold, run.brain_mask, run.confounds = found["bold"], found["mask"], found["confounds"]
             check_fmriprep_run(found)
-            chosen = _derivative_entities(found["bold"])
+            chosen = derivative_entities(found["bold"])
             variants.add(tuple((k, chosen[k]) for k in ("space", "cohort", "res") if k in chosen))
     if len(variants) == 1:  # outputs named after the grid used (res/cohort included: see Config.space_entities)
         config.__dict__["input_space_entities"] = dict(variants.pop())

@@ -178,11 +178,12 @@ def process_database_dir(parent: Path) -> Path:
     holds a lock on ``<folder>.lock`` while it lives, and every new process first removes the stale folders of
     dead ones (:func:`remove_stale_database_dirs`)."""
     import atexit
-    import fcntl
     import os
     import shutil
     import socket
     import tempfile
+
+    from ..utils.locks import LockBusy, try_lock
 
     parent = Path(parent)
     parent.mkdir(parents=True, exist_ok=True)
@@ -190,14 +191,11 @@ def process_database_dir(parent: Path) -> Path:
     folder = Path(tempfile.mkdtemp(prefix=f"{socket.gethostname()}-{os.getpid()}-", dir=parent))
     lock_path = folder.with_name(folder.name + DATABASE_LOCK_SUFFIX)
     try:
-        handle = open(lock_path, "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            _DATABASE_LOCKS.append(handle)  # held (open) for the process's lifetime
-        except OSError:  # a file system without locks: the host/pid rule decides
-            handle.close()
-    except OSError:
-        pass
+        handle = try_lock(lock_path)
+    except LockBusy:  # a new, unique name: another process cannot hold it
+        handle = None
+    if handle is not None:  # None: a file system without locks, where the host/pid rule decides
+        _DATABASE_LOCKS.append(handle)  # held (open) for the process's lifetime
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     atexit.register(lambda: lock_path.unlink(missing_ok=True))
     return folder
@@ -236,10 +234,11 @@ def remove_stale_database_dirs(parent: Path, min_age_s: float = STALE_DATABASE_A
     file or locks are not supported, it was made on this host by a process id that no longer runs. Anything
     else is left alone: a folder of a live job (on this node or another), of another program, or too young to
     judge. Errors (a folder another job is removing at the same time) are ignored."""
-    import fcntl
     import shutil
     import socket
     import time
+
+    from ..utils.locks import LockBusy, try_lock
 
     parent = Path(parent)
     host = socket.gethostname()
@@ -263,13 +262,10 @@ def remove_stale_database_dirs(parent: Path, min_age_s: float = STALE_DATABASE_A
         verdict = None  # True: stale, False: in use, None: the lock cannot tell
         if lock_path.exists():
             try:
-                handle = open(lock_path, "a+")
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                verdict = True
-            except BlockingIOError:
+                handle = try_lock(lock_path)
+                verdict = True if handle is not None else None
+            except LockBusy:
                 verdict = False
-            except OSError:
-                verdict = None
         if verdict is None:
             verdict = owner[0] == host and not _process_alive(owner[1])
         elif verdict and owner[0] == host and _process_alive(owner[1]):

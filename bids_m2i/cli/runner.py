@@ -175,24 +175,19 @@ def lock_work_dir(work_dir: Path, *, exclusive: bool):
     under a running one, which then failed in a step. flock is per host (and on NFS/Lustre mounted with
     locks, across nodes); where locks are not supported, the run goes on without one.
     """
-    import fcntl
+    from ..utils.locks import LockBusy, try_lock
 
     previous = _WORK_DIR_LOCKS.pop(work_dir, None)
     if previous is not None:  # this process's own earlier run on this work dir
         previous.close()
     try:
-        handle = open(work_dir / WORK_DIR_IN_USE, "a+")
-    except OSError:  # not ours to lock (written by the checks below, with their own messages)
-        return None
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB if exclusive else fcntl.LOCK_SH)
-    except BlockingIOError:
-        handle.close()
+        # shared: wait (only an emptying run holds it exclusively, for a moment); exclusive: never wait
+        handle = try_lock(work_dir / WORK_DIR_IN_USE, shared=not exclusive, wait=not exclusive)
+    except LockBusy:
         raise UsageError(f"--clean-workdir: another m2i run is using the work dir {work_dir}; not emptying it",
                          path=work_dir, hint="give each job its own -w (e.g. -w work/sub-$LABEL), or drop "
                          "--clean-workdir while other jobs run") from None
-    except OSError:  # a file system without locks
-        handle.close()
+    if handle is None:  # not ours to lock (the checks below say why), or a file system without locks
         return None
     _WORK_DIR_LOCKS[work_dir] = handle
     return handle
@@ -214,7 +209,7 @@ def prepare_work_dir(config: Config) -> Path:
         if handle is not None:
             import fcntl
 
-            fcntl.flock(handle, fcntl.LOCK_SH)  # emptied: other runs may use it with this one
+            fcntl.flock(handle, fcntl.LOCK_SH)  # emptied: other runs may use it with this one (a downgrade)
     try:
         work_dir.mkdir(parents=True, exist_ok=True)
         if work_dir not in _WORK_DIR_LOCKS:
@@ -239,7 +234,7 @@ def participants_locked(work_dir: Path, subjects: list[str]):
     twice in an array, two --space runs sharing -w) run the same nipype nodes in the same folders: each
     deletes and rewrites the other's results, and both may publish a mix. The second run is refused (64) at
     start-up, naming the participant. Where the file system has no locks, runs go on without this check."""
-    import fcntl
+    from ..utils.locks import LockBusy, release, try_lock
 
     folder = Path(work_dir) / PARTICIPANT_LOCKS
     handles = []
@@ -251,29 +246,20 @@ def participants_locked(work_dir: Path, subjects: list[str]):
             return
         for subject in subjects:
             try:
-                handle = open(folder / f"sub-{subject}.lock", "a+")
-            except OSError:
-                continue
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.close()
+                handle = try_lock(folder / f"sub-{subject}.lock")
+            except LockBusy:
                 raise UsageError(
                     f"Another m2i run is processing sub-{subject} in the work dir {work_dir}",
                     path=work_dir, hint="wait for it to end (rerunning then reuses its finished steps), or give "
                     "this run its own -w/--work-dir; one job per participant (docs/hpc.md)") from None
-            except OSError:  # a file system without locks
-                handle.close()
-                continue
-            handles.append(handle)
+            if handle is not None:  # None: a file system without locks
+                handles.append(handle)
         yield
     finally:
         for handle in handles:
-            # unlock, not only close: nipype's workers (forked while it was held) share this open file, and after a
-            # failed run they may outlive it in this process
-            with contextlib.suppress(OSError):
-                fcntl.flock(handle, fcntl.LOCK_UN)
-            handle.close()
+            # nipype's workers (forked while it was held) share this open file, and after a failed run they may
+            # outlive it in this process: release() unlocks before closing
+            release(handle)
 
 
 def limit_threads(config: Config) -> None:

@@ -193,9 +193,9 @@ def write_text_if_changed(path: str | os.PathLike, text: str) -> Path:
 
 
 def write_json_if_changed(path: str | os.PathLike, obj: Any) -> Path:
-    from ..utils.atomic import _json_default
+    from ..utils.atomic import json_default
 
-    return write_text_if_changed(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    return write_text_if_changed(path, json.dumps(obj, indent=2, sort_keys=True, default=json_default) + "\n")
 
 
 def publish_text(path: str | os.PathLike, text: str) -> Path:
@@ -221,9 +221,9 @@ def publish_derivative(src: str | os.PathLike, base_directory: str, *, entities:
     written = [str(out)]
     if metadata and extension != ".json":
         sidecar = out.with_name(out.name[: -len(extension)] + ".json")
-        from ..utils.atomic import _json_default
+        from ..utils.atomic import json_default
 
-        publish_text(sidecar, json.dumps(metadata, indent=2, sort_keys=True, default=_json_default) + "\n")
+        publish_text(sidecar, json.dumps(metadata, indent=2, sort_keys=True, default=json_default) + "\n")
         written.append(str(sidecar))
     return written
 

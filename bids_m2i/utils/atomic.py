@@ -89,7 +89,7 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=json_default) + "\n")
 
 
 def write_tsv(path: str | os.PathLike, frame) -> Path:
@@ -153,7 +153,8 @@ def save_png(path: str | os.PathLike, image) -> Path:
     return Path(path)
 
 
-def _json_default(obj):
+def json_default(obj):
+    """``json.dumps(default=...)`` for numpy scalars and arrays and paths (the sidecar writers use it too)."""
     import numpy as np
 
     if isinstance(obj, np.integer):

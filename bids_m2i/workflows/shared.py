@@ -46,13 +46,13 @@ def participant_betas(output_dir: Path, subject: str, glm_label: str, space: str
     another resolution or cohort of the same template are another grid and are never mixed in. Without a
     cohort/res asked for, the first variant present (in name order) is used, as with fMRIPrep's files.
     """
-    from ..bids.fmriprep import _derivative_entities
+    from ..bids.fmriprep import derivative_entities
 
     wanted = dict(space) if isinstance(space, dict) else ({"space": space} if space and space != "func" else {})
     sub_dir = Path(output_dir) / f"sub-{subject}"
 
     def variant(path: Path):
-        ents = _derivative_entities(path)
+        ents = derivative_entities(path)
         if any(ents.get(k) != v for k, v in wanted.items()) or ("space" in ents) != ("space" in wanted):
             return None
         return tuple(ents.get(k, "") for k in ("cohort", "res"))
