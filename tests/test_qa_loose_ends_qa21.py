@@ -46,11 +46,11 @@ def test_no_trials_message_names_the_files_values_and_what_to_check(tmp_path, ca
 def test_output_dir_that_is_a_file_is_a_usage_error(minimal_bids, tmp_path, capsys):
     a_file = tmp_path / "results.txt"
     a_file.write_text("mine")
-    for output, work in ((a_file, tmp_path / "work"), (a_file / "out", tmp_path / "work"),
-                         (tmp_path / "out", a_file)):
+    for output, work, expected in ((a_file, tmp_path / "work", 64), (tmp_path / "out", a_file, 64),
+                                   (a_file / "out", tmp_path / "work", 73)):  # below a file: cannot be created
         code = run_cli([str(minimal_bids), str(output), "participant", "-w", str(work), "--skip-bids-validation"])
         err = capsys.readouterr().err
-        assert code == 64, err
+        assert code == expected, err
         assert "not a folder" in err and str(a_file) in err and "File exists" not in err
     assert a_file.read_text() == "mine"
     assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()  # refused before writing

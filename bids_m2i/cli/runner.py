@@ -51,15 +51,19 @@ def check_roi_mask(path: Path) -> None:
 
 
 def check_is_folder_or_absent(path: Path, name: str) -> None:
-    """OUTPUT_DIR or the work dir given as an existing regular file (or below one) is a usage error (64), said
-    before anything is written: mkdir's bare "File exists" / "Not a directory" (73) did not say what was wrong."""
-    for candidate in (Path(path), *Path(path).absolute().parents):
+    """OUTPUT_DIR or the work dir given as an existing regular file is a usage error (64); a path below a file
+    cannot be created (73). Both said before anything is written, naming the file: mkdir's bare "File exists" /
+    "Not a directory" did not say what was wrong."""
+    path = Path(path)
+    for candidate in (path, *path.absolute().parents):
         if candidate.is_dir():
             return
         if candidate.exists() or candidate.is_symlink():
-            what = "is an existing file" if candidate == Path(path) else f"is below {candidate}, an existing file"
-            raise UsageError(f"{name} {path} {what}, not a folder", path=path,
-                             hint="give a folder (new or existing); m2i never replaces a file by a folder")
+            hint = "give a folder (new or existing); m2i never replaces a file by a folder"
+            if candidate == path:
+                raise UsageError(f"{name} {path} is an existing file, not a folder", path=path, hint=hint)
+            raise OutputCreateError(f"{name} {path} cannot be created: {candidate} is a file, not a folder",
+                                    path=path, hint=hint)
 
 
 def check_paths(config: Config) -> None:
