@@ -231,3 +231,23 @@ def test_names_used_across_packages_are_public():
                     offenders += [f"{path.name}: {node.module}.{a.name}" for a in node.names
                                   if a.name.startswith("_") and not a.name.startswith("__")]
     assert offenders == []
+
+
+def test_constant_bold_run_is_65(tmp_path):
+    """A run whose every voxel keeps one value (a placeholder, a volume copied over the run) passed as data:
+    exit 0 after a registration "cost inf" warning and a GLM on nothing. Now 65, naming the file."""
+    import nibabel as nib
+    import numpy as np
+
+    from bids_m2i.errors import BadDataError
+    from bids_m2i.interfaces.images import load_bold
+
+    path = tmp_path / "sub-01_task-x_bold.nii.gz"
+    nib.save(nib.Nifti1Image(np.full((4, 4, 3, 10), 100.0, np.float32), np.eye(4)), str(path))
+    with pytest.raises(BadDataError, match="holds no signal") as caught:
+        load_bold(path)
+    assert caught.value.exit_code == 65 and path.name in str(caught.value)
+    data = np.full((4, 4, 3, 10), 100.0, np.float32)
+    data[1, 1, 1, 4] = 101.0  # one change anywhere: a run
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
+    assert load_bold(path)[0].shape == (4, 4, 3, 10)

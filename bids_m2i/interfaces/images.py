@@ -42,6 +42,12 @@ def load_bold(path: str | Path):
         data = np.where(finite, data, 0).astype(np.float32)
     if not np.any(data):
         raise BadDataError(f"{path} is all zeros", path=path, hint="check the conversion from DICOM")
+    # every voxel constant over time (a placeholder or a volume copied over the run): nothing to model, and
+    # motion correction's cost is undefined on it; the cheap first/last comparison settles real runs at once
+    if data.shape[3] > 1 and np.array_equal(data[..., 0], data[..., -1]) and not np.any(data != data[..., :1]):
+        raise BadDataError(f"{path} holds no signal: every voxel has the same value in all {data.shape[3]} volumes",
+                           path=path, hint="check the conversion from DICOM (or leave this run out with "
+                           "--bids-filter-file)")
     return data, np.asarray(img.affine, dtype=np.float64), img.header
 
 
