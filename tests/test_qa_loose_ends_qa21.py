@@ -251,3 +251,33 @@ def test_constant_bold_run_is_65(tmp_path):
     data[1, 1, 1, 4] = 101.0  # one change anywhere: a run
     nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
     assert load_bold(path)[0].shape == (4, 4, 3, 10)
+
+
+@pytest.mark.parametrize("damage, needle", [("fd_text", "'framewise_displacement' holds 'abc' on line 3"),
+                                            ("bold_3d", "is not a 4-D time series")])
+def test_fmriprep_text_confounds_and_3d_bold_are_65_before_any_step(tiny_dataset, tmp_path, capsys, started,
+                                                                     damage, needle):
+    """Text in the FD column ended the GLM step with exit 1 ("could not convert string to float"); a 3-D
+    preprocessed BOLD was reported as a confounds table with "40 rows for the 1 volumes"."""
+    import nibabel as nib
+    import numpy as np
+    import pandas as pd
+    from test_fmriprep_inputs import make_fmriprep_tree
+
+    tree = make_fmriprep_tree(tiny_dataset, tmp_path / "fmriprep", spaces=("T1w",))
+    confounds = sorted(tree.rglob("*_desc-confounds_timeseries.tsv"))[0]
+    bold = sorted(tree.rglob("*_desc-preproc_bold.nii.gz"))[0]
+    if damage == "fd_text":
+        table = pd.read_csv(confounds, sep="\t")
+        table["framewise_displacement"] = table["framewise_displacement"].astype(object)
+        table.loc[1, "framewise_displacement"] = "abc"
+        table.to_csv(confounds, sep="\t", index=False, na_rep="n/a")
+    else:
+        img = nib.load(bold)
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[..., 0], img.affine), str(bold))
+    code = run_cli([str(tiny_dataset), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "work"),
+                    "--derivatives", str(tree), "--space", "T1w", "--skip-bids-validation", "--stop-after", "glm"])
+    err = capsys.readouterr().err
+    assert code == 65, err
+    assert needle in err and "Traceback" not in err
+    assert started == []

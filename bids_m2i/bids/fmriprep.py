@@ -177,13 +177,29 @@ def check_fmriprep_run(found: dict[str, Path]) -> None:
         except Exception as exc:  # nibabel raises several kinds for a file that is not an image
             raise BadDataError(f"Cannot read fMRIPrep's {found[kind].name}: {exc}", path=found[kind],
                                hint="rerun fMRIPrep for this participant (the file is damaged or incomplete)") from exc
+    if len(shapes["bold"]) != 4:
+        raise BadDataError(f"fMRIPrep's {found['bold'].name} is not a 4-D time series (shape {shapes['bold']})",
+                           path=found["bold"], hint="rerun fMRIPrep for this participant (the file is damaged or "
+                           "not its preprocessed BOLD series)")
     try:
-        n_rows = len(pd.read_csv(found["confounds"], sep="\t", usecols=[0]))
+        table = pd.read_csv(found["confounds"], sep="\t", na_values=["n/a"])
+        n_rows = len(table)
     except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise BadDataError(f"fMRIPrep's confounds table {found['confounds'].name} cannot be read: {exc}",
                            path=found["confounds"], hint="rerun fMRIPrep for this participant (the table is empty "
                            "or damaged)") from exc
-    n_volumes = shapes["bold"][3] if len(shapes["bold"]) == 4 else 1
+    # the columns m2i reads (FD for the trials' fd_mean, the non-steady-state indicators) must be numbers: text
+    # there stopped the GLM step with exit 1 and "could not convert string to float"
+    for column in table.columns:
+        if column == "framewise_displacement" or str(column).startswith("non_steady_state_outlier"):
+            bad = table[column].notna() & pd.to_numeric(table[column], errors="coerce").isna()
+            if bad.any():
+                line = int(bad.to_numpy().argmax()) + 2
+                raise BadDataError(f"fMRIPrep's confounds table {found['confounds'].name}: column {column!r} holds "
+                                   f"{table[column][bad].iloc[0]!r} on line {line}, not a number",
+                                   path=found["confounds"], hint="rerun fMRIPrep for this participant (the table "
+                                   "was edited or damaged); missing values must be n/a")
+    n_volumes = shapes["bold"][3]
     if n_rows != n_volumes:
         raise BadDataError(f"fMRIPrep's confounds table {found['confounds'].name} has {n_rows} rows for the "
                            f"{n_volumes} volumes of {found['bold'].name}", path=found["confounds"],
