@@ -281,3 +281,19 @@ def test_fmriprep_text_confounds_and_3d_bold_are_65_before_any_step(tiny_dataset
     assert code == 65, err
     assert needle in err and "Traceback" not in err
     assert started == []
+
+
+def test_trials_sharing_an_onset_are_warned_about(tmp_path, caplog):
+    import logging
+
+    from bids_m2i.bids.events import check_events_within_run, events_to_trials
+
+    path = tmp_path / "sub-01_task-x_run-1_events.tsv"
+    path.write_text("onset\tduration\ttrial_type\tstimulus\n2\t1\tstimulus\ta\n6\t1\tstimulus\tb\n"
+                    "6\t1\tstimulus\tb\n10\t1\tstimulus\tc\n")
+    trials = events_to_trials(path, task="x")
+    with caplog.at_level(logging.WARNING, logger="m2i"):
+        kept = check_events_within_run(trials, n_volumes=20, tr=2.0, path=path)
+    assert len(kept) == 4  # kept: a warning, not a refusal
+    assert any("2 trial(s) share their onset" in r.getMessage() and path.name in r.getMessage()
+               for r in caplog.records)

@@ -1322,6 +1322,14 @@ def check_events_within_run(
     overrun = (~late) & (trials["onset"] + trials["duration"] > end) & (trials["role"] == "trial")
     if overrun.any():
         LOGGER.warning("%s: %d trial(s) end after the end of the run (%.1f s)", path, int(overrun.sum()), end)
+    # trials at the same onset (a row pasted twice, onsets overwritten by one value) have identical regressors:
+    # their single-trial betas cannot be told apart; said, not refused (a design may pair two events on purpose)
+    onsets = trials.loc[~late & (trials["role"] == "trial"), "onset"].astype(float)
+    shared = onsets[onsets.duplicated(keep=False)]
+    if len(shared):
+        LOGGER.warning("%s: %d trial(s) share their onset with another trial (e.g. %g s): their single-trial "
+                       "betas cannot be told apart; check for duplicated rows", path, len(shared),
+                       float(shared.iloc[0]))
     kept = trials.loc[~late].reset_index(drop=True)
     kept.attrs = dict(trials.attrs)
     return kept
