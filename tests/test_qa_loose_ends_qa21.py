@@ -297,3 +297,15 @@ def test_trials_sharing_an_onset_are_warned_about(tmp_path, caplog):
     assert len(kept) == 4  # kept: a warning, not a refusal
     assert any("2 trial(s) share their onset" in r.getMessage() and path.name in r.getMessage()
                for r in caplog.records)
+
+
+def test_dataset_without_runs_says_so_not_the_filters(tmp_path, capsys, started):
+    import shutil
+
+    bids = make_minimal_bids(tmp_path / "bids")
+    shutil.rmtree(bids / "sub-01")
+    code = run_cli([str(bids), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "work"),
+                    "--skip-bids-validation"])
+    err = capsys.readouterr().err
+    assert code == 18, err
+    assert "BIDS_DIR holds no BOLD runs" in err and "The filters select" not in err

@@ -385,7 +385,10 @@ def select_bold_runs(layout, *, participants: list[str], sessions: list[str], ta
                 f"{Path(events_only[0]).name}; no _bold.nii/_bold.nii.gz beside them)", path=events_only[0],
                 hint="m2i selects runs in BIDS_DIR, which must hold the raw _bold.nii[.gz] files (also with "
                 "--derivatives, as fMRIPrep needs them); restore them, or point BIDS_DIR at the complete dataset")
-        raise NoDataSelected("The filters select no BOLD runs" + (f" ({described})" if described else ""),
+        if not described:  # nothing filtered: the dataset itself has no run (no sub-*/[ses-*/]func/*_bold.nii*)
+            raise NoDataSelected("BIDS_DIR holds no BOLD runs (no sub-<label>/[ses-<label>/]func/*_bold.nii[.gz])",
+                                 hint="point BIDS_DIR at the dataset root that holds the sub-* folders")
+        raise NoDataSelected(f"The filters select no BOLD runs ({described})",
                              hint="check --participant-label, --session-label, --task and --bids-filter-file")
     _check_duplicates(selected)
     return selected
