@@ -77,6 +77,7 @@ def _run(python, root: Path) -> subprocess.CompletedProcess:
     ("task-perception_bold.json", 0o600),
     ("stimuli/img-0024.png", 0o600),
     ("stimuli", 0o700),
+    ("sub-01/func", 0o700),  # pybids named a file it looked for inside: func/layout_config.json
 ])
 def test_unreadable_input_is_66_naming_it(python, dataset, relative, mode):
     target = dataset / "bids" / relative
@@ -85,6 +86,8 @@ def test_unreadable_input_is_66_naming_it(python, dataset, relative, mode):
     assert result.returncode == 66, result.stderr[-2000:]
     assert "permission denied (m2i runs as uid 65534)" in result.stderr
     assert str(target) in result.stderr
+    if target.is_dir() and relative.startswith("sub-"):
+        assert f"Cannot read {target}: permission denied" in result.stderr  # the folder, not a file in it
     assert "Traceback" not in result.stderr and "WORKFLOW-START" not in result.stderr
 
 

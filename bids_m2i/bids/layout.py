@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,6 +136,26 @@ def check_dataset_root(bids_dir: Path) -> None:
                            hint='write e.g. {"Name": "my study", "BIDSVersion": "1.10.0"}')
 
 
+def first_unreadable(path, root) -> Path:
+    """The outermost folder below ``root`` on the way to ``path`` that this user cannot enter or list (else
+    ``path``): pybids names a file it looked for inside an unreadable folder (``func/layout_config.json``),
+    which does not exist; the folder is what to fix."""
+    root = Path(root).absolute()
+    path = Path(path).absolute()
+    for folder in reversed(path.parents):
+        if folder != root and _is_below(folder, root) and not os.access(folder, os.R_OK | os.X_OK):
+            return folder
+    return path
+
+
+def _is_below(path: Path, root: Path) -> bool:
+    try:
+        path.relative_to(root)
+        return True
+    except ValueError:
+        return False
+
+
 def index_dataset(bids_dir: Path, database_dir: Path | None):
     """Index ``bids_dir`` with pybids (no validation) with the database under ``database_dir`` (``None``: in
     memory, nothing written)."""
@@ -155,7 +176,7 @@ def index_dataset(bids_dir: Path, database_dir: Path | None):
         if isinstance(exc, PermissionError):
             from ..errors import unreadable_input_error
 
-            raise unreadable_input_error(missing or bids_dir) from exc
+            raise unreadable_input_error(first_unreadable(missing, bids_dir) if missing else bids_dir) from exc
         raise BadDataError(f"Cannot index the BIDS dataset {bids_dir}: {exc}", path=bids_dir,
                            hint="run the BIDS validator on it to see what is wrong") from exc
 

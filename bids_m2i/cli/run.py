@@ -133,6 +133,10 @@ def _run_and_report(bids_dir, output_dir, analysis_level, config_file, values, g
         LOGGER.debug("permission denied", exc_info=True)
         where = getattr(exc, "filename", None)
         reading = where is not None and _inside_folder(where, bids_dir)
+        if reading:
+            from ..bids.layout import first_unreadable
+
+            where = first_unreadable(where, bids_dir)
         error = error_from_oserror(exc, where, writing=not reading)
         _print_error(error)
         return error.exit_code
