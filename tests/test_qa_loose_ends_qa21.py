@@ -309,3 +309,20 @@ def test_dataset_without_runs_says_so_not_the_filters(tmp_path, capsys, started)
     err = capsys.readouterr().err
     assert code == 18, err
     assert "BIDS_DIR holds no BOLD runs" in err and "The filters select" not in err
+
+
+def test_stimuli_table_missing_a_row_is_warned_about(tmp_path, caplog):
+    import logging
+
+    from bids_m2i.bids.events import build_trials_table
+
+    stimuli = tmp_path / "stimuli"
+    stimuli.mkdir()
+    (stimuli / "stimuli.tsv").write_text("stimulus\tcategory\na\tcat\nb\tdog\nc\tcow\n")
+    path = tmp_path / "sub-01_task-x_run-1_events.tsv"
+    path.write_text("onset\tduration\ttrial_type\tstimulus_name\n2\t1\tstimulus\ta\n6\t1\tstimulus\tb\n"
+                    "10\t1\tstimulus\tc\n14\t1\tstimulus\td\n")
+    with caplog.at_level(logging.WARNING, logger="m2i"):
+        build_trials_table([(path, {"task": "x", "run": "1"})], stimuli_dir=stimuli)
+    assert any("stimuli.tsv has no row for 1 stimulus/stimuli of the trials (d)" in r.getMessage()
+               for r in caplog.records)

@@ -1279,7 +1279,22 @@ def build_trials_table(
     else:
         table = _as_trials_frame([])
     table.attrs["runs"] = runs
+    _warn_stimuli_without_row(table, stimuli_table, stimuli_dir)
     return table
+
+
+def _warn_stimuli_without_row(table: pd.DataFrame, stimuli_table: Mapping, stimuli_dir) -> None:
+    """``stimuli/stimuli.tsv`` lists most stimuli of the trials but not all (a row lost in an edit): their
+    category and caption silently became n/a. Said once per participant; a table keyed by something else (fewer
+    than half of the stimuli found in it) is not this user error and stays quiet."""
+    if not stimuli_table or not len(table):
+        return
+    named = {s for s in table.loc[table["role"] == "trial", "stimulus"] if s != NA}
+    absent = sorted(named - set(stimuli_table))
+    if absent and len(absent) <= len(named) / 2:
+        LOGGER.warning("%s has no row for %d stimulus/stimuli of the trials (%s%s): their category and caption "
+                       "are n/a", Path(stimuli_dir) / "stimuli.tsv", len(absent), ", ".join(absent[:5]),
+                       ", ..." if len(absent) > 5 else "")
 
 
 def check_events_within_run(

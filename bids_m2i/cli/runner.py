@@ -72,8 +72,9 @@ def check_paths(config: Config) -> None:
 
     bids_dir, output_dir = config.bids_dir, config.output_dir
     check_dataset_root(bids_dir)
-    check_is_folder_or_absent(output_dir, "OUTPUT_DIR")
-    check_is_folder_or_absent(Path(config.work_dir), "The work dir (-w/--work-dir)")
+    if not (config.print_trials and config.analysis_level == "participant"):  # --print-trials writes nothing
+        check_is_folder_or_absent(output_dir, "OUTPUT_DIR")
+        check_is_folder_or_absent(Path(config.work_dir), "The work dir (-w/--work-dir)")
     if output_dir.resolve() == bids_dir.resolve():
         raise UsageError("OUTPUT_DIR is the same folder as BIDS_DIR: the input dataset is never modified",
                          hint="give another OUTPUT_DIR, e.g. BIDS_DIR/derivatives/m2i")
