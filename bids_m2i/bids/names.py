@@ -7,7 +7,7 @@ goal counts the whole process). This reads the same patterns with the rules they
 * ``{name}`` is the entity's value; the pattern needs the entity;
 * ``{name<a|b>}`` also requires the value to be one of those listed, else the pattern does not match;
 * ``{name<a|b>|d}`` or ``{name|d}``: ``d`` when the entity is not given;
-* ``[...]`` (one entity inside) is kept when its entity is given, dropped otherwise;
+* ``[...]`` (one plain ``{name}`` inside) is kept when its entity is given, dropped otherwise;
 * ``extension`` is compared and written with one leading dot;
 * the first pattern that matches gives the name; entities no pattern mentions are ignored.
 
@@ -30,7 +30,9 @@ def supported(pattern: str) -> bool:
     """Whether :func:`_build_one` reads ``pattern`` as pybids does: every brace is one of our fields, every
     optional part holds exactly one field, and no brackets or braces are left over."""
     for part in _OPTIONAL.findall(pattern):
-        if len(_FIELD.findall(part)) != 1:
+        fields = _FIELD.findall(part)
+        # one plain {entity} per optional part (pybids drops a part whose listed value does not match)
+        if len(fields) != 1 or fields[0][1] or fields[0][2]:
             return False
     if ".{extension" in pattern:     # pybids then writes the extension without its dot
         return False
