@@ -292,12 +292,11 @@ def child_node(method: str, folder: str, out: str, threads: int, hrf_library: st
 
 def _preload_node_libraries() -> None:
     """What an m2i worker holds before its GLM node starts (the main process loaded them: torch for the
-    engines, pybids for the output names, nibabel; the node's figures need no matplotlib): imported here,
+    engines, nibabel; the node's figures need no matplotlib and its output names no pybids): imported here,
     before the node's CPU time is read, so that ``step_cpu_s`` is the GLM step's own cost in an m2i run. The process'
     total is the same either way. The caller then freezes the heap for the garbage collector, as m2i's
     MultiProc plugin does after loading torch (its workers inherit the frozen heap): without it, the collections
     during the step and at the interpreter's exit walk torch's objects (about 0.4 CPU s at exit alone)."""
-    import bids.layout.writing  # noqa: F401
     import nibabel  # noqa: F401
 
     from bids_m2i.utils.process import gc_paused

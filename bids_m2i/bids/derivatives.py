@@ -1,7 +1,8 @@
 """Write the derivatives dataset (OUTPUT_DIR): names from entities, description, .bidsignore, sidecars.
 
-File names are built by pybids' ``build_path`` from our own config (``data/pybids_m2i.json``, which adds the
-``stat`` and ``trial`` entities), never pasted together by hand. Every file is written atomically.
+File names are built from entities with the path patterns of our own pybids config (``data/pybids_m2i.json``,
+which adds the ``stat`` and ``trial`` entities), never pasted together by hand: by :mod:`.names`, which reads
+the patterns as pybids' ``build_path`` does (same names, checked by a test) without importing pybids. Every file is written atomically.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def space_name_part(space: dict | None) -> str:
 def derivative_path(output_dir: Path | str, *, suffix: str, extension: str, datatype: str | None = None,
                     **entities: Any) -> Path:
     """The path of one output file, built from entities (``desc`` is always the last entity)."""
-    from bids.layout.writing import build_path
+    from .names import build_name
 
     ents = {k: str(v) for k, v in entities.items() if v is not None and v != ""}
     if "subject" in ents:
@@ -77,7 +78,7 @@ def derivative_path(output_dir: Path | str, *, suffix: str, extension: str, data
     ents.update(suffix=suffix, extension=extension if extension.startswith(".") else "." + extension)
     if datatype:
         ents["datatype"] = datatype
-    relative = build_path(ents, pybids_config()["default_path_patterns"], strict=False)
+    relative = build_name(ents, pybids_config()["default_path_patterns"])
     if relative is None:
         raise ValueError(f"no output name pattern matches {ents}")  # a programming error, not user input
     return Path(output_dir) / relative
