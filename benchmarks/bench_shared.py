@@ -251,10 +251,10 @@ def main(argv=None):
                                                                              labels=stim[rows])
         shared = fit_new_participant(model, betas[rows], feats[rows], stim[rows], n_threads=args.threads)
         decoders = [("own ridge", own.predict, own), ("shared", shared.predict, shared)]
-        if shared.imagery == "ensemble":  # the same map, imagery decoded by the map alone (the rule before)
-            alone = copy.copy(shared)
-            alone.own = None
-            decoders.append(("shared, imagery by the map alone", alone.predict, alone))
+        # the same map, imagery items by the mean of its and the own-data ridge's patterns (imagery="ensemble")
+        ensemble = copy.copy(shared)
+        ensemble.own, ensemble.imagery = own, "ensemble"
+        decoders.append(("shared, imagery ensemble", ensemble.predict, ensemble))
         if inverted is not None:
             inv = fit_new_participant(inverted, betas[rows], feats[rows], stim[rows], n_threads=args.threads)
             decoders.append(("shared, inverted encoding map", inv.predict, inv))

@@ -241,8 +241,11 @@ def test_imagery_items_are_the_ensemble_of_the_shared_map_and_the_own_data_ridge
     writes it and the predict node reads it)."""
     from bids_m2i.decoding.stage_files import load_decoder
 
-    model, new = planted["model"], planted["new"]
-    assert model.settings["imagery"] == "ensemble"
+    import copy
+
+    model, new = copy.copy(planted["model"]), planted["new"]
+    assert model.settings["imagery"] == "map"  # the default
+    model.settings = {**model.settings, "imagery": "ensemble"}  # as train_shared_model(imagery="ensemble")
     decoder = fit_new_participant(model, new["train_betas"], new["train_features"], n_threads=1)
     assert decoder.imagery == "ensemble" and decoder.info["imagery"] == "ensemble"
     own = BrainDecoder("ridge", device="cpu", n_threads=1).fit(new["train_betas"], new["train_features"])
@@ -262,9 +265,9 @@ def test_imagery_items_are_the_ensemble_of_the_shared_map_and_the_own_data_ridge
         direction, axis=1)
     np.testing.assert_allclose(cos, 1.0, atol=1e-5)
 
-    model_path = model.save(tmp_path / "desc-sharedpixels_model.safetensors")
+    model_path = planted["model"].save(tmp_path / "desc-sharedpixels_model.safetensors")  # its setting: map
     saved = decoder.save(tmp_path / "decoder-pixels.safetensors")
-    loaded = load_decoder(saved, shared_decoders=[model_path])
+    loaded = load_decoder(saved, shared_decoders=[model_path])  # the participant's file decides
     assert loaded.imagery == "ensemble" and loaded.own is not None
     np.testing.assert_allclose(loaded.predict(test), mixed, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(loaded.predict(test, perception=True), decoder.predict(test, perception=True),
@@ -273,14 +276,16 @@ def test_imagery_items_are_the_ensemble_of_the_shared_map_and_the_own_data_ridge
 
 def test_participant_files_without_an_own_decoder_decode_imagery_with_the_map(planted, tmp_path):
     """A participant file written before the ensemble (no own-data arrays, no ``own_decoder`` in its sidecar)
-    and a model that asks for ``imagery="map"`` decode every item with the shared map."""
+    and a model that asks for ``imagery="map"`` (the default) decode every item with the shared map."""
     import json
 
     from bids_m2i.decoding.stage_files import load_decoder
 
     model, new = planted["model"], planted["new"]
     model_path = model.save(tmp_path / "desc-sharedpixels_model.safetensors")
-    decoder = fit_new_participant(model, new["train_betas"], new["train_features"], n_threads=1, imagery="map")
+    decoder = fit_new_participant(model, new["train_betas"], new["train_features"], n_threads=1,
+                                  imagery="ensemble")
+    decoder.own, decoder.imagery = None, "map"  # as fitted before the setting existed
     saved = decoder.save(tmp_path / "decoder-pixels.safetensors")
     meta = json.loads(saved.with_suffix(".json").read_text())
     assert meta["own_decoder"] is None
@@ -292,7 +297,8 @@ def test_participant_files_without_an_own_decoder_decode_imagery_with_the_map(pl
     np.testing.assert_allclose(loaded.predict(test), decoder.predict(test), rtol=1e-4, atol=1e-5)
     # a model whose settings ask for the map alone (or name a rule this version does not know)
     meta = json.loads(model_path.with_suffix(".json").read_text())
-    meta["Settings"]["imagery"] = "map"
+    assert meta["Settings"]["imagery"] == "map"
+    del meta["Settings"]["imagery"]  # a group model written before the setting existed
     model_path.with_suffix(".json").write_text(json.dumps(meta))
     assert fit_new_participant(SharedModel.load(model_path), new["train_betas"], new["train_features"],
                                n_threads=1).own is None
@@ -300,3 +306,5 @@ def test_participant_files_without_an_own_decoder_decode_imagery_with_the_map(pl
     model_path.with_suffix(".json").write_text(json.dumps(meta))
     with pytest.raises(UsageError, match="unknown imagery rule"):
         fit_new_participant(SharedModel.load(model_path), new["train_betas"], new["train_features"])
+    with pytest.raises(UsageError, match="unknown imagery rule"):
+        train_shared_model(planted["group"], "pixels", imagery="oracle")

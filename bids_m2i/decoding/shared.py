@@ -24,11 +24,11 @@ closed-form counterpart, sized for CPUs (seconds to minutes on 2 cores):
 A new participant (seen in training or not) gets only step 2 on its own training trials: ``v x k`` weights
 instead of ``v x d``, toward targets the group found predictable. Optionally a ridge head is fine-tuned
 with the new participant's out-of-fold latent predictions added to the group's (kept as sufficient
-statistics in the model file). Held-out perception items are decoded by that map; imagery items, by default,
-by the mean of its decoded pattern and that of an own-data ridge fitted on the same trials (model averaging
-of two decoders with different biases, each pattern of unit norm; ``imagery="map"``: the map alone). Why:
-imagery is another condition, for which no cross-validation on perception can weigh the two, and the
-average improved imagery from memory on every seed measured (docs/decoding.md).
+statistics in the model file). Held-out perception items are decoded by that map; a model trained with
+``imagery="ensemble"`` decodes imagery items by the mean of the map's pattern and that of an own-data ridge
+fitted on the same trials (model averaging of two decoders with different biases, each pattern of unit norm):
+imagery is another condition, for which no cross-validation on perception can weigh the two. Measured: better
+imagery from memory on most checks, not on every one, so not the default (docs/decoding.md).
 
 Where participants share stimuli, the CV groups of the head are the stimulus identities across participants
 (an image's repeats in every participant are held out together), and the model keeps the group's mean latent
@@ -78,12 +78,13 @@ FEATURE_AXES = 256
 #: ``ridge`` (a decoding ridge, one penalty) or ``inversion`` (the posterior mean of an encoding model,
 #: :mod:`.shared_inversion`; measured and not the default, docs/decoding.md)
 PARTICIPANT_MAPS = ("ridge", "inversion")
-#: how a participant decodes items other than held-out perception (imagery): ``ensemble`` (the default: the
-#: mean of the shared decoder's and an own-data ridge's decoded patterns, each of unit norm about the training
-#: mean) or ``map`` (the shared decoder alone, as before). Held-out perception items always use the shared map.
-#: Why: docs/decoding.md, "Imagery through an ensemble with the own-data decoder".
-IMAGERY_RULES = ("ensemble", "map")
-DEFAULT_IMAGERY = "ensemble"
+#: how a participant decodes items other than held-out perception (imagery): ``map`` (the default: the shared
+#: map, as for perception) or ``ensemble`` (the mean of the shared map's and an own-data ridge's decoded
+#: patterns, each of unit norm about the training mean). Held-out perception items always use the shared map.
+#: ``ensemble`` improved imagery from memory on most checks but not on every one (docs/decoding.md, "Making the
+#: margin robust"), so it is an option of the group model (``train_shared_model(imagery=...)``).
+IMAGERY_RULES = ("map", "ensemble")
+DEFAULT_IMAGERY = "map"
 
 
 @dataclass
@@ -435,7 +436,8 @@ def train_shared_model(participants: list[ParticipantData], feature_space: str, 
                        n_components: int = DEFAULT_COMPONENTS, alphas=DEFAULT_ALPHAS, head_alphas=HEAD_ALPHAS,
                        top_k: int | str | None = AUTO, feature_info: dict | None = None, folds: int = CV_FOLDS,
                        seed: int = 0, device="cpu", n_threads: int | None = None, head: str = "projection",
-                       single_penalty: bool = True, participant_map: str = "ridge") -> SharedModel:
+                       single_penalty: bool = True, participant_map: str = "ridge",
+                       imagery: str = DEFAULT_IMAGERY) -> SharedModel:
     """Train the shared model on several participants (at least 2) whose voxel counts may differ.
 
     ``single_penalty``: each participant's map uses one ridge penalty for all ``k`` latent targets (chosen by
@@ -452,7 +454,11 @@ def train_shared_model(participants: list[ParticipantData], feature_space: str, 
     ``participant_map``: how a participant fitted *on* this model (``fit_new_participant``) gets its map:
     ``ridge`` or ``inversion`` (:mod:`.shared_inversion`); recorded in ``Settings``. The group's own maps are
     ridges either way (their out-of-fold latents and the stimulus responses are defined with them).
+    ``imagery``: how a participant fitted on this model decodes imagery items (:data:`IMAGERY_RULES`); recorded
+    in ``Settings``.
     """
+    if imagery not in IMAGERY_RULES:
+        raise UsageError(f"unknown imagery rule {imagery!r}", hint=f"use one of {', '.join(IMAGERY_RULES)}")
     if head not in HEADS:
         raise UsageError(f"unknown shared head {head!r}", hint=f"use one of {', '.join(HEADS)}")
     if participant_map not in PARTICIPANT_MAPS:
@@ -551,7 +557,7 @@ def train_shared_model(participants: list[ParticipantData], feature_space: str, 
         settings={"n_components": k, "alphas": [float(a) for a in alphas],
                   "head_alphas": [float(a) for a in head_alphas], "top_k": top_k, "folds": folds, "seed": seed,
                   "feature_axes": q, "head": head, "single_penalty": bool(single_penalty),
-                  "participant_map": participant_map, "imagery": DEFAULT_IMAGERY,
+                  "participant_map": participant_map, "imagery": imagery,
                   "method": f"group reduced-rank ridge + per-participant ridge maps + {head} head"},
         info={"explained_predicted_variance": explained, "head_alpha_median": float(np.median(head_alpha)),
               "n_trials": int(sum(len(p.betas) for p in participants)), "seconds": round(seconds, 2),
@@ -757,9 +763,8 @@ class SharedParticipantDecoder:
         files without one (written before, or ``imagery="map"``) decode imagery with the map alone."""
         from .decoder import BrainDecoder
 
-        if meta is None or "own.coef" not in arrays:
-            self.own = None
-            self.imagery = "map" if meta is None else self.imagery
+        if meta is None or "own.coef" not in arrays:  # the participant was fitted without one
+            self.own, self.imagery = None, "map"
             return
         own = BrainDecoder("ridge", alphas=meta["alphas"], top_k=meta["top_k"], seed=self.seed, device=self.device,
                            penalty=meta.get("penalty", "error"))
@@ -767,7 +772,7 @@ class SharedParticipantDecoder:
         own.scaler = VoxelScaler.from_arrays(part)
         own.coef, own.intercept, own.alpha = part["coef"], part["intercept"], part["alpha"]
         own.feature_mean, own.feature_sd = part["feature_mean"], part["feature_sd"]
-        self.own = own
+        self.own, self.imagery = own, "ensemble"
 
 
 def ensemble_patterns(shared: np.ndarray, own: np.ndarray, centre: np.ndarray) -> np.ndarray:
