@@ -221,21 +221,27 @@ def main(argv=None):
     subsets["half a run"] = subsets["1 run"][::2]
     if args.subsets:
         subsets = {name: rows for name, rows in subsets.items() if name in args.subsets}
+    import copy
+
     inverted = None
     if args.inversion:  # the same group model; only the participant's map is fitted differently
-        import copy
-
         inverted = copy.copy(model)
         inverted.settings = {**model.settings, "participant_map": "inversion"}
 
     def score(predict, decoder, rows, centre, train_rows, imagery):
+        """PixCorr and two-way of the items of ``rows``; held-out perception items are decoded as the participant
+        level decodes them (``perception=True``: the own-data decoder's joint penalties, the shared map alone)."""
         X = betas.copy()
         if imagery:
             X[split.imagery] = standardise_like(betas[split.imagery], betas[train_rows])
         names = sorted(set(stim[rows]))
         items = np.stack([X[rows][stim[rows] == n].mean(0) for n in names])
         targets = np.stack([feats[rows][stim[rows] == n][0] for n in names])
-        pred = rescale_to_training(predict(items), decoder.feature_mean, decoder.feature_sd, centre=centre)
+        try:
+            raw = predict(items, perception=not imagery)
+        except TypeError:  # the SRM decoder's plain function
+            raw = predict(items)
+        pred = rescale_to_training(raw, decoder.feature_mean, decoder.feature_sd, centre=centre)
         return pixcorr(pred, targets), twoway(pred - decoder.feature_mean, targets - decoder.feature_mean)
 
     print("| trains on | decoder | perception PixCorr | perception 2-way | imagery-memory PixCorr | imagery-memory 2-way |")
@@ -245,6 +251,10 @@ def main(argv=None):
                                                                              labels=stim[rows])
         shared = fit_new_participant(model, betas[rows], feats[rows], stim[rows], n_threads=args.threads)
         decoders = [("own ridge", own.predict, own), ("shared", shared.predict, shared)]
+        # the same map, imagery items by the mean of its and the own-data ridge's patterns (imagery="ensemble")
+        ensemble = copy.copy(shared)
+        ensemble.own, ensemble.imagery = own, "ensemble"
+        decoders.append(("shared, imagery ensemble", ensemble.predict, ensemble))
         if inverted is not None:
             inv = fit_new_participant(inverted, betas[rows], feats[rows], stim[rows], n_threads=args.threads)
             decoders.append(("shared, inverted encoding map", inv.predict, inv))

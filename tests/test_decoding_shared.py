@@ -13,8 +13,8 @@ import pytest
 
 from bids_m2i.decoding.decoder import BrainDecoder
 from bids_m2i.decoding.ridge import make_cv_groups, ridge_predict
-from bids_m2i.decoding.shared import (ParticipantData, SharedModel, fit_new_participant, kfold_ridge, ridge_fixed,
-                                      train_shared_model)
+from bids_m2i.decoding.shared import (ParticipantData, SharedModel, ensemble_patterns, fit_new_participant,
+                                      kfold_ridge, ridge_fixed, train_shared_model)
 from bids_m2i.errors import UsageError
 
 N_LATENT, N_FEATURES = 6, 60
@@ -68,7 +68,7 @@ def test_shared_model_beats_own_data_ridge_with_few_trials(planted):
     new = planted["new"]
     shared = fit_new_participant(planted["model"], new["train_betas"], new["train_features"], n_threads=1)
     own = BrainDecoder("ridge", device="cpu", n_threads=1).fit(new["train_betas"], new["train_features"])
-    score_shared = _corr_per_item(shared.predict(new["test_betas"]), new["test_features"])
+    score_shared = _corr_per_item(shared.predict(new["test_betas"], perception=True), new["test_features"])
     score_own = _corr_per_item(own.predict(new["test_betas"]), new["test_features"])
     assert score_shared > score_own + 0.05, (score_shared, score_own)
     # the map of a participant the model never saw has its own voxel count
@@ -233,3 +233,78 @@ def test_group_training_chooses_each_participants_voxels_and_the_file_keeps_them
     loaded = SharedModel.load(model.save(tmp_path / "m.safetensors"))
     assert np.array_equal(loaded.maps["02"].scaler.columns, model.maps["02"].scaler.columns)
     np.testing.assert_allclose(loaded.predict("02", group[1].betas), model.predict("02", group[1].betas), atol=1e-5)
+
+
+def test_imagery_items_are_the_ensemble_of_the_shared_map_and_the_own_data_ridge(planted, tmp_path):
+    """Held-out perception items: the shared map alone. Other items (imagery): the mean of the map's and the
+    own-data ridge's unit-norm patterns, and the participant's file restores both (the workflow's fit node
+    writes it and the predict node reads it)."""
+    from bids_m2i.decoding.stage_files import load_decoder
+
+    import copy
+
+    model, new = copy.copy(planted["model"]), planted["new"]
+    assert model.settings["imagery"] == "map"  # the default
+    model.settings = {**model.settings, "imagery": "ensemble"}  # as train_shared_model(imagery="ensemble")
+    decoder = fit_new_participant(model, new["train_betas"], new["train_features"], n_threads=1)
+    assert decoder.imagery == "ensemble" and decoder.info["imagery"] == "ensemble"
+    own = BrainDecoder("ridge", device="cpu", n_threads=1).fit(new["train_betas"], new["train_features"])
+    test = new["test_betas"][:7]
+    shared_only = fit_new_participant(model, new["train_betas"], new["train_features"], n_threads=1, imagery="map")
+    assert shared_only.own is None
+    np.testing.assert_allclose(decoder.predict(test, perception=True), shared_only.predict(test), rtol=1e-5)
+    mixed = decoder.predict(test)
+    np.testing.assert_allclose(mixed, ensemble_patterns(shared_only.predict(test), own.predict(test),
+                                                        decoder.feature_mean), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(mixed, shared_only.predict(test), atol=1e-3)
+    # each pattern enters with unit norm about the centre: the mean direction of the two
+    centre = decoder.feature_mean
+    a, b = shared_only.predict(test) - centre, own.predict(test) - centre
+    direction = a / np.linalg.norm(a, axis=1, keepdims=True) + b / np.linalg.norm(b, axis=1, keepdims=True)
+    cos = np.sum((mixed - centre) * direction, 1) / np.linalg.norm(mixed - centre, axis=1) / np.linalg.norm(
+        direction, axis=1)
+    np.testing.assert_allclose(cos, 1.0, atol=1e-5)
+
+    model_path = planted["model"].save(tmp_path / "desc-sharedpixels_model.safetensors")  # its setting: map
+    saved = decoder.save(tmp_path / "decoder-pixels.safetensors")
+    loaded = load_decoder(saved, shared_decoders=[model_path])  # the participant's file decides
+    assert loaded.imagery == "ensemble" and loaded.own is not None
+    np.testing.assert_allclose(loaded.predict(test), mixed, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(loaded.predict(test, perception=True), decoder.predict(test, perception=True),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_participant_files_without_an_own_decoder_decode_imagery_with_the_map(planted, tmp_path):
+    """A participant file written before the ensemble (no own-data arrays, no ``own_decoder`` in its sidecar)
+    and a model that asks for ``imagery="map"`` (the default) decode every item with the shared map."""
+    import json
+
+    from bids_m2i.decoding.stage_files import load_decoder
+
+    model, new = planted["model"], planted["new"]
+    model_path = model.save(tmp_path / "desc-sharedpixels_model.safetensors")
+    decoder = fit_new_participant(model, new["train_betas"], new["train_features"], n_threads=1,
+                                  imagery="ensemble")
+    decoder.own, decoder.imagery = None, "map"  # as fitted before the setting existed
+    saved = decoder.save(tmp_path / "decoder-pixels.safetensors")
+    meta = json.loads(saved.with_suffix(".json").read_text())
+    assert meta["own_decoder"] is None
+    del meta["own_decoder"], meta["imagery"]  # as written before the setting existed
+    saved.with_suffix(".json").write_text(json.dumps(meta))
+    loaded = load_decoder(saved, shared_decoders=[model_path])
+    assert loaded.imagery == "map" and loaded.own is None
+    test = new["test_betas"][:5]
+    np.testing.assert_allclose(loaded.predict(test), decoder.predict(test), rtol=1e-4, atol=1e-5)
+    # a model whose settings ask for the map alone (or name a rule this version does not know)
+    meta = json.loads(model_path.with_suffix(".json").read_text())
+    assert meta["Settings"]["imagery"] == "map"
+    del meta["Settings"]["imagery"]  # a group model written before the setting existed
+    model_path.with_suffix(".json").write_text(json.dumps(meta))
+    assert fit_new_participant(SharedModel.load(model_path), new["train_betas"], new["train_features"],
+                               n_threads=1).own is None
+    meta["Settings"]["imagery"] = "oracle"
+    model_path.with_suffix(".json").write_text(json.dumps(meta))
+    with pytest.raises(UsageError, match="unknown imagery rule"):
+        fit_new_participant(SharedModel.load(model_path), new["train_betas"], new["train_features"])
+    with pytest.raises(UsageError, match="unknown imagery rule"):
+        train_shared_model(planted["group"], "pixels", imagery="oracle")

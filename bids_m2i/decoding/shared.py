@@ -24,7 +24,11 @@ closed-form counterpart, sized for CPUs (seconds to minutes on 2 cores):
 A new participant (seen in training or not) gets only step 2 on its own training trials: ``v x k`` weights
 instead of ``v x d``, toward targets the group found predictable. Optionally a ridge head is fine-tuned
 with the new participant's out-of-fold latent predictions added to the group's (kept as sufficient
-statistics in the model file).
+statistics in the model file). Held-out perception items are decoded by that map; a model trained with
+``imagery="ensemble"`` decodes imagery items by the mean of the map's pattern and that of an own-data ridge
+fitted on the same trials (model averaging of two decoders with different biases, each pattern of unit norm):
+imagery is another condition, for which no cross-validation on perception can weigh the two. Measured: better
+imagery from memory on most checks, not on every one, so not the default (docs/decoding.md).
 
 Where participants share stimuli, the CV groups of the head are the stimulus identities across participants
 (an image's repeats in every participant are held out together), and the model keeps the group's mean latent
@@ -74,6 +78,13 @@ FEATURE_AXES = 256
 #: ``ridge`` (a decoding ridge, one penalty) or ``inversion`` (the posterior mean of an encoding model,
 #: :mod:`.shared_inversion`; measured and not the default, docs/decoding.md)
 PARTICIPANT_MAPS = ("ridge", "inversion")
+#: how a participant decodes items other than held-out perception (imagery): ``map`` (the default: the shared
+#: map, as for perception) or ``ensemble`` (the mean of the shared map's and an own-data ridge's decoded
+#: patterns, each of unit norm about the training mean). Held-out perception items always use the shared map.
+#: ``ensemble`` improved imagery from memory on most checks but not on every one (docs/decoding.md, "Making the
+#: margin robust"), so it is an option of the group model (``train_shared_model(imagery=...)``).
+IMAGERY_RULES = ("map", "ensemble")
+DEFAULT_IMAGERY = "map"
 
 
 @dataclass
@@ -425,7 +436,8 @@ def train_shared_model(participants: list[ParticipantData], feature_space: str, 
                        n_components: int = DEFAULT_COMPONENTS, alphas=DEFAULT_ALPHAS, head_alphas=HEAD_ALPHAS,
                        top_k: int | str | None = AUTO, feature_info: dict | None = None, folds: int = CV_FOLDS,
                        seed: int = 0, device="cpu", n_threads: int | None = None, head: str = "projection",
-                       single_penalty: bool = True, participant_map: str = "ridge") -> SharedModel:
+                       single_penalty: bool = True, participant_map: str = "ridge",
+                       imagery: str = DEFAULT_IMAGERY) -> SharedModel:
     """Train the shared model on several participants (at least 2) whose voxel counts may differ.
 
     ``single_penalty``: each participant's map uses one ridge penalty for all ``k`` latent targets (chosen by
@@ -442,7 +454,11 @@ def train_shared_model(participants: list[ParticipantData], feature_space: str, 
     ``participant_map``: how a participant fitted *on* this model (``fit_new_participant``) gets its map:
     ``ridge`` or ``inversion`` (:mod:`.shared_inversion`); recorded in ``Settings``. The group's own maps are
     ridges either way (their out-of-fold latents and the stimulus responses are defined with them).
+    ``imagery``: how a participant fitted on this model decodes imagery items (:data:`IMAGERY_RULES`); recorded
+    in ``Settings``.
     """
+    if imagery not in IMAGERY_RULES:
+        raise UsageError(f"unknown imagery rule {imagery!r}", hint=f"use one of {', '.join(IMAGERY_RULES)}")
     if head not in HEADS:
         raise UsageError(f"unknown shared head {head!r}", hint=f"use one of {', '.join(HEADS)}")
     if participant_map not in PARTICIPANT_MAPS:
@@ -541,7 +557,7 @@ def train_shared_model(participants: list[ParticipantData], feature_space: str, 
         settings={"n_components": k, "alphas": [float(a) for a in alphas],
                   "head_alphas": [float(a) for a in head_alphas], "top_k": top_k, "folds": folds, "seed": seed,
                   "feature_axes": q, "head": head, "single_penalty": bool(single_penalty),
-                  "participant_map": participant_map,
+                  "participant_map": participant_map, "imagery": imagery,
                   "method": f"group reduced-rank ridge + per-participant ridge maps + {head} head"},
         info={"explained_predicted_variance": explained, "head_alpha_median": float(np.median(head_alpha)),
               "n_trials": int(sum(len(p.betas) for p in participants)), "seconds": round(seconds, 2),
@@ -564,7 +580,15 @@ class SharedParticipantDecoder:
 
     def __init__(self, model: SharedModel, *, fine_tune_head: bool = False, alphas=DEFAULT_ALPHAS,
                  device="cpu", n_threads: int | None = None, seed: int = 0, top_k: int | str | None = AUTO,
-                 source: str = ""):
+                 source: str = "", imagery: str | None = None):
+        # the rule for imagery items: the argument, else the model's setting, else the default (files written
+        # before the setting existed get the default: it needs nothing from the group)
+        imagery = imagery or model.settings.get("imagery", DEFAULT_IMAGERY)
+        if imagery not in IMAGERY_RULES:
+            raise UsageError(f"unknown imagery rule {imagery!r} for the shared decoder",
+                             hint=f"use one of {', '.join(IMAGERY_RULES)}")
+        self.imagery = imagery
+        self.own = None  # imagery="ensemble": the own-data ridge decoder fitted on the same trials
         self.model = model
         self.fine_tune_head = fine_tune_head
         self.alphas = tuple(float(a) for a in alphas)
@@ -617,6 +641,11 @@ class SharedParticipantDecoder:
             fit = kfold_ridge(scaler.transform(betas), T, self.alphas, labels, folds, self.seed, self.n_threads,
                               single_penalty)
         self.map = ParticipantMap(scaler, fit.coef, fit.intercept, fit.alpha, len(betas))
+        if self.imagery == "ensemble":  # the own-data decoder, exactly as the participant level fits it
+            from .decoder import BrainDecoder
+
+            self.own = BrainDecoder("ridge", top_k=self.top_k, device=self.device, n_threads=self.n_threads,
+                                    seed=self.seed).fit(betas, features, labels=labels)
 
         if self.fine_tune_head:
             A = _augment(fit.out_of_fold)
@@ -627,7 +656,11 @@ class SharedParticipantDecoder:
         self.info = {"shared_model": self.source, "shared_participants": sorted(model.maps),
                      "components": model.n_components, "fine_tune_head": self.fine_tune_head,
                      "n_train": int(len(betas)), "n_voxels": int(len(scaler.columns)),
-                     "n_features": int(features.shape[1]), "voxel_ranking": ranking, "participant_map": method}
+                     "n_features": int(features.shape[1]), "voxel_ranking": ranking, "participant_map": method,
+                     "imagery": self.imagery}
+        if self.own is not None:
+            self.info["own_decoder"] = {"n_voxels": int(len(self.own.scaler.columns)),
+                                        "alpha_median": self.own.info.get("alpha_median")}
         if inversion is None:
             self.info["alpha_median"] = float(np.median(fit.alpha))
         else:
@@ -659,8 +692,14 @@ class SharedParticipantDecoder:
         return self.map.latent(betas)
 
     def predict(self, betas: np.ndarray, *, perception: bool = False) -> np.ndarray:
-        """Betas (n, v) -> features (n, d) (not rescaled; see ``rescale_to_training``). ``perception`` is
-        accepted for the interface of ``BrainDecoder.predict`` and changes nothing (one map for every item)."""
+        """Betas (n, v) -> features (n, d) (not rescaled; see ``rescale_to_training``). ``perception``: True for
+        held-out perception items, decoded by the shared map; other items (imagery) by the imagery rule."""
+        shared = self._predict_shared(betas)
+        if perception or self.own is None:
+            return shared
+        return ensemble_patterns(shared, self.own.predict(betas), self.feature_mean)
+
+    def _predict_shared(self, betas: np.ndarray) -> np.ndarray:
         standard = ridge_predict(self.latent(betas), self.head_coef, self.head_intercept)
         return (standard * self.model.feature_scale + self.model.feature_mean).astype(np.float32)
 
@@ -704,12 +743,47 @@ class SharedParticipantDecoder:
                       shared_feature_mean=self.model.feature_mean, shared_feature_scale=self.model.feature_scale,
                       basis=self.model.basis, head_coef=self.head_coef, head_intercept=self.head_intercept)
         arrays.update(extra_arrays or {})
+        own_meta = None
+        if self.own is not None:
+            arrays.update({f"own.{k}": v for k, v in self.own.scaler.to_arrays().items()})
+            arrays.update({"own.coef": self.own.coef, "own.intercept": self.own.intercept,
+                           "own.alpha": np.asarray(self.own.alpha, np.float64),
+                           "own.feature_mean": self.own.feature_mean, "own.feature_sd": self.own.feature_sd})
+            own_meta = {"alphas": list(self.own.alphas), "top_k": self.own.top_k, "penalty": self.own.penalty}
         arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
         with atomic_path(path) as tmp:
             save_file(arrays, str(tmp))
         write_json(path.with_suffix(".json"), {"method": "shared", "FeatureSpace": self.model.feature_space,
-                                               "seed": self.seed, "info": self.info})
+                                               "seed": self.seed, "imagery": self.imagery, "own_decoder": own_meta,
+                                               "info": self.info})
         return path
+
+    def load_own(self, arrays: dict, meta: dict | None) -> None:
+        """Restore the own-data decoder of ``imagery="ensemble"`` from ``save``'s arrays (``own.`` prefix);
+        files without one (written before, or ``imagery="map"``) decode imagery with the map alone."""
+        from .decoder import BrainDecoder
+
+        if meta is None or "own.coef" not in arrays:  # the participant was fitted without one
+            self.own, self.imagery = None, "map"
+            return
+        own = BrainDecoder("ridge", alphas=meta["alphas"], top_k=meta["top_k"], seed=self.seed, device=self.device,
+                           penalty=meta.get("penalty", "error"))
+        part = {k[len("own."):]: v for k, v in arrays.items() if k.startswith("own.")}
+        own.scaler = VoxelScaler.from_arrays(part)
+        own.coef, own.intercept, own.alpha = part["coef"], part["intercept"], part["alpha"]
+        own.feature_mean, own.feature_sd = part["feature_mean"], part["feature_sd"]
+        self.own, self.imagery = own, "ensemble"
+
+
+def ensemble_patterns(shared: np.ndarray, own: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """The mean of two decoders' patterns (rows), each made of unit norm about ``centre`` first (the two
+    decoders shrink differently; the metrics and the later rescaling are per pattern and per feature), then
+    given the mean of the two norms."""
+    a = np.asarray(shared, np.float64) - centre
+    b = np.asarray(own, np.float64) - centre
+    na = np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-30)
+    nb = np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-30)
+    return (centre + (a / na + b / nb) / 2 * (na + nb) / 2).astype(np.float32)
 
 
 def fit_new_participant(model: SharedModel, betas: np.ndarray, features: np.ndarray, stimuli=None, *,

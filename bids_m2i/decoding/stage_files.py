@@ -131,6 +131,7 @@ def load_decoder(path, device="cpu", shared_decoders=()):
     decoder.head_coef, decoder.head_intercept = arrays["head_coef"], arrays["head_intercept"]
     decoder.feature_mean, decoder.feature_sd = arrays["feature_mean"], arrays["feature_sd"]
     decoder.info = meta["info"]
+    decoder.load_own(arrays, meta.get("own_decoder"))  # imagery="ensemble": its own-data decoder
     return decoder
 
 
