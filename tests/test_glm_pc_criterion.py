@@ -59,3 +59,17 @@ def test_ridge_pc_criterion_runs_and_is_recorded(sim):
 def test_unknown_pc_criterion_is_a_usage_error(sim):
     with pytest.raises(UsageError, match="pc_criterion"):
         estimate_single_trial_betas(sim.runs, sim.trials, pc_criterion="best")
+
+
+def test_ridge_loss_count_is_the_default_and_says_what_it_scores(sim):
+    # issue 13, seventh pass: the count by the ridge stage's loss, with the pool by the R² beyond drift and the
+    # PCs of its drift-free data (docs/glm.md "The number of PCs by the ridge stage's loss")
+    default = estimate_single_trial_betas(sim.runs, sim.trials, max_pcs=3)
+    explicit = estimate_single_trial_betas(sim.runs, sim.trials, max_pcs=3, pc_criterion="ridge",
+                                           selection_r2="beyond-drift", pc_source="drift-residuals")
+    np.testing.assert_array_equal(default.betas, explicit.betas)
+    selection = default.metadata["pc_selection"]
+    assert selection["criterion"] == "ridge" and "ridge stage" in selection["score"]
+    assert default.metadata["selection_r2"] == "beyond-drift" and default.metadata["pc_source"] == "drift-residuals"
+    old = estimate_single_trial_betas(sim.runs, sim.trials, max_pcs=3, pc_criterion="ols-target")
+    assert "OLS betas" in old.metadata["pc_selection"]["score"]

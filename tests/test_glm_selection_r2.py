@@ -44,8 +44,11 @@ def test_r2_beyond_drift_ignores_the_drift():
 def pools(request):
     runs, trials, truth, responsive = pinned_glm_session(request.param)
     out = {}
-    configs = {"beyond-drift": dict(selection_r2="beyond-drift"), "with-drift": dict(selection_r2="with-drift"),
-               "both": dict(selection_r2="beyond-drift", pc_source="drift-residuals")}
+    # the PC count of the sixth pass (unregularised betas) and the PCs of the ON-OFF residuals unless named; "default"
+    # = the engine's defaults since the seventh pass (both options and the ridge-loss count)
+    old = dict(pc_criterion="ols-target", pc_source="onoff-residuals")
+    configs = {"beyond-drift": dict(old, selection_r2="beyond-drift"), "with-drift": dict(old, selection_r2="with-drift"),
+               "both": dict(old, selection_r2="beyond-drift", pc_source="drift-residuals"), "default": {}}
     for choice, options in configs.items():
         seen = {}
         original = estimate.noise_pool
@@ -59,8 +62,9 @@ def pools(request):
             result = estimate.estimate_single_trial_betas(runs, trials, **options)
         finally:
             estimate.noise_pool = original
-        assert result.metadata["selection_r2"] == options["selection_r2"]
-        assert result.metadata["pc_source"] == options.get("pc_source", "onoff-residuals")
+        assert result.metadata["selection_r2"] == options.get("selection_r2", "beyond-drift")
+        assert result.metadata["pc_source"] == options.get("pc_source", "drift-residuals")
+        assert result.metadata["pc_selection"]["criterion"] == options.get("pc_criterion", "ridge")
         out[choice] = (float((seen["pool"] & responsive).sum() / max(seen["pool"].sum(), 1)),
                        float(np.median(r_trial(result.betas, truth, responsive))))
     return request.param, out
@@ -88,3 +92,11 @@ def test_unknown_selection_r2_is_refused():
     runs, trials, _, _ = pinned_glm_session("ours")
     with pytest.raises(UsageError):
         estimate.estimate_single_trial_betas(runs, trials, selection_r2="plain")
+
+
+@pytest.mark.slow
+def test_default_beats_the_sixth_pass_default(pools):
+    """The seventh pass's defaults (pool by the R² beyond drift, drift-free PCs, PC count by the ridge stage's
+    loss) against the sixth pass's (docs/glm.md "The number of PCs by the ridge stage's loss")."""
+    name, out = pools
+    assert out["default"][1] > out["with-drift"][1] + 0.01, (name, out)

@@ -4,11 +4,14 @@ al. 2022, eLife 11:e77599).
 1. Noise pool: voxels inside the brain (run-mean intensity above ``fraction`` × the ``percentile``-th
    percentile of all voxels' intensities; GLMsingle's default is 10 % of the 99th percentile) whose ON-OFF R²
    (all trials as one condition, assumed HRF) is low. "Low" is below a threshold found by Otsu's method on
-   log10 R² of the brain voxels (our choice; GLMsingle fits a mixture to find a tail threshold).
-2. Per run, the pool's residual time series (after the ON-OFF model), each scaled to unit length, give principal
-   components (eigenvectors of their temporal Gram matrix, accumulated chunk by chunk).
+   log10 R² of the brain voxels (our choice; GLMsingle fits a mixture to find a tail threshold). By default
+   the R² is the one beyond drift (``selection_r2="beyond-drift"``), as GLMdenoise/GLMsingle threshold it.
+2. Per run, the pool's time series with drift and confounds projected out (default; ``pc_source``; or the
+   ON-OFF model's residuals), each scaled to unit length, give principal components (eigenvectors of their
+   temporal Gram matrix, accumulated chunk by chunk).
 3. The first 0..K PCs of each run are added as run-specific nuisance regressors; K is chosen by cross-validated
-   consistency of single-trial betas across repeated stimuli (:func:`choose_n_pcs`).
+   consistency of single-trial betas across repeated stimuli (:func:`choose_n_pcs`; by default the betas after
+   the ridge stage).
 """
 
 from __future__ import annotations
@@ -121,22 +124,24 @@ def drift_residuals(model: SessionModel, run: int, data: torch.Tensor) -> torch.
 
 def choose_n_pcs(model: SessionModel, data_runs: list[torch.Tensor], kernel_of_voxel: np.ndarray,
                  n_trials: int, repeats: RepeatStructure, max_pcs: int, stop: float = 0.95,
-                 criterion: str = "ols-target", fractions=DEFAULT_FRACTIONS):
+                 criterion: str = "ridge", fractions=DEFAULT_FRACTIONS):
     """Number of noise PCs by leave-one-repeat-out cross-validation on the given (signal) voxels.
 
-    ``criterion="ridge"`` (an option, not the default): for each K, the loss of the betas the method returns —
-    per voxel, the ridge stage's ``consistency`` loss at its best fraction
+    ``criterion="ridge"`` (default since issue 13's seventh pass): for each K, the loss of the betas the method
+    returns — per voxel, the ridge stage's ``consistency`` loss at its best fraction
     (:func:`~bids_m2i.glm.fracridge.ridge_cv_loss`); the score of K is the median over voxels of the loss
-    decrease from K = 0. On the benchmark's generators it raised both scores on 10 of 14 (generator, seed)
-    pairs and left 3 unchanged (e.g. ``lib-nsd`` seed 1: 0 → 5 PCs, r_trial +0.058), but it chose more PCs for
-    the demo's imagery task and lowered imagery decoding there (docs/glm.md), so it is not the default.
+    decrease from K = 0, and K the smallest count reaching ``stop`` of the best decrease (0 when none
+    decreases it). With the PCs of the ON-OFF residuals it lowered the demo's imagery decoding; with the
+    default drift-free PCs and the pool by the R² beyond drift it is the count that holds on every GLM
+    benchmark generator, where the unregularised betas' score (``"ols-target"``, the default before) fell to
+    0-1 PCs on the 12-run session (docs/glm.md, "The number of PCs by the ridge stage's loss").
 
     ``criterion="condition-r2"`` (an option): the leave-one-run-out time-series R² of a condition-level model
     (:func:`condition_cv_r2`), with GLMsingle's rule (:func:`first_near_best`: at least one PC). On the GLM
     benchmark it fixed the largest count errors but lowered two (generator, seed) pairs (docs/glm.md, "The number
     of noise PCs and the library, against type D"), so it is not the default.
 
-    ``"ols-target"`` (default) / ``"consistency"``: OLS single-trial betas with K PCs per run;
+    ``"ols-target"`` / ``"consistency"``: OLS single-trial betas with K PCs per run;
 
     For each K = 0..max_pcs, OLS single-trial betas are estimated with K PCs per run; each repeat's beta is
     predicted by the mean of the other repeats (:func:`~bids_m2i.glm.reliability.leave_one_out_error`).
