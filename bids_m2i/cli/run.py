@@ -6,9 +6,7 @@ Every failure becomes a message that names the file and what to do, and a BIDS-A
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
@@ -68,25 +66,7 @@ class _Terminated(BaseException):
     KeyboardInterrupt, so that no ``except Exception`` on the way (nipype's, ours) mistakes it for a failure."""
 
 
-class _WorkerTerminated(SystemExit):
-    """Raised in a worker process (nipype's MultiProc pool, forked with this handler) on the SIGTERM the main
-    process forwards: the node running there unwinds (its temporary files removed by ``utils.atomic``), and an
-    idle worker exits quietly (a SystemExit, which multiprocessing does not print)."""
-
-
-_MAIN_PID: list[int | None] = [None]
-
-
 def _on_sigterm(signum, frame):  # pragma: no cover - exercised by the interruption tests
-    if os.getpid() != _MAIN_PID[0]:
-        raise _WorkerTerminated(143)
-    # stop the workers too: otherwise the interpreter's exit waited for the node they ran (a GLM: minutes), and a
-    # scheduler's SIGKILL after its grace period left that node's temporary files in the work dir
-    import multiprocessing
-
-    for child in multiprocessing.active_children():
-        with contextlib.suppress(OSError):
-            os.kill(child.pid, signal.SIGTERM)
     raise _Terminated()
 
 
@@ -106,7 +86,6 @@ def _run_and_report(bids_dir, output_dir, analysis_level, config_file, values, g
 
     setup_terminal_logging(values.get("verbose") or 0)
     log_file = None
-    _MAIN_PID[0] = os.getpid()
     previous_handler = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         config = build_config(bids_dir, output_dir, analysis_level, values, given, config_file)
