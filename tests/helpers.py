@@ -41,22 +41,28 @@ def make_minimal_bids(root: Path, subjects=("01",), tasks=("perception",), runs=
     return root
 
 
+def import_benchmark(name: str):
+    """A script of ``benchmarks/`` as a module (they are scripts, not a package: their folder goes on sys.path)."""
+    import importlib
+    import sys
+
+    benchmarks = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    if benchmarks not in sys.path:
+        sys.path.insert(0, benchmarks)
+    return importlib.import_module(name)
+
+
 def independent_glm_session(n_voxels: int, seed: int, **kwargs):
     """A session of the GLM benchmark's independent generator (``benchmarks/glm_generators.py``: double-gamma
     HRFs, TR-locked design, AR + global + physiological noise) as the engine's inputs.
 
     Returns (session, runs, trials): the generator's arrays (``true_betas``, ``responsive`` ...), the
     ``RunData`` list and the trials table."""
-    import sys
-
     import pandas as pd
 
     from bids_m2i.glm.design import RunData
 
-    benchmarks = str(Path(__file__).resolve().parents[1] / "benchmarks")
-    if benchmarks not in sys.path:
-        sys.path.insert(0, benchmarks)
-    from glm_generators import simulate
+    simulate = import_benchmark("glm_generators").simulate
 
     settings = dict(n_runs=6, n_volumes=200, n_stimuli=120, n_repeats=3)
     s = simulate(n_voxels=n_voxels, seed=seed, **{**settings, **kwargs})

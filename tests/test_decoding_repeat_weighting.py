@@ -6,18 +6,13 @@ tool honest: the weights do what the documentation says they do.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 
-BENCHMARKS = str(Path(__file__).resolve().parents[1] / "benchmarks")
-if BENCHMARKS not in sys.path:
-    sys.path.insert(0, BENCHMARKS)
+from helpers import import_benchmark
 
-import repeat_weighting as rw  # noqa: E402
+rw = import_benchmark("repeat_weighting")
 
 
 def test_equal_weights_give_the_plain_mean_and_weights_are_normalised():

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 
-BENCHMARKS = str(Path(__file__).resolve().parents[1] / "benchmarks")
-if BENCHMARKS not in sys.path:
-    sys.path.insert(0, BENCHMARKS)
+from bids_m2i.simulate.oracle import twoway_identification
+from helpers import import_benchmark
 
-import imagination_diagnosis as diag  # noqa: E402
-
-from bids_m2i.simulate.oracle import twoway_identification  # noqa: E402
+diag = import_benchmark("imagination_diagnosis")
 
 
 def test_per_item_twoway_averages_to_the_scored_twoway_and_finds_the_failing_item():
