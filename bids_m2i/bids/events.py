@@ -26,6 +26,7 @@ import os
 import re
 import statistics
 import tomllib
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from importlib import resources
@@ -975,18 +976,51 @@ def events_to_trials(
     if not (table["role"] == "trial").any():
         LOGGER.warning("%s: no trials found (rule: %s)", source_text, rule.origin)
     table.attrs["rule"] = rule.origin
-    # what was looked at, for the "No trials found" message: the column deciding the role and its values
-    role_values: dict[str, int] = {}
-    for record in records:
-        value = str(record[rule.role_column]) if rule.role_column else NA
-        role_values[value] = role_values.get(value, 0) + 1
-    table.attrs["looked_at"] = {
-        "role_column": rule.role_column, "role_values": role_values, "stimulus_column": rule.stimulus_column,
-        "trial_values": list(rule.trial), "n_rows": len(records), "no_stimulus": n_unidentified,
-        "roles": {name: roles.count(name) for name in ("trial", "nuisance", "ignore")},
-    }
+    table.attrs["looked_at"] = _LookedAt(events[rule.role_column] if rule.role_column else None, len(records),
+                                         rule, roles, n_unidentified)
     table.attrs["notes"] = notes  # what was assumed for missing times (the GLM sidecar records it)
     return table
+
+
+class _LookedAt(Mapping):
+    """What was looked at in one events file, for the "No trials found" message
+    (:func:`bids_m2i.bids.inputs.describe_events_looked_at`): the column deciding the role, its values and what
+    they became. A read-only mapping computed on first access: the message is rare, and counting every file's
+    values for it was work on every run."""
+
+    def __init__(self, role_column_values, n_rows: int, rule: TaskRule, roles: list[str], n_unidentified: int):
+        self._inputs = (role_column_values, n_rows, rule, roles, n_unidentified)
+        self._data: dict | None = None
+
+    def _content(self) -> dict:
+        if self._data is None:
+            values, n_rows, rule, roles, n_unidentified = self._inputs
+            role_values = dict(Counter(map(str, values))) if values is not None else {NA: n_rows}
+            self._data = {
+                "role_column": rule.role_column, "role_values": role_values, "stimulus_column": rule.stimulus_column,
+                "trial_values": list(rule.trial), "n_rows": n_rows, "no_stimulus": n_unidentified,
+                "roles": {name: roles.count(name) for name in ("trial", "nuisance", "ignore")},
+            }
+            self._inputs = None  # nothing more to keep
+        return self._data
+
+    def __getitem__(self, key):
+        return self._content()[key]
+
+    def __iter__(self):
+        return iter(self._content())
+
+    def __len__(self) -> int:
+        return len(self._content())
+
+    # pandas deep-copies ``attrs`` into derived frames and compares them in ``concat``: neither should compute
+    def __deepcopy__(self, memo):
+        return self
+
+    def __eq__(self, other) -> bool:
+        return self is other
+
+    __hash__ = object.__hash__
 
 
 def _assign_roles(records: list[dict], rule: TaskRule) -> tuple[list[str], list[str]]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import BadDataError, InputMissingError, NoDataSelected, UsageError
+from ..utils.paths import is_inside
 
 LOGGER = logging.getLogger("m2i.bids")
 
@@ -143,17 +144,9 @@ def first_unreadable(path, root) -> Path:
     root = Path(root).absolute()
     path = Path(path).absolute()
     for folder in reversed(path.parents):
-        if folder != root and _is_below(folder, root) and not os.access(folder, os.R_OK | os.X_OK):
+        if folder != root and is_inside(folder, root) and not os.access(folder, os.R_OK | os.X_OK):
             return folder
     return path
-
-
-def _is_below(path: Path, root: Path) -> bool:
-    try:
-        path.relative_to(root)
-        return True
-    except ValueError:
-        return False
 
 
 def index_dataset(bids_dir: Path, database_dir: Path | None):
@@ -259,7 +252,7 @@ def remove_stale_database_dirs(parent: Path, min_age_s: float = STALE_DATABASE_A
     import socket
     import time
 
-    from ..utils.locks import LockBusy, try_lock
+    from ..utils.locks import LockBusy, release, try_lock
 
     parent = Path(parent)
     host = socket.gethostname()
@@ -291,14 +284,19 @@ def remove_stale_database_dirs(parent: Path, min_age_s: float = STALE_DATABASE_A
             verdict = owner[0] == host and not _process_alive(owner[1])
         elif verdict and owner[0] == host and _process_alive(owner[1]):
             verdict = False  # its process lives (it has not locked yet, or this is a reused pid): leave it
+        if not verdict and handle is not None:
+            # in use: give the probe's lock back at once (unlocked, not only closed): the owner, about to lock
+            # its own file, must find it free
+            release(handle)
+            handle = None
         try:
             if verdict:
                 shutil.rmtree(folder, ignore_errors=True)
                 lock_path.unlink(missing_ok=True)
                 removed.append(folder)
         finally:
-            if handle is not None:
-                handle.close()
+            if handle is not None:  # held while the folder is removed: no other run judges it meanwhile
+                release(handle)
     if removed:
         LOGGER.info("Removed %d pybids database folder(s) of ended runs from %s: %s", len(removed), parent,
                     ", ".join(p.name for p in removed[:5]))

@@ -108,10 +108,11 @@ def _run_and_report(bids_dir, output_dir, analysis_level, config_file, values, g
         return 130
     except PermissionError as exc:  # one that no stage turned into its own message
         from ..errors import error_from_oserror
+        from ..utils.paths import is_inside
 
         LOGGER.debug("permission denied", exc_info=True)
         where = getattr(exc, "filename", None)
-        reading = where is not None and _inside_folder(where, bids_dir)
+        reading = where is not None and is_inside(where, bids_dir)
         if reading:
             from ..bids.layout import first_unreadable
 
@@ -133,14 +134,6 @@ def _run_and_report(bids_dir, output_dir, analysis_level, config_file, values, g
 
 _LOG_FILE: list[Path | None] = [None]
 _FOOTPRINT: list = [None]  # the group run's RunFootprint (cli.runner), to take back a failed run's files
-
-
-def _inside_folder(path, folder) -> bool:
-    try:
-        Path(path).absolute().relative_to(Path(folder).absolute())
-        return True
-    except (TypeError, ValueError):
-        return False
 
 
 def _remember(path: Path) -> None:

@@ -15,16 +15,9 @@ from typing import Callable
 
 from ..config import Config, write_resolved_config
 from ..errors import InputMissingError, OutputCreateError, UsageError
+from ..utils.paths import is_inside
 
 LOGGER = logging.getLogger("m2i.cli")
-
-
-def _inside(child: Path, parent: Path) -> bool:
-    try:
-        child.resolve().relative_to(parent.resolve())
-        return True
-    except ValueError:
-        return False
 
 
 def check_roi_mask(path: Path) -> None:
@@ -78,16 +71,16 @@ def check_paths(config: Config) -> None:
     if output_dir.resolve() == bids_dir.resolve():
         raise UsageError("OUTPUT_DIR is the same folder as BIDS_DIR: the input dataset is never modified",
                          hint="give another OUTPUT_DIR, e.g. BIDS_DIR/derivatives/m2i")
-    if _inside(bids_dir, output_dir):
+    if is_inside(bids_dir, output_dir):
         raise UsageError("BIDS_DIR is inside OUTPUT_DIR", hint="give an OUTPUT_DIR outside the input dataset")
-    if _inside(output_dir, bids_dir) and not _inside(output_dir, bids_dir / "derivatives"):
+    if is_inside(output_dir, bids_dir) and not is_inside(output_dir, bids_dir / "derivatives"):
         # BIDS_DIR/m2i_out or BIDS_DIR/sub-01/out: the run wrote into the input dataset, and the next run indexed
         # its desc-preproc_bold files as raw runs (65 "Two BOLD files of sub-01 have the same entities")
         raise UsageError(f"OUTPUT_DIR {output_dir} is inside BIDS_DIR {bids_dir}: the input dataset is never "
                          "modified", hint=f"give OUTPUT_DIR outside it, or under its derivatives/ folder "
                          f"({bids_dir / 'derivatives' / 'm2i'})")
     work_dir = Path(config.work_dir)
-    if _inside(work_dir, bids_dir) and not _inside(work_dir, bids_dir / "derivatives"):
+    if is_inside(work_dir, bids_dir) and not is_inside(work_dir, bids_dir / "derivatives"):
         raise UsageError(f"The work dir {work_dir} is inside BIDS_DIR {bids_dir}",
                          hint="use -w/--work-dir outside the input dataset (the input is never modified)")
     if work_dir.resolve() == output_dir.resolve():
@@ -97,7 +90,7 @@ def check_paths(config: Config) -> None:
         # --clean-workdir deletes the work dir: never with the input or the results inside it (`-w .` run from
         # the project folder deleted the dataset)
         for name, folder in (("BIDS_DIR", bids_dir), ("OUTPUT_DIR", output_dir)):
-            if _inside(folder, work_dir):
+            if is_inside(folder, work_dir):
                 raise UsageError(f"--clean-workdir would delete {name} ({folder}): it is inside the work dir "
                                  f"{work_dir}", hint="give -w/--work-dir a folder of its own (e.g. ./work)")
         if work_dir.is_dir():

@@ -87,6 +87,12 @@ IMAGERY_RULES = ("map", "ensemble")
 DEFAULT_IMAGERY = "map"
 
 
+def _check_choice(value, choices: tuple[str, ...], what: str, *, path=None, hint: str | None = None) -> None:
+    """``value`` is one of ``choices``, else a usage error naming ``what`` (exit 64)."""
+    if value not in choices:
+        raise UsageError(f"unknown {what} {value!r}", path=path, hint=hint or f"use one of {', '.join(choices)}")
+
+
 @dataclass
 class ParticipantData:
     """One participant's training trials.
@@ -457,13 +463,9 @@ def train_shared_model(participants: list[ParticipantData], feature_space: str, 
     ``imagery``: how a participant fitted on this model decodes imagery items (:data:`IMAGERY_RULES`); recorded
     in ``Settings``.
     """
-    if imagery not in IMAGERY_RULES:
-        raise UsageError(f"unknown imagery rule {imagery!r}", hint=f"use one of {', '.join(IMAGERY_RULES)}")
-    if head not in HEADS:
-        raise UsageError(f"unknown shared head {head!r}", hint=f"use one of {', '.join(HEADS)}")
-    if participant_map not in PARTICIPANT_MAPS:
-        raise UsageError(f"unknown participant map {participant_map!r}",
-                         hint=f"use one of {', '.join(PARTICIPANT_MAPS)}")
+    _check_choice(imagery, IMAGERY_RULES, "imagery rule")
+    _check_choice(head, HEADS, "shared head")
+    _check_choice(participant_map, PARTICIPANT_MAPS, "participant map")
     start = time.monotonic()
     if len(participants) < 2:
         raise UsageError(f"a shared decoder needs at least 2 participants with betas, got {len(participants)}",
@@ -584,9 +586,7 @@ class SharedParticipantDecoder:
         # the rule for imagery items: the argument, else the model's setting, else the default (files written
         # before the setting existed get the default: it needs nothing from the group)
         imagery = imagery or model.settings.get("imagery", DEFAULT_IMAGERY)
-        if imagery not in IMAGERY_RULES:
-            raise UsageError(f"unknown imagery rule {imagery!r} for the shared decoder",
-                             hint=f"use one of {', '.join(IMAGERY_RULES)}")
+        _check_choice(imagery, IMAGERY_RULES, "imagery rule")
         self.imagery = imagery
         self.own = None  # imagery="ensemble": the own-data ridge decoder fitted on the same trials
         self.model = model
@@ -626,10 +626,9 @@ class SharedParticipantDecoder:
                                                    single_penalty=single_penalty)
             ranking = "ncsnr" if selection is not None else "none"
         method = model.settings.get("participant_map", "ridge")  # files written before: ridge maps
-        if method not in PARTICIPANT_MAPS:
-            raise UsageError(f"the shared decoder asks for a participant map {method!r} that this version does "
-                             f"not know", path=self.source or None,
-                             hint=f"retrain it at the group level (known: {', '.join(PARTICIPANT_MAPS)})")
+        _check_choice(method, PARTICIPANT_MAPS, "participant map (in the shared decoder's settings)",
+                      path=self.source or None,
+                      hint=f"retrain it at the group level (known: {', '.join(PARTICIPANT_MAPS)})")
         inversion = None
         if method == "inversion":  # the map is the posterior mean of an encoding model, on the same voxels
             from .shared_inversion import inversion_map
