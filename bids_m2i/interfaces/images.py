@@ -18,7 +18,7 @@ def load_bold(path: str | Path):
     """(data float32 (X,Y,Z,T), affine, header) with scaled integers applied and content checks.
 
     NaN/Inf in a few voxels -> warning (set to 0 where the engines need finite values); a run that is all
-    zeros or all non-finite -> BadDataError (exit 65).
+    zeros, all non-finite, constant over time, or has a volume without any finite value -> BadDataError (65).
     """
     import nibabel as nib
 
@@ -36,6 +36,14 @@ def load_bold(path: str | Path):
         raise BadDataError(f"{path} holds no finite values (all NaN/Inf)", path=path,
                            hint="check the conversion from DICOM")
     if not finite.all():
+        # a volume without a single finite value (a failed reconstruction or conversion of that volume) set to 0
+        # passed as data: motion correction fitted noise to it (FD of 80 mm) and the run ended with exit 0
+        empty = np.flatnonzero(~finite.any(axis=(0, 1, 2)))
+        if len(empty):
+            shown = ", ".join(str(int(i)) for i in empty[:8]) + (", ..." if len(empty) > 8 else "")
+            raise BadDataError(f"{path}: {len(empty)} of its {data.shape[3]} volumes hold no finite value (all "
+                               f"NaN/Inf): volume(s) {shown} (counted from 0)", path=path,
+                               hint="check the conversion from DICOM, or leave this run out with --bids-filter-file")
         bad_voxels = int((~finite).any(axis=3).sum())
         LOGGER.warning("%s: %d voxel(s) with NaN/Inf values; they are set to 0 and left out of the brain mask",
                        path.name, bad_voxels)
