@@ -52,12 +52,59 @@ def derivative_entities(path: Path) -> dict[str, str]:
 _derivative_entities = derivative_entities  # the former private name, for code written against it
 
 
+#: fMRIPrep before 1.2 (2018) named its files and confounds columns otherwise (1.2 conformed them to BIDS
+#: Derivatives RC1, fMRIPrep PR #1343) and wrote no dataset_description.json: m2i finds files by the names of
+#: 1.2 and later, and reads the old columns under their new names (a renamed old table keeps them)
+LEGACY_CONFOUND_COLUMNS = {"X": "trans_x", "Y": "trans_y", "Z": "trans_z", "RotX": "rot_x", "RotY": "rot_y",
+                           "RotZ": "rot_z", "FramewiseDisplacement": "framewise_displacement",
+                           "stdDVARS": "std_dvars", "non-stdDVARS": "dvars", "GlobalSignal": "global_signal",
+                           "CSF": "csf", "WhiteMatter": "white_matter"}
+_LEGACY_FILE_PATTERNS = ("*_bold_space-*_preproc.nii*", "*_bold_confounds.tsv")
+
+
+def normalize_confound_columns(table):
+    """fMRIPrep's confounds table with the column names of fMRIPrep 1.2 and later (``FramewiseDisplacement`` ->
+    ``framewise_displacement``, ``NonSteadyStateOutlier00`` -> ``non_steady_state_outlier00``, ...); a name
+    already present in its new spelling is left alone."""
+    renames = {}
+    for column in table.columns:
+        name = str(column)
+        new = LEGACY_CONFOUND_COLUMNS.get(name)
+        if new is None and name.startswith("NonSteadyStateOutlier"):
+            new = "non_steady_state_outlier" + name[len("NonSteadyStateOutlier"):]
+        if new is not None and new not in table.columns:
+            renames[column] = new
+    return table.rename(columns=renames) if renames else table
+
+
+def legacy_fmriprep_file(folder: Path) -> Path | None:
+    """A file of ``folder`` named as fMRIPrep before 1.2 named them (``..._bold_space-T1w_preproc.nii.gz``,
+    ``..._bold_confounds.tsv``), else None."""
+    for pattern in _LEGACY_FILE_PATTERNS:
+        found = next(iter(sorted(Path(folder).glob(f"sub-*/**/func/{pattern}"))), None)
+        if found is not None:
+            return found
+    return None
+
+
+def _legacy_hint(example: Path) -> str:
+    return (f"these are outputs of fMRIPrep before 1.2 (e.g. {example.name}); m2i reads the file names fMRIPrep "
+            "writes since 1.2 (..._desc-preproc_bold.nii.gz, ..._desc-confounds_timeseries.tsv): rerun a recent "
+            "fMRIPrep (20.2 LTS or later) on this participant, or use m2i's own preprocessing (--space func)")
+
+
 def check_fmriprep_folder(folder: Path) -> dict:
     description = Path(folder) / "dataset_description.json"
     if not description.exists():
+        hint = "give fMRIPrep's output folder (the one holding its dataset_description.json)"
+        nested = Path(folder) / "fmriprep"
+        legacy = legacy_fmriprep_file(folder)
+        if (nested / "dataset_description.json").exists():  # fMRIPrep < 21 wrote into OUTPUT_DIR/fmriprep/
+            hint = f"give --derivatives {nested} (fMRIPrep before 21.0 wrote its outputs into a fmriprep/ subfolder)"
+        elif legacy is not None:
+            hint = _legacy_hint(legacy)
         raise InputMissingError(
-            f"{folder} is not a derivatives dataset: {description.name} is missing", path=description,
-            hint="give fMRIPrep's output folder (the one holding its dataset_description.json)",
+            f"{folder} is not a derivatives dataset: {description.name} is missing", path=description, hint=hint,
         )
     try:
         return json.loads(description.read_text("utf-8"))
@@ -65,9 +112,10 @@ def check_fmriprep_folder(folder: Path) -> dict:
         return {}
 
 
-def index_fmriprep(folders: list[Path]) -> dict[tuple, dict[str, list[Path]]]:
-    """Map each run key to its fMRIPrep files by kind (``bold``, ``mask``, ``confounds``)."""
-    index: dict[tuple, dict[str, list[Path]]] = {}
+def index_fmriprep(folders: list[Path]) -> dict:
+    """Map each run key to its fMRIPrep files by kind (``bold``, ``mask``, ``confounds``); the key ``"folders"``
+    holds the folders indexed."""
+    index: dict = {_FOLDERS: list(folders)}  # the folders themselves, for find_fmriprep_files' messages
     for folder in folders:
         check_fmriprep_folder(folder)
         for path in sorted(Path(folder).glob("sub-*/**/func/*")):
@@ -85,6 +133,9 @@ def index_fmriprep(folders: list[Path]) -> dict[tuple, dict[str, list[Path]]]:
             if kind:
                 index.setdefault(_key(ents), {}).setdefault(kind, []).append(path)
     return index
+
+
+_FOLDERS = "folders"  # the key of index_fmriprep's folder list (run keys are tuples)
 
 
 def _in_space(paths: list[Path], space: str) -> list[Path]:
@@ -106,9 +157,10 @@ def _variant(path: Path) -> str:
 def find_fmriprep_files(index: dict, raw_entities: dict[str, str], space: str, raw_name: str) -> dict[str, Path]:
     files = index.get(_key(raw_entities))
     if not files or "bold" not in files:
+        legacy = next(filter(None, map(legacy_fmriprep_file, index.get(_FOLDERS, ()))), None)
         raise InputMissingError(
             f"No fMRIPrep preprocessed BOLD for {raw_name} in the --derivatives folder(s)",
-            hint="run fMRIPrep on this participant first" + _fmriprep_hint(),
+            hint=_legacy_hint(legacy) if legacy else "run fMRIPrep on this participant first" + _fmriprep_hint(),
         )
     label, wanted = parse_space(space)
     bolds = _in_space(files["bold"], label)
@@ -182,7 +234,7 @@ def check_fmriprep_run(found: dict[str, Path]) -> None:
                            path=found["bold"], hint="rerun fMRIPrep for this participant (the file is damaged or "
                            "not its preprocessed BOLD series)")
     try:
-        table = pd.read_csv(found["confounds"], sep="\t", na_values=["n/a"])
+        table = normalize_confound_columns(pd.read_csv(found["confounds"], sep="\t", na_values=["n/a"]))
         n_rows = len(table)
     except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise BadDataError(f"fMRIPrep's confounds table {found['confounds'].name} cannot be read: {exc}",
@@ -199,6 +251,9 @@ def check_fmriprep_run(found: dict[str, Path]) -> None:
                                    f"{table[column][bad].iloc[0]!r} on line {line}, not a number",
                                    path=found["confounds"], hint="rerun fMRIPrep for this participant (the table "
                                    "was edited or damaged); missing values must be n/a")
+    if "framewise_displacement" not in table.columns:  # not needed to run, but the user should know
+        LOGGER.warning("fMRIPrep's confounds table %s has no framewise_displacement column (columns: %s): the "
+                       "trials' fd_mean will be n/a", found["confounds"].name, ", ".join(map(str, table.columns[:12])))
     n_volumes = shapes["bold"][3]
     if n_rows != n_volumes:
         raise BadDataError(f"fMRIPrep's confounds table {found['confounds'].name} has {n_rows} rows for the "

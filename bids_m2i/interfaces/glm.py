@@ -26,8 +26,10 @@ EVENTS_COLUMNS = ["trial_index", "onset", "duration", "run", "session", "conditi
 
 def read_confounds(path: str | Path) -> tuple[pd.DataFrame, list[int]]:
     """A confounds table (ours or fMRIPrep's) and its non-steady-state volumes."""
+    from ..bids.fmriprep import normalize_confound_columns
+
     path = Path(path)
-    table = pd.read_csv(path, sep="\t", na_values=["n/a"])
+    table = normalize_confound_columns(pd.read_csv(path, sep="\t", na_values=["n/a"]))  # fMRIPrep < 1.2 names
     nonsteady: list[int] = []
     meta_path = path.with_suffix("").with_suffix(".json") if path.name.endswith(".tsv") else None
     if meta_path is not None and meta_path.exists():
