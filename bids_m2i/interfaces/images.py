@@ -18,7 +18,8 @@ def load_bold(path: str | Path):
     """(data float32 (X,Y,Z,T), affine, header) with scaled integers applied and content checks.
 
     NaN/Inf in a few voxels -> warning (set to 0 where the engines need finite values); a run that is all
-    zeros, all non-finite, constant over time, or has a volume without any finite value -> BadDataError (65).
+    zeros, all non-finite, constant over time, or has a volume of zeros or without any finite value ->
+    BadDataError (65).
     """
     import nibabel as nib
 
@@ -50,6 +51,14 @@ def load_bold(path: str | Path):
         data = np.where(finite, data, 0).astype(np.float32)
     if not np.any(data):
         raise BadDataError(f"{path} is all zeros", path=path, hint="check the conversion from DICOM")
+    # one volume of zeros (lost in a conversion or transfer): the same as the NaN volume above (exit 0 with
+    # motion estimates of 350 mm); a scanner's volume always has noise, even outside the head
+    blank = np.flatnonzero(~data.any(axis=(0, 1, 2)))
+    if len(blank):
+        shown = ", ".join(str(int(i)) for i in blank[:8]) + (", ..." if len(blank) > 8 else "")
+        raise BadDataError(f"{path}: {len(blank)} of its {data.shape[3]} volumes are all zeros: volume(s) {shown} "
+                           "(counted from 0)", path=path,
+                           hint="check the conversion from DICOM, or leave this run out with --bids-filter-file")
     # every voxel constant over time (a placeholder or a volume copied over the run): nothing to model, and
     # motion correction's cost is undefined on it; the cheap first/last comparison settles real runs at once
     if data.shape[3] > 1 and np.array_equal(data[..., 0], data[..., -1]) and not np.any(data != data[..., :1]):
