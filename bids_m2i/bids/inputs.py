@@ -129,8 +129,13 @@ def _gzip_stream_length(path: Path) -> int:
 
 
 def check_tr(run: BoldRun, header_tr: float | None) -> float:
+    import math
+
     try:
         sidecar_tr = run.tr
+        raw = run.metadata.get("RepetitionTime")
+        if isinstance(raw, bool) or (sidecar_tr is not None and not math.isfinite(sidecar_tr)):
+            raise ValueError(raw)  # true read as 1.0 s (a "TR mismatch"), "NaN" / NaN passed as a TR (exit 0)
     except (TypeError, ValueError):  # "2 s", [2], {"value": 2}: stopped the run with 1, "unexpected failure"
         raise BadDataError(
             f"RepetitionTime of {run.path.name} is not a number of seconds: "
