@@ -199,6 +199,11 @@ def _parse_tsv(text: str, path: Path) -> pd.DataFrame:
     """
     lines = [line for line in text.split("\n") if line.strip()]
     header = lines[0].split("\t")
+    # trailing tabs (a spreadsheet export of empty columns) end the header in unnamed columns: two of them
+    # stopped the run with "duplicate column names". Empty ones are dropped below, ones holding values named.
+    named = len(header)
+    while named and not header[named - 1].strip():
+        named -= 1
     rows: list[list[str]] = []
     short: list[int] = []
     for number, line in enumerate(lines[1:], start=2):
@@ -212,14 +217,26 @@ def _parse_tsv(text: str, path: Path) -> pd.DataFrame:
                 )
             fields = fields[: len(header)]
         elif len(fields) < len(header):
-            short.append(number)
+            if len(fields) < named:
+                short.append(number)
             fields = fields + [""] * (len(header) - len(fields))
         rows.append(fields)
     if short:
         LOGGER.warning("%s: %d row(s) have fewer fields than the header (first: line %d); missing cells read as n/a",
                        path, len(short), short[0])
-    if len(set(header)) != len(header):
-        raise BadDataError(f"{path}: duplicate column names in the header", path=path)
+    if named < len(header):
+        filled = next(((number, i) for number, fields in enumerate(rows, start=2)
+                       for i in range(named, len(header)) if fields[i].strip()), None)
+        if filled is not None:
+            raise BadDataError(f"{path}: column {filled[1] + 1} has no name in the header but holds values "
+                               f"(line {filled[0]})", path=path, hint="name the column in the header, or delete it")
+        LOGGER.info("%s: %d empty column(s) without a name at the end of the lines (trailing tabs) ignored",
+                       path, len(header) - named)
+        header, rows = header[:named], [fields[:named] for fields in rows]
+    duplicated = sorted({name for name in header if header.count(name) > 1})
+    if duplicated:
+        raise BadDataError(f"{path}: duplicate column names in the header: {', '.join(map(repr, duplicated))}",
+                           path=path, hint="give every column its own name")
     return pd.DataFrame(rows, columns=header, dtype=object)
 
 
@@ -1323,7 +1340,10 @@ def _warn_stimuli_without_row(table: pd.DataFrame, stimuli_table: Mapping, stimu
     than half of the stimuli found in it) is not this user error and stays quiet."""
     if not stimuli_table or not len(table):
         return
-    named = {s for s in table.loc[table["role"] == "trial", "stimulus"] if s != NA}
+    # pure-imagination targets (stim_file n/a, a text cue: DESIGN "Events -> trials") are not stimuli of the
+    # dataset: the simulator's nov-NNNN raised this warning on every run of its own datasets
+    text_only = (table["stim_file"] == NA) & (table["cue_text"] != NA)
+    named = {s for s in table.loc[(table["role"] == "trial") & ~text_only, "stimulus"] if s != NA}
     absent = sorted(named - set(stimuli_table))
     if absent and len(absent) <= len(named) / 2:
         LOGGER.warning("%s has no row for %d stimulus/stimuli of the trials (%s%s): their category and caption "

@@ -130,7 +130,7 @@ def check_dataset_root(bids_dir: Path) -> None:
         raise unreadable_input_error(description) from exc
     except (ValueError, OSError) as exc:
         raise BadDataError(f"{description} is not valid JSON ({exc})", path=description,
-                           hint="fix the file (the BIDS validator shows where)") from exc
+                           hint=_json_hint(exc, "fix the file (the BIDS validator shows where)")) from exc
     if not isinstance(content, dict):
         raise BadDataError(f"{description} holds a JSON {type(content).__name__}, not an object with Name and "
                            "BIDSVersion", path=description,
@@ -170,8 +170,32 @@ def index_dataset(bids_dir: Path, database_dir: Path | None):
             from ..errors import unreadable_input_error
 
             raise unreadable_input_error(first_unreadable(missing, bids_dir) if missing else bids_dir) from exc
+        if isinstance(exc.__cause__, (json.JSONDecodeError, UnicodeDecodeError)):
+            raise _sidecar_json_error(exc, exc.__cause__) from exc
         raise BadDataError(f"Cannot index the BIDS dataset {bids_dir}: {exc}", path=bids_dir,
                            hint="run the BIDS validator on it to see what is wrong") from exc
+
+
+def _json_hint(exc: Exception, default: str) -> str:
+    if "BOM" in str(exc):  # Windows Notepad's "UTF-8" before 2019, some spreadsheet exports
+        return ("the file starts with a byte-order mark (BOM), which JSON does not allow: save it as UTF-8 without "
+                "BOM (e.g. `sed -i '1s/^\\xEF\\xBB\\xBF//' FILE`)")
+    return default
+
+
+def _sidecar_json_error(exc: Exception, cause: Exception) -> BadDataError:
+    """pybids' "Error occurred while trying to decode JSON from file <BIDSJSONFile filename='...'>" as a message
+    naming the file, where in it, and the usual causes (JSON written by hand: comments, a trailing comma)."""
+    match = re.search(r"filename='([^']+)'", str(exc))
+    path = match.group(1) if match else None
+    where = path or "a sidecar JSON file"
+    if isinstance(cause, json.JSONDecodeError):
+        return BadDataError(f"{where} is not valid JSON: {cause.msg} (line {cause.lineno}, column {cause.colno})",
+                            path=path, hint=_json_hint(cause, "JSON allows no comments (// or #) and no comma after "
+                                                       "the last item: fix the file (the BIDS validator shows every "
+                                                       "such file)"))
+    return BadDataError(f"{where} is not UTF-8 text ({cause})", path=path,
+                        hint="save the file as UTF-8 (JSON files must be UTF-8)")
 
 
 #: a database folder younger than this is never taken for stale (its owner may be between creating it and
