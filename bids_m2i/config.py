@@ -427,7 +427,17 @@ def build_config(bids_dir, output_dir, analysis_level, cli_values: dict[str, Any
         values[name] = cli_values[name]
         sources[name] = "cli"
     for name in ("participant_label", "session_label", "task"):
-        values[name] = normalize_labels(name, values[name])
+        given = values[name]
+        values[name] = normalize_labels(name, given)
+        if given and not values[name]:
+            # `--participant-label "$SUBJECT"` with the variable unset in one job of an array (or a bare `sub-`)
+            # selected every participant: each such job processed the whole dataset
+            option = "--" + name.replace("_", "-")
+            example = {"participant_label": "01 (or sub-01)", "session_label": "01 (or ses-01)",
+                       "task": "perception (or task-perception)"}[name]
+            raise UsageError(f"{option} was given only empty labels ({', '.join(repr(str(v)) for v in given)})",
+                             hint=f"give labels such as {example}, or leave {option} out to select all; in a job "
+                             "script, check that the variable holding the label is set")
     # the group level reads only OUTPUT_DIR: --space there picks the participants' decoding outputs of that space
     check_space(values["space"], values["derivatives"] or analysis_level == "group")
     if values["glm"] == "lss" and values["glm_noise_model"] == "ar1":

@@ -297,3 +297,20 @@ def test_sidecar_json_written_by_hand_is_65_with_where_and_why(tmp_path, capsys,
     assert code == 65, err
     assert f"{sidecar} is not valid JSON" in err and needle in err and hint in err
     assert "BIDSJSONFile" not in err and "Traceback" not in err and started == []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# an empty label selected everything
+
+@pytest.mark.parametrize("option, value", [("--participant-label", ""), ("--participant-label", "sub-"),
+                                           ("--session-label", "ses-"), ("--task", "")])
+def test_only_empty_labels_are_64_not_all(tmp_path, capsys, started, option, value):
+    """`--participant-label "$SUBJECT"` with the variable unset in a job of an array processed every participant
+    (exit 0): each such job did the whole dataset."""
+    bids = make_minimal_bids(tmp_path / "bids", subjects=("01", "02"))
+    code = run_cli([str(bids), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "work"),
+                    "--skip-bids-validation", option, value])
+    err = capsys.readouterr().err
+    assert code == 64, err
+    assert f"{option} was given only empty labels" in err and started == []
+    assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()
