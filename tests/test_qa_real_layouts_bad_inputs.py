@@ -47,6 +47,18 @@ def test_spreadsheet_saved_events_give_the_same_trials(layout, tmp_path, capsys,
     assert capsys.readouterr().out == original
 
 
+def test_events_with_trailing_tabs_give_the_same_trials(layout, tmp_path, capsys):
+    """Lines ending in tabs (a spreadsheet's empty columns) gave 65 "duplicate column names" on all four real
+    layouts (qa22)."""
+    assert _cli(layout, tmp_path, "--print-trials") == 0
+    original = capsys.readouterr().out
+    for events in layout.rglob("sub-01/**/*_events.tsv"):
+        text = events.read_text(encoding="utf-8")
+        events.write_text("".join(line + "\t\t\n" for line in text.splitlines()))
+    assert _cli(layout, tmp_path, "--print-trials") == 0
+    assert capsys.readouterr().out == original
+
+
 @pytest.mark.parametrize("damage, code, needle", [("unfetched", 66, "datalad get sub-01/"),
                                                   ("truncated", 65, "is truncated")])
 def test_damaged_bold_stops_before_any_step(layout, tmp_path, capsys, monkeypatch, damage, code, needle):
