@@ -264,3 +264,16 @@ def test_pc_search_count_and_scores_equal_the_direct_loss():
         for name in ("singular", "right", "left", "nuisance_basis"):
             assert torch.allclose(getattr(ops, name), getattr(full, name), atol=1e-6)
     assert model.some_operators(1, [5], 2)[0] is model.operators(1, 5, 2)   # read from the cache when there
+
+
+def test_fractional_ridge_without_fitted_gives_the_same_betas():
+    """The AR(1) path skips the explained sum of squares it discards (``with_fitted=False``): same outputs."""
+    rng = np.random.default_rng(2)
+    operators = _random_operators(rng)
+    repeats = RepeatStructure.from_labels(np.array([f"s{i % 12}" for i in range(24)]))
+    data_runs = [torch.randn(50, ops.left.shape[0]) for ops in operators]
+    with_fitted = fractional_ridge_cv(operators, data_runs, repeats)
+    without = fractional_ridge_cv(operators, data_runs, repeats, with_fitted=False)
+    assert without[3] is None and with_fitted[3] is not None
+    for a, b in zip(with_fitted[:3], without[:3]):
+        assert torch.equal(a, b)

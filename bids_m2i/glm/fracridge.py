@@ -86,10 +86,12 @@ def alphas_for_fraction(curve: torch.Tensor, grid: torch.Tensor, fraction) -> to
     return torch.where(curve[-1] > fraction, grid[-1].expand_as(alpha), alpha)
 
 
-def _ridge_path(operators, data_runs):
-    """Projections, OLS betas, explained sum of squares, and the fraction curve on the α grid."""
+def _ridge_path(operators, data_runs, with_fitted: bool = True):
+    """Projections, OLS betas, explained sum of squares (None without ``with_fitted``: it costs a product with
+    the nuisance basis per run), and the fraction curve on the α grid."""
     projections = [ops.project(data) for ops, data in zip(operators, data_runs)]
-    fitted = sum(ops.fitted_sum_of_squares(data, z) for ops, data, z in zip(operators, data_runs, projections))
+    fitted = (sum(ops.fitted_sum_of_squares(data, z) for ops, data, z in zip(operators, data_runs, projections))
+              if with_fitted else None)
     n_voxels = data_runs[0].shape[0]
     zeros = torch.zeros(n_voxels, dtype=data_runs[0].dtype, device=data_runs[0].device)
     ols = _ridge_betas(operators, projections, zeros)
@@ -163,7 +165,7 @@ def ridge_cv_loss(operators: list[RunOperators], data_runs: list[torch.Tensor], 
     -------
     loss : Tensor, shape (n_voxels,)
     """
-    projections, ols, _, curve, grid = _ridge_path(operators, data_runs)
+    projections, ols, _, curve, grid = _ridge_path(operators, data_runs, with_fitted=False)
     best = _criterion(ols, ols, repeats, criterion)
     tried = [f for f in fractions if f < 1.0]
     if tried:
@@ -174,7 +176,7 @@ def ridge_cv_loss(operators: list[RunOperators], data_runs: list[torch.Tensor], 
 
 def fractional_ridge_cv(operators: list[RunOperators], data_runs: list[torch.Tensor],
                         repeats: RepeatStructure, fractions=DEFAULT_FRACTIONS,
-                        criterion: str = "consistency"):
+                        criterion: str = "consistency", with_fitted: bool = True):
     """Cross-validated fractional ridge with scale-and-offset, for voxels sharing one HRF.
 
     Parameters
@@ -190,9 +192,10 @@ def fractional_ridge_cv(operators: list[RunOperators], data_runs: list[torch.Ten
     fraction : Tensor, shape (n_voxels,)
     ols : Tensor, shape (n_voxels, n_trials)
     fitted : Tensor, shape (n_voxels,)
-        Explained sum of squares of the unregularised model.
+        Explained sum of squares of the unregularised model (None with ``with_fitted=False``: the AR(1) path
+        takes its R² from the unwhitened fit and does not need it).
     """
-    projections, ols, fitted, curve, grid = _ridge_path(operators, data_runs)
+    projections, ols, fitted, curve, grid = _ridge_path(operators, data_runs, with_fitted)
     n_voxels = data_runs[0].shape[0]
 
     best_error = _criterion(ols, ols, repeats, criterion)
