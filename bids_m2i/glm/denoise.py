@@ -129,7 +129,8 @@ def choose_n_pcs(model: SessionModel, data_runs: list[torch.Tensor], kernel_of_v
 
     ``criterion="ridge"`` (default since issue 13's seventh pass): for each K, the loss of the betas the method
     returns — per voxel, the ridge stage's ``consistency`` loss at its best fraction
-    (:func:`~bids_m2i.glm.fracridge.ridge_cv_loss`); the score of K is the median over voxels of the loss
+    (:func:`~bids_m2i.glm.fracridge.ridge_cv_loss`, computed in closed form by
+    :func:`~bids_m2i.glm.fracridge.search_loss`); the score of K is the median over voxels of the loss
     decrease from K = 0, and K the smallest count reaching ``stop`` of the best decrease (0 when none
     decreases it). With the PCs of the ON-OFF residuals it lowered the demo's imagery decoding; with the
     default drift-free PCs and the pool by the R² beyond drift it is the count that holds on every GLM
