@@ -236,8 +236,9 @@ def fractional_ridge_cv(operators: list[RunOperators], data_runs: list[torch.Ten
 # * |b − mean|² = |b|² − (Σ_i b_i)²/N, and |b_r|² = |c_r|² (W_r is orthogonal).
 #
 # S, Σ b and the weighted Σ b² are products of c_r with small fixed matrices (W_rᵀ G_r, W_rᵀ 1, W_rᵀ diag(ω) W_r,
-# G_r the run's trial-to-stimulus indicator): one GEMM per run instead of the rotation into trial space and
-# the ten passes over the (fraction, voxel, trial) rows that the direct loss makes. Same quantity up to float
+# G_r the run's trial-to-stimulus indicator): one GEMM of all runs' coefficients side by side (plus one per run
+# when the weights ω differ within it) instead of the rotation into trial space and the ten passes over the
+# (fraction, voxel, trial) rows that the direct loss makes. Same quantity up to float
 # rounding (the differences of sums round differently); the choice of K reads medians of it, and the final
 # betas never use it (tests/test_glm_speed.py compares it with ridge_cv_loss).
 
@@ -251,16 +252,18 @@ def _consistency_matrices(operators, repeats: RepeatStructure, dtype, device):
     member = np.zeros((n_trials, repeats.n_stimuli + 1))
     member[repeats.trials, repeats.stimulus_of_trial] = 1.0
     member[:, -1] = 1.0                                         # the last column sums all trials
+    common = bool(np.all(weight == weight[0]))
     matrix, per_run, column = np.zeros_like(member), [], 0
     for ops in operators:
         width = ops.singular.numel()
         right = ops.right.double().cpu().numpy()                # W_r, (n_r, n_r), orthogonal
         rows = slice(column, column + width)
         matrix[rows] = right.T @ member[rows]
-        per_run.append((rows, torch.as_tensor(right.T @ (weight[rows, None] * right), dtype=dtype, device=device)))
+        if not common:
+            per_run.append((rows, torch.as_tensor(right.T @ (weight[rows, None] * right), dtype=dtype,
+                                                  device=device)))
         column += width
-    extra = float(weight[0]) if np.all(weight == weight[0]) else per_run
-    return torch.as_tensor(matrix, dtype=dtype, device=device), extra
+    return torch.as_tensor(matrix, dtype=dtype, device=device), float(weight[0]) if common else per_run
 
 
 def search_loss(operators: list[RunOperators], data_runs: list[torch.Tensor], repeats: RepeatStructure,
