@@ -7,6 +7,9 @@ whether the HRF choice, the number of PCs and the ridge fraction are equal in ev
 
     git archive integ | tar -x -C /tmp/integ-tree
     PYTHONPATH=$PWD nice -n 5 .venv/bin/python benchmarks/glm_same_betas.py /tmp/integ-tree $PWD --folder /tmp/same
+
+Other sessions: ``--sessions lib-nsd:20000 dg-high:4000 --seed 3`` (``lib-nsd`` reads GLMsingle's HRF table:
+``--glmsingle-python``).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ SESSIONS = (("dg-nsd", 20000), ("ours", 4000), ("dg-2rep", 4000))
 FIELDS = ("betas", "hrf_index", "n_pcs", "frac")
 
 
-def child(tree: str, folder: str, out: str) -> None:
+def child(tree: str, folder: str, out: str, sessions=SESSIONS) -> None:
     """Fit every session with the code of ``tree`` and save its outputs (runs in a fresh interpreter)."""
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[name] = "1"
@@ -37,7 +40,7 @@ def child(tree: str, folder: str, out: str) -> None:
     from bids_m2i.glm.estimate import estimate_single_trial_betas
 
     saved = {}
-    for name, n_voxels in SESSIONS:
+    for name, n_voxels in sessions:
         path = os.path.join(folder, f"{name}-{n_voxels}.npz")
         runs, trials = bench_glm._ours_inputs(bench_glm.load_session(path))
         result = estimate_single_trial_betas(runs, trials, method="fithrf-denoise-rr", n_threads=1)
@@ -50,10 +53,15 @@ def main(argv=None) -> int:
     parser.add_argument("before", help="root of the reference tree (e.g. branch integ, unpacked)")
     parser.add_argument("after", help="root of the tree to check")
     parser.add_argument("--folder", required=True, help="where the sessions and outputs are written")
+    parser.add_argument("--sessions", nargs="+", default=[f"{n}:{v}" for n, v in SESSIONS],
+                        help="generator:voxels of bench_glm.py (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--glmsingle-python", default=None, help="for lib-nsd (GLMsingle's HRF table)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    sessions = [(text.split(":")[0], int(text.split(":")[1])) for text in args.sessions]
     if args.child:
-        child(args.child, args.folder, os.path.join(args.folder, Path(args.child).name + ".npz"))
+        child(args.child, args.folder, os.path.join(args.folder, Path(args.child).name + ".npz"), sessions)
         return 0
 
     if Path(args.before).resolve().name == Path(args.after).resolve().name:
@@ -62,20 +70,22 @@ def main(argv=None) -> int:
     import bench_glm
 
     os.makedirs(args.folder, exist_ok=True)
-    for name, n_voxels in SESSIONS:
+    table = bench_glm.glmsingle_table(args.glmsingle_python) if args.glmsingle_python else None
+    for name, n_voxels in sessions:
         path = os.path.join(args.folder, f"{name}-{n_voxels}.npz")
-        if not os.path.exists(path):
-            bench_glm.save_session(bench_glm.make_session(name, n_voxels, 0, None), path)
+        if not os.path.exists(path):   # the folder holds one seed's sessions
+            bench_glm.save_session(bench_glm.make_session(name, n_voxels, args.seed, table), path)
     outputs = []
     for tree in (args.before, args.after):
         tree = str(Path(tree).resolve())
         env = dict(os.environ, PYTHONPATH=tree)
-        subprocess.run([sys.executable, __file__, tree, tree, "--folder", args.folder, "--child", tree],
+        subprocess.run([sys.executable, __file__, tree, tree, "--folder", args.folder, "--sessions", *args.sessions,
+                        "--child", tree],
                        check=True, env=env)
         outputs.append(np.load(os.path.join(args.folder, Path(tree).name + ".npz")))
     before, after = outputs
     same = True
-    for name, n_voxels in SESSIONS:
+    for name, n_voxels in sessions:
         reference = before[f"{name}/betas"]
         difference = float(np.abs(reference - after[f"{name}/betas"]).max() / reference.std())
         equal = {field: bool(np.array_equal(before[f"{name}/{field}"], after[f"{name}/{field}"]))

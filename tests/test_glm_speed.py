@@ -183,3 +183,97 @@ def test_gamma_pdf_equals_scipy_and_glm_imports_no_scipy():
     code = "import sys, bids_m2i.glm.estimate; print(any(m.startswith('scipy') for m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("design", ["uniform", "mixed"])
+@pytest.mark.parametrize("n_voxels", [5, 700])  # 700 voxels: several fraction batches (FRACTION_BATCH_ROWS)
+def test_pc_search_closed_form_loss_equals_ridge_cv_loss(dtype, design, n_voxels):
+    """fracridge.search_loss (the PC search's loss without forming the candidate betas) is ridge_cv_loss's
+    "consistency" loss: to float64 rounding, and to float32 rounding in single precision. ``mixed``: unrepeated
+    trials, stimuli with 2 and 3 showings (per-trial weights), a rank-deficient run."""
+    from bids_m2i.glm.fracridge import search_loss
+
+    rng = np.random.default_rng(7)
+    torch.manual_seed(7)
+    operators = []
+    for run in range(3):
+        trials = rng.standard_normal((40, 8))
+        if run == 1:
+            trials[:, -1] = trials[:, 0]                       # a non-estimable direction (singular value 0)
+        nuisance = np.column_stack([np.ones(40), np.linspace(-1, 1, 40)])
+        operators.append(RunOperators.build(trials, nuisance, dtype, torch.device("cpu")))
+    stimulus = np.array([f"s{i % 12}" for i in range(24)]).astype(object)
+    if design == "mixed":
+        stimulus[[0, 5]] = "n/a"
+        stimulus[7] = "s1"                                     # s1 shown 3 times, s7 once
+    repeats = RepeatStructure.from_labels(stimulus.astype(str))
+    assert (design == "uniform") == (np.unique(repeats.repeats_of_trial).size == 1)
+    signal = torch.randn(n_voxels, 1, dtype=dtype) * torch.randn(1, 24, dtype=dtype)
+    data_runs = []
+    for run, ops in enumerate(operators):
+        reduced = (ops.left * ops.singular) @ ops.right.T
+        data_runs.append(signal[:, run * 8:(run + 1) * 8] @ reduced.T + 2 * torch.randn(n_voxels, 40, dtype=dtype))
+    data_runs[0][0] = 0.0                                       # a voxel without signal in one run
+    direct = ridge_cv_loss(operators, data_runs, repeats, DEFAULT_FRACTIONS, "consistency")
+    fast = search_loss(operators, data_runs, repeats, DEFAULT_FRACTIONS)
+    rtol = 1e-10 if dtype == torch.float64 else 2e-5
+    assert torch.allclose(fast, direct, rtol=rtol, atol=rtol * float(direct.abs().max()))
+    # fraction 1 alone: the loss of the unregularised betas
+    assert torch.allclose(search_loss(operators, data_runs, repeats, (1.0,)),
+                          ridge_cv_loss(operators, data_runs, repeats, (1.0,)), rtol=rtol, atol=1e-12)
+
+
+def test_pc_search_count_and_scores_equal_the_direct_loss():
+    """The number of PCs and its scores are those of ridge_cv_loss on every kernel's own operators (the search's
+    operators are built for the search voxels' kernels only, and its loss in closed form)."""
+    from bids_m2i.glm import denoise
+    from bids_m2i.glm.design import build_run_designs
+    from bids_m2i.glm.model import SessionModel
+    from bids_m2i.glm.simulation import simulate_session
+    from bids_m2i.glm.solvers import percent_signal
+
+    rng = np.random.default_rng(4)
+    sim = simulate_session(n_voxels=120, n_runs=3, n_volumes=120, n_stimuli=20, n_repeats=3, seed=4)
+    designs, rows = build_run_designs(sim.runs, sim.trials, "polynomial", 0.01, None)
+    model = SessionModel(designs, with_library=True)
+    model.noise_pcs = [np.linalg.qr(rng.standard_normal((d.frame_times.size, 4)))[0] for d in designs]
+    data_runs = [percent_signal(run.data, torch.float32, torch.device("cpu"))[0] for run in sim.runs]
+    kernel_of_voxel = rng.choice([2, 5, 11, 17], 120)          # a few of the library's kernels
+    repeats = RepeatStructure.from_labels(rows["stimulus"].astype(str).to_numpy())
+    n_pcs, scores = denoise.choose_n_pcs(model, data_runs, kernel_of_voxel, len(rows), repeats, 4)
+
+    losses = []
+    for k in range(5):
+        loss = torch.zeros(120)
+        for kernel in np.unique(kernel_of_voxel):
+            index = torch.as_tensor(np.flatnonzero(kernel_of_voxel == kernel))
+            operators = [model.operators(run, int(kernel), k) for run in range(model.n_runs)]
+            loss[index] = ridge_cv_loss(operators, [d.index_select(0, index) for d in data_runs], repeats)
+        losses.append(loss)
+    reference = [float(torch.median(losses[0] - loss)) for loss in losses]
+    np.testing.assert_allclose(scores, reference, rtol=1e-3, atol=1e-6)
+    gains = np.asarray(reference)
+    assert n_pcs == (0 if gains.max() <= 0 else int(np.flatnonzero(gains >= 0.95 * gains.max())[0]))
+    # the search's own operators (some kernels, not cached) are the model's: same factorisation
+    model.forget()
+    some = model.some_operators(1, [5, 11], 2)
+    assert ("trials", 1, 5, 2) not in model._cache
+    for ops, kernel in zip(some, (5, 11)):
+        full = model.operators(1, kernel, 2)
+        for name in ("singular", "right", "left", "nuisance_basis"):
+            assert torch.allclose(getattr(ops, name), getattr(full, name), atol=1e-6)
+    assert model.some_operators(1, [5], 2)[0] is model.operators(1, 5, 2)   # read from the cache when there
+
+
+def test_fractional_ridge_without_fitted_gives_the_same_betas():
+    """The AR(1) path skips the explained sum of squares it discards (``with_fitted=False``): same outputs."""
+    rng = np.random.default_rng(2)
+    operators = _random_operators(rng)
+    repeats = RepeatStructure.from_labels(np.array([f"s{i % 12}" for i in range(24)]))
+    data_runs = [torch.randn(50, ops.left.shape[0]) for ops in operators]
+    with_fitted = fractional_ridge_cv(operators, data_runs, repeats)
+    without = fractional_ridge_cv(operators, data_runs, repeats, with_fitted=False)
+    assert without[3] is None and with_fitted[3] is not None
+    for a, b in zip(with_fitted[:3], without[:3]):
+        assert torch.equal(a, b)

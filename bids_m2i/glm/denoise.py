@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .fracridge import DEFAULT_FRACTIONS, ridge_cv_loss
+from .fracridge import DEFAULT_FRACTIONS, search_loss
 from .model import SessionModel
 from .reliability import RepeatStructure, leave_one_out_error
 
@@ -129,7 +129,8 @@ def choose_n_pcs(model: SessionModel, data_runs: list[torch.Tensor], kernel_of_v
 
     ``criterion="ridge"`` (default since issue 13's seventh pass): for each K, the loss of the betas the method
     returns — per voxel, the ridge stage's ``consistency`` loss at its best fraction
-    (:func:`~bids_m2i.glm.fracridge.ridge_cv_loss`); the score of K is the median over voxels of the loss
+    (:func:`~bids_m2i.glm.fracridge.ridge_cv_loss`, computed in closed form by
+    :func:`~bids_m2i.glm.fracridge.search_loss`); the score of K is the median over voxels of the loss
     decrease from K = 0, and K the smallest count reaching ``stop`` of the best decrease (0 when none
     decreases it). With the PCs of the ON-OFF residuals it lowered the demo's imagery decoding; with the
     default drift-free PCs and the pool by the R² beyond drift it is the count that holds on every GLM
@@ -212,9 +213,11 @@ def _choose_n_pcs_ridge(model, data_runs, kernel_of_voxel, repeats, max_pcs, sto
     losses = []
     for k in range(max_pcs + 1):
         loss = torch.zeros(n_voxels, dtype=data_runs[0].dtype, device=model.device)
-        for kernel, index, data in zip(kernels, groups, group_data):
-            operators = [model.operators(run, int(kernel), k) for run in range(model.n_runs)]
-            loss[index] = ridge_cv_loss(operators, data, repeats, fractions)
+        per_run = [model.some_operators(run, kernels, k) for run in range(model.n_runs)]
+        for g, (index, data) in enumerate(zip(groups, group_data)):
+            operators = [run_operators[g] for run_operators in per_run]
+            # ridge_cv_loss's "consistency" loss in closed form (fracridge.search_loss; same loss, faster)
+            loss[index] = search_loss(operators, data, repeats, fractions)
         losses.append(loss)
         if k:  # the final fit rebuilds the chosen count; keep the cache small meanwhile
             model.forget(n_pcs=k)

@@ -592,7 +592,7 @@ def _denoise_and_ridge(model, runs, chunks, load, betas, r2, hrf_index, n_pcs_ma
                 r2[columns] = r2_from(fitted, total.index_select(0, index)).cpu().numpy()
                 for in_bin, white_ops, white_data in whitened_bins(model, group_data, int(kernel), n_pcs, bins):
                     final, chosen, _, _ = fractional_ridge_cv(white_ops, white_data, repeats, fractions,
-                                                              ridge_criterion)
+                                                              ridge_criterion, with_fitted=False)
                     betas[:, columns[in_bin]] = final.T.cpu().numpy()
                     frac[columns[in_bin]] = chosen.cpu().numpy()
                 continue

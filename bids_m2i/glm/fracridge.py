@@ -86,14 +86,21 @@ def alphas_for_fraction(curve: torch.Tensor, grid: torch.Tensor, fraction) -> to
     return torch.where(curve[-1] > fraction, grid[-1].expand_as(alpha), alpha)
 
 
-def _ridge_path(operators, data_runs):
-    """Projections, OLS betas, explained sum of squares, and the fraction curve on the α grid."""
+def _ridge_path(operators, data_runs, with_fitted: bool = True):
+    """Projections, OLS betas, explained sum of squares (None without ``with_fitted``: it costs a product with
+    the nuisance basis per run), and the fraction curve on the α grid."""
     projections = [ops.project(data) for ops, data in zip(operators, data_runs)]
-    fitted = sum(ops.fitted_sum_of_squares(data, z) for ops, data, z in zip(operators, data_runs, projections))
+    fitted = (sum(ops.fitted_sum_of_squares(data, z) for ops, data, z in zip(operators, data_runs, projections))
+              if with_fitted else None)
     n_voxels = data_runs[0].shape[0]
     zeros = torch.zeros(n_voxels, dtype=data_runs[0].dtype, device=data_runs[0].device)
     ols = _ridge_betas(operators, projections, zeros)
+    curve, grid = _fraction_curve(operators, projections)
+    return projections, ols, fitted, curve, grid
 
+
+def _fraction_curve(operators, projections):
+    """The fraction curve ``|β(α)| / |β(0)|`` on the α grid, shape (n_alpha, n_voxels), and the grid."""
     grid = alpha_grid(operators)
     norm2 = 0
     for ops, z in zip(operators, projections):
@@ -102,7 +109,7 @@ def _ridge_path(operators, data_runs):
         coef = torch.where(denom > 0, s / torch.clamp(denom, min=1e-30), torch.zeros_like(denom))
         norm2 = norm2 + (coef * coef) @ (z * z).T                      # (n_alpha, n_voxels)
     curve = torch.sqrt(norm2 / torch.clamp(norm2[:1], min=1e-30))
-    return projections, ols, fitted, curve, grid
+    return curve, grid
 
 
 # Fractions are scored in batches: one torch call per step for many fractions instead of one per fraction
@@ -158,7 +165,7 @@ def ridge_cv_loss(operators: list[RunOperators], data_runs: list[torch.Tensor], 
     -------
     loss : Tensor, shape (n_voxels,)
     """
-    projections, ols, _, curve, grid = _ridge_path(operators, data_runs)
+    projections, ols, _, curve, grid = _ridge_path(operators, data_runs, with_fitted=False)
     best = _criterion(ols, ols, repeats, criterion)
     tried = [f for f in fractions if f < 1.0]
     if tried:
@@ -169,7 +176,7 @@ def ridge_cv_loss(operators: list[RunOperators], data_runs: list[torch.Tensor], 
 
 def fractional_ridge_cv(operators: list[RunOperators], data_runs: list[torch.Tensor],
                         repeats: RepeatStructure, fractions=DEFAULT_FRACTIONS,
-                        criterion: str = "consistency"):
+                        criterion: str = "consistency", with_fitted: bool = True):
     """Cross-validated fractional ridge with scale-and-offset, for voxels sharing one HRF.
 
     Parameters
@@ -185,9 +192,10 @@ def fractional_ridge_cv(operators: list[RunOperators], data_runs: list[torch.Ten
     fraction : Tensor, shape (n_voxels,)
     ols : Tensor, shape (n_voxels, n_trials)
     fitted : Tensor, shape (n_voxels,)
-        Explained sum of squares of the unregularised model.
+        Explained sum of squares of the unregularised model (None with ``with_fitted=False``: the AR(1) path
+        takes its R² from the unwhitened fit and does not need it).
     """
-    projections, ols, fitted, curve, grid = _ridge_path(operators, data_runs)
+    projections, ols, fitted, curve, grid = _ridge_path(operators, data_runs, with_fitted)
     n_voxels = data_runs[0].shape[0]
 
     best_error = _criterion(ols, ols, repeats, criterion)
@@ -212,3 +220,95 @@ def fractional_ridge_cv(operators: list[RunOperators], data_runs: list[torch.Ten
                         / torch.clamp(variance, min=1e-30), torch.zeros_like(variance))
     offset = ols.mean(1) - scale * best.mean(1)
     return scale[:, None] * best + offset[:, None], chosen, ols, fitted
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The PC search's loss in closed form (issue 13, speed)
+#
+# The search over the number of noise PCs (denoise.choose_n_pcs, criterion "ridge") needs, per voxel, only the
+# smallest "consistency" loss over the fractions; never the betas. That loss is a ratio of two quadratic forms
+# of the candidate betas b, so it can be computed from the rotated coefficients c_r = s/(s² + α) ⊙ z_r of each
+# run (b_r = c_r W_rᵀ) without forming b:
+#
+# * the leave-one-repeat-out error does not change when a constant is added to b (each repeat's prediction
+#   moves with it), so the centring only enters the denominator; and for a stimulus g shown n_g times, with
+#   sum S_g over its showings, the error is Σ_g [n_g²/(n_g−1)² Σ_{i∈g} b_i² − n_g/(n_g−1)² S_g²];
+# * |b − mean|² = |b|² − (Σ_i b_i)²/N, and |b_r|² = |c_r|² (W_r is orthogonal).
+#
+# S, Σ b and the weighted Σ b² are products of c_r with small fixed matrices (W_rᵀ G_r, W_rᵀ 1, W_rᵀ diag(ω) W_r,
+# G_r the run's trial-to-stimulus indicator): one GEMM of all runs' coefficients side by side (plus one per run
+# when the weights ω differ within it) instead of the rotation into trial space and the ten passes over the
+# (fraction, voxel, trial) rows that the direct loss makes. Same quantity up to float
+# rounding (the differences of sums round differently); the choice of K reads medians of it, and the final
+# betas never use it (tests/test_glm_speed.py compares it with ridge_cv_loss).
+
+def _consistency_matrices(operators, repeats: RepeatStructure, dtype, device):
+    """``(M, extra)``: ``c @ M`` gives ``[S (n_stimuli), Σ b]`` for the runs' coefficients side by side ``c``
+    (n_trials); ``extra`` is the common weight ω when every trial has the same one, else a list of
+    ``(columns, W_rᵀ diag(ω_r) W_r)`` per run (``c_r`` times it, dotted with ``c_r``, is ``Σ_{i∈r} ω_i b_i²``)."""
+    n_trials = sum(ops.singular.numel() for ops in operators)
+    weight = np.zeros(n_trials)                                 # ω_i = n_g² / (n_g − 1)², 0 if not repeated
+    weight[repeats.trials] = (repeats.repeats_of_trial / (repeats.repeats_of_trial - 1.0)) ** 2
+    member = np.zeros((n_trials, repeats.n_stimuli + 1))
+    member[repeats.trials, repeats.stimulus_of_trial] = 1.0
+    member[:, -1] = 1.0                                         # the last column sums all trials
+    common = bool(np.all(weight == weight[0]))
+    matrix, per_run, column = np.zeros_like(member), [], 0
+    for ops in operators:
+        width = ops.singular.numel()
+        right = ops.right.double().cpu().numpy()                # W_r, (n_r, n_r), orthogonal
+        rows = slice(column, column + width)
+        matrix[rows] = right.T @ member[rows]
+        if not common:
+            per_run.append((rows, torch.as_tensor(right.T @ (weight[rows, None] * right), dtype=dtype,
+                                                  device=device)))
+        column += width
+    return torch.as_tensor(matrix, dtype=dtype, device=device), float(weight[0]) if common else per_run
+
+
+def search_loss(operators: list[RunOperators], data_runs: list[torch.Tensor], repeats: RepeatStructure,
+                fractions=DEFAULT_FRACTIONS) -> torch.Tensor:
+    """:func:`ridge_cv_loss` with the ``"consistency"`` criterion, in closed form (see above): per voxel, the
+    smallest loss over the unregularised betas and the fractions below 1, shape (n_voxels,)."""
+    projections = [ops.project(data) for ops, data in zip(operators, data_runs)]
+    curve, grid = _fraction_curve(operators, projections)
+    n_voxels = projections[0].shape[0]
+    n_trials = sum(ops.singular.numel() for ops in operators)
+    dtype, device = projections[0].dtype, projections[0].device
+    matrix, extra = _consistency_matrices(operators, repeats, dtype, device)
+    # κ_g = n_g / (n_g − 1)² per stimulus
+    showings = np.bincount(repeats.stimulus_of_trial, minlength=repeats.n_stimuli).astype(float)
+    kappa = torch.as_tensor(showings / np.maximum(showings - 1.0, 1.0) ** 2, dtype=dtype, device=device)
+    tried = torch.tensor([f for f in fractions if f < 1.0], dtype=dtype, device=device)
+    per_batch = max(1, FRACTION_BATCH_ROWS // max(n_voxels, 1))
+    best = None
+    # rows of α: 0 (the unregularised betas) first, then the fractions below 1, a batch at a time
+    for start in range(-1, tried.numel(), per_batch):
+        parts = [torch.zeros(1, n_voxels, dtype=dtype, device=device)] if start < 0 else []
+        batch = tried[max(start, 0):start + per_batch]
+        if batch.numel():
+            parts.append(alphas_for_fraction(curve, grid, batch[:, None]))
+        alpha = torch.cat(parts) if len(parts) > 1 else parts[0]
+        coef = torch.empty(alpha.shape[0], n_voxels, n_trials, dtype=dtype, device=device)
+        column = 0
+        for ops, z in zip(operators, projections):      # c_r = s / (s² + α) ⊙ z_r, as _fraction_errors
+            s = ops.singular
+            view = coef[:, :, column:column + s.numel()]
+            torch.add(s * s, alpha[:, :, None], out=view)
+            view.clamp_(min=1e-30)
+            torch.div(s, view, out=view)
+            view.mul_(z[None])
+            column += s.numel()
+        coef = coef.reshape(-1, n_trials)
+        product = coef @ matrix                          # [S, Σ b] per (α, voxel) row
+        squares = torch.linalg.vector_norm(coef, dim=1).square_()        # |b|² = |c|²
+        if isinstance(extra, float):
+            weighted = extra * squares
+        else:
+            weighted = sum(((coef[:, rows] @ q) * coef[:, rows]).sum(1) for rows, q in extra)
+        stim_sum = product[:, :-1]
+        error = weighted - (stim_sum * stim_sum) @ kappa
+        variance = squares - product[:, -1] * product[:, -1] / n_trials
+        loss = (error / torch.clamp(variance, min=1e-30)).reshape(alpha.shape[0], n_voxels).min(0).values
+        best = loss if best is None else torch.minimum(best, loss)
+    return best

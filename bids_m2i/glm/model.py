@@ -73,6 +73,17 @@ class SessionModel:
                 self._cache[("trials", run, k, n_pcs)] = ops
         return self._cache[key]
 
+    def some_operators(self, run: int, kernels, n_pcs: int = 0) -> list[RunOperators]:
+        """The operators of some kernels only, for the search over the number of PCs (each count is tried once:
+        the kernels no search voxel uses are not factorised). Read from the cache when every kernel is there
+        (``n_pcs = 0`` after the HRF choice), else built and not cached: the final fit builds its own with
+        :meth:`operators`, so its betas do not depend on this."""
+        kernels = [int(k) for k in kernels]
+        if all(("trials", run, k, n_pcs) in self._cache for k in kernels):
+            return [self._cache[("trials", run, k, n_pcs)] for k in kernels]
+        basis, reduced = self._reduced_trials(run, n_pcs)
+        return stacked_operators(basis[kernels], reduced[kernels], self.dtype, self.device)
+
     def _reduced_trials(self, run: int, n_pcs: int):
         """Every kernel's nuisance basis (K, T, m) and trial regressors with it projected out (K, T, n)."""
         fixed = self.fixed_basis(run, n_pcs)
