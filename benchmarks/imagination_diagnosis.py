@@ -43,6 +43,8 @@ GLM_VARIANTS = {
     "no-ridge": {"fractions": (1.0,)},
     "fithrf": {"method": "fithrf"},
     "lsa": {"method": "lsa"},
+    "pool-reliable": {"pool_exclusion": "repeat-reliable"},
+    "pool-reliable-0.3": {"pool_exclusion": "repeat-reliable", "pool_alpha": 0.3},
 }
 
 
@@ -236,14 +238,22 @@ def run(dataset: Path, output: Path, work: Path, variants=(), subject: str = "01
             kwargs.update(_settings)
             return original(*args, **kwargs)
 
-        estimate.estimate_single_trial_betas = patched
+        pools = []
+        original_pool = estimate.noise_pool
+
+        def spy(onoff_r2, brain, threshold=None):  # the pool object itself: a pool exclusion edits it in place
+            pool, used = original_pool(onoff_r2, brain, threshold)
+            pools.append(pool)
+            return pool, used
+
+        estimate.estimate_single_trial_betas, estimate.noise_pool = patched, spy
         try:
             iface, _ = _node_interface(work, "imagery", **({"method": method} if method else {}))
             folder = scratch / f"glm-{name}"
             folder.mkdir(parents=True, exist_ok=True)
             iface.run(cwd=str(folder))
         finally:
-            estimate.estimate_single_trial_betas = original
+            estimate.estimate_single_trial_betas, estimate.noise_pool = original, original_pool
         new, new_trials = load_betas([str(folder / "statseries.nii.gz")], [str(folder / "events.tsv")], mask)
         if len(new) != n_imagery or not np.allclose(new_trials["onset"].astype(float),
                                                     trials["onset"].astype(float)[:n_imagery]):
@@ -251,7 +261,10 @@ def run(dataset: Path, output: Path, work: Path, variants=(), subject: str = "01
         replaced = betas.copy()
         replaced[:n_imagery] = new
         sidecar = json.loads((folder / "statseries.json").read_text())
-        row = {"n_pcs": sidecar.get("n_pcs"), "median_ridge_fraction": sidecar.get("median_ridge_fraction")}
+        row = {"n_pcs": sidecar.get("n_pcs"), "median_ridge_fraction": sidecar.get("median_ridge_fraction"),
+               "pool_voxels": int(pools[-1].sum()) if pools else None,
+               "visual_in_pool": int(pools[-1][columns[inside]].sum()) if pools else None,
+               "pool_exclusion": sidecar.get("noise_pool", {}).get("exclusion")}
         for cue, d in decode_groups(replaced).items():
             row["imagination" if cue == "text" else "memory"] = {
                 "twoway": twoway_identification(d["items"], d["targets"]),
@@ -284,7 +297,8 @@ def main(argv=None) -> int:
         print(f"noise pool, {task}: {pool['pool_voxels']} of {pool['brain_voxels']} brain voxels; "
               f"{pool['visual_in_pool']} of the {pool['visual_voxels']} simulated visual voxels are in it")
     for name, row in result["glm_variants"].items():
-        print(f"imagery GLM {name}: {row['n_pcs']} PCs, imagination {row['imagination']['twoway']:.3f} / "
+        print(f"imagery GLM {name}: {row['n_pcs']} PCs, pool {row['pool_voxels']} voxels "
+              f"({row['visual_in_pool']} simulated visual), imagination {row['imagination']['twoway']:.3f} / "
               f"{row['imagination']['pixcorr']:.3f}, memory {row['memory']['twoway']:.3f} / "
               f"{row['memory']['pixcorr']:.3f}")
     if args.json:

@@ -77,6 +77,64 @@ def noise_pool(onoff_r2: np.ndarray, brain: np.ndarray, r2_threshold: float | No
     return brain & (onoff_r2 < r2_threshold), float(r2_threshold)
 
 
+#: how the noise pool may leave out stimulus-driven voxels (``pool_exclusion`` of the estimator)
+POOL_EXCLUSIONS = ("none", "repeat-reliable")
+
+
+def repeat_f(betas: torch.Tensor, repeats: RepeatStructure, stimulus_of_trial=None) -> torch.Tensor:
+    """Per voxel, the one-way ANOVA ratio of the repeated trials' betas: variance between stimuli (of the stimulus
+    means) over variance within stimuli (across a stimulus' repeats), shape (n_voxels,).
+
+    A voxel whose betas differ by stimulus and agree across repeats scores high; a common response to every trial
+    (the ON response) cancels (it moves every stimulus mean alike). ``stimulus_of_trial`` replaces the repeats'
+    labels (a permutation of them gives the null distribution)."""
+    stim = torch.as_tensor(repeats.stimulus_of_trial if stimulus_of_trial is None else stimulus_of_trial,
+                           device=betas.device)
+    x = betas.index_select(1, torch.as_tensor(repeats.trials, device=betas.device)).double()
+    x = x - x.mean(1, keepdim=True)
+    counts = torch.bincount(stim, minlength=repeats.n_stimuli).double()
+    sums = torch.zeros(x.shape[0], repeats.n_stimuli, dtype=x.dtype, device=x.device).index_add_(1, stim, x)
+    between = (sums * sums / counts).sum(1)          # Σ_s n_s m_s² (the grand mean is 0)
+    within = torch.clamp((x * x).sum(1) - between, min=1e-30)
+    n, s = x.shape[1], repeats.n_stimuli
+    return (between / (s - 1)) / (within / (n - s))
+
+
+def reliable_in_pool(betas_of_chunks, repeats: RepeatStructure, alpha: float = 0.05, n_permutations: int = 20,
+                     seed: int = 0):
+    """Which pool voxels respond to the stimulus reliably across repeats (``pool_exclusion="repeat-reliable"``).
+
+    ``betas_of_chunks``: an iterable of the pool voxels' OLS single-trial betas, (n_voxels_chunk, n_trials) each,
+    in pool order. The null distribution of :func:`repeat_f` comes from ``n_permutations`` shuffles of the
+    stimulus labels among the repeated trials (one shuffle for all voxels), pooled over the pool's voxels; a
+    voxel is stimulus-driven when its ratio exceeds the null's ``1 - alpha`` quantile. The pool's premise (a low
+    ON-OFF R² means no signal) fails where responses are stimulus-specific and weak (imagery): such voxels'
+    PCs carry the signal the PC regressors then take out of every voxel (docs/decoding.md, the imagination
+    diagnosis). The null is calibrated by the permutation, not by the F distribution: single-trial betas of
+    overlapping responses and autocorrelated noise are not independent.
+
+    Returns
+    -------
+    reliable : ndarray of bool, shape (n_pool_voxels,)
+    info : dict (threshold, numbers)
+    """
+    rng = np.random.default_rng(seed)
+    shuffles = [rng.permutation(repeats.stimulus_of_trial) for _ in range(n_permutations)]
+    observed, null = [], []
+    for betas in betas_of_chunks:
+        observed.append(repeat_f(betas, repeats).cpu().numpy())
+        null.append(np.stack([repeat_f(betas, repeats, s).cpu().numpy() for s in shuffles]).ravel())
+    observed = np.concatenate(observed) if observed else np.zeros(0)
+    null = np.concatenate(null) if null else np.zeros(0)
+    threshold = float(np.quantile(null, 1.0 - alpha)) if null.size else np.inf
+    reliable = observed > threshold
+    return reliable, {"rule": "repeat-reliable", "statistic": "between/within-stimulus variance ratio of the "
+                      "repeated trials' OLS betas (assumed K = 0 PCs, each voxel's HRF)",
+                      "null": f"{n_permutations} shuffles of the stimulus labels, pooled over the pool's voxels",
+                      "alpha": alpha, "threshold": threshold, "n_excluded": int(reliable.sum()),
+                      "expected_by_chance": round(alpha * observed.size, 1)}
+
+
 class NoisePCAccumulator:
     """Temporal Gram matrices of the noise pool's residuals, per run, accumulated over voxel chunks."""
 

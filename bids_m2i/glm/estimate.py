@@ -16,8 +16,8 @@ import pandas as pd
 import torch
 
 from ..errors import BadDataError, UsageError
-from .denoise import (NoisePCAccumulator, brain_voxels, choose_n_pcs, drift_residuals, noise_pool,
-                      onoff_residuals, signal_voxel_sample)
+from .denoise import (POOL_EXCLUSIONS, NoisePCAccumulator, _ols_trial_betas, brain_voxels, choose_n_pcs,
+                      drift_residuals, noise_pool, onoff_residuals, reliable_in_pool, signal_voxel_sample)
 from .design import RunData, build_run_designs, polynomial_degree
 from .fithrf import (HRF_NOISE_CORRECTION, NoiseExplainedByKernel, drift_sum_of_squares, grouped_trial_betas,
                      library_fitted_ss, r2_beyond_drift, r2_from, total_sum_of_squares)
@@ -161,7 +161,8 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
                                 noise_model: str = "auto",
                                 hrf_noise_correction: float = HRF_NOISE_CORRECTION,
                                 selection_r2: str = "beyond-drift",
-                                pc_source: str = "drift-residuals") -> GLMResult:
+                                pc_source: str = "drift-residuals", pool_exclusion: str = "none",
+                                pool_alpha: float = 0.05) -> GLMResult:
     """Single-trial betas of one task of one session, all runs modelled together.
 
     Parameters
@@ -245,6 +246,14 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
         the count fell to 0-1 PCs on ``nsd-session``; with the ridge-loss count the three defaults together
         pass the benchmark's rule (docs/glm.md, "The noise pool's R² and the PCs' source" and "The number of
         PCs by the ridge stage's loss").
+    pool_exclusion : {"none", "repeat-reliable"}
+        ``"repeat-reliable"``: pool voxels whose OLS betas (0 PCs) differ by stimulus reliably across repeats
+        leave the noise pool (:func:`~bids_m2i.glm.denoise.reliable_in_pool`: between/within-stimulus variance
+        ratio above its permutation null's ``1 - pool_alpha`` quantile). Imagery responses are weak and
+        stimulus-specific, so the ON-OFF R² leaves most visual voxels in the pool and its PCs carry imagery signal
+        (docs/decoding.md, "A noise pool without stimulus-driven voxels").
+    pool_alpha : float
+        The rule's false-exclusion rate among pure-noise voxels (0 < pool_alpha < 1).
 
     Returns
     -------
@@ -273,6 +282,10 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
         raise UsageError(f"Unknown pc_source {pc_source!r}", hint="use 'onoff-residuals' or 'drift-residuals'")
     if selection_r2 not in ("beyond-drift", "with-drift"):
         raise UsageError(f"Unknown selection_r2 {selection_r2!r}", hint="use 'beyond-drift' or 'with-drift'")
+    if pool_exclusion not in POOL_EXCLUSIONS:
+        raise UsageError(f"Unknown pool_exclusion {pool_exclusion!r}", hint=f"use one of {', '.join(POOL_EXCLUSIONS)}")
+    if not 0.0 < pool_alpha < 1.0:
+        raise UsageError(f"pool_alpha must be between 0 and 1, got {pool_alpha!r}", hint="e.g. 0.05")
     if noise_model not in ("auto", "ols", "ar1"):
         raise UsageError(f"Unknown noise_model {noise_model!r}", hint="use 'auto', 'ols' or 'ar1'")
     if noise_model == "auto":
@@ -414,7 +427,8 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
                 model, runs, chunks, load, betas, r2, hrf_index, n_pcs_map, frac, onoff_r2, intensity,
                 repeats, n_trials, data_units, brain_threshold, noise_pool_r2, max_pcs, max_pc_voxels,
                 fractions, seed, ridge_criterion, pc_criterion, ar1 if noise_model == "ar1" else None,
-                pc_search=(pc_search_hrf, pc_search_r2), pc_source=pc_source)
+                pc_search=(pc_search_hrf, pc_search_r2), pc_source=pc_source,
+                pool_exclusion=(pool_exclusion, pool_alpha))
 
         if zscore:
             for voxels in chunks:
@@ -525,10 +539,27 @@ PC_SCORES = {
 }
 
 
+def _exclude_reliable(model, chunks, load, pool, hrf_index, n_trials, repeats, alpha, seed) -> dict:
+    """``pool_exclusion="repeat-reliable"``: drop the pool's stimulus-driven voxels from ``pool`` (in place)."""
+    if repeats.n_stimuli < 3 or repeats.trials.size <= repeats.n_stimuli:
+        return {"rule": "repeat-reliable", "skipped": f"{repeats.n_stimuli} repeated stimuli (< 3)"}
+    where = [np.arange(v.start, v.stop)[pool[v]] for v in chunks]
+
+    def pool_betas():
+        for columns in where:
+            if columns.size:
+                data_runs, _ = load(columns)
+                yield _ols_trial_betas(model, data_runs, hrf_index[columns], n_trials, 0)
+
+    reliable, info = reliable_in_pool(pool_betas(), repeats, alpha, seed=seed)
+    pool[np.concatenate(where)[reliable]] = False
+    return info
+
+
 def _denoise_and_ridge(model, runs, chunks, load, betas, r2, hrf_index, n_pcs_map, frac, onoff_r2, intensity,
                        repeats, n_trials, data_units, brain_threshold, noise_pool_r2, max_pcs, max_pc_voxels,
                        fractions, seed, ridge_criterion="consistency", pc_criterion="ridge",
-                       ar1=None, pc_search=None, pc_source="drift-residuals") -> dict:
+                       ar1=None, pc_search=None, pc_source="drift-residuals", pool_exclusion=("none", 0.05)) -> dict:
     """GLMdenoise PCs, their number by cross-validation, then cross-validated fractional ridge (in place).
 
     ``pc_search``: (HRF index, R²) per voxel for the search over the number of PCs (default: ``hrf_index``,
@@ -545,6 +576,14 @@ def _denoise_and_ridge(model, runs, chunks, load, betas, r2, hrf_index, n_pcs_ma
             "noise_pool": {"n_voxels": int(pool.sum()), "onoff_r2_threshold": pool_threshold,
                            "brain_threshold": {"percentile": brain_threshold[0], "fraction": brain_threshold[1],
                                                "applied": data_units == "raw"}}}
+    # the voxels that choose the number of PCs are drawn outside the ON-OFF pool, with or without the exclusion
+    # below: the rule changes where the PCs come from, not who judges them
+    outside_pool = brain & ~pool
+    rule, alpha = pool_exclusion
+    if rule == "repeat-reliable" and max_pcs > 0:
+        info["noise_pool"]["exclusion"] = _exclude_reliable(model, chunks, load, pool, hrf_index, n_trials,
+                                                            repeats, alpha, seed)
+        info["noise_pool"]["n_voxels"] = int(pool.sum())
     n_pcs = 0
     min_pool = max(3 * max_pcs, 50)
     if max_pcs > 0 and pool.sum() >= min_pool:
@@ -560,7 +599,7 @@ def _denoise_and_ridge(model, runs, chunks, load, betas, r2, hrf_index, n_pcs_ma
         model.noise_pcs = accumulator.components(max_pcs)
 
         # voxels that carry signal choose the number of PCs
-        candidates = signal_voxel_sample(search_r2, brain, max_pc_voxels, seed, eligible=brain & ~pool)
+        candidates = signal_voxel_sample(search_r2, brain, max_pc_voxels, seed, eligible=outside_pool)
         data_runs, _ = load(candidates)
         n_pcs, scores = choose_n_pcs(model, data_runs, search_hrf[candidates], n_trials, repeats, max_pcs,
                                      criterion=pc_criterion, fractions=fractions)
