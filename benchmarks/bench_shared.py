@@ -249,14 +249,18 @@ def main(argv=None):
     for name, rows in subsets.items():
         own = BrainDecoder("ridge", device="cpu", n_threads=args.threads).fit(betas[rows], feats[rows],
                                                                              labels=stim[rows])
-        shared = fit_new_participant(model, betas[rows], feats[rows], stim[rows], n_threads=args.threads)
-        decoders = [("own ridge", own.predict, own), ("shared", shared.predict, shared)]
-        # the same map, imagery items by the mean of its and the own-data ridge's patterns (imagery="ensemble")
+        # the map for every item; the default (imagery="ensemble") is the row after, made from the same two fits
+        shared = fit_new_participant(model, betas[rows], feats[rows], stim[rows], n_threads=args.threads,
+                                     imagery="map")
+        decoders = [("own ridge", own.predict, own), ("shared, imagery by the map", shared.predict, shared)]
+        # the same map, imagery items by the mean of its and the own-data ridge's patterns (imagery="ensemble",
+        # the default)
         ensemble = copy.copy(shared)
         ensemble.own, ensemble.imagery = own, "ensemble"
-        decoders.append(("shared, imagery ensemble", ensemble.predict, ensemble))
+        decoders.append(("shared (default: imagery ensemble)", ensemble.predict, ensemble))
         if inverted is not None:
-            inv = fit_new_participant(inverted, betas[rows], feats[rows], stim[rows], n_threads=args.threads)
+            inv = fit_new_participant(inverted, betas[rows], feats[rows], stim[rows], n_threads=args.threads,
+                                      imagery="map")
             decoders.append(("shared, inverted encoding map", inv.predict, inv))
         for setting, (make, _) in srm.items():
             decoders.append((f"SRM {setting}", make(betas[rows], feats[rows], stim[rows]), own))

@@ -137,16 +137,16 @@ def test_pixels_and_clip_shared_decoders(group_model, tiny_full_run, tmp_path):
 
 
 def test_shared_imagery_option_is_recorded_in_the_model(group_model, tiny_full_run, tmp_path):
-    """--shared-imagery ensemble (group level) reaches the model file; the default is the map."""
+    """--shared-imagery map (group level) reaches the model file; the default is the ensemble."""
     default = json.loads(group_model["model"].with_suffix(".json").read_text())
-    assert default["Settings"]["imagery"] == "map"
+    assert default["Settings"]["imagery"] == "ensemble"
     out = tmp_path / "out"
     shutil.copytree(group_model["out"], out)
     shutil.rmtree(out / "group")
     code = run_cli([str(tiny_full_run["bids"]), str(out), "group", "-w", str(tmp_path / "work"),
-                    "--train-shared-decoder", "--shared-imagery", "ensemble", "--participant-label", "02", "03",
+                    "--train-shared-decoder", "--shared-imagery", "map", "--participant-label", "02", "03",
                     "--skip-bids-validation"])
     assert code == 0
     meta = json.loads((out / "group" / "decoding" / "desc-sharedpixels_model.json").read_text())
-    assert meta["Settings"]["imagery"] == "ensemble"
+    assert meta["Settings"]["imagery"] == "map"
     assert run_cli([str(tiny_full_run["bids"]), str(out), "group", "--shared-imagery", "mean"]) == 64
