@@ -171,6 +171,8 @@ def main(argv=None):
     parser.add_argument("--inversion", action="store_true",
                         help="also the shared decoder whose participant map inverts an encoding model")
     parser.add_argument("--subsets", nargs="*", default=None, help="only these training subsets (e.g. '2 runs')")
+    parser.add_argument("--leave-out", default=None,
+                        help="the participant left out of the group and decoded (default: the last one)")
     args = parser.parse_args(argv)
 
     from bids_m2i.decoding.decoder import BrainDecoder, rescale_to_training
@@ -190,8 +192,11 @@ def main(argv=None):
     else:
         data = {label: load_participant(args.dataset, label, args.noise, args.noise_voxels, rng, work)
                 for label in labels}
+    left_out = args.leave_out or labels[-1]
+    if left_out not in labels:
+        parser.error(f"--leave-out {left_out}: not one of {labels}")
     group = []
-    for label in labels[:-1]:
+    for label in [lab for lab in labels if lab != left_out]:
         trials, betas, feats = data[label]
         split = split_trials(trials, seed=0)
         group.append(ParticipantData(label, betas[split.train], feats[split.train],
@@ -211,7 +216,7 @@ def main(argv=None):
         srm[setting] = srm_decoder(group, voxels, reduced, k)
         print(f"SRM {setting}: inter-subject correlation of the aligned responses {srm[setting][1]:.3f}")
 
-    trials, betas, feats = data[labels[-1]]
+    trials, betas, feats = data[left_out]
     split = split_trials(trials, seed=0)
     stim = trials["stimulus"].to_numpy()
     run = trials["run"].astype(str).str.zfill(2).to_numpy()

@@ -83,8 +83,8 @@ PARTICIPANT_MAPS = ("ridge", "inversion")
 #: perception) or ``ensemble`` (the default: the mean of the shared map's and an own-data ridge's decoded
 #: patterns, each of unit norm about the training mean). Held-out perception items always use the shared map.
 #: ``ensemble`` is the default since issue 15's fourth pass: against the map it raised imagery-from-memory two-way
-#: on 11 of 13 left-out participants of the 20-item check (seeds 0, 1, 3, 7, fresh 11; 1 level, 1 down, mean
-#: +0.012) and kept it near or above the own-data decoder where the map alone fell behind (docs/decoding.md,
+#: on 13 of 15 left-out participants of the 20-item check (seeds 0, 1, 3, 7, fresh 11; 1 level, 1 down, mean
+#: +0.013) and kept it near or above the own-data decoder where the map alone fell behind (docs/decoding.md,
 #: "The margin per participant"). ``train_shared_model(imagery=...)`` / ``--shared-imagery`` choose; recorded in ``Settings``.
 IMAGERY_RULES = ("map", "ensemble")
 DEFAULT_IMAGERY = "ensemble"
