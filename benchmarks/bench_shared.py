@@ -171,6 +171,8 @@ def main(argv=None):
     parser.add_argument("--inversion", action="store_true",
                         help="also the shared decoder whose participant map inverts an encoding model")
     parser.add_argument("--subsets", nargs="*", default=None, help="only these training subsets (e.g. '2 runs')")
+    parser.add_argument("--leave-out", default=None,
+                        help="the participant left out of the group and decoded (default: the last one)")
     args = parser.parse_args(argv)
 
     from bids_m2i.decoding.decoder import BrainDecoder, rescale_to_training
@@ -190,8 +192,11 @@ def main(argv=None):
     else:
         data = {label: load_participant(args.dataset, label, args.noise, args.noise_voxels, rng, work)
                 for label in labels}
+    left_out = args.leave_out or labels[-1]
+    if left_out not in labels:
+        parser.error(f"--leave-out {left_out}: not one of {labels}")
     group = []
-    for label in labels[:-1]:
+    for label in [lab for lab in labels if lab != left_out]:
         trials, betas, feats = data[label]
         split = split_trials(trials, seed=0)
         group.append(ParticipantData(label, betas[split.train], feats[split.train],
@@ -211,7 +216,7 @@ def main(argv=None):
         srm[setting] = srm_decoder(group, voxels, reduced, k)
         print(f"SRM {setting}: inter-subject correlation of the aligned responses {srm[setting][1]:.3f}")
 
-    trials, betas, feats = data[labels[-1]]
+    trials, betas, feats = data[left_out]
     split = split_trials(trials, seed=0)
     stim = trials["stimulus"].to_numpy()
     run = trials["run"].astype(str).str.zfill(2).to_numpy()
@@ -249,14 +254,18 @@ def main(argv=None):
     for name, rows in subsets.items():
         own = BrainDecoder("ridge", device="cpu", n_threads=args.threads).fit(betas[rows], feats[rows],
                                                                              labels=stim[rows])
-        shared = fit_new_participant(model, betas[rows], feats[rows], stim[rows], n_threads=args.threads)
-        decoders = [("own ridge", own.predict, own), ("shared", shared.predict, shared)]
-        # the same map, imagery items by the mean of its and the own-data ridge's patterns (imagery="ensemble")
+        # the map for every item; the default (imagery="ensemble") is the row after, made from the same two fits
+        shared = fit_new_participant(model, betas[rows], feats[rows], stim[rows], n_threads=args.threads,
+                                     imagery="map")
+        decoders = [("own ridge", own.predict, own), ("shared, imagery by the map", shared.predict, shared)]
+        # the same map, imagery items by the mean of its and the own-data ridge's patterns (imagery="ensemble",
+        # the default)
         ensemble = copy.copy(shared)
         ensemble.own, ensemble.imagery = own, "ensemble"
-        decoders.append(("shared, imagery ensemble", ensemble.predict, ensemble))
+        decoders.append(("shared (default: imagery ensemble)", ensemble.predict, ensemble))
         if inverted is not None:
-            inv = fit_new_participant(inverted, betas[rows], feats[rows], stim[rows], n_threads=args.threads)
+            inv = fit_new_participant(inverted, betas[rows], feats[rows], stim[rows], n_threads=args.threads,
+                                      imagery="map")
             decoders.append(("shared, inverted encoding map", inv.predict, inv))
         for setting, (make, _) in srm.items():
             decoders.append((f"SRM {setting}", make(betas[rows], feats[rows], stim[rows]), own))

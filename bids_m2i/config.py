@@ -148,6 +148,11 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "per --target on every selected participant's betas (run `participant --stop-after glm` first); "
                "writes OUT/group/decoding/desc-shared<target>_model.safetensors (see docs/decoding.md).",
                ("--train-shared-decoder", "--train_shared_decoder")),
+    OptionSpec("shared_imagery", "decoding", "choice", "ensemble", "Group level, with --train-shared-decoder: how a "
+               "participant fitted on the shared decoder decodes imagery items. `map`: its map into the shared space, "
+               "as for perception; `ensemble`: the mean of that map's and an own-data ridge's decoded patterns "
+               "(fitted on the same trials; see docs/decoding.md). Recorded in the model file; held-out perception "
+               "items always use the map.", ("--shared-imagery", "--shared_imagery"), choices=("map", "ensemble")),
     OptionSpec("shared_decoder", "decoding", "paths", [], "Participant level: decode with this shared decoder "
                "(one file per --target, from the group level), fitting only the participant's own map into its "
                "shared space on the participant's training trials.", ("--shared-decoder", "--shared_decoder"),

@@ -244,8 +244,7 @@ def test_imagery_items_are_the_ensemble_of_the_shared_map_and_the_own_data_ridge
     import copy
 
     model, new = copy.copy(planted["model"]), planted["new"]
-    assert model.settings["imagery"] == "map"  # the default
-    model.settings = {**model.settings, "imagery": "ensemble"}  # as train_shared_model(imagery="ensemble")
+    assert model.settings["imagery"] == "ensemble"  # the default
     decoder = fit_new_participant(model, new["train_betas"], new["train_features"], n_threads=1)
     assert decoder.imagery == "ensemble" and decoder.info["imagery"] == "ensemble"
     own = BrainDecoder("ridge", device="cpu", n_threads=1).fit(new["train_betas"], new["train_features"])
@@ -265,7 +264,9 @@ def test_imagery_items_are_the_ensemble_of_the_shared_map_and_the_own_data_ridge
         direction, axis=1)
     np.testing.assert_allclose(cos, 1.0, atol=1e-5)
 
-    model_path = planted["model"].save(tmp_path / "desc-sharedpixels_model.safetensors")  # its setting: map
+    map_model = copy.copy(planted["model"])
+    map_model.settings = {**map_model.settings, "imagery": "map"}  # as train_shared_model(imagery="map")
+    model_path = map_model.save(tmp_path / "desc-sharedpixels_model.safetensors")
     saved = decoder.save(tmp_path / "decoder-pixels.safetensors")
     loaded = load_decoder(saved, shared_decoders=[model_path])  # the participant's file decides
     assert loaded.imagery == "ensemble" and loaded.own is not None
@@ -275,14 +276,19 @@ def test_imagery_items_are_the_ensemble_of_the_shared_map_and_the_own_data_ridge
 
 
 def test_participant_files_without_an_own_decoder_decode_imagery_with_the_map(planted, tmp_path):
-    """A participant file written before the ensemble (no own-data arrays, no ``own_decoder`` in its sidecar)
-    and a model that asks for ``imagery="map"`` (the default) decode every item with the shared map."""
+    """A participant file written before the ensemble (no own-data arrays, no ``own_decoder`` in its sidecar),
+    a model that asks for ``imagery="map"`` and a model written before the setting existed decode every item
+    with the shared map."""
+    import copy
     import json
 
     from bids_m2i.decoding.stage_files import load_decoder
 
-    model, new = planted["model"], planted["new"]
+    model, new = copy.copy(planted["model"]), planted["new"]
+    model.settings = {**model.settings, "imagery": "map"}
     model_path = model.save(tmp_path / "desc-sharedpixels_model.safetensors")
+    assert fit_new_participant(SharedModel.load(model_path), new["train_betas"], new["train_features"],
+                               n_threads=1).own is None
     decoder = fit_new_participant(model, new["train_betas"], new["train_features"], n_threads=1,
                                   imagery="ensemble")
     decoder.own, decoder.imagery = None, "map"  # as fitted before the setting existed

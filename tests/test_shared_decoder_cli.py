@@ -134,3 +134,19 @@ def test_pixels_and_clip_shared_decoders(group_model, tiny_full_run, tmp_path):
     assert run_cli(args + ["--shared-decoder", str(group_model["model"]), str(clip_model)]) == 0
     for target in ("pixels", "clip"):
         assert (decoded / "sub-01" / "decoding" / f"sub-01_desc-{target}shared_model.safetensors").exists()
+
+
+def test_shared_imagery_option_is_recorded_in_the_model(group_model, tiny_full_run, tmp_path):
+    """--shared-imagery map (group level) reaches the model file; the default is the ensemble."""
+    default = json.loads(group_model["model"].with_suffix(".json").read_text())
+    assert default["Settings"]["imagery"] == "ensemble"
+    out = tmp_path / "out"
+    shutil.copytree(group_model["out"], out)
+    shutil.rmtree(out / "group")
+    code = run_cli([str(tiny_full_run["bids"]), str(out), "group", "-w", str(tmp_path / "work"),
+                    "--train-shared-decoder", "--shared-imagery", "map", "--participant-label", "02", "03",
+                    "--skip-bids-validation"])
+    assert code == 0
+    meta = json.loads((out / "group" / "decoding" / "desc-sharedpixels_model.json").read_text())
+    assert meta["Settings"]["imagery"] == "map"
+    assert run_cli([str(tiny_full_run["bids"]), str(out), "group", "--shared-imagery", "mean"]) == 64

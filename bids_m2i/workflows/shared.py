@@ -147,7 +147,7 @@ def run_shared_training(config, work_dir: Path) -> list[Path]:
         top_k = "auto" if config.top_k_voxels is None else (config.top_k_voxels or None)
         model = train_shared_model(data[target], target, feature_info=infos[target], top_k=top_k,
                                    seed=config.seed, device="cpu" if config.device == "auto" else config.device,
-                                   n_threads=config.n_threads)
+                                   n_threads=config.n_threads, imagery=config.shared_imagery)
         model.settings["glm"] = config.glm
         model.info["missing_participants"] = missing
         # which trials: each participant's statseries (the rows are its training perception trials, split as
