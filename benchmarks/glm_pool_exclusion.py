@@ -28,13 +28,12 @@ import bench_glm  # noqa: E402
 RULES = ("none", "repeat-reliable")
 
 
-def run_one(session: dict, rule: str, threads: int = 1) -> dict:
-    import torch
+def fit_with_pool_spy(runs, trials, rule: str, **options):
+    """The engine's fit with ``pool_exclusion=rule``, and the noise pool before and after the exclusion.
 
+    The exclusion edits the pool in place, so both are copied as the engine passes them."""
     from bids_m2i.glm import estimate
 
-    torch.set_num_threads(threads)
-    runs, trials = bench_glm._ours_inputs(session)
     seen = {}
     original_pool, original_exclude = estimate.noise_pool, estimate._exclude_reliable
 
@@ -50,13 +49,21 @@ def run_one(session: dict, rule: str, threads: int = 1) -> dict:
 
     estimate.noise_pool, estimate._exclude_reliable = spy_pool, spy_exclude
     try:
-        start = time.perf_counter()
-        result = estimate.estimate_single_trial_betas(runs, trials, pool_exclusion=rule, n_threads=threads)
-        elapsed = time.perf_counter() - start
+        result = estimate.estimate_single_trial_betas(runs, trials, pool_exclusion=rule, **options)
     finally:
         estimate.noise_pool, estimate._exclude_reliable = original_pool, original_exclude
+    return result, seen["before"], seen.get("after", seen["before"])
+
+
+def run_one(session: dict, rule: str, threads: int = 1) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    runs, trials = bench_glm._ours_inputs(session)
+    start = time.perf_counter()
+    result, before, after = fit_with_pool_spy(runs, trials, rule, n_threads=threads)
+    elapsed = time.perf_counter() - start
     responsive = session["responsive"]
-    before, after = seen["before"], seen.get("after", seen["before"])
     meta = result.metadata
     return {"rule": rule, "r_trial": float(np.median(bench_glm.r_trial(result.betas, session["true_betas"],
                                                                           responsive))),

@@ -13,6 +13,7 @@ from bids_m2i.glm.design import build_run_designs
 from bids_m2i.glm.model import SessionModel
 from bids_m2i.glm.reliability import RepeatStructure
 from bids_m2i.glm.simulation import simulate_session
+from helpers import import_benchmark
 
 torch.set_num_threads(1)
 
@@ -70,28 +71,12 @@ def _imagery_like_session(seed=5):
 
 @pytest.fixture(scope="module")
 def pools():
+    bench = import_benchmark("glm_pool_exclusion")
     sim, silent = _imagery_like_session()
     out = {}
     for rule in ("none", "repeat-reliable"):
-        seen = {}
-        original_pool, original_exclude = estimate.noise_pool, estimate._exclude_reliable
-
-        def spy_pool(onoff_r2, brain, threshold=None):
-            pool, value = original_pool(onoff_r2, brain, threshold)
-            seen["before"] = pool.copy()  # the exclusion edits the pool in place
-            return pool, value
-
-        def spy_exclude(model, chunks, load, pool, *args):
-            info = original_exclude(model, chunks, load, pool, *args)
-            seen["after"] = pool.copy()
-            return info
-
-        estimate.noise_pool, estimate._exclude_reliable = spy_pool, spy_exclude
-        try:
-            result = estimate.estimate_single_trial_betas(sim.runs, sim.trials, pool_exclusion=rule)
-        finally:
-            estimate.noise_pool, estimate._exclude_reliable = original_pool, original_exclude
-        out[rule] = (seen["before"], seen.get("after", seen["before"]), result.metadata)
+        result, before, after = bench.fit_with_pool_spy(sim.runs, sim.trials, rule)
+        out[rule] = (before, after, result.metadata)
     return sim, silent, out
 
 
