@@ -299,14 +299,14 @@ def available_memory_gb() -> float:
 # --- config file -----------------------------------------------------------------------------------------
 def read_config_file(path: Path) -> dict[str, Any]:
     """Read a TOML config file into ``{option_name: value}``; unknown keys or wrong types -> UsageError."""
-    import tomllib
+    from bids_m2i.utils import tomlread
 
     try:
         with open(path, "rb") as fh:
-            raw = tomllib.load(fh)
+            raw = tomlread.load(fh)
     except FileNotFoundError as exc:
         raise UsageError(f"Config file not found: {path}", path=path, hint="check the --config path") from exc
-    except tomllib.TOMLDecodeError as exc:
+    except tomlread.TOMLDecodeError as exc:
         raise UsageError(f"Config file {path} is not valid TOML: {exc}", path=path,
                          hint="fix the line named (TOML: key = value, strings in quotes; see docs/usage.md) "
                          "or start from a logs/config-*.toml that m2i wrote") from exc

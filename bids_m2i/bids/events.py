@@ -25,7 +25,6 @@ import math
 import os
 import re
 import statistics
-import tomllib
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
@@ -36,6 +35,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 
 from ..errors import BadDataError, InputMissingError, UsageError
+from ..utils import tomlread
 from .stimuli import (
     NA,
     find_with_other_extension,
@@ -447,10 +447,10 @@ def _parse_task_tables(doc: Mapping[str, Any], origin: str) -> dict[str, TaskRul
 def _load_toml(path: Path, what: str) -> dict[str, Any]:
     try:
         with open(path, "rb") as fh:
-            return tomllib.load(fh)
+            return tomlread.load(fh)
     except FileNotFoundError as exc:
         raise InputMissingError(f"{what} not found: {path}", path=path) from exc
-    except tomllib.TOMLDecodeError as exc:
+    except tomlread.TOMLDecodeError as exc:
         raise UsageError(f"{what} {path} is not valid TOML: {exc}", path=path) from exc
 
 

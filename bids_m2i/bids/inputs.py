@@ -162,6 +162,10 @@ def check_tr(run: BoldRun, header_tr: float | None) -> float:
             f"{header_tr:g} s", path=run.path,
             hint="fix whichever is wrong (the header's pixdim[4] or the sidecar's RepetitionTime)",
         )
+    if isinstance(raw, str):
+        # "2.0" parses, and the run is usable, but the BIDS validator calls it an error; say so once per run
+        LOGGER.warning("%s: RepetitionTime is the string %r; BIDS requires a number (write \"RepetitionTime\": "
+                       "%g); using %g s", run.path.name, raw, sidecar_tr, sidecar_tr)
     if header_tr is None:
         LOGGER.warning("%s: the NIfTI header has no TR; using the sidecar's %s s", run.path.name, sidecar_tr)
     check_slice_timing(run, float(sidecar_tr))
