@@ -9,6 +9,7 @@ the top level or under its section (``[execution] nprocs = 4``).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -384,12 +385,13 @@ def coerce_value(spec: OptionSpec, value: Any, origin: str) -> Any:
 
 
 def normalize_labels(name: str, labels: list[str]) -> list[str]:
-    """Strip ``sub-``/``ses-``/``task-`` prefixes and split comma lists."""
+    """Strip ``sub-``/``ses-``/``task-`` prefixes and a trailing ``/`` and split comma lists."""
     prefix = {"participant_label": "sub-", "session_label": "ses-", "task": "task-"}.get(name)
     out: list[str] = []
     for item in labels:
         for label in str(item).split(","):
-            label = label.strip()
+            # `--participant-label sub-<TAB>` in the dataset folder: the shell completes the folder, `sub-01/`
+            label = label.strip().rstrip("/")
             if prefix and label.startswith(prefix):
                 label = label[len(prefix):]
             if label:
@@ -399,7 +401,6 @@ def normalize_labels(name: str, labels: list[str]) -> list[str]:
 
 def check_space(space: str | None, derivatives) -> None:
     """``--space``: ``func``, or with --derivatives any BIDS space label fMRIPrep writes (T1w, MNI...)."""
-    import re
 
     if space is None or space == "func":
         return
@@ -443,6 +444,15 @@ def build_config(bids_dir, output_dir, analysis_level, cli_values: dict[str, Any
             raise UsageError(f"{option} was given only empty labels ({', '.join(repr(str(v)) for v in given)})",
                              hint=f"give labels such as {example}, or leave {option} out to select all; in a job "
                              "script, check that the variable holding the label is set")
+        bad = [label for label in values[name] if not re.fullmatch(r"[A-Za-z0-9]+", label)]
+        if bad:
+            # `0*`, `01/anat`, `SUB-01`: never a label (BIDS labels are letters and digits); such a label also went
+            # into the log's file name (`..._sub-01/anat.log` made a folder in OUTPUT_DIR/logs)
+            option = "--" + name.replace("_", "-")
+            raise UsageError(f"{option} {' '.join(repr(label) for label in bad)}: not a BIDS label (labels are "
+                             "letters and digits only)",
+                             hint=f"give the label as in the file names (sub-01 -> 01), one or more after {option}; "
+                             "wildcards are not expanded")
     # the group level reads only OUTPUT_DIR: --space there picks the participants' decoding outputs of that space
     check_space(values["space"], values["derivatives"] or analysis_level == "group")
     if values["glm"] == "lss" and values["glm_noise_model"] == "ar1":

@@ -74,9 +74,10 @@ def read_bold_header(run: BoldRun) -> tuple[tuple[int, ...], float | None]:
     except Exception as exc:  # nibabel raises ImageFileError, EOFError, gzip.BadGzipFile, ...
         raise BadDataError(f"Cannot read the BOLD file {path}: {exc}", path=path,
                            hint="check the file is a complete NIfTI-1/2 image (re-export or re-download it)") from exc
-    if len(shape) != 4 or shape[3] < 2:
+    if len(shape) != 4 or shape[3] < 2 or 0 in shape:
         raise BadDataError(f"BOLD file {path} is not a 4-D time series (shape {shape})", path=path,
                            hint="a BOLD run needs one 3-D volume per time point")
+    check_voxel_type(path, img.get_data_dtype())
     check_data_complete(path, img)
     header_tr = None
     if len(zooms) >= 4 and zooms[3] > 0:
@@ -84,6 +85,22 @@ def read_bold_header(run: BoldRun) -> tuple[tuple[int, ...], float | None]:
         scale = {"msec": 1e-3, "usec": 1e-6}.get(unit, 1.0)
         header_tr = float(zooms[3]) * scale
     return shape, header_tr
+
+
+def check_voxel_type(path: Path, dtype) -> None:
+    """Complex (a reconstruction that keeps the phase in one file) or RGB voxels are no BOLD magnitude: complex
+    ones were cast to their real part (a ComplexWarning in the log only) and the run went on to exit 0 with motion
+    estimates of 500 mm; RGB ones stopped the first step with "probably truncated"."""
+    import numpy as np
+
+    dtype = np.dtype(dtype)
+    if dtype.kind == "c":
+        raise BadDataError(f"BOLD file {path} holds complex values ({dtype}), not a magnitude image", path=path,
+                           hint="convert it to the magnitude (e.g. `fslcomplex -realabs`), or save magnitude and "
+                           "phase as _part-mag_bold / _part-phase_bold (m2i uses the magnitude)")
+    if dtype.fields is not None or dtype.kind not in "biuf":
+        raise BadDataError(f"BOLD file {path} holds {dtype} voxels (RGB or another non-numeric type), not "
+                           "intensities", path=path, hint="re-export the run from DICOM as a numeric 4-D image")
 
 
 def check_data_complete(path: Path, img) -> None:

@@ -161,7 +161,7 @@ def index_dataset(bids_dir: Path, database_dir: Path | None):
     try:
         return bids.BIDSLayout(str(bids_dir), validate=False, derivatives=False,
                                database_path=None if database_dir is None else str(database_dir),
-                               reset_database=database_dir is not None)
+                               reset_database=database_dir is not None, indexer=_root_relative_indexer())
     except Exception as exc:  # pybids raises many types on broken datasets
         missing = getattr(exc, "filename", None)
         if isinstance(exc, FileNotFoundError) and missing and is_unfetched_link(missing):
@@ -172,8 +172,73 @@ def index_dataset(bids_dir: Path, database_dir: Path | None):
             raise unreadable_input_error(first_unreadable(missing, bids_dir) if missing else bids_dir) from exc
         if isinstance(exc.__cause__, (json.JSONDecodeError, UnicodeDecodeError)):
             raise _sidecar_json_error(exc, exc.__cause__) from exc
+        not_object = _json_not_an_object(bids_dir) if isinstance(exc, (TypeError, ValueError)) else None
+        if not_object is not None:
+            # pybids merges sidecars with dict.update: a list, string or null gave "Cannot index the BIDS dataset:
+            # dictionary update sequence element #0 has length 1; 2 is required", naming no file
+            path, kind = not_object
+            raise BadDataError(f"{path} holds a JSON {kind}, not an object of metadata", path=path,
+                               hint='a BIDS sidecar is one object: {"RepetitionTime": 2.0, ...}; fix the file') from exc
         raise BadDataError(f"Cannot index the BIDS dataset {bids_dir}: {exc}", path=bids_dir,
                            hint="run the BIDS validator on it to see what is wrong") from exc
+
+
+class _BelowRoot:
+    """A pybids entity whose pattern is matched on the file's path below the dataset root."""
+
+    def __init__(self, entity, root: str):
+        self._entity, self._root = entity, root
+
+    def __getattr__(self, name):  # name, mandatory, _dtype ...: the entity's own
+        return getattr(self._entity, name)
+
+    def match_file(self, bids_file):
+        below = "/" + os.path.relpath(str(getattr(bids_file, "path", bids_file)), self._root).replace(os.sep, "/")
+        return self._entity.match_file(_PathOnly(below))
+
+
+@dataclass(frozen=True)
+class _PathOnly:
+    path: str
+
+
+def _root_relative_indexer():
+    """pybids' indexer, matching entity patterns on the path below the dataset root.
+
+    pybids (0.22 and before; bids-standard/pybids#595, fixed upstream by #1273 after 0.22) matches them on the
+    absolute path: a dataset kept in ``/data/task-memory/bids`` (or staged by a job script in
+    ``$TMPDIR/sub-01_ses-2/``) gave every file ``task-memory`` (``session 2``), so ``--task perception`` stopped
+    with 18 "Task(s) perception not found; tasks present: memory", and ``--session-label 2`` selected a dataset
+    without sessions."""
+    from bids.layout import BIDSLayoutIndexer
+
+    class RootRelativeIndexer(BIDSLayoutIndexer):
+        def _index_file(self, abs_fn, entities):
+            root = str(getattr(self._layout._root, "path", self._layout._root))
+            return super()._index_file(abs_fn, {k: _BelowRoot(e, root) for k, e in entities.items()})
+
+    return RootRelativeIndexer(validate=False)
+
+
+def _json_not_an_object(bids_dir: Path) -> tuple[Path, str] | None:
+    """The first JSON file of the dataset (outside derivatives/, sourcedata/ and hidden folders) whose top level is
+    not an object, with what it holds instead; ``None`` if every one is an object (or cannot be read: reported
+    elsewhere)."""
+    kinds = {list: "list", str: "string", type(None): "null", bool: "true/false", int: "number", float: "number"}
+    for folder, dirs, files in os.walk(bids_dir):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not (
+            Path(folder) == Path(bids_dir) and d in ("derivatives", "sourcedata")))
+        for name in sorted(files):
+            if not name.endswith(".json"):
+                continue
+            path = Path(folder) / name
+            try:
+                content = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if not isinstance(content, dict):
+                return path, kinds.get(type(content), type(content).__name__)
+    return None
 
 
 def _json_hint(exc: Exception, default: str) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
+import unicodedata
 from pathlib import Path, PurePosixPath
 
 from ..errors import BadDataError
@@ -107,11 +108,32 @@ def resolve_stimulus_path(
     if stimuli_dir is None:
         normalize_stim_file(stim_file, events_path)
         return None
-    for candidate in stimulus_candidates(stimuli_dir, stim_file, events_path):
+    candidates = stimulus_candidates(stimuli_dir, stim_file, events_path)
+    if not str(stim_file).isascii():
+        # accented names copied from macOS are stored decomposed (NFD: "e" + U+0301), events typed elsewhere
+        # composed (NFC): the same name to the eye, another file name here; the message listed "café.png" as
+        # missing from a folder that showed café.png
+        candidates += [found for c in candidates if (found := _same_name_other_unicode_form(Path(stimuli_dir), c))]
+    for candidate in candidates:
         if candidate.is_file():
             _check_link_target(Path(stimuli_dir), candidate, stim_file, events_path)
             return candidate
     return None
+
+
+def _same_name_other_unicode_form(base: Path, candidate: Path) -> Path | None:
+    """``candidate`` (below ``base``) with each part that does not exist replaced by the entry of its folder whose
+    name is the same in Unicode normal form NFC, or ``None``."""
+    folder = base
+    for part in candidate.relative_to(base).parts:
+        if not (folder / part).exists():
+            wanted = unicodedata.normalize("NFC", part)
+            try:
+                part = next(name for name in sorted(os.listdir(folder)) if unicodedata.normalize("NFC", name) == wanted)
+            except (OSError, StopIteration):
+                return None
+        folder = folder / part
+    return folder
 
 
 def _check_link_target(stimuli_dir: Path, candidate: Path, stim_file: str, events_path) -> None:
@@ -278,12 +300,26 @@ def check_decoding_stimuli(trials, stimuli_dir: str | os.PathLike, runs: list[di
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         expected = Path(stimuli_dir).joinpath(*missing[0].split("/"))
+        other_case = _same_name_other_case(expected)
+        # names written on macOS or Windows, whose file systems ignore letter case (IMG-0.png for img-0.png)
+        case_note = (f"; {expected.name} differs only in letter case from {other_case.name}, which is there: "
+                     "this file system tells them apart, rename the files or fix the events" if other_case else "")
         raise InputMissingError(
             f"{len(missing)} of the {len(files)} stimulus images that decoding needs are not in {stimuli_dir}: "
-            f"{shown}",
+            f"{shown}{case_note}",
             path=stimuli_dir,
             hint=f"put each image at BIDS_DIR/stimuli/<name above>, e.g. {expected} (also looked for: without a "
             "leading stimuli/, the bare file name, and for names built from a template the same name with "
             f"another image extension: {', '.join(IMAGE_EXTENSIONS[:8])}...); or run with --stop-after glm",
         )
     return len(files)
+
+
+def _same_name_other_case(path: Path) -> Path | None:
+    """An entry of ``path``'s folder whose name differs from ``path``'s in letter case only, or ``None``."""
+    try:
+        names = sorted(os.listdir(path.parent))
+    except OSError:
+        return None
+    wanted = unicodedata.normalize("NFC", path.name).casefold()
+    return next((path.parent / name for name in names if unicodedata.normalize("NFC", name).casefold() == wanted), None)

@@ -1,0 +1,183 @@
+"""Bad inputs of real datasets, 24th pass (issue qa24): what pybids read from folders above BIDS_DIR, labels as
+a shell completes them, BOLD voxels that are not intensities, stimulus names in another Unicode form or letter
+case, sidecars that are JSON but not an object.
+
+- A dataset kept in ``/data/task-memory/bids`` (or staged by a job script in ``$TMPDIR/study_ses-pilot/``):
+  pybids 0.22 matched its entity patterns on the absolute path, so every file got ``task-memory`` (``session
+  pilot``). ``--task perception`` stopped with 18 "Task(s) perception not found; tasks present: memory", and
+  ``--session-label pilot`` selected a dataset that has no sessions. Now entities come from the path below
+  BIDS_DIR only.
+- ``--participant-label sub-01/`` (``sub-<TAB>`` in the dataset folder) gave 18 and made a folder
+  ``OUTPUT_DIR/logs/m2i-participant-<time>_sub-01/`` holding a file ``.log``. Now the slash is dropped; a label
+  that is no BIDS label (``0*``, ``SUB-01``, ``01/anat``) is 64 naming it, before anything is written.
+- A complex-valued BOLD image was cast to its real part (a ComplexWarning in the log) and the run ended with 0;
+  an RGB one stopped the first step with "the file is probably truncated"; one with a zero-sized axis passed the
+  start-up check and failed in the first step with "shape (0,)". Now each is 65 at start-up naming the file.
+- Stimulus files copied from macOS have decomposed accents (NFD), events typed elsewhere composed ones (NFC):
+  the run stopped with 66 listing ``café-0.png`` as missing from a folder that shows ``café-0.png``. Now the
+  file is found. Names that differ in letter case only (``IMG-0.png`` for ``img-0.png``) stay 66, and the
+  message now says which file differs only in case.
+- A sidecar holding a JSON list, string or null: 65 "Cannot index the BIDS dataset: dictionary update sequence
+  element #0 has length 1; 2 is required", naming no file. Now the message names the file.
+"""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from bids_m2i.cli.run import run_cli
+from helpers import make_minimal_bids
+
+STEM = "sub-01/func/sub-01_task-perception_run-01"
+
+
+def _run(bids: Path, tmp_path: Path, *extra: str) -> int:
+    return run_cli([str(bids), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "work"),
+                    "--skip-bids-validation", "--stop-after", "glm", *extra])
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """The participants' inputs the workflows would get (nothing is run)."""
+    import bids_m2i.workflows.base as base
+
+    seen = []
+    monkeypatch.setattr(base, "run_participant_workflows", lambda config, inputs, work_dir: seen.append(inputs))
+    return seen
+
+
+# ---------------------------------------------------------------------------------------------------------
+# entities are read below BIDS_DIR, never from the folders above it
+
+@pytest.mark.parametrize("parent", ["task-memory", "study_ses-pilot", "data_run-2_acq-old"])
+def test_folders_above_the_dataset_give_no_entities(tmp_path, captured, capsys, parent):
+    from bids_m2i.bids.layout import index_dataset
+
+    bids = make_minimal_bids(tmp_path / parent / "bids")
+    layout = index_dataset(bids, None)
+    assert layout.get_tasks() == ["perception"] and layout.get_sessions() == [] and layout.get_subjects() == ["01"]
+    bold = layout.get(suffix="bold", extension=".nii.gz")
+    assert len(bold) == 1 and "acquisition" not in bold[0].entities and bold[0].entities["run"] == 1
+    assert layout.get_metadata(bold[0].path)["RepetitionTime"] == 2.0  # the top-level sidecar still applies
+
+    assert _run(bids, tmp_path, "--task", "perception") == 0, capsys.readouterr().err
+    (runs,) = [inputs["01"].runs for inputs in captured]
+    assert [(r.bold.task, r.bold.session, r.bold.run) for r in runs] == [("perception", None, "01")]
+
+
+def test_a_session_named_only_by_a_folder_above_is_not_selectable(tmp_path, captured, capsys):
+    bids = make_minimal_bids(tmp_path / "study_ses-pilot" / "bids")
+    assert _run(bids, tmp_path, "--session-label", "pilot") == 18
+    err = capsys.readouterr().err
+    assert "Session(s) pilot not found" in err and "sessions present: none" in err and captured == []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# participant (session, task) labels
+
+def test_a_label_completed_by_the_shell_is_the_participant(tmp_path, captured, capsys):
+    bids = make_minimal_bids(tmp_path / "bids", subjects=("01", "02"))
+    assert _run(bids, tmp_path, "--participant-label", "sub-01/", "--task", "task-perception/") == 0
+    assert [sorted(inputs) for inputs in captured] == [["01"]]
+    logs = tmp_path / "out" / "logs"
+    assert all(p.is_file() for p in logs.iterdir()), sorted(logs.iterdir())  # no folder made from the label
+    assert any(p.name.endswith("_sub-01.log") for p in logs.iterdir())
+
+
+@pytest.mark.parametrize("option, value", [("--participant-label", "0*"), ("--participant-label", "SUB-01"),
+                                           ("--participant-label", "01/anat"), ("--session-label", "a b"),
+                                           ("--task", "perception.")])
+def test_a_value_that_is_no_bids_label_is_64_before_anything_is_written(tmp_path, captured, capsys, option, value):
+    bids = make_minimal_bids(tmp_path / "bids")
+    assert _run(bids, tmp_path, option, value) == 64
+    err = capsys.readouterr().err
+    assert f"{option} {value!r}: not a BIDS label" in err and "Traceback" not in err
+    assert captured == [] and not (tmp_path / "out").exists() and not (tmp_path / "work").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# BOLD voxels that are not intensities, an axis of size 0
+
+def _bold(bids: Path, data: np.ndarray) -> Path:
+    path = bids / f"{STEM}_bold.nii.gz"
+    img = nib.Nifti1Image(data, np.diag([3.0, 3.0, 3.0, 1.0]))
+    img.header.set_xyzt_units("mm", "sec")
+    img.header["pixdim"][4] = 2.0
+    nib.save(img, str(path))
+    return path
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("complex", "holds complex values (complex64), not a magnitude image"),
+    ("rgb", "voxels (RGB or another non-numeric type), not intensities"),
+    ("empty axis", "is not a 4-D time series (shape (6, 0, 4, 40))"),
+])
+def test_bold_voxels_that_are_no_intensities_are_65_at_start_up(tmp_path, captured, capsys, kind, expected):
+    bids = make_minimal_bids(tmp_path / "bids")
+    magnitude = 1000 + 10 * np.random.default_rng(0).standard_normal((6, 6, 4, 40))
+    data = {"complex": magnitude.astype(np.complex64),
+            "rgb": np.zeros((6, 6, 4, 40), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")]),
+            "empty axis": np.zeros((6, 0, 4, 40), np.float32)}[kind]
+    path = _bold(bids, data)
+    assert _run(bids, tmp_path) == 65
+    err = capsys.readouterr().err
+    assert str(path) in err and expected in err and "truncated" not in err and "Traceback" not in err
+    assert captured == []  # before any step (complex: was exit 0 with the real part)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# stimulus file names: Unicode normal forms and letter case
+
+def _with_images(bids: Path, in_events: list[str], on_disk: list[str]) -> None:
+    (bids / "stimuli").mkdir()
+    for name in on_disk:
+        Image.fromarray(np.full((8, 8, 3), 100, np.uint8)).save(bids / "stimuli" / name, format="PNG")
+    rows = ["onset\tduration\ttrial_type\tstim_file"] + [f"{4 + 10 * i}\t3\tstimulus\t{name}"
+                                                       for i, name in enumerate(in_events)]
+    (bids / f"{STEM}_events.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+
+def test_stimulus_names_in_another_unicode_form_are_found(tmp_path, captured, capsys):
+    bids = make_minimal_bids(tmp_path / "bids")
+    names = [f"café-{i}.png" for i in range(6)]
+    _with_images(bids, [unicodedata.normalize("NFC", n) for n in names],
+                 [unicodedata.normalize("NFD", n) for n in names])
+    code = run_cli([str(bids), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "work"),
+                    "--skip-bids-validation"])  # decoding requested: the start-up check looks for every image
+    assert code == 0, capsys.readouterr().err
+    (inputs,) = captured
+    on_disk = set((bids / "stimuli").iterdir())
+    stim_files = set(inputs["01"].trials["stim_file"])
+    assert {bids / "stimuli" / f for f in stim_files} == on_disk  # the trials name the files as they are stored
+
+
+def test_stimulus_names_differing_in_case_say_so(tmp_path, captured, capsys):
+    bids = make_minimal_bids(tmp_path / "bids")
+    _with_images(bids, [f"IMG-{i}.png" for i in range(6)], [f"img-{i}.png" for i in range(6)])
+    code = run_cli([str(bids), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "work"),
+                    "--skip-bids-validation"])
+    err = capsys.readouterr().err
+    assert code == 66 and "IMG-0.png differs only in letter case from img-0.png, which is there" in err
+    assert captured == []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# a sidecar that is JSON, but not an object
+
+@pytest.mark.parametrize("content, kind", [("[{\"RepetitionTime\": 2.0}]", "list"), ('"2.0"', "string"),
+                                           ("null", "null")])
+def test_a_sidecar_that_is_no_json_object_is_named(tmp_path, captured, capsys, content, kind):
+    bids = make_minimal_bids(tmp_path / "bids")
+    sidecar = bids / "task-perception_bold.json"
+    sidecar.write_text(content)
+    assert _run(bids, tmp_path) == 65
+    err = capsys.readouterr().err
+    assert f"{sidecar} holds a JSON {kind}, not an object" in err and "dictionary update" not in err
+    assert json.loads(sidecar.read_text()) == json.loads(content) and captured == []
