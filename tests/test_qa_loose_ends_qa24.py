@@ -181,3 +181,25 @@ def test_a_sidecar_that_is_no_json_object_is_named(tmp_path, captured, capsys, c
     err = capsys.readouterr().err
     assert f"{sidecar} holds a JSON {kind}, not an object" in err and "dictionary update" not in err
     assert json.loads(sidecar.read_text()) == json.loads(content) and captured == []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# a sidecar naming a key twice
+
+def test_a_timing_key_given_twice_with_two_values_is_65(tmp_path, captured, capsys, caplog):
+    bids = make_minimal_bids(tmp_path / "bids")
+    sidecar = bids / "task-perception_bold.json"
+    # the header says 2 s: before, the last value (3.0) was read, and "the sidecar says 3.0 s" named a file whose
+    # reader sees 2.0 first
+    sidecar.write_text('{"RepetitionTime": 2.0, "TaskName": "perception", "RepetitionTime": 3.0}')
+    assert _run(bids, tmp_path) == 65
+    err = capsys.readouterr().err
+    assert f"{sidecar} gives RepetitionTime twice, with different values: 2.0 and then 3.0" in err and captured == []
+
+    # the same value twice is harmless; another key twice is a warning naming it
+    caplog.clear()
+    sidecar.write_text('{"RepetitionTime": 2.0, "TaskName": "perception", "RepetitionTime": 2.0, '
+                       '"Manufacturer": "Siemens", "Manufacturer": "GE"}')
+    assert _run(bids, tmp_path) == 0, capsys.readouterr().err
+    assert 'gives Manufacturer twice, with different values ("Siemens" and then "GE")' in caplog.text
+    assert "RepetitionTime twice" not in caplog.text and len(captured) == 1

@@ -241,6 +241,7 @@ def collect_inputs(config: Config, work_dir: Path) -> dict[str, SubjectInputs]:
                   if needs_events and run.events is not None and is_unfetched_link(run.events)]
     if unfetched:
         raise unfetched_content_error(unfetched, "of the selected BOLD / events files", config.bids_dir)
+    check_sidecar_duplicate_keys([run.path for runs in selected.values() for run in runs], config.bids_dir)
     if needs_events and not config.print_trials:
         selected = drop_resting_state_runs(selected)
     out: dict[str, SubjectInputs] = {}
@@ -286,6 +287,51 @@ def collect_inputs(config: Config, work_dir: Path) -> dict[str, SubjectInputs]:
 
         attach_fmriprep_inputs(out, config)
     return out
+
+
+#: sidecar keys whose value m2i computes with: a duplicate with another value is an error, not a warning
+TIMING_KEYS = ("RepetitionTime", "SliceTiming")
+
+
+def check_sidecar_duplicate_keys(bold_paths: list[Path], bids_dir: Path) -> None:
+    """Sidecars on the inheritance path of the runs (``*_bold.json`` from BIDS_DIR down to each run's folder)
+    that name a key twice with different values (two JSON files merged by hand, a key added that was there).
+
+    pybids (as Python's json) keeps the last value without a word: ``"RepetitionTime": 2.0`` first in the file
+    and 3.0 further down gave "TR mismatch: the sidecar says 3.0 s" for a file whose reader sees 2.0 first, and
+    a run whose header agreed with the last value went on with whichever value came last. Now a timing key
+    (:data:`TIMING_KEYS`) is 65 naming the file, the key and the values; any other key a warning."""
+    import json
+
+    folders: list[Path] = []
+    for path in bold_paths:
+        folder = path.parent
+        while folder not in folders:
+            folders.append(folder)
+            if folder == bids_dir or bids_dir not in folder.parents:
+                break
+            folder = folder.parent
+    for folder in folders:
+        for sidecar in sorted(folder.glob("*_bold.json")):
+            duplicates: list[tuple[str, list]] = []
+
+            def pairs(items, found=duplicates):
+                values: dict[str, list] = {}
+                for key, value in items:
+                    values.setdefault(key, []).append(value)
+                found.extend((k, v) for k, v in values.items() if len(v) > 1 and any(x != v[0] for x in v))
+                return {k: v[-1] for k, v in values.items()}
+
+            try:
+                json.loads(sidecar.read_text(encoding="utf-8"), object_pairs_hook=pairs)
+            except (OSError, ValueError):  # unreadable or not JSON: index_dataset said so already, or will
+                continue
+            for key, values in duplicates:
+                shown = " and then ".join(json.dumps(v) for v in values)
+                if key in TIMING_KEYS:
+                    raise BadDataError(f"{sidecar} gives {key} twice, with different values: {shown}", path=sidecar,
+                                       hint=f"keep one {key} (JSON keys must be unique; readers keep the last)")
+                LOGGER.warning("%s gives %s twice, with different values (%s): the last is used", sidecar, key, shown)
 
 
 def drop_resting_state_runs(selected: dict[str, list]) -> dict[str, list]:
