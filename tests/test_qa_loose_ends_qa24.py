@@ -203,3 +203,46 @@ def test_a_timing_key_given_twice_with_two_values_is_65(tmp_path, captured, caps
     assert _run(bids, tmp_path) == 0, capsys.readouterr().err
     assert 'gives Manufacturer twice, with different values ("Siemens" and then "GE")' in caplog.text
     assert "RepetitionTime twice" not in caplog.text and len(captured) == 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# events whose every trial starts after the end of the run; numbers Python reads but a lab does not write
+
+@pytest.mark.parametrize("onsets, durations, cause", [
+    ([4000 + 10000 * i for i in range(6)], 3000, "they look like milliseconds (54000 ms = 54 s)"),
+    ([1238.5 + 10 * i for i in range(6)], 3, "not from the scanner's or the experiment's clock"),
+])
+def test_all_trials_after_the_end_of_the_run_is_65_with_the_likely_cause(tmp_path, captured, capsys, onsets,
+                                                                         durations, cause):
+    """Every trial was dropped with a warning, then 65 "No trials found ... check the trial_type values"."""
+    bids = make_minimal_bids(tmp_path / "bids")  # 40 volumes x 2 s
+    events = bids / f"{STEM}_events.tsv"
+    events.write_text("onset\tduration\ttrial_type\tstimulus\n"
+                      + "".join(f"{t}\t{durations}\tstimulus\timg-{i}\n" for i, t in enumerate(onsets)))
+    assert _run(bids, tmp_path) == 65
+    err = capsys.readouterr().err
+    assert f"{events}: all 6 trials start after the end of the run (80.0 s = 40 volumes x 2 s" in err
+    assert cause in err and "No trials found" not in err and captured == []
+
+
+def test_some_trials_after_the_end_stay_a_warning(tmp_path, captured, caplog):
+    bids = make_minimal_bids(tmp_path / "bids")
+    events = bids / f"{STEM}_events.tsv"
+    events.write_text("onset\tduration\ttrial_type\tstimulus\n4\t3\tstimulus\ta\n14\t3\tstimulus\tb\n"
+                      "90\t3\tstimulus\tc\n")
+    assert _run(bids, tmp_path) == 0
+    assert "1 event(s) start after the end of the run" in caplog.text
+    assert list(captured[0]["01"].trials["onset"]) == [4.0, 14.0]
+
+
+def test_an_onset_with_an_underscore_is_not_read_as_digits(tmp_path):
+    """float("1_4") is 14 (Python's digit grouping): the trial went to 14 s without a word."""
+    from bids_m2i.bids.events import events_to_trials
+    from bids_m2i.errors import BadDataError
+
+    path = tmp_path / "sub-01_task-x_events.tsv"
+    path.write_text("onset\tduration\ttrial_type\tstimulus\n1_4\t3\tstimulus\ta\n24\t3\tstimulus\tb\n")
+    with pytest.raises(BadDataError, match=r"column 'onset' .*line 2: '1_4'"):
+        events_to_trials(path, task="x")
+    path.write_text("onset\tduration\ttrial_type\tstimulus\n1.4e1\t3.\tstimulus\ta\n+24\t.5\tstimulus\tb\n")
+    assert events_to_trials(path, task="x")[["onset", "duration"]].values.tolist() == [[14.0, 3.0], [24.0, 0.5]]

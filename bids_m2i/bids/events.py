@@ -761,10 +761,8 @@ def _parse_times(values: Sequence[str], column: str, roles: list[str], source, l
     bad: list[str] = []
     replaced: list[int] = []
     for i, (text, role) in enumerate(zip(values, roles)):
-        try:
-            number = float(text) if text != NA else math.nan
-        except ValueError:
-            number = math.nan
+        # float() also reads "1_4" as 14 (Python's digit grouping): only plain decimal numbers are seconds
+        number = float(text) if _NUMBER.match(text) else math.nan
         ok = math.isfinite(number) and number >= 0
         if ok:
             out.append(number)
@@ -1377,6 +1375,23 @@ def check_events_within_run(
         raise BadDataError(f"Run of {path} has no volumes or no repetition time", path=path)
     end = n_volumes * float(tr)
     late = trials["onset"] >= end
+    is_trial = trials["role"] == "trial"
+    if is_trial.any() and late[is_trial].all():
+        # onsets in milliseconds, or counted on the scanner's / experiment's clock: every trial was dropped with a
+        # warning, and the run stopped with "No trials found ... check the trial_type values", which were right
+        onsets = trials.loc[is_trial, "onset"].astype(float)
+        gaps = onsets.sort_values().diff().dropna()
+        # milliseconds: divided by 1000 they fit the run, and trials are >= 100 "s" apart or last >= 100 "s"
+        in_ms = onsets.max() / 1000 < end and (
+            (len(gaps) and float(gaps.median()) >= 100) or float(trials.loc[is_trial, "duration"].median()) >= 100)
+        cause = (f"they look like milliseconds ({onsets.max():g} ms = {onsets.max() / 1000:g} s): BIDS gives onsets "
+                 "and durations in seconds" if in_ms else
+                 "onsets count from the first volume of this run, not from the scanner's or the experiment's clock: "
+                 "subtract the time of the run's first volume")
+        raise BadDataError(
+            f"{path}: all {int(is_trial.sum())} trials start after the end of the run ({end:.1f} s = {n_volumes} "
+            f"volumes x {tr:g} s; the first at {onsets.min():g} s)", path=path,
+            hint=f"{cause}; or check that this events file belongs to this run")
     if late.any():
         counts = trials.loc[late, "role"].value_counts().to_dict()
         LOGGER.warning(
