@@ -246,3 +246,26 @@ def test_an_onset_with_an_underscore_is_not_read_as_digits(tmp_path):
         events_to_trials(path, task="x")
     path.write_text("onset\tduration\ttrial_type\tstimulus\n1.4e1\t3.\tstimulus\ta\n+24\t.5\tstimulus\tb\n")
     assert events_to_trials(path, task="x")[["onset", "duration"]].values.tolist() == [[14.0, 3.0], [24.0, 0.5]]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# fMRIPrep outputs kept with DataLad, cloned without `datalad get`
+
+@pytest.mark.parametrize("kind", ["space-T1w_desc-preproc_bold.nii.gz", "desc-confounds_timeseries.tsv"])
+def test_unfetched_fmriprep_files_are_66_with_the_datalad_command(tmp_path, captured, capsys, kind):
+    """OpenNeuroDerivatives and many labs keep fMRIPrep's outputs with DataLad. An unfetched BOLD gave 65 "Cannot
+    read fMRIPrep's ...: rerun fMRIPrep (the file is damaged or incomplete)"."""
+    import os
+
+    from test_fmriprep_inputs import make_fmriprep_tree
+
+    bids = make_minimal_bids(tmp_path / "bids")
+    fmriprep = make_fmriprep_tree(bids, tmp_path / "derivatives" / "fmriprep", spaces=("T1w",))
+    path = fmriprep / "sub-01" / "func" / f"sub-01_task-perception_run-1_{kind}"
+    path.unlink()
+    os.symlink("../../.git/annex/objects/Xk/3Q/SHA256E-s9--ab/SHA256E-s9--ab", path)
+    assert _run(bids, tmp_path, "--derivatives", str(fmriprep), "--space", "T1w") == 66
+    err = capsys.readouterr().err
+    assert "of fMRIPrep's files for the selected runs are symbolic links to content that is not here" in err
+    assert f"cd {fmriprep} && datalad get sub-01/func/{path.name}" in err and "rerun fMRIPrep" not in err
+    assert captured == []

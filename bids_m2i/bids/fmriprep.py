@@ -19,7 +19,8 @@ import subprocess
 from pathlib import Path
 
 from ..errors import InputMissingError
-from .layout import parse_entities
+from ..utils.paths import is_inside
+from .layout import is_unfetched_link, parse_entities, unfetched_content_error
 
 LOGGER = logging.getLogger("m2i.bids")
 
@@ -202,13 +203,22 @@ def attach_fmriprep_inputs(inputs: dict, config) -> None:
         return
     index = index_fmriprep([Path(p) for p in config.derivatives])
     variants = set()
+    found_runs = []
     for subject_inputs in inputs.values():
         for run in subject_inputs.runs:
             found = find_fmriprep_files(index, run.bold.entities, space, run.bold.path.name)
             run.preproc_bold, run.brain_mask, run.confounds = found["bold"], found["mask"], found["confounds"]
-            check_fmriprep_run(found)
-            chosen = derivative_entities(found["bold"])
-            variants.add(tuple((k, chosen[k]) for k in ("space", "cohort", "res") if k in chosen))
+            found_runs.append(found)
+    # fMRIPrep outputs kept with DataLad (OpenNeuroDerivatives, a lab's own) and cloned without `datalad get`: said
+    # as such (66, the command), not as "Cannot read ... rerun fMRIPrep (the file is damaged)" (65)
+    unfetched = [path for found in found_runs for path in found.values() if is_unfetched_link(path)]
+    if unfetched:
+        folder = next((Path(f) for f in config.derivatives if is_inside(unfetched[0], f)), None)
+        raise unfetched_content_error(unfetched, "of fMRIPrep's files for the selected runs", folder)
+    for found in found_runs:
+        check_fmriprep_run(found)
+        chosen = derivative_entities(found["bold"])
+        variants.add(tuple((k, chosen[k]) for k in ("space", "cohort", "res") if k in chosen))
     if len(variants) == 1:  # outputs named after the grid used (res/cohort included: see Config.space_entities)
         config.__dict__["input_space_entities"] = dict(variants.pop())
 
