@@ -269,3 +269,36 @@ def test_unfetched_fmriprep_files_are_66_with_the_datalad_command(tmp_path, capt
     assert "of fMRIPrep's files for the selected runs are symbolic links to content that is not here" in err
     assert f"cd {fmriprep} && datalad get sub-01/func/{path.name}" in err and "rerun fMRIPrep" not in err
     assert captured == []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# events written by R's write.table (quotes, row names)
+
+def test_events_quoted_as_r_writes_them_give_the_trials_of_the_plain_file(tmp_path, caplog):
+    """``write.table(events, "x_events.tsv", sep = "\\t", row.names = FALSE)`` quotes the header and every text
+    value: the run stopped with 65 "no 'onset' / 'duration' column (columns: "onset", "duration", ...)"."""
+    from bids_m2i.bids.events import events_to_trials
+
+    plain = tmp_path / "sub-01_task-x_run-1_events.tsv"
+    plain.write_text('onset\tduration\ttrial_type\tstim_file\n4\t3\tface\tf 1.png\n14.5\t3\tsay "hi"\th.png\n'
+                     "24\t3\tfixation\tn/a\n")
+    quoted = tmp_path / "sub-01_task-x_run-2_events.tsv"
+    quoted.write_text('"onset"\t"duration"\t"trial_type"\t"stim_file"\n4\t3\t"face"\t"f 1.png"\n'
+                      '14.5\t3\t"say ""hi"""\t"h.png"\n24\t3\t"fixation"\t"n/a"\n')
+    expected = events_to_trials(plain, task="x", include_ignore=True)
+    got = events_to_trials(quoted, task="x", include_ignore=True)
+    columns = ["onset", "duration", "role", "stimulus", "stim_file"]
+    assert got[columns].values.tolist() == expected[columns].values.tolist()
+    assert list(got["role"]) == ["trial", "trial", "ignore"]
+    assert "values in double quotes (as R's write.table writes them)" in caplog.text
+
+
+def test_r_row_names_are_named_in_the_message(tmp_path):
+    from bids_m2i.bids.events import read_events
+    from bids_m2i.errors import BadDataError
+
+    path = tmp_path / "sub-01_task-x_events.tsv"
+    path.write_text('"onset"\t"duration"\t"trial_type"\n"1"\t4\t3\t"face"\n"2"\t14\t3\t"house"\n')
+    with pytest.raises(BadDataError, match="line 2 has 4 fields but the header has 3") as caught:
+        read_events(path)
+    assert "row.names = FALSE" in caught.value.hint and caught.value.exit_code == 65

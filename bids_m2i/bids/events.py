@@ -171,6 +171,7 @@ def read_events(path: str | os.PathLike) -> pd.DataFrame:
         LOGGER.warning("%s: spaces around column names removed", path)
     frame.columns = stripped
     frame = frame.apply(lambda col: col.str.strip())
+    frame = _unquote(frame, path)
 
     for column in frame.columns:
         values = frame[column]
@@ -188,6 +189,26 @@ def read_events(path: str | os.PathLike) -> pd.DataFrame:
             )
             frame.loc[typo, column] = NA
     return frame.astype(object)
+
+
+def _is_quoted(value: str) -> bool:
+    return len(value) >= 2 and value[0] == value[-1] == '"'
+
+
+def _unquote(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """Column names and cells wrapped in double quotes, as R's ``write.table`` writes them by default (and
+    spreadsheets for text with special characters), without the quotes (a doubled ``""`` inside is one ``"``).
+
+    Read as they were, ``"onset"`` was no ``onset`` column (65 "no 'onset' / 'duration' column (columns:
+    "onset", "duration", ...)"), and a quoted stimulus name was another stimulus than the unquoted one."""
+    names = [str(c) for c in frame.columns]
+    quoted_cells = frame.apply(lambda col: col.map(_is_quoted))
+    if not (any(map(_is_quoted, names)) or quoted_cells.to_numpy().any()):
+        return frame
+    LOGGER.warning("%s: values in double quotes (as R's write.table writes them); read without the quotes", path)
+    frame = frame.where(~quoted_cells, frame.apply(lambda col: col.str[1:-1].str.replace('""', '"')))
+    frame.columns = [n[1:-1].replace('""', '"') if _is_quoted(n) else n for n in names]
+    return frame
 
 
 def _parse_tsv(text: str, path: Path) -> pd.DataFrame:
@@ -210,10 +231,15 @@ def _parse_tsv(text: str, path: Path) -> pd.DataFrame:
         fields = line.split("\t")
         if len(fields) > len(header):
             if any(f.strip() for f in fields[len(header):]):
+                hint = "every row must have the same number of tab-separated fields as the header"
+                if len(fields) == len(header) + 1 and fields[0].strip().strip('"') == str(number - 1):
+                    # R's write.table(events, sep = "\t") starts each row with its row name (1, 2, ...), the header
+                    # without a name for it
+                    hint = ("the first field of each row is its row number, as R's write.table writes row names: "
+                            "write the file with row.names = FALSE (and quote = FALSE); " + hint)
                 raise BadDataError(
                     f"{path}: line {number} has {len(fields)} fields but the header has {len(header)}",
-                    path=path,
-                    hint="every row must have the same number of tab-separated fields as the header",
+                    path=path, hint=hint,
                 )
             fields = fields[: len(header)]
         elif len(fields) < len(header):
