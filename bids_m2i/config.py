@@ -302,9 +302,10 @@ def read_config_file(path: Path) -> dict[str, Any]:
     """Read a TOML config file into ``{option_name: value}``; unknown keys or wrong types -> UsageError."""
     from bids_m2i.utils import tomlread
 
+    from .utils.text import read_settings_text
+
     try:
-        with open(path, "rb") as fh:
-            raw = tomlread.load(fh)
+        raw = tomlread.loads(read_settings_text(path, "Config file"))
     except FileNotFoundError as exc:
         raise UsageError(f"Config file not found: {path}", path=path, hint="check the --config path") from exc
     except tomlread.TOMLDecodeError as exc:

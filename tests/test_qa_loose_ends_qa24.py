@@ -302,3 +302,45 @@ def test_r_row_names_are_named_in_the_message(tmp_path):
     with pytest.raises(BadDataError, match="line 2 has 4 fields but the header has 3") as caught:
         read_events(path)
     assert "row.names = FALSE" in caught.value.hint and caught.value.exit_code == 65
+
+
+# ---------------------------------------------------------------------------------------------------------
+# settings files saved by Windows editors, or a folder given for one
+
+_MAP = '[task.perception]\nrole_column = "trial_type"\ntrial = ["stimulus"]\nstimulus_column = "stimulus"\n'
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
+@pytest.mark.parametrize("option, name, content", [
+    ("--events-map", "map.toml", _MAP),
+    ("--config", "config.toml", "[execution]\nnprocs = 1\n"),
+    ("--bids-filter-file", "filter.json", '{"bold": {"run": "01"}}'),
+])
+def test_settings_files_with_a_bom_or_in_utf16_are_read(tmp_path, captured, capsys, option, name, content, encoding):
+    """A BOM gave 64 "Invalid statement (at line 1, column 1)" (TOML) / "Unexpected UTF-8 BOM" (JSON); UTF-16 (Notepad's
+    "Unicode", PowerShell's Out-File) exit 1 "unexpected failure: UnicodeDecodeError"."""
+    bids = make_minimal_bids(tmp_path / "bids")
+    path = tmp_path / name
+    path.write_bytes(content.replace("\n", "\r\n").encode(encoding))
+    assert _run(bids, tmp_path, option, str(path)) == 0, capsys.readouterr().err
+    assert len(captured) == 1
+
+
+@pytest.mark.parametrize("option, what", [("--events-map", "Events map"), ("--config", "Config file"),
+                                          ("--bids-filter-file", "BIDS filter file")])
+def test_a_folder_given_for_a_settings_file_is_64(tmp_path, captured, capsys, option, what):
+    """--events-map and --bids-filter-file ended with exit 1 "unexpected failure: IsADirectoryError"."""
+    bids = make_minimal_bids(tmp_path / "bids")
+    folder = tmp_path / "settings"
+    folder.mkdir()
+    assert _run(bids, tmp_path, option, str(folder)) == 64
+    err = capsys.readouterr().err
+    assert f"{what} {folder} is a folder, not a file" in err and "Traceback" not in err and captured == []
+
+
+def test_a_filter_value_with_its_prefix_is_named(tmp_path, captured, capsys):
+    bids = make_minimal_bids(tmp_path / "bids")
+    path = tmp_path / "filter.json"
+    path.write_text('{"bold": {"subject": "sub-01", "task": "perception"}}')
+    assert _run(bids, tmp_path, "--bids-filter-file", str(path)) == 18
+    assert 'labels without their prefix: "subject": "01", not "sub-01"' in capsys.readouterr().err

@@ -471,9 +471,10 @@ def _parse_task_tables(doc: Mapping[str, Any], origin: str) -> dict[str, TaskRul
 
 
 def _load_toml(path: Path, what: str) -> dict[str, Any]:
+    from ..utils.text import read_settings_text
+
     try:
-        with open(path, "rb") as fh:
-            return tomlread.load(fh)
+        return tomlread.loads(read_settings_text(path, what))
     except FileNotFoundError as exc:
         raise InputMissingError(f"{what} not found: {path}", path=path) from exc
     except tomlread.TOMLDecodeError as exc:

@@ -398,8 +398,10 @@ def load_bids_filters(path: Path | None) -> dict:
         return {}
     if not Path(path).exists():
         raise InputMissingError(f"BIDS filter file not found: {path}", path=path)
+    from ..utils.text import read_settings_text
+
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(read_settings_text(path, "BIDS filter file"))
     except ValueError as exc:
         raise UsageError(f"BIDS filter file {path} is not valid JSON: {exc}", path=path) from exc
     # a list of filter sets for "bold" selects their union (e.g. 2 perception runs plus every imagery run)
@@ -496,10 +498,24 @@ def select_bold_runs(layout, *, participants: list[str], sessions: list[str], ta
         if not described:  # nothing filtered: the dataset itself has no run (no sub-*/[ses-*/]func/*_bold.nii*)
             raise NoDataSelected("BIDS_DIR holds no BOLD runs (no sub-<label>/[ses-<label>/]func/*_bold.nii[.gz])",
                                  hint="point BIDS_DIR at the dataset root that holds the sub-* folders")
-        raise NoDataSelected(f"The filters select no BOLD runs ({described})",
-                             hint="check --participant-label, --session-label, --task and --bids-filter-file")
+        hint = "check --participant-label, --session-label, --task and --bids-filter-file"
+        prefixed = [(key, value) for f in filter_sets for key, values in f.items()
+                    for value in (values if isinstance(values, list) else [values])
+                    if isinstance(value, str) and value.startswith(_FILTER_PREFIXES.get(key, "\0"))]
+        if prefixed:
+            # "subject": "sub-01" as on the command line (where sub- is optional): pybids compares labels
+            key, value = prefixed[0]
+            hint = (f"a filter file gives labels without their prefix: \"{key}\": "
+                    f"\"{value[len(_FILTER_PREFIXES[key]):]}\", not \"{value}\"; " + hint)
+        raise NoDataSelected(f"The filters select no BOLD runs ({described})", hint=hint)
     _check_duplicates(selected)
     return selected
+
+
+#: the file-name prefix of each entity a filter file names (its values are the labels after it)
+_FILTER_PREFIXES = {"subject": "sub-", "session": "ses-", "task": "task-", "acquisition": "acq-", "run": "run-",
+                    "echo": "echo-", "direction": "dir-", "reconstruction": "rec-", "ceagent": "ce-", "part": "part-",
+                    "space": "space-"}
 
 
 def _events_without_bold(layout, participants, sessions, tasks) -> list[str]:
