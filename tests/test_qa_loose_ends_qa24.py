@@ -344,3 +344,16 @@ def test_a_filter_value_with_its_prefix_is_named(tmp_path, captured, capsys):
     path.write_text('{"bold": {"subject": "sub-01", "task": "perception"}}')
     assert _run(bids, tmp_path, "--bids-filter-file", str(path)) == 18
     assert 'labels without their prefix: "subject": "01", not "sub-01"' in capsys.readouterr().err
+
+
+def test_stimuli_as_an_uninstalled_subdataset_say_so(tmp_path, captured, capsys):
+    """A DataLad dataset whose stimuli/ is a subdataset (cloned without installing it) has an empty stimuli/: the
+    message listed every image as missing and said to put them there."""
+    bids = make_minimal_bids(tmp_path / "bids")
+    _with_images(bids, [f"img-{i}.png" for i in range(6)], [])
+    (bids / ".gitmodules").write_text('[submodule "stimuli"]\n\tpath = stimuli\n\turl = ./stimuli\n')
+    code = run_cli([str(bids), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "work"),
+                    "--skip-bids-validation"])
+    err = capsys.readouterr().err
+    assert code == 66 and "is empty: it is a DataLad / git subdataset that was not installed" in err
+    assert f"cd {bids} && datalad get -n stimuli && datalad get stimuli" in err and captured == []

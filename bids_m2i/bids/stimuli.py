@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
+import re
 import unicodedata
 from pathlib import Path, PurePosixPath
 
@@ -304,6 +305,14 @@ def check_decoding_stimuli(trials, stimuli_dir: str | os.PathLike, runs: list[di
         # names written on macOS or Windows, whose file systems ignore letter case (IMG-0.png for img-0.png)
         case_note = (f"; {expected.name} differs only in letter case from {other_case.name}, which is there: "
                      "this file system tells them apart, rename the files or fix the events" if other_case else "")
+        if _uninstalled_subdataset(Path(stimuli_dir)):
+            # `datalad clone` (or `git clone` without --recursive) leaves a subdataset as an empty folder
+            root = Path(stimuli_dir).parent
+            raise InputMissingError(
+                f"{stimuli_dir} is empty: it is a DataLad / git subdataset that was not installed (the {len(missing)} "
+                f"stimulus images that decoding needs belong in it, e.g. {missing[0]})", path=stimuli_dir,
+                hint=f"run `cd {root} && datalad get -n stimuli && datalad get stimuli` (or `git submodule update "
+                "--init stimuli`), then run m2i again; or run with --stop-after glm")
         raise InputMissingError(
             f"{len(missing)} of the {len(files)} stimulus images that decoding needs are not in {stimuli_dir}: "
             f"{shown}{case_note}",
@@ -323,3 +332,14 @@ def _same_name_other_case(path: Path) -> Path | None:
         return None
     wanted = unicodedata.normalize("NFC", path.name).casefold()
     return next((path.parent / name for name in names if unicodedata.normalize("NFC", name).casefold() == wanted), None)
+
+
+def _uninstalled_subdataset(stimuli_dir: Path) -> bool:
+    """``stimuli/`` is an empty folder that the dataset's ``.gitmodules`` lists (a subdataset not installed)."""
+    try:
+        if any(stimuli_dir.iterdir()):
+            return False
+        modules = (stimuli_dir.parent / ".gitmodules").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return re.search(r"^\s*path\s*=\s*stimuli/?\s*$", modules, re.MULTILINE) is not None
