@@ -1,6 +1,8 @@
 """Bad inputs of real datasets, 24th pass (issue qa24): what pybids read from folders above BIDS_DIR, labels as
 a shell completes them, BOLD voxels that are not intensities, stimulus names in another Unicode form or letter
-case, sidecars that are JSON but not an object.
+case, sidecars that are JSON but not an object or name a key twice, events in milliseconds or on the scanner's
+clock, events written by R, unfetched DataLad content (fMRIPrep outputs, a stimuli subdataset), settings files
+saved by Windows editors. Every case is a row of docs/troubleshooting.md ("Bad inputs we test").
 
 - A dataset kept in ``/data/task-memory/bids`` (or staged by a job script in ``$TMPDIR/study_ses-pilot/``):
   pybids 0.22 matched its entity patterns on the absolute path, so every file got ``task-memory`` (``session
@@ -18,7 +20,17 @@ case, sidecars that are JSON but not an object.
   file is found. Names that differ in letter case only (``IMG-0.png`` for ``img-0.png``) stay 66, and the
   message now says which file differs only in case.
 - A sidecar holding a JSON list, string or null: 65 "Cannot index the BIDS dataset: dictionary update sequence
-  element #0 has length 1; 2 is required", naming no file. Now the message names the file.
+  element #0 has length 1; 2 is required", naming no file. Now the message names the file. A sidecar giving
+  RepetitionTime twice with different values was read with the last one, silently; now 65 (a warning for keys
+  m2i does not compute with).
+- Events whose every trial starts after the end of the run (onsets in ms, or on the scanner's clock): 65 "No
+  trials found ... check the trial_type values"; now 65 naming the likely cause. ``1_4`` was read as 14.
+- Events saved by R's ``write.table`` (quoted header and text): 65 "no 'onset' column"; now read as unquoted.
+- Unfetched fMRIPrep outputs: 65 "rerun fMRIPrep" (BOLD) or exit 1 FileNotFoundError (confounds); now 66 with the
+  ``datalad get`` command, as for the raw files. An uninstalled ``stimuli`` subdataset is named as such.
+- ``--config`` / ``--events-map`` / ``--bids-filter-file`` in UTF-16 or given as a folder: exit 1; a BOM: 64
+  "Invalid statement". Now read (BOM, UTF-16) or 64 "is a folder". ``"subject": "sub-01"`` in a filter file is
+  named in the 18.
 """
 
 from __future__ import annotations
