@@ -402,7 +402,6 @@ def normalize_labels(name: str, labels: list[str]) -> list[str]:
 
 def check_space(space: str | None, derivatives) -> None:
     """``--space``: ``func``, or with --derivatives any BIDS space label fMRIPrep writes (T1w, MNI...)."""
-
     if space is None or space == "func":
         return
     # fMRIPrep's own spelling selects a resolution or cohort: MNI152NLin2009cAsym:res-2, MNIPediatricAsym:cohort-1
