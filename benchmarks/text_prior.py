@@ -154,8 +154,20 @@ def load_run(dataset, output_dir, work_dir, subject: str = "01") -> dict:
     return {"space": space, "train_captions": train_captions, "train_pixels": train_pixels,
             "brain": brain, "targets": targets, "text_route": text_route, "condition": np.array(condition),
             "stimulus": table["stimulus"].to_numpy(), "memory_true_captions": memory_captions,
+            "cue_text": table["cue_text"].tolist(),
             "memory_caption_correct": float(np.mean([text_route[i] == c for i, c in
                                                      zip(np.flatnonzero(memory), memory_captions)]))}
+
+
+def with_true_captions(run: dict) -> dict:
+    """An upper bound, not a method: memory items get their stimulus' caption, pure-imagination items their true
+    cue text (what perfect retrieval would give)."""
+    route = list(run["text_route"])
+    for i, caption in zip(np.flatnonzero(run["condition"] == "imagery_memory"), run["memory_true_captions"]):
+        route[i] = caption
+    for i in np.flatnonzero(run["condition"] == "imagery_text"):
+        route[i] = run["cue_text"][i]
+    return dict(run, text_route=route)
 
 
 def _by_stimulus(values: np.ndarray, stimulus: np.ndarray) -> np.ndarray:
@@ -208,9 +220,13 @@ def main(argv=None) -> int:
     parser.add_argument("work_dir")
     parser.add_argument("--subject", default="01")
     parser.add_argument("--criteria", nargs="+", default=["pixcorr", "twoway"], choices=["twoway", "pixcorr"])
+    parser.add_argument("--true-captions", action="store_true",
+                        help="upper bound: the true captions / cue texts as the text route (not a method)")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     run = load_run(args.dataset, args.output_dir, args.work_dir, args.subject)
+    if args.true_captions:
+        run = with_true_captions(run)
     oracle = oracle_scores(args.dataset, args.subject, image_size=SIZE)
     oracle = {k: v for k, v in oracle.items() if isinstance(v, dict)}
     results = {"oracle": oracle, "memory_caption_top1": run["memory_caption_correct"]}
