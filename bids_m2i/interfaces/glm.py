@@ -228,6 +228,13 @@ class SingleTrialBetas(M2IInterface):
     output_spec = _SingleTrialOutputSpec
 
     def _run(self, runtime):
+        from ..utils.process import malloc_retained
+
+        # the fit's large temporaries reuse freed heap pages instead of fresh mappings (utils/process.py)
+        with malloc_retained():
+            self._run_step(runtime)
+
+    def _run_step(self, runtime):
         import nibabel as nib
 
         from ..glm.design import RunData
