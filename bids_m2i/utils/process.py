@@ -82,8 +82,9 @@ def malloc_retained():
     Why: glibc serves every block above its mmap threshold (at most 32 MB by its own adjustment) with a fresh
     ``mmap`` and unmaps it on ``free``; the GLM engine makes and drops numpy and torch temporaries of tens of
     MB hundreds of times per fit, so each one costs the system calls and a page fault per 4 KB page, again and
-    again (system CPU ~2 s of a ~17 s GLM process at 20,000 voxels). With the mmap threshold and the heap's trim
-    threshold raised for the block, freed blocks stay in the heap and the next temporary reuses their pages.
+    again. With the mmap threshold and the heap's trim threshold raised for the block, freed blocks stay in the
+    heap and the next temporary reuses their pages: at 20,000 voxels the step's minor page faults fell from
+    193k to 46k and the process' system CPU from 1.0-1.3 to 0.7-1.0 s of ~17 (docs/benchmarks.md, fifth pass).
     After the block ``malloc_trim(0)`` returns the free pages to the system, so a process that goes on working
     (an m2i worker that runs further nodes) does not keep the GLM's peak, and the thresholds are set back (see
     ``AFTER_MMAP_THRESHOLD``). No effect on any value computed; a no-op where the C library is not glibc or
