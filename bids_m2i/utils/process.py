@@ -83,8 +83,10 @@ def malloc_retained():
     ``mmap`` and unmaps it on ``free``; the GLM engine makes and drops numpy and torch temporaries of tens of
     MB hundreds of times per fit, so each one costs the system calls and a page fault per 4 KB page, again and
     again. With the mmap threshold and the heap's trim threshold raised for the block, freed blocks stay in the
-    heap and the next temporary reuses their pages: at 20,000 voxels the step's minor page faults fell from
-    193k to 46k and the process' system CPU from 1.0-1.3 to 0.7-1.0 s of ~17 (docs/benchmarks.md, fifth pass).
+    heap and the next temporary reuses their pages: at 20,000 voxels the process' minor page faults fell by ~38 %
+    and its system CPU from 1.0-1.4 to 0.7-1.0 s (of 15-21 s; the whole process' CPU did not change beyond the
+    shared machine's noise), and peak RSS rose by up to ~8 % at chunked sizes, where freed heap blocks do not
+    always fit the next ones (docs/benchmarks.md, "fifth pass").
     After the block ``malloc_trim(0)`` returns the free pages to the system, so a process that goes on working
     (an m2i worker that runs further nodes) does not keep the GLM's peak, and the thresholds are set back (see
     ``AFTER_MMAP_THRESHOLD``). No effect on any value computed; a no-op where the C library is not glibc or
