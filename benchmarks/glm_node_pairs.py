@@ -5,8 +5,8 @@ next: comparing two trees is only fair inside one run, alternately. For each gen
 as the node reads it (``bench_glm.write_node_inputs``), then runs ``bench_glm.py``'s node child (the app's GLM
 node, ``fithrf-denoise-rr``, 1 thread, in a fresh interpreter: imports, reading, the fit, writing and
 publishing) with the code of tree A, then of tree B, ``--pairs`` times, and prints each process' CPU seconds
-(user + system, start to exit), its start-up and step CPU, peak RSS, the number of PCs and how far B's betas are
-from A's (max |Δ| / sd of A's).
+(user + system, start to exit, and each apart), its start-up and step CPU, its minor page faults, peak RSS,
+the number of PCs and how far B's betas are from A's (max |Δ| / sd of A's).
 
     git archive 433f9e0 | tar -x -C /tmp/before
     PYTHONPATH=$PWD nice -n 5 .venv/bin/python benchmarks/glm_node_pairs.py /tmp/before $PWD \\
@@ -47,8 +47,9 @@ def run_node(tree: str, folder: str, data_path: str, out: str) -> dict:
     if done.returncode:
         raise RuntimeError(done.stderr[-2000:])
     payload = json.loads(done.stdout.strip().splitlines()[-1])
-    return {"cpu": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), "wall": wall,
-            **payload}
+    user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
+    return {"cpu": user + system, "user": user, "system": system, "wall": wall,
+            "minor_faults": after.ru_minflt - before.ru_minflt, **payload}
 
 
 def main(argv=None) -> int:
@@ -66,9 +67,9 @@ def main(argv=None) -> int:
     table = bench_glm.glmsingle_table(args.glmsingle_python) if args.glmsingle_python else None
     trees = {"A": str(Path(args.tree_a).resolve()), "B": str(Path(args.tree_b).resolve())}
     print(f"A = {trees['A']}, B = {trees['B']}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    print("| generator | pair | tree | load | process CPU s | start-up CPU s | step CPU s | peak RSS MB | PCs | "
-          "max abs diff / sd (B vs A) |")
-    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| generator | pair | tree | load | process CPU s | user / system CPU s | start-up CPU s | step CPU s | "
+          "minor page faults (k) | peak RSS MB | PCs | max abs diff / sd (B vs A) |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for generator in args.generators:
         session = bench_glm.make_session(generator, args.voxels, args.seed, table)
         with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
@@ -88,7 +89,8 @@ def main(argv=None) -> int:
                     diff = (f"{np.abs(betas['B'] - betas['A']).max() / betas['A'].std():.1e}"
                             if name == "B" else "")
                     print(f"| {generator} | {pair + 1} | {name} | {load:.1f} | {row['cpu']:.2f} | "
-                          f"{info['startup_cpu_s']:.2f} | {info['step_cpu_s']:.2f} | {row['peak_rss_mb']:.0f} | "
+                          f"{row['user']:.2f} / {row['system']:.2f} | {info['startup_cpu_s']:.2f} | "
+                          f"{info['step_cpu_s']:.2f} | {row['minor_faults'] / 1000:.0f} | {row['peak_rss_mb']:.0f} | "
                           f"{info['n_pcs']} | {diff} |", flush=True)
     return 0
 

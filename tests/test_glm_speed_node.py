@@ -108,8 +108,10 @@ def test_glm_node_process_imports_no_nilearn_and_matches_the_engine(tmp_path):
                          env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
                               "NIPYPE_NO_ET": "1"})
     payload = json.loads(out.stdout.strip().splitlines()[-1])
-    # figures: reports/svg.py; output names: bids_m2i.bids.names (pybids' package is "bids")
-    assert not {"nilearn", "sklearn", "matplotlib", "bids", "sqlalchemy"} & set(payload["modules"])
+    # figures: reports/svg.py; output names: bids_m2i.bids.names (pybids' package is "bids"); nor the
+    # decoding's or torch's optional packages (the node needs torch's tensors, nothing built on them)
+    assert not {"nilearn", "sklearn", "matplotlib", "bids", "sqlalchemy", "sympy", "torchvision", "open_clip",
+                "transformers", "diffusers", "PIL"} & set(payload["modules"])
     node = payload["node"]
     for name in ("statseries", "events"):
         assert Path(node[name]).exists()
