@@ -1,0 +1,220 @@
+"""Inputs other than the BIDS dataset, 25th pass (issue qa25): the models folder and ``--shared-decoder``.
+
+- A models folder another user may not read (a lab member's folder with group-only permissions, a root-owned
+  copy): ``manifest.json`` gave 65 "Cannot read ... recreate it", a config 65 "not JSON (Permission denied)",
+  the weights 65 "Not a readable safetensors file (No such file or directory)", each with the advice to
+  delete and recreate the folder; a folder of the component or the models folder itself a PermissionError
+  (exit 73 "Cannot write" from the CLI, or 1 from the loaders). Now 66 naming the first file or folder this
+  user may not read, the uid, and to make it readable or use a copy; an execute-only (``711``) folder is fine.
+  Run as uid 65534: as root nothing is unreadable.
+- ``--shared-decoder FILE`` another user may not read: the sidecar gave 64 "not a readable shared decoder
+  sidecar", the weights 65 "damaged or incomplete ... copy it again". Now 66, as above.
+- ``--shared-decoder FILE`` copied without its ``.json``: 66 "shared decoder not found: FILE (+ .json sidecar)"
+  named the file that is there. Now the message names the sidecar that is missing.
+- A ``manifest.json`` edited by hand (a component without ``path``, ``"bytes": "12kB"``, ``shapes`` a list,
+  ``roles`` a string, a file entry not an object) stopped the start-up check with exit 1 "unexpected failure"
+  (KeyError, ValueError, AttributeError). Now 65 naming the manifest and the entry, before any step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bids_m2i.errors import BadDataError
+from bids_m2i.models.store import check_models, write_manifest
+from bids_m2i.models.tiny import make_tiny_open_clip
+
+REPO = Path(__file__).resolve().parents[1]
+NOBODY = 65534
+DROP = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+NEEDS_ROOT = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                                reason="needs root to drop privileges to uid 65534")
+
+# every case in one unprivileged interpreter (a start each costs seconds): prints one JSON line per case
+PROBE = """
+import json, site, sys
+site.addsitedir({site!r}); sys.path.insert(0, {repo!r})
+from bids_m2i.errors import M2IError
+from bids_m2i.models.store import check_models
+from bids_m2i.decoding.shared import read_shared_sidecar
+from bids_m2i.workflows.shared import _check_weights_complete
+for kind, path in json.loads(sys.argv[1]):
+    try:
+        if kind == "models":
+            check_models(path, ["clip"], verify_hashes=True)
+        else:
+            read_shared_sidecar(path)
+            _check_weights_complete(__import__("pathlib").Path(path))
+        out = {{"code": 0}}
+    except M2IError as exc:
+        out = {{"code": exc.exit_code, "message": exc.message, "hint": exc.hint}}
+    except Exception as exc:
+        out = {{"code": 1, "message": repr(exc)}}
+    print(json.dumps(out))
+"""
+
+
+def _tiny_models(root: Path) -> Path:
+    make_tiny_open_clip(root / "open_clip" / "tiny", embed_dim=32)
+    write_manifest(root, {"tiny": {"kind": "open_clip", "path": "open_clip/tiny", "source": "tests (random)",
+                                   "licence": "none"}}, tiny=True,
+                   roles={"clip_features": "tiny", "clip_metric": "tiny"})
+    return root
+
+
+def _shared_file(folder: Path) -> Path:
+    from bids_m2i.decoding.shared import ParticipantData, train_shared_model
+    from bids_m2i.workflows.shared import feature_info
+
+    rng = np.random.default_rng(0)
+    group = [ParticipantData(f"0{i}", rng.normal(size=(40, 30 + i)).astype(np.float32),
+                             rng.normal(size=(40, 12)).astype(np.float32), np.array([f"s{k}" for k in range(40)]))
+             for i in (1, 2)]
+    model = train_shared_model(group, "pixels", n_components=3, feature_info=feature_info("pixels"), n_threads=1)
+    return model.save(folder / "desc-sharedpixels_model.safetensors")
+
+
+def _python_for_nobody() -> str | None:
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    for python in [sys.executable, f"/usr/bin/python{version}", f"/usr/local/bin/python{version}"]:
+        if shutil.which(python) and subprocess.run([*DROP, python, "-c", "pass"], capture_output=True,
+                                                   cwd="/").returncode == 0:
+            return python
+    return None
+
+
+# (what to chmod, relative to the copy; mode; the path the message must name, relative; exit code)
+MODELS_CASES = [
+    ("manifest.json", 0o600, "manifest.json", 66),
+    ("open_clip/tiny/open_clip_config.json", 0o600, "open_clip/tiny/open_clip_config.json", 66),
+    ("open_clip/tiny/open_clip_model.safetensors", 0o600, "open_clip/tiny/open_clip_model.safetensors", 66),
+    ("open_clip/tiny", 0o700, "open_clip/tiny", 66),
+    (".", 0o700, ".", 66),
+    (".", 0o711, None, 0),  # traversable without listing: nothing m2i needs is hidden
+    ("open_clip", 0o711, None, 0),
+]
+SHARED_CASES = [("desc-sharedpixels_model.json", 0o600), ("desc-sharedpixels_model.safetensors", 0o600)]
+
+
+@NEEDS_ROOT
+def test_inputs_another_user_may_not_read_are_66_naming_them(tmp_path_factory):
+    python = _python_for_nobody()
+    if python is None:
+        pytest.skip("no Python interpreter that uid 65534 may run")
+    base = Path(tempfile.mkdtemp(prefix="m2i-qa25-", dir="/tmp"))  # pytest's folders are private to root
+    try:
+        original = _tiny_models(base / "original")
+        shared_original = _shared_file(base / "shared-original")
+        for path in [base, *base.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        jobs, expected = [], []
+        for i, (rel, mode, named, code) in enumerate(MODELS_CASES):
+            copy = base / f"models-{i}"
+            shutil.copytree(original, copy)
+            (copy / rel).chmod(mode)
+            jobs.append(("models", str(copy)))
+            expected.append((code, None if named is None else (copy / named).resolve()))
+        for i, (name, mode) in enumerate(SHARED_CASES):
+            folder = base / f"shared-{i}"
+            shutil.copytree(shared_original.parent, folder)
+            (folder / name).chmod(mode)
+            jobs.append(("shared", str(folder / shared_original.name)))
+            expected.append((66, folder / name))
+        script = PROBE.format(site=sysconfig.get_paths()["purelib"], repo=str(REPO))
+        result = subprocess.run([*DROP, python, "-c", script, json.dumps(jobs)], capture_output=True, text=True,
+                                cwd="/", env={**os.environ, "HOME": "/nonexistent"}, timeout=120)
+        lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+        assert len(lines) == len(jobs), result.stderr[-2000:]
+        for (kind, path), (code, named), out in zip(jobs, expected, lines):
+            assert out["code"] == code, (path, out)
+            if code:
+                assert out["message"] == f"Cannot read {named}: permission denied (m2i runs as uid {NOBODY})", out
+                assert "readable by this user" in out["hint"] and "recreate the folder" not in out["hint"]
+    finally:
+        for path in [base, *base.rglob("*")]:
+            if path.is_dir() and not path.is_symlink():
+                path.chmod(0o755)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_shared_decoder_without_its_sidecar_names_the_sidecar(tmp_path, capsys, started):
+    from bids_m2i.cli.run import run_cli
+    from helpers import make_minimal_bids
+
+    shared = _shared_file(tmp_path / "group")
+    sidecar = shared.with_suffix(".json")
+    sidecar.unlink()
+    bids = make_minimal_bids(tmp_path / "bids")
+    code = run_cli([str(bids), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "work"),
+                    "--skip-bids-validation", "--stop-after", "glm", "--shared-decoder", str(shared)])
+    err = capsys.readouterr().err
+    assert code == 66 and started == []
+    assert f"{sidecar} not found" in err and f"copy {sidecar.name}" in err
+
+
+MANIFEST_EDITS = {
+    "component without path": (lambda m: m["components"]["tiny"].pop("path"), "component 'tiny' needs a 'path'"),
+    "component a string": (lambda m: m["components"].__setitem__("tiny", "open_clip/tiny"),
+                           "component 'tiny' needs a 'path'"),
+    "path outside the folder": (lambda m: m["components"]["tiny"].__setitem__("path", "../elsewhere"),
+                                "component 'tiny' needs a 'path' inside the models folder"),
+    "file entry a string": (lambda m: m["files"].__setitem__("open_clip/tiny/open_clip_config.json", "x"),
+                            "file 'open_clip/tiny/open_clip_config.json' needs an object"),
+    "bytes as text": (lambda m: m["files"]["open_clip/tiny/open_clip_config.json"].__setitem__("bytes", "1kB"),
+                      "'bytes' must be a whole number"),
+    "shapes a list": (lambda m: m["files"]["open_clip/tiny/open_clip_model.safetensors"].__setitem__("shapes", [1]),
+                      "'shapes' must map tensor names"),
+    "roles a string": (lambda m: m.__setitem__("roles", "tiny"), "'roles' must map role names"),
+}
+
+
+@pytest.fixture(scope="module")
+def models_original(tmp_path_factory):
+    return _tiny_models(tmp_path_factory.mktemp("models") / "m")
+
+
+@pytest.mark.parametrize("case", sorted(MANIFEST_EDITS))
+def test_a_hand_edited_manifest_is_65_naming_the_entry(models_original, tmp_path, case):
+    edit, words = MANIFEST_EDITS[case]
+    models = tmp_path / "models"
+    shutil.copytree(models_original, models)
+    manifest = json.loads((models / "manifest.json").read_text())
+    edit(manifest)
+    (models / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BadDataError) as info:
+        check_models(models, ["clip"], verify_hashes=False)
+    assert info.value.exit_code == 65
+    assert str(models / "manifest.json") in info.value.message and words in info.value.message
+
+
+def test_a_hand_edited_manifest_stops_the_cli_before_any_step(models_original, tmp_path, capsys, started):
+    from bids_m2i.cli.run import run_cli
+    from helpers import make_minimal_bids
+
+    models = tmp_path / "models"
+    shutil.copytree(models_original, models)
+    manifest = json.loads((models / "manifest.json").read_text())
+    manifest["components"]["tiny"].pop("path")
+    (models / "manifest.json").write_text(json.dumps(manifest))
+    bids = make_minimal_bids(tmp_path / "bids")
+    before = {p: p.read_bytes() for p in models.rglob("*") if p.is_file()}
+    code = run_cli([str(bids), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "work"),
+                    "--skip-bids-validation", "--target", "clip", "--models-dir", str(models)])
+    err = capsys.readouterr().err
+    assert code == 65 and started == [], err[-2000:]
+    assert "manifest.json is malformed" in err and "Traceback" not in err
+    assert {p: p.read_bytes() for p in models.rglob("*") if p.is_file()} == before  # inputs never modified
+
+
+def test_an_intact_models_folder_still_passes(models_original):
+    check_models(models_original, ["clip"], verify_hashes=True)
