@@ -14,6 +14,9 @@
 - A ``manifest.json`` edited by hand (a component without ``path``, ``"bytes": "12kB"``, ``shapes`` a list,
   ``roles`` a string, a file entry not an object) stopped the start-up check with exit 1 "unexpected failure"
   (KeyError, ValueError, AttributeError). Now 65 naming the manifest and the entry, before any step.
+- An ``open_clip_config.json`` open_clip cannot build a model from (keys of another open_clip version, a text
+  where a number goes, an architecture name instead of ``model_cfg``): the loader caught load errors only, and
+  the decoding stage ended with exit 1 "unexpected failure: TypeError". Now 65 naming the config.
 """
 
 from __future__ import annotations
@@ -218,3 +221,26 @@ def test_a_hand_edited_manifest_stops_the_cli_before_any_step(models_original, t
 
 def test_an_intact_models_folder_still_passes(models_original):
     check_models(models_original, ["clip"], verify_hashes=True)
+
+
+CONFIG_EDITS = {  # open_clip_config.json of another open_clip version, or edited by hand
+    "unknown key": lambda c: c["model_cfg"]["vision_cfg"].__setitem__("bogus", 1),
+    "text for a number": lambda c: c["model_cfg"]["vision_cfg"].__setitem__("layers", "two"),
+    "architecture name for model_cfg": lambda c: c.__setitem__("model_cfg", "ViT-H-14"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONFIG_EDITS))
+def test_an_open_clip_config_that_builds_no_model_is_65_naming_it(models_original, tmp_path, case):
+    """Was exit 1 "unexpected failure: TypeError" at the decoding stage (the loader caught load errors only)."""
+    from bids_m2i.models.loading import load_open_clip_folder
+
+    folder = tmp_path / "tiny"
+    shutil.copytree(models_original / "open_clip" / "tiny", folder)
+    config = json.loads((folder / "open_clip_config.json").read_text())
+    CONFIG_EDITS[case](config)
+    (folder / "open_clip_config.json").write_text(json.dumps(config))
+    with pytest.raises(BadDataError) as info:
+        load_open_clip_folder(folder, device="cpu")
+    assert info.value.exit_code == 65
+    assert str(folder / "open_clip_config.json") in info.value.message and "can build" in info.value.message
