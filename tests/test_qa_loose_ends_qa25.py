@@ -17,6 +17,8 @@
 - An ``open_clip_config.json`` open_clip cannot build a model from (keys of another open_clip version, a text
   where a number goes, an architecture name instead of ``model_cfg``): the loader caught load errors only, and
   the decoding stage ended with exit 1 "unexpected failure: TypeError". Now 65 naming the config.
+- A weights file that is a symbolic link leading nowhere (a Hugging Face cache snapshot or DataLad clone copied
+  without its blobs): 66 "file is missing" for a file `ls` shows; now it names the link and how to copy it.
 """
 
 from __future__ import annotations
@@ -244,3 +246,21 @@ def test_an_open_clip_config_that_builds_no_model_is_65_naming_it(models_origina
         load_open_clip_folder(folder, device="cpu")
     assert info.value.exit_code == 65
     assert str(folder / "open_clip_config.json") in info.value.message and "can build" in info.value.message
+
+
+def test_a_weights_file_that_is_a_dangling_link_says_so(models_original, tmp_path):
+    """A models folder copied from a Hugging Face cache snapshot (symbolic links into ``blobs/``) without its
+    blobs: 66 "file is missing" for a file ``ls`` shows. Now the message says it is a link leading nowhere and
+    how to copy the folder with its links resolved."""
+    from bids_m2i.errors import InputMissingError
+
+    models = tmp_path / "models"
+    shutil.copytree(models_original, models)
+    weights = models / "open_clip" / "tiny" / "open_clip_model.safetensors"
+    weights.unlink()
+    weights.symlink_to("../../../blobs/0123abcd")
+    with pytest.raises(InputMissingError) as info:
+        check_models(models, ["clip"], verify_hashes=False)
+    assert info.value.exit_code == 66
+    assert "open_clip_model.safetensors: a symbolic link to ../../../blobs/0123abcd" in info.value.message
+    assert "cp -rL" in info.value.message

@@ -135,8 +135,8 @@ def check_readable(path: str | os.PathLike, root: str | os.PathLike | None = Non
     if root is not None and path != Path(root) and Path(root) in path.parents:
         chain = [Path(root), *[q for q in reversed(path.parents) if Path(root) in q.parents], path]
     for item in chain:
-        if not os.path.lexists(item):
-            return  # a missing file has its own message (66 "missing")
+        if not os.path.exists(item):
+            return  # a missing file (or a link leading nowhere) has its own message (66 "missing")
         # folders on the way need only be traversable (a `chmod 711` folder is fine); the last one is listed
         mode = os.X_OK if item is not path else (os.R_OK | os.X_OK if item.is_dir() else os.R_OK)
         if not os.access(item, mode):
@@ -499,6 +499,11 @@ def raise_for_result(result: CheckResult) -> None:
 
 
 def _check_file(path: Path, rel: str, entry: dict, verify_hashes: bool) -> tuple[str, str] | None:
+    if path.is_symlink() and not path.exists():
+        # a Hugging Face cache snapshot or a DataLad clone copied without the files its links point to: "file
+        # is missing" (copy the folder again) did not say why a file that `ls` shows was not found
+        return "missing", (f"{rel}: a symbolic link to {os.readlink(path)}, which does not exist (copy the folder "
+                           "with its links resolved: `cp -rL` or `rsync -aL`; in a DataLad dataset: `datalad get`)")
     if not path.is_file():
         return "missing", f"{rel}: file is missing"
     size = path.stat().st_size
