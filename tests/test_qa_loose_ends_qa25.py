@@ -19,6 +19,12 @@
   the decoding stage ended with exit 1 "unexpected failure: TypeError". Now 65 naming the config.
 - A weights file that is a symbolic link leading nowhere (a Hugging Face cache snapshot or DataLad clone copied
   without its blobs): 66 "file is missing" for a file `ls` shows; now it names the link and how to copy it.
+- fMRIPrep outputs (``--derivatives``) another user may not read, the usual case of a lab's shared fMRIPrep
+  folder: an unreadable confounds table or dataset_description.json gave 73 "Cannot write ... choose an
+  output/work folder you can write to"; a BOLD or mask 65 "rerun fMRIPrep for this participant (the file is
+  damaged or incomplete)"; a participant's folder 66 "No fMRIPrep preprocessed BOLD ... run fMRIPrep on this
+  participant first" (hours of needless fMRIPrep). Now 66 naming the file or folder, and that only read access
+  is needed.
 """
 
 from __future__ import annotations
@@ -264,3 +270,66 @@ def test_a_weights_file_that_is_a_dangling_link_says_so(models_original, tmp_pat
     assert info.value.exit_code == 66
     assert "open_clip_model.safetensors: a symbolic link to ../../../blobs/0123abcd" in info.value.message
     assert "cp -rL" in info.value.message
+
+
+# each case: what to chmod in fMRIPrep's folder (relative), its mode; the message names that path
+FMRIPREP_CASES = [
+    ("sub-01/func/sub-01_task-perception_run-1_desc-confounds_timeseries.tsv", 0o600),
+    ("sub-01/func/sub-01_task-perception_run-1_space-T1w_desc-preproc_bold.nii.gz", 0o600),
+    ("sub-01/func/sub-01_task-perception_run-1_space-T1w_desc-brain_mask.nii.gz", 0o600),
+    ("sub-01", 0o700),
+    ("dataset_description.json", 0o600),
+]
+# the CLI with the workflow replaced by a marker, once per case in one unprivileged interpreter
+CLI_PROBE = """
+import json, site, sys
+site.addsitedir({site!r}); sys.path.insert(0, {repo!r})
+import bids_m2i.workflows.base as base
+base.run_participant_workflows = lambda *a, **k: print("WORKFLOW-START", file=sys.stderr)
+from bids_m2i.cli.run import run_cli
+for i, args in enumerate(json.loads(sys.argv[1])):
+    code = run_cli(args)
+    print(f"@@CASE {{i}} {{code}}", file=sys.stderr, flush=True)
+"""
+
+
+@NEEDS_ROOT
+def test_fmriprep_outputs_another_user_may_not_read_are_66_naming_them():
+    from helpers import make_minimal_bids
+    from test_fmriprep_inputs import make_fmriprep_tree
+
+    python = _python_for_nobody()
+    if python is None:
+        pytest.skip("no Python interpreter that uid 65534 may run")
+    base = Path(tempfile.mkdtemp(prefix="m2i-qa25-fmriprep-", dir="/tmp"))
+    try:
+        bids = make_minimal_bids(base / "bids")
+        original = make_fmriprep_tree(bids, base / "fmriprep")
+        for path in [base, *base.rglob("*")]:
+            path.chmod(0o777 if path.is_dir() else 0o644)
+        cases, named = [], []
+        for i, (rel, mode) in enumerate([(None, None), *FMRIPREP_CASES]):
+            copy = base / f"fmriprep-{i}"
+            shutil.copytree(original, copy)
+            if rel is not None:
+                (copy / rel).chmod(mode)
+            named.append(None if rel is None else copy / rel)
+            cases.append([str(bids), str(base / f"out-{i}"), "participant", "-w", str(base / f"work-{i}"),
+                          "--skip-bids-validation", "--stop-after", "glm", "--derivatives", str(copy)])
+        script = CLI_PROBE.format(site=sysconfig.get_paths()["purelib"], repo=str(REPO))
+        result = subprocess.run([*DROP, python, "-c", script, json.dumps(cases)], capture_output=True, text=True,
+                                cwd=str(base), env={**os.environ, "HOME": "/nonexistent"}, timeout=300)
+        outputs = result.stderr.split("@@CASE ")
+        assert len(outputs) == len(cases) + 1, result.stderr[-3000:]
+        assert "WORKFLOW-START" in outputs[0] and outputs[1].startswith("0 ")  # the readable copy starts
+        for i, path in enumerate(named[1:], start=1):
+            text = outputs[i]  # the messages of case i come before its "@@CASE i code" line
+            assert outputs[i + 1].startswith(f"{i} 66"), text[-2000:]
+            assert f"Cannot read {path}: permission denied (m2i runs as uid {NOBODY})" in text, text[-2000:]
+            assert "no need to rerun fMRIPrep" in text and "Traceback" not in text
+            assert "WORKFLOW-START" not in text
+    finally:
+        for path in [base, *base.rglob("*")]:
+            if path.is_dir() and not path.is_symlink():
+                path.chmod(0o755)
+        shutil.rmtree(base, ignore_errors=True)
