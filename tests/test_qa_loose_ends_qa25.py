@@ -25,6 +25,10 @@
   damaged or incomplete)"; a participant's folder 66 "No fMRIPrep preprocessed BOLD ... run fMRIPrep on this
   participant first" (hours of needless fMRIPrep). Now 66 naming the file or folder, and that only read access
   is needed.
+- ``--models-dir`` with the default ``--target pixels`` (for the feature metrics): the start-up check ran only
+  for the clip target or the unclip generator, yet the evaluation step loads every metric network the
+  manifest lists: a truncated CLIP weights file (or a malformed manifest) stopped the run at that last step,
+  after preprocessing, the GLM and the decoding. Now checked at start-up (65, nothing started).
 """
 
 from __future__ import annotations
@@ -333,3 +337,36 @@ def test_fmriprep_outputs_another_user_may_not_read_are_66_naming_them():
             if path.is_dir() and not path.is_symlink():
                 path.chmod(0o755)
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.parametrize("damage", ["none", "truncated weights", "malformed manifest"])
+def test_metric_models_are_checked_at_start_up_for_pixels(models_original, tiny_dataset, tmp_path, capsys,
+                                                          started, damage):
+    from bids_m2i.cli.run import run_cli
+
+    models = tmp_path / "models"
+    shutil.copytree(models_original, models)
+    if damage == "truncated weights":
+        weights = models / "open_clip" / "tiny" / "open_clip_model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:5000])
+    elif damage == "malformed manifest":
+        manifest = json.loads((models / "manifest.json").read_text())
+        manifest["roles"] = "tiny"
+        (models / "manifest.json").write_text(json.dumps(manifest))
+    code = run_cli([str(tiny_dataset), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "work"),
+                    "--skip-bids-validation", "--models-dir", str(models)])
+    err = capsys.readouterr().err
+    if damage == "none":
+        assert code == 0 and started == [True], err[-2000:]
+    else:
+        assert code == 65 and started == [], err[-2000:]
+        assert ("open_clip_model.safetensors: 5000 bytes" if damage == "truncated weights"
+                else "manifest.json is malformed") in err
+
+
+def test_a_models_dir_that_does_not_exist_still_only_skips_the_metrics(tiny_dataset, tmp_path, started):
+    from bids_m2i.cli.run import run_cli
+
+    code = run_cli([str(tiny_dataset), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "work"),
+                    "--skip-bids-validation", "--models-dir", str(tmp_path / "none")])
+    assert code == 0 and started == [True]
