@@ -116,12 +116,13 @@ def error_from_oserror(exc: OSError, path: str | os.PathLike | None = None, *, w
     return ProcessingIOError(f"I/O error on {where}: {exc.strerror or exc}", path=where)
 
 
-def unreadable_input_error(path: str | os.PathLike | None) -> InputMissingError:
+def unreadable_input_error(path: str | os.PathLike | None, hint: str | None = None) -> InputMissingError:
     """Exit 66 (sysexits' EX_NOINPUT: an input that does not exist *or cannot be read*) for an input file or
-    folder this user may not read: group-only permissions of another lab member's files, a root-owned copy."""
+    folder this user may not read: group-only permissions of another lab member's files, a root-owned copy.
+    ``hint`` replaces the dataset's advice for inputs that are no dataset (the models folder, a model file)."""
     return InputMissingError(
         f"Cannot read {path}: permission denied (m2i runs as uid {os.getuid()})",
         path=path,
-        hint="make the dataset readable by this user (e.g. `chmod -R a+rX DATASET`, or ask its owner to add you "
-        "to its group); m2i only reads it, so a read-only copy or mount is fine",
+        hint=hint or "make the dataset readable by this user (e.g. `chmod -R a+rX DATASET`, or ask its owner to "
+        "add you to its group); m2i only reads it, so a read-only copy or mount is fine",
     )

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shlex
 import shutil
 import subprocess
 from pathlib import Path
 
-from ..errors import InputMissingError
+from ..errors import InputMissingError, unreadable_input_error
 from ..utils.paths import is_inside
 from .layout import is_unfetched_link, parse_entities, unfetched_content_error
 
@@ -94,8 +95,23 @@ def _legacy_hint(example: Path) -> str:
             "fMRIPrep (20.2 LTS or later) on this participant, or use m2i's own preprocessing (--space func)")
 
 
+#: fMRIPrep's outputs of another lab member were reported as damaged or absent, with the advice to rerun fMRIPrep
+#: (hours), or as "Cannot write" (exit 73): they only need to be readable
+UNREADABLE_HINT = ("make fMRIPrep's outputs readable by this user (e.g. `chmod -R a+rX` on the folder, or ask their "
+                   "owner to add you to its group); m2i only reads them, so there is no need to rerun fMRIPrep")
+
+
+def _check_readable(path: Path) -> None:
+    """Exit 66 for a file or folder of fMRIPrep's outputs that exists but this user may not read."""
+    mode = os.R_OK | os.X_OK if path.is_dir() else os.R_OK
+    if os.path.exists(path) and not os.access(path, mode):
+        raise unreadable_input_error(path, hint=UNREADABLE_HINT)
+
+
 def check_fmriprep_folder(folder: Path) -> dict:
+    _check_readable(Path(folder))
     description = Path(folder) / "dataset_description.json"
+    _check_readable(description)
     if not description.exists():
         hint = "give fMRIPrep's output folder (the one holding its dataset_description.json)"
         nested = Path(folder) / "fmriprep"
@@ -158,6 +174,12 @@ def _variant(path: Path) -> str:
 def find_fmriprep_files(index: dict, raw_entities: dict[str, str], space: str, raw_name: str) -> dict[str, Path]:
     files = index.get(_key(raw_entities))
     if not files or "bold" not in files:
+        for folder in index.get(_FOLDERS, ()):  # the participant's folders exist but are hidden from this user
+            subject = Path(folder) / f"sub-{raw_entities.get('subject')}"
+            session = raw_entities.get("session")
+            for path in [subject, *([subject / f"ses-{session}"] if session else []),
+                         (subject / f"ses-{session}" if session else subject) / "func"]:
+                _check_readable(path)
         legacy = next(filter(None, map(legacy_fmriprep_file, index.get(_FOLDERS, ()))), None)
         raise InputMissingError(
             f"No fMRIPrep preprocessed BOLD for {raw_name} in the --derivatives folder(s)",
@@ -232,6 +254,8 @@ def check_fmriprep_run(found: dict[str, Path]) -> None:
 
     from ..errors import BadDataError
 
+    for kind in ("bold", "mask", "confounds"):
+        _check_readable(found[kind])
     shapes = {}
     for kind in ("bold", "mask"):
         try:

@@ -427,11 +427,31 @@ def check_models_early(config: Config) -> None:
         purposes.append("clip")
     if config.values.get("generator") == "unclip":
         purposes.append("unclip")
-    if not purposes:
-        return
     from ..models.store import check_models, resolve_models_dir
 
-    check_models(resolve_models_dir(config.values.get("models_dir")), purposes, verify_hashes=False)
+    if purposes:
+        check_models(resolve_models_dir(config.values.get("models_dir")), purposes, verify_hashes=False)
+    check_metric_models_early(config.resolved_models_dir)
+
+
+def check_metric_models_early(models_dir: Path | None) -> None:
+    """The networks of the feature metrics, which the evaluation step loads from any models folder given
+    (:func:`bids_m2i.evaluation.feature_spaces.load_feature_extractors`), even for ``--target pixels``: a
+    damaged, unreadable or hand-edited folder stopped the run at that last step, after all the others."""
+    from ..models.store import MANIFEST_NAME, check_models, check_readable, read_manifest
+
+    if models_dir is None:
+        return
+    check_readable(models_dir / MANIFEST_NAME, models_dir)
+    if not (models_dir / MANIFEST_NAME).is_file():
+        return  # no folder (no metrics) or one without a manifest: read as it is, as the evaluation does
+    manifest = read_manifest(models_dir)
+    components, roles = manifest["components"], manifest.get("roles", {})
+    # the components the evaluation loads: the CLIP metric (else the decoding CLIP) and every eval network
+    clip = next((roles[r] for r in ("clip_metric", "clip_features") if roles.get(r) in components), None)
+    needed = [name for name in components if name == clip or name.startswith("eval/")]
+    if needed:
+        check_models(models_dir, components=needed, verify_hashes=False)
 
 
 def check_stimulus_images(trials: pd.DataFrame, stimuli_dir: Path) -> None:

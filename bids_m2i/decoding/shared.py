@@ -261,9 +261,18 @@ def read_shared_sidecar(path) -> dict:
     JSON of our format (else exit 64). Used by the loader and by the start-up check of ``--shared-decoder``."""
     path = Path(path)
     sidecar = path.with_suffix(".json")
-    if not path.is_file() or not sidecar.is_file():
+    if not path.is_file():
         raise InputMissingError(f"shared decoder not found: {path} (+ .json sidecar)", path=path,
                                 hint="train it with `m2i BIDS OUT group --train-shared-decoder`")
+    if not sidecar.is_file():  # the weights alone were copied: say which file is missing, not the one given
+        raise InputMissingError(f"the shared decoder {path.name} has no JSON sidecar: {sidecar} not found",
+                                path=sidecar, hint=f"copy {sidecar.name} from the group level's OUT/group/decoding/ "
+                                "next to it (it holds the feature space and the voxel selection)")
+    from ..models.store import check_readable
+
+    for item in (path, sidecar):  # another user's file was 64 "not a readable shared decoder sidecar"
+        check_readable(item, hint="make it readable by this user (e.g. `chmod a+r FILE`, or ask its owner to add "
+                       "you to its group), or pass a copy of your own (the .safetensors with its .json)")
     try:
         meta = json.loads(sidecar.read_text())
     except (ValueError, OSError) as exc:

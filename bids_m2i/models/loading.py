@@ -207,8 +207,17 @@ def load_open_clip_folder(folder: str | os.PathLike, device="auto") -> OpenClipM
     quiet = _DropOpenClipNoWeightsWarning()
     logging.getLogger().addFilter(quiet)
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}", load_weights=False,
-                                                                     device="cpu")
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}", load_weights=False,
+                                                                         device="cpu")
+        except (TypeError, KeyError, AttributeError) as exc:
+            # a config of another open_clip version (unknown keys) or edited by hand (a text where a number
+            # goes, an architecture name where the model_cfg object goes) was exit 1 at the decoding stage
+            raise BadDataError(
+                f"{config_path} does not describe a model this open_clip {open_clip.__version__} can build "
+                f"({type(exc).__name__}: {exc})", path=config_path,
+                hint="restore the config written by `m2i-models prepare` (or make-tiny), or re-create the "
+                "folder with this version") from exc
         model.load_state_dict(load_file(str(weights_path)), strict=True)
         tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
     except (RuntimeError, ValueError, OSError, SafetensorError) as exc:

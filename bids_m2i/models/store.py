@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from ..errors import BadDataError, InputMissingError, UsageError
+from ..errors import BadDataError, InputMissingError, UsageError, unreadable_input_error
 from ..utils.atomic import write_json
 
 log = logging.getLogger("m2i.models")
@@ -116,6 +116,34 @@ def resolve_models_dir(models_dir: str | os.PathLike | None) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# permissions
+
+UNREADABLE_HINT = ("make it readable by this user (e.g. `chmod -R a+rX` on the models folder, or ask its owner to "
+                   "add you to its group), or point --models-dir to a copy of your own; m2i only reads it, so it "
+                   "needs no recreating")
+
+
+def check_readable(path: str | os.PathLike, root: str | os.PathLike | None = None, hint: str = UNREADABLE_HINT) -> None:
+    """Exit 66 naming the first folder (from ``root`` down) or the file of ``path`` this user may not read.
+
+    A models folder of another lab member (group-only permissions) gave 65 "does not match its manifest" /
+    "not JSON" / "Not a readable safetensors file (No such file or directory)" with the advice to delete and
+    recreate it, or a PermissionError; as root nothing is unreadable, so only other users saw it.
+    """
+    path = Path(path)
+    chain = [path]
+    if root is not None and path != Path(root) and Path(root) in path.parents:
+        chain = [Path(root), *[q for q in reversed(path.parents) if Path(root) in q.parents], path]
+    for item in chain:
+        if not os.path.exists(item):
+            return  # a missing file (or a link leading nowhere) has its own message (66 "missing")
+        # folders on the way need only be traversable (a `chmod 711` folder is fine); the last one is listed
+        mode = os.X_OK if item is not path else (os.R_OK | os.X_OK if item.is_dir() else os.R_OK)
+        if not os.access(item, mode):
+            raise unreadable_input_error(item, hint=hint)
+
+
+# ----------------------------------------------------------------------------------------------------------
 # describing files
 
 
@@ -141,6 +169,7 @@ def safetensors_shapes(path: str | os.PathLike) -> dict[str, list[int]]:
     """
     from safetensors import safe_open
 
+    check_readable(path)  # safetensors reports a file it may not open as "No such file or directory"
     try:
         with safe_open(str(path), framework="pt") as handle:
             return {name: list(handle.get_slice(name).get_shape()) for name in sorted(handle.keys())}
@@ -234,6 +263,7 @@ def read_manifest(models_dir: str | os.PathLike) -> dict:
     """
     models_dir = Path(models_dir)
     path = models_dir / MANIFEST_NAME
+    check_readable(path, models_dir)
     if not path.is_file():
         raise InputMissingError(
             f"No {MANIFEST_NAME} in the models folder {models_dir}",
@@ -254,7 +284,39 @@ def read_manifest(models_dir: str | os.PathLike) -> dict:
             path=path,
             hint="recreate the folder with `m2i-models prepare DIR` or `m2i-models make-tiny DIR`",
         )
+    problems = _manifest_problems(manifest)
+    if problems:  # a hand-edited manifest stopped the run with exit 1 (KeyError, TypeError, ValueError)
+        raise BadDataError(
+            f"{path} is malformed: " + "; ".join(problems[:3]) + (f" and {len(problems) - 3} more" if len(problems) > 3
+                                                                 else ""),
+            path=path,
+            hint="restore the manifest written by `m2i-models prepare DIR` / `make-tiny DIR` (or recreate the folder); "
+            "do not edit it by hand",
+        )
     return manifest
+
+
+def _manifest_problems(manifest: dict) -> list[str]:
+    """Entries of a manifest whose types the checks and loaders rely on, described."""
+    problems = []
+    roles = manifest.get("roles", {})
+    if not isinstance(roles, dict) or not all(isinstance(v, (str, type(None))) for v in roles.values()):
+        problems.append("'roles' must map role names to component names")
+    for name, info in manifest["components"].items():
+        rel = info.get("path") if isinstance(info, dict) else None
+        if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
+            problems.append(f"component {name!r} needs a 'path' inside the models folder")
+    for rel, entry in manifest["files"].items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("component"), str):
+            problems.append(f"file {rel!r} needs an object with its 'component'")
+            continue
+        if "bytes" in entry and (isinstance(entry["bytes"], bool) or not isinstance(entry["bytes"], int)):
+            problems.append(f"file {rel!r}: 'bytes' must be a whole number")
+        shapes = entry.get("shapes", {})
+        if not isinstance(shapes, dict) or not all(
+                isinstance(v, list) and all(isinstance(n, int) for n in v) for v in shapes.values()):
+            problems.append(f"file {rel!r}: 'shapes' must map tensor names to lists of sizes")
+    return problems
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -389,6 +451,7 @@ def check_models(
     for name in needed:
         info = manifest["components"][name]
         root = models_dir / info["path"]
+        check_readable(root, models_dir)
         if not root.exists():
             result.missing.append(f"{info['path']}: component {name} is missing")
             continue
@@ -398,6 +461,7 @@ def check_models(
             result.bad.append(f"{info['path']}: the manifest lists no files for component {name}")
         for rel, entry in entries.items():
             result.files_checked += 1
+            check_readable(models_dir / rel, models_dir)
             problem = _check_file(models_dir / rel, rel, entry, verify_hashes)
             if problem is None:
                 continue
@@ -435,6 +499,11 @@ def raise_for_result(result: CheckResult) -> None:
 
 
 def _check_file(path: Path, rel: str, entry: dict, verify_hashes: bool) -> tuple[str, str] | None:
+    if path.is_symlink() and not path.exists():
+        # a Hugging Face cache snapshot or a DataLad clone copied without the files its links point to: "file
+        # is missing" (copy the folder again) did not say why a file that `ls` shows was not found
+        return "missing", (f"{rel}: a symbolic link to {os.readlink(path)}, which does not exist (copy the folder "
+                           "with its links resolved: `cp -rL` or `rsync -aL`; in a DataLad dataset: `datalad get`)")
     if not path.is_file():
         return "missing", f"{rel}: file is missing"
     size = path.stat().st_size
