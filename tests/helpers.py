@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -114,3 +117,19 @@ def pinned_glm_session(generator: str, n_voxels: int = 900):
         return sim.runs, sim.trials, sim.true_betas, sim.responsive
     s, runs, trials = independent_glm_session(n_voxels, 3)
     return runs, trials, s.true_betas, s.responsive
+
+
+# --- running a command as an unprivileged user (tests run as root in CI: a permission test must drop to one) ---
+NOBODY = 65534
+DROP = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+
+
+def python_for_nobody() -> str | None:
+    """A Python interpreter of this version that uid 65534 can start (the venv's may sit below root-only
+    folders), or ``None``."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    for python in [sys.executable, f"/usr/bin/python{version}", f"/usr/local/bin/python{version}"]:
+        if shutil.which(python) and subprocess.run([*DROP, python, "-c", "pass"], capture_output=True,
+                                                   cwd="/").returncode == 0:
+            return python
+    return None

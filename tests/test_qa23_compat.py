@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import ast
-import importlib
 import logging
 import sys
 import tomllib
@@ -40,7 +39,11 @@ def test_no_module_imports_tomllib_directly():
 
 
 def test_tomlread_falls_back_to_tomli_without_tomllib(monkeypatch):
-    """Stand in for 3.10: no tomllib, a ``tomli`` module present; tomlread must take tomli's functions."""
+    """Stand in for 3.10: no tomllib, a ``tomli`` module present; tomlread must take tomli's functions.
+
+    The module's file is executed under another name, so the package's own ``tomlread`` (which config.py and
+    events.py hold) is never replaced."""
+    import importlib.util
     import types
 
     fake_tomli = types.ModuleType("tomli")
@@ -49,16 +52,15 @@ def test_tomlread_falls_back_to_tomli_without_tomllib(monkeypatch):
     fake_tomli.TOMLDecodeError = type("TOMLDecodeError", (ValueError,), {})
     monkeypatch.setitem(sys.modules, "tomllib", None)  # `import tomllib` now raises ModuleNotFoundError
     monkeypatch.setitem(sys.modules, "tomli", fake_tomli)
-    monkeypatch.delitem(sys.modules, "bids_m2i.utils.tomlread", raising=False)
-    reader = importlib.import_module("bids_m2i.utils.tomlread")
-    try:
-        assert reader.loads("") == {"from": "tomli"}
-        assert reader.TOMLDecodeError is fake_tomli.TOMLDecodeError
-    finally:
-        sys.modules.pop("bids_m2i.utils.tomlread", None)
+    spec = importlib.util.spec_from_file_location("tomlread_on_310", PACKAGE / "utils" / "tomlread.py")
+    reader = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reader)
+    assert reader.loads("") == {"from": "tomli"}
+    assert reader.TOMLDecodeError is fake_tomli.TOMLDecodeError
     monkeypatch.undo()
-    again = importlib.import_module("bids_m2i.utils.tomlread")
-    assert again.TOMLDecodeError is tomllib.TOMLDecodeError
+    from bids_m2i.utils import tomlread
+
+    assert tomlread.TOMLDecodeError is tomllib.TOMLDecodeError and tomlread.load is tomllib.load
 
 
 def test_pyproject_asks_for_tomli_only_before_311():

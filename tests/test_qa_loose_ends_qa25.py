@@ -44,14 +44,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import DROP, NOBODY, python_for_nobody
 
 from bids_m2i.errors import BadDataError
 from bids_m2i.models.store import check_models, write_manifest
 from bids_m2i.models.tiny import make_tiny_open_clip
 
 REPO = Path(__file__).resolve().parents[1]
-NOBODY = 65534
-DROP = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
 NEEDS_ROOT = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
                                 reason="needs root to drop privileges to uid 65534")
 
@@ -99,15 +98,6 @@ def _shared_file(folder: Path) -> Path:
     return model.save(folder / "desc-sharedpixels_model.safetensors")
 
 
-def _python_for_nobody() -> str | None:
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    for python in [sys.executable, f"/usr/bin/python{version}", f"/usr/local/bin/python{version}"]:
-        if shutil.which(python) and subprocess.run([*DROP, python, "-c", "pass"], capture_output=True,
-                                                   cwd="/").returncode == 0:
-            return python
-    return None
-
-
 # (what to chmod, relative to the copy; mode; the path the message must name, relative; exit code)
 MODELS_CASES = [
     ("manifest.json", 0o600, "manifest.json", 66),
@@ -123,7 +113,7 @@ SHARED_CASES = [("desc-sharedpixels_model.json", 0o600), ("desc-sharedpixels_mod
 
 @NEEDS_ROOT
 def test_inputs_another_user_may_not_read_are_66_naming_them(tmp_path_factory):
-    python = _python_for_nobody()
+    python = python_for_nobody()
     if python is None:
         pytest.skip("no Python interpreter that uid 65534 may run")
     base = Path(tempfile.mkdtemp(prefix="m2i-qa25-", dir="/tmp"))  # pytest's folders are private to root
@@ -302,7 +292,7 @@ def test_fmriprep_outputs_another_user_may_not_read_are_66_naming_them():
     from helpers import make_minimal_bids
     from test_fmriprep_inputs import make_fmriprep_tree
 
-    python = _python_for_nobody()
+    python = python_for_nobody()
     if python is None:
         pytest.skip("no Python interpreter that uid 65534 may run")
     base = Path(tempfile.mkdtemp(prefix="m2i-qa25-fmriprep-", dir="/tmp"))

@@ -17,24 +17,14 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+from helpers import DROP, python_for_nobody
 
 REPO = Path(__file__).resolve().parents[1]
-NOBODY = 65534
-DROP = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
 # the CLI with the workflow replaced by a marker: these checks happen before it, or not at all
 SCRIPT = ("import site, sys; site.addsitedir({site!r}); sys.path.insert(0, {repo!r}); "
           "import bids_m2i.workflows.base as base; "
           "base.run_participant_workflows = lambda *a, **k: print('WORKFLOW-START', file=sys.stderr); "
           "from bids_m2i.cli.run import run_cli; sys.exit(run_cli(sys.argv[1:]))")
-
-
-def _python_for_nobody() -> str | None:
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    for python in [sys.executable, f"/usr/bin/python{version}", f"/usr/local/bin/python{version}"]:
-        if shutil.which(python) and subprocess.run([*DROP, python, "-c", "pass"], capture_output=True,
-                                                   cwd="/").returncode == 0:
-            return python
-    return None
 
 
 NEEDS_ROOT = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
@@ -43,7 +33,7 @@ NEEDS_ROOT = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is 
 
 @pytest.fixture(scope="module")
 def python():
-    found = _python_for_nobody()
+    found = python_for_nobody()
     if found is None:
         pytest.skip("no Python interpreter that uid 65534 may run")
     return found
