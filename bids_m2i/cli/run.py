@@ -107,17 +107,23 @@ def _run_and_report(bids_dir, output_dir, analysis_level, config_file, values, g
         LOGGER.warning("Interrupted: rerun with the same work dir to resume")
         return 130
     except PermissionError as exc:  # one that no stage turned into its own message
-        from ..errors import error_from_oserror
-        from ..utils.paths import is_inside
+        from ..errors import error_from_oserror, unreadable_input_error
+        from ..utils.paths import denied_on_read, is_inside
 
         LOGGER.debug("permission denied", exc_info=True)
         where = getattr(exc, "filename", None)
-        reading = where is not None and is_inside(where, bids_dir)
-        if reading:
+        in_dataset = where is not None and is_inside(where, bids_dir)
+        if in_dataset:
             from ..bids.layout import first_unreadable
 
             where = first_unreadable(where, bids_dir)
-        error = error_from_oserror(exc, where, writing=not reading)
+            error = error_from_oserror(exc, where, writing=False)
+        elif where is not None and denied_on_read(where, (output_dir, values.get("work_dir"))):
+            # another input (models, fMRIPrep's outputs, a settings file) that no stage named: 66, not 73
+            error = unreadable_input_error(where, hint="make it readable by this user (e.g. `chmod -R a+rX` on it "
+                                           "or the folder above, or use a copy of your own); m2i only reads it")
+        else:
+            error = error_from_oserror(exc, where, writing=True)
         _print_error(error)
         return error.exit_code
     except Exception as exc:  # the last resort: never a traceback on the terminal

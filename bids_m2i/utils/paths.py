@@ -17,3 +17,27 @@ def is_inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
         return Path(path).resolve().is_relative_to(Path(folder).resolve())
     except (TypeError, ValueError, OSError, RuntimeError):  # RuntimeError: a link loop (Python < 3.13)
         return False
+
+
+def denied_on_read(path: str | os.PathLike, written_folders) -> bool:
+    """Whether a "permission denied" on ``path`` most likely came from reading an input, not from writing.
+
+    Why: a PermissionError says nothing of the operation. m2i writes below OUTPUT_DIR and the work dir (and the
+    temporary folder and home, which exist and which it may read); everywhere else it reads: a models folder,
+    fMRIPrep's outputs, a ``--captions`` file. So a path outside ``written_folders`` whose nearest existing part
+    this user may not read (or, for a folder, enter) is an unreadable input, exit 66, where "Cannot write ...
+    choose an output folder" (73) would send the user to the wrong place. As root every access is allowed, so
+    nothing changes there.
+    """
+    if any(folder is not None and is_inside(path, folder) for folder in written_folders):
+        return False
+    try:
+        candidate = Path(os.path.abspath(path))
+    except (TypeError, ValueError):
+        return False
+    for part in (candidate, *candidate.parents):
+        if os.path.lexists(part):  # False when a parent cannot be entered: go up to the part that can be seen
+            if not os.access(part, os.R_OK):
+                return True
+            return part.is_dir() and not os.access(part, os.X_OK)
+    return False
