@@ -300,8 +300,7 @@ def available_memory_gb() -> float:
 # --- config file -----------------------------------------------------------------------------------------
 def read_config_file(path: Path) -> dict[str, Any]:
     """Read a TOML config file into ``{option_name: value}``; unknown keys or wrong types -> UsageError."""
-    from bids_m2i.utils import tomlread
-
+    from .utils import tomlread
     from .utils.text import read_settings_text
 
     try:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import nibabel as nib
@@ -133,3 +135,23 @@ def python_for_nobody() -> str | None:
                                                    cwd="/").returncode == 0:
             return python
     return None
+
+
+@contextlib.contextmanager
+def folder_for_nobody(prefix: str):
+    """A new folder below /tmp for files uid 65534 must reach (pytest's folders are private to root); on exit
+    every folder in it is made traversable again (tests take permissions away) and it is removed."""
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    try:
+        yield base
+    finally:
+        for path in [base, *base.rglob("*")]:
+            if path.is_dir() and not path.is_symlink():
+                path.chmod(0o755)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def open_to_everyone(base: Path, folder_mode: int = 0o777) -> None:
+    """Every folder below ``base`` (and ``base``) ``folder_mode``, every file 0o644: readable by uid 65534."""
+    for path in [base, *base.rglob("*")]:
+        path.chmod(folder_mode if path.is_dir() else 0o644)

@@ -37,14 +37,12 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import sysconfig
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import DROP, NOBODY, python_for_nobody
+from helpers import DROP, NOBODY, folder_for_nobody, open_to_everyone, python_for_nobody
 
 from bids_m2i.errors import BadDataError
 from bids_m2i.models.store import check_models, write_manifest
@@ -116,12 +114,10 @@ def test_inputs_another_user_may_not_read_are_66_naming_them(tmp_path_factory):
     python = python_for_nobody()
     if python is None:
         pytest.skip("no Python interpreter that uid 65534 may run")
-    base = Path(tempfile.mkdtemp(prefix="m2i-qa25-", dir="/tmp"))  # pytest's folders are private to root
-    try:
+    with folder_for_nobody("m2i-qa25-") as base:
         original = _tiny_models(base / "original")
         shared_original = _shared_file(base / "shared-original")
-        for path in [base, *base.rglob("*")]:
-            path.chmod(0o755 if path.is_dir() else 0o644)
+        open_to_everyone(base, 0o755)
         jobs, expected = [], []
         for i, (rel, mode, named, code) in enumerate(MODELS_CASES):
             copy = base / f"models-{i}"
@@ -145,11 +141,6 @@ def test_inputs_another_user_may_not_read_are_66_naming_them(tmp_path_factory):
             if code:
                 assert out["message"] == f"Cannot read {named}: permission denied (m2i runs as uid {NOBODY})", out
                 assert "readable by this user" in out["hint"] and "recreate the folder" not in out["hint"]
-    finally:
-        for path in [base, *base.rglob("*")]:
-            if path.is_dir() and not path.is_symlink():
-                path.chmod(0o755)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_shared_decoder_without_its_sidecar_names_the_sidecar(tmp_path, capsys, started):
@@ -295,12 +286,10 @@ def test_fmriprep_outputs_another_user_may_not_read_are_66_naming_them():
     python = python_for_nobody()
     if python is None:
         pytest.skip("no Python interpreter that uid 65534 may run")
-    base = Path(tempfile.mkdtemp(prefix="m2i-qa25-fmriprep-", dir="/tmp"))
-    try:
+    with folder_for_nobody("m2i-qa25-fmriprep-") as base:
         bids = make_minimal_bids(base / "bids")
         original = make_fmriprep_tree(bids, base / "fmriprep")
-        for path in [base, *base.rglob("*")]:
-            path.chmod(0o777 if path.is_dir() else 0o644)
+        open_to_everyone(base)
         cases, named = [], []
         for i, (rel, mode) in enumerate([(None, None), *FMRIPREP_CASES]):
             copy = base / f"fmriprep-{i}"
@@ -322,11 +311,6 @@ def test_fmriprep_outputs_another_user_may_not_read_are_66_naming_them():
             assert f"Cannot read {path}: permission denied (m2i runs as uid {NOBODY})" in text, text[-2000:]
             assert "no need to rerun fMRIPrep" in text and "Traceback" not in text
             assert "WORKFLOW-START" not in text
-    finally:
-        for path in [base, *base.rglob("*")]:
-            if path.is_dir() and not path.is_symlink():
-                path.chmod(0o755)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.mark.parametrize("damage", ["none", "truncated weights", "malformed manifest"])

@@ -14,11 +14,10 @@ import os
 import shutil
 import subprocess
 import sysconfig
-import tempfile
 from pathlib import Path
 
 import pytest
-from helpers import DROP, NOBODY, make_minimal_bids, python_for_nobody
+from helpers import DROP, NOBODY, folder_for_nobody, make_minimal_bids, open_to_everyone, python_for_nobody
 
 REPO = Path(__file__).resolve().parents[1]
 NEEDS_ROOT = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
@@ -47,8 +46,7 @@ def test_unnamed_permission_errors_tell_reading_from_writing():
     python = python_for_nobody()
     if python is None:
         pytest.skip("no Python interpreter that uid 65534 may run")
-    base = Path(tempfile.mkdtemp(prefix="m2i-perm-", dir="/tmp"))
-    try:
+    with folder_for_nobody("m2i-perm-") as base:
         bids = make_minimal_bids(base / "bids")
         private = base / "lab-models"
         private.mkdir()
@@ -58,8 +56,7 @@ def test_unnamed_permission_errors_tell_reading_from_writing():
         (locked / "inside.json").write_text("{}")
         closed = base / "root-owned"
         closed.mkdir()
-        for path in [base, *base.rglob("*")]:
-            path.chmod(0o777 if path.is_dir() else 0o644)
+        open_to_everyone(base)
         (private / "weights.safetensors").chmod(0o600)
         locked.chmod(0o700)
         closed.chmod(0o755)
@@ -82,8 +79,3 @@ def test_unnamed_permission_errors_tell_reading_from_writing():
         assert outputs[3].startswith("2 73"), result.stderr[-3000:]  # a write outside the outputs stays 73
         assert f"Cannot write {closed / 'new.txt'}" in outputs[2], outputs[2][-2000:]
         assert "Traceback" not in result.stderr and "Cannot write" not in outputs[0] + outputs[1]
-    finally:
-        for path in [base, *base.rglob("*")]:
-            if path.is_dir() and not path.is_symlink():
-                path.chmod(0o755)
-        shutil.rmtree(base, ignore_errors=True)

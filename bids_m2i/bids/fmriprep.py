@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shlex
 import shutil
 import subprocess
 from pathlib import Path
 
-from ..errors import InputMissingError, unreadable_input_error
-from ..utils.paths import is_inside
+from ..errors import InputMissingError
+from ..utils.paths import check_readable, is_inside
 from .layout import is_unfetched_link, parse_entities, unfetched_content_error
 
 LOGGER = logging.getLogger("m2i.bids")
@@ -102,10 +101,7 @@ UNREADABLE_HINT = ("make fMRIPrep's outputs readable by this user (e.g. `chmod -
 
 
 def _check_readable(path: Path) -> None:
-    """Exit 66 for a file or folder of fMRIPrep's outputs that exists but this user may not read."""
-    mode = os.R_OK | os.X_OK if path.is_dir() else os.R_OK
-    if os.path.exists(path) and not os.access(path, mode):
-        raise unreadable_input_error(path, hint=UNREADABLE_HINT)
+    check_readable(path, hint=UNREADABLE_HINT)
 
 
 def check_fmriprep_folder(folder: Path) -> dict:

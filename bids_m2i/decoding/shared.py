@@ -268,7 +268,7 @@ def read_shared_sidecar(path) -> dict:
         raise InputMissingError(f"the shared decoder {path.name} has no JSON sidecar: {sidecar} not found",
                                 path=sidecar, hint=f"copy {sidecar.name} from the group level's OUT/group/decoding/ "
                                 "next to it (it holds the feature space and the voxel selection)")
-    from ..models.store import check_readable
+    from ..utils.paths import check_readable
 
     for item in (path, sidecar):  # another user's file was 64 "not a readable shared decoder sidecar"
         check_readable(item, hint="make it readable by this user (e.g. `chmod a+r FILE`, or ask its owner to add "

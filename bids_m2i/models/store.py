@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from ..errors import BadDataError, InputMissingError, UsageError, unreadable_input_error
+from ..errors import BadDataError, InputMissingError, UsageError
 from ..utils.atomic import write_json
 
 log = logging.getLogger("m2i.models")
@@ -124,23 +124,12 @@ UNREADABLE_HINT = ("make it readable by this user (e.g. `chmod -R a+rX` on the m
 
 
 def check_readable(path: str | os.PathLike, root: str | os.PathLike | None = None, hint: str = UNREADABLE_HINT) -> None:
-    """Exit 66 naming the first folder (from ``root`` down) or the file of ``path`` this user may not read.
+    """:func:`bids_m2i.utils.paths.check_readable` with the models folder's advice: a folder of another lab member
+    gave 65 "does not match its manifest" / "not JSON" / "Not a readable safetensors file (No such file or
+    directory)" with the advice to delete and recreate it."""
+    from ..utils.paths import check_readable as check_path_readable
 
-    A models folder of another lab member (group-only permissions) gave 65 "does not match its manifest" /
-    "not JSON" / "Not a readable safetensors file (No such file or directory)" with the advice to delete and
-    recreate it, or a PermissionError; as root nothing is unreadable, so only other users saw it.
-    """
-    path = Path(path)
-    chain = [path]
-    if root is not None and path != Path(root) and Path(root) in path.parents:
-        chain = [Path(root), *[q for q in reversed(path.parents) if Path(root) in q.parents], path]
-    for item in chain:
-        if not os.path.exists(item):
-            return  # a missing file (or a link leading nowhere) has its own message (66 "missing")
-        # folders on the way need only be traversable (a `chmod 711` folder is fine); the last one is listed
-        mode = os.X_OK if item is not path else (os.R_OK | os.X_OK if item.is_dir() else os.R_OK)
-        if not os.access(item, mode):
-            raise unreadable_input_error(item, hint=hint)
+    check_path_readable(path, root, hint=hint)
 
 
 # ----------------------------------------------------------------------------------------------------------

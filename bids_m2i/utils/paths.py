@@ -41,3 +41,26 @@ def denied_on_read(path: str | os.PathLike, written_folders) -> bool:
                 return True
             return part.is_dir() and not os.access(part, os.X_OK)
     return False
+
+
+def check_readable(path: str | os.PathLike, root: str | os.PathLike | None = None, *, hint: str | None = None) -> None:
+    """Exit 66 naming the first folder (from ``root`` down) or the file of ``path`` this user may not read.
+
+    Inputs outside the dataset (a models folder, fMRIPrep's outputs, a shared decoder) of another lab member, with
+    group-only permissions, were reported as damaged (65), missing, or "Cannot write" (73), with advice to
+    recreate or rerun them; as root nothing is unreadable, so only other users saw it. A path that does not exist
+    returns quietly: it has its own message (66 "missing"). ``hint``: what to do, for this kind of input.
+    """
+    from ..errors import unreadable_input_error
+
+    path = Path(path)
+    chain = [path]
+    if root is not None and path != Path(root) and Path(root) in path.parents:
+        chain = [Path(root), *[q for q in reversed(path.parents) if Path(root) in q.parents], path]
+    for item in chain:
+        if not os.path.exists(item):
+            return
+        # folders on the way need only be traversable (a `chmod 711` folder is fine); the last one is listed
+        mode = os.X_OK if item is not path else (os.R_OK | os.X_OK if item.is_dir() else os.R_OK)
+        if not os.access(item, mode):
+            raise unreadable_input_error(item, hint=hint)
