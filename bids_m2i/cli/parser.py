@@ -67,13 +67,15 @@ def _click_option(spec: OptionSpec):
     if spec.kind in ("str",):
         return click.option(*flags, spec.name, type=str, metavar=spec.metavar, **common)
     if spec.kind == "path":
-        return click.option(*flags, spec.name, type=click.Path(path_type=Path), metavar=spec.metavar, **common)
+        # readable=False: click would answer an unreadable file with a usage error (64); check_paths names it, 66
+        return click.option(*flags, spec.name, type=click.Path(path_type=Path, readable=False), metavar=spec.metavar,
+                            **common)
     if spec.kind == "choice":
         return click.option(*flags, spec.name, type=click.Choice(spec.choices), **common)
     if spec.kind == "list":
         return click.option(*flags, spec.name, multiple=True, metavar=spec.metavar, help=spec.help)
     if spec.kind == "paths":
-        return click.option(*flags, spec.name, multiple=True, type=click.Path(path_type=Path),
+        return click.option(*flags, spec.name, multiple=True, type=click.Path(path_type=Path, readable=False),
                             metavar=spec.metavar, help=spec.help)
     if spec.kind == "choices":
         return click.option(*flags, spec.name, multiple=True, type=click.Choice(spec.choices), help=spec.help)

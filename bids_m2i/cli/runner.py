@@ -15,7 +15,7 @@ from typing import Callable
 
 from ..config import Config, write_resolved_config
 from ..errors import InputMissingError, OutputCreateError, UsageError
-from ..utils.paths import is_inside
+from ..utils.paths import check_readable, is_inside
 
 LOGGER = logging.getLogger("m2i.cli")
 
@@ -97,8 +97,10 @@ def check_paths(config: Config) -> None:
             check_work_dir_is_ours(work_dir.absolute())
     for name in ("events_map", "bids_filter_file", "roi_mask", "captions"):
         value = config.values.get(name)
-        if value is not None and not Path(value).exists():
-            raise InputMissingError(f"--{name.replace('_', '-')} file not found: {value}", path=value)
+        if value is not None:
+            check_readable(value)  # 66 "Cannot read", not 64 from the reader, nor "not found" behind a closed folder
+            if not Path(value).exists():
+                raise InputMissingError(f"--{name.replace('_', '-')} file not found: {value}", path=value)
     if config.values.get("roi_mask") is not None and config.values.get("stop_after", "decode") == "decode":
         check_roi_mask(Path(config.values["roi_mask"]))
     if config.values.get("captions") is not None and config.values.get("stop_after", "decode") == "decode":

@@ -49,7 +49,8 @@ def check_readable(path: str | os.PathLike, root: str | os.PathLike | None = Non
     Inputs outside the dataset (a models folder, fMRIPrep's outputs, a shared decoder) of another lab member, with
     group-only permissions, were reported as damaged (65), missing, or "Cannot write" (73), with advice to
     recreate or rerun them; as root nothing is unreadable, so only other users saw it. A path that does not exist
-    returns quietly: it has its own message (66 "missing"). ``hint``: what to do, for this kind of input.
+    returns quietly (it has its own message, 66 "missing"), unless a folder above it cannot be entered: that
+    folder is named. ``hint``: what to do, for this kind of input.
     """
     from ..errors import unreadable_input_error
 
@@ -59,6 +60,12 @@ def check_readable(path: str | os.PathLike, root: str | os.PathLike | None = Non
         chain = [Path(root), *[q for q in reversed(path.parents) if Path(root) in q.parents], path]
     for item in chain:
         if not os.path.exists(item):
+            # exists() is False behind a folder that cannot be entered too: name that folder, not "missing"
+            for parent in Path(os.path.abspath(item)).parents:
+                if os.path.lexists(parent):
+                    if parent.is_dir() and not os.access(parent, os.X_OK):
+                        raise unreadable_input_error(parent, hint=hint)
+                    break
             return
         # folders on the way need only be traversable (a `chmod 711` folder is fine); the last one is listed
         mode = os.X_OK if item is not path else (os.R_OK | os.X_OK if item.is_dir() else os.R_OK)
