@@ -298,6 +298,10 @@ def available_memory_gb() -> float:
 
 
 # --- config file -----------------------------------------------------------------------------------------
+# what to do about a settings file (--config, --captions, --bids-filter-file, ...) this user may not read
+SETTINGS_FILE_HINT = "make it readable by this user (`chmod a+r FILE`, or use a copy of your own); m2i only reads it"
+
+
 def read_config_file(path: Path) -> dict[str, Any]:
     """Read a TOML config file into ``{option_name: value}``; unknown keys or wrong types -> UsageError."""
     from .utils import tomlread
@@ -311,6 +315,10 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise UsageError(f"Config file {path} is not valid TOML: {exc}", path=path,
                          hint="fix the line named (TOML: key = value, strings in quotes; see docs/usage.md) "
                          "or start from a logs/config-*.toml that m2i wrote") from exc
+    except PermissionError as exc:  # an input this user may not read: 66, as for every other input
+        from .errors import unreadable_input_error
+
+        raise unreadable_input_error(path, hint=SETTINGS_FILE_HINT) from exc
     except OSError as exc:
         raise UsageError(f"Cannot read config file {path}: {exc.strerror}", path=path,
                          hint="check the --config path and its permissions") from exc

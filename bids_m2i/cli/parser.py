@@ -107,7 +107,7 @@ def make_command(callback) -> click.Command:
     @click.argument("bids_dir", type=click.Path(path_type=Path))
     @click.argument("output_dir", type=click.Path(path_type=Path))
     @click.argument("analysis_level", type=click.Choice(ANALYSIS_LEVELS), metavar="{participant,group}")
-    @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, metavar="FILE",
+    @click.option("--config", "config_file", type=click.Path(path_type=Path, readable=False), default=None, metavar="FILE",
                   help="TOML file with option values (command line > file > defaults).")
     @cli_options
     @click.version_option(__version__, "--version", prog_name="m2i", message="%(prog)s %(version)s")

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ..config import Config, write_resolved_config
+from ..config import SETTINGS_FILE_HINT, Config, write_resolved_config
 from ..errors import InputMissingError, OutputCreateError, UsageError
 from ..utils.paths import check_readable, is_inside
 
@@ -98,7 +98,7 @@ def check_paths(config: Config) -> None:
     for name in ("events_map", "bids_filter_file", "roi_mask", "captions"):
         value = config.values.get(name)
         if value is not None:
-            check_readable(value)  # 66 "Cannot read", not 64 from the reader, nor "not found" behind a closed folder
+            check_readable(value, hint=SETTINGS_FILE_HINT)  # 66 "Cannot read", not 64 from the reader, nor "not found" behind a closed folder
             if not Path(value).exists():
                 raise InputMissingError(f"--{name.replace('_', '-')} file not found: {value}", path=value)
     if config.values.get("roi_mask") is not None and config.values.get("stop_after", "decode") == "decode":
