@@ -306,3 +306,18 @@ def test_output_dir_through_a_link_with_spaces_and_accents(tiny_dataset, tmp_pat
     before = data_checksums(real)
     assert run_cli(run) == 0  # rerun through the link: nothing rewritten
     assert data_checksums(real) == before and temporaries(real) == []
+
+
+@pytest.mark.parametrize("which", ["OUTPUT_DIR", "work dir"])
+def test_a_link_to_a_folder_that_does_not_exist_names_the_link_and_its_target(tiny_dataset, tmp_path, capsys, which):
+    """``ln -s /scratch/$USER/out out`` before the scratch folder exists (or after a purge). Before the fix: 64
+    "OUTPUT_DIR out is an existing file, not a folder"."""
+    target = tmp_path / "scratch" / "m2i"
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    out, work = (link, tmp_path / "work") if which == "OUTPUT_DIR" else (tmp_path / "out", link)
+    code = run_cli([str(tiny_dataset), str(out), "participant", "-w", str(work), *OPTIONS, "--stop-after", "preproc"])
+    err = capsys.readouterr().err
+    assert code == 73, err
+    assert "symbolic link" in err and str(target) in err and "existing file" not in err
+    assert not target.exists() and not (tmp_path / "scratch").exists()  # nothing created where the link points

@@ -51,6 +51,14 @@ def check_is_folder_or_absent(path: Path, name: str) -> None:
     for candidate in (path, *path.absolute().parents):
         if candidate.is_dir():
             return
+        if candidate.is_symlink() and not candidate.exists():
+            # `ln -s /scratch/$USER/out out` before the scratch folder exists, or after a scratch purge: it was
+            # called "an existing file, not a folder". Its target is not created: it may be a file system that
+            # is not mounted on this node
+            target = os.readlink(candidate)
+            raise OutputCreateError(f"{name} {path} cannot be created: {candidate} is a symbolic link to {target}, "
+                                    "which does not exist", path=path, hint="create the link's target first "
+                                    f"(mkdir -p {target}), or give the folder itself")
         if candidate.exists() or candidate.is_symlink():
             hint = "give a folder (new or existing); m2i never replaces a file by a folder"
             if candidate == path:
