@@ -107,12 +107,14 @@ def reference(tiny_dataset, tmp_path_factory):
 
 @pytest.mark.parametrize("signal_number, code, word", [
     (signal.SIGTERM, 143, "Terminated"),
+    (signal.SIGHUP, 129, "Hangup"),  # the ssh session of an interactive run closed
     pytest.param(signal.SIGINT, 130, "Interrupted", marks=pytest.mark.slow),
 ])
 def test_whole_job_signalled_stops_without_traceback_and_resumes_identically(
         tiny_dataset, reference, tmp_path, signal_number, code, word):
     """Before the fix: the idle MultiProc worker died with a traceback on the terminal (the main process's
-    SIGTERM handler inherited through fork, or KeyboardInterrupt, raised while it waited for a job)."""
+    SIGTERM handler inherited through fork, or KeyboardInterrupt, raised while it waited for a job); SIGHUP
+    killed the run at once (exit -1), its log ending mid-step without a word."""
     out, work = tmp_path / "out", tmp_path / "work"
     process = start_m2i(tiny_dataset, out, work, "-vv")
     try:
@@ -125,11 +127,30 @@ def test_whole_job_signalled_stops_without_traceback_and_resumes_identically(
         kill_group(process)
     assert process.returncode == code, stderr[-3000:]
     assert word in stderr and "same work dir" in stderr
+    log = sorted((out / "logs").glob("m2i-participant-*.log"))[-1].read_text()
+    assert word in log  # what the user reads when the terminal is gone
     assert "Traceback" not in stderr, stderr[stderr.find("Traceback"):][:3000]
     assert not survivors, "worker processes outlived the main process"
     assert temporaries(out) == []
     assert run_cli([str(tiny_dataset), str(out), "participant", "-w", str(work), *OPTIONS]) == 0
     assert data_checksums(out) == reference
+
+
+def test_under_nohup_a_hangup_does_not_stop_the_run(tiny_dataset, tmp_path):
+    """``nohup m2i ...``: SIGHUP ignored, as the user asked (m2i catches it only where it would kill the run)."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    process = subprocess.Popen([sys.executable, "-m", "bids_m2i.cli.run", str(tiny_dataset), str(out), "participant",
+                                "-w", str(work), *OPTIONS, "-vv", "--stop-after", "glm"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    try:
+        wait_for_log(process, out, '[Node] Executing "estimate_betas"')
+        os.killpg(process.pid, signal.SIGHUP)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        kill_group(process)
+    assert process.returncode == 0, stderr[-3000:]
+    assert sorted(out.rglob("*_statseries.nii.gz"))
 
 
 # ----------------------------------------------------------------------------------------------------------

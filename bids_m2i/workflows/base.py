@@ -291,7 +291,7 @@ def multiproc_runner(plugin_args: dict):
 
 
 def _init_worker(cwd: str) -> None:
-    """Start a MultiProc worker as nipype does, and make SIGTERM and SIGINT end it with SystemExit.
+    """Start a MultiProc worker as nipype does, and make SIGTERM, SIGINT and SIGHUP end it with SystemExit.
 
     SLURM's time limit (and ``scancel``) sends SIGTERM to every process of the job, and Ctrl-C sends SIGINT to
     every process of the terminal's foreground group: the workers get the signal with the main process. An
@@ -305,6 +305,8 @@ def _init_worker(cwd: str) -> None:
     process_initializer(cwd)
     signal.signal(signal.SIGTERM, _stop_worker)
     signal.signal(signal.SIGINT, _stop_worker)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup the workers go on, as the main one
+        signal.signal(signal.SIGHUP, _stop_worker)
 
 
 def _stop_worker(signum, frame):  # pragma: no cover - runs in the workers (tests/test_qa_run_lifecycle.py)
