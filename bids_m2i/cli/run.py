@@ -67,7 +67,17 @@ class _Terminated(BaseException):
 
 
 def _on_sigterm(signum, frame):  # pragma: no cover - exercised by the interruption tests
-    raise _Terminated()
+    raise _Terminated(signum)
+
+
+def _catch_hangup():
+    """SIGHUP (the ssh session or terminal of an interactive run closed) stops the run as SIGTERM does, with a
+    line in the log: by default it killed the run at once, its log ending mid-step, a file being written left as
+    a temporary. Not under ``nohup`` (SIGHUP ignored: the run goes on, as the user asked). Returns the handler
+    to restore, or None."""
+    if not hasattr(signal, "SIGHUP") or signal.getsignal(signal.SIGHUP) is not signal.SIG_DFL:
+        return None
+    return signal.signal(signal.SIGHUP, _on_sigterm)
 
 
 def _run_from_cli(bids_dir, output_dir, analysis_level, config_file, values, given) -> int:
@@ -87,6 +97,7 @@ def _run_and_report(bids_dir, output_dir, analysis_level, config_file, values, g
     setup_terminal_logging(values.get("verbose") or 0)
     log_file = None
     previous_handler = signal.signal(signal.SIGTERM, _on_sigterm)
+    previous_hangup = _catch_hangup()
     try:
         config = build_config(bids_dir, output_dir, analysis_level, values, given, config_file)
         from .runner import run
@@ -99,10 +110,15 @@ def _run_and_report(bids_dir, output_dir, analysis_level, config_file, values, g
         if log_file and _FOOTPRINT[0] is None:  # a failed group run removes its log (the message says it all)
             click.echo(f"m2i: details in {log_file}", err=True)
         return error.exit_code
-    except _Terminated:
-        LOGGER.warning("Terminated (SIGTERM): finished steps are kept in the work dir; rerun with the same "
-                       "work dir to resume")
-        return 143
+    except _Terminated as stop:
+        signum = stop.args[0] if stop.args else signal.SIGTERM
+        if signum == getattr(signal, "SIGHUP", None):
+            LOGGER.warning("Hangup (SIGHUP: the terminal or ssh session closed): finished steps are kept in the work "
+                           "dir; rerun with the same work dir to resume (in nohup, tmux or a batch job)")
+        else:
+            LOGGER.warning("Terminated (SIGTERM): finished steps are kept in the work dir; rerun with the same "
+                           "work dir to resume")
+        return 128 + int(signum)
     except KeyboardInterrupt:
         LOGGER.warning("Interrupted: rerun with the same work dir to resume")
         return 130
@@ -135,6 +151,8 @@ def _run_and_report(bids_dir, output_dir, analysis_level, config_file, values, g
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
+        if previous_hangup is not None:
+            signal.signal(signal.SIGHUP, previous_hangup)
         close_handlers()
 
 

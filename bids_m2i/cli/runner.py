@@ -51,6 +51,14 @@ def check_is_folder_or_absent(path: Path, name: str) -> None:
     for candidate in (path, *path.absolute().parents):
         if candidate.is_dir():
             return
+        if candidate.is_symlink() and not candidate.exists():
+            # `ln -s /scratch/$USER/out out` before the scratch folder exists, or after a scratch purge: it was
+            # called "an existing file, not a folder". Its target is not created: it may be a file system that
+            # is not mounted on this node
+            target = os.readlink(candidate)
+            raise OutputCreateError(f"{name} {path} cannot be created: {candidate} is a symbolic link to {target}, "
+                                    "which does not exist", path=path, hint="create the link's target first "
+                                    f"(mkdir -p {target}), or give the folder itself")
         if candidate.exists() or candidate.is_symlink():
             hint = "give a folder (new or existing); m2i never replaces a file by a folder"
             if candidate == path:
@@ -480,6 +488,22 @@ def _remove_empty_tree(folder: Path) -> None:
         folder.rmdir()
 
 
+def sweep_temporaries_of_killed_runs(output_dir: Path, folders: list[str]) -> None:
+    """Remove the half-written temporaries that killed runs (SIGKILL, out of memory) left in OUTPUT_DIR: its
+    top level, logs/ and the folders this run writes (``sub-<label>/``, ``group/``). Those of live jobs stay
+    (``utils.atomic.remove_stale_temporaries``)."""
+    from ..utils.atomic import remove_stale_temporaries
+
+    removed = remove_stale_temporaries(output_dir, recursive=False)
+    removed += remove_stale_temporaries(output_dir / "logs", recursive=False)
+    for name in folders:
+        removed += remove_stale_temporaries(output_dir / name)
+    if removed:
+        shown = ", ".join(str(path.relative_to(output_dir)) for path in removed[:3])
+        LOGGER.info("Removed %d half-written temporary file(s) left by an interrupted run (%s%s)", len(removed),
+                    shown, ", ..." if len(removed) > 3 else "")
+
+
 def run(config: Config, on_log_file: Callable[[Path], None] | None = None,
         on_footprint: Callable[[RunFootprint], None] | None = None) -> int:
     from ..bids.derivatives import initialize_output_dataset
@@ -522,6 +546,8 @@ def run(config: Config, on_log_file: Callable[[Path], None] | None = None,
     if config.analysis_level == "group":
         from ..workflows.group import run_group_level
 
+        sweep_temporaries_of_killed_runs(output_dir, ["group"])
+
         if config.train_shared_decoder:
             from ..workflows.shared import run_shared_training, summary_possible
 
@@ -544,6 +570,7 @@ def run(config: Config, on_log_file: Callable[[Path], None] | None = None,
     from ..workflows.base import run_participant_workflows
 
     with participants_locked(work_dir, list(inputs)):
+        sweep_temporaries_of_killed_runs(output_dir, [f"sub-{subject}" for subject in inputs])
         run_participant_workflows(config, inputs, work_dir)
     LOGGER.info("Done: results in %s", output_dir)
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -44,7 +45,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.close(fd)
         tmp.unlink(missing_ok=True)
         raise error_from_oserror(exc, final) from exc
-    os.close(fd)
+    # held until the rename: a later run sweeping the temporaries that killed runs left behind
+    # (remove_stale_temporaries) sees that this one's writer lives, also on another node of a shared file system
+    _try_flock(fd)
     try:
         yield tmp
         # some writers replace the file instead of truncating it (safetensors 0.8 leaves 0600): set the mode again
@@ -56,6 +59,77 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        os.close(fd)
+
+
+def _try_flock(fd: int) -> str:
+    """Lock an open file exclusively without waiting: ``"locked"``, ``"busy"`` (another process holds it) or
+    ``"unsupported"`` (a file system without locks)."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return "busy"
+    except OSError:
+        return "unsupported"
+    return "locked"
+
+
+#: the temporary names of :func:`atomic_path` (``.<stem>.<8 random>.tmp<suffixes>``, tempfile.mkstemp's random
+#: part) and of safetensors' ``save_file`` (``.tmp<6 random>``, Rust's tempfile crate), both in the target folder
+_TEMPORARY_NAME = re.compile(r"^\..*\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9.]+)?$|^\.tmp[A-Za-z0-9]{6}$")
+#: a temporary unchanged for this long and locked by no one is a killed run's (a live writer, even one whose
+#: temporary safetensors replaced, changes it at least every few seconds until the rename)
+STALE_AFTER_S = 60.0
+#: on a file system without locks, liveness cannot be asked: only temporaries this old go
+STALE_WITHOUT_LOCKS_S = 6 * 3600.0
+
+
+def is_temporary_name(name: str) -> bool:
+    return bool(_TEMPORARY_NAME.match(name))
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, *, recursive: bool = True) -> list[Path]:
+    """Delete the temporaries (see :func:`atomic_path`) that killed runs left in ``folder``; return them.
+
+    A run killed with SIGKILL (SLURM 30 s after the time limit's SIGTERM, the out-of-memory killer) while it
+    wrote a file leaves its hidden temporary next to the final name: half a NIfTI that no later run removed.
+    A temporary is removed only when no process holds its lock (``atomic_path`` keeps one while writing; flock
+    is released however the holder dies) and it has not changed for :data:`STALE_AFTER_S`: the files that jobs
+    of the same OUTPUT_DIR are writing at this moment stay.
+    """
+    import time
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    candidates = folder.rglob(".*") if recursive else folder.glob(".*")
+    removed = []
+    for path in candidates:
+        if not is_temporary_name(path.name):
+            continue
+        try:
+            if not path.is_file() or path.is_symlink():
+                continue
+            age = time.time() - path.stat().st_ctime  # ctime: also changed by a hard link and a rename onto it
+            if age < STALE_AFTER_S:
+                continue
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            state = _try_flock(fd)
+            if state == "busy" or (state == "unsupported" and age < STALE_WITHOUT_LOCKS_S):
+                continue
+            path.unlink()
+            removed.append(path)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+    return removed
 
 
 def current_umask() -> int:

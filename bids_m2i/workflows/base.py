@@ -188,7 +188,8 @@ def run_participant_workflows(config: Config, inputs: dict, work_dir: Path) -> N
         raise
     except Exception as exc:  # nipype reports node failures as RuntimeError
         raise _error_from_records(error_dir, logs_dir, exc, since=started,
-                                  workflows=[f"sub_{node_name(subject)}_wf" for subject in inputs]) from exc
+                                  workflows=[f"sub_{node_name(subject)}_wf" for subject in inputs],
+                                  work_dir=work_dir) from exc
 
 
 def run_error_dir(work_dir: Path, now: float | None = None) -> Path:
@@ -236,6 +237,18 @@ def multiproc_runner(plugin_args: dict):
     class FrozenHeapMultiProcPlugin(MultiProcPlugin):
         _libraries_loaded = False
 
+        def __init__(self, plugin_args=None):
+            super().__init__(plugin_args=plugin_args)
+            # the same pool (no worker is started before the first job), with workers that stop quietly on
+            # SIGTERM/SIGINT (see _init_worker)
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            self.pool.shutdown(wait=False)
+            self.pool = ProcessPoolExecutor(max_workers=self.processors, initializer=_init_worker,
+                                            initargs=(self._cwd,),
+                                            mp_context=mp.get_context(self.plugin_args.get("mp_context")))
+
         def run(self, graph, config, updatehash=False):
             gc.collect()
             gc.freeze()
@@ -243,6 +256,27 @@ def multiproc_runner(plugin_args: dict):
                 return super().run(graph, config, updatehash=updatehash)
             finally:
                 gc.unfreeze()
+
+        def _async_callback(self, args):
+            try:
+                args.result()
+            except BaseException as exc:  # any failure must reach the scheduler, or it waits for it forever
+                # nipype's run_node itself failed in the worker: it could not store the node's result file and
+                # then not read it back (a full work dir: ENOSPC, then FileNotFoundError). nipype's callback
+                # raised, the task never got a result and MultiProc waited for it forever: the run hung until
+                # the job's time limit. Recorded as the node's failure instead, with the whole chain (ENOSPC).
+                import threading
+                import traceback
+
+                taskid = next((key for key, future in list(self._task_obj.items()) if future is args), None)
+                if taskid is None and threading.current_thread() is threading.main_thread():
+                    taskid = self._taskid  # done before nipype's _submit_job stored it: called from there
+                if taskid is None:
+                    raise
+                self._taskresult[taskid] = {"result": None, "taskid": taskid,
+                                            "traceback": traceback.format_exception(exc)}
+                return
+            super()._async_callback(args)
 
         def _submit_job(self, node, updatehash=False):
             # the first job to compute: load torch here, once, so that the workers (forked on demand) inherit
@@ -254,6 +288,29 @@ def multiproc_runner(plugin_args: dict):
             return super()._submit_job(node, updatehash=updatehash)
 
     return FrozenHeapMultiProcPlugin(plugin_args=plugin_args)
+
+
+def _init_worker(cwd: str) -> None:
+    """Start a MultiProc worker as nipype does, and make SIGTERM, SIGINT and SIGHUP end it with SystemExit.
+
+    SLURM's time limit (and ``scancel``) sends SIGTERM to every process of the job, and Ctrl-C sends SIGINT to
+    every process of the terminal's foreground group: the workers get the signal with the main process. An
+    idle worker, waiting for its next job, then died with a traceback on the terminal (the main process's
+    SIGTERM handler, inherited through fork, or KeyboardInterrupt). SystemExit ends an idle worker without
+    one; a busy worker's node stops as before (nipype records it as failed; the rerun runs it again)."""
+    import signal
+
+    from nipype.pipeline.plugins.multiproc import process_initializer
+
+    process_initializer(cwd)
+    signal.signal(signal.SIGTERM, _stop_worker)
+    signal.signal(signal.SIGINT, _stop_worker)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup the workers go on, as the main one
+        signal.signal(signal.SIGHUP, _stop_worker)
+
+
+def _stop_worker(signum, frame):  # pragma: no cover - runs in the workers (tests/test_qa_run_lifecycle.py)
+    raise SystemExit(128 + signum)
 
 
 def _load_compute_libraries() -> None:
@@ -304,7 +361,7 @@ class ProgressReporter:
 
 
 def _error_from_records(error_dir: Path, logs_dir: Path, exc: Exception, since: float = 0.0,
-                        workflows: list[str] | None = None) -> M2IError:
+                        workflows: list[str] | None = None, work_dir: Path | None = None) -> M2IError:
     from ..interfaces.base import read_error_records
 
     records = read_error_records(error_dir) if error_dir.exists() else []
@@ -320,7 +377,10 @@ def _error_from_records(error_dir: Path, logs_dir: Path, exc: Exception, since: 
     # an OSError raised by nipype itself (not by our interfaces) is only in the crash file's text
     text = crash_files[-1].read_text(errors="replace") if crash_files else ""
     if "No space left on device" in text or "[Errno 28]" in text or "Disk quota exceeded" in text:
-        return ProcessingIOError(f"No space left on the device while processing{where}",
+        # nipype's own files (result, inputs and report files of each node) are all in the work dir
+        folder = f" of the work dir {work_dir}" if work_dir is not None and str(work_dir) in text else ""
+        return ProcessingIOError(f"No space left on the device{folder} while processing{where}",
+                                 path=work_dir if folder else None,
                                  hint="free some disk space (or move --work-dir/OUTPUT_DIR to a larger disk) and "
                                  "rerun with the same work dir: finished steps are reused")
     if "[Errno 13]" in text or "[Errno 30]" in text:
