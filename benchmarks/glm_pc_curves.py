@@ -7,6 +7,11 @@ chooses the same K on all of them.
 
     PYTHONPATH=$PWD nice -n 5 .venv/bin/python benchmarks/glm_pc_curves.py --folder /tmp/curves \
         --seeds 0 1 2 5 6 --glmsingle-python /work/.venv-glm13/bin/python
+    .venv/bin/python benchmarks/glm_pc_curves.py --folder /tmp/curves --evaluate
+
+``--evaluate`` reads the recorded curves and checks the rule "stop once ``patience`` counts in a row after the
+best so far did not beat it, and choose among the counts tried" for patience 1..10: on how many sessions it
+chooses another K than the whole search, and how many counts it tries.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import json
 import os
 import sys
 from pathlib import Path
+
+import numpy as np
 
 HERE = Path(__file__).resolve().parent
 SESSIONS = ("dg-nsd:20000", "lib-nsd:20000", "ours:4000", "dg-low:4000", "dg-high:4000", "dg-2rep:4000",
@@ -34,15 +41,52 @@ def find_selection(metadata):
     return None
 
 
+def chosen(scores, stop: float = 0.95) -> int:
+    """The search's rule (denoise._choose_n_pcs_ridge): the first count reaching ``stop`` of the best gain."""
+    gains = np.asarray(scores, dtype=float)
+    return 0 if gains.max() <= 0 else int(np.flatnonzero(gains >= stop * gains.max())[0])
+
+
+def with_patience(scores, patience: int):
+    """(K, counts tried) when the search stops ``patience`` counts after its best so far."""
+    best, at, tried = -np.inf, 0, len(scores)
+    for k, value in enumerate(scores):
+        if value > best:
+            best, at = value, k
+        if k - at >= patience:
+            tried = k + 1
+            break
+    return chosen(scores[:tried]), tried
+
+
+def evaluate(path: str) -> None:
+    with open(path) as handle:
+        rows = [json.loads(line) for line in handle]
+    print(f"{len(rows)} sessions: " + ", ".join(sorted({row['session'] for row in rows})) + "; seeds "
+          + " ".join(str(s) for s in sorted({row['seed'] for row in rows})))
+    print("chosen K: " + " ".join(f"{row['session'].split(':')[0]}/{row['seed']}={row['n_pcs']}" for row in rows))
+    print("| patience | sessions with another K | counts tried per session (of 11) |")
+    print("| ---: | ---: | ---: |")
+    for patience in range(1, 11):
+        results = [with_patience(row["scores"], patience) for row in rows]
+        wrong = sum(k != chosen(row["scores"]) for (k, _), row in zip(results, rows))
+        tried = np.mean([n for _, n in results])
+        print(f"| {patience} | {wrong} | {tried:.2f} |")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folder", required=True)
+    parser.add_argument("--evaluate", action="store_true", help="only evaluate the recorded curves")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 5, 6])
     parser.add_argument("--sessions", nargs="+", default=list(SESSIONS))
     parser.add_argument("--glmsingle-python", default=None, help="for lib-nsd (GLMsingle's HRF table)")
     parser.add_argument("--hrf-table", default=None, help="for lib-nsd: GLMsingle's getcanonicalhrflibrary.tsv "
                         "itself (when the installed package lacks it)")
     args = parser.parse_args(argv)
+    if args.evaluate:
+        evaluate(os.path.join(args.folder, "curves.jsonl"))
+        return 0
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[name] = "1"
     sys.path.insert(0, str(HERE))
