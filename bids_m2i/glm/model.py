@@ -86,8 +86,8 @@ class SessionModel:
     def some_operators(self, run: int, kernels, n_pcs: int = 0) -> list[RunOperators]:
         """The operators of some kernels only, for the search over the number of PCs (each count is tried once:
         the kernels no search voxel uses are not factorised). Read from the cache when every kernel is there
-        (``n_pcs = 0`` after the HRF choice), else built and not cached: the final fit builds its own with
-        :meth:`operators`, so its betas do not depend on this."""
+        (``n_pcs = 0`` after the HRF choice), else built and not cached; the search hands the chosen count's to
+        :meth:`keep_operators`, bit for bit what :meth:`operators` would build for the final fit."""
         kernels = [int(k) for k in kernels]
         if all(("trials", run, k, n_pcs) in self._cache for k in kernels):
             return [self._cache[("trials", run, k, n_pcs)] for k in kernels]
