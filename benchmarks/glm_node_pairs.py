@@ -61,10 +61,12 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pairs", type=int, default=2)
     parser.add_argument("--glmsingle-python", default=None, help="for lib-nsd (GLMsingle's HRF table)")
+    parser.add_argument("--hrf-table", default=None, help="for lib-nsd: GLMsingle's getcanonicalhrflibrary.tsv "
+                        "itself (when the installed package lacks it)")
     args = parser.parse_args(argv)
     import bench_glm
 
-    table = bench_glm.glmsingle_table(args.glmsingle_python) if args.glmsingle_python else None
+    table = args.hrf_table or (bench_glm.glmsingle_table(args.glmsingle_python) if args.glmsingle_python else None)
     trees = {"A": str(Path(args.tree_a).resolve()), "B": str(Path(args.tree_b).resolve())}
     print(f"A = {trees['A']}, B = {trees['B']}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print("| generator | pair | tree | load | process CPU s | user / system CPU s | start-up CPU s | step CPU s | "

@@ -57,6 +57,8 @@ def main(argv=None) -> int:
                         help="generator:voxels of bench_glm.py (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--glmsingle-python", default=None, help="for lib-nsd (GLMsingle's HRF table)")
+    parser.add_argument("--hrf-table", default=None, help="for lib-nsd: GLMsingle's getcanonicalhrflibrary.tsv "
+                        "itself (when the installed package lacks it)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     sessions = [(text.split(":")[0], int(text.split(":")[1])) for text in args.sessions]
@@ -70,7 +72,7 @@ def main(argv=None) -> int:
     import bench_glm
 
     os.makedirs(args.folder, exist_ok=True)
-    table = bench_glm.glmsingle_table(args.glmsingle_python) if args.glmsingle_python else None
+    table = args.hrf_table or (bench_glm.glmsingle_table(args.glmsingle_python) if args.glmsingle_python else None)
     for name, n_voxels in sessions:
         path = os.path.join(args.folder, f"{name}-{n_voxels}.npz")
         if not os.path.exists(path):   # the folder holds one seed's sessions

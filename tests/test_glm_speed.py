@@ -277,3 +277,67 @@ def test_fractional_ridge_without_fitted_gives_the_same_betas():
     assert without[3] is None and with_fitted[3] is not None
     for a, b in zip(with_fitted[:3], without[:3]):
         assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Sixth pass (issue 13, speed): work the fit did twice, done once; betas bit for bit the same
+
+@pytest.mark.parametrize("nuisance_per_run", [0, 1])   # with nuisance events: the per-kernel basis
+def test_operators_built_for_some_kernels_equal_all_kernels_at_once(nuisance_per_run):
+    """:meth:`SessionModel.operators` factorises only the kernels not cached yet; each kernel's factors are
+    bit for bit those of the whole stack (numpy factorises a stack one matrix at a time)."""
+    from bids_m2i.glm.design import build_run_designs
+    from bids_m2i.glm.model import SessionModel
+    from bids_m2i.glm.simulation import simulate_session
+
+    rng = np.random.default_rng(6)
+    sim = simulate_session(n_voxels=10, n_runs=2, n_volumes=120, n_stimuli=20, n_repeats=2,
+                           nuisance_per_run=nuisance_per_run, seed=6)
+    designs, _ = build_run_designs(sim.runs, sim.trials, "polynomial", 0.01, None)
+    pcs = [np.linalg.qr(rng.standard_normal((d.frame_times.size, 3)))[0] for d in designs]
+    whole, parts = SessionModel(designs, with_library=True), SessionModel(designs, with_library=True)
+    whole.noise_pcs = parts.noise_pcs = pcs
+    kept = [3, 7, 12]
+    for run in range(2):
+        parts.keep_operators(run, kept, 2, parts.some_operators(run, kept, 2))
+        assert ("trials", run, 0, 2) not in parts._cache
+        for kernel in range(whole.n_kernels):
+            a, b = whole.operators(run, kernel, 2), parts.operators(run, kernel, 2)
+            for name in ("singular", "right", "left", "nuisance_basis"):
+                assert torch.equal(getattr(a, name), getattr(b, name)), (run, kernel, name)
+        assert all(("trials", run, k, 2) in parts._cache for k in range(parts.n_kernels))
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_ridge_stage_reuses_loaded_data_and_search_operators_with_the_same_betas(monkeypatch, chunked):
+    """The ridge stage takes the HRF pass's last chunk (data and total SS) instead of loading it again, and the
+    chosen count's operators from the PC search: every output equals the fit that redoes both."""
+    from bids_m2i.glm import estimate
+    from bids_m2i.glm.model import SessionModel
+    from bids_m2i.glm.simulation import simulate_session
+
+    sim = simulate_session(n_voxels=600, n_runs=3, n_volumes=140, n_stimuli=20, n_repeats=3, seed=1)
+    if chunked:   # chunks of 256 voxels: only the last one is reused
+        monkeypatch.setattr(estimate, "DEFAULT_WORKING_GB", 1e-9)
+    loads, kept = [], []
+    percent_signal = estimate.percent_signal
+    monkeypatch.setattr(estimate, "percent_signal", lambda raw, *a, **k: loads.append(raw.shape[0])
+                        or percent_signal(raw, *a, **k))
+    keep_operators = SessionModel.keep_operators
+    monkeypatch.setattr(SessionModel, "keep_operators", lambda self, run, kernels, n_pcs, ops: kept.append(n_pcs)
+                        or keep_operators(self, run, kernels, n_pcs, ops))
+    fast = estimate.estimate_single_trial_betas(sim.runs, sim.trials, max_pcs=4, n_threads=1)
+    fast_loads = list(loads)
+    assert fast.metadata["n_pcs"] > 0 and kept == [fast.metadata["n_pcs"]] * 3   # non-vacuous
+    assert fast.metadata["memory"]["chunk_voxels"] == (256 if chunked else 600)
+
+    # the same fit, loading every chunk again and factorising every kernel again
+    denoise_and_ridge = estimate._denoise_and_ridge
+    monkeypatch.setattr(estimate, "_denoise_and_ridge",
+                        lambda *a, **k: denoise_and_ridge(*a, **{**k, "retained": None}))
+    monkeypatch.setattr(SessionModel, "keep_operators", lambda *a: None)
+    loads.clear()
+    plain = estimate.estimate_single_trial_betas(sim.runs, sim.trials, max_pcs=4, n_threads=1)
+    assert len(loads) == len(fast_loads) + 3                      # one chunk of 3 runs loaded once less
+    for name in ("betas", "r2", "ncsnr", "hrf_index", "n_pcs", "frac"):
+        np.testing.assert_array_equal(getattr(fast, name), getattr(plain, name), err_msg=name)

@@ -268,7 +268,8 @@ def _choose_n_pcs_ridge(model, data_runs, kernel_of_voxel, repeats, max_pcs, sto
     kernels = np.unique(kernel_of_voxel)
     groups = [torch.as_tensor(np.flatnonzero(kernel_of_voxel == k), device=model.device) for k in kernels]
     group_data = [[d.index_select(0, index) for d in data_runs] for index in groups]
-    losses = []
+    scores, reference = [], None
+    kept = {}  # count -> each run's operators, for the counts that may still be chosen (see below)
     for k in range(max_pcs + 1):
         loss = torch.zeros(n_voxels, dtype=data_runs[0].dtype, device=model.device)
         per_run = [model.some_operators(run, kernels, k) for run in range(model.n_runs)]
@@ -276,14 +277,22 @@ def _choose_n_pcs_ridge(model, data_runs, kernel_of_voxel, repeats, max_pcs, sto
             operators = [run_operators[g] for run_operators in per_run]
             # ridge_cv_loss's "consistency" loss in closed form (fracridge.search_loss; same loss, faster)
             loss[index] = search_loss(operators, data, repeats, fractions)
-        losses.append(loss)
+        reference = loss if reference is None else reference
+        scores.append(float(torch.median(reference - loss)))
         if k:  # the final fit rebuilds the chosen count; keep the cache small meanwhile
             model.forget(n_pcs=k)
-    scores = [float(torch.median(losses[0] - loss)) for loss in losses]
+            # the chosen count is the first whose gain reaches `stop` of the best, and the best only grows, so a
+            # count below `stop` of the best so far is never chosen; the others' operators are kept for the final
+            # fit (model.keep_operators), which then factorises only the kernels no search voxel uses
+            kept[k] = per_run
+            kept = {count: ops for count, ops in kept.items() if scores[count] >= stop * max(scores)}
     gains = np.asarray(scores)
     if gains.max() <= 0:
         return 0, scores
-    return int(np.flatnonzero(gains >= stop * gains.max())[0]), scores
+    chosen = int(np.flatnonzero(gains >= stop * gains.max())[0])
+    for run, operators in enumerate(kept.get(chosen, [])):
+        model.keep_operators(run, kernels, chosen, operators)
+    return chosen, scores
 
 
 def condition_codes(n_trials: int, repeats: RepeatStructure) -> np.ndarray:

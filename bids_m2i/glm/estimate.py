@@ -428,7 +428,8 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
                 repeats, n_trials, data_units, brain_threshold, noise_pool_r2, max_pcs, max_pc_voxels,
                 fractions, seed, ridge_criterion, pc_criterion, ar1 if noise_model == "ar1" else None,
                 pc_search=(pc_search_hrf, pc_search_r2), pc_source=pc_source,
-                pool_exclusion=(pool_exclusion, pool_alpha))
+                pool_exclusion=(pool_exclusion, pool_alpha),
+                retained=(chunks[-1], data_runs, total) if chunks else None)
 
         if zscore:
             for voxels in chunks:
@@ -559,11 +560,14 @@ def _exclude_reliable(model, chunks, load, pool, hrf_index, n_trials, repeats, a
 def _denoise_and_ridge(model, runs, chunks, load, betas, r2, hrf_index, n_pcs_map, frac, onoff_r2, intensity,
                        repeats, n_trials, data_units, brain_threshold, noise_pool_r2, max_pcs, max_pc_voxels,
                        fractions, seed, ridge_criterion="consistency", pc_criterion="ridge",
-                       ar1=None, pc_search=None, pc_source="drift-residuals", pool_exclusion=("none", 0.05)) -> dict:
+                       ar1=None, pc_search=None, pc_source="drift-residuals", pool_exclusion=("none", 0.05),
+                       retained=None) -> dict:
     """GLMdenoise PCs, their number by cross-validation, then cross-validated fractional ridge (in place).
 
     ``pc_search``: (HRF index, R²) per voxel for the search over the number of PCs (default: ``hrf_index``,
-    ``r2``).
+    ``r2``). ``retained``: ``(chunk, data_runs, total)``, the last chunk's ``load`` and
+    ``total_sum_of_squares`` from the HRF pass, still in memory: the ridge stage uses them instead of loading
+    that chunk again (the same values, computed once; one chunk in memory instead of two).
     """
     search_hrf, search_r2 = pc_search if pc_search is not None else (hrf_index, r2)
     n_voxels = r2.size
@@ -615,8 +619,11 @@ def _denoise_and_ridge(model, runs, chunks, load, betas, r2, hrf_index, n_pcs_ma
     n_pcs_map[:] = n_pcs
 
     for voxels in chunks:
-        data_runs, _ = load(voxels)
-        total = total_sum_of_squares(data_runs)
+        if retained is not None and voxels == retained[0]:
+            data_runs, total = retained[1], retained[2]
+        else:
+            data_runs, _ = load(voxels)
+            total = total_sum_of_squares(data_runs)
         kernels = hrf_index[voxels]
         for kernel in np.unique(kernels):
             local = np.flatnonzero(kernels == kernel)

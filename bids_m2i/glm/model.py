@@ -69,15 +69,25 @@ class SessionModel:
     def operators(self, run: int, kernel: int, n_pcs: int = 0) -> RunOperators:
         key = ("trials", run, kernel, n_pcs)
         if key not in self._cache:
-            for k, ops in enumerate(self._build_all_kernels(run, n_pcs)):
+            # every kernel not cached yet (the PC search may have left some: :meth:`keep_operators`)
+            missing = [k for k in range(self.n_kernels) if ("trials", run, k, n_pcs) not in self._cache]
+            for k, ops in zip(missing, self._build_all_kernels(run, n_pcs, missing)):
                 self._cache[("trials", run, k, n_pcs)] = ops
         return self._cache[key]
+
+    def keep_operators(self, run: int, kernels, n_pcs: int, operators: list[RunOperators]) -> None:
+        """Cache operators that :meth:`some_operators` built (the PC search's, for the count it chose), so
+        :meth:`operators` does not factorise those kernels again. They are what :meth:`operators` would build:
+        the same reduced designs, and numpy factorises a stack of matrices one matrix at a time, so a matrix's
+        factors do not depend on which others share its stack (tests/test_glm_speed.py checks bit equality)."""
+        for kernel, ops in zip(kernels, operators):
+            self._cache[("trials", run, int(kernel), n_pcs)] = ops
 
     def some_operators(self, run: int, kernels, n_pcs: int = 0) -> list[RunOperators]:
         """The operators of some kernels only, for the search over the number of PCs (each count is tried once:
         the kernels no search voxel uses are not factorised). Read from the cache when every kernel is there
-        (``n_pcs = 0`` after the HRF choice), else built and not cached: the final fit builds its own with
-        :meth:`operators`, so its betas do not depend on this."""
+        (``n_pcs = 0`` after the HRF choice), else built and not cached; the search hands the chosen count's to
+        :meth:`keep_operators`, bit for bit what :meth:`operators` would build for the final fit."""
         kernels = [int(k) for k in kernels]
         if all(("trials", run, k, n_pcs) in self._cache for k in kernels):
             return [self._cache[("trials", run, k, n_pcs)] for k in kernels]
@@ -136,10 +146,12 @@ class SessionModel:
                                 else None for k in range(len(maps))]
         return self._cache[key]
 
-    def _build_all_kernels(self, run: int, n_pcs: int) -> list[RunOperators]:
-        """:meth:`RunOperators.build` for every kernel of a run at once (stacked numpy linear algebra:
-        one call per step instead of one per kernel; same factorisation)."""
+    def _build_all_kernels(self, run: int, n_pcs: int, kernels=None) -> list[RunOperators]:
+        """:meth:`RunOperators.build` for every kernel of a run (or those of ``kernels``) at once (stacked numpy
+        linear algebra: one call per step instead of one per kernel; same factorisation)."""
         basis, reduced = self._reduced_trials(run, n_pcs)
+        if kernels is not None and len(kernels) < self.n_kernels:
+            basis, reduced = basis[kernels], reduced[kernels]
         return stacked_operators(basis, reduced, self.dtype, self.device)
 
     def onoff_operators(self, run: int, kernel: int | None = None) -> RunOperators:
