@@ -213,6 +213,47 @@ def find_fmriprep_files(index: dict, raw_entities: dict[str, str], space: str, r
     return {"bold": bold, "mask": masks[0], "confounds": confounds[0]}
 
 
+def fmriprep_frame_start(preproc_bold: Path, slice_timing: list | None, tr: float) -> float:
+    """Seconds from the start of each volume to the time fMRIPrep's preprocessed BOLD represents.
+
+    fMRIPrep corrects slice timing whenever the raw run has ``SliceTiming`` (unless ``--ignore slicetiming``),
+    to ``StartTime`` = first + ``--slice-time-ref`` (default 0.5) x (last - first) slice time, and says so in the
+    BOLD's sidecar (``SliceTimingCorrected``, ``StartTime``; fMRIPrep >= 20.2). The frames were put at the start
+    of each volume instead (the raw ``SliceTiming`` was dropped against the T1w grid's slice count): a shift of
+    ~TR/2 that cost rapid designs much of their single-trial accuracy (tests/test_qa_fmriprep_timing.py).
+
+    Without slice-timing correction the slices keep their own times: their median, as for our own
+    preprocessing (the GLM's time reference). A sidecar that says nothing: fMRIPrep's default reference."""
+    import math
+
+    import numpy as np
+
+    name = preproc_bold.name
+    sidecar = preproc_bold.with_name(name[: -len(".nii.gz")] if name.endswith(".gz") else name[: -len(".nii")])
+    sidecar = sidecar.with_name(sidecar.name + ".json")
+    meta: dict = {}
+    if sidecar.is_file():
+        try:
+            meta = json.loads(sidecar.read_text("utf-8"))
+        except (OSError, ValueError):
+            LOGGER.warning("%s cannot be read: assuming fMRIPrep's default slice-timing reference", sidecar)
+        meta = meta if isinstance(meta, dict) else {}
+    times = [float(t) for t in slice_timing] if slice_timing and len(slice_timing) > 1 else []
+    start = meta.get("StartTime")
+    corrected = meta.get("SliceTimingCorrected")
+    if corrected is not False and isinstance(start, (int, float)) and not isinstance(start, bool) \
+            and math.isfinite(start) and 0 <= start < tr:
+        return float(start)
+    if corrected is False:
+        return float(np.median(times)) if times else 0.0
+    if not times:
+        return 0.0
+    reference = min(times) + 0.5 * (max(times) - min(times))
+    LOGGER.info("%s: no usable StartTime in its sidecar; assuming fMRIPrep's default slice-timing reference "
+                "(%.3f s, the middle of the slice times)", name, reference)
+    return float(reference)
+
+
 def attach_fmriprep_inputs(inputs: dict, config) -> None:
     """Fill ``RunInfo.preproc_bold/brain_mask/confounds`` for every selected run."""
     space = config.space_spec
@@ -226,6 +267,7 @@ def attach_fmriprep_inputs(inputs: dict, config) -> None:
         for run in subject_inputs.runs:
             found = find_fmriprep_files(index, run.bold.entities, space, run.bold.path.name)
             run.preproc_bold, run.brain_mask, run.confounds = found["bold"], found["mask"], found["confounds"]
+            run.start_time = fmriprep_frame_start(found["bold"], run.bold.slice_timing, run.tr)
             found_runs.append(found)
     # fMRIPrep outputs kept with DataLad (OpenNeuroDerivatives, a lab's own) and cloned without `datalad get`: said
     # as such (66, the command), not as "Cannot read ... rerun fMRIPrep (the file is damaged)" (65)

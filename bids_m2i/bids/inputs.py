@@ -38,6 +38,8 @@ class RunInfo:
     preproc_bold: Path | None = None
     brain_mask: Path | None = None
     confounds: Path | None = None
+    # seconds from the start of each volume to the time fMRIPrep's BOLD stands for (its slice-timing reference)
+    start_time: float | None = None
 
 
 @dataclass
