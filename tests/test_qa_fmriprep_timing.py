@@ -166,3 +166,35 @@ def test_frame_start_of_fmriprep_outputs(tmp_path, meta, slice_timing, expected)
     from bids_m2i.bids.fmriprep import fmriprep_frame_start
 
     assert fmriprep_frame_start(_preproc(tmp_path, meta), slice_timing, TR) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("change, needle", [
+    ("trimmed", "has 4 volumes fewer than fMRIPrep's"),   # raw re-exported without its first 4 volumes
+    ("tr", "fMRIPrep's sub-01_ses-mri_task-facerecognition_run-1_space-T1w_desc-preproc_bold.nii.gz has a TR of 2.5 s"),
+])
+def test_fmriprep_outputs_of_other_raw_data_are_65(tmp_path, capsys, change, needle):
+    """fMRIPrep keeps every volume and the TR: outputs whose length or TR differ from the raw run's come from other
+    raw data (a dataset version trimmed of its dummy volumes after fMRIPrep ran, another acquisition). The events
+    count from the raw run's first volume: every onset was shifted by the missing volumes, exit 0."""
+    from fixture_datasets import write_bold
+
+    bids, fmriprep, *_ = build_fmriprep_dataset(tmp_path, start_time=0.951, flagged_dummies=0, dummies=0)
+    raw = sorted(bids.rglob("*_run-01_bold.nii.gz"))[0]
+    n_volumes = nib.load(raw).shape[3]
+    if change == "trimmed":
+        write_bold(raw, np.asarray(nib.load(raw).dataobj)[..., 4:], TR)
+    else:
+        preproc = next(fmriprep.rglob("*_desc-preproc_bold.nii.gz"))
+        img = nib.load(preproc)
+        img.header.set_zooms(img.header.get_zooms()[:3] + (2.5,))
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine, img.header), preproc)
+    filters = tmp_path / "filters.json"
+    filters.write_text(json.dumps({"bold": {"run": [1]}}))
+    code = run_cli([str(bids), str(tmp_path / "out"), "participant", "--skip-bids-validation", "--derivatives",
+                    str(fmriprep), "--space", "T1w", "--stop-after", "glm", "--glm", "lsa", "-w",
+                    str(tmp_path / "work"), "--bids-filter-file", str(filters), "--nprocs", "1"])
+    err = capsys.readouterr().err
+    assert code == 65, err
+    assert needle in err, err
+    assert not list((tmp_path / "out").rglob("*_statseries.nii.gz"))
+    assert n_volumes > 4
