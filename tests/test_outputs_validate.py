@@ -88,9 +88,9 @@ def test_one_layout_with_sessions_validates(tmp_path):
     check_figures_layout(out)
     check_modes(out, 0o644)
     # messages name runs, not the work dir's intermediate files (the sidecars' SliceTiming has 50 entries for
-    # the synthesized 4 slices, which gives a warning per run)
+    # the synthesized 4 slices, which gives a warning per run; said when the inputs are read since QA pass 26)
     log = "".join(p.read_text() for p in (out / "logs").glob("m2i-participant-*.log"))
-    assert "ses-perceptionTraining01_task-perception_run-01: SliceTiming" in log
+    assert "sub-01_ses-perceptionTraining01_task-perception_run-01_bold.nii.gz: SliceTiming has 50 entries" in log
     assert "bold_preproc.nii.gz:" not in log
 
 

@@ -213,6 +213,47 @@ def find_fmriprep_files(index: dict, raw_entities: dict[str, str], space: str, r
     return {"bold": bold, "mask": masks[0], "confounds": confounds[0]}
 
 
+def fmriprep_frame_start(preproc_bold: Path, slice_timing: list | None, tr: float) -> float:
+    """Seconds from the start of each volume to the time fMRIPrep's preprocessed BOLD represents.
+
+    fMRIPrep corrects slice timing whenever the raw run has ``SliceTiming`` (unless ``--ignore slicetiming``),
+    to ``StartTime`` = first + ``--slice-time-ref`` (default 0.5) x (last - first) slice time, and says so in the
+    BOLD's sidecar (``SliceTimingCorrected``, ``StartTime``; fMRIPrep >= 20.2). The frames were put at the start
+    of each volume instead (the raw ``SliceTiming`` was dropped against the T1w grid's slice count): a shift of
+    ~TR/2 that cost rapid designs much of their single-trial accuracy (tests/test_qa_fmriprep_timing.py).
+
+    Without slice-timing correction the slices keep their own times: their median, as for our own
+    preprocessing (the GLM's time reference). A sidecar that says nothing: fMRIPrep's default reference."""
+    import math
+
+    import numpy as np
+
+    name = preproc_bold.name
+    sidecar = preproc_bold.with_name(name[: -len(".nii.gz")] if name.endswith(".gz") else name[: -len(".nii")])
+    sidecar = sidecar.with_name(sidecar.name + ".json")
+    meta: dict = {}
+    if sidecar.is_file():
+        try:
+            meta = json.loads(sidecar.read_text("utf-8"))
+        except (OSError, ValueError):
+            LOGGER.warning("%s cannot be read: assuming fMRIPrep's default slice-timing reference", sidecar)
+        meta = meta if isinstance(meta, dict) else {}
+    times = [float(t) for t in slice_timing] if slice_timing and len(slice_timing) > 1 else []
+    start = meta.get("StartTime")
+    corrected = meta.get("SliceTimingCorrected")
+    if corrected is not False and isinstance(start, (int, float)) and not isinstance(start, bool) \
+            and math.isfinite(start) and 0 <= start < tr:
+        return float(start)
+    if corrected is False:
+        return float(np.median(times)) if times else 0.0
+    if not times:
+        return 0.0
+    reference = min(times) + 0.5 * (max(times) - min(times))
+    LOGGER.info("%s: no usable StartTime in its sidecar; assuming fMRIPrep's default slice-timing reference "
+                "(%.3f s, the middle of the slice times)", name, reference)
+    return float(reference)
+
+
 def attach_fmriprep_inputs(inputs: dict, config) -> None:
     """Fill ``RunInfo.preproc_bold/brain_mask/confounds`` for every selected run."""
     space = config.space_spec
@@ -226,25 +267,31 @@ def attach_fmriprep_inputs(inputs: dict, config) -> None:
         for run in subject_inputs.runs:
             found = find_fmriprep_files(index, run.bold.entities, space, run.bold.path.name)
             run.preproc_bold, run.brain_mask, run.confounds = found["bold"], found["mask"], found["confounds"]
-            found_runs.append(found)
+            run.start_time = fmriprep_frame_start(found["bold"], run.bold.slice_timing, run.tr)
+            found_runs.append((run, found))
     # fMRIPrep outputs kept with DataLad (OpenNeuroDerivatives, a lab's own) and cloned without `datalad get`: said
     # as such (66, the command), not as "Cannot read ... rerun fMRIPrep (the file is damaged)" (65)
-    unfetched = [path for found in found_runs for path in found.values() if is_unfetched_link(path)]
+    unfetched = [path for _, found in found_runs for path in found.values() if is_unfetched_link(path)]
     if unfetched:
         folder = next((Path(f) for f in config.derivatives if is_inside(unfetched[0], f)), None)
         raise unfetched_content_error(unfetched, "of fMRIPrep's files for the selected runs", folder)
-    for found in found_runs:
-        check_fmriprep_run(found)
+    for run, found in found_runs:
+        check_fmriprep_run(found, raw=run)
         chosen = derivative_entities(found["bold"])
         variants.add(tuple((k, chosen[k]) for k in ("space", "cohort", "res") if k in chosen))
     if len(variants) == 1:  # outputs named after the grid used (res/cohort included: see Config.space_entities)
         config.__dict__["input_space_entities"] = dict(variants.pop())
 
 
-def check_fmriprep_run(found: dict[str, Path]) -> None:
+def check_fmriprep_run(found: dict[str, Path], raw=None) -> None:
     """fMRIPrep's files of one run are readable and agree (headers and the confounds table only: cheap), so
     that a broken file stops the run now with 65, not in the GLM step after the others (an empty confounds
-    table ended there in exit 1 with pandas' traceback)."""
+    table ended there in exit 1 with pandas' traceback).
+
+    ``raw`` (the run's :class:`~bids_m2i.bids.inputs.RunInfo`): fMRIPrep keeps every volume and the TR, so a
+    BOLD series of another length or TR comes from other raw data (a dataset version trimmed of its dummy
+    volumes after fMRIPrep ran): the events, which count from the raw run's first volume, were silently
+    shifted by the difference."""
     import nibabel as nib
     import pandas as pd
 
@@ -252,10 +299,12 @@ def check_fmriprep_run(found: dict[str, Path]) -> None:
 
     for kind in ("bold", "mask", "confounds"):
         _check_readable(found[kind])
-    shapes = {}
+    shapes, zooms = {}, {}
     for kind in ("bold", "mask"):
         try:
-            shapes[kind] = nib.load(str(found[kind])).shape
+            img = nib.load(str(found[kind]))
+            shapes[kind] = img.shape
+            zooms[kind] = (img.header.get_zooms(), img.header.get_xyzt_units()[1])
         except Exception as exc:  # nibabel raises several kinds for a file that is not an image
             raise BadDataError(f"Cannot read fMRIPrep's {found[kind].name}: {exc}", path=found[kind],
                                hint="rerun fMRIPrep for this participant (the file is damaged or incomplete)") from exc
@@ -263,6 +312,8 @@ def check_fmriprep_run(found: dict[str, Path]) -> None:
         raise BadDataError(f"fMRIPrep's {found['bold'].name} is not a 4-D time series (shape {shapes['bold']})",
                            path=found["bold"], hint="rerun fMRIPrep for this participant (the file is damaged or "
                            "not its preprocessed BOLD series)")
+    if raw is not None:
+        check_same_acquisition(found["bold"], shapes["bold"], zooms["bold"], raw)
     try:
         table = normalize_confound_columns(pd.read_csv(found["confounds"], sep="\t", na_values=["n/a"]))
         n_rows = len(table)
@@ -290,6 +341,27 @@ def check_fmriprep_run(found: dict[str, Path]) -> None:
                            f"{n_volumes} volumes of {found['bold'].name}", path=found["confounds"],
                            hint="the files come from different fMRIPrep runs or an interrupted one: rerun fMRIPrep "
                            "for this participant into a clean output folder")
+
+
+def check_same_acquisition(bold: Path, shape: tuple, zooms: tuple, raw) -> None:
+    """fMRIPrep's BOLD series has the raw run's number of volumes and TR (see :func:`check_fmriprep_run`)."""
+    from ..errors import BadDataError
+    from .inputs import TR_TOLERANCE
+
+    hint = ("these fMRIPrep outputs were made from other raw data than BIDS_DIR holds (e.g. a dataset version whose "
+            "dummy volumes were removed later): rerun fMRIPrep on this BIDS_DIR, or give the BIDS_DIR fMRIPrep ran on")
+    difference = int(shape[3]) - int(raw.n_volumes)
+    if difference:
+        raise BadDataError(
+            f"{raw.bold.path.name} has {abs(difference)} volumes {'fewer' if difference > 0 else 'more'} than "
+            f"fMRIPrep's {bold.name} ({raw.n_volumes} against {shape[3]}): the events would not line up with "
+            "fMRIPrep's volumes", path=bold, hint=hint)
+    values, unit = zooms
+    if len(values) >= 4 and values[3] > 0:
+        tr = float(values[3]) * {"msec": 1e-3, "usec": 1e-6}.get(unit, 1.0)
+        if abs(tr - raw.tr) > TR_TOLERANCE * raw.tr:
+            raise BadDataError(f"fMRIPrep's {bold.name} has a TR of {tr:g} s, its raw run {raw.bold.path.name} "
+                               f"{raw.tr:g} s", path=bold, hint=hint)
 
 
 def docker_available() -> bool:

@@ -38,6 +38,9 @@ class RunInfo:
     preproc_bold: Path | None = None
     brain_mask: Path | None = None
     confounds: Path | None = None
+    # seconds from the start of each volume to the time its frame stands for in the GLM (the median slice time of
+    # the raw run; fMRIPrep's slice-timing reference with --derivatives, set by bids/fmriprep.py)
+    start_time: float | None = None
 
 
 @dataclass
@@ -217,6 +220,28 @@ def check_slice_timing(run: BoldRun, tr: float) -> None:
                            "acquired within one TR)", path=run.path, hint=unit + fix)
 
 
+def slice_time_reference(run: BoldRun, shape: tuple[int, ...]) -> float:
+    """The time (s from the start of each volume) the GLM gives a frame of this run: the median of its
+    ``SliceTiming`` (no slice-timing correction; docs/glm.md), else 0.
+
+    ``SliceTiming`` has one entry per slice along ``SliceEncodingDirection`` (``k`` unless said otherwise) of the
+    raw run. It was compared with the third axis of the participant grid: a sagittal or coronal acquisition
+    (``i``/``j``), or a run with another slice count than the participant's first run, lost its reference (frames
+    put at the start of each volume, ~TR/2 early, with a warning saying "ignored")."""
+    import numpy as np
+
+    timing = run.slice_timing
+    if not timing:
+        return 0.0
+    direction = str(run.metadata.get("SliceEncodingDirection") or "k").rstrip("-")
+    axis = {"i": 0, "j": 1, "k": 2}.get(direction, 2)
+    if len(timing) != shape[axis]:
+        LOGGER.warning("%s: SliceTiming has %d entries for %d slices (axis %s); ignored (frame times at the start of "
+                       "each volume)", run.path.name, len(timing), shape[axis], direction)
+        return 0.0
+    return float(np.median(np.asarray(timing, dtype=float)))
+
+
 def collect_inputs(config: Config, work_dir: Path) -> dict[str, SubjectInputs]:
     from .events import build_trials_table, check_events_map_tasks, check_events_within_run, load_events_map
 
@@ -252,7 +277,7 @@ def collect_inputs(config: Config, work_dir: Path) -> dict[str, SubjectInputs]:
         for run in runs:
             shape, header_tr = read_bold_header(run)
             tr = check_tr(run, header_tr)
-            info = RunInfo(run, shape[3], shape[:3], tr)
+            info = RunInfo(run, shape[3], shape[:3], tr, start_time=slice_time_reference(run, shape))
             infos.append(info)
             if not needs_events:
                 continue

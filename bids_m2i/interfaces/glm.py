@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
-from nipype.interfaces.base import BaseInterfaceInputSpec, File, InputMultiObject, TraitedSpec, traits
+from nipype.interfaces.base import BaseInterfaceInputSpec, File, InputMultiObject, TraitedSpec, isdefined, traits
 
 from ..errors import BadDataError, UsageError
 from .base import M2IInterface
@@ -194,6 +194,10 @@ class _SingleTrialInputSpec(BaseInterfaceInputSpec):
     run_labels = traits.List(traits.Str(), mandatory=True, desc="run label of each BOLD file (trials' run column)")
     trs = traits.List(traits.Float(), mandatory=True)
     slice_timings = traits.List(traits.Any(), desc="SliceTiming of each run (list or None)")
+    # fMRIPrep inputs only (unset otherwise: earlier runs' nodes keep their hash)
+    start_times = traits.List(traits.Float(), desc="time (s) from the start of each volume that each run's frames "
+                              "stand for (fMRIPrep's slice-timing reference); wins over slice_timings")
+    dummy_scans = traits.Int(desc="--dummy-scans: the first volumes left out, instead of the confounds' own")
     method = traits.Enum("fithrf-denoise-rr", "fithrf", "lss", "lsa", usedefault=True)
     lss_split = traits.Str("none", usedefault=True)
     zscore = traits.Bool(False, usedefault=True)
@@ -254,6 +258,7 @@ class SingleTrialBetas(M2IInterface):
         runs, fd_by_run, tr_by_run = [], {}, {}
         slice_timings = list(self.inputs.slice_timings) if self.inputs.slice_timings else [None] * len(
             self.inputs.bold_files)
+        start_times = list(self.inputs.start_times) if isdefined(self.inputs.start_times) else None
         affine = None
         largest_run_gb = 0.0
         for path, confounds_path, label, tr, slice_timing in zip(self.inputs.bold_files, self.inputs.confounds_files,
@@ -266,17 +271,22 @@ class SingleTrialBetas(M2IInterface):
                 raise BadDataError(f"{name}: the preprocessed BOLD is not on the brain mask's grid", path=path)
             affine = affine_run if affine is None else affine
             confounds, nonsteady = read_confounds(confounds_path)
+            if isdefined(self.inputs.dummy_scans):  # our own preprocessing listed them in its confounds already
+                nonsteady = list(range(min(self.inputs.dummy_scans, data.shape[3] - 1)))
             if len(confounds) != data.shape[3]:
                 raise BadDataError(f"{name}: the confounds table has {len(confounds)} rows for {data.shape[3]} "
                                    "volumes", path=confounds_path)
             if "framewise_displacement" in confounds:
                 fd_by_run[label] = confounds["framewise_displacement"].to_numpy(dtype=float)
             tr_by_run[label] = tr
-            if slice_timing and len(slice_timing) != data.shape[2]:
-                LOGGER.warning("%s: SliceTiming has %d entries for %d slices; ignored (frame times at the start "
-                               "of each volume)", name, len(slice_timing), data.shape[2])
-                slice_timing = None
-            start = float(np.median(slice_timing)) if slice_timing else 0.0
+            if start_times is not None:
+                start = start_times.pop(0)
+            else:
+                if slice_timing and len(slice_timing) != data.shape[2]:
+                    LOGGER.warning("%s: SliceTiming has %d entries for %d slices; ignored (frame times at the "
+                                   "start of each volume)", name, len(slice_timing), data.shape[2])
+                    slice_timing = None
+                start = float(np.median(slice_timing)) if slice_timing else 0.0
             frame_times = start + tr * np.arange(data.shape[3])
             keep = np.ones(data.shape[3], dtype=bool)
             keep[[i for i in nonsteady if i < data.shape[3]]] = False

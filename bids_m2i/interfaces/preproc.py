@@ -150,8 +150,16 @@ class ResampleRun(M2IInterface):
         mask = np.asarray(nib.load(self.inputs.mask).dataobj) > 0
         info = json.loads(Path(self.inputs.info).read_text())
         transforms = compose_transforms(per_volume, run_to_ref)
+        # a volume that moved pushes the voxels at the edge of the field of view (first/last slices of a slab)
+        # out of it: filled with 0 they kept their place in the brain mask (built from the runs' references)
+        # and got betas of thousands of % (QA pass 26). The nearest edge value stands in for them within the
+        # voxels the run covers (its reference, as the mask); the grid beyond stays 0
         resampled = resample_to_grid(data, affine, transforms, reference.affine, reference.shape[:3],
-                                     n_threads=self.inputs.n_threads, device=self.inputs.device)
+                                     n_threads=self.inputs.n_threads, device=self.inputs.device, fill=None)
+        covered = np.isfinite(resample_to_grid(np.ones(data.shape[:3], dtype=np.float32), affine, run_to_ref,
+                                               reference.affine, reference.shape[:3], n_threads=self.inputs.n_threads,
+                                               device=self.inputs.device, fill=np.nan))
+        resampled[~covered] = 0.0
         # int16 with a per-run scl_slope/scl_inter (the raw input's type): half the bytes of float32 and
         # compressible; the rounding error (at most slope/2, ~range/131,000) is thousands of times below the
         # BOLD noise (docs/benchmarks.md, tests/test_preproc_quantise.py)

@@ -39,11 +39,12 @@ def _sampling_matrices(src_shape_xyz, src_affine, transforms, target_affine, dev
     return torch.from_numpy(np.ascontiguousarray(mats[:, :3, :])).float().to(device)
 
 
-def _sample_stack(stack: torch.Tensor, mats: torch.Tensor, ijk: torch.Tensor, fill: float,
+def _sample_stack(stack: torch.Tensor, mats: torch.Tensor, ijk: torch.Tensor, fill: float | None,
                   out: torch.Tensor | None = None) -> torch.Tensor:
-    """Values (n, P) of the n volumes of ``stack`` at the target voxels ``ijk`` (P, 4) mapped by ``mats``."""
+    """Values (n, P) of the n volumes of ``stack`` at the target voxels ``ijk`` (P, 4) mapped by ``mats``;
+    ``fill`` None keeps the nearest edge values outside the source FOV."""
     values, inside = sample_volumes(stack, sampler_coords(mats, ijk), out=out)
-    return values.masked_fill_(inside.logical_not_(), fill)
+    return values if fill is None else values.masked_fill_(inside.logical_not_(), fill)
 
 
 def resample_torch(volumes: torch.Tensor, src_affine: np.ndarray, transforms: np.ndarray, target_affine: np.ndarray,
@@ -63,7 +64,7 @@ def resample_torch(volumes: torch.Tensor, src_affine: np.ndarray, transforms: np
 
 def resample_to_grid(data: np.ndarray, src_affine: np.ndarray, per_volume_transforms: np.ndarray,
                      target_affine: np.ndarray, target_shape, *, n_threads: int = 1, device: str = "cpu",
-                     chunk_size: int = 32, fill: float = 0.0) -> np.ndarray:
+                     chunk_size: int = 32, fill: float | None = 0.0) -> np.ndarray:
     """Resample every raw volume onto a target grid in one trilinear interpolation.
 
     Parameters
@@ -74,7 +75,7 @@ def resample_to_grid(data: np.ndarray, src_affine: np.ndarray, per_volume_transf
     target_affine : (4, 4) voxel -> world of the target grid.
     target_shape : (Xt, Yt, Zt)
     n_threads, device, chunk_size : compute settings (``chunk_size`` volumes in memory at once).
-    fill : value outside the source FOV.
+    fill : value outside the source FOV; None: the nearest edge value (see ``ResampleRun``).
 
     Returns
     -------

@@ -156,7 +156,12 @@ def methods_paragraphs(config, *, stages, output_dir: Path, subject: str) -> lis
     elif config.resolved_space != "func":
         paragraphs.append(f"Preprocessed BOLD runs, brain masks and confounds in the {config.resolved_space} space "
                           "were taken from fMRIPrep (Esteban et al. 2019); the participant mask is the intersection "
-                          "of the run masks.")
+                          "of the run masks. Each frame was modelled at the time its volume stands for (fMRIPrep's "
+                          "StartTime after slice-timing correction, else the median slice time); non-steady-state "
+                          "volumes "
+                          + ("flagged by fMRIPrep" if config.dummy_scans is None
+                             else f"(the first {config.dummy_scans} of each run)")
+                          + " were left out of the single-trial model.")
     if "single-trial betas" in stages:
         # this run's method only: another --glm's outputs from an earlier run may sit beside them
         # and this run's space only: a run with another --space into this OUTPUT_DIR keeps its betas beside them

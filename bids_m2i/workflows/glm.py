@@ -44,6 +44,19 @@ def glm_need_gb(runs, n_trials: int) -> float:
 BASE_PROCESS_GB = 0.6
 
 
+def frame_timing(config, runs) -> dict:
+    """The GLM node's timing inputs: each run's frame reference within its volumes (the raw run's median slice
+    time, :func:`bids_m2i.bids.inputs.slice_time_reference`, or fMRIPrep's slice-timing reference,
+    :func:`bids_m2i.bids.fmriprep.fmriprep_frame_start`), and ``--dummy-scans`` for fMRIPrep's runs (our own
+    preprocessing lists them in its confounds)."""
+    if not runs or any(r.start_time is None for r in runs):
+        return {}
+    inputs = {"start_times": [float(r.start_time) for r in runs]}
+    if config.dummy_scans is not None and all(r.preproc_bold is not None for r in runs):
+        inputs["dummy_scans"] = int(config.dummy_scans)
+    return inputs
+
+
 def init_single_trial_wf(config, subject_inputs, task: str, session: str | None, output_dir: str,
                          trials_dir: Path, n_glm_nodes: int = 1):
     """Betas of every trial of ``task`` (and ``session``), all runs together.
@@ -104,7 +117,7 @@ def init_single_trial_wf(config, subject_inputs, task: str, session: str | None,
         zscore=config.zscore_betas, noise_model=config.glm_noise_model, hrf_library=config.hrf_library,
         mem_gb=budget_gb, n_threads=config.n_threads, device=_device(config),
         seed=config.seed, derivatives={"base_directory": output_dir, "files": files},
-        **({"events_notes": notes} if notes else {})),
+        **({"events_notes": notes} if notes else {}), **frame_timing(config, runs)),
         name="estimate_betas", n_procs=config.n_threads, mem_gb=budget_gb)
     workflow.connect([(merge_bold, glm, [("out", "bold_files")]), (merge_conf, glm, [("out", "confounds_files")]),
                       (inputnode, glm, [("brain_mask", "mask")]),
