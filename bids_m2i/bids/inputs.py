@@ -176,6 +176,12 @@ def check_tr(run: BoldRun, header_tr: float | None) -> float:
         raise BadDataError(f"RepetitionTime {sidecar_tr:g} of {run.path.name} is not a TR in seconds",
                            path=run.path, hint=f"BIDS gives RepetitionTime in seconds: {sidecar_tr:g} ms is "
                            f"{sidecar_tr / 1000:g} s; fix the run's _bold.json or task-<label>_bold.json")
+    if header_tr is not None and abs(header_tr / 1000 - sidecar_tr) <= TR_TOLERANCE * sidecar_tr:
+        # pixdim[4] in ms with no (or a wrong) time unit, as some converters and resampling tools write it: the
+        # run is fine and BIDS takes the TR from the sidecar; stopping with "TR mismatch ... 2000 s" was no help
+        LOGGER.warning("%s: the NIfTI header's TR %g looks like milliseconds (its time unit is not set to msec); "
+                       "using the sidecar's RepetitionTime %g s", run.path.name, header_tr, sidecar_tr)
+        header_tr = sidecar_tr
     if header_tr is not None and abs(header_tr - sidecar_tr) > TR_TOLERANCE * sidecar_tr:
         raise BadDataError(
             f"TR mismatch for {run.path.name}: the sidecar says {sidecar_tr} s, the NIfTI header "
