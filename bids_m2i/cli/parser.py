@@ -61,7 +61,9 @@ def _click_option(spec: OptionSpec):
     if spec.kind == "count":
         return click.option(*flags, spec.name, count=True, help=spec.help)
     if spec.kind == "int":
-        return click.option(*flags, spec.name, type=click.IntRange(min=0 if spec.name in ("seed", "dummy_scans", "top_k_voxels") else 1), **common)
+        # options where 0 means something (--permutations 0: no p-values; --top-k-voxels 0: every voxel)
+        zero_ok = ("seed", "dummy_scans", "top_k_voxels", "permutations")
+        return click.option(*flags, spec.name, type=click.IntRange(min=0 if spec.name in zero_ok else 1), **common)
     if spec.kind == "float":
         return click.option(*flags, spec.name, type=click.FloatRange(min=0, min_open=True), **common)
     if spec.kind in ("str",):
