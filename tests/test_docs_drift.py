@@ -192,3 +192,40 @@ def test_exit_code_page_matches_the_code():
     in_help = {int(code) for code in re.findall(r"(\d+) [A-Za-z]", EPILOG.split("Documentation")[0])}
     assert in_help == documented, "m2i --help and docs/exit-codes.md list different codes"
 
+
+
+def _documented_columns(page_text: str, file_marker: str) -> list[str]:
+    """The space-separated column list in backticks on the outputs.md table row naming ``file_marker``."""
+    row = next(line for line in page_text.splitlines() if line.startswith("|") and file_marker in line)
+    content = row.split("|")[2]
+    names = [c for span in re.findall(r"`([a-z_0-9 ]+)`", content) for c in span.split()]
+    return list(dict.fromkeys(names))  # a column explained after the list is named twice
+
+
+def test_outputs_page_names_the_files_and_columns_written(tiny_full_run):
+    """docs/outputs.md against the participant outputs of the tiny preset (the session's shared run)."""
+    import pandas as pd
+
+    assert tiny_full_run["code"] == 0
+    out = tiny_full_run["out"]
+    page = (DOCS / "outputs.md").read_text(encoding="utf-8")
+    func, decoding = out / "sub-01" / "func", out / "sub-01" / "decoding"
+
+    def header(path):
+        return list(pd.read_csv(path, sep="\t", nrows=0).columns)
+
+    events = header(func / "sub-01_task-perception_desc-fithrfdenoiserr_events.tsv")
+    assert _documented_columns(page, "task-T_desc-<method>_events.tsv") == events
+    predictions = header(decoding / "sub-01_desc-predictions_table.tsv")
+    documented = _documented_columns(page, "sub-01_desc-predictions_table.tsv")
+    assert [c for c in documented if c in predictions] == predictions, (documented, predictions)
+    metrics = header(decoding / "sub-01_desc-metrics_table.tsv")
+    assert _documented_columns(page, "sub-01_desc-metrics_table.tsv")[:len(metrics)] == metrics
+    confounds = header(func / "sub-01_task-perception_run-01_desc-confounds_timeseries.tsv")
+    assert set(confounds) <= set(_documented_columns(page, "desc-confounds_timeseries.tsv"))
+    # every file of the decoding folder is on the page (by its suffix after sub-01_)
+    for path in decoding.iterdir():
+        name = path.name.removeprefix("sub-01_").rsplit(".", 1)[0]
+        if name.endswith("_model"):
+            name = "_model"  # desc-<target><decoder>_model
+        assert name in page, f"{path.name} is written but docs/outputs.md does not name it"
