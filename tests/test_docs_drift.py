@@ -137,6 +137,34 @@ def test_permutations_zero_means_no_p_values_as_documented():
     assert seen["permutations"] == 0
 
 
+@pytest.mark.parametrize("name", ["nprocs", "omp_nthreads", "candidates", "permutations", "top_k_voxels", "seed",
+                                  "dummy_scans"])
+def test_config_file_and_command_line_take_the_same_integers(name, tmp_path):
+    """usage.md: every option can be set in a config file. `candidates = 0` passed the config file while
+    `--candidates 0` was refused; both now take the same range."""
+    from bids_m2i.config import OPTION_BY_NAME
+    from bids_m2i.errors import UsageError
+
+    spec = OPTION_BY_NAME[name]
+    flag = next(f for f in spec.cli_flags if f.startswith("--"))
+    for value in (0, 1):
+        path = tmp_path / f"{name}{value}.toml"
+        path.write_text(f"[{spec.section}]\n{name} = {value}\n")
+        try:
+            read_config_file(path)
+            in_file = True
+        except UsageError:
+            in_file = False
+        try:
+            make_command(lambda *args: 0).main(["in", "out", "participant", flag, str(value)], prog_name="m2i",
+                                               standalone_mode=False)
+            on_line = True
+        except Exception:  # noqa: BLE001 - click's BadParameter
+            on_line = False
+        assert in_file == on_line, (name, value, in_file, on_line)
+        assert in_file == (value >= (1 if name in ("nprocs", "omp_nthreads", "candidates") else 0))
+
+
 def test_usage_config_example_is_a_valid_config_file(tmp_path):
     text = (DOCS / "usage.md").read_text(encoding="utf-8")
     blocks = _code_blocks(text, "toml")

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from .. import __version__
-from ..config import OPTIONS, OptionSpec
+from ..config import OPTIONS, OptionSpec, int_minimum
 
 ANALYSIS_LEVELS = ("participant", "group")
 
@@ -61,9 +61,7 @@ def _click_option(spec: OptionSpec):
     if spec.kind == "count":
         return click.option(*flags, spec.name, count=True, help=spec.help)
     if spec.kind == "int":
-        # options where 0 means something (--permutations 0: no p-values; --top-k-voxels 0: every voxel)
-        zero_ok = ("seed", "dummy_scans", "top_k_voxels", "permutations")
-        return click.option(*flags, spec.name, type=click.IntRange(min=0 if spec.name in zero_ok else 1), **common)
+        return click.option(*flags, spec.name, type=click.IntRange(min=int_minimum(spec.name)), **common)
     if spec.kind == "float":
         return click.option(*flags, spec.name, type=click.FloatRange(min=0, min_open=True), **common)
     if spec.kind in ("str",):
