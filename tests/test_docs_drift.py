@@ -257,3 +257,13 @@ def test_outputs_page_names_the_files_and_columns_written(tiny_full_run):
         if name.endswith("_model"):
             name = "_model"  # desc-<target><decoder>_model
         assert name in page, f"{path.name} is written but docs/outputs.md does not name it"
+
+
+def test_usage_option_table_is_the_generated_one():
+    """usage.md's option table is generated from the option table (`python -m bids_m2i.cli.docs`); an option
+    added, renamed or given another default without regenerating it would leave the page behind."""
+    from bids_m2i.cli.docs import BEGIN, END, options_markdown
+
+    text = (DOCS / "usage.md").read_text(encoding="utf-8")
+    block = text[text.index(BEGIN):text.index(END) + len(END)]
+    assert block == options_markdown(), "run `python -m bids_m2i.cli.docs docs/usage.md`"
