@@ -267,3 +267,13 @@ def test_usage_option_table_is_the_generated_one():
     text = (DOCS / "usage.md").read_text(encoding="utf-8")
     block = text[text.index(BEGIN):text.index(END) + len(END)]
     assert block == options_markdown(), "run `python -m bids_m2i.cli.docs docs/usage.md`"
+
+
+def test_events_map_keys_table_matches_the_loader():
+    """events.md's "All keys of a section" table names exactly the keys a map section may hold."""
+    from bids_m2i.bids.events import _RULE_KEYS
+
+    text = (DOCS / "events.md").read_text(encoding="utf-8")
+    table = text.split("All keys of a section:", 1)[1].split("\n\n", 2)[1]
+    documented = {key for row in table.splitlines()[2:] for key in re.findall(r"`(\w+)`", row.split("|")[1])}
+    assert documented == set(_RULE_KEYS) | {"profile"}  # profile: maps only, read before the section
