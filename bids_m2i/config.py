@@ -302,6 +302,17 @@ def available_memory_gb() -> float:
 SETTINGS_FILE_HINT = "make it readable by this user (`chmod a+r FILE`, or use a copy of your own); m2i only reads it"
 
 
+# Integer options that need at least 1 (a count of things to use); the others take 0, which means something
+# (--permutations 0: no p-values; --top-k-voxels 0: every voxel; --seed 0, --dummy-scans 0). The command line
+# and the config file share this, so that a value one accepts the other does too.
+INT_OPTIONS_FROM_ONE = ("nprocs", "omp_nthreads", "candidates")
+
+
+def int_minimum(name: str) -> int:
+    """Smallest value of the integer option ``name``."""
+    return 1 if name in INT_OPTIONS_FROM_ONE else 0
+
+
 def read_config_file(path: Path) -> dict[str, Any]:
     """Read a TOML config file into ``{option_name: value}``; unknown keys or wrong types -> UsageError."""
     from .utils import tomlread
@@ -361,8 +372,8 @@ def coerce_value(spec: OptionSpec, value: Any, origin: str) -> Any:
     if spec.kind in ("int", "count"):
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad("an integer")
-        if value < 0 or (spec.name in ("nprocs", "omp_nthreads") and value < 1):
-            raise bad("a positive integer")
+        if value < int_minimum(spec.name):
+            raise bad(f"an integer of at least {int_minimum(spec.name)}")
         return value
     if spec.kind == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
