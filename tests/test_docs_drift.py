@@ -36,7 +36,7 @@ OTHER_TOOLS_OPTIONS = {
     "--kill-on-invalid-dep", "--mem-per-cpu", "--output", "--parsable", "--partition", "--qos", "--test-only",
     "--time", "--bind", "--cleanenv", "--containall", "--env", "--fakeroot", "--no-home", "--nv", "--pwd",
     "--build-arg", "--entrypoint", "--http-proxy", "--read-only", "--rm", "--secret", "--tmpfs", "--user",
-    "--index-url", "--strict", "--output-spaces",
+    "--index-url", "--strict", "--output-spaces", "--ignore",  # the last two: fMRIPrep's
 }
 
 
