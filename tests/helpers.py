@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -155,3 +158,22 @@ def open_to_everyone(base: Path, folder_mode: int = 0o777) -> None:
     """Every folder below ``base`` (and ``base``) ``folder_mode``, every file 0o644: readable by uid 65534."""
     for path in [base, *base.rglob("*")]:
         path.chmod(folder_mode if path.is_dir() else 0o644)
+
+
+def group_alive(pgid: int, grace_s: float) -> bool:
+    """Whether any process of a run's process group (nipype workers) is still alive ``grace_s`` after the main one
+    ended: a worker that outlives it could still write into the work dir while the rerun starts."""
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL a run's whole process group (nothing may outlive a test)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)

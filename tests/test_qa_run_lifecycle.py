@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from bids_m2i.cli.run import run_cli
+from helpers import group_alive, kill_group
 
 OPTIONS = ["--skip-bids-validation", "--nprocs", "2", "--omp-nthreads", "1", "--seed", "0"]
 DATA_SUFFIXES = (".nii.gz", ".tsv", ".npy", ".png", ".safetensors")
@@ -73,22 +74,6 @@ def wait_for_log(process: subprocess.Popen, out: Path, needle: str, timeout: flo
             raise AssertionError(f"the run ended (exit {process.returncode}) before {needle!r}")
         time.sleep(0.02)
     raise AssertionError(f"{needle!r} never appeared in the log")
-
-
-def group_alive(pgid: int, grace_s: float) -> bool:
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        time.sleep(0.1)
-    return True
-
-
-def kill_group(process: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")

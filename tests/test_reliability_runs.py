@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from bids_m2i.cli.run import run_cli
+from helpers import group_alive, kill_group
 
 REPO = Path(__file__).resolve().parents[1]
 NOBODY = 65534
@@ -204,26 +205,6 @@ def _wait_for_log(process: subprocess.Popen, out: Path, needle: str, timeout: fl
     raise AssertionError(f"{needle!r} never appeared in the log")
 
 
-def _group_alive_after(pgid: int, grace_s: float) -> bool:
-    """Whether any process of the run's group (nipype workers) is still alive ``grace_s`` after the main one
-    ended: a worker that outlives it could still write into the work dir while the rerun starts."""
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        time.sleep(0.1)
-    return True
-
-
-def _kill_group(process: subprocess.Popen) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
 def interrupt_and_resume(reference_run, tmp_path, signal_number: int, needle: str):
     ref = reference_run["result"]
     assert ref.returncode == 0, ref.stderr[-2000:]
@@ -237,9 +218,9 @@ def interrupt_and_resume(reference_run, tmp_path, signal_number: int, needle: st
         else:
             process.send_signal(signal_number)  # the main process, as `kill PID` / `docker stop` do
         stdout, stderr = process.communicate(timeout=120)
-        survivors = _group_alive_after(process.pid, grace_s=3.0)
+        survivors = group_alive(process.pid, grace_s=3.0)
     finally:
-        _kill_group(process)  # nothing may outlive the test
+        kill_group(process)  # nothing may outlive the test
     killed = {"code": process.returncode, "stderr": stderr, "stdout": stdout, "survivors": survivors}
     resumed_code = run_cli([str(bids), str(out), "participant", "-w", str(work), *RUN_OPTIONS])
     return killed, resumed_code, out
