@@ -106,13 +106,22 @@ def test_glm_engine_does_not_import_nilearn():
 
 
 def test_lsa_equals_nilearn_first_level_per_run():
+    # nilearn's betas are in plateau units (unit-sum kernels); the default peak units are them times the assumed
+    # HRF's peak response to one trial, recorded in the sidecar (glm/units.py)
     runs, trials = _session()
-    result = estimate_single_trial_betas(runs, trials, method="lsa", data_units="percent", precision="double")
+    result = estimate_single_trial_betas(runs, trials, method="lsa", data_units="percent", precision="double",
+                                         beta_units="plateau")
+    peak = estimate_single_trial_betas(runs, trials, method="lsa", data_units="percent", precision="double")
+    factor = peak.metadata["peak_scaling"]["assumed_hrf_peak_response"]
+    assert result.metadata["beta_units"] == "plateau" and peak.metadata["beta_units"] == "peak"
+    assert 0.3 < factor < 1.0
     reference = _nilearn_lsa(runs, trials)
     assert len(result.trial_rows) == len(reference) == 24
     for row, trial in result.trial_rows.iterrows():
         expected = reference[(trial["run"], float(trial["onset"]))]
         np.testing.assert_allclose(result.betas[row], expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+        np.testing.assert_allclose(peak.betas[row], factor * expected, rtol=1e-4,
+                                   atol=1e-4 * np.abs(expected).max())
 
 
 def test_lsa_single_precision_close_to_double():
@@ -155,7 +164,7 @@ def _naive_lss(runs, trials, split):
 def test_lss_equals_naive_loop(split):
     runs, trials = _session(conditions=("perception", "imagery", "imagery"))
     result = estimate_single_trial_betas(runs, trials, method="lss", lss_split=split, data_units="percent",
-                                         precision="double")
+                                         precision="double", beta_units="plateau")  # nilearn's unit-sum kernels
     reference = _naive_lss(runs, trials, split)
     for row, trial in result.trial_rows.iterrows():
         expected = reference[(trial["run"], float(trial["onset"]))]

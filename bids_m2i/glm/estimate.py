@@ -29,6 +29,7 @@ from .model import SessionModel
 from .reliability import RepeatStructure, ncsnr
 from ..utils.torch_runtime import resolve_device
 from .solvers import percent_signal, torch_threads, zscore_rows
+from .units import check_beta_units, kernel_peak_responses, reference_duration, to_peak_units, voxel_peak_scale
 from .whitening import (AR1_STEP, RHO_MAX, RHO_MIN, estimate_ar1, quantise, whitened_bins,
                         whitened_trial_betas)
 
@@ -47,6 +48,8 @@ class GLMResult:
     ----------
     betas : ndarray, shape (n_trials, n_voxels), float32
         % signal change (or per-voxel z-scores when ``metadata["zscored"]``); row i = ``trial_rows`` row i.
+        ``metadata["beta_units"]``: ``"peak"`` (default; 1 = a trial response peaking at 1 %, GLMsingle's
+        scaling) or ``"plateau"`` (unit-sum kernels); :mod:`bids_m2i.glm.units`.
     trial_rows : DataFrame
         The trials (role == trial) in session order: runs in the given order, then onset.
     r2 : ndarray, shape (n_voxels,)
@@ -61,6 +64,10 @@ class GLMResult:
         Chosen ridge fraction (1 = unregularised).
     metadata : dict
         JSON-ready description for the sidecar.
+    beta_scale : ndarray, shape (n_voxels,), optional
+        The per-voxel factor applied to the plateau-unit betas (``beta_units="peak"``; None otherwise): dividing
+        by it gives the plateau units back. Not written to disk (the sidecar's ``peak_scaling`` and the
+        ``hrfindex`` map reproduce it).
     """
 
     betas: np.ndarray
@@ -71,6 +78,7 @@ class GLMResult:
     n_pcs: np.ndarray
     frac: np.ndarray
     metadata: dict = field(default_factory=dict)
+    beta_scale: np.ndarray | None = None
 
     def stat_maps(self) -> dict[str, np.ndarray]:
         """Per-voxel maps keyed by their BIDS ``stat`` entity (DESIGN.md derivatives), each (n_voxels,)."""
@@ -162,7 +170,7 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
                                 hrf_noise_correction: float = HRF_NOISE_CORRECTION,
                                 selection_r2: str = "beyond-drift",
                                 pc_source: str = "drift-residuals", pool_exclusion: str = "none",
-                                pool_alpha: float = 0.05) -> GLMResult:
+                                pool_alpha: float = 0.05, beta_units: str = "peak") -> GLMResult:
     """Single-trial betas of one task of one session, all runs modelled together.
 
     Parameters
@@ -254,6 +262,12 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
         (docs/decoding.md, "A noise pool without stimulus-driven voxels").
     pool_alpha : float
         The rule's false-exclusion rate among pure-noise voxels (0 < pool_alpha < 1).
+    beta_units : {"peak", "plateau"}
+        "peak" (default): a beta of 1 is a trial response whose peak is 1 % signal change (GLMsingle's scaling):
+        each voxel's betas are multiplied by the peak of its own kernel's response to one trial of the session's
+        median trial duration (:mod:`bids_m2i.glm.units`; a per-voxel rescale, correlations unchanged).
+        "plateau": the unit-sum kernels' amplitude, the level a sustained response would reach (the units
+        before issue 14; for benchmarks). Ignored with ``zscore`` (z-scores have no units to convert).
 
     Returns
     -------
@@ -294,6 +308,7 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
         raise UsageError("noise_model='ar1' is not implemented for lss", hint="use noise_model='ols' with lss")
     if precision not in ("single", "double"):
         raise UsageError(f"Unknown precision {precision!r}", hint="use 'single' or 'double'")
+    check_beta_units(beta_units)
     n_voxels, lengths = _check_runs(runs)
     trial_runs = set(trials.loc[trials["role"] == "trial", "run"].astype(str))
     if len(runs) > 1 and any(str(r.run) not in trial_runs for r in runs):
@@ -431,6 +446,12 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
                 pool_exclusion=(pool_exclusion, pool_alpha),
                 retained=(chunks[-1], data_runs, total) if chunks else None)
 
+        # the units of the betas: one per-voxel factor, after every fit and before z-scoring (glm/units.py)
+        peak_scaling, beta_scale = None, None
+        if beta_units == "peak" and not zscore:
+            peak_scaling, beta_scale = _peak_scaling(model, trial_rows, hrf_index)
+            to_peak_units(betas, beta_scale)
+
         if zscore:
             for voxels in chunks:
                 block = torch.as_tensor(betas[:, voxels].T.copy())
@@ -446,9 +467,9 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
         "effective_method": effective,
         "fallback_reason": fallback,
         "units": "z-score per voxel within session" if zscore else "percent signal change",
-        "beta_definition": "amplitude of a regressor made of the trial boxcar convolved with a unit-sum HRF "
-                           "(nilearn's convention): the plateau a sustained response would reach, in % of "
-                           "the voxel's run mean",
+        "beta_units": "z-score" if zscore else beta_units,
+        "beta_definition": BETA_DEFINITIONS["z-score" if zscore else beta_units],
+        "peak_scaling": peak_scaling,
         "zscored": bool(zscore),
         "hrf_model": hrf_model,
         "hrf_library": describe_library(name=hrf_library) if use_library else None,
@@ -497,7 +518,41 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
         **metadata_denoise,
     }
     return GLMResult(betas=betas, trial_rows=trial_rows, r2=r2, ncsnr=snr, hrf_index=hrf_index,
-                     n_pcs=n_pcs_map, frac=frac, metadata=metadata)
+                     n_pcs=n_pcs_map, frac=frac, metadata=metadata, beta_scale=beta_scale)
+
+
+# the sidecar's ``beta_definition`` per ``beta_units`` (docs/glm.md, "Units of the betas")
+BETA_DEFINITIONS = {
+    "peak": "peak % signal change (of the voxel's run mean) of the response to one trial of the reference duration "
+            "(peak_scaling.reference_duration_s; GLMsingle's scaling): the amplitude of the trial's regressor (trial "
+            "boxcar convolved with the voxel's unit-sum HRF) times that HRF's peak response to one such trial",
+    "plateau": "amplitude of a regressor made of the trial boxcar convolved with a unit-sum HRF (nilearn's "
+               "convention): the plateau a sustained response would reach, in % of the voxel's run mean",
+    "z-score": "the betas z-scored per voxel over the session's trials (no units: the same whatever the scaling)",
+}
+
+
+def _peak_scaling(model: SessionModel, trial_rows: pd.DataFrame, hrf_index: np.ndarray):
+    """The sidecar's ``peak_scaling`` and the per-voxel factor from plateau to peak units (glm/units.py).
+
+    The kernels of the first run are used: the factor is a fraction of the kernel's area, the same on every
+    run's grid but for the grid's discretisation (runs of one session normally share their TR)."""
+    duration = reference_duration(trial_rows["duration"])
+    peaks = kernel_peak_responses(model.kernels[0], duration, model.kernel_dt[0])
+    scale = voxel_peak_scale(peaks, hrf_index, model.canonical_index)
+    library = [round(float(p), 6) for p in peaks[:model.canonical_index]]
+    info = {
+        "reference_duration_s": duration,
+        "reference": "median duration of the task and session's trials",
+        "kernel_peak_responses": library or None,
+        "assumed_hrf_peak_response": round(float(peaks[model.canonical_index]), 6),
+        "how": "betas = unit-sum (plateau) betas x the peak of the voxel's kernel's response to a boxcar of "
+               "reference_duration_s, on the model's grid (TR / oversampling): kernel_peak_responses[hrfindex] "
+               "(hrfindex -1: assumed_hrf_peak_response). A trial of another duration d peaks at beta x "
+               "peak(d) / peak(reference_duration_s)",
+        "median_factor": float(np.median(scale)) if scale.size else None,
+    }
+    return info, scale
 
 
 def _choose_session_library(designs, runs, load, trial_rows, stimulus, n_voxels, hrf_model, oversampling,

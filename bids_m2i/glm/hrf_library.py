@@ -1,9 +1,11 @@
 """HRF kernels: nilearn's canonical ones and the library used to fit one HRF per voxel.
 
 Every kernel is sampled on nilearn's oversampled grid (step ``t_r / oversampling``, 32 s long) and
-normalised to unit sum, exactly as ``nilearn.glm.first_level.glover_hrf`` is. With that convention a beta is
-the plateau amplitude (in % BOLD) that a sustained stimulus would reach, whatever the HRF shape, so betas from
-different library members are on one scale.
+normalised to unit sum, exactly as ``nilearn.glm.first_level.glover_hrf`` is. With that convention a fitted beta
+is the plateau amplitude (in % BOLD) that a sustained stimulus would reach with that kernel's shape; how much of
+it a single short trial reaches depends on the shape (0.40–1.25 for a 3 s trial across the broad library), so
+the engine rescales each voxel's betas to the peak of one trial's response, GLMsingle's units
+(:mod:`bids_m2i.glm.units`, ``beta_units="peak"``).
 
 The library
 -----------

@@ -33,11 +33,14 @@ class SessionModel:
         self.dtype = dtype
         self.device = device or torch.device("cpu")
         self.trial_regressors, self.nuisance_regressors = [], []
+        self.kernels, self.kernel_dt = [], []  # per run: (n_kernels, n_samples) and the grid step (glm/units.py)
         for design in designs:
             kernels = [canonical_kernel(hrf_model, design.tr, oversampling)[None]]
             if with_library:
                 kernels.insert(0, library_kernels(design.tr, oversampling, library))
-            trials, nuisance = design.event_regressors(np.concatenate(kernels), oversampling, min_onset)
+            self.kernels.append(np.concatenate(kernels))
+            self.kernel_dt.append(design.tr / oversampling)
+            trials, nuisance = design.event_regressors(self.kernels[-1], oversampling, min_onset)
             self.trial_regressors.append(trials)      # (n_kernels, n_volumes, n_run_trials)
             self.nuisance_regressors.append(nuisance)  # (n_kernels, n_volumes, n_nuisance_types)
         self.n_kernels = self.trial_regressors[0].shape[0]

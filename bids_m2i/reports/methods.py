@@ -88,6 +88,12 @@ def _glm_facts(metas: list[dict]) -> str:
     fallbacks = sorted({m["fallback_reason"] for m in metas if m.get("fallback_reason")})
     if fallbacks:
         text += f"Fallback: {'; '.join(fallbacks)}. "
+    units = {m.get("beta_units") for m in metas if not m.get("zscored")}
+    if units == {"peak"}:
+        durations = sorted({(m.get("peak_scaling") or {}).get("reference_duration_s") for m in metas} - {None})
+        text += ("Betas are in % signal change at the peak of one trial's response (GLMsingle's scaling): each "
+                 "voxel's betas were multiplied by the peak of its HRF's response to a trial of the session's median "
+                 f"duration ({', '.join(f'{d:g}' for d in durations)} s). ")
     n_trials = sum(int(m.get("n_trials") or 0) for m in metas)
     if metas:
         text += f"In all, {n_trials} trials in {len(metas)} task/session model(s). "

@@ -85,8 +85,19 @@ def glm_details(meta: dict) -> str:
         parts.append(f"repeated stimuli: {repeated}" if repeated else
                      "no repeated stimuli: ncsnr undefined (written as 0)")
     if meta.get("units"):
-        parts.append(f"units: {meta['units']}")
+        parts.append(f"units: {meta['units']}{_beta_scaling(meta)}")
     return "; ".join(parts) + "."
+
+
+def _beta_scaling(meta: dict) -> str:
+    """What a beta of 1 means (the sidecar's ``beta_units``; sidecars before issue 14 have none: plateau)."""
+    if meta.get("zscored"):
+        return ""
+    if meta.get("beta_units") == "peak":
+        duration = (meta.get("peak_scaling") or {}).get("reference_duration_s")
+        trial = f"a {duration:g} s trial" if isinstance(duration, (int, float)) else "one trial"
+        return f" at the peak of {trial}'s response (GLMsingle's scaling)"
+    return " (plateau a sustained response would reach: unit-sum HRF)"
 
 
 def _ncsnr_mosaic(statmap: Path, out_png: Path) -> Path:
