@@ -16,9 +16,13 @@ The truth is given in two units, because the generators and the methods use two 
 
 They differ per voxel by the factor ``peak of one trial's response / plateau`` of that voxel's true HRF (below 1
 without undershoot, above 1 with a deep one, as on ``ours``), recomputed from the generator's HRFs (captured while
-the session is simulated). Rows "× kernel peak" multiply ours' betas per voxel by its own kernel's peak response
-to one trial (ours' betas in GLMsingle's peak units; a per-voxel rescale). Results: docs/glm.md, "Units of the
-betas". The benchmark venv's glmsingle lacks its HRF table: put the peer's source first on PYTHONPATH (below).
+the session is simulated). Since issue 14 ours' betas are in peak units by default (``beta_units="peak"``: each
+voxel's unit-sum betas times its own kernel's peak response to one trial, ``bids_m2i/glm/units.py``); the rows
+"(plateau, before)" divide that factor out again, the units before the change. The factor is also recomputed
+here from the library's kernels (the benchmark's own "× kernel peak" of issue 13) and the largest relative
+difference printed. ``slope IQR/med``: the interquartile range of the per-voxel slopes over their median (how
+much the scale varies between voxels). Results: docs/glm.md, "Units of the betas". The benchmark venv's
+glmsingle lacks its HRF table: put the peer's source first on PYTHONPATH (below).
 
     PYTHONPATH=$PWD:/work/shared/peers/GLMsingle nice -n 5 .venv/bin/python benchmarks/glm_units.py \\
         --voxels 2000 --seed 0 --generators ours dg-nsd dg-high lib-nsd \\
@@ -83,14 +87,16 @@ def scale_stats(estimated: np.ndarray, truth: np.ndarray) -> dict:
     slope = (est * tru).sum(0) / (tru ** 2).sum(0)
     sd_ratio = est.std(0) / tru.std(0)
     mean_ratio = estimated.mean(0) / truth.mean(0)
-    return {"slope": float(np.median(slope)), "sd_ratio": float(np.median(sd_ratio)),
-            "mean_ratio": float(np.median(mean_ratio))}
+    q1, median, q3 = np.percentile(slope, [25, 50, 75])
+    return {"slope": float(median), "sd_ratio": float(np.median(sd_ratio)),
+            "mean_ratio": float(np.median(mean_ratio)), "slope_spread": float((q3 - q1) / median)}
 
 
-def ours_betas(session: dict, method: str, **kwargs) -> tuple[np.ndarray, np.ndarray]:
-    """Ours' betas (trials × voxels) and, per voxel, the peak of its kernel's response to one trial (the
-    regressor's peak per unit beta, on the model's oversampled grid): multiplying by it expresses the beta in
-    peak units, GLMsingle's convention (a per-voxel rescale: correlations unchanged)."""
+def ours_betas(session: dict, method: str, **kwargs) -> tuple[np.ndarray, np.ndarray, float]:
+    """Ours' betas (trials × voxels, peak units: the engine's default), the engine's per-voxel factor from plateau
+    to peak units, and the largest relative difference of that factor from the benchmark's own computation: the
+    peak of the voxel's kernel's response to one trial (its regressor's peak per unit beta, on the model's
+    oversampled grid)."""
     from bids_m2i.glm.estimate import estimate_single_trial_betas
     from bids_m2i.glm.hrf_library import canonical_kernel, library_kernels
 
@@ -103,7 +109,8 @@ def ours_betas(session: dict, method: str, **kwargs) -> tuple[np.ndarray, np.nda
     else:
         peaks = np.array([np.convolve(k, boxcar).max() for k in library_kernels(tr)])
         peak = peaks[np.asarray(result.stat_maps()["hrfindex"]).astype(int)]
-    return np.asarray(result.betas), peak
+    check = float(np.max(np.abs(result.beta_scale - peak) / peak))
+    return np.asarray(result.betas), np.asarray(result.beta_scale), check
 
 
 def glmsingle_betas(session: dict, generator: str, args, tmp: str) -> dict:
@@ -140,10 +147,13 @@ def main(argv=None) -> int:
                         choices=bench_glm.GENERATORS)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--glmsingle-python", default=None)
+    parser.add_argument("--hrf-table", default=None,
+                        help="GLMsingle's getcanonicalhrflibrary.tsv for lib-nsd without --glmsingle-python (e.g. "
+                             "/work/shared/peers/GLMsingle/glmsingle/hrf/getcanonicalhrflibrary.tsv)")
     parser.add_argument("--glmsingle-cache", type=Path, default=Path(tempfile.gettempdir()) / "glmsingle-cache")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    table = bench_glm.glmsingle_table(args.glmsingle_python) if args.glmsingle_python else None
+    table = args.hrf_table or (bench_glm.glmsingle_table(args.glmsingle_python) if args.glmsingle_python else None)
     rows = []
     for generator in args.generators:
         store, undo = _capture_hrfs(generator)
@@ -161,16 +171,17 @@ def main(argv=None) -> int:
         native = "plateau" if generator == "ours" else "peak"
         print(f"\n{generator}: V = {args.voxels}, seed {args.seed}; truth in {native} units; "
               f"peak/plateau of the true HRFs (one trial) median {np.median(factor[responsive]):.3f}")
-        print("| method | kernel | slope vs peak | slope vs plateau | SD ratio vs peak | SD ratio vs plateau "
-              "| mean ratio vs peak | mean ratio vs plateau | r_trial | median r² |")
-        print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        print("| method | kernel | slope vs peak | slope vs plateau | slope IQR/med vs peak | SD ratio vs peak "
+              "| SD ratio vs plateau | mean ratio vs peak | mean ratio vs plateau | r_trial | median r² |")
+        print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         estimates = {}
         for name in args.variants:
             method, kwargs = VARIANTS[name]
-            betas, peak = ours_betas(session, method, **kwargs)
-            estimates[name] = ("unit sum", betas)
+            betas, scale, check = ours_betas(session, method, **kwargs)
+            print(f"({name}: engine's factor vs the benchmark's kernel peak, max relative difference {check:.1e})")
+            estimates[name] = ("unit sum → peak", betas)
             if name in ("lsa", "fithrf-denoise-rr"):
-                estimates[name + " × kernel peak"] = ("unit sum → peak", betas * peak[None])
+                estimates[name + " (plateau, before)"] = ("unit sum", betas / scale[None])
         if args.glmsingle_python:
             with tempfile.TemporaryDirectory() as tmp:
                 for name, betas in glmsingle_betas(session, generator, args, tmp).items():
@@ -183,7 +194,7 @@ def main(argv=None) -> int:
                          **{f"{k}_vs_{u}": v for u, d in vs.items() for k, v in d.items()},
                          "peak_over_plateau": float(np.median(factor[responsive]))})
             print(f"| {name} | {kernel} | {vs['peak']['slope']:.3f} | {vs['plateau']['slope']:.3f} | "
-                  f"{vs['peak']['sd_ratio']:.3f} | {vs['plateau']['sd_ratio']:.3f} | {vs['peak']['mean_ratio']:.3f} | "
+                  f"{vs['peak']['slope_spread']:.3f} | {vs['peak']['sd_ratio']:.3f} | {vs['plateau']['sd_ratio']:.3f} | {vs['peak']['mean_ratio']:.3f} | "
                   f"{vs['plateau']['mean_ratio']:.3f} | {r:.3f} | {r2:.3f} |", flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

@@ -17,6 +17,10 @@ def test_scale_stats_reads_a_known_scale():
     assert abs(stats["slope"] - 2.0) < 0.02
     assert abs(stats["sd_ratio"] - 2.0) < 0.02
     assert abs(stats["mean_ratio"] - 2.0) < 0.05
+    assert stats["slope_spread"] < 0.05        # one scale for every voxel
+    # half the voxels at scale 1, half at 3: the interquartile range of the slopes is 2, the median 2 or so
+    mixed = estimated * np.where(np.arange(30) < 15, 0.5, 1.5)[None]
+    assert glm_units.scale_stats(mixed, truth)["slope_spread"] > 0.8
     # a pure noise estimate has no slope but keeps an SD: the two measures are not the same thing
     noise = glm_units.scale_stats(rng.standard_normal(truth.shape), truth)
     assert abs(noise["slope"]) < 0.1 and noise["sd_ratio"] > 0.8
