@@ -149,3 +149,9 @@ def test_report_says_what_a_beta_of_one_means():
     assert "plateau" in glm_details({"method": "lsa", "units": "percent signal change"})
     assert "peak" not in glm_details({"method": "lsa", "units": "z-score per voxel within session",
                                       "beta_units": "z-score", "zscored": True})
+    from bids_m2i.reports.methods import _glm_facts
+
+    peak = {"beta_units": "peak", "peak_scaling": {"reference_duration_s": 3.0}, "n_trials": 10}
+    text = _glm_facts([peak, {**peak, "peak_scaling": {"reference_duration_s": 4.0}}])
+    assert "peak of one trial's response" in text and "(3 and 4 s)" in text
+    assert "peak of one trial" not in _glm_facts([{"beta_units": "plateau", "n_trials": 10}])

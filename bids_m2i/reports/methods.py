@@ -93,7 +93,7 @@ def _glm_facts(metas: list[dict]) -> str:
         durations = sorted({(m.get("peak_scaling") or {}).get("reference_duration_s") for m in metas} - {None})
         text += ("Betas are in % signal change at the peak of one trial's response (GLMsingle's scaling): each "
                  "voxel's betas were multiplied by the peak of its HRF's response to a trial of the session's median "
-                 f"duration ({', '.join(f'{d:g}' for d in durations)} s). ")
+                 f"duration ({' and '.join(f'{d:g}' for d in durations)} s). ")
     n_trials = sum(int(m.get("n_trials") or 0) for m in metas)
     if metas:
         text += f"In all, {n_trials} trials in {len(metas)} task/session model(s). "
