@@ -63,6 +63,9 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+if str(ROOT) not in sys.path:  # GLMsingle's child runs in its own venv, with the project on PYTHONPATH only
+    sys.path.insert(0, str(ROOT))
+from bids_m2i.utils.openmp import set_openmp_wait  # noqa: E402  (no imports: safe in GLMsingle's venv)
 GENERATORS = ("ours", "dg-nsd", "lib-nsd", "dg-low", "dg-high", "dg-2rep", "nsd-session")
 STAGES = ("fithrf", "fithrf-denoise", "fithrf-denoise-rr")
 EXTRA = ("lsa", "lss", "numpy-lsa", "nilearn-lsa", "naive-lss")
@@ -208,6 +211,7 @@ def _peak_rss_mb() -> float:
 def _limit_threads(threads: int) -> None:
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[name] = str(threads)
+    set_openmp_wait()  # as m2i does (cli/runner.py)
 
 
 def _ours_inputs(data):
@@ -488,6 +492,7 @@ def run_child(python: str, args: list[str], env_threads: int) -> tuple[dict, flo
     env = dict(os.environ)
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[name] = str(env_threads)
+    set_openmp_wait(env)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env["NIPYPE_NO_ET"] = "1"      # as m2i sets it (cli/runner.py): no nipype version check over the network
     import resource

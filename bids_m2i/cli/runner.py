@@ -15,6 +15,7 @@ from typing import Callable
 
 from ..config import SETTINGS_FILE_HINT, Config, write_resolved_config
 from ..errors import InputMissingError, OutputCreateError, UsageError
+from ..utils.openmp import set_openmp_wait
 from ..utils.paths import check_readable, is_inside
 
 LOGGER = logging.getLogger("m2i.cli")
@@ -275,6 +276,7 @@ def limit_threads(config: Config) -> None:
     n = str(config.n_threads)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
         os.environ[var] = n
+    set_openmp_wait()  # before torch loads: idle threads sleep instead of spinning on shared cores
     # torch reads OMP_NUM_THREADS when it loads; set it here only if this process has loaded it already
     # (importing torch just for this cost the main process seconds, the whole of a fully cached rerun)
     torch = sys.modules.get("torch")
