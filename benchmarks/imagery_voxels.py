@@ -22,6 +22,10 @@ decoder: perception scores are the run's):
 * ``imag``: the top ``k`` by imagery ncsnr;
 * ``ranksum``: the top ``k`` by the sum of the two ranks (perception ncsnr and imagery ncsnr);
 * ``perc2k``: among the top ``2k`` by perception ncsnr, the top ``k`` by imagery ncsnr;
+* ``cons-perc2k`` / ``cons-ranksum``: the same with another imagery statistic, the memory-perception consistency
+  (per voxel, the correlation over the memory stimuli between the memory trial's beta and the mean of the same
+  stimulus' held-out perception trials; which trials share a stimulus, no image): from other trials for pure
+  imagination, leave one stimulus out for memory;
 * ``count-x2`` / ``count-half``: the perception ranking with twice / half the count (how much the count alone
   moves imagery; a count chosen on memory imagery, cross-fitted, is ``count-memcv``: for pure imagination the
   count of {k/2, k, 2k} with the best memory two-way (PixCorr breaks ties), for memory the same choice made
@@ -30,7 +34,8 @@ decoder: perception scores are the run's):
 Every imagery map is the squared-error ridge (per-feature alphas by leave-one-stimulus-out CV on the training
 trials with the new voxel set), as the pipeline's imagery map. Scores as ``score_against_truth.py``: PixCorr and
 two-way of the rescaled (per group, centred on the items) and clipped pixels against the simulator's targets,
-with the per-item two-way difference to ``base`` and its paired standard error (items as the unit).
+with the per-item two-way difference to ``base`` and its paired standard error (items as the unit). The number of
+the simulator's visual voxels in each set is printed to see what a ranking picks (no rule reads it).
 
     python benchmarks/imagery_voxels.py DATASET OUT [--rules base imag ranksum perc2k] [--json FILE]
 """
@@ -110,7 +115,7 @@ def run(dataset: Path, output: Path, rules=RULES, subject: str = "01") -> dict:
     from bids_m2i.interfaces.decoding import load_betas
     from bids_m2i.simulate.oracle import oracle_scores, pattern_correlations, twoway_identification
     from bids_m2i.simulate.truth import load_image, load_truth
-    from imagination_diagnosis import paired_difference, per_item_twoway
+    from imagination_diagnosis import paired_difference, per_item_twoway, visual_columns
 
     func = output / f"sub-{subject}" / "func"
     mask = np.asarray(nib.load(func / f"sub-{subject}_desc-brain_mask.nii.gz").dataobj) > 0
@@ -154,7 +159,7 @@ def run(dataset: Path, output: Path, rules=RULES, subject: str = "01") -> dict:
         return fits[key]
 
     def items_of(cue, predict_rows) -> np.ndarray:
-        """Rescaled, clipped item predictions of group ``cue``; ``predict_rows(positions_or_none, trial_betas)``."""
+        """Rescaled, clipped item predictions of group ``cue``; ``predict_rows(group)`` gives its trials' predictions."""
         g = groups[cue]
         single = predict_rows(g)
         items = np.stack([single[g["stim"] == n].mean(0) for n in g["names"]])
@@ -170,7 +175,10 @@ def run(dataset: Path, output: Path, rules=RULES, subject: str = "01") -> dict:
                 "pixcorr": float(np.mean(pattern_correlations(items, g["targets"]))),
                 "per_item": per_item_twoway(items, g["targets"]).tolist()}
 
-    result = {"k": k, "n_varying": int(len(varying)), "rules": {}}
+    # the simulator's visual voxels among the varying columns (to see what each ranking picks; not used by any rule)
+    visual = np.isin(varying, visual_columns(mask, truth["voxel_ijk"], "C"))
+    result = {"k": k, "n_varying": int(len(varying)), "rules": {}, "visual_voxels": int(visual.sum()),
+              "visual_in_base": int(visual[np.isin(varying, decoder.scaler.columns)].sum())}
     base_items = {cue: items_of(cue, lambda g: decoder.predict(g["betas"])) for cue in groups}
     for rule in rules:
         out = {}
@@ -208,6 +216,7 @@ def run(dataset: Path, output: Path, rules=RULES, subject: str = "01") -> dict:
             positions = voxel_set(rule, perception_snr, consistency, k)
             out["imagination"] = score(items_of("text", with_set(positions)), "text")
             out["overlap_with_base"] = int(np.isin(varying[positions], decoder.scaler.columns).sum())
+            out["visual_in_set"] = int(visual[positions].sum())
 
             def loso(g):
                 single = np.empty((len(g["rows"]), train_y.shape[1]), np.float32)
@@ -225,6 +234,7 @@ def run(dataset: Path, output: Path, rules=RULES, subject: str = "01") -> dict:
             out["memory"] = score(items_of("image", with_set(positions)), "image")  # cross-fitted (other trials)
             out["imagination_all"] = score(items_of("text", with_set(positions)), "text")
             out["overlap_with_base"] = int(np.isin(varying[positions], decoder.scaler.columns).sum())
+            out["visual_in_set"] = int(visual[positions].sum())
             if not count_rule:  # leave one cue out: the cue's own trials never enter its voxel statistic
                 def loco(g):
                     single = np.empty((len(g["rows"]), train_y.shape[1]), np.float32)
@@ -264,7 +274,8 @@ def main(argv=None) -> int:
     rules = ["base"] + [r for r in args.rules if r != "base"]
     result = run(args.dataset, args.output, rules, args.subject)
     o = result["oracle"]
-    print(f"k = {result['k']} of {result['n_varying']} voxels; oracle imagination {o['imagery_text']['pixcorr']:.3f} / "
+    print(f"k = {result['k']} of {result['n_varying']} voxels ({result['visual_in_base']} of the "
+          f"{result['visual_voxels']} simulated visual voxels); oracle imagination {o['imagery_text']['pixcorr']:.3f} / "
           f"{o['imagery_text']['twoway']:.3f}, memory {o['imagery_memory']['pixcorr']:.3f} / "
           f"{o['imagery_memory']['twoway']:.3f}")
     for rule, out in result["rules"].items():
@@ -276,7 +287,8 @@ def main(argv=None) -> int:
                 parts.append(f"{label} {s['pixcorr']:.3f} / {s['twoway']:.3f}"
                              + (f" ({d['mean']:+.3f} se {d['se']:.3f})" if d else "")
                              + (f" [{s['chosen']}]" if "chosen" in s and isinstance(s["chosen"], str) else ""))
-        extra = f" overlap {out['overlap_with_base']}" if "overlap_with_base" in out else ""
+        extra = (f" overlap {out['overlap_with_base']}, visual {out['visual_in_set']}"
+                 if "overlap_with_base" in out else "")
         print(f"{rule:12s} " + "; ".join(parts) + extra, flush=True)
     if args.json:
         args.json.write_text(json.dumps(result, indent=1, default=float))
