@@ -250,7 +250,8 @@ def oracle_betas(out: Path, bids: Path, session: str, ijk: np.ndarray) -> np.nda
         raw = next(bids.glob(f"sub-01/ses-{session}/func/*_run-{run:02d}_bold.json"))
         frame_times = float(np.median(json.loads(raw.read_text())["SliceTiming"])) + tr * np.arange(len(data))
         _, events = events_of(bids, session, run)
-        keep = events[events["event_type"].isin(TRIAL_CODES)].reset_index(drop=True)
+        keep = events[events["event_type"].isin(TRIAL_CODES)]
+        keep = keep[keep["onset"] < tr * len(data)].reset_index(drop=True)  # the app drops those, saying so
         design = np.column_stack([compute_regressor([[o], [d], [1.0]], "glover", frame_times)[0][:, 0]
                                   for o, d in zip(keep["onset"], keep["duration"])]
                                  + [np.ones(len(data)), np.linspace(-1, 1, len(data))])
