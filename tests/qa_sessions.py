@@ -202,7 +202,9 @@ def score_session(out: Path, bids: Path, head: Head, weights: dict, session: str
     slope of betas on the true % signal: units), n_voxels scored and n_trials. Voxels scored: the brain mask
     within ``inner`` of the head's radii (edges of a resampled head mix it with air)."""
     betas, rows, affine = statseries_of(out, session)
-    mask = np.asarray(nib.load(next(out.rglob("sub-01_desc-brain_mask.nii.gz"))).dataobj) > 0
+    masks = list(out.rglob("sub-01_desc-brain_mask.nii.gz"))
+    # fMRIPrep inputs: no mask of ours; the voxels that have betas
+    mask = np.asarray(nib.load(masks[0]).dataobj) > 0 if masks else np.any(betas != 0, axis=3)
     ijk = np.argwhere(mask)
     xyz = ijk @ affine[:3, :3].T + affine[:3, 3]
     inside = np.sqrt(((xyz / HEAD_RADII) ** 2).sum(-1)) < inner
@@ -258,3 +260,61 @@ def oracle_betas(out: Path, bids: Path, session: str, ijk: np.ndarray) -> np.nda
         betas = np.linalg.lstsq(design, data, rcond=None)[0][:len(keep)]
         pieces.append(100 * betas[(keep["event_type"] == TRIAL_CODES[0]).to_numpy()] / data.mean(0).clip(1e-6))
     return np.concatenate(pieces) if pieces else None
+
+
+T1W_ZOOMS, T1W_SHAPE = (2.5, 2.5, 3.0), (28, 30, 16)
+
+
+def build_fmriprep(tmp: Path, bids: Path, head: Head, specs: list[SessionSpec], weights: dict, seed: int = 0) -> Path:
+    """An fMRIPrep 24 tree of ``specs``' sessions: every run's ``space-T1w`` BOLD on ONE oblique T1w grid (head
+    mm = T1w mm, as fMRIPrep leaves it), slice-time corrected to the middle slice time (``StartTime``), in the
+    session's gain, with its own confounds table; the raw runs of :func:`build_session` stay as they are (the
+    app checks their length and TR against these)."""
+    from nilearn.glm.first_level import compute_regressor
+
+    fmriprep = tmp / "fmriprep"
+    (fmriprep).mkdir(parents=True)
+    (fmriprep / "dataset_description.json").write_text(json.dumps({
+        "Name": "fMRIPrep - fMRI PREProcessing workflow", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": "fMRIPrep", "Version": "24.1.1"}]}))
+    affine = grid_affine(T1W_ZOOMS, T1W_SHAPE, (10, 0, 0))
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in T1W_SHAPE], indexing="ij"), -1).reshape(-1, 3)
+    xyz = ijk @ affine[:3, :3].T + affine[:3, 3]
+    base, basis, inside = head.intensity(xyz), head.blobs(xyz), head.head_fraction(xyz)
+    rng = np.random.default_rng(seed)
+    for spec in specs:
+        for run in spec.runs:
+            bold, events = events_of(bids, spec.label, run)
+            n_volumes = nib.load(bold).shape[3]
+            keep = events[events["event_type"].isin(TRIAL_CODES)].reset_index(drop=True)
+            start = float(np.median(slice_times(spec.shape[2], spec.tr)))
+            frame_times = start + spec.tr * np.arange(n_volumes)
+            regressors = np.column_stack([compute_regressor([[o], [d], [1.0]], "glover", frame_times)[0][:, 0]
+                                          for o, d in zip(keep["onset"], keep["duration"])])
+            percent = regressors @ amplitudes(weights[(spec.label, run)], basis)  # volumes x voxels
+            data = spec.gain * base[None] * (1 + inside[None] * percent / 100.0)
+            data = (data + rng.normal(0, spec.gain, data.shape)).T.reshape(*T1W_SHAPE, n_volumes)
+            func = fmriprep / bold.parent.relative_to(bids)
+            func.mkdir(parents=True, exist_ok=True)
+            stem = bold.name.replace("_bold.nii.gz", "").replace(f"_run-{run:02d}", f"_run-{run}")
+            img = nib.Nifti1Image(data.astype(np.float32), affine)
+            img.set_data_dtype(np.int16)
+            img.header.set_zooms(T1W_ZOOMS + (spec.tr,))
+            img.header.set_xyzt_units("mm", "sec")
+            img.header.set_qform(affine, 1)
+            img.header.set_sform(affine, 4)
+            nib.save(img, func / f"{stem}_space-T1w_desc-preproc_bold.nii.gz")
+            (func / f"{stem}_space-T1w_desc-preproc_bold.json").write_text(json.dumps({
+                "RepetitionTime": spec.tr, "SkullStripped": False, "TaskName": "perception",
+                "SliceTimingCorrected": True, "StartTime": start}))
+            nib.save(nib.Nifti1Image((inside > 0.5).reshape(T1W_SHAPE).astype(np.uint8), affine),
+                     func / f"{stem}_space-T1w_desc-brain_mask.nii.gz")
+            columns = {name: rng.normal(0, 0.05, n_volumes) for name in (
+                "global_signal", "csf", "white_matter", "trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")}
+            for name in ("dvars", "std_dvars", "framewise_displacement"):
+                columns[name] = np.r_[np.nan, np.abs(rng.normal(0, 0.05, n_volumes - 1))]
+            for k in range(6):
+                columns[f"a_comp_cor_{k:02d}"] = rng.normal(0, 0.05, n_volumes)
+            pd.DataFrame(columns).to_csv(func / f"{stem}_desc-confounds_timeseries.tsv", sep="\t", index=False,
+                                         na_rep="n/a")
+    return fmriprep
