@@ -30,6 +30,12 @@ HEAD_RADII = np.array([30.0, 34.0, 22.0])   # mm: a small head that fits 24 x 24
 N_BLOBS = 160                                 # response patterns: trial weights on smooth blobs
 BLOB_SIGMA = 5.0                              # mm: finer than the moves tested, coarser than a voxel
 TRIAL_CODES = ("1", "2")                      # ds001506 perception: 1 = image (trial), 2 = repeat (nuisance)
+IMAGERY_CODES = ("2", "1", "3")               # ds001506 imagery: 2 = imagery (trial), 1 = cue, 3 = evaluation
+
+
+def codes_of(session: str) -> tuple:
+    """Event codes with a response, the trial code first (imagery sessions code them otherwise)."""
+    return IMAGERY_CODES if "imagery" in session else TRIAL_CODES
 
 
 def rotation(degrees_xyz) -> np.ndarray:
@@ -129,7 +135,7 @@ def build_session(bids: Path, head: Head, spec: SessionSpec, weights: dict, seed
     """Overwrite the session's runs ``spec.runs`` with the head sampled as ``spec`` says.
 
     ``weights[(session, run)]``: (n_events, N_BLOBS) trial weights of the run's events whose ``event_type`` is in
-    :data:`TRIAL_CODES` (created here when absent, drawn from ``seed``).
+    :func:`codes_of` (created here when absent, drawn from ``seed``).
     """
     from nilearn.glm.first_level import compute_regressor
 
@@ -140,8 +146,14 @@ def build_session(bids: Path, head: Head, spec: SessionSpec, weights: dict, seed
     times_of_slice = np.array(slice_times(spec.shape[2], spec.tr))
     for run in spec.runs:
         bold, events = events_of(bids, spec.label, run)
-        keep = events[events["event_type"].isin(TRIAL_CODES)].reset_index(drop=True)
+        keep = events[events["event_type"].isin(codes_of(spec.label))].reset_index(drop=True)
         w = weights.setdefault((spec.label, run), rng.standard_normal((len(keep), N_BLOBS)))
+        if "imagery" in spec.label:
+            # the app models cues and evaluations with one regressor per type (26 of each a run): one response
+            # pattern per type, so that the truth is one the model can hold
+            for code in codes_of(spec.label)[1:]:
+                rows = np.flatnonzero((keep["event_type"] == code).to_numpy())
+                w[rows] = w[rows[:1]]
         n_volumes = spec.n_volumes.get(run) or int(math.ceil((last_event_end(bold.with_name(
             bold.name.replace("_bold.nii.gz", "_events.tsv"))) + 10.0) / spec.tr))
         # every slice at its own time: the slice times are multiples of TR / n_slices, so regressors on that
@@ -195,7 +207,8 @@ def statseries_of(out: Path, session: str) -> tuple[np.ndarray, pd.DataFrame, np
     return np.asarray(img.dataobj, dtype=np.float32), rows, img.affine
 
 
-def score_session(out: Path, bids: Path, head: Head, weights: dict, session: str, inner: float = 0.8) -> dict:
+def score_session(out: Path, bids: Path, head: Head, weights: dict, session: str, inner: float = 0.8,
+                  reference_pose: np.ndarray | None = None) -> dict:
     """Betas of ``session`` against the truth at the participant grid's voxels (head mm = session 1 mm).
 
     Returns r (mean over voxels of the correlation across trials), slope (median over voxels of the regression
@@ -206,14 +219,17 @@ def score_session(out: Path, bids: Path, head: Head, weights: dict, session: str
     # fMRIPrep inputs: no mask of ours; the voxels that have betas
     mask = np.asarray(nib.load(masks[0]).dataobj) > 0 if masks else np.any(betas != 0, axis=3)
     ijk = np.argwhere(mask)
-    xyz = ijk @ affine[:3, :3].T + affine[:3, 3]
+    # head mm of the participant grid's voxels: its world is the scanner's of the run that defines it (the
+    # app's first run; ``reference_pose`` is that session's pose, identity for session 1)
+    pose = np.eye(4) if reference_pose is None else reference_pose
+    xyz = ijk @ (pose[:3, :3] @ affine[:3, :3]).T + pose[:3, :3] @ affine[:3, 3] + pose[:3, 3]
     inside = np.sqrt(((xyz / HEAD_RADII) ** 2).sum(-1)) < inner
     ijk, xyz = ijk[inside], xyz[inside]
     basis = head.blobs(xyz)
     truth = []
     for _, row in rows.iterrows():
         _, events = events_of(bids, session, int(row["run"]))
-        keep = events[events["event_type"].isin(TRIAL_CODES)].reset_index(drop=True)
+        keep = events[events["event_type"].isin(codes_of(session))].reset_index(drop=True)
         k = int(np.argmin(np.abs(keep["onset"].to_numpy() - float(row["onset"]))))
         truth.append(amplitudes(weights[(session, int(row["run"]))][k:k + 1], basis)[0])
     truth = np.array(truth)                               # trials x voxels
@@ -252,13 +268,13 @@ def oracle_betas(out: Path, bids: Path, session: str, ijk: np.ndarray) -> np.nda
         raw = next(bids.glob(f"sub-01/ses-{session}/func/*_run-{run:02d}_bold.json"))
         frame_times = float(np.median(json.loads(raw.read_text())["SliceTiming"])) + tr * np.arange(len(data))
         _, events = events_of(bids, session, run)
-        keep = events[events["event_type"].isin(TRIAL_CODES)]
+        keep = events[events["event_type"].isin(codes_of(session))]
         keep = keep[keep["onset"] < tr * len(data)].reset_index(drop=True)  # the app drops those, saying so
         design = np.column_stack([compute_regressor([[o], [d], [1.0]], "glover", frame_times)[0][:, 0]
                                   for o, d in zip(keep["onset"], keep["duration"])]
                                  + [np.ones(len(data)), np.linspace(-1, 1, len(data))])
         betas = np.linalg.lstsq(design, data, rcond=None)[0][:len(keep)]
-        pieces.append(100 * betas[(keep["event_type"] == TRIAL_CODES[0]).to_numpy()] / data.mean(0).clip(1e-6))
+        pieces.append(100 * betas[(keep["event_type"] == codes_of(session)[0]).to_numpy()] / data.mean(0).clip(1e-6))
     return np.concatenate(pieces) if pieces else None
 
 
@@ -286,7 +302,7 @@ def build_fmriprep(tmp: Path, bids: Path, head: Head, specs: list[SessionSpec], 
         for run in spec.runs:
             bold, events = events_of(bids, spec.label, run)
             n_volumes = nib.load(bold).shape[3]
-            keep = events[events["event_type"].isin(TRIAL_CODES)].reset_index(drop=True)
+            keep = events[events["event_type"].isin(codes_of(spec.label))].reset_index(drop=True)
             start = float(np.median(slice_times(spec.shape[2], spec.tr)))
             frame_times = start + spec.tr * np.arange(n_volumes)
             regressors = np.column_stack([compute_regressor([[o], [d], [1.0]], "glover", frame_times)[0][:, 0]

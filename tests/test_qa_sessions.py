@@ -15,7 +15,9 @@ slope on the true % signal, and the r of a model-matched fit to its preprocessed
 0.996; moved 8.8 mm, 8.8 deg 0.782 / 1.01 / 0.992; moved 11.2 mm, 11.2 deg 0.782 / 0.99 / 0.991; 2.5 mm oblique
 grid, 22 slices 0.784 / 1.01 / 0.997; 10-slice 3.5 mm slab 0.780 / 1.02 / 0.985; TR 1.5 s 0.789 / 1.04 / 0.997;
 gain 1.7 in int16 0.783 / 1.04 / 0.996; all of these at once 0.789 / 1.02 / 0.997; one run cut to 200 volumes
-(7 trials and 2 nuisance events after its end dropped with a warning) 0.577 / 1.17 / 0.949.
+(7 trials and 2 nuisance events after its end dropped with a warning) 0.577 / 1.17 / 0.949. An imagery session
+(imagery01, whose run defines the participant grid: its label sorts first) moved 8.8 mm / 8.8 deg from the
+perception session: imagery betas 0.997 / 1.00 / 0.992, perception betas 0.728 / 0.99 / 0.996 (as unmoved).
 """
 
 from __future__ import annotations
