@@ -334,3 +334,44 @@ def build_fmriprep(tmp: Path, bids: Path, head: Head, specs: list[SessionSpec], 
             pd.DataFrame(columns).to_csv(func / f"{stem}_desc-confounds_timeseries.tsv", sep="\t", index=False,
                                          na_rep="n/a")
     return fmriprep
+
+
+def cases() -> dict:
+    """The session cases of QA pass 29 (session 1 as built, session 2 as named); figures in test_qa_sessions.py."""
+    s1, s2 = SESSIONS
+    moved = rigid((6, -4, 5), (6, -5, 4))
+    return {
+        "same": [SessionSpec(s1), SessionSpec(s2)],
+        "moved": [SessionSpec(s1), SessionSpec(s2, pose=moved)],
+        "moved_big": [SessionSpec(s1), SessionSpec(s2, pose=rigid((8, 5, -6), (-8, 6, 5)))],
+        "grid": [SessionSpec(s1), SessionSpec(s2, zooms=(2.5, 2.5, 2.5), shape=(30, 30, 22), oblique_deg=(14, 0, 0),
+                                              fov_centre=(0, 4, 3))],
+        "slab": [SessionSpec(s1), SessionSpec(s2, zooms=(2.5, 2.5, 3.5), shape=(30, 30, 10), fov_centre=(0, 0, 2))],
+        "tr": [SessionSpec(s1), SessionSpec(s2, tr=1.5)],
+        "gain": [SessionSpec(s1), SessionSpec(s2, gain=1.7, int16=True)],
+        "short": [SessionSpec(s1), SessionSpec(s2, n_volumes={1: 150})],
+        "all": [SessionSpec(s1), SessionSpec(s2, pose=moved, zooms=(2.5, 2.5, 2.5), shape=(30, 30, 22),
+                                             oblique_deg=(14, 0, 0), tr=1.5, gain=1.7, int16=True)],
+        "imagery_moved": [SessionSpec(s1), SessionSpec("imagery01", pose=moved)],
+    }
+
+
+if __name__ == "__main__":
+    # python tests/qa_sessions.py CASE [METHOD] [FOLDER]: build, run the app (--stop-after glm), print the scores
+    import sys
+
+    from bids_m2i.cli.run import run_cli
+
+    name, method = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else "fithrf")
+    folder = Path(sys.argv[3] if len(sys.argv) > 3 else f"/tmp/qa_sessions/{name}-{method}")
+    specs = cases()[name]
+    bids, head, weights = make_dataset(folder, specs)
+    (folder / "filters.json").write_text(json.dumps({"bold": {"run": [1]}}))
+    code = run_cli([str(bids), str(folder / "out"), "participant", "--skip-bids-validation", "--stop-after", "glm",
+                    "--glm", method, "-w", str(folder / "work"), "--bids-filter-file", str(folder / "filters.json"),
+                    "--nprocs", "1"])
+    # the participant grid is the first run's in session-label order
+    reference = min(specs, key=lambda spec: spec.label).pose
+    for spec in specs:
+        print(name, method, spec.label, code, score_session(folder / "out", bids, head, weights, spec.label,
+                                                            reference_pose=reference))
