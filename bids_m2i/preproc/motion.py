@@ -425,8 +425,8 @@ def register_rigid(moving: np.ndarray, moving_affine: np.ndarray, fixed: np.ndar
         # optimiser can wander off to a large rotation that matches no better; never return a pose that fits
         # worse than the one it started from
         found = out[0]
-        cost_found = _coarse_cost(moving_t, moving_affine, fixed_t, fixed_affine, cost_mask, found, level=-1)
-        cost_start = _coarse_cost(moving_t, moving_affine, fixed_t, fixed_affine, cost_mask, start, level=-1)
+        cost_found, cost_start = _judge_poses(moving_t, moving_affine, fixed_t, fixed_affine, cost_mask,
+                                              (found, start))
         if not np.isfinite(cost_found) or cost_found > cost_start:
             log.warning("rigid registration ended worse than its start (cost %.4g > %.4g); keeping the start",
                         cost_found, cost_start)
@@ -448,6 +448,46 @@ def _centre_of_mass_translation(moving, moving_affine, fixed, fixed_affine):
     out = np.eye(4)
     out[:3, 3] = coms[0] - coms[1]
     return out
+
+
+def _judge_poses(moving_t, moving_affine, fixed_t, fixed_affine, mask, transforms) -> list[float]:
+    """Median absolute gain-matched residual of each pose at the finest level, over the points that every pose
+    keeps inside the moving image's field of view.
+
+    Why the common points (QA pass 29): another session sees the head from another position, so at the true
+    pose part of the fixed head lies outside the moving field of view. :func:`_coarse_cost` counts those points
+    as full-intensity residuals (right for choosing a start, where it keeps a blob from sliding out of view), so
+    the true pose lost against a translation-only start that kept more of the head in view: a head moved
+    8.8 mm and 8.8 degrees between sessions was registered 3.4 mm off (mean, 5.5 mm max). On the common
+    points neither pose gains by leaving the view; a pose that leaves more than half of the start's points out
+    of view is not judged better (the wandering the safeguard is for). The median, as the optimiser's robust
+    weights: a mean square is decided by the 1 % of points at the head's edge and the thick edge slices of a
+    slab (a third of the sum), and chose a 1.4 mm-off start over the found pose (0.1 mm) for a 10-slice slab.
+    """
+    sigma_vox, stride = REGISTRATION_LEVELS[-1][0], REGISTRATION_LEVELS[-1][1]
+    sigma_mm = sigma_vox * float(np.mean(_voxel_sizes(fixed_affine)))
+    ref = _Reference(fixed_t, fixed_affine, mask, sigma_mm, stride,
+                     grid_centre(fixed_affine, fixed_t.shape[2:][::-1]), np.eye(6), False)
+    stack = gaussian_smooth(moving_t, sigma_mm / _voxel_sizes(moving_affine), stacked=True) if sigma_mm > 0 \
+        else slice_stack(moving_t)
+    pre = sampler_matrix(moving_t.shape[2:][::-1]) @ np.linalg.inv(moving_affine)
+    sampled = []
+    for transform in transforms:
+        mats = torch.from_numpy(pre @ transform @ fixed_affine).float()[None].to(moving_t.device)
+        values, inside = sample_volumes(stack, sampler_coords(mats, ref.ijk_h))
+        sampled.append((values[0], inside[0]))
+    common = torch.stack([inside for _, inside in sampled]).all(0)
+    if common.sum() < 10:
+        return [float("inf")] * len(sampled)
+    costs = []
+    for values, inside in sampled:
+        if inside.sum() < 0.5 * sampled[-1][1].sum():
+            costs.append(float("inf"))
+            continue
+        v, r = values[common], ref.values[common]
+        gain = r.sum() / v.sum().clamp_min(1e-6)
+        costs.append(float((gain * v - r).abs().median()))
+    return costs
 
 
 def _coarse_cost(moving_t, moving_affine, fixed_t, fixed_affine, mask, transform, level: int = 0) -> float:
