@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from bids_m2i.preproc.grid import participant_brain_mask, references_on_grid, register_runs_to_first
@@ -15,7 +17,7 @@ def _dice(a, b):
     return 2 * (a & b).sum() / (a.sum() + b.sum())
 
 
-def test_mask_uses_all_runs_and_their_common_field_of_view():
+def test_mask_uses_all_runs_and_their_common_field_of_view(caplog):
     full = make_motion_phantom((48, 48, 24), VOXEL, 1, supersample=1, still=True, seed=1)
     # the second run covers only the middle 12 slices of the same head (a partial-brain acquisition), and its
     # scanner gain is five times higher
@@ -25,7 +27,12 @@ def test_mask_uses_all_runs_and_their_common_field_of_view():
     to_run = register_runs_to_first(references, affines)
     on_grid, coverage = references_on_grid(references, affines, to_run, full.affine, full.data.shape[:3])
     assert coverage[0].all() and 0.3 < coverage[1].mean() < 0.7
-    mask = participant_brain_mask(on_grid, coverage)
+    with caplog.at_level(logging.WARNING, logger="m2i.preproc"):
+        mask = participant_brain_mask(on_grid, coverage, run_names=["sub-01_run-1_bold.nii.gz",
+                                                                    "sub-01_run-2_bold.nii.gz"])
+    # the partial run is named, with the share it keeps; the full run is not (QA pass 29: said nowhere before)
+    warned = [r.getMessage() for r in caplog.records if "covers only" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("sub-01_run-2_bold.nii.gz covers only"), warned
     assert not (mask & ~coverage[1]).any()  # nothing outside the partial run's slices
     inside = coverage[1]
     assert _dice(mask[inside], full.brain_mask[inside]) > 0.9

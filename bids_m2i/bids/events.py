@@ -1377,7 +1377,8 @@ def _warn_stimuli_without_row(table: pd.DataFrame, stimuli_table: Mapping, stimu
 
 
 def check_events_within_run(
-    trials: pd.DataFrame, n_volumes: int, tr: float, path: str | os.PathLike | None = None
+    trials: pd.DataFrame, n_volumes: int, tr: float, path: str | os.PathLike | None = None,
+    notes: list[str] | None = None,
 ) -> pd.DataFrame:
     """Drop events that start after the end of the run (``n_volumes * tr`` seconds), with a warning.
 
@@ -1391,6 +1392,9 @@ def check_events_within_run(
         Repetition time in seconds.
     path : path, optional
         The events (or BOLD) file named in the warning.
+    notes : list, optional
+        Receives the warnings about dropped and truncated events, which the GLM sidecar's ``events_warnings``
+        and the report then show (a warning only in the log was missed: QA pass 29).
 
     Returns
     -------
@@ -1419,20 +1423,20 @@ def check_events_within_run(
             f"{path}: all {int(is_trial.sum())} trials start after the end of the run ({end:.1f} s = {n_volumes} "
             f"volumes x {tr:g} s; the first at {onsets.min():g} s)", path=path,
             hint=f"{cause}; or check that this events file belongs to this run")
+    said = []
     if late.any():
         counts = trials.loc[late, "role"].value_counts().to_dict()
-        LOGGER.warning(
-            "%s: %d event(s) start after the end of the run (%.1f s = %d volumes x %g s) and are dropped: %s",
-            path,
-            int(late.sum()),
-            end,
-            n_volumes,
-            tr,
-            ", ".join(f"{n} {role}" for role, n in sorted(counts.items())),
-        )
+        said.append(f"{path}: {int(late.sum())} event(s) start after the end of the run ({end:.1f} s = {n_volumes} "
+                    f"volumes x {tr:g} s) and are dropped: "
+                    + ", ".join(f"{n} {role}" for role, n in sorted(counts.items())))
     overrun = (~late) & (trials["onset"] + trials["duration"] > end) & (trials["role"] == "trial")
     if overrun.any():
-        LOGGER.warning("%s: %d trial(s) end after the end of the run (%.1f s)", path, int(overrun.sum()), end)
+        said.append(f"{path}: {int(overrun.sum())} trial(s) end after the end of the run ({end:.1f} s): their "
+                    "responses are cut short")
+    for message in said:
+        LOGGER.warning("%s", message)
+        if notes is not None:
+            notes.append(message)
     # trials at the same onset (a row pasted twice, onsets overwritten by one value) have identical regressors:
     # their single-trial betas cannot be told apart; said, not refused (a design may pair two events on purpose)
     onsets = trials.loc[~late & (trials["role"] == "trial"), "onset"].astype(float)

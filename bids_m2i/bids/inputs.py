@@ -302,8 +302,12 @@ def collect_inputs(config: Config, work_dir: Path) -> dict[str, SubjectInputs]:
                 )
             trials = build_trials_table([(run.events, dict(run.entities))], events_map=events_map,
                                         stimuli_dir=stimuli_dir, include_ignore=config.print_trials)
-            rules.extend(trials.attrs.get("runs", []))
-            trials = check_events_within_run(trials, n_volumes=info.n_volumes, tr=tr, path=run.events)
+            run_rules = trials.attrs.get("runs", [])
+            rules.extend(run_rules)
+            # dropped or cut-short events go in this run's notes: the GLM sidecar and the report show them
+            notes = run_rules[-1].setdefault("notes", []) if run_rules else None
+            trials = check_events_within_run(trials, n_volumes=info.n_volumes, tr=tr, path=run.events,
+                                             notes=notes)
             trials_parts.append(trials)
         trials_table = pd.concat(trials_parts, ignore_index=True) if trials_parts else pd.DataFrame()
         trials_table.attrs = {"runs": rules}  # pd.concat drops attrs that differ between the parts

@@ -258,7 +258,11 @@ class SingleTrialBetas(M2IInterface):
         runs, fd_by_run, tr_by_run = [], {}, {}
         slice_timings = list(self.inputs.slice_timings) if self.inputs.slice_timings else [None] * len(
             self.inputs.bold_files)
-        start_times = list(self.inputs.start_times) if isdefined(self.inputs.start_times) else None
+        # one per run, or none given (an empty list, as nodes saved by older versions hold, means none)
+        start_times = list(self.inputs.start_times) if isdefined(self.inputs.start_times) else []
+        if start_times and len(start_times) != len(self.inputs.bold_files):
+            raise ValueError(f"start_times has {len(start_times)} values for {len(self.inputs.bold_files)} runs")
+        start_times = start_times or None
         affine = None
         largest_run_gb = 0.0
         for path, confounds_path, label, tr, slice_timing in zip(self.inputs.bold_files, self.inputs.confounds_files,

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from nipype.interfaces.base import BaseInterfaceInputSpec, File, InputMultiObject, TraitedSpec, traits
+from nipype.interfaces.base import BaseInterfaceInputSpec, File, InputMultiObject, TraitedSpec, isdefined, traits
 
 from .base import M2IInterface
 from .derivatives import derivatives_trait, publish_node_outputs
@@ -62,6 +62,7 @@ class EstimateHeadMotion(M2IInterface):
 
 class _ParticipantGridInputSpec(BaseInterfaceInputSpec):
     boldrefs = InputMultiObject(File(exists=True), mandatory=True, desc="each run's reference, run order")
+    run_names = traits.List(traits.Str(), desc="each run's BOLD file name, run order (named in warnings)")
     n_threads = traits.Int(1, usedefault=True)
     device = traits.Str("cpu", usedefault=True)
 
@@ -95,7 +96,8 @@ class BuildParticipantGrid(M2IInterface):
         matrices = register_runs_to_first(references, affines, **compute)
         on_grid, coverage = references_on_grid(references, affines, matrices, fixed_img.affine, fixed.shape,
                                                **compute)
-        mask = participant_brain_mask(on_grid, coverage)
+        names = list(self.inputs.run_names) if isdefined(self.inputs.run_names) else None
+        mask = participant_brain_mask(on_grid, coverage, run_names=names)
         outputs = [str(save_npy(cwd / f"run{i:03d}_to_reference.npy", matrix)) for i, matrix in enumerate(matrices)]
         self._results["out_run_to_reference"] = outputs
         self._results["out_reference"] = str(save_like(fixed, fixed_img.affine, cwd / "reference.nii.gz"))

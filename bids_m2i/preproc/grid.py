@@ -12,10 +12,17 @@ Typical use (the workflow does these steps in separate nodes)::
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from .masks import compute_brain_mask
 from .motion import register_rigid
+
+log = logging.getLogger("m2i.preproc")
+
+#: a run whose field of view leaves out more than this share of the other runs' brain mask is named in a warning
+COVERAGE_WARNING_SHARE = 0.10
 
 
 def register_runs_to_first(references, affines, *, n_threads: int = 1, device: str = "cpu") -> list[np.ndarray]:
@@ -38,13 +45,15 @@ def register_runs_to_first(references, affines, *, n_threads: int = 1, device: s
     return out
 
 
-def participant_brain_mask(mean_images, coverage=None) -> np.ndarray:
+def participant_brain_mask(mean_images, coverage=None, run_names=None) -> np.ndarray:
     """One brain mask from all runs' mean (or reference) images on the participant grid -> (X, Y, Z) bool.
 
     Each image is scaled by its own typical in-head intensity first (runs of different sessions differ in
     scanner gain, and one bright run would otherwise decide the threshold alone). ``coverage``: optional
     per-run bool arrays of the grid voxels inside that run's field of view; the mask keeps only voxels every
-    run covers, so that no masked voxel has a run of zeros in the GLM.
+    run covers, so that no masked voxel has a run of zeros in the GLM. A run whose field of view leaves out more
+    than :data:`COVERAGE_WARNING_SHARE` of the brain is named in a warning (``run_names``, else its index): one
+    short localizer-like or slab run otherwise shrank every session's mask without a word (QA pass 29).
     """
     images = [np.nan_to_num(np.asarray(m, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
               for m in mean_images]
@@ -56,9 +65,19 @@ def participant_brain_mask(mean_images, coverage=None) -> np.ndarray:
         # mean of the voxels above the image mean: the head, whatever the field of view's share of air
         head = positive[positive > positive.mean()] if positive.size else positive
         scaled.append(img / head.mean() if head.size else img)
-    mask = compute_brain_mask(np.mean(scaled, axis=0))
-    for inside in coverage or ():
-        mask &= np.asarray(inside, dtype=bool)
+    brain = compute_brain_mask(np.mean(scaled, axis=0))
+    mask = brain.copy()
+    n_brain = int(brain.sum())
+    for index, inside in enumerate(coverage or ()):
+        inside = np.asarray(inside, dtype=bool)
+        left_out = int((brain & ~inside).sum())
+        if n_brain and left_out > COVERAGE_WARNING_SHARE * n_brain:
+            name = run_names[index] if run_names and index < len(run_names) else f"run {index + 1}"
+            log.warning("%s covers only %.0f%% of the participant's brain mask (%d of %d voxels): the mask keeps "
+                        "only voxels every run covers, so every run's betas lose the rest; leave this run out "
+                        "(--bids-filter-file) if it is a localizer or a partial acquisition", name,
+                        100.0 * (n_brain - left_out) / n_brain, n_brain - left_out, n_brain)
+        mask &= inside
     return mask
 
 

@@ -44,8 +44,8 @@ def init_bold_preproc_wf(config, subject_inputs, output_dir: str, name: str = "b
     dummy = -1 if config.dummy_scans is None else int(config.dummy_scans)
 
     merge_refs = pe.Node(niu.Merge(len(runs)), name="merge_boldrefs", run_without_submitting=True)
-    grid = pe.Node(BuildParticipantGrid(n_threads=threads, device=device), name="participant_grid",
-                   n_procs=threads)
+    grid = pe.Node(BuildParticipantGrid(n_threads=threads, device=device, run_names=[r.bold.path.name for r in runs]),
+                   name="participant_grid", n_procs=threads)
     workflow.connect(merge_refs, "out", grid, "boldrefs")
     ds_mask = pe.Node(DerivativesDataSink(base_directory=output_dir, entities={"subject": subject_inputs.subject,
                                           "desc": "brain"}, suffix="mask", extension=".nii.gz", datatype="func",
