@@ -16,7 +16,7 @@ On a dataset of ``m2i-simulate`` and the output of ``m2i DATASET OUT participant
    (:data:`GLM_VARIANTS`), puts the new imagery betas in place of the run's and decodes them with the same
    decoder (the perception betas and the decoder are unchanged).
 
-    python benchmarks/imagination_diagnosis.py DATASET OUT WORK [--glm-variants default no-pcs pc-consistency]
+    python benchmarks/imagination_diagnosis.py DATASET OUT WORK [--glm-variants default no-pcs pool-perception]
         [--json FILE]
 
 About 1 minute for steps 1-4 and 40 s per GLM variant on one core (``nice`` on shared machines).
@@ -45,6 +45,12 @@ GLM_VARIANTS = {
     "lsa": {"method": "lsa"},
     "pool-reliable": {"pool_exclusion": "repeat-reliable"},
     "pool-reliable-0.3": {"pool_exclusion": "repeat-reliable", "pool_alpha": 0.3},
+    # issue 14, eighth pass: ``pool_exclude`` = the voxels the participant's perception task finds responsive
+    # (resolved in :func:`run` by :func:`perception_responsive`)
+    "pool-perception": {"pool_exclude": "perception-onoff"},
+    "pool-perception-r2": {"pool_exclude": "perception-r2-map"},
+    # the bound of any such rule: the simulator's visual voxels themselves (truth; not available to a user)
+    "pool-truth-visual": {"pool_exclude": "truth-visual"},
 }
 
 
@@ -83,6 +89,10 @@ def _node_interface(work: Path, task: str, **overrides):
     node = loadpkl(str(next(work.glob(f"m2i_wf/sub_*_wf/single_trial_task_{task}_wf/estimate_betas/_node.pklz"))))
     iface = SingleTrialBetas()
     for key, value in node.inputs.get().items():
+        # start_times=[]: what runs made before the fMRIPrep StartTime input (8968246) pickled for "not given";
+        # the interface now reads a list as one start time per run
+        if key == "start_times" and not value:
+            continue
         if key != "derivatives" and value is not None:
             setattr(iface.inputs, key, value)
     for key, value in overrides.items():
@@ -101,7 +111,7 @@ def noise_pool_overlap(work: Path, task: str, voxel_ijk: np.ndarray, scratch: Pa
 
     def spy(onoff_r2, brain, threshold=None):
         pool, used = original(onoff_r2, brain, threshold)
-        captured["pool"] = pool.copy()
+        captured["pool"], captured["brain"] = pool.copy(), np.asarray(brain, bool).copy()
         return pool, used
 
     estimate.noise_pool = spy
@@ -116,7 +126,30 @@ def noise_pool_overlap(work: Path, task: str, voxel_ijk: np.ndarray, scratch: Pa
     columns = visual_columns(mask, voxel_ijk, "C")
     pool = captured["pool"]
     return {"pool_voxels": int(pool.sum()), "brain_voxels": int(mask.sum()),
-            "visual_in_pool": int(pool[columns[columns >= 0]].sum()), "visual_voxels": int((columns >= 0).sum())}
+            "visual_in_pool": int(pool[columns[columns >= 0]].sum()), "visual_voxels": int((columns >= 0).sum()),
+            # arrays for the pool-perception variants (left out of the JSON)
+            "_pool": pool, "_brain": captured["brain"], "_mask_path": str(mask_path)}
+
+
+def perception_responsive(rule: str, output: Path, subject: str, perception_pool: dict, mask: np.ndarray):
+    """The voxels (boolean, the mask's voxels in C order) that the perception task finds responsive.
+
+    ``perception-onoff``: what perception's own GLM keeps out of its noise pool: brain voxels whose ON-OFF R²
+    beyond drift reaches perception's Otsu threshold (captured from the perception GLM node's rerun; the GLM does
+    not write its ON-OFF R²). ``perception-r2-map``: from what the run wrote, with nothing rerun: the perception
+    R² statmap (the final single-trial model) above Otsu's threshold on its log10 over the brain mask."""
+    from bids_m2i.glm.denoise import log_r2, otsu_threshold
+
+    if rule == "perception-onoff":
+        return perception_pool["_brain"] & ~perception_pool["_pool"]
+    if rule == "perception-r2-map":
+        import nibabel as nib
+
+        path = next((output / f"sub-{subject}" / "func").glob(
+            f"sub-{subject}_task-perception_stat-r2_desc-*_statmap.nii.gz"))
+        r2 = np.asarray(nib.load(path).dataobj, dtype=float)[mask]
+        return r2 >= 10.0 ** otsu_threshold(log_r2(r2))
+    raise ValueError(f"unknown pool_exclude rule {rule!r}")
 
 
 def run(dataset: Path, output: Path, work: Path, variants=(), subject: str = "01") -> dict:
@@ -222,8 +255,15 @@ def run(dataset: Path, output: Path, work: Path, variants=(), subject: str = "01
             }).sort_values(["stimulus", "onset"]).to_dict("list")
         result[label] = group
 
-    result["noise_pool"] = {task: noise_pool_overlap(work, task, truth["voxel_ijk"], scratch)
-                            for task in ("perception", "imagery")}
+    pools_found = {task: noise_pool_overlap(work, task, truth["voxel_ijk"], scratch)
+                   for task in ("perception", "imagery")}
+    if pools_found["perception"]["_mask_path"] != pools_found["imagery"]["_mask_path"]:
+        raise SystemExit("the two tasks' GLM nodes use different masks: voxel orders would not line up")
+    result["noise_pool"] = {task: {k: v for k, v in pool.items() if not k.startswith("_")}
+                            for task, pool in pools_found.items()}
+    run_sidecar = json.loads(next(func.glob(f"sub-{subject}_task-imagery_stat-effect_desc-*_statseries.json"))
+                             .read_text())
+    result["noise_pool"]["imagery"]["n_pcs"] = run_sidecar.get("n_pcs")
 
     n_imagery = int((tasks == "imagery").sum())
     if variants and not np.all(tasks[:n_imagery] == "imagery"):
@@ -233,6 +273,15 @@ def run(dataset: Path, output: Path, work: Path, variants=(), subject: str = "01
     for name in variants:
         settings = dict(GLM_VARIANTS[name])
         method = settings.pop("method", None)
+        excluded = None
+        if settings.get("pool_exclude") == "truth-visual":
+            excluded = np.zeros(mask.sum(), bool)
+            excluded[columns[inside]] = True
+            settings["pool_exclude"] = excluded
+        elif isinstance(settings.get("pool_exclude"), str):
+            excluded = perception_responsive(settings["pool_exclude"], output, subject, pools_found["perception"],
+                                             mask)
+            settings["pool_exclude"] = excluded
 
         def patched(*args, _settings=settings, **kwargs):
             kwargs.update(_settings)
@@ -264,7 +313,10 @@ def run(dataset: Path, output: Path, work: Path, variants=(), subject: str = "01
         row = {"n_pcs": sidecar.get("n_pcs"), "median_ridge_fraction": sidecar.get("median_ridge_fraction"),
                "pool_voxels": int(pools[-1].sum()) if pools else None,
                "visual_in_pool": int(pools[-1][columns[inside]].sum()) if pools else None,
-               "pool_exclusion": sidecar.get("noise_pool", {}).get("exclusion")}
+               "pool_exclusion": sidecar.get("noise_pool", {}).get("exclusion"),
+               "excluded_by_mask": sidecar.get("noise_pool", {}).get("excluded_by_mask")}
+        if excluded is not None:
+            row["exclude_mask"] = {"voxels": int(excluded.sum()), "visual": int(excluded[columns[inside]].sum())}
         for cue, d in decode_groups(replaced).items():
             row["imagination" if cue == "text" else "memory"] = {
                 "twoway": twoway_identification(d["items"], d["targets"]),
@@ -296,7 +348,12 @@ def main(argv=None) -> int:
     for task, pool in result["noise_pool"].items():
         print(f"noise pool, {task}: {pool['pool_voxels']} of {pool['brain_voxels']} brain voxels; "
               f"{pool['visual_in_pool']} of the {pool['visual_voxels']} simulated visual voxels are in it")
+    print(f"imagery GLM of the run: {result['noise_pool']['imagery']['n_pcs']} PCs")
     for name, row in result["glm_variants"].items():
+        if row.get("exclude_mask"):
+            print(f"imagery GLM {name}: exclusion mask {row['exclude_mask']['voxels']} voxels "
+                  f"({row['exclude_mask']['visual']} simulated visual), {row['excluded_by_mask']['n_removed']} "
+                  "of them left the pool")
         print(f"imagery GLM {name}: {row['n_pcs']} PCs, pool {row['pool_voxels']} voxels "
               f"({row['visual_in_pool']} simulated visual), imagination {row['imagination']['twoway']:.3f} / "
               f"{row['imagination']['pixcorr']:.3f}, memory {row['memory']['twoway']:.3f} / "

@@ -39,3 +39,33 @@ def test_visual_columns_follow_the_order_of_the_mask_voxels():
             assert flat[column] == np.ravel_multi_index((i, j, k), mask.shape, order=order)
     # the two orders differ on this mask, so a mix-up could not pass
     assert not np.array_equal(diag.visual_columns(mask, ijk, "C"), diag.visual_columns(mask, ijk, "F"))
+
+
+def test_perception_responsive_rules(tmp_path):
+    """The masks the pool-perception variants pass as ``pool_exclude`` (issue 14, eighth pass)."""
+    import nibabel as nib
+    import pytest
+
+    rng = np.random.default_rng(0)
+    mask = np.zeros((6, 6, 4), dtype=bool)
+    mask[1:5, 1:5, :] = True
+    n = int(mask.sum())
+    responsive = np.zeros(n, bool)
+    responsive[rng.choice(n, 20, replace=False)] = True
+    # perception-onoff: the complement of perception's pool within its brain voxels
+    brain = np.ones(n, bool)
+    brain[:3] = False
+    pool = brain & ~responsive
+    got = diag.perception_responsive("perception-onoff", tmp_path, "01", {"_pool": pool, "_brain": brain}, mask)
+    assert np.array_equal(got, brain & responsive)
+    # perception-r2-map: the written R² statmap, Otsu's threshold on log10 R² (two well-separated groups)
+    r2 = np.where(responsive, 10 ** rng.uniform(-1, -0.5, n), 10 ** rng.uniform(-4, -3, n))
+    grid = np.zeros(mask.shape, np.float32)
+    grid[mask] = r2
+    func = tmp_path / "sub-01" / "func"
+    func.mkdir(parents=True)
+    nib.save(nib.Nifti1Image(grid, np.eye(4)), func / "sub-01_task-perception_stat-r2_desc-x_statmap.nii.gz")
+    got = diag.perception_responsive("perception-r2-map", tmp_path, "01", {}, mask)
+    assert np.array_equal(got, responsive)
+    with pytest.raises(ValueError, match="unknown"):
+        diag.perception_responsive("anything", tmp_path, "01", {}, mask)

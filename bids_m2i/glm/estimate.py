@@ -170,7 +170,7 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
                                 hrf_noise_correction: float = HRF_NOISE_CORRECTION,
                                 selection_r2: str = "beyond-drift",
                                 pc_source: str = "drift-residuals", pool_exclusion: str = "none",
-                                pool_alpha: float = 0.05, beta_units: str = "peak") -> GLMResult:
+                                pool_alpha: float = 0.05, pool_exclude=None, beta_units: str = "peak") -> GLMResult:
     """Single-trial betas of one task of one session, all runs modelled together.
 
     Parameters
@@ -262,6 +262,13 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
         (docs/decoding.md, "A noise pool without stimulus-driven voxels").
     pool_alpha : float
         The rule's false-exclusion rate among pure-noise voxels (0 < pool_alpha < 1).
+    pool_exclude : ndarray of bool, shape (n_voxels,), optional
+        Voxels (True) that never enter the noise pool, in the runs' voxel order, e.g. the voxels another task of
+        the participant found responsive: imagery engages perception's visual voxels too weakly for its own ON-OFF
+        R² to keep them out (docs/decoding.md, "issue 14, eighth pass"). A boolean mask rather than indices so
+        that its shape is checked against the data. Applied after the ON-OFF pool (and before
+        ``pool_exclusion``); like ``pool_exclusion`` it changes where the PCs come from, not which voxels choose
+        their number. ``None`` (default): the pool is the ON-OFF pool, bit for bit.
     beta_units : {"peak", "plateau"}
         "peak" (default): a beta of 1 is a trial response whose peak is 1 % signal change (GLMsingle's scaling):
         each voxel's betas are multiplied by the peak of its own kernel's response to one trial of the session's
@@ -310,6 +317,12 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
         raise UsageError(f"Unknown precision {precision!r}", hint="use 'single' or 'double'")
     check_beta_units(beta_units)
     n_voxels, lengths = _check_runs(runs)
+    if pool_exclude is not None:
+        pool_exclude = np.asarray(pool_exclude)
+        if pool_exclude.dtype != bool or pool_exclude.shape != (n_voxels,):
+            raise UsageError(f"pool_exclude must be a boolean mask of the {n_voxels} voxels, got "
+                             f"{pool_exclude.dtype} of shape {pool_exclude.shape}",
+                             hint="one True/False per voxel, in the runs' voxel order")
     trial_runs = set(trials.loc[trials["role"] == "trial", "run"].astype(str))
     if len(runs) > 1 and any(str(r.run) not in trial_runs for r in runs):
         # a run without trials carries no information on any beta (runs are separate blocks)
@@ -443,7 +456,7 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
                 repeats, n_trials, data_units, brain_threshold, noise_pool_r2, max_pcs, max_pc_voxels,
                 fractions, seed, ridge_criterion, pc_criterion, ar1 if noise_model == "ar1" else None,
                 pc_search=(pc_search_hrf, pc_search_r2), pc_source=pc_source,
-                pool_exclusion=(pool_exclusion, pool_alpha),
+                pool_exclusion=(pool_exclusion, pool_alpha), pool_exclude=pool_exclude,
                 retained=(chunks[-1], data_runs, total) if chunks else None)
 
         # the units of the betas: one per-voxel factor, after every fit and before z-scoring (glm/units.py)
@@ -616,7 +629,7 @@ def _denoise_and_ridge(model, runs, chunks, load, betas, r2, hrf_index, n_pcs_ma
                        repeats, n_trials, data_units, brain_threshold, noise_pool_r2, max_pcs, max_pc_voxels,
                        fractions, seed, ridge_criterion="consistency", pc_criterion="ridge",
                        ar1=None, pc_search=None, pc_source="drift-residuals", pool_exclusion=("none", 0.05),
-                       retained=None) -> dict:
+                       retained=None, pool_exclude=None) -> dict:
     """GLMdenoise PCs, their number by cross-validation, then cross-validated fractional ridge (in place).
 
     ``pc_search``: (HRF index, R²) per voxel for the search over the number of PCs (default: ``hrf_index``,
@@ -638,6 +651,12 @@ def _denoise_and_ridge(model, runs, chunks, load, betas, r2, hrf_index, n_pcs_ma
     # the voxels that choose the number of PCs are drawn outside the ON-OFF pool, with or without the exclusion
     # below: the rule changes where the PCs come from, not who judges them
     outside_pool = brain & ~pool
+    if pool_exclude is not None:  # voxels known to respond from elsewhere (e.g. the perception task)
+        removed = pool & pool_exclude
+        pool &= ~pool_exclude
+        info["noise_pool"]["excluded_by_mask"] = {"n_mask": int(pool_exclude.sum()),
+                                                  "n_removed": int(removed.sum())}
+        info["noise_pool"]["n_voxels"] = int(pool.sum())
     rule, alpha = pool_exclusion
     if rule == "repeat-reliable" and max_pcs > 0:
         info["noise_pool"]["exclusion"] = _exclude_reliable(model, chunks, load, pool, hrf_index, n_trials,
