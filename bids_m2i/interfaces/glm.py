@@ -259,10 +259,9 @@ class SingleTrialBetas(M2IInterface):
         slice_timings = list(self.inputs.slice_timings) if self.inputs.slice_timings else [None] * len(
             self.inputs.bold_files)
         # one per run, or none given (an empty list, as nodes saved by older versions hold, means none)
-        start_times = list(self.inputs.start_times) if isdefined(self.inputs.start_times) else []
+        start_times = list(self.inputs.start_times) if isdefined(self.inputs.start_times) else None
         if start_times and len(start_times) != len(self.inputs.bold_files):
             raise ValueError(f"start_times has {len(start_times)} values for {len(self.inputs.bold_files)} runs")
-        start_times = start_times or None
         affine = None
         largest_run_gb = 0.0
         for path, confounds_path, label, tr, slice_timing in zip(self.inputs.bold_files, self.inputs.confounds_files,
@@ -283,7 +282,7 @@ class SingleTrialBetas(M2IInterface):
             if "framewise_displacement" in confounds:
                 fd_by_run[label] = confounds["framewise_displacement"].to_numpy(dtype=float)
             tr_by_run[label] = tr
-            if start_times is not None:
+            if start_times:
                 start = start_times.pop(0)
             else:
                 if slice_timing and len(slice_timing) != data.shape[2]:

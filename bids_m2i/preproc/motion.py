@@ -415,7 +415,7 @@ def register_rigid(moving: np.ndarray, moving_affine: np.ndarray, fixed: np.ndar
             com = _centre_of_mass_translation(moving, moving_affine, fixed, fixed_affine)
             if com is not None and not in_plane:
                 candidates.append(com)
-            costs = [_coarse_cost(moving_t, moving_affine, fixed_t, fixed_affine, cost_mask, c) for c in candidates]
+            costs = _coarse_costs(moving_t, moving_affine, fixed_t, fixed_affine, cost_mask, candidates)
             start = candidates[int(np.argmin(costs))]
         else:
             start = np.asarray(init, dtype=np.float64)
@@ -455,7 +455,7 @@ def _judge_poses(moving_t, moving_affine, fixed_t, fixed_affine, mask, transform
     keeps inside the moving image's field of view.
 
     Why the common points (QA pass 29): another session sees the head from another position, so at the true
-    pose part of the fixed head lies outside the moving field of view. :func:`_coarse_cost` counts those points
+    pose part of the fixed head lies outside the moving field of view. :func:`_coarse_costs` counts those points
     as full-intensity residuals (right for choosing a start, where it keeps a blob from sliding out of view), so
     the true pose lost against a translation-only start that kept more of the head in view: a head moved
     8.8 mm and 8.8 degrees between sessions was registered 3.4 mm off (mean, 5.5 mm max). On the common
@@ -464,7 +464,25 @@ def _judge_poses(moving_t, moving_affine, fixed_t, fixed_affine, mask, transform
     weights: a mean square is decided by the 1 % of points at the head's edge and the thick edge slices of a
     slab (a third of the sum), and chose a 1.4 mm-off start over the found pose (0.1 mm) for a 10-slice slab.
     """
-    sigma_vox, stride = REGISTRATION_LEVELS[-1][0], REGISTRATION_LEVELS[-1][1]
+    reference, sampled = _sample_poses(moving_t, moving_affine, fixed_t, fixed_affine, mask, transforms, level=-1)
+    common = torch.stack([inside for _, inside in sampled]).all(0)
+    if common.sum() < 10:
+        return [float("inf")] * len(sampled)
+    costs = []
+    for values, inside in sampled:
+        if inside.sum() < 0.5 * sampled[-1][1].sum():
+            costs.append(float("inf"))
+            continue
+        v, r = values[common], reference[common]
+        gain = r.sum() / v.sum().clamp_min(1e-6)
+        costs.append(float((gain * v - r).abs().median()))
+    return costs
+
+
+def _sample_poses(moving_t, moving_affine, fixed_t, fixed_affine, mask, transforms, level: int):
+    """The fixed image's masked points at a registration level, and the moving image sampled there under each
+    pose: ``(reference values, [(values, inside), ...])``, the smoothing done once for all poses."""
+    sigma_vox, stride = REGISTRATION_LEVELS[level][0], REGISTRATION_LEVELS[level][1]
     sigma_mm = sigma_vox * float(np.mean(_voxel_sizes(fixed_affine)))
     ref = _Reference(fixed_t, fixed_affine, mask, sigma_mm, stride,
                      grid_centre(fixed_affine, fixed_t.shape[2:][::-1]), np.eye(6), False)
@@ -476,36 +494,22 @@ def _judge_poses(moving_t, moving_affine, fixed_t, fixed_affine, mask, transform
         mats = torch.from_numpy(pre @ transform @ fixed_affine).float()[None].to(moving_t.device)
         values, inside = sample_volumes(stack, sampler_coords(mats, ref.ijk_h))
         sampled.append((values[0], inside[0]))
-    common = torch.stack([inside for _, inside in sampled]).all(0)
-    if common.sum() < 10:
-        return [float("inf")] * len(sampled)
+    return ref.values, sampled
+
+
+def _coarse_costs(moving_t, moving_affine, fixed_t, fixed_affine, mask, transforms) -> list[float]:
+    """Mean squared gain-matched residual of each pose at the coarsest registration level, for choosing a start;
+    points outside the moving field of view count as full-intensity residuals (a start must not slide a blob out
+    of view)."""
+    reference, sampled = _sample_poses(moving_t, moving_affine, fixed_t, fixed_affine, mask, transforms, level=0)
     costs = []
     for values, inside in sampled:
-        if inside.sum() < 0.5 * sampled[-1][1].sum():
+        valid = inside.float()
+        if valid.sum() < 10:
             costs.append(float("inf"))
             continue
-        v, r = values[common], ref.values[common]
-        gain = r.sum() / v.sum().clamp_min(1e-6)
-        costs.append(float((gain * v - r).abs().median()))
+        gain = (valid * reference).sum() / (valid * values).sum().clamp_min(1e-6)
+        resid = (gain * values - reference) * valid
+        outside = (1 - valid) * reference.abs()
+        costs.append(float(((resid ** 2).sum() + (outside ** 2).sum()) / valid.numel()))
     return costs
-
-
-def _coarse_cost(moving_t, moving_affine, fixed_t, fixed_affine, mask, transform, level: int = 0) -> float:
-    """Mean squared gain-matched residual at a registration level (the coarsest by default: for choosing a
-    start; the finest to judge a result)."""
-    sigma_vox, stride = REGISTRATION_LEVELS[level][0], REGISTRATION_LEVELS[level][1]
-    sigma_mm = sigma_vox * float(np.mean(_voxel_sizes(fixed_affine)))
-    ref = _Reference(fixed_t, fixed_affine, mask, sigma_mm, stride,
-                     grid_centre(fixed_affine, fixed_t.shape[2:][::-1]), np.eye(6), False)
-    stack = gaussian_smooth(moving_t, sigma_mm / _voxel_sizes(moving_affine), stacked=True)
-    pre = sampler_matrix(moving_t.shape[2:][::-1]) @ np.linalg.inv(moving_affine)
-    mats = torch.from_numpy(pre @ transform @ fixed_affine).float()[None].to(moving_t.device)
-    values, inside = sample_volumes(stack, sampler_coords(mats, ref.ijk_h))
-    valid = inside.float()
-    if valid.sum() < 10:
-        return float("inf")
-    gain = (valid * ref.values).sum() / (valid * values).sum().clamp_min(1e-6)
-    resid = (gain * values - ref.values) * valid
-    # penalise leaving the FOV: points outside count as a full-intensity residual
-    outside = (1 - valid) * ref.values.abs()
-    return float(((resid ** 2).sum() + (outside ** 2).sum()) / valid.numel())
