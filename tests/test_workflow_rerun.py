@@ -94,3 +94,47 @@ def test_nodes_per_run(tmp_path):
     assert (large - small) / 6 <= 2.0, (small, large)
     assert large <= 30, large  # main's layout had 14 nodes per run plus 24 per GLM: 150 here
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_other_code_recomputes_the_work_dir(tiny_dataset, tmp_path, monkeypatch):
+    """nipype reuses a node when its inputs' hash matches, whatever code computed it; every m2i node carries
+    the installed code's fingerprint among its inputs, so a work dir made by other code (an upgraded m2i) is
+    recomputed, while the same code still reuses all of it."""
+    import bids_m2i.interfaces.base as base
+
+    out, work = tmp_path / "out", tmp_path / "work"
+    command = [str(tiny_dataset), str(out), "participant", "-w", str(work), "--stop-after", "preproc",
+               "--nprocs", "1", "--omp-nthreads", "1"]
+    assert run_cli(command) == 0
+    first = _results(work)
+    computed = sorted(k for k in first if "/hmc_" in k or "/resample_" in k or "/grid" in k)
+    assert computed, sorted(first)
+    assert run_cli(command) == 0
+    assert _results(work) == first  # same code: nothing recomputed
+
+    monkeypatch.setattr(base, "code_fingerprint", lambda: "0.1.0+another-build")
+    assert run_cli(command) == 0
+    again = _results(work)
+    assert [k for k in computed if again.get(k) == first[k]] == []
+
+
+def test_code_fingerprint_follows_the_files(tmp_path):
+    from bids_m2i.utils.fingerprint import code_fingerprint
+
+    package = tmp_path / "pkg"
+    (package / "sub" / "__pycache__").mkdir(parents=True)
+    (package / "a.py").write_text("x = 1\n")
+    (package / "sub" / "b.json").write_text("{}")
+    (package / "sub" / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"\0")
+    first = code_fingerprint(str(package))
+    code_fingerprint.cache_clear()
+    (package / "sub" / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"\1")  # byte code: not the code
+    assert code_fingerprint(str(package)) == first
+    code_fingerprint.cache_clear()
+    (package / "sub" / "b.json").write_text('{"k": 1}')
+    changed = code_fingerprint(str(package))
+    assert changed != first and changed.split("+")[0] == first.split("+")[0]
+    code_fingerprint.cache_clear()
+    (package / "sub" / "b.json").rename(package / "b.json")  # a moved file is another package
+    assert code_fingerprint(str(package)) not in (first, changed)
+    code_fingerprint.cache_clear()

@@ -12,9 +12,10 @@ import os
 import time
 from pathlib import Path
 
-from nipype.interfaces.base import SimpleInterface
+from nipype.interfaces.base import BaseInterfaceInputSpec, SimpleInterface, isdefined, traits
 
 from ..errors import M2IError, error_from_oserror
+from ..utils.fingerprint import code_fingerprint
 
 ERROR_DIR_ENV = "M2I_ERROR_DIR"
 
@@ -50,8 +51,23 @@ def read_error_records(folder: Path) -> list[dict]:
     return sorted(records, key=lambda r: r.get("time", 0))
 
 
+class M2IInputSpec(BaseInterfaceInputSpec):
+    """Inputs every m2i node has: the code's fingerprint, so that nipype's cache key covers the code."""
+
+    code_version = traits.Str(desc="the m2i code that computes the node (set by M2IInterface; "
+                                   "bids_m2i.utils.fingerprint): a work dir made by other code is recomputed")
+
+
 class M2IInterface(SimpleInterface):
-    """SimpleInterface whose ``_run`` (not ``_run_interface``) subclasses implement."""
+    """SimpleInterface whose ``_run`` (not ``_run_interface``) subclasses implement.
+
+    Its input spec must derive from :class:`M2IInputSpec`: ``code_version`` is filled here, so a node's hash
+    changes with the installed code (nipype hashes inputs only; ``bids_m2i.utils.fingerprint``)."""
+
+    def __init__(self, *args, **inputs):
+        super().__init__(*args, **inputs)
+        if not isdefined(self.inputs.code_version):
+            self.inputs.code_version = code_fingerprint()
 
     def _run_interface(self, runtime):
         try:

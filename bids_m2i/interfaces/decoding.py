@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from nipype.interfaces.base import BaseInterfaceInputSpec, File, InputMultiObject, TraitedSpec, isdefined, traits
+from nipype.interfaces.base import File, InputMultiObject, TraitedSpec, isdefined, traits
 
-from .base import M2IInterface
+from .base import M2IInputSpec, M2IInterface
 
 NA = "n/a"
 
@@ -84,7 +84,7 @@ def check_roi_overlap(brain: np.ndarray, roi: np.ndarray, roi_path) -> int:
     return inside
 
 
-class _StageInputSpec(BaseInterfaceInputSpec):
+class _StageInputSpec(M2IInputSpec):
     """What every stage needs: the run's settings that are not data."""
 
     seed = traits.Int(0, usedefault=True)

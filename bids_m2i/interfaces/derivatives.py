@@ -27,11 +27,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from nipype.interfaces.base import BaseInterfaceInputSpec, File, TraitedSpec, traits
+from nipype.interfaces.base import File, TraitedSpec, traits
 
 from ..bids.derivatives import derivative_path
 from ..utils.atomic import atomic_path, write_text
-from .base import M2IInterface
+from .base import M2IInputSpec, M2IInterface
 
 LOGGER = logging.getLogger("m2i.workflow")
 
@@ -237,7 +237,7 @@ def publish_derivatives(base_directory: str, items: list[tuple[str, dict]]) -> l
     return written
 
 
-class _DerivativesDataSinkInputSpec(BaseInterfaceInputSpec):
+class _DerivativesDataSinkInputSpec(M2IInputSpec):
     in_file = File(exists=True, mandatory=True, desc="file to copy into the derivatives")
     base_directory = traits.Str(mandatory=True, desc="OUTPUT_DIR")
     entities = traits.Dict(mandatory=True, desc="subject, session, task, run, space, stat, trial, desc")

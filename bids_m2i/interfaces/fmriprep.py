@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from nipype.interfaces.base import BaseInterfaceInputSpec, File, InputMultiObject, TraitedSpec
+from nipype.interfaces.base import File, InputMultiObject, TraitedSpec
 
 from ..errors import BadDataError
-from .base import M2IInterface
+from .base import M2IInputSpec, M2IInterface
 from .images import save_like
 
 
-class _MaskInputSpec(BaseInterfaceInputSpec):
+class _MaskInputSpec(M2IInputSpec):
     in_files = InputMultiObject(File(exists=True), mandatory=True, desc="fMRIPrep brain masks, one per run")
     bold_files = InputMultiObject(File(exists=True), mandatory=True, desc="the matching preprocessed BOLD")
 

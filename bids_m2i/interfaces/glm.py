@@ -9,10 +9,10 @@ from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
-from nipype.interfaces.base import BaseInterfaceInputSpec, File, InputMultiObject, TraitedSpec, isdefined, traits
+from nipype.interfaces.base import File, InputMultiObject, TraitedSpec, isdefined, traits
 
 from ..errors import BadDataError, UsageError
-from .base import M2IInterface
+from .base import M2IInputSpec, M2IInterface
 from .derivatives import derivatives_trait, publish_node_outputs
 from .images import load_bold, save_like
 
@@ -186,7 +186,7 @@ def _glover_cosine_design(frame_times: np.ndarray, events: pd.DataFrame) -> pd.D
     return pd.DataFrame(matrix, columns=names, index=frame_times)
 
 
-class _SingleTrialInputSpec(BaseInterfaceInputSpec):
+class _SingleTrialInputSpec(M2IInputSpec):
     bold_files = InputMultiObject(File(exists=True), mandatory=True, desc="runs of one task and session")
     confounds_files = InputMultiObject(File(exists=True), mandatory=True)
     mask = File(exists=True, mandatory=True)

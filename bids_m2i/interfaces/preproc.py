@@ -7,14 +7,14 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from nipype.interfaces.base import BaseInterfaceInputSpec, File, InputMultiObject, TraitedSpec, isdefined, traits
+from nipype.interfaces.base import File, InputMultiObject, TraitedSpec, isdefined, traits
 
-from .base import M2IInterface
+from .base import M2IInputSpec, M2IInterface
 from .derivatives import derivatives_trait, publish_node_outputs
 from .images import load_bold, save_like
 
 
-class _EstimateHeadMotionInputSpec(BaseInterfaceInputSpec):
+class _EstimateHeadMotionInputSpec(M2IInputSpec):
     in_file = File(exists=True, mandatory=True, desc="raw BOLD run")
     dummy_scans = traits.Int(-1, usedefault=True, desc="non-steady-state volumes; -1 = detect")
     n_threads = traits.Int(1, usedefault=True)
@@ -60,7 +60,7 @@ class EstimateHeadMotion(M2IInterface):
         self._results["out_derivatives"] = publish_node_outputs(self._results, self.inputs.derivatives)
 
 
-class _ParticipantGridInputSpec(BaseInterfaceInputSpec):
+class _ParticipantGridInputSpec(M2IInputSpec):
     boldrefs = InputMultiObject(File(exists=True), mandatory=True, desc="each run's reference, run order")
     run_names = traits.List(traits.Str(), desc="each run's BOLD file name, run order (named in warnings)")
     n_threads = traits.Int(1, usedefault=True)
@@ -105,7 +105,7 @@ class BuildParticipantGrid(M2IInterface):
                                                   dtype=np.uint8))
 
 
-class _ResampleRunInputSpec(BaseInterfaceInputSpec):
+class _ResampleRunInputSpec(M2IInputSpec):
     in_file = File(exists=True, mandatory=True)
     transforms = File(exists=True, mandatory=True)
     run_to_reference = InputMultiObject(File(exists=True), mandatory=True)

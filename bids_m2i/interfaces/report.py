@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 import pandas as pd
-from nipype.interfaces.base import BaseInterfaceInputSpec, File, TraitedSpec, traits
+from nipype.interfaces.base import File, TraitedSpec, traits
 
-from .base import M2IInterface
+from .base import M2IInputSpec, M2IInterface
 
 
-class _ReportInputSpec(BaseInterfaceInputSpec):
+class _ReportInputSpec(M2IInputSpec):
     config_json = traits.Str(mandatory=True)
     subject = traits.Str(mandatory=True)
     work_dir = traits.Str(mandatory=True)
