@@ -71,6 +71,24 @@ def test_preproc_recovers_true_motion(tiny_preproc_run):
             assert (rms < bound).all(), (stem, rms.to_dict())
 
 
+def test_motion_parameters_say_what_they_are_relative_to(tiny_preproc_run):
+    """The parameters are the composed transform participant reference -> volume (ResampleRun), so a run other
+    than the first starts at its offset from the first run; the sidecar and the report's figure said "the run's
+    reference" (fMRIPrep's convention), which a user comparing with fMRIPrep would have misread."""
+    import json
+
+    func = tiny_preproc_run["out"] / "sub-01" / "func"
+    sidecars = sorted(func.glob("*_desc-confounds_timeseries.json"))
+    assert sidecars
+    for sidecar in sidecars:
+        meta = json.loads(sidecar.read_text())
+        for column in ("trans_x", "rot_z"):
+            assert "relative to the participant reference" in meta[column]["Description"], sidecar.name
+            assert "relative to the run's reference" not in meta[column]["Description"]
+    figures = sorted((tiny_preproc_run["out"] / "sub-01" / "figures").glob("*motion*.svg"))
+    assert figures and all("relative to the participant reference" in f.read_text() for f in figures)
+
+
 def test_rerun_reuses_work_and_is_identical(tiny_preproc_run, tmp_path):
     out = tiny_preproc_run["out"]
     before = {p.relative_to(out): _digest(p) for p in out.rglob("*.nii.gz")}

@@ -91,11 +91,14 @@ def confounds_sidecar(fd_radius: float = 50.0) -> dict:
         kind, axis = name.split("_")
         if kind == "trans":
             side[name] = {"Description": f"Head translation along {axes[axis]} of each volume relative to the "
-                                         "run's reference (pull transform reference -> volume, RAS world)",
+                                         "participant reference (the first run's reference volume, onto whose grid "
+                                         "every run is resampled; pull transform reference -> volume, RAS world): "
+                                         "the run's own motion composed with its registration to that reference",
                           "Units": "mm"}
         else:
-            side[name] = {"Description": f"Head rotation about the {axis.upper()} axis through the reference grid "
-                                         "centre (R = Rz Ry Rx, right-handed) relative to the run's reference",
+            side[name] = {"Description": f"Head rotation about the {axis.upper()} axis through the participant grid's "
+                                         "centre (R = Rz Ry Rx, right-handed) relative to the participant reference "
+                                         "(as the translations)",
                           "Units": "rad"}
     side["framewise_displacement"] = {
         "Description": "Framewise displacement (Power et al. 2012): sum of absolute backward differences of "

@@ -47,7 +47,7 @@ def plot_motion_traces(params: np.ndarray, path, *, tr: float | None = None) -> 
         for ax in axes:
             ax.legend(loc="upper right", ncol=3, fontsize=7, frameon=False)
             ax.axhline(0, color="0.7", lw=0.5)
-        axes[0].set_title("Head motion (relative to the run's reference)")
+        axes[0].set_title("Head motion (relative to the participant reference)")
         return _save(fig, path)
 
 
