@@ -40,6 +40,9 @@ CITATIONS = {
     "openclip": "Cherti M et al. (2023). Reproducible scaling laws for contrastive language-image learning. CVPR.",
     "unclip": "Ramesh A et al. (2022). Hierarchical text-conditional image generation with CLIP latents. "
               "arXiv:2204.06125.",
+    "composable": "Liu N et al. (2022). Compositional visual generation with composable diffusion models. ECCV. "
+                  "arXiv:2206.01714.",
+    "mirage": "MIRAGE (2026). arXiv:2605.17198.",
     "ssim": "Wang Z et al. (2004). Image quality assessment: from error visibility to structural similarity. "
             "IEEE Trans Image Process 13(4):600-612.",
 }
@@ -72,6 +75,8 @@ def _keys(config, stages) -> list[str]:
             keys += ["clip", "openclip"]
         if config.generator == "unclip":
             keys.append("unclip")
+            if any(t in config.target for t in ("text", "clip-text")):
+                keys += ["composable", "mirage"]
     return keys
 
 
@@ -140,6 +145,53 @@ def _shared_voxel_ranking(config, output_dir: Path, subject: str) -> str:
     return ("; " + "; ".join(parts)) if parts else ""
 
 
+def _own_decoder_facts(config, output_dir: Path, subject: str) -> str:
+    """What the participant's own decoders chose (voxel count, penalty scale), from their model sidecars: both
+    are chosen by cross-validation on the participant's data, so a methods section must give the values."""
+    from ..bids.derivatives import derivative_path
+
+    voxels, scales, joint = [], [], True
+    for target in config.target:
+        sidecar = derivative_path(output_dir, subject=subject, **config.space_entities,
+                                  desc=f"{target.replace('-', '')}{config.decoder}", datatype="decoding",
+                                  suffix="model", extension=".json")
+        try:
+            info = json.loads(sidecar.read_text()).get("info") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        label = f"{target}: " if len(config.target) > 1 else ""
+        selection = info.get("voxel_selection") or {}
+        counts = [int(k) for k in (selection.get("cv_error") or {}) if str(k).isdigit()]
+        if selection.get("chosen") and counts:
+            voxels.append(f"{label}{selection['chosen']:,} of {max(counts):,}")
+        elif selection.get("chosen"):
+            voxels.append(f"{label}all {selection['chosen']:,} (no repeated training stimulus to rank them by)")
+        penalty = info.get("penalty_scale") or {}
+        if penalty.get("chosen") is not None and "cv_twoway" in penalty:
+            scales.append(f"{label}{float(penalty['chosen']):.3g}")
+            joint = "maximin" in str(penalty.get("rule", ""))
+    text = ""
+    if any(t in config.target for t in ("text", "clip-text")):
+        text += (" Text features were " + ("TF-IDF vectors of words and word pairs of the stimuli's captions "
+                                           "(vocabulary from the training captions)" if "text" in config.target
+                                           else "") + (" and " if set(config.target) >= {"text", "clip-text"} else "")
+                 + ("CLIP text embeddings of the captions" if "clip-text" in config.target else "")
+                 + "; each item's caption was the one of a bank (training captions, cue texts"
+                 + (", a caption file" if config.values.get("captions") else "") + ") closest (cosine) to its "
+                 "decoded text features.")
+    if voxels:
+        text += (" Voxels were ranked by their ncsnr over repeated training stimuli and their number chosen by "
+                 "cross-validation grouped by stimulus (the least ridge error among halvings of the mask): "
+                 + "; ".join(voxels) + " voxels.")
+    if scales:
+        text += (" For held-out perception items the per-feature penalties were multiplied by one common factor "
+                 "(at most 1) chosen by the same grouped cross-validation "
+                 + ("to keep both two-way identification and PixCorr near their best (maximin of the two ratios to "
+                    "their best)" if joint else "for two-way identification")
+                 + ": " + "; ".join(scales) + "; imagery items used the unscaled penalties.")
+    return text
+
+
 def methods_paragraphs(config, *, stages, output_dir: Path, subject: str) -> list[str]:
     paragraphs = [
         f"Results were produced with m2i {__version__} (bids_m2i), a BIDS-App (Gorgolewski et al. 2017) built on "
@@ -197,7 +249,7 @@ def methods_paragraphs(config, *, stages, output_dir: Path, subject: str) -> lis
     if "decoding" in stages:
         target = " and ".join(config.target)
         paragraphs.append(
-            f"Decoders mapping betas to image features ({target}) were trained on perception trials only, with "
+            f"Decoders mapping betas to features ({target}) were trained on perception trials only, with "
             f"held-out test stimuli never seen in training (all their repeats held out), using "
             + ("ridge regression with one regularisation per feature chosen by efficient leave-one-out "
                "cross-validation" if config.decoder == "ridge" else "a residual MLP trained with MSE and "
@@ -208,13 +260,23 @@ def methods_paragraphs(config, *, stages, output_dir: Path, subject: str) -> lis
                + ", ".join(Path(p).name for p in config.shared_decoder) + "): only this participant's linear map "
                "into its shared space was fitted, on the participant's training trials"
                + _shared_voxel_ranking(config, output_dir, subject))
-            + ". Predictions were rescaled to the training features' per-dimension mean and standard deviation "
+            + "."
+            + ("" if config.values.get("shared_decoder") or config.decoder != "ridge" else
+               _own_decoder_facts(config, output_dir, subject))
+            + " Predictions were rescaled to the training features' per-dimension mean and standard deviation "
             "(Ozcelik & VanRullen 2023) and applied to held-out perception trials"
             + (" (repeats averaged)" if config.average_repeats else "")
             + " and to imagery trials, from memory and from a text cue (Caselles-Dupré et al. 2024). "
             + ("Images were generated by the inverse pixel transform." if config.generator == "pixels" else
                "Images were generated by Stable unCLIP from the decoded CLIP embeddings"
-               + (", starting from a noised latent of the pixel reconstruction" if "pixels" in config.target else "")
+               + (", starting from the pixel reconstruction's latent noised to 0.75 of the schedule"
+                  if "pixels" in config.target else "")
+               + (" and prompted with the retrieved caption, image and text guidance mixed half and half by "
+                  "composable guidance (Liu et al. 2022), as MIRAGE (2026) mixes them"
+                  if any(t in config.target for t in ("text", "clip-text")) else "")
+               + (f"; {config.values['candidates']} candidates per item from their own seeds, the one whose CLIP "
+                  "image embedding is closest (cosine) to the decoded embedding kept"
+                  if (config.values.get("candidates") or 1) > 1 else "")
                + ".")
             + " Metrics follow MindEye and Brain-Diffuser (PixCorr, SSIM, two-way identification against distinct "
             "targets, retrieval), each with its chance level and a permutation p-value.")
