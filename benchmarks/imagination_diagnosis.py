@@ -52,6 +52,8 @@ GLM_VARIANTS = {
     # the bound of any such rule: the simulator's visual voxels themselves (truth; not available to a user)
     "pool-truth-visual": {"pool_exclude": "truth-visual"},
 }
+# issue 14, ninth pass: a fixed number of noise PCs in the imagery GLM (pcs-0 ... pcs-10)
+GLM_VARIANTS.update({f"pcs-{k}": {"n_pcs": k} for k in range(11)})
 
 
 def per_item_twoway(predicted: np.ndarray, targets: np.ndarray) -> np.ndarray:

@@ -170,7 +170,8 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
                                 hrf_noise_correction: float = HRF_NOISE_CORRECTION,
                                 selection_r2: str = "beyond-drift",
                                 pc_source: str = "drift-residuals", pool_exclusion: str = "none",
-                                pool_alpha: float = 0.05, pool_exclude=None, beta_units: str = "peak") -> GLMResult:
+                                pool_alpha: float = 0.05, pool_exclude=None, beta_units: str = "peak",
+                                n_pcs: int | None = None) -> GLMResult:
     """Single-trial betas of one task of one session, all runs modelled together.
 
     Parameters
@@ -276,6 +277,12 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
         "plateau": the unit-sum kernels' amplitude, the level a sustained response would reach (the units
         before issue 14; for benchmarks). Ignored with ``zscore`` (z-scores have no units to convert).
 
+    n_pcs : int, optional
+        ``fithrf-denoise-rr`` only: use this many noise PCs instead of choosing the count (GLMsingle's ``pcstop =
+        -B``), e.g. one count for every session of a study. The cross-validation curve is still computed and
+        written to the sidecar (``pc_selection``, with ``fixed``), so a fixed count can be compared with the one
+        the data would have chosen. 0 <= n_pcs <= max_pcs; None (default): the count is chosen.
+
     Returns
     -------
     GLMResult
@@ -294,6 +301,9 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
                          hint="use 'ols-target', 'consistency', 'ridge' or 'condition-r2'")
     if ridge_criterion not in ("consistency", "ols-target"):
         raise UsageError(f"Unknown ridge_criterion {ridge_criterion!r}", hint="use 'consistency' or 'ols-target'")
+    if n_pcs is not None and (isinstance(n_pcs, bool) or not isinstance(n_pcs, (int, np.integer))
+                              or not 0 <= n_pcs <= max_pcs):
+        raise UsageError(f"n_pcs must be a whole number from 0 to max_pcs ({max_pcs}), got {n_pcs!r}")
     if hrf_library != AUTO:
         check_library(hrf_library)
     if not (np.isfinite(hrf_noise_correction) and hrf_noise_correction >= 0):
@@ -456,7 +466,7 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
                 repeats, n_trials, data_units, brain_threshold, noise_pool_r2, max_pcs, max_pc_voxels,
                 fractions, seed, ridge_criterion, pc_criterion, ar1 if noise_model == "ar1" else None,
                 pc_search=(pc_search_hrf, pc_search_r2), pc_source=pc_source,
-                pool_exclusion=(pool_exclusion, pool_alpha), pool_exclude=pool_exclude,
+                pool_exclusion=(pool_exclusion, pool_alpha), pool_exclude=pool_exclude, fixed_pcs=n_pcs,
                 retained=(chunks[-1], data_runs, total) if chunks else None)
 
         # the units of the betas: one per-voxel factor, after every fit and before z-scoring (glm/units.py)
@@ -629,7 +639,7 @@ def _denoise_and_ridge(model, runs, chunks, load, betas, r2, hrf_index, n_pcs_ma
                        repeats, n_trials, data_units, brain_threshold, noise_pool_r2, max_pcs, max_pc_voxels,
                        fractions, seed, ridge_criterion="consistency", pc_criterion="ridge",
                        ar1=None, pc_search=None, pc_source="drift-residuals", pool_exclusion=("none", 0.05),
-                       retained=None, pool_exclude=None) -> dict:
+                       retained=None, pool_exclude=None, fixed_pcs=None) -> dict:
     """GLMdenoise PCs, their number by cross-validation, then cross-validated fractional ridge (in place).
 
     ``pc_search``: (HRF index, R²) per voxel for the search over the number of PCs (default: ``hrf_index``,
@@ -687,9 +697,16 @@ def _denoise_and_ridge(model, runs, chunks, load, betas, r2, hrf_index, n_pcs_ma
                                 "rule": ("GLMsingle's: at least one PC, the first whose improvement x 1.05 reaches "
                                          "the best" if pc_criterion == "condition-r2" else
                                          "smallest number of PCs reaching 95% of the best median improvement")}
+        if fixed_pcs is not None:  # the user's count; the curve above says what the data would have chosen
+            info["pc_selection"]["fixed"] = {"n_pcs": int(fixed_pcs), "chosen_by_the_rule": int(n_pcs)}
+            n_pcs = int(fixed_pcs)
     else:
         info["pc_selection"] = {"skipped": f"noise pool has {int(pool.sum())} voxels (< {min_pool})"
                                 if max_pcs > 0 else "max_pcs = 0"}
+        if fixed_pcs:  # asked for PCs that cannot be taken: say so rather than fit a different model silently
+            LOGGER.warning("n_pcs=%d asked for, but no noise PCs could be taken (%s): 0 PCs used", fixed_pcs,
+                        info["pc_selection"]["skipped"])
+            info["pc_selection"]["fixed"] = {"n_pcs": int(fixed_pcs), "used": 0}
     n_pcs_map[:] = n_pcs
 
     for voxels in chunks:
