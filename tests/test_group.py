@@ -58,6 +58,11 @@ def test_group_several_participants(tiny_full_run, tmp_path):
     assert row["n"] == "3"
     assert float(row["mean"]) == pytest.approx(values.mean())
     assert float(row["sd"]) == pytest.approx(values.std(ddof=1))
+    # the page leads with vision and imagery side by side: mean ± sd (n) per condition
+    html = (out / "group" / "group.html").read_text()
+    assert 'id="group-conditions"' in html and "Perception (seen images)" in html
+    assert f"{values.mean():.3f} <span class=\"chance\">± {values.std(ddof=1):.3f} (n = 3)</span>" in html
+    assert html.index('id="group-conditions"') < html.index('id="group-summary"')
 
 
 def test_group_one_missing(tiny_full_run, tmp_path, caplog):

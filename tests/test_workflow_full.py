@@ -49,7 +49,11 @@ def test_full_run_outputs(tiny_full_run):
                                      "n_items", "n_candidates", "note"]
     assert {"pixcorr", "ssim", "twoway"} <= set(metrics["metric"])
     assert (decoding / "sub-01_desc-pixelsridge_model.safetensors").exists()
-    assert (out / "sub-01.html").exists()
+    page = (out / "sub-01.html").read_text()
+    # vision and imagery side by side, before the long table; the methods give the decoders' chosen values
+    assert page.index('id="conditions-table"') < page.index('id="metrics-table"')
+    assert "Perception (seen images)" in page and "Imagery from memory" in page
+    assert "Voxels were ranked by their ncsnr" in page or "no repeated training stimulus" in page
     assert (out / "logs" / "CITATION.md").read_text().count("Prince") >= 1
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]
 

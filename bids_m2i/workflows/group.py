@@ -229,14 +229,24 @@ def render_group_html(table: pd.DataFrame, missing: list[str], participants: lis
             return value
         return "n/a" if not np.isfinite(number) else f"{number:.3f}"
 
+    from ..reports.side_by_side import side_by_side_rows
+
+    def _count(value):  # a number of participants, not a measure: no decimals
+        try:
+            return str(int(float(value)))
+        except (TypeError, ValueError):
+            return value
+
     summary = table[table["participant_id"] == "group"]
     rows = table[table["participant_id"] != "group"]
+    side_headings, side_rows = side_by_side_rows(summary, value="mean")
     env = Environment(loader=PackageLoader("bids_m2i", "data/templates"), autoescape=select_autoescape(["html"]))
     return env.get_template("group.html.j2").render(
         version=__version__, generated=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         n_done=len(participants) - len(missing), n_expected=len(participants),
         missing=[f"sub-{m}" for m in missing], mixed=mixed,
-        summary=[{k: fmt(v) for k, v in r.items()} for r in summary.to_dict("records")],
+        summary=[{k: (fmt(v) if k != "n" else _count(v)) for k, v in r.items()} for r in summary.to_dict("records")],
+        side_headings=side_headings, side_rows=side_rows,
         rows=[{**{k: fmt(v) for k, v in r.items()},
                "page": (pages or {}).get(r["participant_id"], f"{r['participant_id']}.html")}
               for r in rows.to_dict("records")],

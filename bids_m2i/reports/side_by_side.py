@@ -1,0 +1,73 @@
+"""Vision and imagery side by side, as rows for the HTML pages (participant and group).
+
+The metrics tables are long (one row per condition, cue, metric and feature space); a reader compares a metric
+across conditions, so the pages lead with the wide form of ``evaluation.table.conditions_side_by_side``: one row per
+metric and feature space, one column per condition, each cell with its chance level (and, at the group level, the
+spread over participants).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+#: column headings of the conditions, in the order the pages show them
+CONDITION_LABELS = {"perception": "Perception (seen images)", "imagery_memory": "Imagery from memory",
+                    "imagery_text": "Pure imagination (text cue)", "imagery": "Imagery"}
+#: the field's headline metrics first (MindEye / Brain-Diffuser, NSD-Imagery), then the rest alphabetically
+METRIC_ORDER = ("twoway", "pixcorr", "ssim", "brain_corr", "image_top1", "brain_top1", "top5")
+
+
+def _number(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _fmt(value) -> str:
+    number = _number(value)
+    return "n/a" if not np.isfinite(number) else f"{number:.3f}"
+
+
+def side_by_side_rows(frame: pd.DataFrame, value: str = "value") -> tuple[list[str], list[dict]]:
+    """``(headings, rows)`` for a metrics table (``value="value"``) or the group summary (``value="mean"``,
+    which adds ``sd`` and ``n`` to each cell). Each row: ``glm_method`` (group tables), ``metric``,
+    ``feature_space`` and ``cells`` (one per heading: ``value``, ``chance``, ``spread``, ``trivial``; ``None`` where
+    the condition has no such metric)."""
+    from ..evaluation.table import conditions_side_by_side
+
+    if frame is None or frame.empty:
+        return [], []
+    wide = conditions_side_by_side(frame, value=value)
+    if wide.empty:
+        return [], []
+    keys = [c for c in ("glm_method", "metric", "feature_space") if c in wide.columns]
+    conditions = [c for c in wide.columns if c not in keys and not str(c).endswith("_chance")]
+    spread = {}
+    if value == "mean" and {"sd", "n"} <= set(frame.columns):
+        for stat in ("sd", "n"):
+            extra = conditions_side_by_side(frame, value=stat)
+            spread[stat] = extra.set_index(keys) if not extra.empty else None
+    rank = {m: i for i, m in enumerate(METRIC_ORDER)}
+    wide = wide.assign(_rank=[rank.get(m, len(rank)) for m in wide["metric"]])
+    wide = wide.sort_values(keys[:-2] + ["_rank", "metric", "feature_space"], kind="stable")
+    rows = []
+    for record in wide.to_dict("records"):
+        key = tuple(record[k] for k in keys)
+        cells = []
+        for condition in conditions:
+            number = _number(record.get(condition))
+            if not np.isfinite(number):
+                cells.append(None)
+                continue
+            chance = _number(record.get(f"{condition}_chance"))
+            sd, n = (_number(spread[stat].loc[key].get(condition))
+                     if spread.get(stat) is not None and key in spread[stat].index else float("nan")
+                     for stat in ("sd", "n"))
+            text = (f"± {sd:.3f}" if np.isfinite(sd) else "") + (f" (n = {int(n)})" if np.isfinite(n) else "")
+            # top-5 among 5 candidates is right by construction: shown, but marked, never read as a result
+            cells.append({"value": _fmt(number), "chance": _fmt(chance), "spread": text.strip(),
+                          "trivial": bool(np.isfinite(chance) and chance >= 1.0)})
+        rows.append({**{k: record[k] for k in keys}, "cells": cells})
+    return [CONDITION_LABELS.get(c, c.replace("_", " ")) for c in conditions], rows
