@@ -496,8 +496,9 @@ def check_stimulus_images(trials: pd.DataFrame, stimuli_dir: Path) -> None:
     now, not hours later. The rows checked are those decoding trains and tests on
     (:func:`bids_m2i.bids.stimuli.trials_needing_images`), for every profile, map and auto-detected rule.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
+    from ..utils.images import open_stimulus
     from .stimuli import check_decoding_stimuli, resolve_stimulus_path, trials_needing_images
 
     if trials.empty or "stim_file" not in trials.columns:
@@ -506,7 +507,7 @@ def check_stimulus_images(trials: pd.DataFrame, stimuli_dir: Path) -> None:
     for stim_file in dict.fromkeys(trials_needing_images(trials)["stim_file"]):
         path = resolve_stimulus_path(stimuli_dir, stim_file)
         try:
-            with Image.open(path) as img:
+            with open_stimulus(path) as img:  # an image too large to read safely: 65 naming it
                 img.verify()  # reads the whole file: catches truncation, not only a bad header
         except PermissionError:
             raise unreadable_input_error(path) from None
