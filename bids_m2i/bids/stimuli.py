@@ -140,9 +140,17 @@ def _same_name_other_unicode_form(base: Path, candidate: Path) -> Path | None:
 def _check_link_target(stimuli_dir: Path, candidate: Path, stim_file: str, events_path) -> None:
     """A symbolic link may point into the dataset (git-annex keeps images in ``.git/annex``) or within
     the (possibly linked) stimuli folder, never elsewhere: a link to ``/etc/...`` or a home folder would
-    make us read it and copy it into the report."""
+    make us read it and copy it into the report.
+
+    The dataset's annex may live outside it: a dataset cloned as a git submodule (``git clone
+    --recurse-submodules`` of a DataLad superdataset) keeps its repository in the superdataset's
+    ``.git/modules/<name>``, and ``git annex init`` there makes ``.git`` a link to it, so every image resolves
+    to ``<super>/.git/modules/<name>/annex/objects/...``. That object store is the dataset's own content."""
     target = candidate.resolve()
-    allowed = (stimuli_dir.resolve(), stimuli_dir.absolute().parent.resolve())
+    allowed = [stimuli_dir.resolve(), stimuli_dir.absolute().parent.resolve()]
+    for folder in (stimuli_dir, stimuli_dir.absolute().parent):  # the dataset's, or a stimuli subdataset's
+        if (folder / ".git").is_dir():  # a folder, or a link to one (a submodule's repository)
+            allowed.append((folder / ".git").resolve() / "annex" / "objects")
     if not any(target == root or root in target.parents for root in allowed):
         raise BadDataError(
             f"stim_file {stim_file!r} is a link to {target}, outside the dataset",
