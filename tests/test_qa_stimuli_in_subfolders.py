@@ -73,3 +73,15 @@ def test_hidden_folders_are_not_searched(tmp_path):
     (stimuli / ".git" / "annex").mkdir(parents=True)
     Image.new("RGB", (4, 4)).save(stimuli / ".git" / "annex" / "image1.png")
     assert resolve_stimulus_path(stimuli, "image1.png") is None
+
+
+def test_stim_file_written_from_the_dataset_root_as_the_specification_does(tmp_path):
+    """``/stimuli/face.png``: the BIDS specification names the folder ``/stimuli`` (from the dataset root), and
+    events copying that notation stopped with 65 "points outside BIDS_DIR/stimuli/" (the events were right)."""
+    stimuli = tmp_path / "bids" / "stimuli"
+    (stimuli / "faces").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(stimuli / "faces" / "face.png")
+    assert resolve_stimulus_path(stimuli, "/stimuli/faces/face.png") == stimuli / "faces" / "face.png"
+    for outside in ("/etc/passwd", "/stimuli/../../etc/passwd", "/data/stimuli/faces/face.png"):
+        with pytest.raises(BadDataError, match="points outside BIDS_DIR/stimuli/"):
+            resolve_stimulus_path(stimuli, outside, "events.tsv")

@@ -35,10 +35,16 @@ def normalize_stim_file(stim_file: str, events_path: str | os.PathLike | None = 
     'img-0001.png'
     >>> normalize_stim_file("func/f013.bmp")
     'func/f013.bmp'
+    >>> normalize_stim_file("/stimuli/img-0001.png")
+    'img-0001.png'
     """
     if stim_file is None or stim_file == NA or str(stim_file).strip() == "":
         return NA
     text = str(stim_file).strip().replace("\\", "/")
+    if text.startswith("/stimuli/"):
+        # the BIDS specification writes the folder as "/stimuli" (from the dataset root); events that copy that
+        # notation name BIDS_DIR/stimuli/..., not a file of this computer
+        text = text[1:]
     if text.startswith("/") or (len(text) > 1 and text[1] == ":"):
         raise _outside_error(stim_file, events_path)
     clean = posixpath.normpath(text)
