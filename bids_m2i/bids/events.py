@@ -1450,8 +1450,8 @@ def check_events_within_run(
     late_only = late & ~early
     if late_only.any():
         counts = trials.loc[late_only, "role"].value_counts().to_dict()
-        said.append(f"{path}: {int(late_only.sum())} event(s) start after the end of the run ({end:.1f} s = {n_volumes} "
-                    f"volumes x {tr:g} s) and are dropped: "
+        said.append(f"{path}: {int(late_only.sum())} event(s) start after the end of the run ({end:.1f} s = "
+                    f"{n_volumes} volumes x {tr:g} s) and are dropped: "
                     + ", ".join(f"{n} {role}" for role, n in sorted(counts.items())))
     overrun = (~late) & (trials["onset"] + trials["duration"] > end) & (trials["role"] == "trial")
     if overrun.any():

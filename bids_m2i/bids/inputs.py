@@ -528,7 +528,8 @@ NOT_IMAGES = {**dict.fromkeys((".wav", ".mp3", ".flac", ".ogg", ".oga", ".aac", 
                                ".opus"), "a sound"),
               **dict.fromkeys((".mp4", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".m4v", ".flv"),
                               "a video"),
-              **dict.fromkeys((".txt", ".csv", ".tsv", ".json", ".html", ".pdf", ".doc", ".docx"), "a text or document")}
+              **dict.fromkeys((".txt", ".csv", ".tsv", ".json", ".html", ".pdf", ".doc", ".docx"),
+                              "a text or document")}
 
 
 def not_an_image_error(path: Path, kind: str, needed: pd.DataFrame, trials: pd.DataFrame, stim_file: str):
