@@ -83,6 +83,9 @@ AUTO_NUISANCE_PATTERN = re.compile(
 #: Cell values taken for ``n/a`` (with a warning): empty, NA, NaN, n.a., N/A, and one-letter typos of
 #: ``n/a`` such as ``on/a`` (ds001506). ``none`` is *not* among them: it is a valid ``cue``.
 _NA_LIKE = re.compile(r"^(?:|na|nan|n\.a\.?|n\\a|null|[a-z]?n/a[a-z]?|n/[a-z]?a)$", re.IGNORECASE)
+#: Seconds before a run's first frame that the design models (``min_onset`` of :mod:`bids_m2i.glm.design`, as
+#: nilearn's): an event that starts earlier cannot be held by the design and is dropped with a warning.
+EARLIEST_ONSET_S = 24.0
 _NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
 
 
@@ -778,8 +781,12 @@ def _label_from_path(source: Any, entity: str) -> str | None:
 
 
 def _parse_times(values: Sequence[str], column: str, roles: list[str], source, line_offset: int = 2,
-                 nuisance_na: float | None = None, notes: list[str] | None = None):
+                 nuisance_na: float | None = None, notes: list[str] | None = None, signed: bool = False):
     """Float seconds per row; ``None`` where the row is ``ignore`` and unusable (dropped by the caller).
+
+    ``signed``: negative values are times (onsets, offsets): BIDS allows an onset before the first stored volume
+    ("to account for events that occur prior to the first stored data point", e.g. during discarded dummy
+    scans); durations are never negative.
 
     ``n/a`` on a nuisance row (a response that never came, a button press of unknown duration) is not an error:
     it becomes ``nuisance_na`` (``None``: the row is dropped; 0: an impulse), with a warning (also appended to
@@ -790,7 +797,7 @@ def _parse_times(values: Sequence[str], column: str, roles: list[str], source, l
     for i, (text, role) in enumerate(zip(values, roles)):
         # float() also reads "1_4" as 14 (Python's digit grouping): only plain decimal numbers are seconds
         number = float(text) if _NUMBER.match(text) else math.nan
-        ok = math.isfinite(number) and number >= 0
+        ok = math.isfinite(number) and (signed or number >= 0)
         if ok:
             out.append(number)
         elif role == "ignore":
@@ -802,15 +809,15 @@ def _parse_times(values: Sequence[str], column: str, roles: list[str], source, l
             out.append(None)
             bad.append(f"line {i + line_offset}: {text!r}")
     if bad:
-        hint = ("onsets and durations must be numbers of seconds >= 0; fix the events file or map these rows to "
-                "ignore with --events-map")
+        hint = ("onsets must be numbers of seconds (negative: before the first volume), durations numbers of "
+                "seconds >= 0; fix the events file or map these rows to ignore with --events-map")
         if any(re.fullmatch(r"[+-]?\d+,\d+", text.strip()) for text, role in zip(values, roles) if role != "ignore"):
             # a spreadsheet in a locale that writes 10,5 for 10.5 (German, French, ...)
             hint = ("the values use a decimal comma (10,5): BIDS needs a decimal point (10.5); export the table "
                     "from the spreadsheet with '.' as the decimal separator. " + hint)
         raise BadDataError(
-            f"{source}: column {column!r} has missing, negative or non-numeric values in rows that are "
-            f"trials or nuisance events ({'; '.join(bad[:5])}{' ...' if len(bad) > 5 else ''})",
+            f"{source}: column {column!r} has missing{'' if signed else ', negative'} or non-numeric values in rows "
+            f"that are trials or nuisance events ({'; '.join(bad[:5])}{' ...' if len(bad) > 5 else ''})",
             path=source, hint=hint,
         )
     if replaced:
@@ -960,9 +967,10 @@ def events_to_trials(
 
     notes: list[str] = []  # what was assumed for missing times
     onsets = _parse_times([r[onset_col] for r in records], onset_col, roles, source_text, nuisance_na=None,
-                          notes=notes)
+                          notes=notes, signed=True)
     if rule.offset_column:
-        offsets = _parse_times([r[rule.offset_column] for r in records], rule.offset_column, roles, source_text)
+        offsets = _parse_times([r[rule.offset_column] for r in records], rule.offset_column, roles, source_text,
+                               signed=True)
         durations = [None if (a is None or b is None) else b - a for a, b in zip(onsets, offsets)]
         negative = [i + 2 for i, d in enumerate(durations) if d is not None and d < 0 and roles[i] != "ignore"]
         if negative:
@@ -1380,7 +1388,8 @@ def check_events_within_run(
     trials: pd.DataFrame, n_volumes: int, tr: float, path: str | os.PathLike | None = None,
     notes: list[str] | None = None,
 ) -> pd.DataFrame:
-    """Drop events that start after the end of the run (``n_volumes * tr`` seconds), with a warning.
+    """Drop events that start after the end of the run (``n_volumes * tr`` seconds), or too long before its
+    first volume for the design to hold them (:data:`EARLIEST_ONSET_S`), with a warning.
 
     Parameters
     ----------
@@ -1399,13 +1408,18 @@ def check_events_within_run(
     Returns
     -------
     DataFrame
-        ``trials`` without the rows whose onset is at or after the end; index reset. Events that start
-        inside the run but end after it are kept (their HRF is truncated) and reported.
+        ``trials`` without the rows whose onset is at or after the end, or earlier than the design's window;
+        index reset. Events that start inside the run but end after it, and trials that start (less than the
+        window) before its first volume, are kept (their HRF is truncated) and reported.
     """
     if n_volumes <= 0 or not (tr > 0):
         raise BadDataError(f"Run of {path} has no volumes or no repetition time", path=path)
     end = n_volumes * float(tr)
-    late = trials["onset"] >= end
+    # the design's high-resolution grid starts EARLIEST_ONSET_S before the first frame, which lies up to one TR
+    # after the first volume's start (slice timing): earlier events would be dropped there with a bare warning
+    earliest = -max(EARLIEST_ONSET_S - float(tr), 0.0)
+    early = trials["onset"].astype(float) < earliest
+    late = (trials["onset"] >= end) | early
     is_trial = trials["role"] == "trial"
     if is_trial.any() and late[is_trial].all():
         # onsets in milliseconds, or counted on the scanner's / experiment's clock: every trial was dropped with a
@@ -1424,10 +1438,20 @@ def check_events_within_run(
             f"volumes x {tr:g} s; the first at {onsets.min():g} s)", path=path,
             hint=f"{cause}; or check that this events file belongs to this run")
     said = []
-    if late.any():
-        counts = trials.loc[late, "role"].value_counts().to_dict()
-        said.append(f"{path}: {int(late.sum())} event(s) start after the end of the run ({end:.1f} s = {n_volumes} "
-                    f"volumes x {tr:g} s) and are dropped: "
+    if early.any():
+        counts = trials.loc[early, "role"].value_counts().to_dict()
+        said.append(f"{path}: {int(early.sum())} event(s) start more than {-earliest:g} s before the first volume and "
+                    "are dropped: " + ", ".join(f"{n} {role}" for role, n in sorted(counts.items())))
+    before = (~early) & (trials["onset"].astype(float) < 0) & (trials["role"] == "trial")
+    if before.any():
+        said.append(f"{path}: {int(before.sum())} trial(s) start before the first volume (from "
+                    f"{float(trials.loc[before, 'onset'].min()):g} s): their responses are partly before the run, "
+                    "their betas less reliable")
+    late_only = late & ~early
+    if late_only.any():
+        counts = trials.loc[late_only, "role"].value_counts().to_dict()
+        said.append(f"{path}: {int(late_only.sum())} event(s) start after the end of the run ({end:.1f} s = "
+                    f"{n_volumes} volumes x {tr:g} s) and are dropped: "
                     + ", ".join(f"{n} {role}" for role, n in sorted(counts.items())))
     overrun = (~late) & (trials["onset"] + trials["duration"] > end) & (trials["role"] == "trial")
     if overrun.any():

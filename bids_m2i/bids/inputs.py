@@ -496,17 +496,22 @@ def check_stimulus_images(trials: pd.DataFrame, stimuli_dir: Path) -> None:
     now, not hours later. The rows checked are those decoding trains and tests on
     (:func:`bids_m2i.bids.stimuli.trials_needing_images`), for every profile, map and auto-detected rule.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
+    from ..utils.images import open_stimulus
     from .stimuli import check_decoding_stimuli, resolve_stimulus_path, trials_needing_images
 
     if trials.empty or "stim_file" not in trials.columns:
         return
     check_decoding_stimuli(trials, stimuli_dir, trials.attrs.get("runs"))
-    for stim_file in dict.fromkeys(trials_needing_images(trials)["stim_file"]):
+    needed = trials_needing_images(trials)
+    for stim_file in dict.fromkeys(needed["stim_file"]):
         path = resolve_stimulus_path(stimuli_dir, stim_file)
+        kind = NOT_IMAGES.get(path.suffix.lower())
+        if kind:
+            raise not_an_image_error(path, kind, needed, trials, stim_file)
         try:
-            with Image.open(path) as img:
+            with open_stimulus(path) as img:  # an image too large to read safely: 65 naming it
                 img.verify()  # reads the whole file: catches truncation, not only a bad header
         except PermissionError:
             raise unreadable_input_error(path) from None
@@ -515,3 +520,30 @@ def check_stimulus_images(trials: pd.DataFrame, stimuli_dir: Path) -> None:
                 f"Stimulus image {path} cannot be read: {exc}", path=path,
                 hint="replace it with a complete PNG/JPEG (re-export or re-download it)",
             ) from exc
+
+
+#: Stimulus files of other senses that events name in ``stim_file`` (auditory localizers, movie runs): by
+#: extension, so that the message says what they are instead of "re-export or re-download" a file that is fine.
+NOT_IMAGES = {**dict.fromkeys((".wav", ".mp3", ".flac", ".ogg", ".oga", ".aac", ".m4a", ".aif", ".aiff", ".wma",
+                               ".opus"), "a sound"),
+              **dict.fromkeys((".mp4", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".m4v", ".flv"),
+                              "a video"),
+              **dict.fromkeys((".txt", ".csv", ".tsv", ".json", ".html", ".pdf", ".doc", ".docx"),
+                              "a text or document")}
+
+
+def not_an_image_error(path: Path, kind: str, needed: pd.DataFrame, trials: pd.DataFrame, stim_file: str):
+    """65 for a trial whose ``stim_file`` is a sound, video or text: the task is not one of seen or imagined
+    images (an auditory localizer, a movie run), yet its trials were taken as perception trials to decode."""
+    tasks = sorted({str(t) for t in needed.loc[needed["stim_file"] == stim_file, "task"]}) if "task" in needed else []
+    others = sorted({str(t) for t in trials.get("task", pd.Series(dtype=str))} - set(tasks))
+    where = f" (task {', '.join(tasks)})" if tasks else ""
+    select = (f"select the tasks with images, e.g. --task {' '.join(others)}" if others
+              else "select the tasks with images with --task")
+    return BadDataError(
+        f"Stimulus {path}{where} is {kind} file, not an image: m2i decodes images that were seen or imagined, and "
+        "the trials naming it would be decoded as images", path=path,
+        hint=f"{select}; or make these rows nuisance events or ignored with an --events-map section for that task "
+        "(docs/events.md); or run with --stop-after glm",
+    )
+

@@ -480,14 +480,21 @@ def select_bold_runs(layout, *, participants: list[str], sessions: list[str], ta
         LOGGER.info("%d part-phase/real/imag BOLD file(s) left out: the magnitude (part-mag) is used, as by "
                     "fMRIPrep (select another part with --bids-filter-file '{\"bold\": {\"part\": ...}}')",
                     len(left_out))
-    if not selected:
-        def shown(value):
-            return "null" if value is None else str(value)
+    def shown(value):
+        return "null" if value is None else str(value)
 
-        given = [", ".join(f"{k}={shown(v)}" for k, v in f.items()) for f in filter_sets if f]
-        labels = [f"{k}={','.join(v)}" for k, v in (("subject", participants), ("session", sessions),
-                                                     ("task", tasks)) if v]
-        described = "; ".join([*labels, *(f"filter file: {g}" for g in given)])
+    given = [", ".join(f"{k}={shown(v)}" for k, v in f.items()) for f in filter_sets if f]
+    labels = [f"{k}={','.join(v)}" for k, v in (("subject", participants), ("session", sessions),
+                                                 ("task", tasks)) if v]
+    described = "; ".join([*labels, *(f"filter file: {g}" for g in given)])
+    unselected = [p for p in participants if p not in selected]
+    if selected and unselected:
+        # a participant asked for by name whose runs the other filters all leave out (a session or task it
+        # lacks): the run went on with the others and exit 0, saying nothing, and that participant had no output
+        others = "; ".join(part for part in described.split("; ") if not part.startswith("subject="))
+        LOGGER.warning("Participant(s) %s: no BOLD run passes the filters (%s); left out, the others are processed",
+                       ", ".join(unselected), others or described)
+    if not selected:
         events_only = _events_without_bold(layout, participants, sessions, tasks)
         if events_only:
             raise NoDataSelected(

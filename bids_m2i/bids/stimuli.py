@@ -2,7 +2,9 @@
 
 BIDS says ``stim_file`` is relative to ``BIDS_DIR/stimuli/``. Real datasets also write ``stimuli/x.png``
 (the folder repeated), ``func/x.bmp`` (ds000117) or a bare name (ds001499), so a file is looked up as
-given, then without a leading ``stimuli/``, then by its bare name. A path that climbs out of ``stimuli/``
+given, then without a leading ``stimuli/``, then by its bare name, then by its bare name in the subfolders of
+``stimuli/`` when one file there has it (BOLD5000's images come in ``COCO/``, ``ImageNet/`` and ``Scene/``
+while its events give bare names). A path that climbs out of ``stimuli/``
 (``../``, absolute) is refused: events files come from other people and must not make us read (and later
 copy into the report) arbitrary files.
 """
@@ -33,10 +35,16 @@ def normalize_stim_file(stim_file: str, events_path: str | os.PathLike | None = 
     'img-0001.png'
     >>> normalize_stim_file("func/f013.bmp")
     'func/f013.bmp'
+    >>> normalize_stim_file("/stimuli/img-0001.png")
+    'img-0001.png'
     """
     if stim_file is None or stim_file == NA or str(stim_file).strip() == "":
         return NA
     text = str(stim_file).strip().replace("\\", "/")
+    if text.startswith("/stimuli/"):
+        # the BIDS specification writes the folder as "/stimuli" (from the dataset root); events that copy that
+        # notation name BIDS_DIR/stimuli/..., not a file of this computer
+        text = text[1:]
     if text.startswith("/") or (len(text) > 1 and text[1] == ":"):
         raise _outside_error(stim_file, events_path)
     clean = posixpath.normpath(text)
@@ -119,7 +127,50 @@ def resolve_stimulus_path(
         if candidate.is_file():
             _check_link_target(Path(stimuli_dir), candidate, stim_file, events_path)
             return candidate
-    return None
+    found = _in_subfolders(Path(stimuli_dir), PurePosixPath(normalize_stim_file(stim_file, events_path)).name,
+                           stim_file, events_path)
+    if found is not None:
+        _check_link_target(Path(stimuli_dir), found, stim_file, events_path)
+    return found
+
+
+#: {(stimuli folder, its modification time): {file name (NFC): [paths below a subfolder]}}: one walk of the
+#: folder per run, not one per image (BOLD5000: 5000 names, every one looked up in the subfolders)
+_SUBFOLDER_INDEX: dict[tuple[str, int], dict[str, list[Path]]] = {}
+
+
+def _subfolder_index(stimuli_dir: Path) -> dict[str, list[Path]]:
+    try:
+        key = (str(stimuli_dir.absolute()), stimuli_dir.stat().st_mtime_ns)
+    except OSError:
+        return {}
+    if key not in _SUBFOLDER_INDEX:
+        index: dict[str, list[Path]] = {}
+        for folder, subfolders, files in os.walk(stimuli_dir):
+            subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))  # not .git, .datalad
+            if Path(folder) == stimuli_dir:
+                continue  # the top level was looked at already, by exact name
+            for name in sorted(files):
+                index.setdefault(unicodedata.normalize("NFC", name), []).append(Path(folder) / name)
+        _SUBFOLDER_INDEX.clear()  # one dataset per run: keep the latest index only
+        _SUBFOLDER_INDEX[key] = index
+    return _SUBFOLDER_INDEX[key]
+
+
+def _in_subfolders(stimuli_dir: Path, name: str, stim_file: str, events_path) -> Path | None:
+    """The one file named ``name`` in a subfolder of ``stimuli/`` (at any depth), or ``None``; a name that two
+    subfolders hold is an error: which image the participant saw cannot be told."""
+    if not stimuli_dir.is_dir():
+        return None
+    hits = [p for p in _subfolder_index(stimuli_dir).get(unicodedata.normalize("NFC", name), []) if p.is_file()]
+    if len(hits) > 1:
+        shown = ", ".join(relative_to_stimuli(stimuli_dir, p) for p in hits[:3]) + (", ..." if len(hits) > 3 else "")
+        raise BadDataError(
+            f"stim_file {stim_file!r} is not in BIDS_DIR/stimuli/ itself, and {len(hits)} of its subfolders hold "
+            f"a file of that name: {shown}", path=events_path,
+            hint="give the subfolder in the events' stim_file (e.g. "
+            f"{relative_to_stimuli(stimuli_dir, hits[0])!r}), relative to BIDS_DIR/stimuli/")
+    return hits[0] if hits else None
 
 
 def _same_name_other_unicode_form(base: Path, candidate: Path) -> Path | None:
@@ -140,9 +191,17 @@ def _same_name_other_unicode_form(base: Path, candidate: Path) -> Path | None:
 def _check_link_target(stimuli_dir: Path, candidate: Path, stim_file: str, events_path) -> None:
     """A symbolic link may point into the dataset (git-annex keeps images in ``.git/annex``) or within
     the (possibly linked) stimuli folder, never elsewhere: a link to ``/etc/...`` or a home folder would
-    make us read it and copy it into the report."""
+    make us read it and copy it into the report.
+
+    The dataset's annex may live outside it: a dataset cloned as a git submodule (``git clone
+    --recurse-submodules`` of a DataLad superdataset) keeps its repository in the superdataset's
+    ``.git/modules/<name>``, and ``git annex init`` there makes ``.git`` a link to it, so every image resolves
+    to ``<super>/.git/modules/<name>/annex/objects/...``. That object store is the dataset's own content."""
     target = candidate.resolve()
-    allowed = (stimuli_dir.resolve(), stimuli_dir.absolute().parent.resolve())
+    allowed = [stimuli_dir.resolve(), stimuli_dir.absolute().parent.resolve()]
+    for folder in (stimuli_dir, stimuli_dir.absolute().parent):  # the dataset's, or a stimuli subdataset's
+        if (folder / ".git").is_dir():  # a folder, or a link to one (a submodule's repository)
+            allowed.append((folder / ".git").resolve() / "annex" / "objects")
     if not any(target == root or root in target.parents for root in allowed):
         raise BadDataError(
             f"stim_file {stim_file!r} is a link to {target}, outside the dataset",
@@ -318,8 +377,9 @@ def check_decoding_stimuli(trials, stimuli_dir: str | os.PathLike, runs: list[di
             f"{shown}{case_note}",
             path=stimuli_dir,
             hint=f"put each image at BIDS_DIR/stimuli/<name above>, e.g. {expected} (also looked for: without a "
-            "leading stimuli/, the bare file name, and for names built from a template the same name with "
-            f"another image extension: {', '.join(IMAGE_EXTENSIONS[:8])}...); or run with --stop-after glm",
+            "leading stimuli/, the bare file name, in stimuli/ and its subfolders, and for names built from a "
+            f"template the same name with another image extension: {', '.join(IMAGE_EXTENSIONS[:8])}...); or run "
+            "with --stop-after glm",
         )
     return len(files)
 

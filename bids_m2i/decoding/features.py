@@ -38,18 +38,18 @@ LOG = logging.getLogger("m2i.decoding")
 
 
 def load_image(path) -> "Image.Image":  # noqa: F821
-    """Read an image file as RGB (PIL)."""
-    from PIL import Image, UnidentifiedImageError
+    """Read an image file as RGB (PIL), at most :data:`~bids_m2i.utils.images.MAX_STIMULUS_SIDE` px on its
+    shorter side (16-bit PNGs scaled, not clipped to white; transparency on gray)."""
+    from PIL import UnidentifiedImageError
+
+    from ..utils.images import read_stimulus
 
     path = Path(path)
     if not path.is_file():
         raise InputMissingError(f"Stimulus image not found: {path}", path=path,
                                 hint="check the stim_file column and BIDS_DIR/stimuli/")
     try:
-        with Image.open(path) as img:
-            from ..utils.images import to_rgb
-
-            return to_rgb(img)  # 16-bit PNGs scaled, not clipped to white
+        return read_stimulus(path)
     except (UnidentifiedImageError, OSError) as exc:
         raise BadDataError(f"Cannot read stimulus image {path}: {exc}", path=path,
                            hint="replace the file with a readable PNG/JPEG") from exc

@@ -98,6 +98,13 @@ class BuildParticipantGrid(M2IInterface):
                                                **compute)
         names = list(self.inputs.run_names) if isdefined(self.inputs.run_names) else None
         mask = participant_brain_mask(on_grid, coverage, run_names=names)
+        if not mask.any():
+            # said where it happens: with --stop-after preproc (a phantom's QA run) nothing else would, and the
+            # carpet plots and DVARS of an empty mask are blank (the GLM stops on it with 65)
+            logging.getLogger("m2i.preproc").warning(
+                "The participant's brain mask has no voxel: the BOLD images show no brain against background (a "
+                "phantom, data already masked to a constant, or a wrong scaling); carpet plots and DVARS are empty, "
+                "and single-trial betas cannot be estimated")
         outputs = [str(save_npy(cwd / f"run{i:03d}_to_reference.npy", matrix)) for i, matrix in enumerate(matrices)]
         self._results["out_run_to_reference"] = outputs
         self._results["out_reference"] = str(save_like(fixed, fixed_img.affine, cwd / "reference.nii.gz"))

@@ -91,7 +91,11 @@ def plot_carpet(data: np.ndarray, mask: np.ndarray, path, *, confounds: dict | N
         for ax, (name, values) in zip(axes[:-1], (confounds or {}).items()):
             ax.plot(np.arange(len(values)) * (tr or 1.0) + 0.5 * (tr or 1.0), values, lw=1)
             ax.set_ylabel(name, rotation=0, ha="right", va="center")
-        axes[-1].imshow(ts, aspect="auto", cmap="gray", vmin=-2, vmax=2, interpolation="nearest", extent=extent)
+        if ts.shape[0]:
+            axes[-1].imshow(ts, aspect="auto", cmap="gray", vmin=-2, vmax=2, interpolation="nearest", extent=extent)
+        else:  # an empty brain mask: imshow of no rows printed matplotlib's "identical low and high ylims" warning
+            axes[-1].text(0.5, 0.5, "no voxel in the brain mask", ha="center", va="center",
+                          transform=axes[-1].transAxes)
         axes[-1].set_ylabel("voxels")
         axes[-1].set_xlabel("time (s)" if tr else "volume")
         axes[0].set_title("Carpet plot (z-scored in-mask voxels)")

@@ -24,15 +24,12 @@ def data_uri(path: Path, thumbnail: int | None = None) -> str:
     if path.suffix == ".svg":
         return "data:image/svg+xml;base64," + base64.b64encode(path.read_bytes()).decode()
     if thumbnail:
-        from PIL import Image
+        from ..utils.images import read_stimulus
 
-        from ..utils.images import to_rgb
-
-        with Image.open(path) as img:
-            img = to_rgb(img)
-            img.thumbnail((thumbnail, thumbnail))
-            buffer = io.BytesIO()
-            img.save(buffer, format="PNG")
+        img = read_stimulus(path)  # a large stimulus decoded at reduced size (JPEG) and never held whole
+        img.thumbnail((thumbnail, thumbnail))
+        buffer = io.BytesIO()
+        img.save(buffer, format="PNG")
         return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
     mime = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}.get(path.suffix.lower(), "image/png")
     return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode()
