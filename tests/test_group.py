@@ -100,3 +100,34 @@ def test_group_carries_the_glm_method_and_never_mixes_methods(tiny_full_run, tmp
     assert "different GLM methods" in caplog.text
     html = (out / "group" / "group.html").read_text()
     assert "different GLM methods" in html and "lsa: sub-02" in html
+
+
+def test_group_never_averages_different_decoders_or_generators(tiny_full_run, tmp_path, caplog):
+    """sub-02 decoded through a shared-subject model (its reconstructions' sidecars say ``"Decoder":
+    "shared"``), the others by their own ridge decoders: the group averaged them together (QA pass 30)."""
+    import json
+
+    bids, out = _fake_participants(tiny_full_run, tmp_path, ["01", "02", "03"])
+    predictions = out / "sub-02" / "decoding" / "sub-02_desc-predictions_table.tsv"
+    table = pd.read_csv(predictions, sep="\t", dtype=str, keep_default_na=False)
+    images = out / "sub-02" / "images"
+    images.mkdir()
+    for i, image in enumerate(table["image"]):
+        meta = json.loads((out / image).with_suffix(".json").read_text())
+        meta["Decoder"] = "shared"
+        (images / f"sub-02_trial-{i:04d}_desc-recon_image.json").write_text(json.dumps(meta))
+        table.loc[i, "image"] = f"sub-02/images/sub-02_trial-{i:04d}_desc-recon_image.png"
+    table.to_csv(predictions, sep="\t", index=False)
+    assert run_cli([str(bids), str(out), "group", "-w", str(tmp_path / "work")]) == 0
+    group = pd.read_csv(out / "group" / "desc-metrics_table.tsv", sep="\t", dtype=str, keep_default_na=False)
+    per = group[group["participant_id"] != "group"].groupby("participant_id")["decoder"].unique()
+    assert {k: list(v) for k, v in per.items()} == {"sub-01": ["ridge"], "sub-02": ["shared"], "sub-03": ["ridge"]}
+    assert set(group["generator"]) == {"pixels"}
+    summary = group[(group["participant_id"] == "group") & (group["metric"] == "pixcorr")
+                    & (group["condition"] == "perception")]
+    assert dict(zip(summary["decoder"], summary["n"])) == {"ridge": "2", "shared": "1"}
+    assert "different decoders or generators" in caplog.text
+    html = (out / "group" / "group.html").read_text()
+    assert "shared/pixels: sub-02" in html
+    wide = pd.read_csv(out / "group" / "desc-conditions_table.tsv", sep="\t", dtype=str, keep_default_na=False)
+    assert set(wide["decoder"]) == {"ridge", "shared"}

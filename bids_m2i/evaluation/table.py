@@ -311,7 +311,7 @@ def conditions_side_by_side(frame: pd.DataFrame, value: str = "value") -> pd.Dat
     number are left out.
     """
     # the group table may hold several GLM methods: never let one stand for another
-    columns = (["glm_method"] if "glm_method" in frame.columns else []) + ["metric", "feature_space"]
+    columns = [c for c in ("glm_method", "decoder", "generator") if c in frame.columns] + ["metric", "feature_space"]
     if frame.empty:
         return pd.DataFrame(columns=columns)
     data = frame.copy()

@@ -32,7 +32,8 @@ def _fmt(value) -> str:
 
 def side_by_side_rows(frame: pd.DataFrame, value: str = "value") -> tuple[list[str], list[dict]]:
     """``(headings, rows)`` for a metrics table (``value="value"``) or the group summary (``value="mean"``,
-    which adds ``sd`` and ``n`` to each cell). Each row: ``glm_method`` (group tables), ``metric``,
+    which adds ``sd`` and ``n`` to each cell). Each row: ``glm_method``, ``decoder``, ``generator`` (group
+    tables), ``metric``,
     ``feature_space`` and ``cells`` (one per heading: ``value``, ``chance``, ``spread``, ``trivial``; ``None`` where
     the condition has no such metric)."""
     from ..evaluation.table import conditions_side_by_side
@@ -42,7 +43,7 @@ def side_by_side_rows(frame: pd.DataFrame, value: str = "value") -> tuple[list[s
     wide = conditions_side_by_side(frame, value=value)
     if wide.empty:
         return [], []
-    keys = [c for c in ("glm_method", "metric", "feature_space") if c in wide.columns]
+    keys = [c for c in ("glm_method", "decoder", "generator", "metric", "feature_space") if c in wide.columns]
     conditions = [c for c in wide.columns if c not in keys and not str(c).endswith("_chance")]
     spread = {}
     if value == "mean" and {"sd", "n"} <= set(frame.columns):

@@ -4,8 +4,10 @@ It runs on whatever participants have finished (their ``desc-metrics_table.tsv``
 missing, so it can be rerun as more participant jobs end.
 
 Every row carries the GLM method (``glm_method``) whose betas the participant's decoders used, read from the
-statseries named in the participant's predictions table. Participants decoded from different methods are
-never averaged together: the summary has one set of rows per method, and the log and the page say so.
+statseries named in the participant's predictions table, and the decoder and generator (``decoder``:
+``ridge``, ``mlp`` or ``shared``; ``generator``: ``pixels``, ``unclip``, ``unclip-best4`` for best of 4), read
+from the sidecar of its reconstructions. Participants decoded differently are never averaged together: the
+summary has one set of rows per (method, decoder, generator), and the log and the page say so.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from ..utils.atomic import write_text, write_tsv
 LOGGER = logging.getLogger("m2i.group")
 
 KEYS = ["condition", "cue", "metric", "feature_space"]
-GROUP_COLUMNS = ["participant_id", "glm_method", *KEYS, "value", "chance", "p_value", "n_items", "n_candidates",
+#: what must be equal for participants' metrics to be averaged (besides the metric's own keys)
+SETTINGS = ["glm_method", "decoder", "generator"]
+GROUP_COLUMNS = ["participant_id", *SETTINGS, *KEYS, "value", "chance", "p_value", "n_items", "n_candidates",
                  "mean", "sd", "n", "note"]
 
 
@@ -89,6 +93,35 @@ def glm_method_of(output_dir: Path, subject: str, space: dict | None = None) -> 
     return "+".join(sorted(methods)) if methods else "n/a"
 
 
+def decoding_settings_of(output_dir: Path, subject: str, space: dict | None = None) -> tuple[str, str]:
+    """``(decoder, generator)`` of a participant's last decoding run, from the sidecar of a reconstruction named
+    in its predictions table (rewritten with the metrics table by every decoding run); ``n/a`` when unknown.
+    The generator carries the best-of-N count (``unclip-best4``): choosing among candidates changes the scores."""
+    import json
+
+    path = decoding_table_path(output_dir, subject, "predictions", space)
+    try:
+        images = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)["image"]
+    except (OSError, KeyError, ValueError):
+        return "n/a", "n/a"
+    for image in images:
+        if not image or image == "n/a":
+            continue
+        try:
+            meta = json.loads((Path(output_dir) / image).with_suffix(".json").read_text())
+        except (OSError, ValueError):
+            continue
+        generator = str(meta.get("Generator") or "n/a")
+        try:
+            candidates = int(meta.get("Candidates") or 1)
+        except (TypeError, ValueError):
+            candidates = 1
+        if candidates > 1:
+            generator += f"-best{candidates}"
+        return str(meta.get("Decoder") or "n/a"), generator
+    return "n/a", "n/a"
+
+
 def read_metrics_table(path: Path) -> pd.DataFrame | None:
     """One participant's metrics table, or None (with a warning naming it) when it is empty, damaged or not
     ours: a copy or sync cut short must not stop the group level for everyone (it stopped it with exit 1)."""
@@ -128,6 +161,9 @@ def collect_group_metrics(output_dir: Path, participants: list[str],
             continue
         table.insert(0, "participant_id", f"sub-{subject}")
         table.insert(1, "glm_method", glm_method_of(output_dir, subject, space))
+        decoder, generator = decoding_settings_of(output_dir, subject, space)
+        table.insert(2, "decoder", decoder)
+        table.insert(3, "generator", generator)
         frames.append(table)
     if not frames:
         return pd.DataFrame(columns=GROUP_COLUMNS), missing
@@ -135,16 +171,17 @@ def collect_group_metrics(output_dir: Path, participants: list[str],
 
 
 def summarize(per_participant: pd.DataFrame) -> pd.DataFrame:
-    """Mean, sd and n over participants of every (GLM method, condition, cue, metric, feature space)."""
+    """Mean, sd and n over participants of every (GLM method, decoder, generator, condition, cue, metric,
+    feature space)."""
     values = per_participant.assign(value_num=pd.to_numeric(per_participant["value"].replace("n/a", np.nan),
                                                             errors="coerce"),
                                     chance_num=pd.to_numeric(per_participant["chance"].replace("n/a", np.nan),
                                                              errors="coerce"))
     rows = []
-    for key, part in values.groupby(["glm_method", *KEYS], sort=True):
+    for key, part in values.groupby([*SETTINGS, *KEYS], sort=True):
         numbers = part["value_num"].dropna()
         rows.append({
-            "participant_id": "group", **dict(zip(["glm_method", *KEYS], key)),
+            "participant_id": "group", **dict(zip([*SETTINGS, *KEYS], key)),
             "value": "n/a", "chance": part["chance_num"].mean() if part["chance_num"].notna().any() else "n/a",
             "p_value": "n/a", "n_items": "n/a", "n_candidates": "n/a",
             "mean": numbers.mean() if len(numbers) else "n/a",
@@ -174,6 +211,10 @@ def run_group_level(config) -> int:
         LOGGER.warning("Participants were decoded from different GLM methods (%s): the group summary is given "
                        "per method, never averaged across them; rerun the participant level with one --glm for "
                        "all to compare them", methods)
+    decoders = mixed_methods(per_participant, ["decoder", "generator"])
+    if decoders:
+        LOGGER.warning("Participants were decoded with different decoders or generators (%s): the group summary "
+                       "is given per setting, never averaged across them", decoders)
     table = pd.concat([summarize(per_participant), per_participant[GROUP_COLUMNS]], ignore_index=True)
     prefix = group_name_prefix(config.space_entities)
     write_tsv(output_dir / "group" / f"{prefix}desc-metrics_table.tsv", table)
@@ -184,7 +225,7 @@ def run_group_level(config) -> int:
     pages = {f"sub-{label}": participant_page(output_dir, label, config.space_entities)
              for label in participants if label not in missing}
     write_text(output_dir / "group" / f"{prefix}group.html", render_group_html(table, missing, participants, methods,
-                                                                               pages))
+                                                                               pages, decoders))
     LOGGER.info("Group level: %d participant(s) summarised, %d missing -> %s", len(participants) - len(missing),
                 len(missing), output_dir / "group")
     return 0
@@ -198,12 +239,15 @@ def group_name_prefix(space: dict | None) -> str:
     return f"{part}_" if part else ""
 
 
-def mixed_methods(per_participant: pd.DataFrame) -> str:
-    """``"lsa: sub-01; fithrfdenoiserr: sub-02"`` when participants used different GLM methods, else ``""``."""
-    by_method = per_participant.groupby("glm_method")["participant_id"].unique()
-    if len(by_method) < 2:
+def mixed_methods(per_participant: pd.DataFrame, columns=("glm_method",)) -> str:
+    """``"lsa: sub-01; fithrfdenoiserr: sub-02"`` when participants differ in ``columns`` (the GLM method by
+    default; several columns are joined with ``/``: ``"shared/pixels: sub-06; ridge/pixels: ..."``), else ``""``."""
+    columns = list(columns)
+    labels = per_participant[columns].astype(str).agg("/".join, axis=1)
+    by_setting = per_participant.assign(_setting=labels).groupby("_setting")["participant_id"].unique()
+    if len(by_setting) < 2:
         return ""
-    return "; ".join(f"{method}: {', '.join(sorted(ids))}" for method, ids in by_method.items())
+    return "; ".join(f"{setting}: {', '.join(sorted(ids))}" for setting, ids in by_setting.items())
 
 
 def participant_page(output_dir: Path, subject: str, space: dict | None = None) -> str:
@@ -215,7 +259,7 @@ def participant_page(output_dir: Path, subject: str, space: dict | None = None) 
 
 
 def render_group_html(table: pd.DataFrame, missing: list[str], participants: list[str], mixed: str = "",
-                      pages: dict[str, str] | None = None) -> str:
+                      pages: dict[str, str] | None = None, mixed_decoders: str = "") -> str:
     import time
 
     from jinja2 import Environment, PackageLoader, select_autoescape
@@ -244,7 +288,7 @@ def render_group_html(table: pd.DataFrame, missing: list[str], participants: lis
     return env.get_template("group.html.j2").render(
         version=__version__, generated=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         n_done=len(participants) - len(missing), n_expected=len(participants),
-        missing=[f"sub-{m}" for m in missing], mixed=mixed,
+        missing=[f"sub-{m}" for m in missing], mixed=mixed, mixed_decoders=mixed_decoders,
         summary=[{k: (fmt(v) if k != "n" else _count(v)) for k, v in r.items()} for r in summary.to_dict("records")],
         side_headings=side_headings, side_rows=side_rows,
         rows=[{**{k: fmt(v) for k, v in r.items()},
