@@ -44,3 +44,21 @@ def test_slice_times_within_the_tr_are_accepted(minimal_bids, tmp_path, started)
     assert run_cli([str(minimal_bids), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "work"),
                     "--skip-bids-validation", "--stop-after", "glm"]) == 0
     assert started == [True]
+
+
+def test_volume_timing_is_named_not_asked_for_a_repetition_time(minimal_bids, tmp_path, capsys, started):
+    """A sparse acquisition gives BIDS' VolumeTiming instead of RepetitionTime: the message said "add
+    RepetitionTime", which would describe volumes that were not acquired at one interval (QA pass 30)."""
+    for top in minimal_bids.glob("*_bold.json"):  # no inherited RepetitionTime either
+        meta = json.loads(top.read_text())
+        meta.pop("RepetitionTime", None)
+        top.write_text(json.dumps(meta))
+    sidecar = _sidecar(minimal_bids)
+    sidecar.write_text(json.dumps({"VolumeTiming": [0.0, 5.0, 10.0, 15.0], "AcquisitionDuration": 2.0}))
+    code = run_cli([str(minimal_bids), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "work"),
+                    "--skip-bids-validation", "--stop-after", "glm"])
+    err = capsys.readouterr().err
+    assert code == 65, err
+    assert "gives VolumeTiming (a sparse or clustered acquisition) instead of RepetitionTime" in err
+    assert "add RepetitionTime" not in err and "Traceback" not in err
+    assert started == []

@@ -162,6 +162,15 @@ def check_tr(run: BoldRun, header_tr: float | None) -> float:
             f"{run.metadata.get('RepetitionTime')!r}", path=run.path,
             hint="write it as a plain number (\"RepetitionTime\": 2.0) in the run's _bold.json or in "
             "task-<label>_bold.json") from None
+    if sidecar_tr is None and run.metadata.get("VolumeTiming") is not None:
+        # BIDS' other timing: VolumeTiming (sparse or clustered acquisitions) instead of RepetitionTime; adding a
+        # RepetitionTime would describe volumes that were not acquired at regular intervals
+        raise BadDataError(
+            f"{run.path.name} gives VolumeTiming (a sparse or clustered acquisition) instead of RepetitionTime: "
+            "m2i's motion correction, GLM and confounds assume volumes at one regular interval", path=run.path,
+            hint="m2i cannot model irregularly timed volumes; leave this run out (--task, --bids-filter-file) or, if "
+            "the volumes are in fact evenly spaced, give that interval as RepetitionTime instead of VolumeTiming",
+        )
     if sidecar_tr is None:
         raise BadDataError(
             f"RepetitionTime is missing for {run.path.name} (no sidecar JSON defines it)",
