@@ -104,3 +104,10 @@ def test_engine_uses_the_derived_library(planted):
     upright = session.responsive & (session.time_to_peak < 8)
     r = np.corrcoef(session.time_to_peak[upright], result.hrf_index[upright])[0, 1]
     assert r > 0.5
+
+
+def test_one_run_falls_back_to_the_broad_library():
+    """No independent halves to check the shapes against each other: the broad library, and the sidecar says so."""
+    session = simulate_session(n_voxels=200, n_runs=1, n_stimuli=40, n_repeats=3, seed=1)
+    meta = estimate_single_trial_betas(session.runs, session.trials, method="fithrf", hrf_library="session").metadata
+    assert meta["hrf_library_name"] == "broad" and "one run only" in meta["hrf_library_choice"]["reason"]
