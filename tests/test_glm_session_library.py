@@ -6,8 +6,8 @@ import torch
 
 from bids_m2i.glm import estimate_single_trial_betas
 from bids_m2i.glm.design import build_run_designs
-from bids_m2i.glm.session_library import (FINE_TIMES, N_MEMBERS, BasisFit, SampledFamily, basis_values,
-                                          derive_library, valid_kernels)
+from bids_m2i.glm.session_library import (FINE_TIMES, MAX_SPLIT_HALF_P, MIN_SPLIT_HALF, N_MEMBERS, BasisFit,
+                                          SampledFamily, basis_values, derive_library, valid_kernels)
 from bids_m2i.glm.simulation import simulate_session, voxel_hrfs
 from bids_m2i.glm.solvers import percent_signal
 
@@ -74,6 +74,16 @@ def test_invalid_kernels_are_rejected():
     assert valid_kernels(good)
     assert not valid_kernels(-good)
     assert not valid_kernels(np.where(np.arange(good.size) == 3, np.nan, good))
+
+
+def test_cross_half_check_separates_a_common_response_from_noise(planted):
+    """The odd/even mean shapes agree beyond every sign flip when voxels share a response; on pure noise (with
+    the simulator's global fluctuations, which make both means share a shape) the check never passes."""
+    _, (_, info) = planted
+    assert info["split_half_r"] > 0.9 and info["split_half_p"] < MAX_SPLIT_HALF_P
+    for seed in (5, 6, 7, 8):
+        _, noise = derive(simulate_session(n_voxels=300, responsive_fraction=0.0, seed=seed))
+        assert noise["split_half_r"] < MIN_SPLIT_HALF or noise["split_half_p"] >= MAX_SPLIT_HALF_P, (seed, noise)
 
 
 def test_pure_noise_falls_back_to_the_broad_library():
