@@ -76,9 +76,12 @@ def main(argv=None) -> int:
     parser.add_argument("--glmsingle-cache", type=Path, default=None)
     parser.add_argument("--glmsingle-python", default=None, help="python of GLMsingle's environment (lib-nsd's "
                         "HRF table is read from its installed package; without it lib-nsd is skipped)")
+    parser.add_argument("--glmsingle-table", default=None, help="GLMsingle's HRF table (getcanonicalhrflibrary.tsv) "
+                        "when its installed package lacks it (a source checkout's copy, read, never copied)")
     args = parser.parse_args(argv)
     configs = dict([("default", {})] + [parse_config(c) for c in args.configs])
-    table = bench_glm.glmsingle_table(args.glmsingle_python) if args.glmsingle_python else None
+    table = args.glmsingle_table or (bench_glm.glmsingle_table(args.glmsingle_python) if args.glmsingle_python
+                                     else None)
     if table is None and "lib-nsd" in args.generators:
         print("lib-nsd skipped: needs --glmsingle-python (its HRF table)")
         args.generators = [g for g in args.generators if g != "lib-nsd"]

@@ -24,6 +24,7 @@ from .fithrf import (HRF_NOISE_CORRECTION, NoiseExplainedByKernel, drift_sum_of_
 from .fracridge import DEFAULT_FRACTIONS, N_ALPHAS, fractional_ridge_cv
 from .hrf_library import DEFAULT_LIBRARY, check_library, describe_library
 from .library_choice import AUTO, choose_library
+from .session_library import SESSION, BasisFit, derive_library
 from .lss import lss_betas
 from .model import SessionModel
 from .reliability import RepeatStructure, ncsnr
@@ -226,12 +227,15 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
         fraction (``"ridge"``, default since issue 13's seventh pass), by the unregularised betas
         (``"ols-target"``, the default before) or by the leave-one-run-out time-series R² of a condition-level
         model (``"condition-r2"``). docs/glm.md, "The number of PCs by the ridge stage's loss".
-    hrf_library : {"broad", "narrow", "medium"}
+    hrf_library : {"broad", "narrow", "medium", "auto", "session"}
         The HRF library of the fitted-HRF methods (:mod:`bids_m2i.glm.hrf_library`; docs/glm.md): the default
         ``"broad"``, or the latency-ordered ``"narrow"`` (FWHM 2.5–3.5 s) or ``"medium"`` (FWHM 4–5 s) family
         (issue-13 options: better r_trial on the GLM benchmarks; docs/glm.md gives what each costs), or
         ``"auto"``: one of the three per session, the one whose unregularised betas best predict held-out runs
-        (:mod:`bids_m2i.glm.library_choice`; broad when no stimulus is shown in two runs).
+        (:mod:`bids_m2i.glm.library_choice`; broad when no stimulus is shown in two runs), or ``"session"``: a
+        20-member latency-ordered library derived from this session's own response shapes
+        (:mod:`bids_m2i.glm.session_library`; broad, said in ``hrf_library_choice``, when the shapes of the odd
+        and even runs do not agree). Issue 13, ninth pass: measured, not the default (docs/glm.md).
     noise_model : {"auto", "ols", "ar1"}
         "ar1": the final betas (and the ridge stage) are fitted after AR(1) prewhitening of each voxel's data
         and design, ρ from the OLS residuals, quantised (``bids_m2i.glm.whitening``); not for ``lss``.
@@ -304,7 +308,7 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
     if n_pcs is not None and (isinstance(n_pcs, bool) or not isinstance(n_pcs, (int, np.integer))
                               or not 0 <= n_pcs <= max_pcs):
         raise UsageError(f"n_pcs must be a whole number from 0 to max_pcs ({max_pcs}), got {n_pcs!r}")
-    if hrf_library != AUTO:
+    if hrf_library not in (AUTO, SESSION):
         check_library(hrf_library)
     if not (np.isfinite(hrf_noise_correction) and hrf_noise_correction >= 0):
         raise UsageError(f"hrf_noise_correction must be a number >= 0, got {hrf_noise_correction!r}",
@@ -384,7 +388,16 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
             library_choice["elapsed_s"] = round(time.perf_counter() - choice_started, 3)
             LOGGER.info("HRF library chosen for the session: %s (%s)", hrf_library,
                         library_choice.get("median_score", library_choice.get("reason")))
-        elif hrf_library == AUTO:
+        elif hrf_library == SESSION and use_library:
+            # a library derived from this session's response shapes, or broad when they are too noisy
+            choice_started = time.perf_counter()
+            hrf_library, library_choice = _derive_session_library(
+                designs, runs, load, n_voxels, len(trial_rows), hrf_model, oversampling, min_onset, dtype,
+                torch_device, data_units, brain_threshold, mem_gb, max_pcs)
+            library_choice["elapsed_s"] = round(time.perf_counter() - choice_started, 3)
+            LOGGER.info("HRF library of the session: %s", "derived" if library_choice["fallback"] is None
+                        else library_choice["reason"])
+        elif hrf_library in (AUTO, SESSION):
             hrf_library = DEFAULT_LIBRARY  # assumed HRF methods: no library used
         model = models.get(hrf_library) or SessionModel(
             designs, hrf_model, with_library=use_library, oversampling=oversampling, min_onset=min_onset,
@@ -496,7 +509,8 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
         "zscored": bool(zscore),
         "hrf_model": hrf_model,
         "hrf_library": describe_library(name=hrf_library) if use_library else None,
-        "hrf_library_name": hrf_library if use_library else None,
+        "hrf_library_name": (hrf_library if isinstance(hrf_library, str) else hrf_library.name)
+                            if use_library else None,
         "hrf_library_requested": requested_library if use_library else None,
         "hrf_library_choice": library_choice,
         "hrf_choice": (f"max R² of the {'full single-trial' if hrf_selection == 'full' else 'ON-OFF'} model"
@@ -603,6 +617,49 @@ def _choose_session_library(designs, runs, load, trial_rows, stimulus, n_voxels,
                                         min_onset, dtype, device)
     info["voxels"] = "signal voxels: ON-OFF R² (assumed HRF) above Otsu's threshold of log10 R² among brain voxels"
     return name, info, models
+
+
+def _derive_session_library(designs, runs, load, n_voxels, n_trials, hrf_model, oversampling, min_onset, dtype,
+                            device, data_units, brain_threshold, mem_gb, max_pcs):
+    """``hrf_library="session"``: GLMdenoise's noise pool and PCs (the ON-OFF model with the assumed HRF, PCs of
+    the pool's drift-free data: nothing here needs a library), then the basis model's fits of every voxel with
+    ``max_pcs`` PCs among its nuisance regressors, chunk by chunk, then
+    :func:`bids_m2i.glm.session_library.derive_library`. Returns the library (a
+    :class:`~bids_m2i.glm.session_library.SampledFamily`, or the fallback's name) and the sidecar's info."""
+    canonical = SessionModel(designs, hrf_model, with_library=False, oversampling=oversampling,
+                             min_onset=min_onset, dtype=dtype, device=device)
+    chunk, _ = estimate_memory(n_voxels, sum(r.data.shape[1] for r in runs), n_trials,
+                               torch.finfo(dtype).bits // 8, runs[0].data.dtype.itemsize, 1, mem_gb)
+    chunks = [slice(start, min(start + chunk, n_voxels)) for start in range(0, n_voxels, chunk)]
+    intensity = np.zeros(n_voxels, dtype=np.float32)
+    onoff_r2 = np.zeros(n_voxels, dtype=np.float32)
+    for voxels in chunks:
+        data_runs, mean = load(voxels)
+        intensity[voxels] = mean.cpu().numpy()
+        onoff = sum(canonical.onoff_operators(r).fitted_sum_of_squares(d) for r, d in enumerate(data_runs))
+        onoff_r2[voxels] = r2_beyond_drift(onoff, drift_sum_of_squares(canonical, data_runs)).cpu().numpy()
+    brain = brain_voxels(intensity, *brain_threshold) if data_units == "raw" else np.ones(n_voxels, dtype=bool)
+    if not brain.any():
+        brain = np.ones(n_voxels, dtype=bool)
+    pool, _ = noise_pool(onoff_r2, brain)
+    pcs = None
+    if max_pcs > 0 and pool.sum() >= max(3 * max_pcs, 50):
+        accumulator = NoisePCAccumulator([d.frame_times.size for d in designs])
+        for voxels in chunks:
+            members = np.arange(voxels.start, voxels.stop)[pool[voxels]]
+            if members.size:
+                for run, data in enumerate(load(members)[0]):
+                    accumulator.add(run, drift_residuals(canonical, run, data))
+        pcs = accumulator.components(max_pcs)
+    fit = BasisFit(designs, hrf_model, oversampling, min_onset, dtype, device, noise_pcs=pcs)
+    cross, left = [], []
+    for voxels in chunks:
+        part = fit.project(load(voxels)[0])
+        cross.append(part[0])
+        left.append(part[1])
+    family, info = derive_library(fit, np.concatenate(cross, 1), np.concatenate(left, 1), brain)
+    info["noise_pcs_in_shape_model"] = 0 if pcs is None else int(pcs[0].shape[1])
+    return (family if family is not None else info["fallback"]), info
 
 
 # what each PC-count criterion's median_cv_score is (sidecar ``pc_selection.score``)

@@ -148,7 +148,12 @@ def library_kernels(t_r: float, oversampling: int = 50, name: str = DEFAULT_LIBR
     Returns
     -------
     kernels : ndarray, shape (n_hrf, n_samples)
+
+    ``name`` may also be a library object with ``kernels(t_r, oversampling)`` (the session-derived library,
+    :class:`bids_m2i.glm.session_library.SampledFamily`).
     """
+    if not isinstance(name, str):
+        return name.kernels(t_r, oversampling)
     return np.stack([double_gamma_kernel(p, t_r, oversampling) for p in library_params(name)])
 
 
@@ -183,6 +188,8 @@ def canonical_kernel(hrf_model: str, t_r: float, oversampling: int = 50) -> np.n
 
 def describe_library(t_r: float = 1.0, oversampling: int = 50, name: str = DEFAULT_LIBRARY) -> list[dict]:
     """One dict per member of the library ``name`` (parameters and time to peak), for the sidecar."""
+    if not isinstance(name, str):  # a derived library describes itself
+        return name.describe()
     out = []
     for index, params in enumerate(library_params(name)):
         kernel = double_gamma_kernel(params, t_r, oversampling)
