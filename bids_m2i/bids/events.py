@@ -35,6 +35,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 
 from ..errors import BadDataError, InputMissingError, UsageError
+from ..glm.design import MIN_ONSET
 from ..utils import tomlread
 from .stimuli import (
     NA,
@@ -83,9 +84,9 @@ AUTO_NUISANCE_PATTERN = re.compile(
 #: Cell values taken for ``n/a`` (with a warning): empty, NA, NaN, n.a., N/A, and one-letter typos of
 #: ``n/a`` such as ``on/a`` (ds001506). ``none`` is *not* among them: it is a valid ``cue``.
 _NA_LIKE = re.compile(r"^(?:|na|nan|n\.a\.?|n\\a|null|[a-z]?n/a[a-z]?|n/[a-z]?a)$", re.IGNORECASE)
-#: Seconds before a run's first frame that the design models (``min_onset`` of :mod:`bids_m2i.glm.design`, as
+#: Seconds before a run's first frame that the design models (:data:`bids_m2i.glm.design.MIN_ONSET`, as
 #: nilearn's): an event that starts earlier cannot be held by the design and is dropped with a warning.
-EARLIEST_ONSET_S = 24.0
+EARLIEST_ONSET_S = -MIN_ONSET
 _NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
 
 

@@ -21,6 +21,10 @@ import pandas as pd
 
 from ..errors import BadDataError
 
+#: seconds before the first frame where the oversampled grid starts (nilearn's ``min_onset``): an event that starts
+#: earlier is not modelled
+MIN_ONSET = -24.0
+
 LOGGER = logging.getLogger("m2i.glm")
 
 
@@ -72,7 +76,7 @@ class RunData:
         return start + float(self.tr) * np.arange(self.n_volumes)
 
 
-def high_res_grid(frame_times: np.ndarray, oversampling: int = 50, min_onset: float = -24.0) -> np.ndarray:
+def high_res_grid(frame_times: np.ndarray, oversampling: int = 50, min_onset: float = MIN_ONSET) -> np.ndarray:
     """nilearn's oversampled time grid for one run, shape (n_high_res,)."""
     n_frames = frame_times.size
     first, last = float(frame_times.min()), float(frame_times.max())
@@ -81,7 +85,7 @@ def high_res_grid(frame_times: np.ndarray, oversampling: int = 50, min_onset: fl
 
 
 def convolve_events(onsets: np.ndarray, durations: np.ndarray, frame_times: np.ndarray, kernels: np.ndarray,
-                    oversampling: int = 50, min_onset: float = -24.0) -> np.ndarray:
+                    oversampling: int = 50, min_onset: float = MIN_ONSET) -> np.ndarray:
     """Convolved regressors of single events, for several kernels at once.
 
     Parameters
@@ -222,7 +226,7 @@ class RunDesign:
             return slice(0, 0)
         return slice(int(self.trial_index[0]), int(self.trial_index[-1]) + 1)
 
-    def event_regressors(self, kernels: np.ndarray, oversampling: int = 50, min_onset: float = -24.0):
+    def event_regressors(self, kernels: np.ndarray, oversampling: int = 50, min_onset: float = MIN_ONSET):
         """Trial and nuisance-event regressors for each kernel.
 
         Returns

@@ -18,7 +18,7 @@ import torch
 from ..errors import BadDataError, UsageError
 from .denoise import (POOL_EXCLUSIONS, NoisePCAccumulator, _ols_trial_betas, brain_voxels, choose_n_pcs,
                       drift_residuals, noise_pool, onoff_residuals, reliable_in_pool, signal_voxel_sample)
-from .design import RunData, build_run_designs, polynomial_degree
+from .design import MIN_ONSET, RunData, build_run_designs, polynomial_degree
 from .fithrf import (HRF_NOISE_CORRECTION, NoiseExplainedByKernel, drift_sum_of_squares, grouped_trial_betas,
                      library_fitted_ss, r2_beyond_drift, r2_from, total_sum_of_squares)
 from .fracridge import DEFAULT_FRACTIONS, N_ALPHAS, fractional_ridge_cv
@@ -162,7 +162,7 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
                                 zscore: bool = False, data_units: str = "raw", mem_gb: float | None = None,
                                 n_threads: int = 1, seed: int = 0, device: str | None = "cpu",
                                 precision: str = "single", max_pcs: int = 10,
-                                fractions=DEFAULT_FRACTIONS, oversampling: int = 50, min_onset: float = -24.0,
+                                fractions=DEFAULT_FRACTIONS, oversampling: int = 50, min_onset: float = MIN_ONSET,
                                 brain_threshold: tuple[float, float] = (99.0, 0.1),
                                 noise_pool_r2: float | None = None, max_pc_voxels: int = 2000,
                                 hrf_selection: str = "full", ridge_criterion: str = "consistency",
@@ -638,19 +638,13 @@ def _derive_session_library(designs, runs, load, n_voxels, n_trials, hrf_model, 
         intensity[voxels] = mean.cpu().numpy()
         onoff = sum(canonical.onoff_operators(r).fitted_sum_of_squares(d) for r, d in enumerate(data_runs))
         onoff_r2[voxels] = r2_beyond_drift(onoff, drift_sum_of_squares(canonical, data_runs)).cpu().numpy()
-    brain = brain_voxels(intensity, *brain_threshold) if data_units == "raw" else np.ones(n_voxels, dtype=bool)
+    brain = _brain(intensity, data_units, brain_threshold)
     if not brain.any():
         brain = np.ones(n_voxels, dtype=bool)
     pool, _ = noise_pool(onoff_r2, brain)
     pcs = None
-    if max_pcs > 0 and pool.sum() >= max(3 * max_pcs, 50):
-        accumulator = NoisePCAccumulator([d.frame_times.size for d in designs])
-        for voxels in chunks:
-            members = np.arange(voxels.start, voxels.stop)[pool[voxels]]
-            if members.size:
-                for run, data in enumerate(load(members)[0]):
-                    accumulator.add(run, drift_residuals(canonical, run, data))
-        pcs = accumulator.components(max_pcs)
+    if max_pcs > 0 and pool.sum() >= _min_pool(max_pcs):
+        pcs = _pool_components(canonical, chunks, load, pool, max_pcs, drift_residuals)
     fit = BasisFit(designs, hrf_model, oversampling, min_onset, dtype, device, noise_pcs=pcs)
     cross, left = [], []
     for voxels in chunks:
@@ -660,6 +654,30 @@ def _derive_session_library(designs, runs, load, n_voxels, n_trials, hrf_model, 
     family, info = derive_library(fit, np.concatenate(cross, 1), np.concatenate(left, 1), brain)
     info["noise_pcs_in_shape_model"] = 0 if pcs is None else int(pcs[0].shape[1])
     return (family if family is not None else info["fallback"]), info
+
+
+def _brain(intensity: np.ndarray, data_units: str, brain_threshold) -> np.ndarray:
+    """Brain voxels by their mean intensity (raw data); every voxel when the data have no intensities."""
+    if data_units == "raw":
+        return brain_voxels(intensity, *brain_threshold)
+    return np.ones(intensity.size, dtype=bool)
+
+
+def _min_pool(max_pcs: int) -> int:
+    """The fewest pool voxels from which ``max_pcs`` noise PCs are taken."""
+    return max(3 * max_pcs, 50)
+
+
+def _pool_components(model: SessionModel, chunks, load, pool: np.ndarray, max_pcs: int, residuals):
+    """GLMdenoise's noise PCs (``max_pcs`` per run) of ``residuals(model, run, data)`` of the pool's voxels,
+    read chunk by chunk."""
+    accumulator = NoisePCAccumulator([d.frame_times.size for d in model.designs])
+    for voxels in chunks:
+        members = np.arange(voxels.start, voxels.stop)[pool[voxels]]
+        if members.size:
+            for run, data in enumerate(load(members)[0]):
+                accumulator.add(run, residuals(model, run, data))
+    return accumulator.components(max_pcs)
 
 
 # what each PC-count criterion's median_cv_score is (sidecar ``pc_selection.score``)
@@ -705,11 +723,7 @@ def _denoise_and_ridge(model, runs, chunks, load, betas, r2, hrf_index, n_pcs_ma
     that chunk again (the same values, computed once; one chunk in memory instead of two).
     """
     search_hrf, search_r2 = pc_search if pc_search is not None else (hrf_index, r2)
-    n_voxels = r2.size
-    if data_units == "raw":
-        brain = brain_voxels(intensity, *brain_threshold)
-    else:  # no intensities: every voxel counts as brain
-        brain = np.ones(n_voxels, dtype=bool)
+    brain = _brain(intensity, data_units, brain_threshold)
     pool, pool_threshold = noise_pool(onoff_r2, brain, noise_pool_r2)
     info = {"pc_source": pc_source,
             "noise_pool": {"n_voxels": int(pool.sum()), "onoff_r2_threshold": pool_threshold,
@@ -730,18 +744,10 @@ def _denoise_and_ridge(model, runs, chunks, load, betas, r2, hrf_index, n_pcs_ma
                                                             repeats, alpha, seed)
         info["noise_pool"]["n_voxels"] = int(pool.sum())
     n_pcs = 0
-    min_pool = max(3 * max_pcs, 50)
+    min_pool = _min_pool(max_pcs)
     if max_pcs > 0 and pool.sum() >= min_pool:
-        accumulator = NoisePCAccumulator([d.frame_times.size for d in model.designs])
-        for voxels in chunks:
-            in_pool = pool[voxels]
-            if not in_pool.any():
-                continue
-            data_runs, _ = load(np.arange(voxels.start, voxels.stop)[in_pool])
-            for run, data in enumerate(data_runs):
-                accumulator.add(run, (onoff_residuals if pc_source == "onoff-residuals" else drift_residuals)(
-                    model, run, data))
-        model.noise_pcs = accumulator.components(max_pcs)
+        model.noise_pcs = _pool_components(model, chunks, load, pool, max_pcs,
+                                           onoff_residuals if pc_source == "onoff-residuals" else drift_residuals)
 
         # voxels that carry signal choose the number of PCs
         candidates = signal_voxel_sample(search_r2, brain, max_pc_voxels, seed, eligible=outside_pool)

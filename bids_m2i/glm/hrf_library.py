@@ -86,6 +86,11 @@ class DoubleGammaParams:
         }
 
 
+def kernel_times(t_r: float, oversampling: int = 50, time_length: float = KERNEL_SECONDS) -> np.ndarray:
+    """nilearn's oversampled kernel grid (s): ``round(time_length / (t_r / oversampling))`` points over 0..time_length."""
+    return np.linspace(0, time_length, int(np.rint(time_length / (t_r / oversampling))))
+
+
 def double_gamma_kernel(params: DoubleGammaParams, t_r: float, oversampling: int = 50,
                         time_length: float = KERNEL_SECONDS) -> np.ndarray:
     """Sample a unit-sum double-gamma HRF on nilearn's oversampled grid.
@@ -95,7 +100,7 @@ def double_gamma_kernel(params: DoubleGammaParams, t_r: float, oversampling: int
     kernel : ndarray, shape (round(time_length / (t_r / oversampling)),)
     """
     dt = t_r / oversampling
-    times = np.linspace(0, time_length, int(np.rint(time_length / dt)))
+    times = kernel_times(t_r, oversampling, time_length)
     peak = gamma_pdf(times, params.delay / params.dispersion, loc=dt, scale=params.dispersion)
     under = gamma_pdf(times, params.undershoot / params.u_dispersion, loc=dt, scale=params.u_dispersion)
     kernel = peak - params.ratio * under

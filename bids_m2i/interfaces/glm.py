@@ -153,7 +153,7 @@ def display_design_matrix(run, trials: pd.DataFrame) -> pd.DataFrame:
 
 
 # nilearn's defaults for make_first_level_design_matrix (and its full-rank check's largest condition number)
-_OVERSAMPLING, _MIN_ONSET, _MAX_CONDITION = 50, -24.0, 1e15
+_OVERSAMPLING, _MAX_CONDITION = 50, 1e15
 
 
 def _glover_cosine_design(frame_times: np.ndarray, events: pd.DataFrame) -> pd.DataFrame | None:
@@ -163,16 +163,16 @@ def _glover_cosine_design(frame_times: np.ndarray, events: pd.DataFrame) -> pd.D
     nilearn, per condition (``trial_type``, in sorted order): all its events on one oversampled boxcar,
     convolved with the Glover kernel sampled at the smallest frame interval / 50, linearly interpolated at the
     frame times; then the cosine drift set with the constant last."""
-    from ..glm.design import convolve_events, cosine_drift
+    from ..glm.design import MIN_ONSET, convolve_events, cosine_drift
     from ..glm.hrf_library import canonical_kernel
 
     onsets, durations = events["onset"].to_numpy(dtype=float), events["duration"].to_numpy(dtype=float)
     if (frame_times.size < 2 or not (np.isfinite(onsets).all() and np.isfinite(durations).all())
-            or (onsets < frame_times[0] + _MIN_ONSET).any()):
+            or (onsets < frame_times[0] + MIN_ONSET).any()):
         return None
     t_r = float(np.min(np.diff(frame_times)))
     kernel = canonical_kernel("glover", t_r, _OVERSAMPLING)[None]
-    single = convolve_events(onsets, durations, frame_times, kernel, _OVERSAMPLING, _MIN_ONSET)[0]
+    single = convolve_events(onsets, durations, frame_times, kernel, _OVERSAMPLING, MIN_ONSET)[0]
     labels = events["trial_type"].to_numpy()
     conditions = list(np.unique(labels))
     columns = [single[:, labels == c].sum(axis=1) for c in conditions]

@@ -15,6 +15,7 @@ import pandas as pd
 from .. import __version__
 from ..utils.atomic import write_text
 from .methods import citations_markdown, methods_paragraphs
+from .numbers import format_number as _fmt
 
 MAX_PAIRS_PER_GROUP = 48
 
@@ -33,16 +34,6 @@ def data_uri(path: Path, thumbnail: int | None = None) -> str:
         return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
     mime = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}.get(path.suffix.lower(), "image/png")
     return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode()
-
-
-def _fmt(value, digits=3):
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return "n/a" if value in (None, "") else str(value)
-    if not np.isfinite(value):
-        return "n/a"
-    return f"{value:.{digits}g}" if abs(value) < 1e-3 and value != 0 else f"{value:.{digits}f}"
 
 
 def _read_tsv(path: Path) -> pd.DataFrame:

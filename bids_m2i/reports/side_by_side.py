@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .numbers import format_number
+
 #: column headings of the conditions, in the order the pages show them
 CONDITION_LABELS = {"perception": "Perception (seen images)", "imagery_memory": "Imagery from memory",
                     "imagery_text": "Pure imagination (text cue)", "imagery": "Imagery"}
@@ -23,11 +25,6 @@ def _number(value) -> float:
         return float(value)
     except (TypeError, ValueError):
         return float("nan")
-
-
-def _fmt(value) -> str:
-    number = _number(value)
-    return "n/a" if not np.isfinite(number) else f"{number:.3f}"
 
 
 def side_by_side_rows(frame: pd.DataFrame, value: str = "value") -> tuple[list[str], list[dict]]:
@@ -68,7 +65,7 @@ def side_by_side_rows(frame: pd.DataFrame, value: str = "value") -> tuple[list[s
                      for stat in ("sd", "n"))
             text = (f"± {sd:.3f}" if np.isfinite(sd) else "") + (f" (n = {int(n)})" if np.isfinite(n) else "")
             # top-5 among 5 candidates is right by construction: shown, but marked, never read as a result
-            cells.append({"value": _fmt(number), "chance": _fmt(chance), "spread": text.strip(),
+            cells.append({"value": format_number(number), "chance": format_number(chance), "spread": text.strip(),
                           "trivial": bool(np.isfinite(chance) and chance >= 1.0)})
         rows.append({**{k: record[k] for k in keys}, "cells": cells})
     return [CONDITION_LABELS.get(c, c.replace("_", " ")) for c in conditions], rows
