@@ -93,7 +93,8 @@ def test_no_unsafe_loading_anywhere_in_the_package():
 
 
 def test_subprocesses_run_fixed_programs_only():
-    """The package starts other programs only in the validator and fMRIPrep helpers, never through a shell."""
+    """The package starts other programs (the validator, the fMRIPrep helpers, the CUDA probe of
+    utils/torch_runtime.py) never through a shell."""
     for module in sorted(PACKAGE.rglob("*.py")):
         for node in ast.walk(ast.parse(module.read_text())):
             if isinstance(node, ast.Call):

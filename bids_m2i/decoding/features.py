@@ -26,7 +26,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..errors import BadDataError, InputMissingError
+from ..errors import BadDataError, InputMissingError, UsageError
 from ..models.store import sha256_of
 from ..utils.atomic import save_npy
 
@@ -183,16 +183,23 @@ class ClipExtractor:
     def __init__(self, folder, device="auto", batch_size: int = 16, *, loaded=None):
         from ..utils.torch_runtime import resolve_device
 
-        self.folder = Path(folder)
-        self.config_path = self.folder / "open_clip_config.json"
-        self.weights_path = self.folder / "open_clip_model.safetensors"
-        for path in (self.config_path, self.weights_path):
-            if not path.is_file():
-                raise InputMissingError(
-                    f"open_clip model file missing: {path}", path=path,
-                    hint="run `m2i-models prepare MODELS_DIR` (or `m2i-models make-tiny` for a smoke test) "
-                         "and pass --models-dir")
-        self.config = json.loads(self.config_path.read_text())
+        if folder is None and loaded is not None:
+            folder = loaded.folder  # None for a model built in memory (benchmarks/bench_cuda.py)
+        self.folder = Path(folder) if folder is not None else None
+        if self.folder is not None:
+            self.config_path = self.folder / "open_clip_config.json"
+            self.weights_path = self.folder / "open_clip_model.safetensors"
+        if loaded is not None:
+            # already loaded (by the run's one loader): its config is the one it was built from
+            self.config = loaded.config
+        else:
+            for path in (self.config_path, self.weights_path):
+                if not path.is_file():
+                    raise InputMissingError(
+                        f"open_clip model file missing: {path}", path=path,
+                        hint="run `m2i-models prepare MODELS_DIR` (or `m2i-models make-tiny` for a smoke test) "
+                             "and pass --models-dir")
+            self.config = json.loads(self.config_path.read_text())
         self.device = loaded.device if loaded is not None else resolve_device(device)
         self.batch_size = int(batch_size)
         self._loaded = loaded  # a bids_m2i.models.loading.OpenClipModel (loaded on first use if not given)
@@ -212,6 +219,9 @@ class ClipExtractor:
         return self._fingerprint
 
     def _weights_fingerprint(self) -> str:
+        if self.folder is None:
+            raise UsageError("a CLIP model built in memory has no weights file to fingerprint",
+                             hint="load it from a models folder to cache features")
         # the weights file can be GBs: hash its size and its first and last 4 MiB, plus the full config
         size = self.weights_path.stat().st_size
         digest = hashlib.sha256()

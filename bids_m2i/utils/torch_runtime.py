@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
+import os
+import subprocess
+import sys
 from typing import Iterator
 
 from ..errors import UsageError
+
+log = logging.getLogger("m2i")
+
+#: asked in a child process: CUDA answered there cannot break the workers this process forks
+_CUDA_PROBE = "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 3)"
 
 
 def resolve_device(device=None):
@@ -53,3 +63,22 @@ def torch_threads(n_threads: int | None, *, single_threaded_blas: bool = False) 
     finally:
         if wanted != before:
             torch.set_num_threads(before)
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_available_in_a_child() -> bool:
+    """Whether torch sees a CUDA GPU, asked in a separate Python process.
+
+    ``torch.cuda.is_available()`` initialises the CUDA driver in the process that calls it, and torch then
+    refuses CUDA in every process forked from it ("Cannot re-initialize CUDA in forked subprocess"). The main
+    ``m2i`` process resolves ``--device auto`` and then forks nipype's MultiProc workers: asked in the main
+    process, every step on the GPU failed (seen on an H200, issue 14's GPU check). A child process costs the
+    torch import (about 1-2 s), only on machines with an NVIDIA driver.
+    """
+    try:
+        done = subprocess.run([sys.executable, "-c", _CUDA_PROBE], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, timeout=120, env=dict(os.environ))
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.warning("could not ask whether a CUDA GPU is usable (%s): the engines run on the CPU", exc)
+        return False
+    return done.returncode == 0

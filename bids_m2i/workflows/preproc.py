@@ -144,17 +144,16 @@ def init_fmriprep_inputs_wf(config, subject_inputs, output_dir: str, name: str =
 def _device(config) -> str:
     """--device, with ``auto`` resolved. Without an NVIDIA driver on the machine it is ``cpu`` without
     importing torch: the main process then never loads torch (seconds on a busy machine, and the whole cost
-    of a rerun that finds every step finished); only the worker processes that compute load it."""
+    of a rerun that finds every step finished); only the worker processes that compute load it. With a
+    driver, the GPU is looked for in a child process (:func:`~bids_m2i.utils.torch_runtime.cuda_available_in_a_child`)."""
     if config.device != "auto":
         return config.device
     if not _nvidia_driver_present():
         return "cpu"
-    try:
-        import torch
+    from ..utils.torch_runtime import cuda_available_in_a_child
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except ImportError:  # pragma: no cover
-        return "cpu"
+    # not torch.cuda.is_available() here: it would make CUDA unusable in the workers forked from this process
+    return "cuda" if cuda_available_in_a_child() else "cpu"
 
 
 def _nvidia_driver_present() -> bool:
