@@ -97,3 +97,42 @@ def test_workers_forked_after_auto_can_still_use_cuda(ask_here, worker_ok):
     done = subprocess.run([sys.executable, "-c", _FORK_CHECK.format(ask_here=ask_here)], capture_output=True,
                           text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == (0 if worker_ok else 1), done.stderr
+
+
+_WHOLE_RUN = """
+import os, sys
+import torch
+from bids_m2i.workflows import preproc
+preproc._nvidia_driver_present = lambda: True   # as on a GPU machine: --device auto runs the child probe
+from bids_m2i.cli.run import main
+try:
+    main(sys.argv[1:])
+except SystemExit as exc:
+    if exc.code:
+        raise
+pid = os.fork()
+if pid == 0:
+    os._exit(1 if torch.cuda._is_in_bad_fork() else 0)
+sys.exit(3 if os.waitpid(pid, 0)[1] >> 8 else 0)
+"""
+
+
+@pytest.mark.slow
+def test_a_whole_run_leaves_the_main_process_able_to_fork_cuda_workers(tmp_path):
+    """Nothing the main process does in a participant run (building every stage's nodes, the models folder,
+    the tiny unCLIP path with best-of-N, the report) asks CUDA: the workers it forks can use the GPU."""
+    import os
+
+    from bids_m2i.models.tiny import make_tiny_models
+    from bids_m2i.simulate.dataset import simulate_dataset
+
+    bids = tmp_path / "bids"
+    simulate_dataset(bids, preset="tiny", seed=0)
+    models = tmp_path / "models"
+    make_tiny_models(models, include_eval=False)
+    done = subprocess.run(
+        [sys.executable, "-c", _WHOLE_RUN, str(bids), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "w"),
+         "--models-dir", str(models), "--target", "pixels", "clip", "clip-text", "--generator", "unclip",
+         "--candidates", "2", "--skip-bids-validation"],
+        capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr[-3000:]
