@@ -3,7 +3,7 @@
 Run on a machine with a CUDA GPU (issue 14 asks for s/image and peak GPU memory of best-of-N for N = 1, 4,
 16; the engines have CUDA paths that CI, which has no GPU, never runs)::
 
-    python benchmarks/bench_cuda.py --out results/ [--sections unclip glm motion]
+    python benchmarks/bench_cuda.py --out results/ [--sections unclip glm ridge motion]
 
 Sections (each writes ``<out>/<section>.json`` as soon as it is done, so a run cut short keeps what it
 measured):
@@ -22,6 +22,9 @@ measured):
     The single-trial GLM (``fithrf-denoise-rr``) on the independent generator of issue 13 (V = 20,000,
     6 runs x 200 volumes), on the CPU and on CUDA: time, r_trial and test-retest of both, and how far the
     two devices' betas differ.
+``ridge``
+    The ridge decoder (``decoding.ridge.fit_ridge_cv``, 8 alphas, one per target) on ``bench_decode.py``'s
+    synthetic data (9,000 trials x 15,000 voxels -> 1,024 targets), CPU vs CUDA: fit time and test R².
 ``motion``
     Head-motion estimation on the analytic phantom (64x64x32, 100 volumes), CPU vs CUDA: time and error.
 
@@ -300,6 +303,37 @@ def bench_motion(device: str, threads: int) -> dict:
     return out
 
 
+def bench_ridge(device: str, threads: int, tmp: Path, n_train: int = 9000, n_voxels: int = 15000,
+                n_targets: int = 1024) -> dict:
+    """The ridge decoder (8 alphas, LOO, one per target) on bench_decode.py's synthetic data, CPU vs CUDA."""
+    import torch
+
+    from bench_decode import make_data, r2_mean
+
+    from bids_m2i.decoding.ridge import fit_ridge_cv
+
+    torch.set_num_threads(threads)
+    folder = tmp / "ridge_data"
+    folder.mkdir(parents=True, exist_ok=True)
+    make_data(folder, n_train, max(10, n_train // 9), n_voxels, n_targets)
+    X, Y = np.load(folder / "X_train.npy"), np.load(folder / "Y_train.npy")
+    X_test, Y_test = np.load(folder / "X_test.npy"), np.load(folder / "Y_test.npy")
+    alphas = np.logspace(2, 6, 8)
+    out = {"trials": n_train, "voxels": n_voxels, "targets": n_targets, "threads": threads, "rows": []}
+    for dev in ("cpu", device) if device != "cpu" else ("cpu",):
+        if dev.startswith("cuda"):
+            torch.zeros(1, device=dev)  # the CUDA context outside the timed fit
+        _sync(dev)
+        t0 = time.perf_counter()
+        result = fit_ridge_cv(X, Y, alphas, device=dev)
+        _sync(dev)
+        row = {"device": dev, "fit_s": round(time.perf_counter() - t0, 2), "solver": result.solver,
+               "test_r2": round(r2_mean(Y_test, result.predict(X_test)), 4)}
+        out["rows"].append(row)
+        print(json.dumps(row), flush=True)
+    return out
+
+
 def environment(device: str) -> dict:
     import torch
 
@@ -318,11 +352,13 @@ def environment(device: str) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="folder for <section>.json")
-    parser.add_argument("--sections", nargs="+", default=["unclip", "glm", "motion"],
-                        choices=["unclip", "glm", "motion"])
+    parser.add_argument("--sections", nargs="+", default=["unclip", "glm", "ridge", "motion"],
+                        choices=["unclip", "glm", "ridge", "motion"])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads of the CPU runs")
-    parser.add_argument("--voxels", type=int, default=20000)
+    parser.add_argument("--voxels", type=int, default=20000, help="GLM voxels")
+    parser.add_argument("--ridge-size", type=int, nargs=3, default=[9000, 15000, 1024],
+                        metavar=("TRIALS", "VOXELS", "TARGETS"))
     parser.add_argument("--candidates", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--tiny", action="store_true", help="tiny unCLIP (CPU smoke run of this script)")
@@ -335,6 +371,8 @@ def main(argv=None) -> int:
             result = bench_unclip(args.device, args.tiny, args.out, tuple(args.candidates), args.steps)
         elif section == "glm":
             result = bench_glm(args.device, args.threads, args.voxels)
+        elif section == "ridge":
+            result = bench_ridge(args.device, args.threads, args.out, *args.ridge_size)
         else:
             result = bench_motion(args.device, args.threads)
         result["section_s"] = round(time.perf_counter() - start, 1)

@@ -30,8 +30,9 @@ def test_full_size_unclip_has_the_published_component_sizes():
 
 def test_the_script_runs_on_the_cpu_with_tiny_models(tmp_path):
     out = tmp_path / "out"
-    assert bench_cuda.main(["--out", str(out), "--device", "cpu", "--tiny", "--sections", "unclip", "glm",
-                            "--candidates", "1", "3", "--steps", "2", "--voxels", "600", "--threads", "1"]) == 0
+    assert bench_cuda.main(["--out", str(out), "--device", "cpu", "--tiny", "--sections", "unclip", "glm", "ridge",
+                            "--candidates", "1", "3", "--steps", "2", "--voxels", "600", "--threads", "1",
+                            "--ridge-size", "2000", "1000", "8"]) == 0
     unclip = json.loads((out / "unclip.json").read_text())
     rows = {(r["path"], r["N"]): r for r in unclip["rows"]}
     assert set(rows) == {("low-level+text", 1), ("low-level+text", 3), ("noise", 1)}
@@ -39,6 +40,8 @@ def test_the_script_runs_on_the_cpu_with_tiny_models(tmp_path):
     assert 0 <= rows[("low-level+text", 3)]["chosen"] < 3
     glm = json.loads((out / "glm.json").read_text())
     assert [r["device"] for r in glm["rows"]] == ["cpu"] and 0 < glm["rows"][0]["r_trial"] <= 1
+    ridge = json.loads((out / "ridge.json").read_text())
+    assert [r["device"] for r in ridge["rows"]] == ["cpu"] and ridge["rows"][0]["test_r2"] > 0.05  # above chance (0)
     assert json.loads((out / "environment.json").read_text())["torch"]
 
 
