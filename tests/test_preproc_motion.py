@@ -197,3 +197,26 @@ def test_given_reference_volume_gets_identity(moving_run):
     rms = np.sqrt((((pts @ result.transforms[2].T) - pts)[:, :3] ** 2).sum(1).mean())
     assert rms < 0.05, rms  # volume 2 against itself
     assert np.array_equal(result.reference, data[..., 2])
+
+
+@pytest.mark.parametrize("offset_mm, level", [(0.2, "INFO"), (3.0, "WARNING")])
+def test_the_safeguard_warns_only_when_the_kept_start_is_far_from_the_pose_found(monkeypatch, caplog, offset_mm,
+                                                                                level):
+    """The start is kept whenever the pose found fits worse; a warning only when the two are more than half a
+    millimetre apart (a pose that wandered off), not for sub-voxel disagreements (three per demo run before)."""
+    import logging
+
+    from bids_m2i.preproc import motion
+
+    run = make_motion_phantom(SHAPE, VOXEL, 1, supersample=2, still=True, seed=7)
+    image = run.data[..., 0]
+    shifted = np.eye(4)
+    shifted[0, 3] = offset_mm
+    monkeypatch.setattr(motion, "_register_batch", lambda *args, **kwargs: shifted[None])
+    monkeypatch.setattr(motion, "_judge_poses", lambda *args, **kwargs: [2.0, 1.0])  # found worse than start
+    with caplog.at_level(logging.INFO, logger="m2i"):
+        chosen = register_rigid(image, run.affine, image, run.affine, init=np.eye(4))
+    assert np.array_equal(chosen, np.eye(4))
+    records = [r for r in caplog.records if "rigid registration" in r.getMessage()]
+    assert [r.levelname for r in records] == [level]
+    assert f"{offset_mm:.2f} mm" in records[0].getMessage()

@@ -428,10 +428,32 @@ def register_rigid(moving: np.ndarray, moving_affine: np.ndarray, fixed: np.ndar
         cost_found, cost_start = _judge_poses(moving_t, moving_affine, fixed_t, fixed_affine, cost_mask,
                                               (found, start))
         if not np.isfinite(cost_found) or cost_found > cost_start:
-            log.warning("rigid registration ended worse than its start (cost %.4g > %.4g); keeping the start",
-                        cost_found, cost_start)
+            apart = _pose_distance_mm(found, start, fixed_affine, cost_mask)
+            if np.isfinite(cost_found) and apart < SAME_POSE_MM:
+                # two poses within half a millimetre: the judge and the optimiser's cost disagree at the scale of
+                # the references' own differences (on the demo's runs the simulator's truth lies 0.05-0.6 mm
+                # from either; the start was the closer on 2 of the 3 runs where they differed): no failure to
+                # warn about, as every demo run did three times
+                log.info("rigid registration: the start fits best (%.2f mm from the pose found); kept", apart)
+            else:
+                log.warning("rigid registration ended worse than its start (cost %.4g > %.4g, %.2f mm away); "
+                            "keeping the start", cost_found, cost_start, apart)
             found = start
     return found
+
+
+#: poses closer than this (RMS over the cost mask, mm) are one pose for the safeguard's message
+SAME_POSE_MM = 0.5
+
+
+def _pose_distance_mm(a: np.ndarray, b: np.ndarray, affine: np.ndarray, mask: np.ndarray) -> float:
+    """RMS distance (mm) between where two pull transforms send the mask's voxel centres (world)."""
+    ijk = np.argwhere(np.asarray(mask, dtype=bool))
+    if ijk.size == 0:
+        return float("inf")
+    world = ijk @ affine[:3, :3].T + affine[:3, 3]
+    moved = world @ (a[:3, :3] - b[:3, :3]).T + (a[:3, 3] - b[:3, 3])
+    return float(np.sqrt((moved ** 2).sum(1).mean()))
 
 
 def _centre_of_mass_translation(moving, moving_affine, fixed, fixed_affine):
