@@ -136,3 +136,18 @@ def test_a_whole_run_leaves_the_main_process_able_to_fork_cuda_workers(tmp_path)
          "--candidates", "2", "--skip-bids-validation"],
         capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("found, level", [(True, "INFO"), (False, "WARNING")])
+def test_auto_says_once_where_the_engines_run(monkeypatch, caplog, found, level):
+    import logging
+
+    preproc._say_device_once.cache_clear()
+    monkeypatch.setattr(preproc, "_nvidia_driver_present", lambda: True)
+    monkeypatch.setattr(torch_runtime, "cuda_available_in_a_child", lambda: found)
+    with caplog.at_level(logging.INFO, logger="m2i"):
+        for _ in range(3):
+            preproc._device(SimpleNamespace(device="auto"))
+    said = [r for r in caplog.records if "--device auto" in r.getMessage()]
+    assert [r.levelname for r in said] == [level]
+    preproc._say_device_once.cache_clear()

@@ -6,12 +6,17 @@ Both end in the same ``outputnode``: ``bold_<run key>`` and ``confounds_<run key
 
 from __future__ import annotations
 
+import functools
+import logging
+
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from ..interfaces.derivatives import DerivativesDataSink
 from ..interfaces.preproc import BuildParticipantGrid, EstimateHeadMotion, ResampleRun
 from .base import collect_derivatives, node_name
+
+LOGGER = logging.getLogger("m2i.workflow")
 
 FIGURES = ("motion", "fd", "carpet", "beforeafter")
 
@@ -153,7 +158,20 @@ def _device(config) -> str:
     from ..utils.torch_runtime import cuda_available_in_a_child
 
     # not torch.cuda.is_available() here: it would make CUDA unusable in the workers forked from this process
-    return "cuda" if cuda_available_in_a_child() else "cpu"
+    found = cuda_available_in_a_child()
+    _say_device_once(found)
+    return "cuda" if found else "cpu"
+
+
+@functools.lru_cache(maxsize=2)
+def _say_device_once(found: bool) -> None:
+    """One log line per run on a machine with an NVIDIA driver: whether the engines run on its GPU."""
+    if found:
+        LOGGER.info("--device auto: a CUDA GPU is usable; the engines run on it (--device cpu to keep them off)")
+    else:
+        LOGGER.warning("--device auto: an NVIDIA driver is installed but torch sees no usable CUDA GPU; the "
+                       "engines run on the CPU (check the driver version against torch's CUDA, or "
+                       "CUDA_VISIBLE_DEVICES)")
 
 
 def _nvidia_driver_present() -> bool:
