@@ -82,6 +82,25 @@ def test_glm_engine_refuses_a_budget_that_cannot_hold_the_data():
     assert 256 <= chunk <= 200_000 and plan["total_gb"] <= 8
 
 
+def test_on_a_gpu_the_glm_chunk_also_fits_the_gpu(monkeypatch):
+    """--mem-gb is host memory: on a GPU the voxel chunk (the working set there) is bounded by what the GPU has
+    free too; the inputs and outputs stay on the host."""
+    import torch
+
+    from bids_m2i.glm.estimate import estimate_memory
+    from bids_m2i.utils import torch_runtime
+
+    sizes = dict(n_voxels=200_000, n_volumes=2_000, n_trials=750, itemsize=4, input_itemsize=2, n_kernels=20)
+    host_chunk, host_plan = estimate_memory(**sizes, mem_gb=64)
+    gpu_chunk, gpu_plan = estimate_memory(**sizes, mem_gb=64, device_gb=2.0)
+    assert gpu_chunk < host_chunk and gpu_plan["working_gb"] <= 2.0 < host_plan["working_gb"]
+    assert gpu_plan["device_gb"] == 2.0 and "device_gb" not in host_plan
+    assert estimate_memory(**sizes, mem_gb=64, device_gb=1e-6)[0] == 256  # never below the minimum chunk
+    assert torch_runtime.device_working_gb("cpu") is None
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (10e9, 16e9))
+    assert torch_runtime.device_working_gb("cuda") == 5.0
+
+
 def test_too_small_mem_gb_is_reported_before_the_run_starts(tiny_dataset, tmp_path):
     """--mem-gb 0.001: a clear message (exit 64) naming --mem-gb, without starting any step."""
     process = subprocess.Popen(

@@ -28,7 +28,7 @@ from .session_library import SESSION, BasisFit, derive_library
 from .lss import lss_betas
 from .model import SessionModel
 from .reliability import RepeatStructure, ncsnr
-from ..utils.torch_runtime import resolve_device
+from ..utils.torch_runtime import device_working_gb, resolve_device
 from .solvers import percent_signal, torch_threads, zscore_rows
 from .units import check_beta_units, kernel_peak_responses, reference_duration, to_peak_units, voxel_peak_scale
 from .whitening import (AR1_STEP, RHO_MAX, RHO_MIN, estimate_ar1, quantise, whitened_bins,
@@ -120,11 +120,14 @@ def _check_runs(runs: list[RunData]) -> tuple[int, list[int]]:
 
 
 def estimate_memory(n_voxels: int, n_volumes: int, n_trials: int, itemsize: int, input_itemsize: int,
-                    n_kernels: int, mem_gb: float | None):
+                    n_kernels: int, mem_gb: float | None, device_gb: float | None = None):
     """Memory plan: bytes needed and the voxel chunk size that fits ``mem_gb``.
 
     The budget counts the caller's input arrays, the outputs and the per-chunk working set (python/torch
-    libraries themselves are not counted).
+    libraries themselves are not counted). ``device_gb``: what the working set may take on a GPU
+    (:func:`~bids_m2i.utils.torch_runtime.device_working_gb`); the inputs and outputs stay in host memory, so
+    on a GPU only the chunk is bounded by it (``--mem-gb`` is host memory: a 24 GB budget made one chunk of
+    ~22 GB, more than many GPUs hold).
 
     Returns
     -------
@@ -148,11 +151,15 @@ def estimate_memory(n_voxels: int, n_volumes: int, n_trials: int, itemsize: int,
                 f"volumes and {n_trials} trials: it needs at least {need:.2f} GB (input {input_bytes / 1e9:.2f} "
                 f"GB, outputs {output_bytes / 1e9:.2f} GB, working set)",
                 hint="raise --mem-gb, or use a tighter brain mask")
+    if device_gb is not None:
+        chunk = min(chunk, max(256, int(device_gb * 1e9 // per_voxel)))
     chunk = min(chunk, n_voxels)
     plan = {"input_gb": round(input_bytes / 1e9, 3), "output_gb": round(output_bytes / 1e9, 3),
             "working_gb": round(chunk * per_voxel / 1e9, 3),
             "total_gb": round((fixed + chunk * per_voxel) / 1e9, 3), "chunk_voxels": chunk,
             "mem_gb": mem_gb}
+    if device_gb is not None:
+        plan["device_gb"] = round(device_gb, 3)
     return chunk, plan
 
 
@@ -404,7 +411,8 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
             dtype=dtype, device=torch_device, library=hrf_library)
         del models
         chunk, memory_plan = estimate_memory(n_voxels, sum(lengths), n_trials, torch.finfo(dtype).bits // 8,
-                                             runs[0].data.dtype.itemsize, model.n_kernels, mem_gb)
+                                             runs[0].data.dtype.itemsize, model.n_kernels, mem_gb,
+                                             device_working_gb(torch_device))
         chunks = [slice(start, min(start + chunk, n_voxels)) for start in range(0, n_voxels, chunk)]
 
         betas = np.zeros((n_trials, n_voxels), dtype=np.float32)
@@ -599,7 +607,8 @@ def _choose_session_library(designs, runs, load, trial_rows, stimulus, n_voxels,
     canonical = SessionModel(designs, hrf_model, with_library=False, oversampling=oversampling,
                              min_onset=min_onset, dtype=dtype, device=device)
     chunk, _ = estimate_memory(n_voxels, sum(r.data.shape[1] for r in runs), len(trial_rows),
-                               torch.finfo(dtype).bits // 8, runs[0].data.dtype.itemsize, 1, mem_gb)
+                               torch.finfo(dtype).bits // 8, runs[0].data.dtype.itemsize, 1, mem_gb,
+                               device_working_gb(device))
     onoff_r2 = np.zeros(n_voxels, dtype=np.float32)
     intensity = np.zeros(n_voxels, dtype=np.float32)
     for start in range(0, n_voxels, chunk):
@@ -629,7 +638,8 @@ def _derive_session_library(designs, runs, load, n_voxels, n_trials, hrf_model, 
     canonical = SessionModel(designs, hrf_model, with_library=False, oversampling=oversampling,
                              min_onset=min_onset, dtype=dtype, device=device)
     chunk, _ = estimate_memory(n_voxels, sum(r.data.shape[1] for r in runs), n_trials,
-                               torch.finfo(dtype).bits // 8, runs[0].data.dtype.itemsize, 1, mem_gb)
+                               torch.finfo(dtype).bits // 8, runs[0].data.dtype.itemsize, 1, mem_gb,
+                               device_working_gb(device))
     chunks = [slice(start, min(start + chunk, n_voxels)) for start in range(0, n_voxels, chunk)]
     intensity = np.zeros(n_voxels, dtype=np.float32)
     onoff_r2 = np.zeros(n_voxels, dtype=np.float32)

@@ -82,3 +82,20 @@ def cuda_available_in_a_child() -> bool:
         log.warning("could not ask whether a CUDA GPU is usable (%s): the engines run on the CPU", exc)
         return False
     return done.returncode == 0
+
+
+#: share of a GPU's free memory an engine's working set may take (the rest: the allocator's slack, cuBLAS and
+#: cuSOLVER workspaces, the estimate's own error)
+DEVICE_MEMORY_SHARE = 0.5
+
+
+def device_working_gb(device) -> float | None:
+    """GB an engine's working set may take on ``device``: half the GPU's free memory; None on the CPU (host
+    memory is planned by ``--mem-gb``)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    free_bytes, _total = torch.cuda.mem_get_info(device)
+    return DEVICE_MEMORY_SHARE * free_bytes / 1e9
