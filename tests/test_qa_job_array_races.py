@@ -12,6 +12,8 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from bids_m2i.errors import BadDataError, ProcessingIOError
 from bids_m2i.workflows import base
 
@@ -63,6 +65,19 @@ def test_crash_files_of_earlier_runs_are_not_reported(tmp_path):
     error = base._error_from_records(tmp_path / "none", logs, RuntimeError("the workflow failed"),
                                      since=time.time(), workflows=["sub_01_wf"])
     assert "crash file" not in error.message and "the workflow failed" in error.message
+    assert error.exit_code == 1
+
+
+@pytest.mark.parametrize("line", [
+    "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 15.7 GiB total capacity)",
+    "RuntimeError: Cannot re-initialize CUDA in forked subprocess. To use CUDA with multiprocessing, you must use"])
+def test_a_gpu_failure_says_so_and_how_to_run_without_it(tmp_path, line):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    _crash_file(logs, "crash-20261204-080000-u-estimate_betas-a.txt", "m2i_wf.sub_01_wf.estimate_betas", line)
+    error = base._error_from_records(tmp_path / "none", logs, RuntimeError("x"), since=time.time() - 5,
+                                     workflows=["sub_01_wf"])
+    assert error.message.startswith("A processing step failed on the GPU: ") and "--device cpu" in error.hint
     assert error.exit_code == 1
 
 

@@ -386,9 +386,20 @@ def _error_from_records(error_dir: Path, logs_dir: Path, exc: Exception, since: 
     if "[Errno 13]" in text or "[Errno 30]" in text:
         return OutputCreateError(f"Permission denied while writing during processing{where}",
                                  hint="check that the work dir and OUTPUT_DIR are writable")
-    return M2IError(f"A processing step failed: {_last_error_line(text or str(exc))}{where}",
+    line = _last_error_line(text or str(exc))
+    if any(sign in line for sign in _GPU_FAILURES):
+        # the GPU, not the data: the same step runs on the CPU (results agree closely; docs/usage.md "On a GPU")
+        return M2IError(f"A processing step failed on the GPU: {line}{where}",
+                        hint="rerun with --device cpu and the same work dir (finished steps are reused), or free "
+                        "the GPU's memory (nvidia-smi shows who holds it)")
+    return M2IError(f"A processing step failed: {line}{where}",
                     hint="see the crash file and the log in OUTPUT_DIR/logs; rerun with the same work dir to "
                     "resume from the finished steps")
+
+
+#: torch's messages when the GPU itself fails (memory, driver, a CUDA context that cannot start)
+_GPU_FAILURES = ("CUDA out of memory", "OutOfMemoryError", "CUDA error", "CUDA driver", "re-initialize CUDA",
+                 "CUBLAS_STATUS", "CUDNN_STATUS", "cusolver")
 
 
 def _last_error_line(text: str) -> str:
