@@ -150,7 +150,8 @@ def _device(config) -> str:
     """--device, with ``auto`` resolved. Without an NVIDIA driver on the machine it is ``cpu`` without
     importing torch: the main process then never loads torch (seconds on a busy machine, and the whole cost
     of a rerun that finds every step finished); only the worker processes that compute load it. With a
-    driver, the GPU is looked for in a child process (:func:`~bids_m2i.utils.torch_runtime.cuda_available_in_a_child`)."""
+    driver, the GPU is looked for in a child process
+    (:func:`~bids_m2i.utils.torch_runtime.cuda_available_in_a_child`)."""
     if config.device != "auto":
         return config.device
     if not _nvidia_driver_present():
