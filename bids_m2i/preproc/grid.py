@@ -16,7 +16,7 @@ import logging
 
 import numpy as np
 
-from .masks import compute_brain_mask
+from .masks import compute_brain_mask, flatten_intensity
 from .motion import register_rigid
 
 log = logging.getLogger("m2i.preproc")
@@ -40,8 +40,15 @@ def register_runs_to_first(references, affines, *, n_threads: int = 1, device: s
     if len(references) != len(affines) or not references:
         raise ValueError("need one affine per reference and at least one reference")
     out = [np.eye(4)]
+    if len(references) == 1:
+        return out
+    # each reference with its smooth intensity field divided out (the coil sensitivity the head moved
+    # through: masks.flatten_intensity); the cost mask from the first reference as it is
+    fixed = flatten_intensity(references[0])
+    mask = compute_brain_mask(np.nan_to_num(np.asarray(references[0], dtype=np.float64)), dilate_vox=2)
     for ref, aff in zip(references[1:], affines[1:]):
-        out.append(register_rigid(ref, aff, references[0], affines[0], n_threads=n_threads, device=device))
+        out.append(register_rigid(flatten_intensity(ref), aff, fixed, affines[0], mask=mask if mask.any() else None,
+                                  n_threads=n_threads, device=device))
     return out
 
 
