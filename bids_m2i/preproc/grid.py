@@ -16,7 +16,7 @@ import logging
 
 import numpy as np
 
-from .masks import compute_brain_mask, flatten_intensity
+from .masks import compute_brain_mask, dilate_mask, flatten_intensity
 from .motion import register_rigid
 
 log = logging.getLogger("m2i.preproc")
@@ -43,11 +43,13 @@ def register_runs_to_first(references, affines, *, n_threads: int = 1, device: s
     if len(references) == 1:
         return out
     # each reference with its smooth intensity field divided out (the coil sensitivity the head moved
-    # through: masks.flatten_intensity); the cost mask from the first reference as it is
-    fixed = flatten_intensity(references[0])
-    mask = compute_brain_mask(np.nan_to_num(np.asarray(references[0], dtype=np.float64)), dilate_vox=2)
+    # through: masks.flatten_intensity); the cost mask is register_rigid's default (the brain dilated by 2
+    # voxels), taken from the first reference as it is rather than flattened
+    brain = compute_brain_mask(references[0])
+    fixed = flatten_intensity(references[0], brain=brain)
+    cost_mask = dilate_mask(brain, 2)
     for ref, aff in zip(references[1:], affines[1:]):
-        out.append(register_rigid(flatten_intensity(ref), aff, fixed, affines[0], mask=mask if mask.any() else None,
+        out.append(register_rigid(flatten_intensity(ref), aff, fixed, affines[0], mask=cost_mask,
                                   n_threads=n_threads, device=device))
     return out
 
