@@ -156,6 +156,15 @@ def test_bold_all_zeros_run_stops_in_the_first_node_is_65(dataset, tmp_path, cap
     assert "all zeros" in check_failure(capsys, code, out, 65, bold.name, in_node=True)
 
 
+def test_bold_already_demeaned_is_65(dataset, tmp_path, capsys):
+    """A cleaned derivative given as the raw BOLD (every voxel demeaned over time): exit 0 before, with motion
+    estimates of ~7e9 mm and betas of a run resampled from outside its field of view (QA pass 32)."""
+    bold = bold_file(dataset)
+    _rewrite_float(bold, lambda data: data.__isub__(data.mean(axis=3, keepdims=True)))
+    code, out = run_m2i(dataset, tmp_path)
+    assert "already demeaned" in check_failure(capsys, code, out, 65, bold.name, in_node=True)
+
+
 def test_bold_all_nan_is_65(dataset, tmp_path, capsys):
     bold = bold_file(dataset)
     _rewrite_float(bold, lambda data: data.fill(np.nan))

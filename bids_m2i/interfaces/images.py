@@ -18,8 +18,8 @@ def load_bold(path: str | Path):
     """(data float32 (X,Y,Z,T), affine, header) with scaled integers applied and content checks.
 
     NaN/Inf in a few voxels -> warning (set to 0 where the engines need finite values); a run that is all
-    zeros, all non-finite, constant over time, or has a volume of zeros or without any finite value ->
-    BadDataError (65).
+    zeros, all non-finite, constant over time, already demeaned (every voxel's mean over time about 0), or has
+    a volume of zeros or without any finite value -> BadDataError (65).
     """
     import nibabel as nib
 
@@ -65,7 +65,38 @@ def load_bold(path: str | Path):
         raise BadDataError(f"{path} holds no signal: every voxel has the same value in all {data.shape[3]} volumes",
                            path=path, hint="check the conversion from DICOM (or leave this run out with "
                            "--bids-filter-file)")
+    _refuse_demeaned(data, path)
     return data, np.asarray(img.affine, dtype=np.float64), img.header
+
+
+#: a run whose voxels' means over time are below this share of how much they change between its first and last
+#: volume (99th percentiles of both) is taken for an already demeaned, z-scored or percent-change series
+DEMEANED_RATIO = 0.1
+
+
+def _refuse_demeaned(data: np.ndarray, path: Path) -> None:
+    """BadDataError (65) for a run whose every voxel's mean over time is about 0: an already demeaned, z-scored
+    or percent-signal-change series (a cleaned derivative given as the raw BOLD).
+
+    Why (QA pass 32): motion correction registers intensities, and the temporal median of such a run is noise
+    about 0; the optimiser's gain (reference mean over volume mean) divided by sums near 0 and every volume's pose
+    ran off (translations of 7e9 mm on a demeaned phantom run); the run was resampled from outside its field of
+    view and the GLM, whose betas are % of each voxel's mean, went on: exit 0 with a "physically impossible
+    head-motion" warning that blamed the registration. Raw magnitude images have means far above their
+    volume-to-volume changes (a ratio of 10-100 in the head; above 1 even at an SNR of 5); a demeaned float run
+    has ~1e-6. 99th percentiles, not maxima: one spike or hot voxel decides nothing."""
+    if data.shape[3] < 2:
+        return
+    typical = float(np.percentile(np.abs(data.mean(axis=3, dtype=np.float64)), 99))
+    change = float(np.percentile(np.abs(data[..., -1].astype(np.float64) - data[..., 0]), 99))
+    if change > 0 and typical < DEMEANED_RATIO * change:
+        raise BadDataError(
+            f"{path}: every voxel's mean over time is about 0 (99th percentile {typical:.3g}, against "
+            f"volume-to-volume changes of {change:.3g}): the run looks already demeaned, z-scored or in percent "
+            "signal change", path=path,
+            hint="give the scanner's BOLD images (the built-in preprocessing registers their intensities and "
+                 "expresses betas in % of each voxel's mean), or a preprocessed dataset with its mean kept "
+                 "(fMRIPrep's outputs with --derivatives)")
 
 
 def read_float32(img, path: str | Path) -> np.ndarray:

@@ -1,0 +1,54 @@
+"""The preprocessing engines on BOLD data unlike the simulator's (QA pass 32): already demeaned or z-scored
+series, negative intensities, tiny brain masks."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from bids_m2i.errors import BadDataError
+from bids_m2i.interfaces.images import load_bold
+from bids_m2i.preproc.phantom import make_motion_phantom
+
+
+@pytest.fixture(scope="module")
+def head_run():
+    return make_motion_phantom((24, 24, 12), (8.0, 8.0, 11.0), 12, supersample=1, seed=1, max_translation=1.0,
+                               max_rotation_deg=0.7)
+
+
+def _save(path, data, affine, slope=None):
+    img = nib.Nifti1Image(data, affine)
+    if slope is not None:
+        img.header.set_slope_inter(slope, 0.0)
+    nib.save(img, str(path))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["demeaned", "zscored", "percent"])
+def test_an_already_demeaned_run_is_65(tmp_path, head_run, kind):
+    """Motion correction of such a run registered noise to noise: translations of ~7e9 mm, exit 0."""
+    d = head_run.data.astype(np.float64)
+    mean = d.mean(3, keepdims=True)
+    series = {"demeaned": d - mean, "zscored": (d - mean) / (d.std(3, keepdims=True) + 1e-6),
+              "percent": 100 * (d / (mean + 1e-3) - 1)}[kind]
+    path = _save(tmp_path / "sub-01_task-x_bold.nii.gz", series.astype(np.float32), head_run.affine)
+    with pytest.raises(BadDataError, match="already demeaned, z-scored or in percent signal change") as caught:
+        load_bold(path)
+    assert caught.value.exit_code == 65 and path.name in str(caught.value)
+
+
+def test_raw_runs_of_every_kind_are_not_taken_for_demeaned(tmp_path, head_run):
+    d = head_run.data
+    cases = {"raw": d, "offset_1e6": d.astype(np.float64) + 1e6, "low_snr": d + np.random.default_rng(0).normal(
+        0, 200, d.shape), "two_volumes": d[..., :2]}
+    spiked = d.copy()
+    spiked[..., 5] *= 30.0  # a spike volume
+    spiked[3, 3, 3, :] = 3e5  # a hot voxel
+    cases["spiked"] = spiked
+    for name, data in cases.items():
+        path = _save(tmp_path / f"{name}.nii.gz", np.asarray(data, dtype=np.float32), head_run.affine)
+        assert load_bold(path)[0].shape == data.shape, name
+    scaled = _save(tmp_path / "int16.nii.gz", np.round(d / 0.5).astype(np.int16), head_run.affine, slope=0.5)
+    assert np.allclose(load_bold(scaled)[0], d, atol=0.26)
