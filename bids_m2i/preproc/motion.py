@@ -379,7 +379,7 @@ def register_rigid(moving: np.ndarray, moving_affine: np.ndarray, fixed: np.ndar
 
     Parameters
     ----------
-    moving : (X1, Y1, Z1) image, e.g. a run's reference.
+    moving : (X1, Y1, Z1) image, e.g. a run's reference (NaN/inf here and in ``fixed`` are treated as 0).
     moving_affine : (4, 4) its voxel -> world matrix.
     fixed : (X0, Y0, Z0) image, e.g. the participant (first run's) reference.
     fixed_affine : (4, 4)
@@ -392,8 +392,12 @@ def register_rigid(moving: np.ndarray, moving_affine: np.ndarray, fixed: np.ndar
     (4, 4) pull transform fixed world -> moving world: ``moving(M @ x)`` matches ``fixed(x)``. Rotation
     centre for :func:`~bids_m2i.preproc.transforms.params_from_matrix` = the fixed grid's centre.
     """
-    fixed = np.asarray(fixed)
-    moving = np.asarray(moving)
+    # NaN/inf are 0, as in estimate_motion (the torch copies had them at 0 already, but not the centre of mass and
+    # the default cost mask, which took np.nan_to_num's 1.8e308 for an inf: overflow warnings, a NaN start
+    # candidate, and a brain mask of the inf voxel's neighbours, with which the pose ended 1.9 mm off instead of
+    # 0.24 mm; QA pass 32)
+    fixed, moving = (np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0) if not np.isfinite(a).all() else a
+                     for a in (np.asarray(fixed), np.asarray(moving)))
     fixed_affine = np.asarray(fixed_affine, dtype=np.float64)
     moving_affine = np.asarray(moving_affine, dtype=np.float64)
     in_plane = fixed.shape[2] < MIN_SLICES_3D or moving.shape[2] < MIN_SLICES_3D
@@ -404,7 +408,7 @@ def register_rigid(moving: np.ndarray, moving_affine: np.ndarray, fixed: np.ndar
     basis = _in_plane_basis(fixed_affine) if in_plane else np.eye(6)
     centre = grid_centre(fixed_affine, fixed.shape)
     dev = resolve_device(device)
-    cost_mask = mask if mask is not None else compute_brain_mask(np.nan_to_num(fixed), dilate_vox=2)
+    cost_mask = mask if mask is not None else compute_brain_mask(fixed, dilate_vox=2)
     if not np.any(cost_mask):
         cost_mask = np.ones(fixed.shape[:3], dtype=bool)
     with torch_threads(n_threads), torch.no_grad():
