@@ -92,3 +92,22 @@ def test_register_rigid_treats_non_finite_voxels_as_zero(bad):
 
     clean = error(register_rigid(run.data[..., 1], run.affine, run.data[..., 0], run.affine))
     assert error(register_rigid(moving, run.affine, fixed, run.affine)) < clean + 0.05 < error(np.eye(4))
+
+
+@pytest.mark.parametrize("still", [True, False])
+def test_a_slab_through_the_brain_is_not_tilted_by_its_reference_edges(still):
+    """The median reference is made of volumes realigned on their own grid; samples just outside the first or last
+    slice were 0, so a slab whose brain reaches them got a reference with dark edge slices, and the fine level
+    tilted the volumes to match: a still 10-slice slab had rotations of 5 degrees (error 2.4 mm mean), a moving
+    one an error of 1.4 mm."""
+    from bids_m2i.preproc.motion import estimate_motion
+    from bids_m2i.preproc.phantom import motion_error_mm
+
+    run = make_motion_phantom((48, 48, 10), (4.0, 4.0, 5.5), 24, supersample=1, seed=2, still=still,
+                              max_translation=1.0, max_rotation_deg=0.7)
+    result = estimate_motion(run.data, run.affine)
+    points = np.argwhere(run.brain_mask) @ run.affine[:3, :3].T + run.affine[:3, 3]
+    error = motion_error_mm(result.transforms, run.true_transforms, points)
+    assert error.mean() < 0.1 and error.max() < 0.2, error
+    if still:
+        assert np.rad2deg(np.abs(result.params[:, 3:])).max() < 0.2 and np.abs(result.params[:, :3]).max() < 0.1
