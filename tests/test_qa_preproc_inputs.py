@@ -111,3 +111,21 @@ def test_a_slab_through_the_brain_is_not_tilted_by_its_reference_edges(still):
     assert error.mean() < 0.1 and error.max() < 0.2, error
     if still:
         assert np.rad2deg(np.abs(result.params[:, 3:])).max() < 0.2 and np.abs(result.params[:, :3]).max() < 0.1
+
+
+def test_a_registration_that_cannot_be_checked_says_so(caplog):
+    """A cost mask of one voxel leaves the safeguard no points to judge either pose by: it warned "ended worse than
+    its start (cost inf > inf, 0.00 mm away)", a comparison it had not made."""
+    import logging
+
+    from bids_m2i.preproc.motion import register_rigid
+
+    run = make_motion_phantom((24, 24, 12), (8.0, 8.0, 11.0), 2, supersample=1, seed=0, noise=0.005,
+                              activation=0.0, drift=0.0)
+    mask = np.zeros((24, 24, 12), dtype=bool)
+    mask[12, 12, 6] = True
+    with caplog.at_level(logging.INFO, logger="m2i"):
+        pose = register_rigid(run.data[..., 1], run.affine, run.data[..., 0], run.affine, mask=mask)
+    messages = [r.getMessage() for r in caplog.records if "rigid registration" in r.getMessage()]
+    assert len(messages) == 1 and "could not be checked" in messages[0] and "inf" not in messages[0], messages
+    assert np.isfinite(pose).all()

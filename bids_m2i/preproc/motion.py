@@ -441,7 +441,14 @@ def register_rigid(moving: np.ndarray, moving_affine: np.ndarray, fixed: np.ndar
                                               (found, start))
         if not np.isfinite(cost_found) or cost_found > cost_start:
             apart = _pose_distance_mm(found, start, fixed_affine, cost_mask)
-            if np.isfinite(cost_found) and apart < SAME_POSE_MM:
+            if not np.isfinite(cost_start):
+                # neither pose could be judged (fewer than 10 points of the cost mask in view): "ended worse than
+                # its start (cost inf > inf)" said what had not been measured (QA pass 32); the start is kept, as
+                # before, and the message says why
+                log.warning("rigid registration could not be checked (fewer than 10 points of the cost mask, %d "
+                            "voxels, in view); keeping its start (%.2f mm from the pose found)",
+                            int(np.count_nonzero(cost_mask)), apart)
+            elif np.isfinite(cost_found) and apart < SAME_POSE_MM:
                 # two poses within half a millimetre: the judge and the optimiser's cost disagree at the scale of
                 # the references' own differences (a coil field that moves with the head, noise): no wandering
                 # off to warn about (with the unsmoothed judge every demo run warned three times)
