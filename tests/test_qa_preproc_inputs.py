@@ -129,3 +129,21 @@ def test_a_registration_that_cannot_be_checked_says_so(caplog):
     messages = [r.getMessage() for r in caplog.records if "rigid registration" in r.getMessage()]
     assert len(messages) == 1 and "could not be checked" in messages[0] and "inf" not in messages[0], messages
     assert np.isfinite(pose).all()
+
+
+def test_negative_intensities_register_as_their_magnitudes():
+    """A run minus a constant larger than its values (all negative): the gains divided by sums clamped at 1e-6 and
+    the poses ran off to 3e13 mm; now as the run itself."""
+    from bids_m2i.preproc.motion import estimate_motion, register_rigid
+    from bids_m2i.preproc.phantom import motion_error_mm
+
+    run = make_motion_phantom((32, 32, 16), (6.0, 6.0, 8.0), 8, supersample=1, seed=1, max_translation=1.0,
+                              max_rotation_deg=0.7)
+    points = np.argwhere(run.brain_mask) @ run.affine[:3, :3].T + run.affine[:3, 3]
+    negative = run.data - 3000.0
+    error = motion_error_mm(estimate_motion(negative, run.affine).transforms, run.true_transforms, points)
+    assert error.mean() < 0.15 and error.max() < 0.3, error
+    truth = run.true_transforms[1] @ np.linalg.inv(run.true_transforms[0])
+    pose = register_rigid(negative[..., 1], run.affine, negative[..., 0], run.affine)
+    h = np.c_[points, np.ones(len(points))]
+    assert np.sqrt((((h @ pose.T) - (h @ truth.T))[:, :3] ** 2).sum(1).mean()) < 0.3

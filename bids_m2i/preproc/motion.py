@@ -204,7 +204,7 @@ def _register_level(stack: torch.Tensor, pre: np.ndarray, post: np.ndarray, ref:
         mats = torch.from_numpy(pre @ transforms[active] @ post).float().to(device)  # (m, 4, 4)
         values, inside = sample_volumes(stack, sampler_coords(mats, ijk_t))  # (m, P)
         valid = inside.float()
-        gain = (valid * ref.values).sum(1, keepdim=True) / (valid * values).sum(1, keepdim=True).clamp_min(1e-6)
+        gain = (valid * ref.values).sum(1, keepdim=True) / _denominator((valid * values).sum(1, keepdim=True))
         resid = gain * values - ref.values  # (m, P)
         if scale is None:
             mad = _median_abs_inside(resid, inside)
@@ -230,6 +230,15 @@ def _register_level(stack: torch.Tensor, pre: np.ndarray, post: np.ndarray, ref:
             stack = torch.index_select(stack, 0, keep, out=new_stack(active.size, nz1 - 1, ny, nx, device))
             scale = scale[keep]
     return transforms, iteration + 1
+
+
+def _denominator(total: torch.Tensor) -> torch.Tensor:
+    """A sum of sampled intensities as the denominator of a gain: itself, or 1e-6 where it is within 1e-6 of 0.
+
+    Why not ``clamp_min(1e-6)`` (QA pass 32): images of negative intensities (an offset subtracted, a sign flipped)
+    have negative sums; the clamp made their gain -1e6 times too large, and every pose ran off (3e13 mm on a
+    phantom run minus 3000). Identical to the clamp for sums above -1e-6 (every magnitude image)."""
+    return torch.where(total.abs() > 1e-6, total, torch.full_like(total, 1e-6))
 
 
 def _median_abs_inside(resid: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
@@ -522,7 +531,7 @@ def _judge_poses(moving_t, moving_affine, fixed_t, fixed_affine, mask, transform
             costs.append(float("inf"))
             continue
         v, r = values[common], reference[common]
-        gain = r.sum() / v.sum().clamp_min(1e-6)
+        gain = r.sum() / _denominator(v.sum())
         costs.append(float((gain * v - r).abs().median()))
     return costs
 
@@ -556,7 +565,7 @@ def _coarse_costs(moving_t, moving_affine, fixed_t, fixed_affine, mask, transfor
         if valid.sum() < 10:
             costs.append(float("inf"))
             continue
-        gain = (valid * reference).sum() / (valid * values).sum().clamp_min(1e-6)
+        gain = (valid * reference).sum() / _denominator((valid * values).sum())
         resid = (gain * values - reference) * valid
         outside = (1 - valid) * reference.abs()
         costs.append(float(((resid ** 2).sum() + (outside ** 2).sum()) / valid.numel()))
