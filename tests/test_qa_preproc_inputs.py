@@ -147,3 +147,26 @@ def test_negative_intensities_register_as_their_magnitudes():
     pose = register_rigid(negative[..., 1], run.affine, negative[..., 0], run.affine)
     h = np.c_[points, np.ones(len(points))]
     assert np.sqrt((((h @ pose.T) - (h @ truth.T))[:, :3] ** 2).sum(1).mean()) < 0.3
+
+
+def test_a_brain_smaller_than_the_field_gaussian_is_not_flattened_to_nothing():
+    """flatten_intensity defined the field where the brain weighed 0.05 under its 6-voxel Gaussian: a one-voxel
+    brain weighs 2.9e-4, a head on an 8x8x8 grid under 0.05: the image became zeros and register_runs_to_first
+    returned the identity (error 1.94 mm = the motion itself; register_rigid on the raw images: 1.28)."""
+    from bids_m2i.preproc.grid import register_runs_to_first
+    from bids_m2i.preproc.masks import flatten_intensity
+
+    run = make_motion_phantom((8, 8, 8), (24.0, 24.0, 16.0), 2, supersample=1, seed=0, max_translation=1.5,
+                              max_rotation_deg=1.0, noise=0.005, activation=0.0, drift=0.0)
+    one = np.zeros((8, 8, 8), dtype=bool)
+    one[4, 4, 4] = True
+    assert flatten_intensity(run.data[..., 0], brain=one)[4, 4, 4] > 0
+    truth = run.true_transforms[1] @ np.linalg.inv(run.true_transforms[0])
+    points = np.c_[np.argwhere(run.brain_mask) @ run.affine[:3, :3].T + run.affine[:3, 3],
+                   np.ones(int(run.brain_mask.sum()))]
+
+    def error(pose):
+        return float(np.sqrt((((points @ pose.T) - (points @ truth.T))[:, :3] ** 2).sum(1).mean()))
+
+    pose = register_runs_to_first([run.data[..., 0], run.data[..., 1]], [run.affine] * 2)[1]
+    assert error(pose) < 0.8 * error(np.eye(4)), (error(pose), error(np.eye(4)))
