@@ -263,17 +263,21 @@ def _median_abs_inside(resid: torch.Tensor, inside: torch.Tensor) -> torch.Tenso
 def _apply_transforms_on_own_grid(vols: torch.Tensor, affine: np.ndarray, transforms: np.ndarray) -> torch.Tensor:
     """Resample (N, 1, Z, Y, X) volumes onto their own grid with pull transforms (N, 4, 4).
 
-    Voxels whose source falls just outside the field of view take the nearest edge value, not 0 (as
-    ``ResampleRun`` since QA pass 26). Why (QA pass 32): with 0, any sub-voxel pose that moved a voxel of the first
-    or last slice outwards left a 0 there, the median reference of a slab whose brain reaches those slices had
-    them 4-6 % dark, and the fine level (the 60 % of points of largest gradient) tilted still volumes to match: a
-    still 10-slice slab of the phantom got rotations of 5 degrees and 0.9 mm (error 2.4 mm mean) against 0.03
-    degrees now; a moving one 1.36 -> 0.04 mm. Heads inside the field of view (the simulator's 32x32x20 runs)
-    change by +-0.002 mm."""
+    A voxel whose source lies less than one voxel outside the field of view takes the nearest edge value, not 0:
+    the volumes are padded with one replicated voxel on every side. Why (QA pass 32): with 0, any sub-voxel pose
+    that moved a voxel of the first or last slice outwards left a 0 there, the median reference of a slab whose
+    brain reaches those slices had them 4-6 % dark, and the fine level (the 60 % of points of largest gradient)
+    tilted still volumes to match: a still 10-slice slab of the phantom got rotations of 5 degrees and 0.9 mm
+    (error 2.4 mm mean) against 0.03 degrees now; a moving one 1.36 -> 0.04 mm. Heads inside the field of view
+    (the simulator's 32x32x20 runs) change by +-0.002 mm. Sources further out stay 0: a first pass that wandered
+    off (featureless images) still leaves an empty reference, and the run's empty brain mask is reported."""
     from .resample import resample_torch
 
     shape = (vols.shape[4], vols.shape[3], vols.shape[2])
-    return resample_torch(vols, affine, transforms, affine, shape, fill=None)
+    padded = torch.nn.functional.pad(vols, (1, 1, 1, 1, 1, 1), mode="replicate")
+    shift = np.eye(4)
+    shift[:3, 3] = -1.0  # padded voxel (1, 1, 1) is the original voxel (0, 0, 0)
+    return resample_torch(padded, np.asarray(affine, dtype=np.float64) @ shift, transforms, affine, shape)
 
 
 def _chunk_volumes(shape) -> int:
