@@ -178,7 +178,13 @@ def _say_device_once(found: bool) -> None:
 def _nvidia_driver_present() -> bool:
     import os
 
-    return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidiactl")
+    if os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidiactl"):
+        return True
+    # Windows' WSL2 (and Docker Desktop's GPU containers, which run in it) has neither: the GPU is /dev/dxg and
+    # the Windows driver's CUDA library is in /usr/lib/wsl/lib. Without this, --device auto ran every engine on
+    # the CPU there without a word. /dev/dxg alone is any Windows GPU (DirectX), hence the CUDA library too.
+    return os.path.exists("/dev/dxg") and any(os.path.exists(f"/usr/lib/wsl/lib/{name}")
+                                              for name in ("libcuda.so.1", "libcuda.so"))
 
 
 def _run_mem_gb(run) -> float:
