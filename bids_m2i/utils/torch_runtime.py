@@ -25,7 +25,13 @@ def resolve_device(device=None):
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but no CUDA GPU is visible", hint="use --device auto or cpu")
+        # say how a run gets a GPU: the usual cause is a job or container started without one, or
+        # CUDA_VISIBLE_DEVICES emptied ("" or -1 hide every GPU), not a wrong option
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        shown = f' (CUDA_VISIBLE_DEVICES="{visible}")' if visible is not None else ""
+        raise UsageError(f"--device cuda was asked for but no CUDA GPU is visible{shown}",
+                         hint="give the run a GPU (SLURM: --gres=gpu:1; Docker: --gpus all; Apptainer: --nv; "
+                         "CUDA_VISIBLE_DEVICES must name it), or use --device auto or --device cpu")
     return torch.device(device)
 
 
