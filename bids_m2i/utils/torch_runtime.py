@@ -72,8 +72,9 @@ def torch_threads(n_threads: int | None, *, single_threaded_blas: bool = False) 
 
 
 @functools.lru_cache(maxsize=1)
-def cuda_available_in_a_child() -> bool:
-    """Whether torch sees a CUDA GPU, asked in a separate Python process.
+def cuda_available_in_a_child() -> bool | None:
+    """Whether torch sees a CUDA GPU, asked in a separate Python process; ``None`` when the child could not
+    answer (it could not start, or did not answer within 120 s), which is logged here.
 
     ``torch.cuda.is_available()`` initialises the CUDA driver in the process that calls it, and torch then
     refuses CUDA in every process forked from it ("Cannot re-initialize CUDA in forked subprocess"). The main
@@ -84,9 +85,13 @@ def cuda_available_in_a_child() -> bool:
     try:
         done = subprocess.run([sys.executable, "-c", _CUDA_PROBE], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, timeout=120, env=dict(os.environ))
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        log.warning("could not ask whether a CUDA GPU is usable (%s): the engines run on the CPU", exc)
-        return False
+    except (OSError, ValueError, TypeError, subprocess.SubprocessError) as exc:
+        # None, not False: the caller then does not add "torch sees no usable CUDA GPU, check the driver",
+        # which torch never said. TypeError/ValueError: sys.executable None or "" (embedded interpreters).
+        what = f"timed out after {exc.timeout:.0f} s" if isinstance(exc, subprocess.TimeoutExpired) else str(exc)
+        log.warning("--device auto: could not ask whether torch can use the GPU (a Python child process %s); "
+                    "the engines run on the CPU (--device cuda uses the GPU without asking)", what)
+        return None
     return done.returncode == 0
 
 

@@ -160,7 +160,8 @@ def _device(config) -> str:
 
     # not torch.cuda.is_available() here: it would make CUDA unusable in the workers forked from this process
     found = cuda_available_in_a_child()
-    _say_device_once(found)
+    if found is not None:  # None: the child could not answer, and said so itself
+        _say_device_once(found)
     return "cuda" if found else "cpu"
 
 
