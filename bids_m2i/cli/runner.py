@@ -110,6 +110,11 @@ def check_paths(config: Config) -> None:
             check_readable(value, hint=SETTINGS_FILE_HINT)  # 66 "Cannot read", not 64 from the reader, nor "not found" behind a closed folder
             if not Path(value).exists():
                 raise InputMissingError(f"--{name.replace('_', '-')} file not found: {value}", path=value)
+            if name in ("roi_mask", "captions") and Path(value).is_dir():
+                # as --config/--events-map/--bids-filter-file say (utils/text.py); their readers said 66 "file not
+                # found" (the folder is there: the user checks the spelling) and 65 "Cannot work out file type"
+                raise UsageError(f"--{name.replace('_', '-')} {value} is a folder, not a file", path=value,
+                                 hint="give the path of the file itself")
     if config.values.get("roi_mask") is not None and config.values.get("stop_after", "decode") == "decode":
         check_roi_mask(Path(config.values["roi_mask"]))
     if config.values.get("captions") is not None and config.values.get("stop_after", "decode") == "decode":

@@ -261,6 +261,9 @@ def read_shared_sidecar(path) -> dict:
     JSON of our format (else exit 64). Used by the loader and by the start-up check of ``--shared-decoder``."""
     path = Path(path)
     sidecar = path.with_suffix(".json")
+    if path.is_dir():  # "not found" sent the user to check the spelling of a path that is there
+        raise UsageError(f"--shared-decoder {path} is a folder, not a file", path=path,
+                         hint="give the file itself: OUT/group/decoding/desc-shared<target>_model.safetensors")
     if not path.is_file():
         raise InputMissingError(f"shared decoder not found: {path} (+ .json sidecar)", path=path,
                                 hint="train it with `m2i BIDS OUT group --train-shared-decoder`")
