@@ -67,8 +67,9 @@ def read_caption_file(path) -> list[str]:
     """Extra bank captions (``--captions FILE``): one per line, blank lines and ``#`` comments skipped.
 
     UTF-8 (a BOM dropped) or UTF-16 (Notepad's "Unicode", Excel's "Unicode Text"), else Windows-1252/Latin-1
-    with a warning; a binary file, e.g. a .docx or an image given by mistake, is 65 "not a text file". Read at start-up too (cli/runner.py), so a bad file
-    stops the run before preprocessing, not at the decoding stage hours later.
+    with a warning; a binary file, e.g. a .docx or an image given by mistake, is 65 "not a text file". Read at
+    start-up too (cli/runner.py), so a bad file stops the run before preprocessing, not at the decoding stage
+    hours later.
     """
     path = Path(path)
     if not path.is_file():
