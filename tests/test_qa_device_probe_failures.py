@@ -63,3 +63,14 @@ def test_a_probe_that_answers_no_still_says_check_the_driver(monkeypatch, caplog
         assert preproc._device(SimpleNamespace(device="auto")) == "cpu"
     said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(said) == 1 and "sees no usable CUDA GPU" in said[0]
+
+
+def test_no_usable_gpu_names_the_container_flags(monkeypatch, caplog):
+    """A GPU node's driver is seen from a container (Apptainer binds /dev and the host's /proc) that was
+    started without the GPU: the warning said to check the driver version and CUDA_VISIBLE_DEVICES only; the
+    usual fix there is Apptainer's --nv or Docker's --gpus all."""
+    monkeypatch.setattr(preproc, "_nvidia_driver_present", lambda: True)
+    monkeypatch.setattr(torch_runtime, "cuda_available_in_a_child", lambda: False)
+    with caplog.at_level(logging.INFO, logger="m2i"):
+        preproc._device(SimpleNamespace(device="auto"))
+    assert "--nv" in caplog.text and "--gpus all" in caplog.text

@@ -171,9 +171,10 @@ def _say_device_once(found: bool) -> None:
     if found:
         LOGGER.info("--device auto: a CUDA GPU is usable; the engines run on it (--device cpu to keep them off)")
     else:
+        # a container started without the GPU sees the host's driver too (Apptainer binds /dev and /proc)
         LOGGER.warning("--device auto: an NVIDIA driver is installed but torch sees no usable CUDA GPU; the "
-                       "engines run on the CPU (check the driver version against torch's CUDA, or "
-                       "CUDA_VISIBLE_DEVICES)")
+                       "engines run on the CPU (check the driver version against torch's CUDA, "
+                       "CUDA_VISIBLE_DEVICES, and in a container Apptainer's --nv or Docker's --gpus all)")
 
 
 def _nvidia_driver_present() -> bool:
