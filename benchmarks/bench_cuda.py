@@ -364,6 +364,14 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--tiny", action="store_true", help="tiny unCLIP (CPU smoke run of this script)")
     args = parser.parse_args(argv)
+    if args.device.startswith("cuda"):
+        import torch
+
+        # checked before anything is written: without it the default device ended in torch's "Found no NVIDIA
+        # driver" traceback (environment() asks the GPU's name), also for `--tiny`, the CPU smoke run
+        if not torch.cuda.is_available():
+            parser.error(f"--device {args.device}: torch sees no CUDA GPU here (torch {torch.__version__}, CUDA "
+                         f"{torch.version.cuda}); pass --device cpu (with --tiny for a CPU smoke run of this script)")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "environment.json").write_text(json.dumps(environment(args.device), indent=1))
     for section in args.sections:

@@ -65,3 +65,19 @@ def test_clip_extractor_takes_a_model_built_in_memory(tmp_path):
     with pytest.raises(UsageError):
         a.fingerprint()
     assert ClipExtractor(None, loaded=loaded).fingerprint() == b.fingerprint()
+
+
+def test_without_a_gpu_the_default_device_stops_with_a_message_not_a_traceback(tmp_path, capsys):
+    """``--device`` defaults to ``cuda``: on a machine without a GPU (the first try of ``--tiny``, "a CPU smoke
+    run") it ended in torch's RuntimeError traceback from ``environment()``. Now a usage error (exit 2) that
+    says to pass ``--device cpu``, before any file is written."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible here")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as stopped:
+        bench_cuda.main(["--out", str(out), "--tiny", "--sections", "motion"])
+    assert stopped.value.code == 2
+    assert "--device cpu" in capsys.readouterr().err
+    assert not out.exists()

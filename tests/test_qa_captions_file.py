@@ -47,3 +47,23 @@ def test_a_captions_file_without_captions_warns(tmp_path, caplog):
     path.write_text("# nothing yet\n\n")
     assert read_caption_file(path) == []
     assert "holds no caption" in caplog.text
+
+
+def test_a_windows_ansi_captions_file_is_read_with_a_warning(tmp_path, caplog):
+    """Captions saved as "ANSI" (Windows-1252: Notepad before 2019, Excel's "Text (Tab delimited)") or Latin-1,
+    in a French or German lab: 65 "not a text file (neither UTF-8 nor UTF-16)", which it is. Events files in
+    that encoding are read as Latin-1 with a warning; captions are now read too, as Windows-1252 (its curly
+    quotes are what those programs write), with a warning."""
+    path = tmp_path / "captions.txt"
+    path.write_bytes("café au lait\r\nl\u2019arbre « rouge »\r\nGrüße\r\n".encode("cp1252"))
+    assert read_caption_file(path) == ["café au lait", "l\u2019arbre « rouge »", "Grüße"]
+    assert "not UTF-8" in caplog.text and path.name in caplog.text
+
+
+def test_a_binary_file_without_nul_bytes_is_still_not_text(tmp_path):
+    from bids_m2i.errors import BadDataError
+
+    path = tmp_path / "captions.bin"
+    path.write_bytes(bytes(range(1, 256)) * 20)
+    with pytest.raises(BadDataError, match="is not a text file"):
+        read_caption_file(path)

@@ -45,3 +45,25 @@ def test_a_truncated_shared_decoder_is_65_before_any_step(tmp_path, capsys, star
     assert _run(tmp_path, shared_file) == 65
     err = capsys.readouterr().err
     assert shared_file.name in err and "copy it again" in err and started == []
+
+
+@pytest.mark.parametrize("damage", [
+    "meta['FeatureInfo'] = None",          # before: exit 1 "unexpected failure: TypeError" at start-up
+    "meta['Settings'] = None",             # before: passed the check, exit 1 AttributeError after the GLM
+    "del meta['FeatureSpace']",            # before: 64 "decodes 'None' features ... add --target None"
+    "meta['FeatureSpace'] = 3",
+    "meta['Participants'] = 'sub-01'",
+    "meta['Participants'][0].pop('index')",
+])
+def test_a_damaged_sidecar_is_65_before_any_step_naming_it(tmp_path, capsys, started, shared_file, damage):
+    """A sidecar of the right format whose fields are missing or of the wrong type (edited by hand, merged
+    badly): 65 before any step, naming the sidecar and the field, never a traceback or exit 1 hours later."""
+    import json
+
+    sidecar = shared_file.with_suffix(".json")
+    meta = json.loads(sidecar.read_text())
+    exec(damage)
+    sidecar.write_text(json.dumps(meta))
+    assert _run(tmp_path, shared_file) == 65
+    err = capsys.readouterr().err
+    assert sidecar.name in err and "unexpected" not in err and "None" not in err and started == []

@@ -482,10 +482,11 @@ def check_metric_models_early(models_dir: Path | None) -> None:
     """The networks of the feature metrics, which the evaluation step loads from any models folder given
     (:func:`bids_m2i.evaluation.feature_spaces.load_feature_extractors`), even for ``--target pixels``: a
     damaged, unreadable or hand-edited folder stopped the run at that last step, after all the others."""
-    from ..models.store import MANIFEST_NAME, check_models, check_readable, read_manifest
+    from ..models.store import MANIFEST_NAME, check_models, check_not_a_file, check_readable, read_manifest
 
     if models_dir is None:
         return
+    check_not_a_file(models_dir)  # else 66 "Cannot read <file>/manifest.json: permission denied" (ENOTDIR)
     check_readable(models_dir / MANIFEST_NAME, models_dir)
     if not (models_dir / MANIFEST_NAME).is_file():
         return  # no folder (no metrics) or one without a manifest: read as it is, as the evaluation does

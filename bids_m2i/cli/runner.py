@@ -110,6 +110,11 @@ def check_paths(config: Config) -> None:
             check_readable(value, hint=SETTINGS_FILE_HINT)  # 66 "Cannot read", not 64 from the reader, nor "not found" behind a closed folder
             if not Path(value).exists():
                 raise InputMissingError(f"--{name.replace('_', '-')} file not found: {value}", path=value)
+            if name in ("roi_mask", "captions") and Path(value).is_dir():
+                # as --config/--events-map/--bids-filter-file say (utils/text.py); their readers said 66 "file not
+                # found" (the folder is there: the user checks the spelling) and 65 "Cannot work out file type"
+                raise UsageError(f"--{name.replace('_', '-')} {value} is a folder, not a file", path=value,
+                                 hint="give the path of the file itself")
     if config.values.get("roi_mask") is not None and config.values.get("stop_after", "decode") == "decode":
         check_roi_mask(Path(config.values["roi_mask"]))
     if config.values.get("captions") is not None and config.values.get("stop_after", "decode") == "decode":
@@ -362,6 +367,21 @@ def check_generator_has_its_target(config: Config) -> None:
                          "clip (needs --models-dir)")
 
 
+def warn_about_unused_decoding_options(config: Config) -> None:
+    """Say when a decoding option set by the user does nothing with the chosen generator or targets: ignored
+    without a word, ``--candidates 4`` with ``--generator pixels`` let the user believe the images were the
+    best of 4. A warning, not an error: a config file shared by several runs may set them for all."""
+    if config.stop_after != "decode":
+        return
+    candidates = config.values.get("candidates") or 1
+    if candidates > 1 and config.values["generator"] != "unclip":
+        LOGGER.warning("--candidates %d applies to --generator unclip only: --generator %s makes one image per "
+                       "item", candidates, config.values["generator"])
+    if config.values.get("captions") is not None and not {"text", "clip-text"} & set(config.values["target"]):
+        LOGGER.warning("--captions is read for --target text or clip-text only (the caption bank): ignored with "
+                       "--target %s", " ".join(config.values["target"]))
+
+
 # nipype plugins that name their cluster jobs after os.environ["LOGNAME"] (a KeyError without it)
 PLUGINS_NEEDING_LOGNAME = {"slurm", "sge", "pbs", "lsf", "oar", "condor"}
 
@@ -569,6 +589,7 @@ def run(config: Config, on_log_file: Callable[[Path], None] | None = None,
     check_memory_budget(config, inputs)
     check_participant_folders_writable(output_dir, list(inputs))
     check_generator_has_its_target(config)
+    warn_about_unused_decoding_options(config)
     from ..workflows.base import run_participant_workflows
 
     with participants_locked(work_dir, list(inputs)):

@@ -261,6 +261,9 @@ def read_shared_sidecar(path) -> dict:
     JSON of our format (else exit 64). Used by the loader and by the start-up check of ``--shared-decoder``."""
     path = Path(path)
     sidecar = path.with_suffix(".json")
+    if path.is_dir():  # "not found" sent the user to check the spelling of a path that is there
+        raise UsageError(f"--shared-decoder {path} is a folder, not a file", path=path,
+                         hint="give the file itself: OUT/group/decoding/desc-shared<target>_model.safetensors")
     if not path.is_file():
         raise InputMissingError(f"shared decoder not found: {path} (+ .json sidecar)", path=path,
                                 hint="train it with `m2i BIDS OUT group --train-shared-decoder`")
@@ -282,7 +285,33 @@ def read_shared_sidecar(path) -> dict:
         found = meta.get("Format") if isinstance(meta, dict) else None
         raise UsageError(f"{path} is not a shared decoder (format {found!r}, expected {FORMAT})", path=path,
                          hint="pass a desc-shared<target>_model.safetensors file from the group level")
+    _check_sidecar_fields(meta, sidecar)
     return meta
+
+
+def _check_sidecar_fields(meta: dict, sidecar: Path) -> None:
+    """The fields the loader reads, with their types: a sidecar of our format edited by hand or merged badly
+    (``"FeatureInfo": null``, no ``FeatureSpace``) stopped the run with exit 1 ("unexpected failure:
+    TypeError") at start-up, or passed it and failed at the decoding stage after preprocessing and the GLM."""
+    from ..config import TARGETS
+
+    def damaged(what: str) -> BadDataError:
+        return BadDataError(f"The shared decoder sidecar {sidecar} is damaged: {what}", path=sidecar,
+                            hint="copy it again from the group level's OUT/group/decoding/ (with its .safetensors), "
+                            "or retrain it with `m2i BIDS OUT group --train-shared-decoder`")
+
+    if meta.get("FeatureSpace") not in TARGETS:
+        raise damaged(f"\"FeatureSpace\" is {json.dumps(meta.get('FeatureSpace'))}, expected one of "
+                      + ", ".join(TARGETS))
+    for key, kind, name in (("FeatureInfo", dict, "an object"), ("Settings", dict, "an object"),
+                            ("Info", dict, "an object"), ("Stimuli", list, "a list")):
+        if key in meta and not isinstance(meta[key], kind):
+            raise damaged(f"\"{key}\" is {json.dumps(meta[key])[:60]}, expected {name}")
+    participants = meta.get("Participants")
+    fields = (("label", str), ("index", int), ("n_train", int))
+    if not isinstance(participants, list) or not all(
+            isinstance(p, dict) and all(isinstance(p.get(k), kind) for k, kind in fields) for p in participants):
+        raise damaged("\"Participants\" must be a list of objects with \"label\", \"index\" and \"n_train\"")
 
 
 

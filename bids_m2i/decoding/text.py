@@ -66,9 +66,10 @@ def read_captions(stimuli_dir) -> dict[str, str]:
 def read_caption_file(path) -> list[str]:
     """Extra bank captions (``--captions FILE``): one per line, blank lines and ``#`` comments skipped.
 
-    UTF-8 (a BOM dropped) or UTF-16 (Notepad's "Unicode", Excel's "Unicode Text"); anything else, e.g. a .docx
-    or an image given by mistake, is 65 "not a text file". Read at start-up too (cli/runner.py), so a bad file
-    stops the run before preprocessing, not at the decoding stage hours later.
+    UTF-8 (a BOM dropped) or UTF-16 (Notepad's "Unicode", Excel's "Unicode Text"), else Windows-1252/Latin-1
+    with a warning; a binary file, e.g. a .docx or an image given by mistake, is 65 "not a text file". Read at
+    start-up too (cli/runner.py), so a bad file stops the run before preprocessing, not at the decoding stage
+    hours later.
     """
     path = Path(path)
     if not path.is_file():
@@ -93,6 +94,16 @@ def read_caption_file(path) -> list[str]:
             text = raw.decode("utf-8-sig")
         except UnicodeDecodeError:
             text = None
+    if text is None and b"\x00" not in raw and not _looks_binary(raw):
+        # "ANSI" text (Windows-1252: Notepad before 2019, Excel's "Text (Tab delimited)"; or Latin-1): a
+        # caption with an accent was 65 "not a text file". Events files in it are read too (bids/events.py)
+        for legacy in ("cp1252", "latin-1"):
+            try:
+                text = raw.decode(legacy)
+            except UnicodeDecodeError:
+                continue
+            LOGGER.warning("The --captions file %s is not UTF-8; read as %s", path, legacy)
+            break
     if text is None or "\x00" in text:
         raise BadDataError(f"The --captions file {path.name} is not a text file (neither UTF-8 nor UTF-16)",
                            path=path, hint="give a plain text file (UTF-8) with one caption per line, e.g. saved "
@@ -102,6 +113,14 @@ def read_caption_file(path) -> list[str]:
         LOGGER.warning("The --captions file %s holds no caption (only blank or # lines): the caption bank keeps "
                        "the training captions and cue texts", path)
     return captions
+
+
+def _looks_binary(raw: bytes) -> bool:
+    """More than 1 % control bytes (other than tab, line ends, form feed) in the first 4 kB: not text in any
+    one-byte encoding (images, archives and documents are mostly such bytes; text has none)."""
+    head = raw[:4096]
+    controls = sum(1 for b in head if b < 32 and b not in (9, 10, 12, 13)) + head.count(127)
+    return controls > 0.01 * max(len(head), 1)
 
 
 def caption_of(row, captions: dict[str, str]) -> str:

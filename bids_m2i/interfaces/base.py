@@ -51,6 +51,17 @@ def read_error_records(folder: Path) -> list[dict]:
     return sorted(records, key=lambda r: r.get("time", 0))
 
 
+def device_trait():
+    """The ``device`` input of a node whose engine runs on torch (``cpu`` or ``cuda``, --device resolved).
+
+    Not hashed: the device changes how a step computes, not what (CPU and GPU betas agree to a median per-voxel
+    correlation of 1.0000, docs/benchmarks.md), as ``mem_gb`` changes the GLM's chunks. Hashed, a rerun with
+    ``--device cpu`` after a step failed on the GPU (the hint of that error), or a job resumed on a CPU node
+    after a GPU one, computed every finished step again: hours of motion correction and GLM.
+    """
+    return traits.Str("cpu", usedefault=True, nohash=True, desc="torch device of the engine (not hashed)")
+
+
 class M2IInputSpec(BaseInterfaceInputSpec):
     """Inputs every m2i node has: the code's fingerprint, so that nipype's cache key covers the code."""
 

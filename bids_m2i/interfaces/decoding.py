@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from nipype.interfaces.base import File, InputMultiObject, TraitedSpec, isdefined, traits
 
-from .base import M2IInputSpec, M2IInterface
+from .base import M2IInputSpec, M2IInterface, device_trait
 
 NA = "n/a"
 
@@ -88,7 +88,7 @@ class _StageInputSpec(M2IInputSpec):
     """What every stage needs: the run's settings that are not data."""
 
     seed = traits.Int(0, usedefault=True)
-    device = traits.Str("cpu", usedefault=True)
+    device = device_trait()
     n_threads = traits.Int(1, usedefault=True)
     work_dir = traits.Str(mandatory=True, desc="the run's work dir (feature cache)")
 

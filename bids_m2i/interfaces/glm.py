@@ -12,7 +12,7 @@ import pandas as pd
 from nipype.interfaces.base import File, InputMultiObject, TraitedSpec, isdefined, traits
 
 from ..errors import BadDataError, UsageError
-from .base import M2IInputSpec, M2IInterface
+from .base import M2IInputSpec, M2IInterface, device_trait
 from .derivatives import derivatives_trait, publish_node_outputs
 from .images import load_bold, save_like
 
@@ -208,7 +208,7 @@ class _SingleTrialInputSpec(M2IInputSpec):
     mem_gb = traits.Float(4.0, usedefault=True, nohash=True,
                           desc="this node's memory budget (GB), the process included")
     n_threads = traits.Int(1, usedefault=True)
-    device = traits.Str("cpu", usedefault=True)
+    device = device_trait()
     seed = traits.Int(0, usedefault=True)
     # set only when there is something to say (an unset input keeps the hash of earlier runs' nodes)
     events_notes = traits.List(traits.Str(), desc="what was assumed for events with n/a times (for the sidecar)")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from nipype.interfaces.base import File, InputMultiObject, TraitedSpec, isdefined, traits
 
-from .base import M2IInputSpec, M2IInterface
+from .base import M2IInputSpec, M2IInterface, device_trait
 from .derivatives import derivatives_trait, publish_node_outputs
 from .images import load_bold, save_like
 
@@ -18,7 +18,7 @@ class _EstimateHeadMotionInputSpec(M2IInputSpec):
     in_file = File(exists=True, mandatory=True, desc="raw BOLD run")
     dummy_scans = traits.Int(-1, usedefault=True, desc="non-steady-state volumes; -1 = detect")
     n_threads = traits.Int(1, usedefault=True)
-    device = traits.Str("cpu", usedefault=True)
+    device = device_trait()
     derivatives = derivatives_trait()
 
 
@@ -64,7 +64,7 @@ class _ParticipantGridInputSpec(M2IInputSpec):
     boldrefs = InputMultiObject(File(exists=True), mandatory=True, desc="each run's reference, run order")
     run_names = traits.List(traits.Str(), desc="each run's BOLD file name, run order (named in warnings)")
     n_threads = traits.Int(1, usedefault=True)
-    device = traits.Str("cpu", usedefault=True)
+    device = device_trait()
 
 
 class _ParticipantGridOutputSpec(TraitedSpec):
@@ -123,7 +123,7 @@ class _ResampleRunInputSpec(M2IInputSpec):
     tr = traits.Float(mandatory=True)
     fd_threshold = traits.Float(0.5, usedefault=True)
     n_threads = traits.Int(1, usedefault=True)
-    device = traits.Str("cpu", usedefault=True)
+    device = device_trait()
     derivatives = derivatives_trait()
 
 

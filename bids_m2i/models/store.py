@@ -106,6 +106,7 @@ def resolve_models_dir(models_dir: str | os.PathLike | None) -> Path:
             "(needs a network) or `m2i-models make-tiny DIR` (random weights, smoke tests only)",
         )
     path = Path(value).expanduser()
+    check_not_a_file(path)
     if not path.is_dir():
         raise InputMissingError(
             f"Models folder not found: {path}",
@@ -113,6 +114,14 @@ def resolve_models_dir(models_dir: str | os.PathLike | None) -> Path:
             hint="create it with `m2i-models prepare DIR` or `m2i-models make-tiny DIR`",
         )
     return path
+
+
+def check_not_a_file(path: Path) -> None:
+    """A file given as the models folder (``--models-dir models/manifest.json``, the file the docs name) was 66
+    "Models folder not found" for a path that is there: 64, naming the folder that holds it."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--models-dir {path} is a file, not a folder", path=path,
+                         hint=f"give the models folder itself (the one holding manifest.json, e.g. {path.parent})")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -420,6 +429,7 @@ def check_models(
     """
     models_dir = Path(models_dir)
     purposes = list(purposes)
+    check_not_a_file(models_dir)
     if not models_dir.is_dir():
         raise InputMissingError(
             f"Models folder not found: {models_dir}",

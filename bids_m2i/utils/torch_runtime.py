@@ -25,7 +25,13 @@ def resolve_device(device=None):
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but no CUDA GPU is visible", hint="use --device auto or cpu")
+        # say how a run gets a GPU: the usual cause is a job or container started without one, or
+        # CUDA_VISIBLE_DEVICES emptied ("" or -1 hide every GPU), not a wrong option
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        shown = f' (CUDA_VISIBLE_DEVICES="{visible}")' if visible is not None else ""
+        raise UsageError(f"--device cuda was asked for but no CUDA GPU is visible{shown}",
+                         hint="give the run a GPU (SLURM: --gres=gpu:1; Docker: --gpus all; Apptainer: --nv; "
+                         "CUDA_VISIBLE_DEVICES must name it), or use --device auto or --device cpu")
     return torch.device(device)
 
 
@@ -66,8 +72,9 @@ def torch_threads(n_threads: int | None, *, single_threaded_blas: bool = False) 
 
 
 @functools.lru_cache(maxsize=1)
-def cuda_available_in_a_child() -> bool:
-    """Whether torch sees a CUDA GPU, asked in a separate Python process.
+def cuda_available_in_a_child() -> bool | None:
+    """Whether torch sees a CUDA GPU, asked in a separate Python process; ``None`` when the child could not
+    answer (it could not start, or did not answer within 120 s), which is logged here.
 
     ``torch.cuda.is_available()`` initialises the CUDA driver in the process that calls it, and torch then
     refuses CUDA in every process forked from it ("Cannot re-initialize CUDA in forked subprocess"). The main
@@ -78,9 +85,13 @@ def cuda_available_in_a_child() -> bool:
     try:
         done = subprocess.run([sys.executable, "-c", _CUDA_PROBE], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, timeout=120, env=dict(os.environ))
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        log.warning("could not ask whether a CUDA GPU is usable (%s): the engines run on the CPU", exc)
-        return False
+    except (OSError, ValueError, TypeError, subprocess.SubprocessError) as exc:
+        # None, not False: the caller then does not add "torch sees no usable CUDA GPU, check the driver",
+        # which torch never said. TypeError/ValueError: sys.executable None or "" (embedded interpreters).
+        what = f"timed out after {exc.timeout:.0f} s" if isinstance(exc, subprocess.TimeoutExpired) else str(exc)
+        log.warning("--device auto: could not ask whether torch can use the GPU (a Python child process %s); "
+                    "the engines run on the CPU (--device cuda uses the GPU without asking)", what)
+        return None
     return done.returncode == 0
 
 

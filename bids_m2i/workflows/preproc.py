@@ -160,7 +160,8 @@ def _device(config) -> str:
 
     # not torch.cuda.is_available() here: it would make CUDA unusable in the workers forked from this process
     found = cuda_available_in_a_child()
-    _say_device_once(found)
+    if found is not None:  # None: the child could not answer, and said so itself
+        _say_device_once(found)
     return "cuda" if found else "cpu"
 
 
@@ -170,15 +171,22 @@ def _say_device_once(found: bool) -> None:
     if found:
         LOGGER.info("--device auto: a CUDA GPU is usable; the engines run on it (--device cpu to keep them off)")
     else:
+        # a container started without the GPU sees the host's driver too (Apptainer binds /dev and /proc)
         LOGGER.warning("--device auto: an NVIDIA driver is installed but torch sees no usable CUDA GPU; the "
-                       "engines run on the CPU (check the driver version against torch's CUDA, or "
-                       "CUDA_VISIBLE_DEVICES)")
+                       "engines run on the CPU (check the driver version against torch's CUDA, "
+                       "CUDA_VISIBLE_DEVICES, and in a container Apptainer's --nv or Docker's --gpus all)")
 
 
 def _nvidia_driver_present() -> bool:
     import os
 
-    return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidiactl")
+    if os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidiactl"):
+        return True
+    # Windows' WSL2 (and Docker Desktop's GPU containers, which run in it) has neither: the GPU is /dev/dxg and
+    # the Windows driver's CUDA library is in /usr/lib/wsl/lib. Without this, --device auto ran every engine on
+    # the CPU there without a word. /dev/dxg alone is any Windows GPU (DirectX), hence the CUDA library too.
+    return os.path.exists("/dev/dxg") and any(os.path.exists(f"/usr/lib/wsl/lib/{name}")
+                                              for name in ("libcuda.so.1", "libcuda.so"))
 
 
 def _run_mem_gb(run) -> float:
