@@ -165,7 +165,10 @@ def main(argv=None):
                         help="one ridge penalty per latent target in the maps (the previous method)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--betas", type=Path, default=None,
-                        help="use the GLM betas of this output folder (participant --stop-after glm --glm lsa)")
+                        help="use the GLM betas of this output folder (participant --stop-after glm [--glm M])")
+    parser.add_argument("--glm", default="lsa",
+                        help="desc label of the GLM betas that --betas reads: lsa (as issue 15's passes measured) or "
+                             "fithrfdenoiserr (the app's default GLM)")
     parser.add_argument("--srm", nargs="*", default=(), metavar="VOXELS:REDUCED:K",
                         help="also the shared response model with these settings (tried, not kept)")
     parser.add_argument("--inversion", action="store_true",
@@ -188,7 +191,7 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     work = args.dataset.parent / (args.dataset.name + "-features")
     if args.betas is not None:
-        data = {label: load_glm_participant(args.dataset, args.betas, label, work) for label in labels}
+        data = {label: load_glm_participant(args.dataset, args.betas, label, work, args.glm) for label in labels}
     else:
         data = {label: load_participant(args.dataset, label, args.noise, args.noise_voxels, rng, work)
                 for label in labels}
