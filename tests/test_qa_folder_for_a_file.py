@@ -43,3 +43,18 @@ def test_a_file_for_the_models_folder_is_64_naming_its_folder(tmp_path, capsys, 
     err = capsys.readouterr().err
     assert code == 64, err
     assert f"{manifest} is a file, not a folder" in err and str(models) in err and started == []
+
+
+def test_a_file_for_the_derivatives_folder_is_64_naming_its_folder(tmp_path, capsys, started):
+    """``--derivatives fmriprep/dataset_description.json``: 66 "--derivatives folder not found" for a path that is
+    there. Now 64, saying to give the folder holding it (as for ``--models-dir``)."""
+    bids = make_minimal_bids(tmp_path / "bids")
+    fmriprep = tmp_path / "fmriprep"
+    fmriprep.mkdir()
+    description = fmriprep / "dataset_description.json"
+    description.write_text('{"Name": "fMRIPrep", "BIDSVersion": "1.8.0", "DatasetType": "derivative"}')
+    code = run_cli([str(bids), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "work"),
+                    "--skip-bids-validation", "--derivatives", str(description)])
+    err = capsys.readouterr().err
+    assert code == 64, err
+    assert f"{description} is a file, not a folder" in err and str(fmriprep) in err and started == []

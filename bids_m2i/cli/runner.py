@@ -122,6 +122,11 @@ def check_paths(config: Config) -> None:
 
         read_caption_file(config.values["captions"])  # a binary file: 65 now, not at the decoding stage
     for folder in config.values.get("derivatives") or []:
+        if Path(folder).is_file():
+            # e.g. fMRIPrep's dataset_description.json or a .html report given for its folder: "folder not found"
+            # sent the user to check the spelling of a path that is there
+            raise UsageError(f"--derivatives {folder} is a file, not a folder", path=folder,
+                             hint=f"give the fMRIPrep output folder holding it ({Path(folder).parent})")
         if not Path(folder).is_dir():
             raise InputMissingError(f"--derivatives folder not found: {folder}", path=folder,
                                     hint="give the fMRIPrep output folder (holding its dataset_description.json)")
