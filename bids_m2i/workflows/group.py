@@ -284,7 +284,10 @@ def render_group_html(table: pd.DataFrame, missing: list[str], participants: lis
     summary = table[table["participant_id"] == "group"]
     rows = table[table["participant_id"] != "group"]
     side_headings, side_rows = side_by_side_rows(summary, value="mean")
-    env = Environment(loader=PackageLoader("bids_m2i", "data/templates"), autoescape=select_autoescape(["html"]))
+    # the templates are *.html.j2: select_autoescape(["html"]) looks at the last extension only and left
+    # the cells of hand-edited or foreign metrics tables unescaped (a <script> in one ran in the page)
+    env = Environment(loader=PackageLoader("bids_m2i", "data/templates"),
+                      autoescape=select_autoescape(["html", "html.j2"]))
     return env.get_template("group.html.j2").render(
         version=__version__, generated=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         n_done=len(participants) - len(missing), n_expected=len(participants),
