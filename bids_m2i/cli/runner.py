@@ -450,7 +450,7 @@ def reserve_run_names(logs_dir: Path, level: str, stamp: str, tag: str) -> tuple
 class RunFootprint:
     """What a group run finds in OUTPUT_DIR and the work dir before it writes, so that a failed one can take
     back what it created (its log and config, logs/, .bidsignore, a rewritten dataset_description.json, new
-    files under group/, a new work dir) and keep whatever existed: a failed group run left logs/ and partial
+    files under group/, the summaries in group/ it replaced, a new work dir) and keep whatever existed: a failed group run left logs/ and partial
     files that looked like results."""
 
     def __init__(self, output_dir: Path, work_dir: Path):
@@ -464,6 +464,13 @@ class RunFootprint:
         except OSError:
             self.description = None
         self.group_files = set(self._files(self.output_dir / "group"))
+        # the summaries of the last group run (tables and pages: small): a rerun rewrites them one after the
+        # other, and one that failed half-way left a new metrics table beside the old page of fewer participants
+        self.summaries = {}
+        for path in (self.output_dir / "group").glob("*"):
+            with contextlib.suppress(OSError):
+                if path.is_file() and not path.is_symlink():
+                    self.summaries[path] = path.read_bytes()
         self.run_files: list[Path] = []  # this run's log and resolved config
 
     @staticmethod
@@ -480,6 +487,12 @@ class RunFootprint:
         for path in set(self._files(self.output_dir / "group")) - self.group_files:
             with contextlib.suppress(OSError):
                 path.unlink()
+        for path, content in self.summaries.items():
+            with contextlib.suppress(OSError):
+                if not path.is_file() or path.read_bytes() != content:
+                    from ..utils.atomic import write_bytes
+
+                    write_bytes(path, content)
         description = self.output_dir / "dataset_description.json"
         with contextlib.suppress(OSError):
             if self.description is not None and description.read_bytes() != self.description:
