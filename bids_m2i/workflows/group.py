@@ -132,9 +132,18 @@ def read_metrics_table(path: Path) -> pd.DataFrame | None:
         problem = f"cannot be read ({type(exc).__name__}: {exc})"
     else:
         lacking = [c for c in [*KEYS, "value"] if c not in table.columns]
-        if not lacking and len(table):
+        # a metric given twice (tables pasted together, a row copied by hand) counted as a second participant
+        # in the summary's n, mean and sd; which of the two is right cannot be told
+        repeated = (table[table.duplicated(KEYS, keep="first")][KEYS].astype(str).agg("/".join, axis=1)
+                    if not lacking else pd.Series(dtype=str))
+        if not lacking and len(table) and repeated.empty:
             return table
-        problem = f"lacks the column(s) {', '.join(lacking)}" if lacking else "has no rows"
+        if lacking:
+            problem = f"lacks the column(s) {', '.join(lacking)}"
+        elif len(table):
+            problem = f"gives the same metric more than once ({', '.join(sorted(set(repeated)))})"
+        else:
+            problem = "has no rows"
     LOGGER.warning("%s %s: %s is left out as not finished; rerun the participant level for %s", path, problem,
                    subject, subject)
     return None
@@ -170,13 +179,18 @@ def collect_group_metrics(output_dir: Path, participants: list[str],
     return pd.concat(frames, ignore_index=True), missing
 
 
+def _finite(column: pd.Series) -> pd.Series:
+    """Numbers of a column read as text; ``n/a``, text and non-finite values (``inf`` in a hand-edited table,
+    which made the group mean ``inf``) become NaN: not numbers to average."""
+    numbers = pd.to_numeric(column.replace("n/a", np.nan), errors="coerce")
+    return numbers.where(np.isfinite(numbers))
+
+
 def summarize(per_participant: pd.DataFrame) -> pd.DataFrame:
     """Mean, sd and n over participants of every (GLM method, decoder, generator, condition, cue, metric,
     feature space)."""
-    values = per_participant.assign(value_num=pd.to_numeric(per_participant["value"].replace("n/a", np.nan),
-                                                            errors="coerce"),
-                                    chance_num=pd.to_numeric(per_participant["chance"].replace("n/a", np.nan),
-                                                             errors="coerce"))
+    values = per_participant.assign(value_num=_finite(per_participant["value"]),
+                                    chance_num=_finite(per_participant["chance"]))
     rows = []
     for key, part in values.groupby([*SETTINGS, *KEYS], sort=True):
         numbers = part["value_num"].dropna()
