@@ -67,3 +67,20 @@ def test_a_non_finite_value_is_not_averaged(three, caplog, value):
     assert "RuntimeWarning" not in caplog.text
     wide = pd.read_csv(out / "group" / "desc-conditions_table.tsv", sep="\t", dtype=str, keep_default_na=False)
     assert float(wide["perception"].iloc[0]) == pytest.approx(0.4)
+
+
+TINY = "tiny random-weight models: numbers are meaningless"
+
+
+def test_results_of_tiny_random_models_say_so_in_the_group_summary(three, caplog):
+    """sub-02 decoded with ``m2i-models make-tiny`` weights: its rows' notes say its numbers are meaningless,
+    but the group summary averaged them with the others under the note "mean over participants", and neither
+    the log nor group.html said a word (DESIGN: every output made with tiny models says so)."""
+    bids, out = three
+    table = out / "sub-02" / "decoding" / "sub-02_desc-metrics_table.tsv"
+    table.write_text(HEADER + ROW.format(v="0.5").replace("\tn/a\n", f"\t{TINY}\n"))
+    row, _ = _summary(bids, out)
+    assert TINY in row["note"]
+    assert "tiny random weights" in caplog.text and "sub-02" in caplog.text
+    html = (out / "group" / "group.html").read_text()
+    assert "tiny random weights" in html and "sub-02" in html[:html.index('id="group-conditions"')]

@@ -186,6 +186,18 @@ def _finite(column: pd.Series) -> pd.Series:
     return numbers.where(np.isfinite(numbers))
 
 
+#: the note the participant level gives every metric of a run with tiny random-weight models
+TINY_NOTE = "tiny random-weight models: numbers are meaningless"
+
+
+def tiny_model_participants(per_participant: pd.DataFrame) -> list[str]:
+    """The participants whose metrics came from tiny random-weight models (their rows' note says so)."""
+    if "note" not in per_participant:
+        return []
+    notes = per_participant["note"].astype(str)
+    return sorted(set(per_participant.loc[notes.str.contains("tiny random", regex=False), "participant_id"]))
+
+
 def summarize(per_participant: pd.DataFrame) -> pd.DataFrame:
     """Mean, sd and n over participants of every (GLM method, decoder, generator, condition, cue, metric,
     feature space)."""
@@ -194,13 +206,15 @@ def summarize(per_participant: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for key, part in values.groupby([*SETTINGS, *KEYS], sort=True):
         numbers = part["value_num"].dropna()
+        # a mean over results of tiny random-weight models (m2i-models make-tiny) must say so as they do
+        tiny = "; " + TINY_NOTE if tiny_model_participants(part) else ""
         rows.append({
             "participant_id": "group", **dict(zip([*SETTINGS, *KEYS], key)),
             "value": "n/a", "chance": part["chance_num"].mean() if part["chance_num"].notna().any() else "n/a",
             "p_value": "n/a", "n_items": "n/a", "n_candidates": "n/a",
             "mean": numbers.mean() if len(numbers) else "n/a",
             "sd": numbers.std(ddof=1) if len(numbers) > 1 else "n/a",
-            "n": int(len(numbers)), "note": "mean over participants",
+            "n": int(len(numbers)), "note": "mean over participants" + tiny,
         })
     return pd.DataFrame(rows, columns=GROUP_COLUMNS)
 
@@ -229,6 +243,10 @@ def run_group_level(config) -> int:
     if decoders:
         LOGGER.warning("Participants were decoded with different decoders or generators (%s): the group summary "
                        "is given per setting, never averaged across them", decoders)
+    tiny = ", ".join(tiny_model_participants(per_participant))
+    if tiny:
+        LOGGER.warning("Decoded with tiny random weights (m2i-models make-tiny), whose numbers are meaningless: %s; "
+                       "the group summary says so in its note", tiny)
     table = pd.concat([summarize(per_participant), per_participant[GROUP_COLUMNS]], ignore_index=True)
     prefix = group_name_prefix(config.space_entities)
     write_tsv(output_dir / "group" / f"{prefix}desc-metrics_table.tsv", table)
@@ -239,7 +257,7 @@ def run_group_level(config) -> int:
     pages = {f"sub-{label}": participant_page(output_dir, label, config.space_entities)
              for label in participants if label not in missing}
     write_text(output_dir / "group" / f"{prefix}group.html", render_group_html(table, missing, participants, methods,
-                                                                               pages, decoders))
+                                                                               pages, decoders, tiny))
     LOGGER.info("Group level: %d participant(s) summarised, %d missing -> %s", len(participants) - len(missing),
                 len(missing), output_dir / "group")
     return 0
@@ -273,7 +291,7 @@ def participant_page(output_dir: Path, subject: str, space: dict | None = None) 
 
 
 def render_group_html(table: pd.DataFrame, missing: list[str], participants: list[str], mixed: str = "",
-                      pages: dict[str, str] | None = None, mixed_decoders: str = "") -> str:
+                      pages: dict[str, str] | None = None, mixed_decoders: str = "", tiny: str = "") -> str:
     import time
 
     from jinja2 import Environment, PackageLoader, select_autoescape
@@ -305,7 +323,7 @@ def render_group_html(table: pd.DataFrame, missing: list[str], participants: lis
     return env.get_template("group.html.j2").render(
         version=__version__, generated=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         n_done=len(participants) - len(missing), n_expected=len(participants),
-        missing=[f"sub-{m}" for m in missing], mixed=mixed, mixed_decoders=mixed_decoders,
+        missing=[f"sub-{m}" for m in missing], mixed=mixed, mixed_decoders=mixed_decoders, tiny=tiny,
         summary=[{k: (fmt(v) if k != "n" else _count(v)) for k, v in r.items()} for r in summary.to_dict("records")],
         side_headings=side_headings, side_rows=side_rows,
         rows=[{**{k: fmt(v) for k, v in r.items()},
