@@ -80,9 +80,29 @@ def test_group_page_escapes_the_participants_tables(tmp_path):
         folder = out / f"sub-{subject}" / "decoding"
         folder.mkdir(parents=True)
         (folder / f"sub-{subject}_desc-metrics_table.tsv").write_text(METRICS.format(space=space, note="n/a"))
+        (out / f"sub-{subject}.html").write_text("<!DOCTYPE html>")
     assert run_cli([str(bids), str(out), "group", "-w", str(tmp_path / "work")]) == 0
     html = (out / "group" / "group.html").read_text()
     assert EVIL not in html
     assert _scripts(html) == 0
     assert ESCAPED in html
     assert '<a href="../sub-01.html">sub-01</a>' in html  # the page's own markup is untouched
+
+
+def test_group_page_links_only_participant_pages_that_exist(tmp_path):
+    """The group page linked ``../sub-02.html`` for every summarised participant, also when that page was never
+    written (the report step failed after decoding, a copy of the decoding folders only): a dead link."""
+    bids = make_minimal_bids(tmp_path / "bids", subjects=("01", "02"), n_volumes=8)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "dataset_description.json").write_text(json.dumps({"Name": "m2i", "BIDSVersion": "1.10.0",
+                                                              "DatasetType": "derivative"}))
+    for subject in ("01", "02"):
+        folder = out / f"sub-{subject}" / "decoding"
+        folder.mkdir(parents=True)
+        (folder / f"sub-{subject}_desc-metrics_table.tsv").write_text(METRICS.format(space="pixels", note="n/a"))
+    (out / "sub-01.html").write_text("<!DOCTYPE html><title>sub-01</title>")
+    assert run_cli([str(bids), str(out), "group", "-w", str(tmp_path / "work")]) == 0
+    html = (out / "group" / "group.html").read_text()
+    assert '<a href="../sub-01.html">sub-01</a>' in html
+    assert 'href="../sub-02.html"' not in html and "<td>sub-02</td>" in html

@@ -256,6 +256,8 @@ def run_group_level(config) -> int:
               conditions_side_by_side(table[table["participant_id"] == "group"], value="mean"))
     pages = {f"sub-{label}": participant_page(output_dir, label, config.space_entities)
              for label in participants if label not in missing}
+    # a page never written (the report step failed after decoding; decoding folders copied alone): no dead link
+    pages = {subject: page if (output_dir / page).is_file() else None for subject, page in pages.items()}
     write_text(output_dir / "group" / f"{prefix}group.html", render_group_html(table, missing, participants, methods,
                                                                                pages, decoders, tiny))
     LOGGER.info("Group level: %d participant(s) summarised, %d missing -> %s", len(participants) - len(missing),
@@ -327,6 +329,6 @@ def render_group_html(table: pd.DataFrame, missing: list[str], participants: lis
         summary=[{k: (fmt(v) if k != "n" else _count(v)) for k, v in r.items()} for r in summary.to_dict("records")],
         side_headings=side_headings, side_rows=side_rows,
         rows=[{**{k: fmt(v) for k, v in r.items()},
-               "page": (pages or {}).get(r["participant_id"], f"{r['participant_id']}.html")}
+               "page": (pages.get(r["participant_id"]) if pages is not None else f"{r['participant_id']}.html")}
               for r in rows.to_dict("records")],
     )
