@@ -67,3 +67,21 @@ def test_a_failed_rerun_keeps_the_previous_summary_whole(finished_two, monkeypat
     monkeypatch.undo()
     assert _group(bids, out) == 0
     assert b"sub-03" in (out / "group" / "desc-metrics_table.tsv").read_bytes()
+
+
+def test_the_summaries_of_another_space_are_not_touched(finished_two, monkeypatch):
+    """Only this run's own summaries are put back: a group run of another ``--space`` into the same OUTPUT_DIR
+    may have rewritten its own meanwhile."""
+    from bids_m2i.cli.runner import RunFootprint
+    from bids_m2i.workflows.group import group_output_names
+
+    bids, out = finished_two
+    assert _group(bids, out) == 0
+    other = out / "group" / "space-T1w_group.html"
+    other.write_text("old")
+    footprint = RunFootprint(out, out.parent / "work", group_output_names({}))
+    other.write_text("rewritten by the T1w run")
+    (out / "group" / "group.html").write_text("half")
+    footprint.undo()
+    assert other.read_text() == "rewritten by the T1w run"
+    assert (out / "group" / "group.html").read_text() != "half"

@@ -453,7 +453,7 @@ class RunFootprint:
     files under group/, the summaries in group/ it replaced, a new work dir) and keep whatever existed: a failed group run left logs/ and partial
     files that looked like results."""
 
-    def __init__(self, output_dir: Path, work_dir: Path):
+    def __init__(self, output_dir: Path, work_dir: Path, summaries: list[str] | None = None):
         self.output_dir, self.work_dir = Path(output_dir), Path(work_dir).absolute()
         self.existed = {path: path.exists() for path in (
             self.output_dir, self.output_dir / "logs", self.output_dir / ".bidsignore",
@@ -466,8 +466,11 @@ class RunFootprint:
         self.group_files = set(self._files(self.output_dir / "group"))
         # the summaries of the last group run (tables and pages: small): a rerun rewrites them one after the
         # other, and one that failed half-way left a new metrics table beside the old page of fewer participants
+        # (``summaries``: the names this run writes; a group run of another --space may rewrite its own meanwhile)
         self.summaries = {}
         for path in (self.output_dir / "group").glob("*"):
+            if summaries is not None and path.name not in summaries:
+                continue
             with contextlib.suppress(OSError):
                 if path.is_file() and not path.is_symlink():
                     self.summaries[path] = path.read_bytes()
@@ -558,7 +561,9 @@ def run(config: Config, on_log_file: Callable[[Path], None] | None = None,
                                 hint="run the participant level first")
     footprint = None
     if config.analysis_level == "group":
-        footprint = RunFootprint(output_dir, Path(config.work_dir))
+        from ..workflows.group import group_output_names
+
+        footprint = RunFootprint(output_dir, Path(config.work_dir), group_output_names(config.space_entities))
         if on_footprint:
             on_footprint(footprint)
     initialize_output_dataset(output_dir, config.bids_dir)

@@ -248,21 +248,27 @@ def run_group_level(config) -> int:
         LOGGER.warning("Decoded with tiny random weights (m2i-models make-tiny), whose numbers are meaningless: %s; "
                        "the group summary says so in its note", tiny)
     table = pd.concat([summarize(per_participant), per_participant[GROUP_COLUMNS]], ignore_index=True)
-    prefix = group_name_prefix(config.space_entities)
-    write_tsv(output_dir / "group" / f"{prefix}desc-metrics_table.tsv", table)
+    metrics_name, conditions_name, page_name = group_output_names(config.space_entities)
+    write_tsv(output_dir / "group" / metrics_name, table)
     from ..evaluation.table import conditions_side_by_side  # vision and imagery side by side (group means)
 
-    write_tsv(output_dir / "group" / f"{prefix}desc-conditions_table.tsv",
+    write_tsv(output_dir / "group" / conditions_name,
               conditions_side_by_side(table[table["participant_id"] == "group"], value="mean"))
     pages = {f"sub-{label}": participant_page(output_dir, label, config.space_entities)
              for label in participants if label not in missing}
     # a page never written (the report step failed after decoding; decoding folders copied alone): no dead link
     pages = {subject: page if (output_dir / page).is_file() else None for subject, page in pages.items()}
-    write_text(output_dir / "group" / f"{prefix}group.html", render_group_html(table, missing, participants, methods,
-                                                                               pages, decoders, tiny))
+    write_text(output_dir / "group" / page_name, render_group_html(table, missing, participants, methods,
+                                                                   pages, decoders, tiny))
     LOGGER.info("Group level: %d participant(s) summarised, %d missing -> %s", len(participants) - len(missing),
                 len(missing), output_dir / "group")
     return 0
+
+
+def group_output_names(space: dict | None) -> list[str]:
+    """The files a group run writes in ``group/`` (its metrics and side-by-side tables, its page)."""
+    prefix = group_name_prefix(space)
+    return [f"{prefix}desc-metrics_table.tsv", f"{prefix}desc-conditions_table.tsv", f"{prefix}group.html"]
 
 
 def group_name_prefix(space: dict | None) -> str:
