@@ -117,6 +117,9 @@ def test_group_page_links_the_participant_page_of_its_space(tmp_path):
     folder.mkdir(parents=True)
     row = "condition\tcue\tmetric\tfeature_space\tvalue\tchance\tp_value\nperception\tnone\tpixcorr\tpixels\t0.2\t0\t0.01\n"
     (folder / f"sub-01_space-{MNI}_res-2_desc-metrics_table.tsv").write_text(row)
+    # both pages exist (the group page links only pages that do): the link must pick its space's
+    for name in (f"sub-01_space-{MNI}_res-2.html", "sub-01.html"):
+        (out / name).write_text("<!DOCTYPE html>")
     (out / "dataset_description.json").write_text(json.dumps({"Name": "m2i", "BIDSVersion": "1.10.0",
                                                               "DatasetType": "derivative"}))
     assert run_cli([str(bids), str(out), "group", "--space", MNI, "-w", str(tmp_path / "work"),

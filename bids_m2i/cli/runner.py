@@ -455,10 +455,10 @@ def reserve_run_names(logs_dir: Path, level: str, stamp: str, tag: str) -> tuple
 class RunFootprint:
     """What a group run finds in OUTPUT_DIR and the work dir before it writes, so that a failed one can take
     back what it created (its log and config, logs/, .bidsignore, a rewritten dataset_description.json, new
-    files under group/, a new work dir) and keep whatever existed: a failed group run left logs/ and partial
+    files under group/, the summaries in group/ it replaced, a new work dir) and keep whatever existed: a failed group run left logs/ and partial
     files that looked like results."""
 
-    def __init__(self, output_dir: Path, work_dir: Path):
+    def __init__(self, output_dir: Path, work_dir: Path, summaries: list[str] | None = None):
         self.output_dir, self.work_dir = Path(output_dir), Path(work_dir).absolute()
         self.existed = {path: path.exists() for path in (
             self.output_dir, self.output_dir / "logs", self.output_dir / ".bidsignore",
@@ -469,6 +469,16 @@ class RunFootprint:
         except OSError:
             self.description = None
         self.group_files = set(self._files(self.output_dir / "group"))
+        # the summaries of the last group run (tables and pages: small): a rerun rewrites them one after the
+        # other, and one that failed half-way left a new metrics table beside the old page of fewer participants
+        # (``summaries``: the names this run writes; a group run of another --space may rewrite its own meanwhile)
+        self.summaries = {}
+        for path in (self.output_dir / "group").glob("*"):
+            if summaries is not None and path.name not in summaries:
+                continue
+            with contextlib.suppress(OSError):
+                if path.is_file() and not path.is_symlink():
+                    self.summaries[path] = path.read_bytes()
         self.run_files: list[Path] = []  # this run's log and resolved config
 
     @staticmethod
@@ -485,6 +495,12 @@ class RunFootprint:
         for path in set(self._files(self.output_dir / "group")) - self.group_files:
             with contextlib.suppress(OSError):
                 path.unlink()
+        for path, content in self.summaries.items():
+            with contextlib.suppress(OSError):
+                if not path.is_file() or path.read_bytes() != content:
+                    from ..utils.atomic import write_bytes
+
+                    write_bytes(path, content)
         description = self.output_dir / "dataset_description.json"
         with contextlib.suppress(OSError):
             if self.description is not None and description.read_bytes() != self.description:
@@ -550,7 +566,9 @@ def run(config: Config, on_log_file: Callable[[Path], None] | None = None,
                                 hint="run the participant level first")
     footprint = None
     if config.analysis_level == "group":
-        footprint = RunFootprint(output_dir, Path(config.work_dir))
+        from ..workflows.group import group_output_names
+
+        footprint = RunFootprint(output_dir, Path(config.work_dir), group_output_names(config.space_entities))
         if on_footprint:
             on_footprint(footprint)
     initialize_output_dataset(output_dir, config.bids_dir)

@@ -260,7 +260,10 @@ def build_participant_report(*, output_dir: Path, bids_dir: Path, subject: str, 
 
     page = report_path(output_dir, subject, config.space_entities)
     space_label = space_name_part(config.space_entities) or "the participant's own grid (m2i preprocessing)"
-    env = Environment(loader=PackageLoader("bids_m2i", "data/templates"), autoescape=select_autoescape(["html"]))
+    # the templates are *.html.j2: select_autoescape(["html"]) looks at the last extension only and left
+    # cue texts, stimulus names and table cells unescaped (a <script> in an events file ran in the page)
+    env = Environment(loader=PackageLoader("bids_m2i", "data/templates"),
+                      autoescape=select_autoescape(["html", "html.j2"]))
     config_files = run_configs_for(output_dir / "logs", subject)
     html = env.get_template("participant.html.j2").render(
         subject=subject, version=__version__, generated=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

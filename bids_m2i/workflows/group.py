@@ -132,9 +132,18 @@ def read_metrics_table(path: Path) -> pd.DataFrame | None:
         problem = f"cannot be read ({type(exc).__name__}: {exc})"
     else:
         lacking = [c for c in [*KEYS, "value"] if c not in table.columns]
-        if not lacking and len(table):
+        # a metric given twice (tables pasted together, a row copied by hand) counted as a second participant
+        # in the summary's n, mean and sd; which of the two is right cannot be told
+        repeated = (table[table.duplicated(KEYS, keep="first")][KEYS].astype(str).agg("/".join, axis=1)
+                    if not lacking else pd.Series(dtype=str))
+        if not lacking and len(table) and repeated.empty:
             return table
-        problem = f"lacks the column(s) {', '.join(lacking)}" if lacking else "has no rows"
+        if lacking:
+            problem = f"lacks the column(s) {', '.join(lacking)}"
+        elif len(table):
+            problem = f"gives the same metric more than once ({', '.join(sorted(set(repeated)))})"
+        else:
+            problem = "has no rows"
     LOGGER.warning("%s %s: %s is left out as not finished; rerun the participant level for %s", path, problem,
                    subject, subject)
     return None
@@ -170,23 +179,42 @@ def collect_group_metrics(output_dir: Path, participants: list[str],
     return pd.concat(frames, ignore_index=True), missing
 
 
+def _finite(column: pd.Series) -> pd.Series:
+    """Numbers of a column read as text; ``n/a``, text and non-finite values (``inf`` in a hand-edited table,
+    which made the group mean ``inf``) become NaN: not numbers to average."""
+    numbers = pd.to_numeric(column.replace("n/a", np.nan), errors="coerce")
+    return numbers.where(np.isfinite(numbers))
+
+
+#: the note the participant level gives every metric of a run with tiny random-weight models
+TINY_NOTE = "tiny random-weight models: numbers are meaningless"
+
+
+def tiny_model_participants(per_participant: pd.DataFrame) -> list[str]:
+    """The participants whose metrics came from tiny random-weight models (their rows' note says so)."""
+    if "note" not in per_participant:
+        return []
+    notes = per_participant["note"].astype(str)
+    return sorted(set(per_participant.loc[notes.str.contains("tiny random", regex=False), "participant_id"]))
+
+
 def summarize(per_participant: pd.DataFrame) -> pd.DataFrame:
     """Mean, sd and n over participants of every (GLM method, decoder, generator, condition, cue, metric,
     feature space)."""
-    values = per_participant.assign(value_num=pd.to_numeric(per_participant["value"].replace("n/a", np.nan),
-                                                            errors="coerce"),
-                                    chance_num=pd.to_numeric(per_participant["chance"].replace("n/a", np.nan),
-                                                             errors="coerce"))
+    values = per_participant.assign(value_num=_finite(per_participant["value"]),
+                                    chance_num=_finite(per_participant["chance"]))
     rows = []
     for key, part in values.groupby([*SETTINGS, *KEYS], sort=True):
         numbers = part["value_num"].dropna()
+        # a mean over results of tiny random-weight models (m2i-models make-tiny) must say so as they do
+        tiny = "; " + TINY_NOTE if tiny_model_participants(part) else ""
         rows.append({
             "participant_id": "group", **dict(zip([*SETTINGS, *KEYS], key)),
             "value": "n/a", "chance": part["chance_num"].mean() if part["chance_num"].notna().any() else "n/a",
             "p_value": "n/a", "n_items": "n/a", "n_candidates": "n/a",
             "mean": numbers.mean() if len(numbers) else "n/a",
             "sd": numbers.std(ddof=1) if len(numbers) > 1 else "n/a",
-            "n": int(len(numbers)), "note": "mean over participants",
+            "n": int(len(numbers)), "note": "mean over participants" + tiny,
         })
     return pd.DataFrame(rows, columns=GROUP_COLUMNS)
 
@@ -215,20 +243,32 @@ def run_group_level(config) -> int:
     if decoders:
         LOGGER.warning("Participants were decoded with different decoders or generators (%s): the group summary "
                        "is given per setting, never averaged across them", decoders)
+    tiny = ", ".join(tiny_model_participants(per_participant))
+    if tiny:
+        LOGGER.warning("Decoded with tiny random weights (m2i-models make-tiny), whose numbers are meaningless: %s; "
+                       "the group summary says so in its note", tiny)
     table = pd.concat([summarize(per_participant), per_participant[GROUP_COLUMNS]], ignore_index=True)
-    prefix = group_name_prefix(config.space_entities)
-    write_tsv(output_dir / "group" / f"{prefix}desc-metrics_table.tsv", table)
+    metrics_name, conditions_name, page_name = group_output_names(config.space_entities)
+    write_tsv(output_dir / "group" / metrics_name, table)
     from ..evaluation.table import conditions_side_by_side  # vision and imagery side by side (group means)
 
-    write_tsv(output_dir / "group" / f"{prefix}desc-conditions_table.tsv",
+    write_tsv(output_dir / "group" / conditions_name,
               conditions_side_by_side(table[table["participant_id"] == "group"], value="mean"))
     pages = {f"sub-{label}": participant_page(output_dir, label, config.space_entities)
              for label in participants if label not in missing}
-    write_text(output_dir / "group" / f"{prefix}group.html", render_group_html(table, missing, participants, methods,
-                                                                               pages, decoders))
+    # a page never written (the report step failed after decoding; decoding folders copied alone): no dead link
+    pages = {subject: page if (output_dir / page).is_file() else None for subject, page in pages.items()}
+    write_text(output_dir / "group" / page_name, render_group_html(table, missing, participants, methods,
+                                                                   pages, decoders, tiny))
     LOGGER.info("Group level: %d participant(s) summarised, %d missing -> %s", len(participants) - len(missing),
                 len(missing), output_dir / "group")
     return 0
+
+
+def group_output_names(space: dict | None) -> list[str]:
+    """The files a group run writes in ``group/`` (its metrics and side-by-side tables, its page)."""
+    prefix = group_name_prefix(space)
+    return [f"{prefix}desc-metrics_table.tsv", f"{prefix}desc-conditions_table.tsv", f"{prefix}group.html"]
 
 
 def group_name_prefix(space: dict | None) -> str:
@@ -259,7 +299,7 @@ def participant_page(output_dir: Path, subject: str, space: dict | None = None) 
 
 
 def render_group_html(table: pd.DataFrame, missing: list[str], participants: list[str], mixed: str = "",
-                      pages: dict[str, str] | None = None, mixed_decoders: str = "") -> str:
+                      pages: dict[str, str] | None = None, mixed_decoders: str = "", tiny: str = "") -> str:
     import time
 
     from jinja2 import Environment, PackageLoader, select_autoescape
@@ -284,14 +324,17 @@ def render_group_html(table: pd.DataFrame, missing: list[str], participants: lis
     summary = table[table["participant_id"] == "group"]
     rows = table[table["participant_id"] != "group"]
     side_headings, side_rows = side_by_side_rows(summary, value="mean")
-    env = Environment(loader=PackageLoader("bids_m2i", "data/templates"), autoescape=select_autoescape(["html"]))
+    # the templates are *.html.j2: select_autoescape(["html"]) looks at the last extension only and left
+    # the cells of hand-edited or foreign metrics tables unescaped (a <script> in one ran in the page)
+    env = Environment(loader=PackageLoader("bids_m2i", "data/templates"),
+                      autoescape=select_autoescape(["html", "html.j2"]))
     return env.get_template("group.html.j2").render(
         version=__version__, generated=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         n_done=len(participants) - len(missing), n_expected=len(participants),
-        missing=[f"sub-{m}" for m in missing], mixed=mixed, mixed_decoders=mixed_decoders,
+        missing=[f"sub-{m}" for m in missing], mixed=mixed, mixed_decoders=mixed_decoders, tiny=tiny,
         summary=[{k: (fmt(v) if k != "n" else _count(v)) for k, v in r.items()} for r in summary.to_dict("records")],
         side_headings=side_headings, side_rows=side_rows,
         rows=[{**{k: fmt(v) for k, v in r.items()},
-               "page": (pages or {}).get(r["participant_id"], f"{r['participant_id']}.html")}
+               "page": (pages.get(r["participant_id"]) if pages is not None else f"{r['participant_id']}.html")}
               for r in rows.to_dict("records")],
     )

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputMissingError, UsageError
+from ..errors import BadDataError, InputMissingError, M2IError, OutputCreateError, ProcessingIOError, UsageError
 
 LOGGER = logging.getLogger("m2i.group")
 
@@ -65,6 +65,9 @@ def participant_betas(output_dir: Path, subject: str, glm_label: str, space: str
         events = path.with_name(path.name.replace("_stat-effect_", "_").replace("_statseries.nii.gz", "_events.tsv"))
         if events.is_file():
             series.setdefault(variant(path), []).append((path, events))
+        else:  # a job that died between the two writes: say why these trials are missing from the training
+            LOGGER.warning("%s has no events table beside it (%s): its trials are left out; rerun the participant "
+                           "level for sub-%s (--stop-after glm)", path.name, events.name, subject)
     for key in sorted(k for k in masks if k is not None and k in series):
         return masks[key], series[key]
     return None
@@ -102,6 +105,11 @@ def _participant_training(config, subject: str, found, extractors: dict, work_di
 
 def run_shared_training(config, work_dir: Path) -> list[Path]:
     """Train and write one shared decoder per ``--target``; return the model paths."""
+    import zlib
+
+    import pandas as pd
+    from nibabel.filebasedimages import ImageFileError
+
     from ..decoding.features import ClipExtractor, PixelExtractor
     from ..decoding.reconstruct import PIXEL_SIZE
     from ..decoding.shared import train_shared_model
@@ -136,11 +144,36 @@ def run_shared_training(config, work_dir: Path) -> list[Path]:
             extractors[target] = ClipExtractor(find_decoding_clip_dir(config.resolved_models_dir),
                                                device="cpu" if config.device == "auto" else config.device)
     data: dict[str, list] = {t: [] for t in config.target}
-    for subject, betas in found.items():
-        for target, item in _participant_training(config, subject, betas, extractors, work_dir).items():
-            data[target].append(item)
-        LOGGER.info("Shared decoder: sub-%s, %d training trials, %d voxels", subject,
-                    len(data[config.target[0]][-1].betas), data[config.target[0]][-1].betas.shape[1])
+    failures: list[M2IError] = []
+    for subject, betas in list(found.items()):
+        # one participant's damaged outputs (a job killed half-way, a copy cut short) stopped everyone's training
+        # with a message naming no one (or exit 1): it is left out as one without betas is
+        try:
+            items = _participant_training(config, subject, betas, extractors, work_dir)
+        except (OutputCreateError, ProcessingIOError):
+            raise  # our own writes (a full disk): nothing wrong with this participant
+        except (BadDataError, InputMissingError) as exc:
+            exc.message = f"sub-{subject}: {exc.message}"
+            failures.append(exc)
+        except (OSError, EOFError, zlib.error, ImageFileError, pd.errors.ParserError, pd.errors.EmptyDataError,
+                UnicodeDecodeError) as exc:
+            failures.append(BadDataError(
+                f"sub-{subject}: its betas cannot be read ({type(exc).__name__}: {exc}) from "
+                + ", ".join(p.relative_to(output_dir).as_posix() for p, _ in betas[1]),
+                path=output_dir / f"sub-{subject}",
+                hint=f"rerun the participant level for sub-{subject} (--stop-after glm, same --glm)"))
+        else:
+            for target, item in items.items():
+                data[target].append(item)
+            LOGGER.info("Shared decoder: sub-%s, %d training trials, %d voxels", subject,
+                        len(data[config.target[0]][-1].betas), data[config.target[0]][-1].betas.shape[1])
+            continue
+        LOGGER.warning("Shared decoder without sub-%s: %s; rerun the participant level for sub-%s "
+                       "(--stop-after glm)", subject, failures[-1].message, subject)
+        del found[subject]
+        missing.append(subject)
+    if failures and len(found) < 2:
+        raise failures[0]  # its own exit code and hint, naming the participant
     written = []
     for target in config.target:
         # no --top-k-voxels: each participant's count is chosen by CV ("auto"); 0: every voxel (None)
