@@ -375,6 +375,19 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
         fallback = ("no stimulus is shown more than once in this task and session, so the number of noise PCs "
                     "and the ridge fractions cannot be cross-validated: fell back to fithrf")
         LOGGER.warning(fallback)
+    elif method == "fithrf-denoise-rr" and repeats.n_stimuli == 1 and ridge_criterion == "consistency":
+        # one stimulus is all the repeats there are (a one-condition task, or a single image shown twice among
+        # unrepeated ones): the "consistency" loss (fracridge._criterion), which the ridge fraction and, by
+        # default, the number of PCs are chosen by, measures how well the pattern *across stimuli* agrees
+        # between repeats. With one stimulus it is a constant (every trial of one stimulus: (n / (n-1))² for
+        # every fraction) or one stimulus's scatter, so the fractions came out of rounding (0.05-1 spread over
+        # the voxels, different in single and double precision) and the PC scores were all 0, yet the sidecar
+        # called them cross-validated. Nothing can be cross-validated here either: fall back as above.
+        effective = "fithrf"
+        fallback = ("only one stimulus is shown more than once in this task and session, so the number of noise "
+                    "PCs and the ridge fractions cannot be cross-validated (their criterion compares the pattern "
+                    "across stimuli between repeats): fell back to fithrf")
+        LOGGER.warning(fallback)
     use_library = effective in ("fithrf", "fithrf-denoise-rr")
 
     library_choice = None
