@@ -119,6 +119,27 @@ def _check_runs(runs: list[RunData]) -> tuple[int, list[int]]:
     return n_voxels, lengths
 
 
+def _check_degrees_of_freedom(designs, runs: list[RunData]) -> None:
+    """Stop when a run has at least as many regressors (its trials, nuisance event types, drift and confounds)
+    as volumes, for the methods that fit every trial of a run at once (all but ``lss``).
+
+    Such a model fits the run's data exactly: r² = 1 and minimum-norm betas of thousands of % signal change
+    (a 12-volume run with 14 trials gave ±15,000), written without a word as if they were responses. LSS fits
+    one trial against the others' sum, so it still has degrees of freedom left."""
+    saturated = []
+    for design, run in zip(designs, runs):
+        n_columns = design.trial_onsets.size + len(design.nuisance_types) + design.fixed_nuisance.shape[1]
+        if n_columns >= design.frame_times.size:
+            saturated.append(f"run {run.run}: {design.trial_onsets.size} trials + {len(design.nuisance_types)} "
+                             f"nuisance event type(s) + {design.fixed_nuisance.shape[1]} drift/confound "
+                             f"regressors >= {design.frame_times.size} volumes")
+    if saturated:
+        raise BadDataError("The single-trial model has no degrees of freedom left in "
+                           + "; ".join(saturated) + ": its betas would fit the noise exactly",
+                           hint="use --glm lss (one trial at a time), or leave these runs out "
+                                "(--bids-filter-file); check that the events file belongs to this BOLD run")
+
+
 def estimate_memory(n_voxels: int, n_volumes: int, n_trials: int, itemsize: int, input_itemsize: int,
                     n_kernels: int, mem_gb: float | None, device_gb: float | None = None):
     """Memory plan: bytes needed and the voxel chunk size that fits ``mem_gb``.
@@ -363,6 +384,8 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
         drift_order = 1
 
     designs, trial_rows = build_run_designs(runs, trials, drift_model, high_pass, drift_order)
+    if method != "lss":
+        _check_degrees_of_freedom(designs, runs)
     n_trials = len(trial_rows)
     stimulus = trial_rows["stimulus"].astype(str).to_numpy() if "stimulus" in trial_rows else \
         np.array(["n/a"] * n_trials)
