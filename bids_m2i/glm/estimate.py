@@ -790,6 +790,21 @@ def _denoise_and_ridge(model, runs, chunks, load, betas, r2, hrf_index, n_pcs_ma
                                                             repeats, alpha, seed)
         info["noise_pool"]["n_voxels"] = int(pool.sum())
     n_pcs = 0
+    # PCs are regressors too: a count that leaves a run no residual degrees of freedom fits that run exactly
+    # (r² = 1), and the search rewarded such saturated models (short runs of many trials chose 10 PCs where the
+    # counts that still fit chose 0). Only counts that leave every run at least one degree of freedom are tried.
+    room = min(d.frame_times.size - 1 - (d.trial_onsets.size + len(d.nuisance_types) + d.fixed_nuisance.shape[1])
+               for d in model.designs)
+    if room < max_pcs:
+        LOGGER.warning("noise PCs limited to %d (of max_pcs %d): more would leave a run without residual degrees "
+                       "of freedom", max(room, 0), max_pcs)
+        info["max_pcs_limited"] = {"max_pcs": int(max_pcs), "used": int(max(room, 0)),
+                                   "reason": "more PCs would leave a run without residual degrees of freedom"}
+        if fixed_pcs is not None and fixed_pcs > max(room, 0):
+            LOGGER.warning("n_pcs=%d asked for, but only %d fit: %d PCs used", fixed_pcs, max(room, 0),
+                           max(room, 0))
+            fixed_pcs = max(room, 0)
+        max_pcs = max(room, 0)
     min_pool = _min_pool(max_pcs)
     if max_pcs > 0 and pool.sum() >= min_pool:
         model.noise_pcs = _pool_components(model, chunks, load, pool, max_pcs,
