@@ -29,7 +29,7 @@ from .lss import lss_betas
 from .model import SessionModel
 from .reliability import RepeatStructure, ncsnr
 from ..utils.torch_runtime import device_working_gb, resolve_device
-from .solvers import percent_signal, torch_threads, zscore_rows
+from .solvers import orthonormal_basis, percent_signal, torch_threads, zscore_rows
 from .units import check_beta_units, kernel_peak_responses, reference_duration, to_peak_units, voxel_peak_scale
 from .whitening import (AR1_STEP, RHO_MAX, RHO_MIN, estimate_ar1, quantise, whitened_bins,
                         whitened_trial_betas)
@@ -117,6 +117,45 @@ def _check_runs(runs: list[RunData]) -> tuple[int, list[int]]:
                                hint="mask out voxels with invalid values before the GLM")
         lengths.append(run.data.shape[1])
     return n_voxels, lengths
+
+
+#: variance inflation above which a trial's regressor is called collinear with the other trials' (R² > 0.9999
+#: with them). Ordinary designs stay far below: a trial every 4-5 s gives at most ~300 with the assumed HRF (NSD
+#: timing at TR 1.6 s and 1 s), trials 0.5-1 s apart ~1e13.
+COLLINEAR_VIF = 1e4
+
+
+def _collinear_trials(model: SessionModel, labels: list[str]) -> dict | None:
+    """Runs where some trials' regressors (assumed HRF, after drift, confounds and nuisance events) are nearly
+    linear combinations of the other trials': their all-at-once betas (lsa, fithrf, fithrf-denoise-rr) are then
+    not determined by the data (trials 0.5 s apart gave lsa betas of 1e5 %, uncorrelated with the truth, without
+    a word). A warning and the sidecar's ``collinear_trials``, not an error: the betas are still written."""
+    found = {}
+    for run, design in enumerate(model.designs):
+        trials = model.trial_regressors[run][model.canonical_index]
+        if trials.shape[1] < 2:
+            continue
+        nuisance = np.concatenate([design.fixed_nuisance, model.nuisance_regressors[run][model.canonical_index]],
+                                  axis=1)
+        basis = orthonormal_basis(nuisance)
+        reduced = trials - basis @ (basis.T @ trials)
+        gram = reduced.T @ reduced
+        with np.errstate(all="ignore"):
+            inflation = np.diag(np.linalg.pinv(gram, hermitian=True)) * np.diag(gram)
+        bad = np.flatnonzero(~(inflation < COLLINEAR_VIF))
+        if bad.size:
+            gaps = np.diff(np.sort(design.trial_onsets))
+            found[labels[run]] = {
+                "n_trials": int(bad.size), "of": int(trials.shape[1]),
+                "shortest_onset_gap_s": round(float(gaps.min()), 3) if gaps.size else None}
+    if not found:
+        return None
+    LOGGER.warning("nearly collinear trial regressors (variance inflation > %g: trials too close together for "
+                   "their responses to be told apart) in %s: their single-trial betas are not determined by the "
+                   "data; for such rapid designs use --glm lss", COLLINEAR_VIF,
+                   "; ".join(f"run {run}: {v['n_trials']} of {v['of']} trials (onsets as close as "
+                             f"{v['shortest_onset_gap_s']} s)" for run, v in found.items()))
+    return {"variance_inflation_above": COLLINEAR_VIF, "runs": found}
 
 
 def _check_degrees_of_freedom(designs, runs: list[RunData]) -> None:
@@ -446,6 +485,7 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
             designs, hrf_model, with_library=use_library, oversampling=oversampling, min_onset=min_onset,
             dtype=dtype, device=torch_device, library=hrf_library)
         del models
+        collinear = None if effective == "lss" else _collinear_trials(model, [str(r.run) for r in runs])
         chunk, memory_plan = estimate_memory(n_voxels, sum(lengths), n_trials, torch.finfo(dtype).bits // 8,
                                              runs[0].data.dtype.itemsize, model.n_kernels, mem_gb,
                                              device_working_gb(torch_device))
@@ -581,6 +621,7 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
         "frame_time_offset_s": [float(d.frame_times[0]) for d in designs],
         "nuisance_event_types": sorted({t for d in designs for t in d.nuisance_types}),
         "n_trials": n_trials,
+        "collinear_trials": collinear,
         "n_repeated_stimuli": repeats.n_stimuli,
         "r2_definition": "1 - SS_residual / SS_total around each run's mean, all runs, unregularised model",
         "ncsnr_definition": "NSD (Allen et al. 2022): betas z-scored per voxel in the session; noise variance = "
