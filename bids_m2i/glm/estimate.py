@@ -29,7 +29,7 @@ from .lss import lss_betas
 from .model import SessionModel
 from .reliability import RepeatStructure, ncsnr
 from ..utils.torch_runtime import device_working_gb, resolve_device
-from .solvers import percent_signal, torch_threads, zscore_rows
+from .solvers import orthonormal_basis, percent_signal, torch_threads, zscore_rows
 from .units import check_beta_units, kernel_peak_responses, reference_duration, to_peak_units, voxel_peak_scale
 from .whitening import (AR1_STEP, RHO_MAX, RHO_MIN, estimate_ar1, quantise, whitened_bins,
                         whitened_trial_betas)
@@ -117,6 +117,66 @@ def _check_runs(runs: list[RunData]) -> tuple[int, list[int]]:
                                hint="mask out voxels with invalid values before the GLM")
         lengths.append(run.data.shape[1])
     return n_voxels, lengths
+
+
+#: variance inflation above which a trial's regressor is called collinear with the other trials' (R² > 0.9999
+#: with them). Ordinary designs stay far below: a trial every 4-5 s gives at most ~300 with the assumed HRF (NSD
+#: timing at TR 1.6 s and 1 s), trials 0.5-1 s apart ~1e13.
+COLLINEAR_VIF = 1e4
+
+
+def _collinear_trials(model: SessionModel, labels: list[str]) -> dict | None:
+    """Runs where some trials' regressors (assumed HRF, after drift, confounds and nuisance events) are nearly
+    linear combinations of the other trials': their all-at-once betas (lsa, fithrf, fithrf-denoise-rr) are then
+    not determined by the data (trials 0.5 s apart gave lsa betas of 1e5 %, uncorrelated with the truth, without
+    a word). A warning and the sidecar's ``collinear_trials``, not an error: the betas are still written."""
+    found = {}
+    for run, design in enumerate(model.designs):
+        trials = model.trial_regressors[run][model.canonical_index]
+        if trials.shape[1] < 2:
+            continue
+        nuisance = np.concatenate([design.fixed_nuisance, model.nuisance_regressors[run][model.canonical_index]],
+                                  axis=1)
+        basis = orthonormal_basis(nuisance)
+        reduced = trials - basis @ (basis.T @ trials)
+        gram = reduced.T @ reduced
+        with np.errstate(all="ignore"):
+            inflation = np.diag(np.linalg.pinv(gram, hermitian=True)) * np.diag(gram)
+        bad = np.flatnonzero(~(inflation < COLLINEAR_VIF))
+        if bad.size:
+            gaps = np.diff(np.sort(design.trial_onsets))
+            found[labels[run]] = {
+                "n_trials": int(bad.size), "of": int(trials.shape[1]),
+                "shortest_onset_gap_s": round(float(gaps.min()), 3) if gaps.size else None}
+    if not found:
+        return None
+    LOGGER.warning("nearly collinear trial regressors (variance inflation > %g: trials too close together for "
+                   "their responses to be told apart) in %s: their single-trial betas are not determined by the "
+                   "data; for such rapid designs use --glm lss", COLLINEAR_VIF,
+                   "; ".join(f"run {run}: {v['n_trials']} of {v['of']} trials (onsets as close as "
+                             f"{v['shortest_onset_gap_s']} s)" for run, v in found.items()))
+    return {"variance_inflation_above": COLLINEAR_VIF, "runs": found}
+
+
+def _check_degrees_of_freedom(designs, runs: list[RunData]) -> None:
+    """Stop when a run has at least as many regressors (its trials, nuisance event types, drift and confounds)
+    as volumes, for the methods that fit every trial of a run at once (all but ``lss``).
+
+    Such a model fits the run's data exactly: r² = 1 and minimum-norm betas of thousands of % signal change
+    (a 12-volume run with 14 trials gave ±15,000), written without a word as if they were responses. LSS fits
+    one trial against the others' sum, so it still has degrees of freedom left."""
+    saturated = []
+    for design, run in zip(designs, runs):
+        n_columns = design.trial_onsets.size + len(design.nuisance_types) + design.fixed_nuisance.shape[1]
+        if n_columns >= design.frame_times.size:
+            saturated.append(f"run {run.run}: {design.trial_onsets.size} trials + {len(design.nuisance_types)} "
+                             f"nuisance event type(s) + {design.fixed_nuisance.shape[1]} drift/confound "
+                             f"regressors >= {design.frame_times.size} volumes")
+    if saturated:
+        raise BadDataError("The single-trial model has no degrees of freedom left in "
+                           + "; ".join(saturated) + ": its betas would fit the noise exactly",
+                           hint="use --glm lss (one trial at a time), or leave these runs out "
+                                "(--bids-filter-file); check that the events file belongs to this BOLD run")
 
 
 def estimate_memory(n_voxels: int, n_volumes: int, n_trials: int, itemsize: int, input_itemsize: int,
@@ -363,6 +423,8 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
         drift_order = 1
 
     designs, trial_rows = build_run_designs(runs, trials, drift_model, high_pass, drift_order)
+    if method != "lss":
+        _check_degrees_of_freedom(designs, runs)
     n_trials = len(trial_rows)
     stimulus = trial_rows["stimulus"].astype(str).to_numpy() if "stimulus" in trial_rows else \
         np.array(["n/a"] * n_trials)
@@ -374,6 +436,19 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
         effective = "fithrf"
         fallback = ("no stimulus is shown more than once in this task and session, so the number of noise PCs "
                     "and the ridge fractions cannot be cross-validated: fell back to fithrf")
+        LOGGER.warning(fallback)
+    elif method == "fithrf-denoise-rr" and repeats.n_stimuli == 1 and ridge_criterion == "consistency":
+        # one stimulus is all the repeats there are (a one-condition task, or a single image shown twice among
+        # unrepeated ones): the "consistency" loss (fracridge._criterion), which the ridge fraction and, by
+        # default, the number of PCs are chosen by, measures how well the pattern *across stimuli* agrees
+        # between repeats. With one stimulus it is a constant (every trial of one stimulus: (n / (n-1))² for
+        # every fraction) or one stimulus's scatter, so the fractions came out of rounding (0.05-1 spread over
+        # the voxels, different in single and double precision) and the PC scores were all 0, yet the sidecar
+        # called them cross-validated. Nothing can be cross-validated here either: fall back as above.
+        effective = "fithrf"
+        fallback = ("only one stimulus is shown more than once in this task and session, so the number of noise "
+                    "PCs and the ridge fractions cannot be cross-validated (their criterion compares the pattern "
+                    "across stimuli between repeats): fell back to fithrf")
         LOGGER.warning(fallback)
     use_library = effective in ("fithrf", "fithrf-denoise-rr")
 
@@ -410,6 +485,7 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
             designs, hrf_model, with_library=use_library, oversampling=oversampling, min_onset=min_onset,
             dtype=dtype, device=torch_device, library=hrf_library)
         del models
+        collinear = None if effective == "lss" else _collinear_trials(model, [str(r.run) for r in runs])
         chunk, memory_plan = estimate_memory(n_voxels, sum(lengths), n_trials, torch.finfo(dtype).bits // 8,
                                              runs[0].data.dtype.itemsize, model.n_kernels, mem_gb,
                                              device_working_gb(torch_device))
@@ -545,6 +621,7 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
         "frame_time_offset_s": [float(d.frame_times[0]) for d in designs],
         "nuisance_event_types": sorted({t for d in designs for t in d.nuisance_types}),
         "n_trials": n_trials,
+        "collinear_trials": collinear,
         "n_repeated_stimuli": repeats.n_stimuli,
         "r2_definition": "1 - SS_residual / SS_total around each run's mean, all runs, unregularised model",
         "ncsnr_definition": "NSD (Allen et al. 2022): betas z-scored per voxel in the session; noise variance = "
@@ -754,6 +831,21 @@ def _denoise_and_ridge(model, runs, chunks, load, betas, r2, hrf_index, n_pcs_ma
                                                             repeats, alpha, seed)
         info["noise_pool"]["n_voxels"] = int(pool.sum())
     n_pcs = 0
+    # PCs are regressors too: a count that leaves a run no residual degrees of freedom fits that run exactly
+    # (r² = 1), and the search rewarded such saturated models (short runs of many trials chose 10 PCs where the
+    # counts that still fit chose 0). Only counts that leave every run at least one degree of freedom are tried.
+    room = min(d.frame_times.size - 1 - (d.trial_onsets.size + len(d.nuisance_types) + d.fixed_nuisance.shape[1])
+               for d in model.designs)
+    if room < max_pcs:
+        LOGGER.warning("noise PCs limited to %d (of max_pcs %d): more would leave a run without residual degrees "
+                       "of freedom", max(room, 0), max_pcs)
+        info["max_pcs_limited"] = {"max_pcs": int(max_pcs), "used": int(max(room, 0)),
+                                   "reason": "more PCs would leave a run without residual degrees of freedom"}
+        if fixed_pcs is not None and fixed_pcs > max(room, 0):
+            LOGGER.warning("n_pcs=%d asked for, but only %d fit: %d PCs used", fixed_pcs, max(room, 0),
+                           max(room, 0))
+            fixed_pcs = max(room, 0)
+        max_pcs = max(room, 0)
     min_pool = _min_pool(max_pcs)
     if max_pcs > 0 and pool.sum() >= min_pool:
         model.noise_pcs = _pool_components(model, chunks, load, pool, max_pcs,
