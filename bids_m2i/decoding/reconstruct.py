@@ -618,8 +618,8 @@ def evaluate_items(betas: np.ndarray, prepared: PreparedTrials, fitted: FittedDe
         table_space = primary if primary in target_feats else next((s for s in TEXT_SPACES if s in target_feats), None)
         if table_space is not None:
             hits, ranking = _retrieval(preds[table_space], target_feats[table_space], target_ids)
-            table.loc[index, "top1"] = [str(h).lower() for h in hits[1]]
-            table.loc[index, "top5"] = [str(h).lower() for h in hits[5]]
+            table.loc[index, "top1"] = list(hits[1])
+            table.loc[index, "top5"] = list(hits[5])
             candidate_files = {}
             for r, t in zip(first_rows, target_ids):
                 candidate_files.setdefault(t, trials.at[r, "stim_file"] if cue != "text" else NA)
@@ -735,14 +735,26 @@ def _category_targets(trials, train_rows, categories, train_targets, labels_trai
 
 
 def _retrieval(predictions: np.ndarray, target_features: np.ndarray, target_ids: list[str]):
-    from ..evaluation.retrieval import distinct_targets, rank_candidates
+    """Each item's top-1 / top-5 hit (``true``/``false``, ``n/a`` with fewer than 2 distinct targets) and its
+    ranking of the distinct targets, best first.
+
+    The hits follow the metrics table's rules (``evaluation.retrieval.topk_hits``): a candidate as similar as
+    the true one counts against it, and one candidate retrieves nothing. Taking them from the ranking instead
+    (a stable sort, ties in candidate order) made the predictions table say ``true`` where the metrics table
+    scores a miss: with constant predictions or identical target features (every stimulus the same gray
+    image) the first-listed target "won", and with a single distinct target every item was ``true``.
+    """
+    from ..evaluation.retrieval import distinct_targets, rank_candidates, topk_hits
 
     distinct = distinct_targets(target_ids, target_features)
     ranks = rank_candidates(predictions, distinct.features, metric="cosine")
     names = np.asarray(distinct.ids)
     ranking = [names[r].tolist() for r in ranks]
-    true = np.asarray(distinct.true_index)
-    hits = {k: np.array([true[i] in ranks[i][:k] for i in range(len(true))]) for k in (1, 5)}
+    if distinct.n_candidates < 2:
+        hits = {k: np.full(len(ranks), NA, dtype=object) for k in (1, 5)}
+    else:
+        found = topk_hits(predictions, distinct.features, distinct.true_index, (1, 5), metric="cosine")
+        hits = {k: np.array([str(bool(h)).lower() for h in found[k]], dtype=object) for k in (1, 5)}
     return hits, ranking
 
 

@@ -78,6 +78,10 @@ class _Rows:
         return pd.DataFrame(self.rows, columns=METRICS_TABLE_COLUMNS)
 
 
+#: note of the rows whose chance and p-value do not exist because the group has one distinct target
+SINGLE_TARGET_NOTE = "one distinct target: no other pairing to compare with, so no chance level or p-value"
+
+
 def _null_note(n_null: int, n_perm: int) -> str:
     if n_perm and n_null < n_perm:
         return f"p from {n_null} of {n_perm} permutations (pair budget)"
@@ -87,11 +91,17 @@ def _null_note(n_null: int, n_perm: int) -> str:
 def _matrix_metric(rows: _Rows, metric, space, matrix, true_index, perms, higher_is_better, chance=None, note=""):
     """Observed mean, null and p-value of a (items x distinct targets) score matrix; adds one row."""
     observed, null = null_from_pair_function(lambda i, t: matrix[i, t], true_index, perms)
+    if matrix.shape[1] < 2:
+        # one distinct target: every "shuffled" pairing is the true one, so the null would be the observed value
+        # itself (chance = value, p = 1, read as "no better than chance"); the value stands, the rest does not
+        null = np.zeros(0)
+        note = _join(note, SINGLE_TARGET_NOTE)
     p_value = permutation_pvalue(observed, null, higher_is_better)
     # without an analytic chance (pixcorr, ssim, distances) chance is the mean under shuffled pairings
     if chance is None:
         chance = float(np.mean(null)) if null.size else float("nan")
-        note = _join(note, "chance = mean under shuffled pairings")
+        if null.size:
+            note = _join(note, "chance = mean under shuffled pairings")
     rows.add(metric, space, observed, chance, p_value, len(true_index), matrix.shape[1], note)
 
 
@@ -107,11 +117,14 @@ def _image_metrics(rows, recon_images, target_images, targets, perms, extractors
     _matrix_metric(rows, "pixcorr", "pixels", pixel_corr, true_index, perms, True)
 
     observed, null = null_from_pair_function(
-        lambda i, t: ssim_pairs(recon, distinct_images, i, t, device=device), true_index, perms, max_pairs=ssim_max_pairs,
+        lambda i, t: ssim_pairs(recon, distinct_images, i, t, device=device), true_index,
+        perms if n_distinct >= 2 else perms[:0],  # one target: no null to compute (see _matrix_metric)
+        max_pairs=ssim_max_pairs,
     )
+    ssim_note = (_join("chance = mean under shuffled pairings", _null_note(null.size, n_perm)) if n_distinct >= 2
+                 else SINGLE_TARGET_NOTE)
     rows.add("ssim", "pixels", observed, float(np.mean(null)) if null.size else float("nan"),
-             permutation_pvalue(observed, null, True), n_items, n_distinct,
-             _join("chance = mean under shuffled pairings", _null_note(null.size, n_perm)))
+             permutation_pvalue(observed, null, True), n_items, n_distinct, ssim_note)
 
     spaces_note = "against distinct other targets"
     if n_distinct >= 2:
