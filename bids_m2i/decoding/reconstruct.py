@@ -27,7 +27,7 @@ from ..models.loading import find_decoding_clip_dir, load_decoding_clip  # noqa:
 from .decoder import BrainDecoder, rescale_to_training
 from .features import PixelBasis, PixelExtractor, category_means, load_image, pixels_to_image
 from .features import stimulus_features
-from .splits import DecodingSplit, repeat_groups, split_trials
+from .splits import DecodingSplit, repeat_groups, split_trials, stimulus_identity
 
 LOGGER = logging.getLogger("m2i.decoding")
 
@@ -555,10 +555,13 @@ def evaluate_items(betas: np.ndarray, prepared: PreparedTrials, fitted: FittedDe
     brain = _brain_correlation_inputs(images, items, item_betas, betas[train_rows],
                                       [paths[i] for i in train_rows], labels_train, decoders, clip, options)
     primary = "clip" if "clip" in predictions_by_space else "pixels"
+    # a target is what was seen: stimulus names of one image file are one candidate (splits.stimulus_identity),
+    # else the two names would tie with each other and a perfect decoder could retrieve neither
+    identity = stimulus_identity(trials).to_numpy()
     for (condition, cue), part in table.groupby(["condition", "cue"], sort=True):
         index = part.index.to_numpy()
         first_rows = [items[i][0] for i in index]
-        target_ids = part["stimulus"].tolist()
+        target_ids = [str(identity[r]) for r in first_rows]
         target_feats: dict[str, np.ndarray] = {}
         target_images = None
         group_note = note
@@ -624,7 +627,7 @@ def evaluate_items(betas: np.ndarray, prepared: PreparedTrials, fitted: FittedDe
             for r, t in zip(first_rows, target_ids):
                 candidate_files.setdefault(t, trials.at[r, "stim_file"] if cue != "text" else NA)
             for pos, i in enumerate(index):
-                row = {"row": int(i), "condition": condition, "cue": cue, "stimulus": target_ids[pos]}
+                row = {"row": int(i), "condition": condition, "cue": cue, "stimulus": part["stimulus"].iloc[pos]}
                 for k, name in enumerate(ranking[pos][:5], start=1):
                     row[f"rank{k}"] = name
                     row[f"rank{k}_file"] = candidate_files.get(name, NA)

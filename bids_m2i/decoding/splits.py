@@ -77,10 +77,45 @@ def stimulus_identity(trials: pd.DataFrame) -> pd.Series:
     """What was seen or imagined in each trial: the stimulus label, else the stimulus file (``n/a``: neither).
 
     The one definition of a trial's identity for the decoding split and for the checks made before a run
-    starts (:func:`bids_m2i.bids.inputs.check_has_training_trials`)."""
+    starts (:func:`bids_m2i.bids.inputs.check_has_training_trials`).
+
+    Labels that name the same image file are one identity (the alphabetically first label stands for all):
+    a lab that lists one image under two stimulus names (a reused picture, a catch trial) would otherwise
+    have one name held out for testing while the decoder trains on the same picture under the other, and
+    the evaluation would count the two names as distinct candidates that tie with each other."""
     stim = _column(trials, "stimulus")
     files = _column(trials, "stim_file")
-    return stim.where(stim != "n/a", files)
+    identity = stim.where(stim != "n/a", files)
+    keys = files.map(_file_key)
+    pairs = {(label, key) for label, key in zip(identity, keys) if label != "n/a" and key != "n/a"}
+    if len({label for label, _ in pairs}) == len({key for _, key in pairs}) and \
+            len(pairs) == len({label for label, _ in pairs}):
+        return identity  # one file per label and one label per file: nothing to merge (the usual case)
+    # union-find over labels linked by a shared file
+    parent: dict[str, str] = {}
+
+    def root(label):
+        while parent.setdefault(label, label) != label:
+            label = parent[label]
+        return label
+
+    first_label: dict[str, str] = {}
+    for label, key in sorted(pairs):
+        other = first_label.setdefault(key, label)
+        a, b = root(label), root(other)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    return identity.map(lambda label: root(label) if label in parent else label)
+
+
+def _file_key(stim_file: str) -> str:
+    """A stim_file value as a comparable path (``./a.png``, ``stimuli/a.png`` and ``a.png`` are one file)."""
+    import posixpath
+
+    if stim_file in ("", "n/a"):
+        return "n/a"
+    path = posixpath.normpath(stim_file.replace("\\", "/"))
+    return path[len("stimuli/"):] if path.startswith("stimuli/") else path
 
 
 _identity = stimulus_identity  # the earlier private name, used below
