@@ -25,7 +25,7 @@ import pandas as pd
 from ..errors import BadDataError, InputMissingError
 from ..models.loading import find_decoding_clip_dir, load_decoding_clip  # noqa: F401 (find_...: re-exported)
 from .decoder import BrainDecoder, rescale_to_training
-from .features import PixelBasis, PixelExtractor, category_means, load_image, pixels_to_image
+from .features import PixelBasis, PixelExtractor, category_means, center_square, load_image, pixels_to_image
 from .features import stimulus_features
 from .splits import DecodingSplit, repeat_groups, split_trials, stimulus_identity
 
@@ -593,7 +593,10 @@ def evaluate_items(betas: np.ndarray, prepared: PreparedTrials, fitted: FittedDe
                     "be scored")))
         else:
             item_paths = [paths[r] for r in first_rows]
-            target_images = [load_image(p) for p in item_paths]
+            # the centre square, as the decoder's targets (pixels: features.pixel_vector; CLIP's centre crop) and
+            # every reconstruction are: a non-square stimulus squeezed whole into the metrics' 425 x 425 square put
+            # its margins where the reconstruction has the centre, and a perfect reconstruction scored low
+            target_images = [center_square(load_image(p)) for p in item_paths]
             for space in extractors:
                 if space in TEXT_SPACES and any(trials.at[r, "caption"] == NA for r in first_rows):
                     continue  # no caption for some of these stimuli: the text space cannot be scored
