@@ -588,9 +588,14 @@ def evaluate_items(betas: np.ndarray, prepared: PreparedTrials, fitted: FittedDe
                 evaluations.append((cat_feats, categories, _join(
                     note, "targets are categories: mean feature of the category's training stimuli")))
             if not evaluations:
-                evaluations.append(({}, target_ids, _join(
-                    note, "pure imagination with pixel targets: the imagined image does not exist, so nothing can "
-                    "be scored")))
+                # this note goes on the brain_corr row, which is scored: say what is missing, not "nothing"
+                missing = sum(t == NA for t in part["cue_text"])
+                text_targets = [s for s in extractors if s in TEXT_SPACES or s == "clip"]
+                why = (f"pure imagination: {missing} of {len(part)} items have no cue_text, so the {', '.join(text_targets)} "
+                       "target cannot be scored against the cues" if missing and text_targets else
+                       "pure imagination with pixel targets: the imagined image does not exist")
+                evaluations.append(({}, target_ids, _join(note, why + "; only brain_corr (it needs no target) is "
+                                                          "scored")))
         else:
             item_paths = [paths[r] for r in first_rows]
             # the centre square, as the decoder's targets (pixels: features.pixel_vector; CLIP's centre crop) and
