@@ -424,6 +424,17 @@ def predict_items(betas: np.ndarray, prepared: PreparedTrials, fitted: FittedDec
                 rows.append(decoder.predict(item_betas(group).mean(axis=0, keepdims=True),
                                             perception=int(group[0]) in held_out_perception)[0])
         raw = np.stack(rows).astype(np.float32)
+        # a NaN beta of one test trial (in a voxel the decoder uses) makes its item's prediction NaN, and the
+        # per-group rescaling below then turned *every* item of its group into the training mean, silently:
+        # identical reconstructions scored as if decoded. Training betas are checked when the decoder is fitted.
+        bad = np.flatnonzero(~np.isfinite(raw).all(axis=1))
+        if len(bad):
+            first = trials.iloc[items[bad[0]]]
+            raise BadDataError(
+                f"the betas of {len(bad)} test item(s) contain NaN or infinite values in the voxels the decoder "
+                f"uses (e.g. {first['condition'].iloc[0]} stimulus {first['stimulus'].iloc[0]}, trial row(s) "
+                f"{', '.join(str(r) for r in items[bad[0]])})",
+                hint="check the GLM outputs (statseries) or restrict the mask to voxels with finite betas")
         # rescaled within each (condition, cue) group: imagery predictions are weaker than perception ones, and
         # standardising them together would shrink one group and inflate the other. Held-out perception items
         # share the training condition, so they are centred on the training mean; other conditions on their own
