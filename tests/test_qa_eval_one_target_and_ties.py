@@ -74,3 +74,26 @@ def test_predictions_table_identical_targets_under_two_names_tie():
     targets[1] = targets[0]  # one image listed under two stimulus names
     top1, _, _ = _table_hits(targets, targets, list("abcd"))
     assert top1 == ["false", "false", "true", "true"]
+
+
+@pytest.mark.parametrize("n_voxels", [1, 2])
+def test_brain_corr_needs_three_voxels(n_voxels):
+    # qa35: a participant whose decoder keeps 1 or 2 voxels got brain_corr 0.0 (r over one voxel, undefined)
+    # or 1.0 (r over two voxels is always +-1), both shown as numbers with a chance and a p-value
+    rng = np.random.default_rng(0)
+    measured = rng.normal(size=(6, n_voxels))
+    ids = [f"s{i}" for i in range(6)]
+    frame = evaluate_reconstructions(None, None, None, None, ids, "perception", "none", n_perm=20,
+                                     brain_betas={"pixels": (measured + 0.01 * rng.normal(size=measured.shape),
+                                                             measured)})
+    row = frame.set_index("metric").loc["brain_corr"]
+    assert np.isnan(row.value) and np.isnan(row.chance) and np.isnan(row.p_value), row.value
+    assert "at least 3 voxels" in row.note
+
+
+def test_brain_corr_with_three_voxels_is_scored():
+    rng = np.random.default_rng(0)
+    measured = rng.normal(size=(6, 3))
+    frame = evaluate_reconstructions(None, None, None, None, [f"s{i}" for i in range(6)], "perception", "none",
+                                     n_perm=20, brain_betas={"pixels": (measured, measured)})
+    assert frame.set_index("metric").loc["brain_corr"].value == pytest.approx(1.0)

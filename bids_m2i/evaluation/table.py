@@ -78,6 +78,9 @@ class _Rows:
         return pd.DataFrame(self.rows, columns=METRICS_TABLE_COLUMNS)
 
 
+#: fewest voxels over which brain_corr (a Pearson r across voxels) is computed
+MIN_BRAIN_CORR_VOXELS = 3
+
 #: note of the rows whose chance and p-value do not exist because the group has one distinct target
 SINGLE_TARGET_NOTE = "one distinct target: no other pairing to compare with, so no chance level or p-value"
 
@@ -183,6 +186,13 @@ def _retrieval_metrics(rows, space, predictions, targets, perms, n_candidates, n
 def _brain_correlation(rows, space, predicted, measured, targets, perms):
     """``brain_corr``: r(predicted betas of reconstruction i, measured betas of target c), items x distinct."""
     n_distinct = targets.n_candidates
+    if measured.shape[1] < MIN_BRAIN_CORR_VOXELS:
+        # a Pearson r over 1 voxel is undefined (it came out 0.0, chance 0.0) and over 2 voxels always +-1 (it
+        # came out 1.0 against a chance of 0.01): neither says anything about the reconstruction
+        rows.add("brain_corr", space, np.nan, np.nan, np.nan, len(targets.true_index), n_distinct,
+                 f"brain_corr needs at least {MIN_BRAIN_CORR_VOXELS} voxels (a correlation over voxels); the decoder "
+                 f"uses {measured.shape[1]}")
+        return
     mean_measured = np.zeros((n_distinct, measured.shape[1]))
     np.add.at(mean_measured, targets.true_index, measured)
     mean_measured /= targets.counts[:, None]
