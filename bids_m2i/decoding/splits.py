@@ -181,6 +181,16 @@ def split_trials(trials: pd.DataFrame, *, seed: int = 0, test_fraction: float = 
                 "docs/events.md): select training sessions too, or run with --stop-after glm") if len(declared_rows) \
             else "the design marks all sessions as test; relabel the training sessions"
         raise BadDataError("every perception stimulus is a test item: nothing left to train on", hint=hint)
+    n_train_stimuli = len(set(identity[train]))
+    if n_train_stimuli < 2:
+        # one training stimulus gives every training trial the same target: the decoder can only answer that
+        # image whatever the betas (all scores at chance), and with one trial the voxel scaling failed with "all
+        # voxels are constant", which sent users looking at their betas instead of their design
+        raise BadDataError(
+            f"only {n_train_stimuli} distinct perception stimulus is left for training ({len(train)} trial(s)) after "
+            f"holding out {len(test_stimuli)} test stimulus(es) ({rule}): a decoder needs at least 2 distinct "
+            "training stimuli", hint="decoding needs a design with more perception stimuli; run with --stop-after glm "
+            "to get the betas only")
     imagery_rows = rows[imagery]
     folds = None
     if fine_tune_imagery and len(imagery_rows):
