@@ -576,7 +576,11 @@ def evaluate_items(betas: np.ndarray, prepared: PreparedTrials, fitted: FittedDe
         target_feats: dict[str, np.ndarray] = {}
         target_images = None
         group_note = note
-        if cue == "text" and condition == "imagery":
+        # imagery without a target image (pure imagination; or an imagined item named without a stim_file, cue
+        # "none", e.g. a trial_type naming it): no image metrics, scored like pure imagination. Such a group used
+        # to go to the image branch and stop with a TypeError (exit 1) on its missing file
+        no_image = any(paths[r] is None for r in first_rows)
+        if condition == "imagery" and (cue == "text" or no_image):
             # pure imagination: scored (a) against the distinct cue texts in text spaces (and the CLIP text
             # embedding of the cue for a decoded image embedding), (b) against category means when the
             # targets are categories (ds001246-like), each with its own set of distinct targets
@@ -602,9 +606,14 @@ def evaluate_items(betas: np.ndarray, prepared: PreparedTrials, fitted: FittedDe
                 # this note goes on the brain_corr row, which is scored: say what is missing, not "nothing"
                 missing = sum(t == NA for t in part["cue_text"])
                 text_targets = [s for s in extractors if s in TEXT_SPACES or s == "clip"]
-                why = (f"pure imagination: {missing} of {len(part)} items have no cue_text, so the {', '.join(text_targets)} "
-                       "target cannot be scored against the cues" if missing and text_targets else
-                       "pure imagination with pixel targets: the imagined image does not exist")
+                if cue != "text":
+                    why = ("imagery without a target image (stim_file n/a) and without categories of the training "
+                           "stimuli: no image or feature target to score against")
+                elif missing and text_targets:
+                    why = (f"pure imagination: {missing} of {len(part)} items have no cue_text, so the "
+                           f"{', '.join(text_targets)} target cannot be scored against the cues")
+                else:
+                    why = "pure imagination with pixel targets: the imagined image does not exist"
                 evaluations.append(({}, target_ids, _join(note, why + "; only brain_corr (it needs no target) is "
                                                           "scored")))
         else:
