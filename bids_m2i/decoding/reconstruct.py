@@ -655,7 +655,7 @@ def evaluate_items(betas: np.ndarray, prepared: PreparedTrials, fitted: FittedDe
             for r, t in zip(first_rows, target_ids):
                 candidate_files.setdefault(t, trials.at[r, "stim_file"] if cue != "text" else NA)
             for pos, i in enumerate(index):
-                row = {"row": int(i), "condition": condition, "cue": cue, "stimulus": part["stimulus"].iloc[pos]}
+                row = {"row": int(i), "condition": condition, "cue": cue, "stimulus": target_ids[pos]}
                 for k, name in enumerate(ranking[pos][:5], start=1):
                     row[f"rank{k}"] = name
                     row[f"rank{k}_file"] = candidate_files.get(name, NA)
