@@ -624,7 +624,13 @@ def evaluate_items(betas: np.ndarray, prepared: PreparedTrials, fitted: FittedDe
             target_images = [center_square(load_image(p)) for p in item_paths]
             for space in extractors:
                 if space in TEXT_SPACES and any(trials.at[r, "caption"] == NA for r in first_rows):
-                    continue  # no caption for some of these stimuli: the text space cannot be scored
+                    # no caption for some of these stimuli: the text space cannot be scored. Say so: the rows
+                    # used to be missing from the metrics table without a word
+                    lacking = sorted({trials.at[r, "stimulus"] for r in first_rows if trials.at[r, "caption"] == NA})
+                    LOGGER.warning("%s/%s: %d test stimulus(es) have no caption in stimuli/stimuli.tsv (e.g. %s): "
+                                   "the %s target is not scored for this group", condition, cue, len(lacking),
+                                   lacking[0], space)
+                    continue
                 target_feats[space] = item_features(space, first_rows)
             evaluations = [(target_feats, target_ids, group_note)]
         group_recon = [images[i] for i in index]
