@@ -60,3 +60,14 @@ def test_two_names_of_one_test_image_are_one_candidate(tmp_path):
     assert set(result.predictions.stimulus) == {"s0", "s1", "alias0", "alias1"}
     top1 = result.metrics.set_index("metric").loc["image_top1"]
     assert top1.n_candidates == 2, top1.note
+
+
+def test_imagery_labels_are_not_merged_through_the_screen_shown_while_imagining():
+    """Only what was seen links two labels: imagery trials may all list one image (a blank or cue frame shown while
+    imagining); merged through it, every imagined item became one target (one candidate, nothing to score)."""
+    rows = [dict(condition="perception", stimulus=f"s{i}", stim_file=f"s{i}.png") for i in range(4)]
+    rows += [dict(condition="perception", stimulus="alias0", stim_file="s0.png")]
+    rows += [dict(condition="imagery", stimulus=name, stim_file="blank.png") for name in ("dog", "cat", "car")]
+    identity = stimulus_identity(pd.DataFrame(rows)).tolist()
+    assert identity[-3:] == ["dog", "cat", "car"]
+    assert identity[0] == identity[4]  # the perception alias is still one stimulus

@@ -87,7 +87,11 @@ def stimulus_identity(trials: pd.DataFrame) -> pd.Series:
     files = _column(trials, "stim_file")
     identity = stim.where(stim != "n/a", files)
     keys = files.map(_file_key)
-    pairs = {(label, key) for label, key in zip(identity, keys) if label != "n/a" and key != "n/a"}
+    # only what was *seen* links labels: an imagery trial's stim_file may be the screen shown while imagining (one
+    # blank or cue-frame image for every trial), and merging its labels through it would make every imagined item
+    # one target; an imagery label already linked through perception trials still takes the merged identity
+    seen = _column(trials, "condition") != "imagery"
+    pairs = {(label, key) for label, key, keep in zip(identity, keys, seen) if keep and label != "n/a" and key != "n/a"}
     if len({label for label, _ in pairs}) == len({key for _, key in pairs}) and \
             len(pairs) == len({label for label, _ in pairs}):
         return identity  # one file per label and one label per file: nothing to merge (the usual case)
