@@ -1,0 +1,143 @@
+"""fMRIPrep output trees as real versions and real labs lay them out (QA pass 36).
+
+* fMRIPrep 23+ writes the series on each run's own BOLD grid (output space ``func``) without a ``space-``
+  entity: with only those, ``--space T1w`` listed a space "(none)" and advised ``--space with one of: (none)
+  (any of them works)``, a value that does not exist for a grid that is not common to the runs.
+* DataLad clones: a ``dataset_description.json`` present as a dangling annex link was reported as "missing";
+  a preprocessed BOLD's sidecar not fetched was silently replaced by fMRIPrep's default slice-timing reference.
+* A preprocessed BOLD's sidecar whose ``RepetitionTime`` is not the raw run's went through without a word
+  (only the NIfTI header's TR was compared).
+* A session folder that is a symbolic link (a tree assembled from per-session fMRIPrep runs) was not indexed
+  ("No fMRIPrep preprocessed BOLD ... run fMRIPrep on this participant first").
+* The raw dataset given as ``--derivatives`` was told to "run fMRIPrep on this participant first".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bids_m2i.bids.fmriprep import find_fmriprep_files, index_fmriprep
+from bids_m2i.cli.run import run_cli
+from bids_m2i.errors import InputMissingError
+from test_fmriprep_inputs import make_fmriprep_tree
+
+
+def _run(bids: Path, tmp_path: Path, derivatives: Path, *extra: str) -> int:
+    return run_cli([str(bids), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "work"),
+                    "--derivatives", str(derivatives), "--skip-bids-validation", "--nprocs", "1",
+                    "--stop-after", "glm", *extra])
+
+
+def _annex(path: Path, fetched: bool) -> None:
+    """``path`` as git-annex keeps it: a link into .git/annex/objects, dangling while the content is not fetched."""
+    root = next(p for p in path.parents if (p / "dataset_description.json").exists()
+                or (p / "dataset_description.json").is_symlink())
+    key = root / ".git" / "annex" / "objects" / "Xk" / "12" / path.name / path.name
+    key.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(path, key)
+    os.symlink(os.path.relpath(key, path.parent), path)
+    if not fetched:
+        key.unlink()
+
+
+def test_native_only_outputs_are_not_offered_as_a_space(tiny_dataset, tmp_path, capsys, started):
+    tree = make_fmriprep_tree(tiny_dataset, tmp_path / "fmriprep", spaces=("T1w",))
+    for path in tree.rglob("*_space-T1w_desc-*.nii.gz"):  # fMRIPrep 23+ --output-spaces func
+        path.rename(path.with_name(path.name.replace("_space-T1w", "")))
+    assert _run(tiny_dataset, tmp_path, tree, "--space", "T1w") == 66
+    err = capsys.readouterr().err
+    assert "(none)" not in err, err
+    assert "own BOLD grid" in err and "--output-spaces T1w" in err and "--space func" in err
+    assert started == []
+
+
+def test_native_outputs_beside_a_template_suggest_the_template_only(tiny_dataset, tmp_path, capsys, started):
+    tree = make_fmriprep_tree(tiny_dataset, tmp_path / "fmriprep", spaces=("T1w", "MNI152NLin2009cAsym"))
+    for path in tree.rglob("*_space-T1w_desc-*.nii.gz"):
+        path.rename(path.with_name(path.name.replace("_space-T1w", "")))
+    assert _run(tiny_dataset, tmp_path, tree, "--space", "T1w") == 66
+    err = capsys.readouterr().err
+    assert "use --space with one of: MNI152NLin2009cAsym (" in err and "(none)" not in err, err
+
+
+def test_unfetched_dataset_description_says_datalad_get(tiny_dataset, tmp_path, capsys, started):
+    tree = make_fmriprep_tree(tiny_dataset, tmp_path / "fmriprep", spaces=("T1w",))
+    _annex(tree / "dataset_description.json", fetched=False)
+    assert _run(tiny_dataset, tmp_path, tree) == 66
+    err = capsys.readouterr().err
+    assert "is missing" not in err, err
+    assert "datalad get dataset_description.json" in err
+    assert started == []
+
+
+def test_unfetched_bold_sidecar_says_datalad_get(tiny_dataset, tmp_path, capsys, started):
+    """The sidecar holds StartTime (fMRIPrep's slice-timing reference): not fetched, it was silently guessed."""
+    tree = make_fmriprep_tree(tiny_dataset, tmp_path / "fmriprep", spaces=("T1w",))
+    for bold in tree.rglob("*_space-T1w_desc-preproc_bold.nii.gz"):
+        sidecar = bold.with_name(bold.name.replace(".nii.gz", ".json"))
+        sidecar.write_text(json.dumps({"RepetitionTime": 2.0, "SliceTimingCorrected": True, "StartTime": 0.0}))
+        _annex(sidecar, fetched=False)
+    assert _run(tiny_dataset, tmp_path, tree) == 66
+    err = capsys.readouterr().err
+    assert "_space-T1w_desc-preproc_bold.json" in err and "datalad get" in err, err
+    assert started == []
+
+
+def test_fetched_annexed_files_run(tiny_dataset, tmp_path, started):
+    tree = make_fmriprep_tree(tiny_dataset, tmp_path / "fmriprep", spaces=("T1w",))
+    for path in [*tree.rglob("*.nii.gz"), *tree.rglob("*.tsv")]:
+        _annex(path, fetched=True)
+    assert _run(tiny_dataset, tmp_path, tree) == 0
+    assert started == [True]
+
+
+def test_sidecar_tr_other_than_the_raw_runs_is_65(tiny_dataset, tmp_path, capsys, started):
+    tree = make_fmriprep_tree(tiny_dataset, tmp_path / "fmriprep", spaces=("T1w",))
+    bold = sorted(tree.rglob("*task-perception_run-1_space-T1w_desc-preproc_bold.nii.gz"))[0]
+    sidecar = bold.with_name(bold.name.replace(".nii.gz", ".json"))
+    sidecar.write_text(json.dumps({"RepetitionTime": 1.5, "SliceTimingCorrected": False}))
+    assert _run(tiny_dataset, tmp_path, tree) == 65
+    err = capsys.readouterr().err
+    assert sidecar.name in err and "1.5 s" in err and "Traceback" not in err, err
+    assert started == []
+    sidecar.write_text(json.dumps({"RepetitionTime": 2.0, "SliceTimingCorrected": False}))  # the raw run's TR
+    assert _run(tiny_dataset, tmp_path, tree) == 0
+
+
+def test_symlinked_session_folder_is_indexed(tmp_path):
+    elsewhere = tmp_path / "fmriprep_ses-2" / "sub-01" / "ses-2" / "func"
+    elsewhere.mkdir(parents=True)
+    stem = "sub-01_ses-2_task-perception_run-1"
+    for kind in ("space-T1w_desc-preproc_bold.nii.gz", "space-T1w_desc-brain_mask.nii.gz",
+                 "desc-confounds_timeseries.tsv"):
+        (elsewhere / f"{stem}_{kind}").write_bytes(b"")
+    tree = tmp_path / "fmriprep"
+    (tree / "sub-01").mkdir(parents=True)
+    (tree / "dataset_description.json").write_text(json.dumps({"Name": "fMRIPrep", "DatasetType": "derivative"}))
+    os.symlink(elsewhere.parent, tree / "sub-01" / "ses-2")
+    raw = {"subject": "01", "session": "2", "task": "perception", "run": "01"}
+    found = find_fmriprep_files(index_fmriprep([tree]), raw, "T1w", "sub-01_ses-2_task-perception_run-01_bold.nii.gz")
+    assert found["bold"].name == f"{stem}_space-T1w_desc-preproc_bold.nii.gz"
+
+
+def test_raw_dataset_given_as_derivatives_says_so(tiny_dataset, tmp_path, capsys, started):
+    assert _run(tiny_dataset, tmp_path, tiny_dataset) == 66
+    err = capsys.readouterr().err
+    assert "is a raw BIDS dataset" in err and "run fMRIPrep on this participant first" not in err, err
+    assert started == []
+
+
+def test_raw_dataset_hint_names_its_fmriprep_folder(tmp_path):
+    raw = tmp_path / "bids"
+    (raw / "sub-01" / "func").mkdir(parents=True)
+    (raw / "dataset_description.json").write_text(json.dumps({"Name": "x", "DatasetType": "raw"}))
+    (raw / "derivatives" / "fmriprep").mkdir(parents=True)
+    (raw / "derivatives" / "fmriprep" / "dataset_description.json").write_text("{}")
+    with pytest.raises(InputMissingError) as info:
+        find_fmriprep_files(index_fmriprep([raw]), {"subject": "01", "task": "x"}, "T1w", "sub-01_task-x_bold.nii.gz")
+    assert str(raw / "derivatives" / "fmriprep") in info.value.hint
