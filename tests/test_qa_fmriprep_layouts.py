@@ -141,3 +141,38 @@ def test_raw_dataset_hint_names_its_fmriprep_folder(tmp_path):
     with pytest.raises(InputMissingError) as info:
         find_fmriprep_files(index_fmriprep([raw]), {"subject": "01", "task": "x"}, "T1w", "sub-01_task-x_bold.nii.gz")
     assert str(raw / "derivatives" / "fmriprep") in info.value.hint
+
+
+def test_new_confounds_table_before_an_older_fmripreps(tmp_path):
+    """fMRIPrep >= 20.2 rerun into an older version's OUTPUT_DIR: the old _regressors.tsv stays beside the new
+    _timeseries.tsv, and was the one read (first in name order)."""
+    func = tmp_path / "fmriprep" / "sub-01" / "func"
+    func.mkdir(parents=True)
+    (tmp_path / "fmriprep" / "dataset_description.json").write_text(json.dumps({"DatasetType": "derivative"}))
+    stem = "sub-01_task-perception_run-1"
+    for kind in ("space-T1w_desc-preproc_bold.nii.gz", "space-T1w_desc-brain_mask.nii.gz",
+                 "desc-confounds_regressors.tsv", "desc-confounds_timeseries.tsv"):
+        (func / f"{stem}_{kind}").write_bytes(b"")
+    raw = {"subject": "01", "task": "perception", "run": "01"}
+    found = find_fmriprep_files(index_fmriprep([tmp_path / "fmriprep"]), raw, "T1w", "run")
+    assert found["confounds"].name == f"{stem}_desc-confounds_timeseries.tsv"
+
+
+def test_mask_and_confounds_from_the_folder_of_the_bold(tmp_path):
+    """Two --derivatives folders (two fMRIPrep runs): the mask and confounds of the BOLD's own folder."""
+    stem = "sub-01_task-perception_run-1"
+    folders = []
+    for name, kinds in (("a", ("space-MNI152NLin2009cAsym_desc-preproc_bold.nii.gz", "space-T1w_desc-brain_mask.nii.gz",
+                               "desc-confounds_timeseries.tsv")),
+                        ("b", ("space-T1w_desc-preproc_bold.nii.gz", "space-T1w_desc-brain_mask.nii.gz",
+                               "desc-confounds_timeseries.tsv"))):
+        func = tmp_path / name / "sub-01" / "func"
+        func.mkdir(parents=True)
+        (tmp_path / name / "dataset_description.json").write_text(json.dumps({"DatasetType": "derivative"}))
+        for kind in kinds:
+            (func / f"{stem}_{kind}").write_bytes(b"")
+        folders.append(tmp_path / name)
+    raw = {"subject": "01", "task": "perception", "run": "01"}
+    found = find_fmriprep_files(index_fmriprep(folders), raw, "T1w", "run")
+    assert found["bold"].parent == folders[1] / "sub-01" / "func"
+    assert found["mask"].parent == found["bold"].parent and found["confounds"].parent == found["bold"].parent

@@ -241,7 +241,16 @@ def find_fmriprep_files(index: dict, raw_entities: dict[str, str], space: str, r
     if not confounds:
         raise InputMissingError(f"fMRIPrep confounds missing for {raw_name}",
                                 hint="expected ..._desc-confounds_timeseries.tsv (or _regressors.tsv) next to it")
-    return {"bold": bold, "mask": masks[0], "confounds": confounds[0]}
+    # the files beside the BOLD first (with repeated --derivatives, another folder's are another fMRIPrep run), and
+    # today's confounds name before the old one: fMRIPrep >= 20.2 rerun into the OUTPUT_DIR of an older version
+    # leaves its _desc-confounds_regressors.tsv beside the new _timeseries.tsv, and the old table, first in name
+    # order, was read (its FD and non-steady-state volumes) without a word
+    mask = min(masks, key=lambda m: m.parent != bold.parent)
+    ranked = sorted(confounds, key=lambda c: (c.parent != bold.parent, c.name.endswith("_regressors.tsv")))
+    if len(ranked) > 1:
+        LOGGER.warning("Several fMRIPrep confounds tables for %s (%s); using %s", raw_name,
+                       ", ".join(str(c) for c in ranked), ranked[0])
+    return {"bold": bold, "mask": mask, "confounds": ranked[0]}
 
 
 def preproc_sidecar(preproc_bold: Path) -> Path:
