@@ -176,3 +176,32 @@ def test_mask_and_confounds_from_the_folder_of_the_bold(tmp_path):
     found = find_fmriprep_files(index_fmriprep(folders), raw, "T1w", "run")
     assert found["bold"].parent == folders[1] / "sub-01" / "func"
     assert found["mask"].parent == found["bold"].parent and found["confounds"].parent == found["bold"].parent
+
+
+@pytest.mark.parametrize("raw_rec, expected", [(None, "sub-01_task-perception_run-1_space-T1w"),
+                                               ("NORDIC", "sub-01_task-perception_rec-NORDIC_run-1_space-T1w")])
+def test_another_reconstruction_is_not_the_runs(tmp_path, raw_rec, expected):
+    """Raw runs kept in two reconstructions (the original and rec-NORDIC): each gets its own fMRIPrep files."""
+    func = tmp_path / "fmriprep" / "sub-01" / "func"
+    func.mkdir(parents=True)
+    (tmp_path / "fmriprep" / "dataset_description.json").write_text(json.dumps({"DatasetType": "derivative"}))
+    for stem in ("sub-01_task-perception_run-1", "sub-01_task-perception_rec-NORDIC_run-1"):
+        for kind in ("space-T1w_desc-preproc_bold.nii.gz", "space-T1w_desc-brain_mask.nii.gz",
+                     "desc-confounds_timeseries.tsv"):
+            (func / f"{stem}_{kind}").write_bytes(b"")
+    raw = {"subject": "01", "task": "perception", "run": "01", **({"reconstruction": raw_rec} if raw_rec else {})}
+    found = find_fmriprep_files(index_fmriprep([tmp_path / "fmriprep"]), raw, "T1w", "run")
+    assert found["bold"].name == f"{expected}_desc-preproc_bold.nii.gz"
+    assert found["mask"].name == f"{expected}_desc-brain_mask.nii.gz"
+    assert found["confounds"].name == expected.replace("_space-T1w", "") + "_desc-confounds_timeseries.tsv"
+
+
+def test_a_derivative_without_rec_still_serves_a_raw_run_with_it(tmp_path):
+    func = tmp_path / "fmriprep" / "sub-01" / "func"
+    func.mkdir(parents=True)
+    (tmp_path / "fmriprep" / "dataset_description.json").write_text(json.dumps({"DatasetType": "derivative"}))
+    for kind in ("space-T1w_desc-preproc_bold.nii.gz", "space-T1w_desc-brain_mask.nii.gz",
+                 "desc-confounds_timeseries.tsv"):
+        (func / f"sub-01_task-perception_run-1_{kind}").write_bytes(b"")
+    raw = {"subject": "01", "task": "perception", "run": "01", "reconstruction": "NORDIC"}
+    assert find_fmriprep_files(index_fmriprep([tmp_path / "fmriprep"]), raw, "T1w", "run")["bold"].exists()

@@ -199,6 +199,15 @@ def find_fmriprep_files(index: dict, raw_entities: dict[str, str], space: str, r
                     + (f": {nested}" if nested else ", whose dataset_description.json names fMRIPrep under GeneratedBy"))
         raise InputMissingError(
             f"No fMRIPrep preprocessed BOLD for {raw_name} in the --derivatives folder(s)", hint=hint)
+    # rec- is not part of the run key (a derivative without it still serves a raw run with it), but a derivative of
+    # ANOTHER reconstruction is another series: raw runs kept as rec-NORDIC beside the original got the first in
+    # name order (rec-NORDIC's) for either, a "several BOLD files" warning aside
+    rec = raw_entities.get("reconstruction")
+    files = {kind: _same_reconstruction(paths, rec) for kind, paths in files.items()}
+    if not files.get("bold"):
+        raise InputMissingError(f"No fMRIPrep preprocessed BOLD for {raw_name} in the --derivatives folder(s) "
+                                f"({'without rec-' if rec is None else f'with rec-{rec}'}; other reconstructions only)",
+                                hint="run fMRIPrep on this reconstruction of the run" + _fmriprep_hint())
     label, wanted = parse_space(space)
     bolds = _in_space(files["bold"], label)
     if not bolds:
@@ -270,6 +279,13 @@ def read_preproc_sidecar(preproc_bold: Path, if_unreadable: str) -> dict:
         except (OSError, ValueError):
             LOGGER.warning("%s cannot be read: %s", sidecar, if_unreadable)
     return meta if isinstance(meta, dict) else {}
+
+
+def _same_reconstruction(paths: list[Path], rec: str | None) -> list[Path]:
+    """``paths`` without those of another ``rec-`` than the raw run's; those of its own first when there are."""
+    kept = [p for p in paths if derivative_entities(p).get("reconstruction") in (None, rec)]
+    exact = [p for p in kept if derivative_entities(p).get("reconstruction") == rec]
+    return exact or kept
 
 
 def fmriprep_frame_start(preproc_bold: Path, slice_timing: list | None, tr: float) -> float:
