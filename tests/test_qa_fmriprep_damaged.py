@@ -72,3 +72,21 @@ def test_generic_step_failure_shows_the_error_line_not_the_traceback():
     crash = ("Node: estimate_betas\nTraceback:\n\tTraceback (most recent call last):\n\t  File \"x.py\", line 1, in f"
              "\n\t    g()\n\t    ^^^\n\tpandas.errors.EmptyDataError: No columns to parse from file\n")
     assert _last_error_line(crash) == "pandas.errors.EmptyDataError: No columns to parse from file"
+
+
+def test_mask_of_the_same_shape_on_another_grid_says_how_it_differs(tree, tmp_path):
+    """Same shape, another voxel size: the message read '(16, 16, 10) is not on the grid of ... ((16, 16, 10))'."""
+    from bids_m2i.errors import BadDataError
+    from bids_m2i.interfaces.fmriprep import ParticipantMaskFromRuns
+
+    bolds = sorted(tree.rglob("*_space-T1w_desc-preproc_bold.nii.gz"))
+    masks = [Path(str(b).replace("desc-preproc_bold", "desc-brain_mask")) for b in bolds]
+    img = nib.load(masks[1])
+    affine = img.affine.copy()
+    affine[:3, :3] *= 0.5
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), affine), masks[1])
+    node = ParticipantMaskFromRuns(in_files=[str(m) for m in masks], bold_files=[str(b) for b in bolds])
+    with pytest.raises(BadDataError) as info:
+        node._run(type("Runtime", (), {"cwd": str(tmp_path)})())
+    message = str(info.value)
+    assert "voxels of 2x2x2 mm" in message and "voxels of 4x4x4 mm" in message, message

@@ -22,6 +22,14 @@ class _MaskOutputSpec(TraitedSpec):
     out_reference = File(desc="mean of the first run (participant reference image)")
 
 
+def _grid(img) -> str:
+    """Shape, voxel size and origin: the shapes alone read "(16, 16, 10) is not on the grid of (16, 16, 10)" for
+    a mask of the same shape at another voxel size or position."""
+    zooms = "x".join(f"{z:g}" for z in np.round(img.header.get_zooms()[:3], 3))
+    origin = ", ".join(f"{v:g}" for v in np.round(img.affine[:3, 3], 2))
+    return f"{'x'.join(map(str, img.shape[:3]))} voxels of {zooms} mm, origin ({origin}) mm"
+
+
 class ParticipantMaskFromRuns(M2IInterface):
     input_spec = _MaskInputSpec
     output_spec = _MaskOutputSpec
@@ -36,8 +44,8 @@ class ParticipantMaskFromRuns(M2IInterface):
             if mask_img.shape[:3] != bold_img.shape[:3] or not np.allclose(mask_img.affine, bold_img.affine,
                                                                              atol=1e-3):
                 raise BadDataError(
-                    f"fMRIPrep's brain mask {Path(mask_path).name} (grid {mask_img.shape[:3]}) is not on the grid of "
-                    f"its BOLD series {Path(bold).name} ({bold_img.shape[:3]})", path=mask_path,
+                    f"fMRIPrep's brain mask {Path(mask_path).name} ({_grid(mask_img)}) is not on the grid of "
+                    f"its BOLD series {Path(bold).name} ({_grid(bold_img)})", path=mask_path,
                     hint="these outputs come from different fMRIPrep runs or an interrupted one: rerun fMRIPrep "
                     "for this participant into a clean output folder")
         first = nib.load(self.inputs.in_files[0])
