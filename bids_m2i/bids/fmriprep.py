@@ -188,6 +188,16 @@ def find_fmriprep_files(index: dict, raw_entities: dict[str, str], space: str, r
             for path in [subject, *([subject / f"ses-{session}"] if session else []),
                          (subject / f"ses-{session}" if session else subject) / "func"]:
                 _check_readable(path)
+        combined = index.get(_key({k: v for k, v in raw_entities.items() if k != "echo"})) if "echo" in raw_entities \
+            else None
+        if combined and "bold" in combined:
+            # one echo of a multi-echo run selected (--bids-filter-file, as m2i's own preprocessing asks): fMRIPrep
+            # wrote only the echoes combined, and this read "run fMRIPrep on this participant first"
+            raise InputMissingError(
+                f"fMRIPrep's outputs of {raw_name} are its echoes combined ({combined['bold'][0].name}: no echo-), "
+                f"not echo {raw_entities['echo']} alone", path=combined["bold"][0],
+                hint="to use fMRIPrep's combined series, select no echo (remove \"echo\" from --bids-filter-file): "
+                "each multi-echo run is then one run; for one echo alone, use m2i's own preprocessing (--space func)")
         legacy = next(filter(None, map(legacy_fmriprep_file, index.get(_FOLDERS, ()))), None)
         hint = _legacy_hint(legacy) if legacy else "run fMRIPrep on this participant first" + _fmriprep_hint()
         if index.get(_RAW):  # the raw dataset given as --derivatives: "run fMRIPrep first" misled those who had
