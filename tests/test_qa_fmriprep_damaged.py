@@ -90,3 +90,26 @@ def test_mask_of_the_same_shape_on_another_grid_says_how_it_differs(tree, tmp_pa
         node._run(type("Runtime", (), {"cwd": str(tmp_path)})())
     message = str(info.value)
     assert "voxels of 2x2x2 mm" in message and "voxels of 4x4x4 mm" in message, message
+
+
+@pytest.mark.parametrize("zoom, needle", [(1.25, "different voxel sizes"), (1.0, "different anatomical references")])
+def test_runs_on_different_t1w_grids_do_not_advise_space_t1w(tree, tmp_path, zoom, needle):
+    """fMRIPrep's T1w outputs keep each run's voxel size (and sessions processed apart have their own T1w): runs
+    already in space T1w were told to 'use a common output space (--space T1w)'."""
+    from bids_m2i.errors import BadDataError
+    from bids_m2i.interfaces.fmriprep import ParticipantMaskFromRuns
+
+    bolds = sorted(tree.rglob("*_space-T1w_desc-preproc_bold.nii.gz"))
+    masks = [Path(str(b).replace("desc-preproc_bold", "desc-brain_mask")) for b in bolds]
+    for path in (bolds[1], masks[1]):
+        img = nib.load(path)
+        affine = img.affine.copy()
+        affine[:3, :3] /= zoom
+        affine[:3, 3] += 5.0
+        out = nib.Nifti1Image(np.asarray(img.dataobj), affine)
+        out.header.set_zooms(tuple(np.asarray(img.header.get_zooms()[:3]) / zoom) + tuple(img.header.get_zooms()[3:]))
+        nib.save(out, path)
+    node = ParticipantMaskFromRuns(in_files=[str(m) for m in masks], bold_files=[str(b) for b in bolds])
+    with pytest.raises(BadDataError, match="not on one grid") as info:
+        node._run(type("Runtime", (), {"cwd": str(tmp_path)})())
+    assert "--space T1w" not in str(info.value) and needle in str(info.value) and "--space func" in str(info.value)

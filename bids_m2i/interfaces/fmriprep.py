@@ -53,10 +53,21 @@ class ParticipantMaskFromRuns(M2IInterface):
         for path in self.inputs.in_files[1:]:
             img = nib.load(path)
             if img.shape[:3] != first.shape[:3] or not np.allclose(img.affine, first.affine, atol=1e-3):
+                # the hint was "use a common output space (--space T1w)", given to runs already in T1w: fMRIPrep's
+                # T1w outputs keep each run's voxel size, and sessions processed apart have their own T1w
+                if np.allclose(img.header.get_zooms()[:3], first.header.get_zooms()[:3], atol=1e-3):
+                    cause = ("same voxel size, another position: fMRIPrep runs with different anatomical references "
+                             "(sessions processed separately, or --subject-anatomical-reference sessionwise); rerun "
+                             "fMRIPrep on all sessions together, or use")
+                else:
+                    cause = ("the runs were acquired at different voxel sizes, which fMRIPrep's T1w outputs keep; use a "
+                             "template space at one resolution if fMRIPrep wrote one (--space MNI152NLin2009cAsym:res-2), "
+                             "or")
                 raise BadDataError(
-                    f"fMRIPrep runs are not on one grid: {Path(path).name} differs from "
-                    f"{Path(self.inputs.in_files[0]).name}", path=path,
-                    hint="use a common output space (--space T1w) for every run",
+                    f"fMRIPrep runs are not on one grid: {Path(path).name} ({_grid(img)}) differs from "
+                    f"{Path(self.inputs.in_files[0]).name} ({_grid(first)})", path=path,
+                    hint=f"{cause} m2i's own preprocessing (--space func), which resamples every run onto one "
+                    "participant grid",
                 )
             mask &= np.asarray(img.dataobj) > 0
         cwd = Path(runtime.cwd)
