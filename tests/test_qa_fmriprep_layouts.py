@@ -205,3 +205,34 @@ def test_a_derivative_without_rec_still_serves_a_raw_run_with_it(tmp_path):
         (func / f"sub-01_task-perception_run-1_{kind}").write_bytes(b"")
     raw = {"subject": "01", "task": "perception", "run": "01", "reconstruction": "NORDIC"}
     assert find_fmriprep_files(index_fmriprep([tmp_path / "fmriprep"]), raw, "T1w", "run")["bold"].exists()
+
+
+def _tree_of(tmp_path: Path, stems: list[str]) -> Path:
+    tree = tmp_path / "fmriprep"
+    tree.mkdir()
+    (tree / "dataset_description.json").write_text(json.dumps({"DatasetType": "derivative"}))
+    for stem in stems:
+        func = tree / "sub-01" / (f"ses-{stem.split('_ses-')[1].split('_')[0]}" if "_ses-" in stem else "") / "func"
+        func.mkdir(parents=True, exist_ok=True)
+        for kind in ("space-T1w_desc-preproc_bold.nii.gz", "space-T1w_desc-brain_mask.nii.gz",
+                     "desc-confounds_timeseries.tsv"):
+            (func / f"{stem}_{kind}").write_bytes(b"")
+    return tree
+
+
+def test_a_session_fmriprep_did_not_process_names_those_it_did(tmp_path):
+    """fMRIPrep run on session 1 only: 'run fMRIPrep on this participant first' sent users to redo what they had."""
+    tree = _tree_of(tmp_path, ["sub-01_ses-1_task-perception_run-1"])
+    raw = {"subject": "01", "session": "2", "task": "perception", "run": "01"}
+    with pytest.raises(InputMissingError) as info:
+        find_fmriprep_files(index_fmriprep([tree]), raw, "T1w", "sub-01_ses-2_task-perception_run-01_bold.nii.gz")
+    assert "run fMRIPrep on this participant first" not in info.value.hint, info.value.hint
+    assert "--session-label 1" in info.value.hint
+
+
+def test_a_run_fmriprep_did_not_process_says_the_others_are_there(tmp_path):
+    tree = _tree_of(tmp_path, ["sub-01_task-perception_run-1"])
+    raw = {"subject": "01", "task": "perception", "run": "02"}
+    with pytest.raises(InputMissingError) as info:
+        find_fmriprep_files(index_fmriprep([tree]), raw, "T1w", "sub-01_task-perception_run-02_bold.nii.gz")
+    assert "hold other runs but not this one" in info.value.hint, info.value.hint

@@ -200,6 +200,20 @@ def find_fmriprep_files(index: dict, raw_entities: dict[str, str], space: str, r
                 "each multi-echo run is then one run; for one echo alone, use m2i's own preprocessing (--space func)")
         legacy = next(filter(None, map(legacy_fmriprep_file, index.get(_FOLDERS, ()))), None)
         hint = _legacy_hint(legacy) if legacy else "run fMRIPrep on this participant first" + _fmriprep_hint()
+        # fMRIPrep ran on this participant, only not on this session or run: "run fMRIPrep on this participant
+        # first" sent users to rerun what they had, and did not say how to go on with what is there
+        subject = raw_entities.get("subject")
+        others = [dict(key) for key, files in index.items()
+                  if isinstance(key, tuple) and dict(key).get("subject") == subject and "bold" in files]
+        session = raw_entities.get("session")
+        sessions = sorted({o["session"] for o in others if "session" in o})
+        if not legacy and session and sessions and session not in sessions:
+            hint = (f"fMRIPrep's outputs of sub-{subject} cover session(s) {', '.join(sessions)} only: run fMRIPrep on "
+                    f"ses-{session} too, or select the sessions it processed with --session-label {' '.join(sessions)}")
+        elif not legacy and others:
+            hint = (f"fMRIPrep's outputs of sub-{subject} hold other runs but not this one (one fMRIPrep skipped, or "
+                    "left out with its own filters): rerun fMRIPrep on it, or leave it out with --task or "
+                    "--bids-filter-file")
         if index.get(_RAW):  # the raw dataset given as --derivatives: "run fMRIPrep first" misled those who had
             raw = index[_RAW][0]
             nested = next((raw / "derivatives" / n for n in ("fmriprep", "fMRIPrep")
