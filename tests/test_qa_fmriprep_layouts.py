@@ -236,3 +236,30 @@ def test_a_run_fmriprep_did_not_process_says_the_others_are_there(tmp_path):
     with pytest.raises(InputMissingError) as info:
         find_fmriprep_files(index_fmriprep([tree]), raw, "T1w", "sub-01_task-perception_run-02_bold.nii.gz")
     assert "hold other runs but not this one" in info.value.hint, info.value.hint
+
+
+def test_one_folder_given_twice_is_read_once(tiny_dataset, tmp_path, caplog, started):
+    """--derivatives DIR --derivatives DIR/: every run warned 'Several fMRIPrep BOLD files ... (T1w, T1w); choose
+    with --space T1w'."""
+    tree = make_fmriprep_tree(tiny_dataset, tmp_path / "fmriprep", spaces=("T1w",))
+    with caplog.at_level("WARNING", logger="m2i"):
+        assert _run(tiny_dataset, tmp_path, tree, "--derivatives", f"{tree}/") == 0
+    assert not [r for r in caplog.records if "Several" in r.getMessage()], caplog.text
+
+
+def test_one_run_in_two_folders_does_not_advise_space(tmp_path, caplog):
+    stem = "sub-01_task-perception_run-1"
+    folders = []
+    for name in ("a", "b"):
+        func = tmp_path / name / "sub-01" / "func"
+        func.mkdir(parents=True)
+        (tmp_path / name / "dataset_description.json").write_text(json.dumps({"DatasetType": "derivative"}))
+        for kind in ("space-T1w_desc-preproc_bold.nii.gz", "space-T1w_desc-brain_mask.nii.gz",
+                     "desc-confounds_timeseries.tsv"):
+            (func / f"{stem}_{kind}").write_bytes(b"")
+        folders.append(tmp_path / name)
+    raw = {"subject": "01", "task": "perception", "run": "01"}
+    with caplog.at_level("WARNING", logger="m2i"):
+        found = find_fmriprep_files(index_fmriprep(folders), raw, "T1w", "run")
+    assert found["bold"].parent == folders[0] / "sub-01" / "func"
+    assert "choose with --space" not in caplog.text and "several --derivatives folders" in caplog.text, caplog.text

@@ -134,7 +134,11 @@ def index_fmriprep(folders: list[Path]) -> dict:
     """Map each run key to its fMRIPrep files by kind (``bold``, ``mask``, ``confounds``); the key ``"folders"``
     holds the folders indexed."""
     index: dict = {_FOLDERS: list(folders), _RAW: []}  # the folders themselves, for find_fmriprep_files' messages
-    for folder in folders:
+    unique: list[Path] = []
+    for folder in map(Path, folders):  # one folder given twice (or by two paths) is indexed once: its files were
+        if folder.resolve() not in [f.resolve() for f in unique]:  # "several BOLD files ... choose with --space"
+            unique.append(folder)
+    for folder in unique:
         description = check_fmriprep_folder(folder)
         if isinstance(description, dict) and description.get("DatasetType") == "raw":
             index[_RAW].append(Path(folder))  # fMRIPrep writes "derivative": BIDS_DIR given by mistake?
@@ -259,7 +263,12 @@ def find_fmriprep_files(index: dict, raw_entities: dict[str, str], space: str, r
     if not bolds:
         raise InputMissingError(f"fMRIPrep outputs of {raw_name} have no '{space}'; present: {', '.join(variants)}",
                                 hint=f"use --space with one of: {', '.join(variants)}")
-    if len(bolds) > 1:  # several resolutions or cohorts: take the first, say so and how to choose
+    if len({_variant(p) for p in bolds}) < len(bolds):
+        # one run in several --derivatives folders (two fMRIPrep runs): --space cannot choose among them, which the
+        # warning below advised; the first folder given wins, as for every run
+        LOGGER.warning("%s is in several --derivatives folders (%s); using the one of %s (the first given)", raw_name,
+                       ", ".join(str(p.parent) for p in bolds), bolds[0].parent)
+    elif len(bolds) > 1:  # several resolutions or cohorts: take the first, say so and how to choose
         LOGGER.warning("Several fMRIPrep BOLD files in space %s for %s (%s); using %s (choose with --space %s)",
                        space, raw_name, ", ".join(_variant(p) for p in bolds), bolds[0].name, _variant(bolds[0]))
     bold = bolds[0]
@@ -280,9 +289,10 @@ def find_fmriprep_files(index: dict, raw_entities: dict[str, str], space: str, r
     # order, was read (its FD and non-steady-state volumes) without a word
     mask = min(masks, key=lambda m: m.parent != bold.parent)
     ranked = sorted(confounds, key=lambda c: (c.parent != bold.parent, c.name.endswith("_regressors.tsv")))
-    if len(ranked) > 1:
+    beside = [c for c in ranked if c.parent == bold.parent]
+    if len(beside) > 1:  # (tables of other folders: said by the warning about several folders above)
         LOGGER.warning("Several fMRIPrep confounds tables for %s (%s); using %s", raw_name,
-                       ", ".join(str(c) for c in ranked), ranked[0])
+                       ", ".join(c.name for c in beside), beside[0].name)
     return {"bold": bold, "mask": mask, "confounds": ranked[0]}
 
 
