@@ -266,8 +266,8 @@ def find_fmriprep_files(index: dict, raw_entities: dict[str, str], space: str, r
     if len({_variant(p) for p in bolds}) < len(bolds):
         # one run in several --derivatives folders (two fMRIPrep runs): --space cannot choose among them, which the
         # warning below advised; the first folder given wins, as for every run
-        LOGGER.warning("%s is in several --derivatives folders (%s); using the one of %s (the first given)", raw_name,
-                       ", ".join(str(p.parent) for p in bolds), bolds[0].parent)
+        LOGGER.warning("%s has several fMRIPrep BOLD files of one space (%s; several --derivatives folders hold the "
+                       "run); using %s (the first folder given)", raw_name, ", ".join(map(str, bolds)), bolds[0])
     elif len(bolds) > 1:  # several resolutions or cohorts: take the first, say so and how to choose
         LOGGER.warning("Several fMRIPrep BOLD files in space %s for %s (%s); using %s (choose with --space %s)",
                        space, raw_name, ", ".join(_variant(p) for p in bolds), bolds[0].name, _variant(bolds[0]))
