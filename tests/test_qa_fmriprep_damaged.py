@@ -113,3 +113,19 @@ def test_runs_on_different_t1w_grids_do_not_advise_space_t1w(tree, tmp_path, zoo
     with pytest.raises(BadDataError, match="not on one grid") as info:
         node._run(type("Runtime", (), {"cwd": str(tmp_path)})())
     assert "--space T1w" not in str(info.value) and needle in str(info.value) and "--space func" in str(info.value)
+
+
+def test_masks_stored_as_one_volume_4d_images_are_used(tree, tmp_path):
+    """x*y*z*1 masks: the participant mask was 4-D and the GLM said the BOLD was not on the mask's grid."""
+    from bids_m2i.interfaces.fmriprep import ParticipantMaskFromRuns
+
+    bolds = sorted(tree.rglob("*_space-T1w_desc-preproc_bold.nii.gz"))
+    masks = [Path(str(b).replace("desc-preproc_bold", "desc-brain_mask")) for b in bolds]
+    expected = np.asarray(nib.load(masks[0]).dataobj) > 0
+    for path in masks:
+        img = nib.load(path)
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[..., None], img.affine), path)
+    node = ParticipantMaskFromRuns(in_files=[str(m) for m in masks], bold_files=[str(b) for b in bolds])
+    node._run(type("Runtime", (), {"cwd": str(tmp_path)})())
+    out = np.asarray(nib.load(node._results["out_file"]).dataobj)
+    assert out.shape == expected.shape and out.any()

@@ -30,6 +30,17 @@ def _grid(img) -> str:
     return f"{'x'.join(map(str, img.shape[:3]))} voxels of {zooms} mm, origin ({origin}) mm"
 
 
+def _mask_data(img, path) -> np.ndarray:
+    """A mask's voxels as 3-D booleans. A mask stored as x*y*z*1 (some tools write one) became a 4-D participant
+    mask, and the GLM then said "the preprocessed BOLD is not on the brain mask's grid" of a BOLD that is."""
+    if len(img.shape) == 4 and img.shape[3] == 1:
+        return np.asarray(img.dataobj)[..., 0] > 0
+    if len(img.shape) != 3:
+        raise BadDataError(f"fMRIPrep's brain mask {Path(path).name} is not a 3-D image (shape {img.shape})", path=path,
+                           hint="rerun fMRIPrep for this participant (the file is damaged or not its brain mask)")
+    return np.asarray(img.dataobj) > 0
+
+
 class ParticipantMaskFromRuns(M2IInterface):
     input_spec = _MaskInputSpec
     output_spec = _MaskOutputSpec
@@ -49,7 +60,7 @@ class ParticipantMaskFromRuns(M2IInterface):
                     hint="these outputs come from different fMRIPrep runs or an interrupted one: rerun fMRIPrep "
                     "for this participant into a clean output folder")
         first = nib.load(self.inputs.in_files[0])
-        mask = np.asarray(first.dataobj) > 0
+        mask = _mask_data(first, self.inputs.in_files[0])
         for path in self.inputs.in_files[1:]:
             img = nib.load(path)
             if img.shape[:3] != first.shape[:3] or not np.allclose(img.affine, first.affine, atol=1e-3):
@@ -69,7 +80,7 @@ class ParticipantMaskFromRuns(M2IInterface):
                     hint=f"{cause} m2i's own preprocessing (--space func), which resamples every run onto one "
                     "participant grid",
                 )
-            mask &= np.asarray(img.dataobj) > 0
+            mask &= _mask_data(img, path)
         cwd = Path(runtime.cwd)
         self._results["out_file"] = str(save_like(mask.astype(np.uint8), first.affine, cwd / "brain_mask.nii.gz",
                                                   dtype=np.uint8))
