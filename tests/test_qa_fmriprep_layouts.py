@@ -263,3 +263,19 @@ def test_one_run_in_two_folders_does_not_advise_space(tmp_path, caplog):
         found = find_fmriprep_files(index_fmriprep(folders), raw, "T1w", "run")
     assert found["bold"].parent == folders[0] / "sub-01" / "func"
     assert "choose with --space" not in caplog.text and "several --derivatives folders hold the run" in caplog.text, caplog.text
+
+
+@pytest.mark.parametrize("where", ["output", "output_inside", "work"])
+def test_outputs_into_the_fmriprep_folder_are_64_and_write_nothing(tiny_dataset, tmp_path, capsys, started, where):
+    """OUTPUT_DIR = the --derivatives folder replaced fMRIPrep's dataset_description.json by m2i's (exit 0)."""
+    tree = make_fmriprep_tree(tiny_dataset, tmp_path / "fmriprep", spaces=("T1w",))
+    before = sorted((p.relative_to(tree), p.read_bytes() if p.is_file() else b"") for p in tree.rglob("*"))
+    out = {"output": tree, "output_inside": tree / "m2i"}.get(where, tmp_path / "out")
+    work = tree / "work" if where == "work" else tmp_path / "work"
+    code = run_cli([str(tiny_dataset), str(out), "participant", "-w", str(work), "--derivatives", str(tree),
+                    "--skip-bids-validation", "--stop-after", "glm"])
+    err = capsys.readouterr().err
+    assert code == 64, err
+    assert "fMRIPrep's outputs are never modified" in err
+    assert sorted((p.relative_to(tree), p.read_bytes() if p.is_file() else b"") for p in tree.rglob("*")) == before
+    assert started == []
