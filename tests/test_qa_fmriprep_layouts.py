@@ -262,7 +262,8 @@ def test_one_run_in_two_folders_does_not_advise_space(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="m2i"):
         found = find_fmriprep_files(index_fmriprep(folders), raw, "T1w", "run")
     assert found["bold"].parent == folders[0] / "sub-01" / "func"
-    assert "choose with --space" not in caplog.text and "several --derivatives folders hold the run" in caplog.text, caplog.text
+    assert "choose with --space" not in caplog.text, caplog.text
+    assert "several --derivatives folders hold the run" in caplog.text, caplog.text
 
 
 @pytest.mark.parametrize("where", ["output", "output_inside", "work"])

@@ -224,7 +224,8 @@ def find_fmriprep_files(index: dict, raw_entities: dict[str, str], space: str, r
                            if (raw / "derivatives" / n / "dataset_description.json").exists()), None)
             hint = (f"{raw} is a raw BIDS dataset (its dataset_description.json says DatasetType raw), not fMRIPrep's "
                     "outputs: give --derivatives the folder fMRIPrep wrote"
-                    + (f": {nested}" if nested else ", whose dataset_description.json names fMRIPrep under GeneratedBy"))
+                    + (f": {nested}" if nested else
+                       ", whose dataset_description.json names fMRIPrep under GeneratedBy"))
         raise InputMissingError(
             f"No fMRIPrep preprocessed BOLD for {raw_name} in the --derivatives folder(s)", hint=hint)
     # rec- is not part of the run key (a derivative without it still serves a raw run with it), but a derivative of

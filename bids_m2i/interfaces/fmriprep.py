@@ -71,9 +71,9 @@ class ParticipantMaskFromRuns(M2IInterface):
                              "(sessions processed separately, or --subject-anatomical-reference sessionwise); rerun "
                              "fMRIPrep on all sessions together, or use")
                 else:
-                    cause = ("the runs were acquired at different voxel sizes, which fMRIPrep's T1w outputs keep; use a "
-                             "template space at one resolution if fMRIPrep wrote one (--space MNI152NLin2009cAsym:res-2), "
-                             "or")
+                    cause = ("the runs were acquired at different voxel sizes, which fMRIPrep's T1w outputs keep; "
+                             "use a template space at one resolution if fMRIPrep wrote one (--space "
+                             "MNI152NLin2009cAsym:res-2), or")
                 raise BadDataError(
                     f"fMRIPrep runs are not on one grid: {Path(path).name} ({_grid(img)}) differs from "
                     f"{Path(self.inputs.in_files[0]).name} ({_grid(first)})", path=path,
