@@ -72,3 +72,60 @@ def test_generic_step_failure_shows_the_error_line_not_the_traceback():
     crash = ("Node: estimate_betas\nTraceback:\n\tTraceback (most recent call last):\n\t  File \"x.py\", line 1, in f"
              "\n\t    g()\n\t    ^^^\n\tpandas.errors.EmptyDataError: No columns to parse from file\n")
     assert _last_error_line(crash) == "pandas.errors.EmptyDataError: No columns to parse from file"
+
+
+def test_mask_of_the_same_shape_on_another_grid_says_how_it_differs(tree, tmp_path):
+    """Same shape, another voxel size: the message read '(16, 16, 10) is not on the grid of ... ((16, 16, 10))'."""
+    from bids_m2i.errors import BadDataError
+    from bids_m2i.interfaces.fmriprep import ParticipantMaskFromRuns
+
+    bolds = sorted(tree.rglob("*_space-T1w_desc-preproc_bold.nii.gz"))
+    masks = [Path(str(b).replace("desc-preproc_bold", "desc-brain_mask")) for b in bolds]
+    img = nib.load(masks[1])
+    affine = img.affine.copy()
+    affine[:3, :3] *= 0.5
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), affine), masks[1])
+    node = ParticipantMaskFromRuns(in_files=[str(m) for m in masks], bold_files=[str(b) for b in bolds])
+    with pytest.raises(BadDataError) as info:
+        node._run(type("Runtime", (), {"cwd": str(tmp_path)})())
+    message = str(info.value)
+    assert "voxels of 2x2x2 mm" in message and "voxels of 4x4x4 mm" in message, message
+
+
+@pytest.mark.parametrize("zoom, needle", [(1.25, "different voxel sizes"), (1.0, "different anatomical references")])
+def test_runs_on_different_t1w_grids_do_not_advise_space_t1w(tree, tmp_path, zoom, needle):
+    """fMRIPrep's T1w outputs keep each run's voxel size (and sessions processed apart have their own T1w): runs
+    already in space T1w were told to 'use a common output space (--space T1w)'."""
+    from bids_m2i.errors import BadDataError
+    from bids_m2i.interfaces.fmriprep import ParticipantMaskFromRuns
+
+    bolds = sorted(tree.rglob("*_space-T1w_desc-preproc_bold.nii.gz"))
+    masks = [Path(str(b).replace("desc-preproc_bold", "desc-brain_mask")) for b in bolds]
+    for path in (bolds[1], masks[1]):
+        img = nib.load(path)
+        affine = img.affine.copy()
+        affine[:3, :3] /= zoom
+        affine[:3, 3] += 5.0
+        out = nib.Nifti1Image(np.asarray(img.dataobj), affine)
+        out.header.set_zooms(tuple(np.asarray(img.header.get_zooms()[:3]) / zoom) + tuple(img.header.get_zooms()[3:]))
+        nib.save(out, path)
+    node = ParticipantMaskFromRuns(in_files=[str(m) for m in masks], bold_files=[str(b) for b in bolds])
+    with pytest.raises(BadDataError, match="not on one grid") as info:
+        node._run(type("Runtime", (), {"cwd": str(tmp_path)})())
+    assert "--space T1w" not in str(info.value) and needle in str(info.value) and "--space func" in str(info.value)
+
+
+def test_masks_stored_as_one_volume_4d_images_are_used(tree, tmp_path):
+    """x*y*z*1 masks: the participant mask was 4-D and the GLM said the BOLD was not on the mask's grid."""
+    from bids_m2i.interfaces.fmriprep import ParticipantMaskFromRuns
+
+    bolds = sorted(tree.rglob("*_space-T1w_desc-preproc_bold.nii.gz"))
+    masks = [Path(str(b).replace("desc-preproc_bold", "desc-brain_mask")) for b in bolds]
+    expected = np.asarray(nib.load(masks[0]).dataobj) > 0
+    for path in masks:
+        img = nib.load(path)
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[..., None], img.affine), path)
+    node = ParticipantMaskFromRuns(in_files=[str(m) for m in masks], bold_files=[str(b) for b in bolds])
+    node._run(type("Runtime", (), {"cwd": str(tmp_path)})())
+    out = np.asarray(nib.load(node._results["out_file"]).dataobj)
+    assert out.shape == expected.shape and out.any()

@@ -61,3 +61,18 @@ def test_one_echo_selected_or_fmriprep_combined_gives_each_trial_once(multi_echo
     assert run_cli([str(multi_echo), str(tmp_path / "o2"), "participant", "--print-trials",
                     "--derivatives", str(tree)]) == 0
     assert _total_trials(capsys.readouterr().out) == expected
+
+
+def test_one_echo_selected_with_fmriprep_says_its_outputs_are_combined(multi_echo, tiny_dataset, tmp_path, capsys):
+    """The echo filter the 64 above suggests, given with --derivatives: fMRIPrep wrote only the combined series, and
+    the message was 'No fMRIPrep preprocessed BOLD ... run fMRIPrep on this participant first'."""
+    tree = make_fmriprep_tree(tiny_dataset, tmp_path / "fmriprep", spaces=("T1w",))
+    filters = tmp_path / "echo.json"
+    filters.write_text(json.dumps({"bold": {"echo": "1"}}))
+    code = run_cli([str(multi_echo), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "work"),
+                    "--skip-bids-validation", "--stop-after", "glm", "--derivatives", str(tree),
+                    "--bids-filter-file", str(filters)])
+    err = capsys.readouterr().err
+    assert code == 66, err
+    assert "run fMRIPrep on this participant first" not in err, err
+    assert "echoes combined" in err and "remove \"echo\" from --bids-filter-file" in err

@@ -82,7 +82,8 @@ def legacy_fmriprep_file(folder: Path) -> Path | None:
     """A file of ``folder`` named as fMRIPrep before 1.2 named them (``..._bold_space-T1w_preproc.nii.gz``,
     ``..._bold_confounds.tsv``), else None."""
     for pattern in _LEGACY_FILE_PATTERNS:
-        found = next(iter(sorted(Path(folder).glob(f"sub-*/**/func/{pattern}"))), None)
+        found = next(iter(sorted([*Path(folder).glob(f"sub-*/func/{pattern}"),
+                                  *Path(folder).glob(f"sub-*/ses-*/func/{pattern}")])), None)
         if found is not None:
             return found
     return None
@@ -108,6 +109,10 @@ def check_fmriprep_folder(folder: Path) -> dict:
     _check_readable(Path(folder))
     description = Path(folder) / "dataset_description.json"
     _check_readable(description)
+    if is_unfetched_link(description):
+        # a DataLad clone whose description is annexed: it is there, not fetched (was "not a derivatives dataset:
+        # dataset_description.json is missing" for a file the user can see)
+        raise unfetched_content_error([description], "file(s) of the --derivatives folder", Path(folder))
     if not description.exists():
         hint = "give fMRIPrep's output folder (the one holding its dataset_description.json)"
         nested = Path(folder) / "fmriprep"
@@ -128,10 +133,20 @@ def check_fmriprep_folder(folder: Path) -> dict:
 def index_fmriprep(folders: list[Path]) -> dict:
     """Map each run key to its fMRIPrep files by kind (``bold``, ``mask``, ``confounds``); the key ``"folders"``
     holds the folders indexed."""
-    index: dict = {_FOLDERS: list(folders)}  # the folders themselves, for find_fmriprep_files' messages
-    for folder in folders:
-        check_fmriprep_folder(folder)
-        for path in sorted(Path(folder).glob("sub-*/**/func/*")):
+    index: dict = {_FOLDERS: list(folders), _RAW: []}  # the folders themselves, for find_fmriprep_files' messages
+    unique: list[Path] = []
+    for folder in map(Path, folders):  # one folder given twice (or by two paths) is indexed once: its files were
+        if folder.resolve() not in [f.resolve() for f in unique]:  # "several BOLD files ... choose with --space"
+            unique.append(folder)
+    for folder in unique:
+        description = check_fmriprep_folder(folder)
+        if isinstance(description, dict) and description.get("DatasetType") == "raw":
+            index[_RAW].append(Path(folder))  # fMRIPrep writes "derivative": BIDS_DIR given by mistake?
+        # the two levels BIDS allows (sub-X/func, sub-X/ses-Y/func), not "sub-*/**/func": '**' does not enter a
+        # session folder that is a symbolic link (a tree assembled from per-session fMRIPrep runs), and those runs
+        # were reported as "No fMRIPrep preprocessed BOLD ... run fMRIPrep first"
+        paths = [*Path(folder).glob("sub-*/func/*"), *Path(folder).glob("sub-*/ses-*/func/*")]
+        for path in sorted(paths):
             name = path.name
             ents = derivative_entities(path)
             if "subject" not in ents or "task" not in ents:
@@ -149,6 +164,7 @@ def index_fmriprep(folders: list[Path]) -> dict:
 
 
 _FOLDERS = "folders"  # the key of index_fmriprep's folder list (run keys are tuples)
+_RAW = "raw_folders"  # those whose dataset_description.json says DatasetType raw
 
 
 def _in_space(paths: list[Path], space: str) -> list[Path]:
@@ -176,26 +192,84 @@ def find_fmriprep_files(index: dict, raw_entities: dict[str, str], space: str, r
             for path in [subject, *([subject / f"ses-{session}"] if session else []),
                          (subject / f"ses-{session}" if session else subject) / "func"]:
                 _check_readable(path)
+        combined = index.get(_key({k: v for k, v in raw_entities.items() if k != "echo"})) if "echo" in raw_entities \
+            else None
+        if combined and "bold" in combined:
+            # one echo of a multi-echo run selected (--bids-filter-file, as m2i's own preprocessing asks): fMRIPrep
+            # wrote only the echoes combined, and this read "run fMRIPrep on this participant first"
+            raise InputMissingError(
+                f"fMRIPrep's outputs of {raw_name} are its echoes combined ({combined['bold'][0].name}: no echo-), "
+                f"not echo {raw_entities['echo']} alone", path=combined["bold"][0],
+                hint="to use fMRIPrep's combined series, select no echo (remove \"echo\" from --bids-filter-file): "
+                "each multi-echo run is then one run; for one echo alone, use m2i's own preprocessing (--space func)")
         legacy = next(filter(None, map(legacy_fmriprep_file, index.get(_FOLDERS, ()))), None)
+        hint = _legacy_hint(legacy) if legacy else "run fMRIPrep on this participant first" + _fmriprep_hint()
+        # fMRIPrep ran on this participant, only not on this session or run: "run fMRIPrep on this participant
+        # first" sent users to rerun what they had, and did not say how to go on with what is there
+        subject = raw_entities.get("subject")
+        others = [dict(key) for key, files in index.items()
+                  if isinstance(key, tuple) and dict(key).get("subject") == subject and "bold" in files]
+        session = raw_entities.get("session")
+        sessions = sorted({o["session"] for o in others if "session" in o})
+        if not legacy and session and sessions and session not in sessions:
+            hint = (f"fMRIPrep's outputs of sub-{subject} cover session(s) {', '.join(sessions)} only: run fMRIPrep on "
+                    f"ses-{session} too, or select the sessions it processed with --session-label {' '.join(sessions)}")
+        elif not legacy and others:
+            hint = (f"fMRIPrep's outputs of sub-{subject} hold other runs but not this one (one fMRIPrep skipped, or "
+                    "left out with its own filters): rerun fMRIPrep on it, or leave it out with --task or "
+                    "--bids-filter-file")
+        if index.get(_RAW):  # the raw dataset given as --derivatives: "run fMRIPrep first" misled those who had
+            raw = index[_RAW][0]
+            nested = next((raw / "derivatives" / n for n in ("fmriprep", "fMRIPrep")
+                           if (raw / "derivatives" / n / "dataset_description.json").exists()), None)
+            hint = (f"{raw} is a raw BIDS dataset (its dataset_description.json says DatasetType raw), not fMRIPrep's "
+                    "outputs: give --derivatives the folder fMRIPrep wrote"
+                    + (f": {nested}" if nested else
+                       ", whose dataset_description.json names fMRIPrep under GeneratedBy"))
         raise InputMissingError(
-            f"No fMRIPrep preprocessed BOLD for {raw_name} in the --derivatives folder(s)",
-            hint=_legacy_hint(legacy) if legacy else "run fMRIPrep on this participant first" + _fmriprep_hint(),
-        )
+            f"No fMRIPrep preprocessed BOLD for {raw_name} in the --derivatives folder(s)", hint=hint)
+    # rec- is not part of the run key (a derivative without it still serves a raw run with it), but a derivative of
+    # ANOTHER reconstruction is another series: raw runs kept as rec-NORDIC beside the original got the first in
+    # name order (rec-NORDIC's) for either, a "several BOLD files" warning aside
+    rec = raw_entities.get("reconstruction")
+    files = {kind: _same_reconstruction(paths, rec) for kind, paths in files.items()}
+    if not files.get("bold"):
+        raise InputMissingError(f"No fMRIPrep preprocessed BOLD for {raw_name} in the --derivatives folder(s) "
+                                f"({'without rec-' if rec is None else f'with rec-{rec}'}; other reconstructions only)",
+                                hint="run fMRIPrep on this reconstruction of the run" + _fmriprep_hint())
     label, wanted = parse_space(space)
     bolds = _in_space(files["bold"], label)
     if not bolds:
-        present = sorted({derivative_entities(p).get("space", "(none)") for p in files["bold"]})
+        spaces = {derivative_entities(p).get("space") for p in files["bold"]}
+        present = sorted(s for s in spaces if s)
+        # fMRIPrep 23+ names the series on the run's own BOLD grid (output space `func`/boldref) without space-:
+        # it was listed as a space "(none)" and suggested as "--space (none)"; each run has its own such grid, so
+        # it cannot serve as the one grid m2i needs
+        native = None in spaces
+        shown = [*present, *(["the run's own BOLD grid (files without space-)"] if native else [])]
+        native_note = ("files without space- are on each run's own BOLD grid (fMRIPrep's output space func), "
+                       "which differs between runs: m2i needs one grid common to all runs; ") if native else ""
+        if present:
+            hint = (f"use --space with one of: {', '.join(present)} (any of them works: m2i needs one grid common to "
+                    f"all runs), or rerun fMRIPrep with --output-spaces {label}; see docs/fmriprep.md")
+        else:
+            hint = (f"rerun fMRIPrep with --output-spaces {label} (or a template such as MNI152NLin2009cAsym), or use "
+                    "m2i's own preprocessing (--space func); see docs/fmriprep.md")
         raise InputMissingError(
-            f"fMRIPrep outputs of {raw_name} have no space '{label}'; spaces present: {', '.join(present)}",
-            hint=f"use --space with one of: {', '.join(present)} (any of them works: m2i needs one grid common to "
-            f"all runs), or rerun fMRIPrep with --output-spaces {label}; see docs/fmriprep.md",
+            f"fMRIPrep outputs of {raw_name} have no space '{label}'; spaces present: {', '.join(shown)}",
+            hint=native_note + hint,
         )
     variants = sorted({_variant(p) for p in bolds})
     bolds = [p for p in bolds if all(derivative_entities(p).get(k) == v for k, v in wanted.items())]
     if not bolds:
         raise InputMissingError(f"fMRIPrep outputs of {raw_name} have no '{space}'; present: {', '.join(variants)}",
                                 hint=f"use --space with one of: {', '.join(variants)}")
-    if len(bolds) > 1:  # several resolutions or cohorts: take the first, say so and how to choose
+    if len({_variant(p) for p in bolds}) < len(bolds):
+        # one run in several --derivatives folders (two fMRIPrep runs): --space cannot choose among them, which the
+        # warning below advised; the first folder given wins, as for every run
+        LOGGER.warning("%s has several fMRIPrep BOLD files of one space (%s; several --derivatives folders hold the "
+                       "run); using %s (the first folder given)", raw_name, ", ".join(map(str, bolds)), bolds[0])
+    elif len(bolds) > 1:  # several resolutions or cohorts: take the first, say so and how to choose
         LOGGER.warning("Several fMRIPrep BOLD files in space %s for %s (%s); using %s (choose with --space %s)",
                        space, raw_name, ", ".join(_variant(p) for p in bolds), bolds[0].name, _variant(bolds[0]))
     bold = bolds[0]
@@ -210,7 +284,43 @@ def find_fmriprep_files(index: dict, raw_entities: dict[str, str], space: str, r
     if not confounds:
         raise InputMissingError(f"fMRIPrep confounds missing for {raw_name}",
                                 hint="expected ..._desc-confounds_timeseries.tsv (or _regressors.tsv) next to it")
-    return {"bold": bold, "mask": masks[0], "confounds": confounds[0]}
+    # the files beside the BOLD first (with repeated --derivatives, another folder's are another fMRIPrep run), and
+    # today's confounds name before the old one: fMRIPrep >= 20.2 rerun into the OUTPUT_DIR of an older version
+    # leaves its _desc-confounds_regressors.tsv beside the new _timeseries.tsv, and the old table, first in name
+    # order, was read (its FD and non-steady-state volumes) without a word
+    mask = min(masks, key=lambda m: m.parent != bold.parent)
+    ranked = sorted(confounds, key=lambda c: (c.parent != bold.parent, c.name.endswith("_regressors.tsv")))
+    beside = [c for c in ranked if c.parent == bold.parent]
+    if len(beside) > 1:  # (tables of other folders: said by the warning about several folders above)
+        LOGGER.warning("Several fMRIPrep confounds tables for %s (%s); using %s", raw_name,
+                       ", ".join(c.name for c in beside), beside[0].name)
+    return {"bold": bold, "mask": mask, "confounds": ranked[0]}
+
+
+def preproc_sidecar(preproc_bold: Path) -> Path:
+    """The JSON sidecar of fMRIPrep's preprocessed BOLD (``..._desc-preproc_bold.json``)."""
+    name = preproc_bold.name
+    stem = name[: -len(".nii.gz")] if name.endswith(".gz") else name[: -len(".nii")]
+    return preproc_bold.with_name(stem + ".json")
+
+
+def read_preproc_sidecar(preproc_bold: Path, if_unreadable: str) -> dict:
+    """The preprocessed BOLD's sidecar as a dict ({} when absent; unreadable: a warning ending ``if_unreadable``)."""
+    sidecar = preproc_sidecar(preproc_bold)
+    meta: dict = {}
+    if sidecar.is_file():
+        try:
+            meta = json.loads(sidecar.read_text("utf-8"))
+        except (OSError, ValueError):
+            LOGGER.warning("%s cannot be read: %s", sidecar, if_unreadable)
+    return meta if isinstance(meta, dict) else {}
+
+
+def _same_reconstruction(paths: list[Path], rec: str | None) -> list[Path]:
+    """``paths`` without those of another ``rec-`` than the raw run's; those of its own first when there are."""
+    kept = [p for p in paths if derivative_entities(p).get("reconstruction") in (None, rec)]
+    exact = [p for p in kept if derivative_entities(p).get("reconstruction") == rec]
+    return exact or kept
 
 
 def fmriprep_frame_start(preproc_bold: Path, slice_timing: list | None, tr: float) -> float:
@@ -229,15 +339,7 @@ def fmriprep_frame_start(preproc_bold: Path, slice_timing: list | None, tr: floa
     import numpy as np
 
     name = preproc_bold.name
-    sidecar = preproc_bold.with_name(name[: -len(".nii.gz")] if name.endswith(".gz") else name[: -len(".nii")])
-    sidecar = sidecar.with_name(sidecar.name + ".json")
-    meta: dict = {}
-    if sidecar.is_file():
-        try:
-            meta = json.loads(sidecar.read_text("utf-8"))
-        except (OSError, ValueError):
-            LOGGER.warning("%s cannot be read: assuming fMRIPrep's default slice-timing reference", sidecar)
-        meta = meta if isinstance(meta, dict) else {}
+    meta = read_preproc_sidecar(preproc_bold, "assuming fMRIPrep's default slice-timing reference")
     times = [float(t) for t in slice_timing] if slice_timing and len(slice_timing) > 1 else []
     start = meta.get("StartTime")
     corrected = meta.get("SliceTimingCorrected")
@@ -267,15 +369,18 @@ def attach_fmriprep_inputs(inputs: dict, config) -> None:
         for run in subject_inputs.runs:
             found = find_fmriprep_files(index, run.bold.entities, space, run.bold.path.name)
             run.preproc_bold, run.brain_mask, run.confounds = found["bold"], found["mask"], found["confounds"]
-            run.start_time = fmriprep_frame_start(found["bold"], run.bold.slice_timing, run.tr)
             found_runs.append((run, found))
     # fMRIPrep outputs kept with DataLad (OpenNeuroDerivatives, a lab's own) and cloned without `datalad get`: said
-    # as such (66, the command), not as "Cannot read ... rerun fMRIPrep (the file is damaged)" (65)
-    unfetched = [path for _, found in found_runs for path in found.values() if is_unfetched_link(path)]
+    # as such (66, the command), not as "Cannot read ... rerun fMRIPrep (the file is damaged)" (65). The BOLD's
+    # sidecar too (annexed unless the dataset keeps text in git): unfetched, its StartTime was silently replaced
+    # by fMRIPrep's default reference, which is wrong for a run made with --slice-time-ref or --ignore slicetiming
+    unfetched = [path for _, found in found_runs
+                 for path in [*found.values(), preproc_sidecar(found["bold"])] if is_unfetched_link(path)]
     if unfetched:
         folder = next((Path(f) for f in config.derivatives if is_inside(unfetched[0], f)), None)
         raise unfetched_content_error(unfetched, "of fMRIPrep's files for the selected runs", folder)
     for run, found in found_runs:
+        run.start_time = fmriprep_frame_start(found["bold"], run.bold.slice_timing, run.tr)
         check_fmriprep_run(found, raw=run)
         chosen = derivative_entities(found["bold"])
         variants.add(tuple((k, chosen[k]) for k in ("space", "cohort", "res") if k in chosen))
@@ -356,6 +461,14 @@ def check_same_acquisition(bold: Path, shape: tuple, zooms: tuple, raw) -> None:
             f"{raw.bold.path.name} has {abs(difference)} volumes {'fewer' if difference > 0 else 'more'} than "
             f"fMRIPrep's {bold.name} ({raw.n_volumes} against {shape[3]}): the events would not line up with "
             "fMRIPrep's volumes", path=bold, hint=hint)
+    # the sidecar's RepetitionTime (BIDS' authority on the TR) too: fMRIPrep copies the raw run's, so another value
+    # means the raw sidecar was changed after fMRIPrep ran (its slice-timing correction and StartTime used the old
+    # TR); the header alone agreed, and the run went through without a word
+    sidecar_tr = read_preproc_sidecar(bold, "its RepetitionTime is not checked").get("RepetitionTime")
+    if isinstance(sidecar_tr, (int, float)) and not isinstance(sidecar_tr, bool) and sidecar_tr > 0 \
+            and abs(float(sidecar_tr) - raw.tr) > TR_TOLERANCE * raw.tr:
+        raise BadDataError(f"fMRIPrep's {preproc_sidecar(bold).name} gives a RepetitionTime of {sidecar_tr:g} s, the "
+                           f"raw run {raw.bold.path.name} {raw.tr:g} s", path=preproc_sidecar(bold), hint=hint)
     values, unit = zooms
     if len(values) >= 4 and values[3] > 0:
         tr = float(values[3]) * {"msec": 1e-3, "usec": 1e-6}.get(unit, 1.0)

@@ -130,6 +130,16 @@ def check_paths(config: Config) -> None:
         if not Path(folder).is_dir():
             raise InputMissingError(f"--derivatives folder not found: {folder}", path=folder,
                                     hint="give the fMRIPrep output folder (holding its dataset_description.json)")
+        # fMRIPrep's outputs are an input too: OUTPUT_DIR given as that folder replaced fMRIPrep's
+        # dataset_description.json by m2i's and wrote into its sub-*/func (exit 0); the work dir there filled it
+        for name, path in (("OUTPUT_DIR", output_dir), ("The work dir (-w/--work-dir)", work_dir)):
+            if is_inside(path, folder):
+                same = Path(path).resolve() == Path(folder).resolve()
+                option, example = ("OUTPUT_DIR", "m2i") if name == "OUTPUT_DIR" else ("-w/--work-dir", "work")
+                raise UsageError(f"{name} {path} is {'the' if same else 'inside the'} --derivatives folder {folder}: "
+                                 "fMRIPrep's outputs are never modified",
+                                 hint=f"give {option} a folder of its own, e.g. "
+                                 f"{Path(folder).resolve().parent / example}")
     if "unclip" == config.values["generator"] and "clip" not in config.values["target"]:
         raise UsageError("--generator unclip needs --target clip (or `--target pixels clip`)")
     if (config.values.get("candidates") or 1) < 1:

@@ -22,6 +22,25 @@ class _MaskOutputSpec(TraitedSpec):
     out_reference = File(desc="mean of the first run (participant reference image)")
 
 
+def _grid(img) -> str:
+    """Shape, voxel size and origin: the shapes alone read "(16, 16, 10) is not on the grid of (16, 16, 10)" for
+    a mask of the same shape at another voxel size or position."""
+    zooms = "x".join(f"{z:g}" for z in np.round(img.header.get_zooms()[:3], 3))
+    origin = ", ".join(f"{v:g}" for v in np.round(img.affine[:3, 3], 2))
+    return f"{'x'.join(map(str, img.shape[:3]))} voxels of {zooms} mm, origin ({origin}) mm"
+
+
+def _mask_data(img, path) -> np.ndarray:
+    """A mask's voxels as 3-D booleans. A mask stored as x*y*z*1 (some tools write one) became a 4-D participant
+    mask, and the GLM then said "the preprocessed BOLD is not on the brain mask's grid" of a BOLD that is."""
+    if len(img.shape) == 4 and img.shape[3] == 1:
+        return np.asarray(img.dataobj)[..., 0] > 0
+    if len(img.shape) != 3:
+        raise BadDataError(f"fMRIPrep's brain mask {Path(path).name} is not a 3-D image (shape {img.shape})", path=path,
+                           hint="rerun fMRIPrep for this participant (the file is damaged or not its brain mask)")
+    return np.asarray(img.dataobj) > 0
+
+
 class ParticipantMaskFromRuns(M2IInterface):
     input_spec = _MaskInputSpec
     output_spec = _MaskOutputSpec
@@ -36,21 +55,32 @@ class ParticipantMaskFromRuns(M2IInterface):
             if mask_img.shape[:3] != bold_img.shape[:3] or not np.allclose(mask_img.affine, bold_img.affine,
                                                                              atol=1e-3):
                 raise BadDataError(
-                    f"fMRIPrep's brain mask {Path(mask_path).name} (grid {mask_img.shape[:3]}) is not on the grid of "
-                    f"its BOLD series {Path(bold).name} ({bold_img.shape[:3]})", path=mask_path,
+                    f"fMRIPrep's brain mask {Path(mask_path).name} ({_grid(mask_img)}) is not on the grid of "
+                    f"its BOLD series {Path(bold).name} ({_grid(bold_img)})", path=mask_path,
                     hint="these outputs come from different fMRIPrep runs or an interrupted one: rerun fMRIPrep "
                     "for this participant into a clean output folder")
         first = nib.load(self.inputs.in_files[0])
-        mask = np.asarray(first.dataobj) > 0
+        mask = _mask_data(first, self.inputs.in_files[0])
         for path in self.inputs.in_files[1:]:
             img = nib.load(path)
             if img.shape[:3] != first.shape[:3] or not np.allclose(img.affine, first.affine, atol=1e-3):
+                # the hint was "use a common output space (--space T1w)", given to runs already in T1w: fMRIPrep's
+                # T1w outputs keep each run's voxel size, and sessions processed apart have their own T1w
+                if np.allclose(img.header.get_zooms()[:3], first.header.get_zooms()[:3], atol=1e-3):
+                    cause = ("same voxel size, another position: fMRIPrep runs with different anatomical references "
+                             "(sessions processed separately, or --subject-anatomical-reference sessionwise); rerun "
+                             "fMRIPrep on all sessions together, or use")
+                else:
+                    cause = ("the runs were acquired at different voxel sizes, which fMRIPrep's T1w outputs keep; "
+                             "use a template space at one resolution if fMRIPrep wrote one (--space "
+                             "MNI152NLin2009cAsym:res-2), or")
                 raise BadDataError(
-                    f"fMRIPrep runs are not on one grid: {Path(path).name} differs from "
-                    f"{Path(self.inputs.in_files[0]).name}", path=path,
-                    hint="use a common output space (--space T1w) for every run",
+                    f"fMRIPrep runs are not on one grid: {Path(path).name} ({_grid(img)}) differs from "
+                    f"{Path(self.inputs.in_files[0]).name} ({_grid(first)})", path=path,
+                    hint=f"{cause} m2i's own preprocessing (--space func), which resamples every run onto one "
+                    "participant grid",
                 )
-            mask &= np.asarray(img.dataobj) > 0
+            mask &= _mask_data(img, path)
         cwd = Path(runtime.cwd)
         self._results["out_file"] = str(save_like(mask.astype(np.uint8), first.affine, cwd / "brain_mask.nii.gz",
                                                   dtype=np.uint8))
