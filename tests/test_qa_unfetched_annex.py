@@ -69,9 +69,14 @@ def test_unfetched_stimulus_image_is_named_as_unfetched(tmp_path):
     stimuli = tmp_path / "bids" / "stimuli"
     stimuli.mkdir(parents=True)
     os.symlink("../.git/annex/objects/a/b/SHA256E-s9--aa.png/SHA256E-s9--aa.png", stimuli / "img-01.png")
-    trials = pd.DataFrame({"role": ["trial"], "condition": ["perception"], "cue": ["none"], "stimulus": ["img-01"],
-                           "stim_file": ["img-01.png"], "task": ["a"], "session": ["n/a"], "run": ["01"],
-                           "split": ["train"]})
+    from PIL import Image
+
+    for i in range(2, 7):  # a design decoding can train on (one stimulus alone is refused first, 65, since qa35)
+        Image.new("RGB", (4, 4), (40 * i, 0, 0)).save(stimuli / f"img-0{i}.png")
+    names = [f"img-0{i}" for i in range(1, 7)]
+    trials = pd.DataFrame({"role": "trial", "condition": "perception", "cue": "none", "stimulus": names,
+                           "stim_file": [f"{n}.png" for n in names], "task": "a", "session": "n/a", "run": "01",
+                           "split": "train"})
     with pytest.raises(InputMissingError, match="symbolic links to content that is not here") as info:
         check_decoding_stimuli(trials, stimuli)
     assert "datalad get stimuli/img-01.png" in info.value.hint
