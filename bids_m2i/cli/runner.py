@@ -132,10 +132,10 @@ def check_paths(config: Config) -> None:
                                     hint="give the fMRIPrep output folder (holding its dataset_description.json)")
         # fMRIPrep's outputs are an input too: OUTPUT_DIR given as that folder replaced fMRIPrep's
         # dataset_description.json by m2i's and wrote into its sub-*/func (exit 0); the work dir there filled it
-        for name, path in (("OUTPUT_DIR", output_dir), ("The work dir (-w/--work-dir)", work_dir)):
+        for name, path, option, example in (("OUTPUT_DIR", output_dir, "OUTPUT_DIR", "m2i"),
+                                            ("The work dir (-w/--work-dir)", work_dir, "-w/--work-dir", "work")):
             if is_inside(path, folder):
                 same = Path(path).resolve() == Path(folder).resolve()
-                option, example = ("OUTPUT_DIR", "m2i") if name == "OUTPUT_DIR" else ("-w/--work-dir", "work")
                 raise UsageError(f"{name} {path} is {'the' if same else 'inside the'} --derivatives folder {folder}: "
                                  "fMRIPrep's outputs are never modified",
                                  hint=f"give {option} a folder of its own, e.g. "
@@ -465,8 +465,8 @@ def reserve_run_names(logs_dir: Path, level: str, stamp: str, tag: str) -> tuple
 class RunFootprint:
     """What a group run finds in OUTPUT_DIR and the work dir before it writes, so that a failed one can take
     back what it created (its log and config, logs/, .bidsignore, a rewritten dataset_description.json, new
-    files under group/, the summaries in group/ it replaced, a new work dir) and keep whatever existed: a failed group run left logs/ and partial
-    files that looked like results."""
+    files under group/, the summaries in group/ it replaced, a new work dir) and keep whatever existed: a failed
+    group run left logs/ and partial files that looked like results."""
 
     def __init__(self, output_dir: Path, work_dir: Path, summaries: list[str] | None = None):
         self.output_dir, self.work_dir = Path(output_dir), Path(work_dir).absolute()

@@ -562,7 +562,9 @@ def evaluate_items(betas: np.ndarray, prepared: PreparedTrials, fitted: FittedDe
     retrieval_rows, metric_frames = [], []
     table["top1"], table["top5"] = NA, NA
     eval_extractors = eval_extractors or {}
-    note = "tiny random-weight models: numbers are meaningless" if recon.tiny else ""
+    from ..models.tiny import TINY_MODELS_NOTE
+
+    note = TINY_MODELS_NOTE if recon.tiny else ""
     brain = _brain_correlation_inputs(images, items, item_betas, betas[train_rows],
                                       [paths[i] for i in train_rows], labels_train, decoders, clip, options)
     primary = "clip" if "clip" in predictions_by_space else "pixels"

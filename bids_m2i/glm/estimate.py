@@ -158,6 +158,11 @@ def _collinear_trials(model: SessionModel, labels: list[str]) -> dict | None:
     return {"variance_inflation_above": COLLINEAR_VIF, "runs": found}
 
 
+def _n_regressors(design) -> int:
+    """A run's columns in the all-trials-at-once model: its trials, nuisance event types, drift and confounds."""
+    return design.trial_onsets.size + len(design.nuisance_types) + design.fixed_nuisance.shape[1]
+
+
 def _check_degrees_of_freedom(designs, runs: list[RunData]) -> None:
     """Stop when a run has at least as many regressors (its trials, nuisance event types, drift and confounds)
     as volumes, for the methods that fit every trial of a run at once (all but ``lss``).
@@ -167,8 +172,7 @@ def _check_degrees_of_freedom(designs, runs: list[RunData]) -> None:
     one trial against the others' sum, so it still has degrees of freedom left."""
     saturated = []
     for design, run in zip(designs, runs):
-        n_columns = design.trial_onsets.size + len(design.nuisance_types) + design.fixed_nuisance.shape[1]
-        if n_columns >= design.frame_times.size:
+        if _n_regressors(design) >= design.frame_times.size:
             saturated.append(f"run {run.run}: {design.trial_onsets.size} trials + {len(design.nuisance_types)} "
                              f"nuisance event type(s) + {design.fixed_nuisance.shape[1]} drift/confound "
                              f"regressors >= {design.frame_times.size} volumes")
@@ -834,8 +838,7 @@ def _denoise_and_ridge(model, runs, chunks, load, betas, r2, hrf_index, n_pcs_ma
     # PCs are regressors too: a count that leaves a run no residual degrees of freedom fits that run exactly
     # (r² = 1), and the search rewarded such saturated models (short runs of many trials chose 10 PCs where the
     # counts that still fit chose 0). Only counts that leave every run at least one degree of freedom are tried.
-    room = min(d.frame_times.size - 1 - (d.trial_onsets.size + len(d.nuisance_types) + d.fixed_nuisance.shape[1])
-               for d in model.designs)
+    room = min(d.frame_times.size - 1 - _n_regressors(d) for d in model.designs)
     if room < max_pcs:
         LOGGER.warning("noise PCs limited to %d (of max_pcs %d): more would leave a run without residual degrees "
                        "of freedom", max(room, 0), max_pcs)

@@ -19,6 +19,9 @@ from ..errors import OutputCreateError
 from ..utils.atomic import atomic_path, write_json
 from .store import EVAL_NETWORKS, write_manifest
 
+#: the note of every metric of a run decoded with these models; the group level recognises such participants by it
+TINY_MODELS_NOTE = "tiny random-weight models: numbers are meaningless"
+
 log = logging.getLogger("m2i.models")
 
 #: image-embedding size of the tiny unCLIP and of the tiny open_clip model (must be equal: clip -> unclip)

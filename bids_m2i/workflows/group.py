@@ -20,6 +20,7 @@ import pandas as pd
 
 from ..bids.derivatives import space_entities_of, space_name_part
 from ..errors import InputMissingError, NoDataSelected
+from ..models.tiny import TINY_MODELS_NOTE
 from ..utils.atomic import write_text, write_tsv
 
 LOGGER = logging.getLogger("m2i.group")
@@ -186,16 +187,12 @@ def _finite(column: pd.Series) -> pd.Series:
     return numbers.where(np.isfinite(numbers))
 
 
-#: the note the participant level gives every metric of a run with tiny random-weight models
-TINY_NOTE = "tiny random-weight models: numbers are meaningless"
-
-
 def tiny_model_participants(per_participant: pd.DataFrame) -> list[str]:
     """The participants whose metrics came from tiny random-weight models (their rows' note says so)."""
     if "note" not in per_participant:
         return []
     notes = per_participant["note"].astype(str)
-    return sorted(set(per_participant.loc[notes.str.contains("tiny random", regex=False), "participant_id"]))
+    return sorted(set(per_participant.loc[notes.str.contains(TINY_MODELS_NOTE, regex=False), "participant_id"]))
 
 
 def summarize(per_participant: pd.DataFrame) -> pd.DataFrame:
@@ -207,7 +204,7 @@ def summarize(per_participant: pd.DataFrame) -> pd.DataFrame:
     for key, part in values.groupby([*SETTINGS, *KEYS], sort=True):
         numbers = part["value_num"].dropna()
         # a mean over results of tiny random-weight models (m2i-models make-tiny) must say so as they do
-        tiny = "; " + TINY_NOTE if tiny_model_participants(part) else ""
+        tiny = "; " + TINY_MODELS_NOTE if tiny_model_participants(part) else ""
         rows.append({
             "participant_id": "group", **dict(zip([*SETTINGS, *KEYS], key)),
             "value": "n/a", "chance": part["chance_num"].mean() if part["chance_num"].notna().any() else "n/a",
