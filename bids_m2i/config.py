@@ -94,7 +94,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("stop_after", "execution", "choice", "decode", "Last stage to run; the report is always written "
                "for what ran.", ("--stop-after", "--stop_after"), choices=STOP_AFTER),
     OptionSpec("device", "execution", "choice", "auto", "Torch device for the engines.", choices=DEVICES),
-    OptionSpec("seed", "execution", "int", 0, "Random seed (same inputs + seed + threads give identical files)."),
+    OptionSpec("seed", "execution", "int", 0, "Random seed, 0 to 4294967295 (same inputs + seed + threads give "
+               "identical files)."),
     OptionSpec("verbose", "execution", "count", 0, "More messages on the terminal (repeatable: -vv).",
                ("-v", "--verbose")),
     # --- preprocessing ---
@@ -313,6 +314,16 @@ def int_minimum(name: str) -> int:
     return 1 if name in INT_OPTIONS_FROM_ONE else 0
 
 
+#: Largest values of integer options that have one. ``seed``: numpy refuses a seed beyond 64 bits deep inside a
+#: node (a traceback, exit 1), and the best-of-N candidates' seeds are seed + index; 32 bits leave room for them
+INT_MAXIMA = {"seed": 2**32 - 1}
+
+
+def int_maximum(name: str) -> int | None:
+    """Largest value of the integer option ``name`` (None: no bound)."""
+    return INT_MAXIMA.get(name)
+
+
 def read_config_file(path: Path) -> dict[str, Any]:
     """Read a TOML config file into ``{option_name: value}``; unknown keys or wrong types -> UsageError."""
     from .utils import tomlread
@@ -374,6 +385,8 @@ def coerce_value(spec: OptionSpec, value: Any, origin: str) -> Any:
             raise bad("an integer")
         if value < int_minimum(spec.name):
             raise bad(f"an integer of at least {int_minimum(spec.name)}")
+        if int_maximum(spec.name) is not None and value > int_maximum(spec.name):
+            raise bad(f"an integer from {int_minimum(spec.name)} to {int_maximum(spec.name)}")
         return value
     if spec.kind == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:

@@ -134,6 +134,33 @@ def test_permutations_option_is_checked(tiny_dataset, tmp_path, capsys):
     assert code == 64 and "--permutations" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("seed", ["-1", str(2**32), str(2**64)])
+def test_seed_out_of_range_is_a_usage_error(tiny_dataset, tmp_path, capsys, seed):
+    """A seed beyond 64 bits failed inside a node (numpy refuses it): a traceback, exit 1. Now one range for the
+    command line and the config file, checked before anything runs."""
+    from bids_m2i.cli.run import run_cli
+
+    code = run_cli([str(tiny_dataset), str(tmp_path / "out"), "participant", "--skip-bids-validation",
+                    "--seed", seed])
+    err = capsys.readouterr().err
+    assert code == 64 and "--seed" in err
+    assert "not in the range 0<=x<=4294967295" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_seed_out_of_range_in_a_config_file(tmp_path):
+    from bids_m2i.config import read_config_file
+    from bids_m2i.errors import UsageError
+
+    path = tmp_path / "m2i.toml"
+    path.write_text(f"seed = {2**40}\n")
+    with pytest.raises(UsageError) as raised:
+        read_config_file(path)
+    assert raised.value.exit_code == 64 and "from 0 to 4294967295" in raised.value.message
+    path.write_text(f"seed = {2**32 - 1}\n")
+    assert read_config_file(path)["seed"] == 2**32 - 1
+
+
 def test_decoder_registry_names():
     from bids_m2i.decoding.components import DECODERS
 

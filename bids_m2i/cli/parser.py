@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from .. import __version__
-from ..config import OPTIONS, OptionSpec, int_minimum
+from ..config import OPTIONS, OptionSpec, int_maximum, int_minimum
 
 ANALYSIS_LEVELS = ("participant", "group")
 
@@ -61,7 +61,7 @@ def _click_option(spec: OptionSpec):
     if spec.kind == "count":
         return click.option(*flags, spec.name, count=True, help=spec.help)
     if spec.kind == "int":
-        return click.option(*flags, spec.name, type=click.IntRange(min=int_minimum(spec.name)), **common)
+        return click.option(*flags, spec.name, type=click.IntRange(min=int_minimum(spec.name), max=int_maximum(spec.name)), **common)
     if spec.kind == "float":
         return click.option(*flags, spec.name, type=click.FloatRange(min=0, min_open=True), **common)
     if spec.kind in ("str",):

@@ -142,7 +142,7 @@ def run_shared_training(config, work_dir: Path) -> list[Path]:
             from ..decoding.reconstruct import find_decoding_clip_dir
 
             extractors[target] = ClipExtractor(find_decoding_clip_dir(config.resolved_models_dir),
-                                               device="cpu" if config.device == "auto" else config.device)
+                                               device=_engine_device(config))
     data: dict[str, list] = {t: [] for t in config.target}
     failures: list[M2IError] = []
     for subject, betas in list(found.items()):
@@ -179,7 +179,7 @@ def run_shared_training(config, work_dir: Path) -> list[Path]:
         # no --top-k-voxels: each participant's count is chosen by CV ("auto"); 0: every voxel (None)
         top_k = "auto" if config.top_k_voxels is None else (config.top_k_voxels or None)
         model = train_shared_model(data[target], target, feature_info=infos[target], top_k=top_k,
-                                   seed=config.seed, device="cpu" if config.device == "auto" else config.device,
+                                   seed=config.seed, device=_engine_device(config),
                                    n_threads=config.n_threads, imagery=config.shared_imagery)
         model.settings["glm"] = config.glm
         model.info["missing_participants"] = missing
@@ -193,6 +193,14 @@ def run_shared_training(config, work_dir: Path) -> list[Path]:
         LOGGER.info("Shared %s decoder of %d participants -> %s", target, len(data[target]), path)
     LOGGER.info("Shared decoder training: %.1f s", time.monotonic() - start)
     return written
+
+
+def _engine_device(config) -> str:
+    """``--device`` for the group's engines: ``auto`` is a CUDA GPU when torch sees one, as at the participant
+    level (docs/usage.md); it used to mean the CPU here, so a GPU job trained the shared model on its CPU."""
+    from ..utils.torch_runtime import resolve_device
+
+    return str(resolve_device(config.device))
 
 
 def check_shared_decoders(config) -> dict[str, Path]:
