@@ -249,7 +249,9 @@ def main(argv=None):
             raw = predict(items, perception=not imagery)
         except TypeError:  # the SRM decoder's plain function
             raw = predict(items)
-        pred = rescale_to_training(raw, decoder.feature_mean, decoder.feature_sd, centre=centre)
+        # as the participant level rescales (predict_items): one factor for held-out perception items
+        pred = rescale_to_training(raw, decoder.feature_mean, decoder.feature_sd, centre=centre,
+                                   per_dimension=centre != "training")
         return pixcorr(pred, targets), twoway(pred - decoder.feature_mean, targets - decoder.feature_mean)
 
     print("| trains on | decoder | perception PixCorr | perception 2-way | imagery-memory PixCorr | imagery-memory 2-way |")

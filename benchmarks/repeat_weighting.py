@@ -151,7 +151,8 @@ def score_schemes(indices: pd.DataFrame, predictions: np.ndarray, truth_pixels: 
                 items.append(weighted_repeat_mean(predictions[index], weigh(indices.loc[index])))
                 targets.append(truth_pixels[index[0]])
             centre = "training" if condition == "perception" else "items"
-            rescaled = np.clip(rescale_to_training(np.stack(items), feature_mean, feature_sd, centre=centre), 0, 1)
+            rescaled = np.clip(rescale_to_training(np.stack(items), feature_mean, feature_sd, centre=centre,
+                                                   per_dimension=centre != "training"), 0, 1)  # as the app
             targets = np.stack(targets)
             results[name][f"{condition}/{cue}"] = {
                 "pixcorr": float(np.mean(pattern_correlations(rescaled, targets))),

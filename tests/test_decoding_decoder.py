@@ -77,6 +77,29 @@ def test_rescale_centred_on_training_mean_keeps_the_items_offset():
         rescale_to_training(pred, train_mean, train_sd, centre="test")
 
 
+def test_rescale_by_one_factor_keeps_the_balance_between_dimensions():
+    """per_dimension=False (held-out perception items): one factor restores the training features' total variance
+    and keeps each item's deviation pattern, so a poorly predicted dimension is not blown up to the training sd."""
+    rng = np.random.default_rng(2)
+    train_mean = np.array([1.0, -1.0, 0.5, 0.0], np.float32)
+    train_sd = np.array([3.0, 2.0, 1.0, 1.0], np.float32)
+    # the decoder's shrinkage: strong dimensions kept at 0.5, the last one (noise, almost nothing predicted) at 0.01
+    pred = train_mean + rng.normal(size=(50, 4)).astype(np.float32) * np.array([1.5, 1.0, 0.5, 0.01], np.float32)
+    common = rescale_to_training(pred, train_mean, train_sd, centre="training", per_dimension=False)
+    deviation = common - train_mean
+    np.testing.assert_allclose((deviation ** 2).mean(0).sum(), (train_sd ** 2).sum(), rtol=1e-4)
+    # one factor: every item's deviation is the prediction's, times the same number
+    factor = deviation / (pred - train_mean)
+    np.testing.assert_allclose(factor, factor[0, 0], rtol=1e-4)
+    assert abs(deviation[:, 3]).max() < 0.1           # per dimension it would have sd 1, like the others
+    per_dimension = rescale_to_training(pred, train_mean, train_sd, centre="training")
+    assert per_dimension[:, 3].std() > 0.9
+    # nothing to scale: constant predictions are left at the training mean, not divided by zero
+    flat = rescale_to_training(np.tile(train_mean, (5, 1)), train_mean, train_sd, centre="training",
+                               per_dimension=False)
+    np.testing.assert_array_equal(flat, np.tile(train_mean, (5, 1)))
+
+
 def test_fine_tune_on_imagery_uses_out_of_fold_predictions():
     trials, betas, feats, stim = _simulate(seed=1)
     decoder = BrainDecoder("ridge", device="cpu").fit(betas, feats[stim], labels=trials.stimulus)

@@ -147,7 +147,8 @@ def decode_trials(trials, betas, target_files: dict, rescale: bool, size: int = 
         pred = decoder.predict(averaged)
         if rescale:
             pred = rescale_to_training(pred, decoder.feature_mean, decoder.feature_sd,
-                                       centre="training" if name == "perception" else "items")
+                                       centre="training" if name == "perception" else "items",
+                                       per_dimension=name != "perception")
         target = feats[[rows[g[0]] for g in groups]]
         score, p = permutation_p(pred, target, n_perm=500)
         out[name] = {"pixcorr": float(np.mean(pixcorr(pred, target))), "twoway": score, "p": p}

@@ -38,18 +38,25 @@ AUTO_PATIENCE = 2
 
 
 def rescale_to_training(predictions: np.ndarray, train_mean: np.ndarray, train_sd: np.ndarray, *,
-                        centre: str = "items") -> np.ndarray:
-    """Map predictions to the training features' per-dimension mean and sd (Ozcelik & VanRullen 2023).
+                        centre: str = "items", per_dimension: bool = True) -> np.ndarray:
+    """Map predictions to the training features' scale (Ozcelik & VanRullen 2023).
 
     Ridge shrinks predictions toward the mean; generators expect inputs at the scale of real features.
-    Each dimension's deviations from a centre are divided by their root mean square over the predicted
-    items, then given the training sd and added to the training mean.
+    Deviations from a centre are divided by their root mean square over the predicted items, then given the
+    training sd and added to the training mean.
 
     centre : ``items`` (Brain-Diffuser) centres each dimension on the mean over the predicted items: right
         when the items' responses share an offset the training trials did not have (imagery: the task itself
         shifts every response). ``training`` centres on ``train_mean``: right for held-out trials of the
         training condition, whose expected offset is zero; estimating it from a few test items only adds
         noise (on the simulator's demo, 3 seeds, 20 items: 2-way +0.014 on average).
+    per_dimension : True (Brain-Diffuser) gives every dimension the training sd. False multiplies all
+        deviations by one factor, so that their total variance is the training features' total: it undoes the
+        overall shrinkage and keeps the decoder's balance between dimensions. Right for held-out items of the
+        training condition, for which that balance is the decoder's own best estimate: per dimension, a
+        dimension the decoder predicts poorly (a fine-detail principal component of the pixels) is blown up to
+        the training sd, noise mostly. Imagery keeps per-dimension scaling, which also undoes the task's
+        change of each dimension's response (docs/decoding.md, "Rescaling").
 
     With fewer than 2 items (or a constant dimension) that dimension is only shifted.
     """
@@ -60,6 +67,11 @@ def rescale_to_training(predictions: np.ndarray, train_mean: np.ndarray, train_s
         return pred.copy()
     mean = pred.mean(0) if centre == "items" else np.asarray(train_mean, dtype=np.float32)
     deviation = pred - mean
+    if not per_dimension:
+        spread = float(np.mean(deviation.astype(np.float64) ** 2, axis=0).sum())
+        target = float(np.sum(np.asarray(train_sd, dtype=np.float64) ** 2))
+        factor = np.sqrt(target / spread) if spread > 0 else 0.0
+        return (deviation * np.float32(factor) + train_mean).astype(np.float32)
     rms = np.sqrt(np.mean(deviation * deviation, axis=0))
     z = np.where(rms > 0, deviation / np.where(rms > 0, rms, 1.0), 0.0)
     return (z * train_sd + train_mean).astype(np.float32)

@@ -209,7 +209,8 @@ def choose_penalty_scale(X: np.ndarray, Y: np.ndarray, alpha: np.ndarray, labels
             targets = (average_t @ Yt[test]).cpu().numpy()
             for s, weights in _solve_path(gram_train, Yt[train] - y_mean, alpha_t, scales):
                 item_pred = (average_t @ (gram_test @ weights + y_mean)).cpu().numpy()
-                item_pred = rescale_to_training(item_pred, feature_mean, feature_sd, centre="training")
+                item_pred = rescale_to_training(item_pred, feature_mean, feature_sd, centre="training",
+                                                per_dimension=False)
                 per_item[s].append(pattern_twoway_per_item(item_pred, targets))
                 per_item_corr[s].append(pattern_correlation_per_item(item_pred, targets))
 

@@ -437,12 +437,14 @@ def predict_items(betas: np.ndarray, prepared: PreparedTrials, fitted: FittedDec
                 hint="check the GLM outputs (statseries) or restrict the mask to voxels with finite betas")
         # rescaled within each (condition, cue) group: imagery predictions are weaker than perception ones, and
         # standardising them together would shrink one group and inflate the other. Held-out perception items
-        # share the training condition, so they are centred on the training mean; other conditions on their own
+        # share the training condition, so they are centred on the training mean and scaled by one factor (the
+        # decoder's balance between dimensions kept); other conditions on their own mean, per dimension
         rescaled = np.empty_like(raw)
         for (condition, _cue), index in _group_indices(trials, items).items():
-            centre = "training" if condition == "perception" else "items"
+            perception = condition == "perception"
             rescaled[index] = rescale_to_training(raw[index], decoder.feature_mean, decoder.feature_sd,
-                                                  centre=centre)
+                                                  centre="training" if perception else "items",
+                                                  per_dimension=not perception)
         features[space] = rescaled
 
     table = _predictions_table(trials, items)
