@@ -54,7 +54,7 @@ def rescale_to_training(predictions: np.ndarray, train_mean: np.ndarray, train_s
         deviations by one factor, so that their total variance is the training features' total: it undoes the
         overall shrinkage and keeps the decoder's balance between dimensions. Right for held-out items of the
         training condition, for which that balance is the decoder's own best estimate: per dimension, a
-        dimension the decoder predicts poorly (a fine-detail principal component of the pixels) is blown up to
+        dimension the decoder predicts poorly (a pixel it barely decodes, a fine-detail component) is blown up to
         the training sd, noise mostly. Imagery keeps per-dimension scaling, which also undoes the task's
         change of each dimension's response (docs/decoding.md, "Rescaling").
 

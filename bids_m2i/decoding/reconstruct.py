@@ -494,7 +494,8 @@ def generate_reconstructions(predictions: ItemPredictions, prepared: PreparedTri
         image_meta = [{**common_meta, "Generator": "pixels", "ModelsTiny": False, "Prompt": "",
                        "Candidates": 1, "CandidateIndex": 0, "CandidateSeed": options.seed,
                        "GeneratorDescription": f"{how}, {PIXEL_SIZE}x{PIXEL_SIZE} RGB, rescaled to the training "
-                       "images' per-pixel mean and sd"} for _ in range(n_items)]
+                       "images' mean and spread (held-out perception: one factor for all pixels; imagery: per "
+                       "pixel)"} for _ in range(n_items)]
         return Reconstructions(pixel_images, image_meta, "pixels", tiny=prepared.tiny)
 
     from .generate import generate_images
