@@ -178,7 +178,7 @@ def main(argv=None):
                         help="the participant left out of the group and decoded (default: the last one)")
     args = parser.parse_args(argv)
 
-    from bids_m2i.decoding.decoder import BrainDecoder, rescale_to_training
+    from bids_m2i.decoding.decoder import BrainDecoder, rescale_items
     from bids_m2i.decoding.reconstruct import standardise_like
     from bids_m2i.decoding.shared import ParticipantData, fit_new_participant, train_shared_model
     from bids_m2i.decoding.splits import split_trials
@@ -236,7 +236,7 @@ def main(argv=None):
         inverted = copy.copy(model)
         inverted.settings = {**model.settings, "participant_map": "inversion"}
 
-    def score(predict, decoder, rows, centre, train_rows, imagery):
+    def score(predict, decoder, rows, train_rows, imagery):
         """PixCorr and two-way of the items of ``rows``; held-out perception items are decoded as the participant
         level decodes them (``perception=True``: the own-data decoder's joint penalties, the shared map alone)."""
         X = betas.copy()
@@ -249,9 +249,7 @@ def main(argv=None):
             raw = predict(items, perception=not imagery)
         except TypeError:  # the SRM decoder's plain function
             raw = predict(items)
-        # as the participant level rescales (predict_items): one factor for held-out perception items
-        pred = rescale_to_training(raw, decoder.feature_mean, decoder.feature_sd, centre=centre,
-                                   per_dimension=centre != "training")
+        pred = rescale_items(raw, decoder.feature_mean, decoder.feature_sd, perception=not imagery)
         return pixcorr(pred, targets), twoway(pred - decoder.feature_mean, targets - decoder.feature_mean)
 
     print("| trains on | decoder | perception PixCorr | perception 2-way | imagery-memory PixCorr | imagery-memory 2-way |")
@@ -275,8 +273,8 @@ def main(argv=None):
         for setting, (make, _) in srm.items():
             decoders.append((f"SRM {setting}", make(betas[rows], feats[rows], stim[rows]), own))
         for kind, predict, scaled in decoders:  # rescaled to this participant's training features
-            pc, tw = score(predict, scaled, split.test, "training", rows, False)
-            ipc, itw = score(predict, scaled, memory, "items", rows, True)
+            pc, tw = score(predict, scaled, split.test, rows, False)
+            ipc, itw = score(predict, scaled, memory, rows, True)
             print(f"| {name} ({len(rows)} trials) | {kind} | {pc:.3f} | {tw:.3f} | {ipc:.3f} | {itw:.3f} |", flush=True)
 
 

@@ -138,7 +138,7 @@ def reliability_indices(trials: pd.DataFrame, rows: np.ndarray, z_betas: np.ndar
 def score_schemes(indices: pd.DataFrame, predictions: np.ndarray, truth_pixels: np.ndarray, feature_mean,
                   feature_sd, schemes: dict) -> dict:
     """Per scheme and (condition, cue) group: PixCorr and two-way of the rescaled item predictions."""
-    from bids_m2i.decoding.decoder import rescale_to_training
+    from bids_m2i.decoding.decoder import rescale_items
     from bids_m2i.simulate.oracle import pattern_correlations, twoway_identification
 
     results = {}
@@ -150,9 +150,8 @@ def score_schemes(indices: pd.DataFrame, predictions: np.ndarray, truth_pixels: 
                 index = np.asarray(list(index))
                 items.append(weighted_repeat_mean(predictions[index], weigh(indices.loc[index])))
                 targets.append(truth_pixels[index[0]])
-            centre = "training" if condition == "perception" else "items"
-            rescaled = np.clip(rescale_to_training(np.stack(items), feature_mean, feature_sd, centre=centre,
-                                                   per_dimension=centre != "training"), 0, 1)  # as the app
+            rescaled = np.clip(rescale_items(np.stack(items), feature_mean, feature_sd,
+                                             perception=condition == "perception"), 0, 1)
             targets = np.stack(targets)
             results[name][f"{condition}/{cue}"] = {
                 "pixcorr": float(np.mean(pattern_correlations(rescaled, targets))),

@@ -53,7 +53,10 @@ def _patched(variant: str):
     def pooled_groups(trials, items):
         groups, imagery = {}, []
         for key, index in original["groups"](trials, items).items():
-            (imagery.append(np.asarray(index)) if key[0] == "imagery" else groups.__setitem__(key, index))
+            if key[0] == "imagery":
+                imagery.append(np.asarray(index))
+            else:
+                groups[key] = index
         if imagery:
             groups[("imagery", "all")] = np.concatenate(imagery)
         return groups

@@ -385,8 +385,9 @@ def coerce_value(spec: OptionSpec, value: Any, origin: str) -> Any:
             raise bad("an integer")
         if value < int_minimum(spec.name):
             raise bad(f"an integer of at least {int_minimum(spec.name)}")
-        if int_maximum(spec.name) is not None and value > int_maximum(spec.name):
-            raise bad(f"an integer from {int_minimum(spec.name)} to {int_maximum(spec.name)}")
+        maximum = int_maximum(spec.name)
+        if maximum is not None and value > maximum:
+            raise bad(f"an integer from {int_minimum(spec.name)} to {maximum}")
         return value
     if spec.kind == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:

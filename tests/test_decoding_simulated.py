@@ -132,7 +132,7 @@ def glm_betas_without_preproc(dataset, method: str = "fithrf-denoise-rr"):
 
 def decode_trials(trials, betas, target_files: dict, rescale: bool, size: int = 32, work_dir=None) -> dict:
     """Engine on given betas: split, ridge, repeats averaged, optional rescaling; scores per condition."""
-    from bids_m2i.decoding.decoder import rescale_to_training
+    from bids_m2i.decoding.decoder import rescale_items
 
     files = [target_files[s] for s in trials["stimulus"]]
     feats = stimulus_features(files, PixelExtractor(size), work_dir=work_dir)
@@ -146,9 +146,7 @@ def decode_trials(trials, betas, target_files: dict, rescale: bool, size: int = 
         averaged, labels, groups = average_repeats(betas[rows], stim[rows])
         pred = decoder.predict(averaged)
         if rescale:
-            pred = rescale_to_training(pred, decoder.feature_mean, decoder.feature_sd,
-                                       centre="training" if name == "perception" else "items",
-                                       per_dimension=name != "perception")
+            pred = rescale_items(pred, decoder.feature_mean, decoder.feature_sd, perception=name == "perception")
         target = feats[[rows[g[0]] for g in groups]]
         score, p = permutation_p(pred, target, n_perm=500)
         out[name] = {"pixcorr": float(np.mean(pixcorr(pred, target))), "twoway": score, "p": p}

@@ -61,7 +61,8 @@ def _click_option(spec: OptionSpec):
     if spec.kind == "count":
         return click.option(*flags, spec.name, count=True, help=spec.help)
     if spec.kind == "int":
-        return click.option(*flags, spec.name, type=click.IntRange(min=int_minimum(spec.name), max=int_maximum(spec.name)), **common)
+        bounds = click.IntRange(min=int_minimum(spec.name), max=int_maximum(spec.name))
+        return click.option(*flags, spec.name, type=bounds, **common)
     if spec.kind == "float":
         return click.option(*flags, spec.name, type=click.FloatRange(min=0, min_open=True), **common)
     if spec.kind in ("str",):

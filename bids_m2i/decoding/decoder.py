@@ -77,6 +77,15 @@ def rescale_to_training(predictions: np.ndarray, train_mean: np.ndarray, train_s
     return (z * train_sd + train_mean).astype(np.float32)
 
 
+def rescale_items(predictions: np.ndarray, train_mean: np.ndarray, train_sd: np.ndarray, *,
+                  perception: bool) -> np.ndarray:
+    """:func:`rescale_to_training` as the participant level applies it to one (condition, cue) group of items:
+    held-out perception items centred on the training mean and scaled by one factor; imagery items on their own
+    mean, per dimension."""
+    return rescale_to_training(predictions, train_mean, train_sd, centre="training" if perception else "items",
+                               per_dimension=not perception)
+
+
 class VoxelCountSearch:
     """Result of :func:`choose_voxel_count`: the chosen scaler, its ridge fit, the CV error of every count."""
 

@@ -183,7 +183,7 @@ def choose_penalty_scale(X: np.ndarray, Y: np.ndarray, alpha: np.ndarray, labels
     per_item = {s: [] for s in scales}
     per_item_corr = {s: [] for s in scales}
     feature_mean, feature_sd = Y.mean(0), Y.std(0)
-    from .decoder import rescale_to_training
+    from .decoder import rescale_items
 
     with torch_threads(n_threads), torch.no_grad():
         # one Gram matrix serves every fold: each fold's centring is applied to it algebraically
@@ -209,8 +209,7 @@ def choose_penalty_scale(X: np.ndarray, Y: np.ndarray, alpha: np.ndarray, labels
             targets = (average_t @ Yt[test]).cpu().numpy()
             for s, weights in _solve_path(gram_train, Yt[train] - y_mean, alpha_t, scales):
                 item_pred = (average_t @ (gram_test @ weights + y_mean)).cpu().numpy()
-                item_pred = rescale_to_training(item_pred, feature_mean, feature_sd, centre="training",
-                                                per_dimension=False)
+                item_pred = rescale_items(item_pred, feature_mean, feature_sd, perception=True)
                 per_item[s].append(pattern_twoway_per_item(item_pred, targets))
                 per_item_corr[s].append(pattern_correlation_per_item(item_pred, targets))
 

@@ -24,7 +24,7 @@ import pandas as pd
 
 from ..errors import BadDataError, InputMissingError
 from ..models.loading import find_decoding_clip_dir, load_decoding_clip  # noqa: F401 (find_...: re-exported)
-from .decoder import BrainDecoder, rescale_to_training
+from .decoder import BrainDecoder, rescale_items, rescale_to_training
 from .features import PixelBasis, PixelExtractor, category_means, center_square, load_image, pixels_to_image
 from .features import stimulus_features
 from .splits import DecodingSplit, repeat_groups, split_trials, stimulus_identity
@@ -441,10 +441,8 @@ def predict_items(betas: np.ndarray, prepared: PreparedTrials, fitted: FittedDec
         # decoder's balance between dimensions kept); other conditions on their own mean, per dimension
         rescaled = np.empty_like(raw)
         for (condition, _cue), index in _group_indices(trials, items).items():
-            perception = condition == "perception"
-            rescaled[index] = rescale_to_training(raw[index], decoder.feature_mean, decoder.feature_sd,
-                                                  centre="training" if perception else "items",
-                                                  per_dimension=not perception)
+            rescaled[index] = rescale_items(raw[index], decoder.feature_mean, decoder.feature_sd,
+                                            perception=condition == "perception")
         features[space] = rescaled
 
     table = _predictions_table(trials, items)

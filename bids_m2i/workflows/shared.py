@@ -133,6 +133,7 @@ def run_shared_training(config, work_dir: Path) -> list[Path]:
             f"A shared decoder needs the betas of at least 2 participants; found {len(found)} in {output_dir} "
             f"(sub-*/func/*_stat-effect_desc-{config.glm_label}_statseries.nii.gz)",
             hint="run `m2i BIDS OUT participant --stop-after glm` for each participant first (same --glm)")
+    device = _engine_device(config)  # once, before any betas are read: --device cuda without a GPU is 64 now
     extractors, infos = {}, {}
     for target in config.target:
         infos[target] = feature_info(target, config.resolved_models_dir)
@@ -142,7 +143,7 @@ def run_shared_training(config, work_dir: Path) -> list[Path]:
             from ..decoding.reconstruct import find_decoding_clip_dir
 
             extractors[target] = ClipExtractor(find_decoding_clip_dir(config.resolved_models_dir),
-                                               device=_engine_device(config))
+                                               device=device)
     data: dict[str, list] = {t: [] for t in config.target}
     failures: list[M2IError] = []
     for subject, betas in list(found.items()):
@@ -179,7 +180,7 @@ def run_shared_training(config, work_dir: Path) -> list[Path]:
         # no --top-k-voxels: each participant's count is chosen by CV ("auto"); 0: every voxel (None)
         top_k = "auto" if config.top_k_voxels is None else (config.top_k_voxels or None)
         model = train_shared_model(data[target], target, feature_info=infos[target], top_k=top_k,
-                                   seed=config.seed, device=_engine_device(config),
+                                   seed=config.seed, device=device,
                                    n_threads=config.n_threads, imagery=config.shared_imagery)
         model.settings["glm"] = config.glm
         model.info["missing_participants"] = missing
