@@ -100,6 +100,24 @@ def test_rescale_by_one_factor_keeps_the_balance_between_dimensions():
     np.testing.assert_array_equal(flat, np.tile(train_mean, (5, 1)))
 
 
+def test_one_held_out_item_is_scaled_by_the_one_factor_rule():
+    """A condition with a single test stimulus: centred on the training mean and scaled by one factor, its
+    squared deviation is brought to the training features' total variance, as many items' mean square is; the
+    rules that need the items' own spread (centre="items", per dimension) leave it as predicted."""
+    train_mean = np.array([1.0, -1.0, 0.5], np.float32)
+    train_sd = np.array([2.0, 1.0, 1.0], np.float32)
+    pred = (train_mean + np.array([0.3, -0.1, 0.05], np.float32))[None]
+    one = rescale_to_training(pred, train_mean, train_sd, centre="training", per_dimension=False)
+    deviation = one - train_mean
+    np.testing.assert_allclose((deviation ** 2).sum(), (train_sd ** 2).sum(), rtol=1e-5)
+    np.testing.assert_allclose(deviation / (pred - train_mean), deviation[0, 0] / 0.3, rtol=1e-4)
+    np.testing.assert_array_equal(rescale_to_training(pred, train_mean, train_sd), pred)
+    np.testing.assert_array_equal(rescale_to_training(pred, train_mean, train_sd, centre="training"), pred)
+    empty = rescale_to_training(np.zeros((0, 3), np.float32), train_mean, train_sd, centre="training",
+                                per_dimension=False)
+    assert empty.shape == (0, 3)
+
+
 def test_fine_tune_on_imagery_uses_out_of_fold_predictions():
     trials, betas, feats, stim = _simulate(seed=1)
     decoder = BrainDecoder("ridge", device="cpu").fit(betas, feats[stim], labels=trials.stimulus)

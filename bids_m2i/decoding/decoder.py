@@ -58,12 +58,16 @@ def rescale_to_training(predictions: np.ndarray, train_mean: np.ndarray, train_s
         the training sd, noise mostly. Imagery keeps per-dimension scaling, which also undoes the task's
         change of each dimension's response (docs/decoding.md, "Rescaling").
 
-    With fewer than 2 items (or a constant dimension) that dimension is only shifted.
+    A dimension with no deviation from its centre is put at the training mean. One item is
+    returned as predicted, except with one factor around the training mean: the squared distance of a single
+    held-out item from that mean estimates the training features' total variance as the items' mean does, so a
+    condition with one test stimulus is scaled by the rule of one with many. Centred on the items, or per
+    dimension, one item has no spread of its own to divide by.
     """
     if centre not in ("items", "training"):
         raise ValueError(f"centre must be 'items' or 'training', not {centre!r}")
     pred = np.asarray(predictions, dtype=np.float32)
-    if pred.shape[0] < 2:
+    if pred.shape[0] == 0 or (pred.shape[0] < 2 and (centre == "items" or per_dimension)):
         return pred.copy()
     mean = pred.mean(0) if centre == "items" else np.asarray(train_mean, dtype=np.float32)
     deviation = pred - mean
