@@ -100,6 +100,7 @@ def main(argv=None) -> int:
                     out.write_text(json.dumps({"generator": generator, "seed": seed, "config": name,
                                                "options": options, "r_trial": r, "test_retest": tr,
                                                "n_pcs": result.metadata["n_pcs"],
+                                               "hrf_library": result.metadata.get("hrf_library_name"),
                                                "cpu_s": time.process_time() - start}))
                     print(f"{generator} seed {seed} {name}: {r:.4f} / {tr:.4f} ({result.metadata['n_pcs']} PCs)",
                           flush=True)

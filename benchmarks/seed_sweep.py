@@ -8,6 +8,7 @@ against ``derivatives/simulation/targets/`` with the oracle's two-way, the text 
 the pixel decoder's penalty scale) and writes every figure to ``ROOT/sweep-LABEL.json``.
 
     python benchmarks/seed_sweep.py --root /tmp/sweep --seeds 0 1 2 --label after
+    python benchmarks/seed_sweep.py --root /tmp/sweep --seeds 0 1 2 --label medium --m2i-args "--hrf-library medium"
 
 Run it from the tree to measure (``PYTHONPATH`` first on the path); run it under ``nice`` on shared machines.
 """
@@ -27,7 +28,7 @@ from score_against_truth import score_run  # noqa: E402
 from bids_m2i.simulate.oracle import oracle_scores  # noqa: E402
 
 
-def run_seed(root: Path, seed: int, label: str) -> dict:
+def run_seed(root: Path, seed: int, label: str, extra: tuple[str, ...] = ()) -> dict:
     dataset = root / f"d{seed}"
     if not (dataset / "dataset_description.json").is_file():
         subprocess.run([sys.executable, "-c", "import sys; from bids_m2i.simulate.cli import main; sys.exit(main())",
@@ -35,7 +36,7 @@ def run_seed(root: Path, seed: int, label: str) -> dict:
     out = root / f"out{seed}-{label}"
     if not (out / "sub-01" / "decoding" / "sub-01_desc-predictions_table.tsv").is_file():
         subprocess.run([sys.executable, "-m", "bids_m2i.cli.run", str(dataset), str(out), "participant", "-w",
-                        str(root / f"work{seed}-{label}"), "--target", "pixels", "text"], check=True)
+                        str(root / f"work{seed}-{label}"), "--target", "pixels", "text", *extra], check=True)
     ours = score_run(dataset, out, "01")
     oracle = {k: v for k, v in oracle_scores(dataset, "01", image_size=32).items() if isinstance(v, dict)}
     sidecar = out / "sub-01" / "decoding" / "sub-01_desc-pixelsridge_model.json"
@@ -60,6 +61,8 @@ def main(argv=None) -> int:
     parser.add_argument("--root", required=True, type=Path)
     parser.add_argument("--seeds", nargs="+", type=int, required=True)
     parser.add_argument("--label", default="run")
+    parser.add_argument("--m2i-args", default="", help="extra options for the participant run, one string "
+                        "(e.g. '--hrf-library medium'); give each variant its own --label")
     args = parser.parse_args(argv)
     args.root.mkdir(parents=True, exist_ok=True)
     results = []
@@ -67,7 +70,7 @@ def main(argv=None) -> int:
           "| pure imagination PixCorr / 2-way (oracle 2-way) | text top-1 | penalty scale |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for seed in args.seeds:
-        result = run_seed(args.root, seed, args.label)
+        result = run_seed(args.root, seed, args.label, tuple(args.m2i_args.split()))
         results.append(result)
         print(row(result, args.label), flush=True)
     (args.root / f"sweep-{args.label}.json").write_text(json.dumps(results, indent=1, default=float))
