@@ -3,7 +3,7 @@ and in the group table"): the pages showed only the long metrics tables, one row
 
 import pandas as pd
 
-from bids_m2i.reports.side_by_side import side_by_side_rows
+from bids_m2i.reports.side_by_side import side_by_side_rows, twoway_headline
 
 
 def _metrics():
@@ -36,3 +36,27 @@ def test_group_cells_carry_the_spread():
 
 def test_nothing_to_show():
     assert side_by_side_rows(pd.DataFrame()) == ([], [])
+
+
+def test_headline_is_twoway_per_space_with_p_and_the_category_mark():
+    """The participant page's summary: two-way only, one row per feature space, p-values ("< 0.001" at 1000
+    permutations' floor, blank without permutations), and a mark where pure imagination was scored against
+    category means (no target image) rather than against its own target."""
+    rows = [("perception", "none", "twoway", "pixels", 0.926, 0.5, 1 / 1001, "against distinct other targets"),
+            ("perception", "none", "pixcorr", "pixels", 0.61, 0.02, 1 / 1001, "chance = mean under shuffled pairings"),
+            ("imagery", "image", "twoway", "pixels", 0.868, 0.5, "n/a", "against distinct other targets"),
+            ("imagery", "text", "twoway", "pixels", 0.525, 0.5, 0.41,
+             "decoded features vs the cue target's features; targets are categories: mean feature of the category"),
+            ("imagery", "text", "twoway", "text", 0.944, 0.5, 0.002, "pure imagination: no target image")]
+    frame = pd.DataFrame(rows, columns=["condition", "cue", "metric", "feature_space", "value", "chance", "p_value",
+                                        "note"])
+    headings, table = twoway_headline(frame)
+    assert headings == ["Perception (seen images)", "Imagery from memory", "Pure imagination (text cue)"]
+    assert [r["feature_space"] for r in table] == ["pixels", "text"]
+    pixels, text = table[0]["cells"], table[1]["cells"]
+    assert [c["value"] for c in pixels] == ["0.926", "0.868", "0.525"]
+    assert [c["p"] for c in pixels] == ["< 0.001", "", "0.410"]
+    assert [c["categories"] for c in pixels] == [False, False, True]
+    assert text[0] is None and text[1] is None and text[2]["value"] == "0.944" and not text[2]["categories"]
+    assert twoway_headline(frame[frame["metric"] != "twoway"]) == ([], [])
+    assert twoway_headline(pd.DataFrame()) == ([], [])

@@ -52,6 +52,9 @@ def test_full_run_outputs(tiny_full_run):
     page = (out / "sub-01.html").read_text()
     # vision and imagery side by side, before the long table; the methods give the decoders' chosen values
     assert page.index('id="conditions-table"') < page.index('id="metrics-table"')
+    # the headline measure at the top of the page, one row per feature space with a two-way score
+    headline = page[page.index('id="headline-table"'):page.index('id="runs-table"')]
+    assert headline.count("<tr>") == 1 + metrics.loc[metrics["metric"] == "twoway", "feature_space"].nunique()
     assert "Perception (seen images)" in page and "Imagery from memory" in page
     assert "Voxels were ranked by their ncsnr" in page or "no repeated training stimulus" in page
     assert (out / "logs" / "CITATION.md").read_text().count("Prince") >= 1

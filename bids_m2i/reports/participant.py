@@ -242,14 +242,17 @@ def build_participant_report(*, output_dir: Path, bids_dir: Path, subject: str, 
                                         Path(bids_dir) / "stimuli", config.report_stimuli)
         decoding_note = "No reconstructed images were written."
     metrics = []
-    side_headings, side_rows = [], []
+    side_headings, side_rows, headline_headings, headline_rows = [], [], [], []
     if metrics_path.exists():
-        from .side_by_side import side_by_side_rows
+        from .side_by_side import side_by_side_rows, twoway_headline
 
         metrics_frame = _read_tsv(metrics_path)
         for _, row in metrics_frame.iterrows():
             metrics.append({k: (_fmt(row[k]) if k in ("value", "chance", "p_value") else row[k]) for k in row.index})
         side_headings, side_rows = side_by_side_rows(metrics_frame)
+        # the field's headline measure (two-way identification, NSD-Imagery's), repeated at the top of the page
+        # so that the first screen says whether decoding worked, for each condition
+        headline_headings, headline_rows = twoway_headline(metrics_frame)
 
     # --- methods -------------------------------------------------------------------------------------------
     methods = methods_paragraphs(config, stages=stages, output_dir=output_dir, subject=subject)
@@ -271,6 +274,7 @@ def build_participant_report(*, output_dir: Path, bids_dir: Path, subject: str, 
         trial_counts=trial_counts, preproc_figures=preproc_figures, preproc_note=preproc_note,
         glm_sections=glm_sections, recon_groups=recon_groups, retrieval=retrieval, tiny_models=tiny_models,
         decoding_note=decoding_note, metrics=metrics, side_headings=side_headings, side_rows=side_rows,
+        headline_headings=headline_headings, headline_rows=headline_rows,
         methods=methods, citations=citations,
         config_file=config_files[-1].name if config_files else "logs/",
         space=space_label, other_reports=other_space_reports(output_dir, subject, page),

@@ -69,3 +69,43 @@ def side_by_side_rows(frame: pd.DataFrame, value: str = "value") -> tuple[list[s
                           "trivial": bool(np.isfinite(chance) and chance >= 1.0)})
         rows.append({**{k: record[k] for k in keys}, "cells": cells})
     return [CONDITION_LABELS.get(c, c.replace("_", " ")) for c in conditions], rows
+
+
+#: what the metrics table's note says when a condition without target images is scored against category means
+CATEGORY_TARGETS_NOTE = "targets are categories"
+
+
+def twoway_headline(frame: pd.DataFrame) -> tuple[list[str], list[dict]]:
+    """``(headings, rows)`` of the participant page's summary: two-way identification per feature space (rows)
+    and condition (columns), each cell ``value``, ``p`` (``""`` without permutations) and ``categories`` (True
+    where the items were scored against the mean feature of their category's training stimuli, not against a
+    target of their own: pure imagination in an image space)."""
+    from ..evaluation.table import conditions_side_by_side
+
+    if frame is None or frame.empty or "metric" not in frame.columns:
+        return [], []
+    twoway = frame[frame["metric"] == "twoway"]
+    values = conditions_side_by_side(twoway)
+    if values.empty:
+        return [], []
+    conditions = [c for c in values.columns if c not in ("metric", "feature_space") and not str(c).endswith("_chance")]
+    p_values = conditions_side_by_side(twoway, value="p_value").set_index("feature_space")
+    flagged = twoway.assign(categories=twoway["note"].astype(str).str.contains(CATEGORY_TARGETS_NOTE, regex=False)
+                            .astype(float))
+    categories = conditions_side_by_side(flagged, value="categories").set_index("feature_space")
+    rows = []
+    for record in values.to_dict("records"):
+        space, cells = record["feature_space"], []
+        for condition in conditions:
+            number = _number(record.get(condition))
+            if not np.isfinite(number):
+                cells.append(None)
+                continue
+            p = _number(p_values.loc[space].get(condition)) if space in p_values.index else float("nan")
+            flag = _number(categories.loc[space].get(condition)) if space in categories.index else float("nan")
+            # 1000 permutations give p >= 1/1001: the conventional "< 0.001" reads better than 0.000999
+            p_text = "" if not np.isfinite(p) else ("< 0.001" if p < 0.001 else format_number(p))
+            cells.append({"value": format_number(number), "p": p_text,
+                          "categories": bool(flag == 1.0)})
+        rows.append({"feature_space": space, "cells": cells})
+    return [CONDITION_LABELS.get(c, c.replace("_", " ")) for c in conditions], rows
