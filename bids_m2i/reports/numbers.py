@@ -15,3 +15,15 @@ def format_number(value, digits: int = 3) -> str:
     if not np.isfinite(value):
         return "n/a"
     return f"{value:.{digits}g}" if abs(value) < 1e-3 and value != 0 else f"{value:.{digits}f}"
+
+
+def format_p_value(value) -> str:
+    """A permutation p-value: ``""`` when there is none (no permutations), ``"< 0.001"`` below 0.001 (1000
+    permutations give p >= 1/1001, better read so than as 0.000999), else :func:`format_number`."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return ""
+    if not np.isfinite(value):
+        return ""
+    return "< 0.001" if value < 1e-3 else format_number(value)

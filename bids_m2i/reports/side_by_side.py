@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .numbers import format_number
+from .numbers import format_number, format_p_value
 
 #: column headings of the conditions, in the order the pages show them
 CONDITION_LABELS = {"perception": "Perception (seen images)", "imagery_memory": "Imagery from memory",
@@ -41,7 +41,7 @@ def side_by_side_rows(frame: pd.DataFrame, value: str = "value") -> tuple[list[s
     if wide.empty:
         return [], []
     keys = [c for c in ("glm_method", "decoder", "generator", "metric", "feature_space") if c in wide.columns]
-    conditions = [c for c in wide.columns if c not in keys and not str(c).endswith("_chance")]
+    conditions = _condition_columns(wide, keys)
     spread = {}
     if value == "mean" and {"sd", "n"} <= set(frame.columns):
         for stat in ("sd", "n"):
@@ -68,7 +68,16 @@ def side_by_side_rows(frame: pd.DataFrame, value: str = "value") -> tuple[list[s
             cells.append({"value": format_number(number), "chance": format_number(chance), "spread": text.strip(),
                           "trivial": bool(np.isfinite(chance) and chance >= 1.0)})
         rows.append({**{k: record[k] for k in keys}, "cells": cells})
-    return [CONDITION_LABELS.get(c, c.replace("_", " ")) for c in conditions], rows
+    return _headings(conditions), rows
+
+
+def _condition_columns(wide: pd.DataFrame, keys) -> list[str]:
+    """The condition columns of ``conditions_side_by_side``'s frame, in its order (not the keys, not the chances)."""
+    return [c for c in wide.columns if c not in keys and not str(c).endswith("_chance")]
+
+
+def _headings(conditions) -> list[str]:
+    return [CONDITION_LABELS.get(c, c.replace("_", " ")) for c in conditions]
 
 
 #: what the metrics table's note says when a condition without target images is scored against category means
@@ -88,7 +97,7 @@ def twoway_headline(frame: pd.DataFrame) -> tuple[list[str], list[dict]]:
     values = conditions_side_by_side(twoway)
     if values.empty:
         return [], []
-    conditions = [c for c in values.columns if c not in ("metric", "feature_space") and not str(c).endswith("_chance")]
+    conditions = _condition_columns(values, ("metric", "feature_space"))
     p_values = conditions_side_by_side(twoway, value="p_value").set_index("feature_space")
     flagged = twoway.assign(categories=twoway["note"].astype(str).str.contains(CATEGORY_TARGETS_NOTE, regex=False)
                             .astype(float))
@@ -101,11 +110,8 @@ def twoway_headline(frame: pd.DataFrame) -> tuple[list[str], list[dict]]:
             if not np.isfinite(number):
                 cells.append(None)
                 continue
-            p = _number(p_values.loc[space].get(condition)) if space in p_values.index else float("nan")
+            p = p_values.loc[space].get(condition) if space in p_values.index else None
             flag = _number(categories.loc[space].get(condition)) if space in categories.index else float("nan")
-            # 1000 permutations give p >= 1/1001: the conventional "< 0.001" reads better than 0.000999
-            p_text = "" if not np.isfinite(p) else ("< 0.001" if p < 0.001 else format_number(p))
-            cells.append({"value": format_number(number), "p": p_text,
-                          "categories": bool(flag == 1.0)})
+            cells.append({"value": format_number(number), "p": format_p_value(p), "categories": bool(flag == 1.0)})
         rows.append({"feature_space": space, "cells": cells})
-    return [CONDITION_LABELS.get(c, c.replace("_", " ")) for c in conditions], rows
+    return _headings(conditions), rows
