@@ -7,12 +7,17 @@ scores each (condition, cue) group's reconstructions against the simulator's tru
 ``score_against_truth.py`` does (32 x 32, repeats averaged). The ``shipped`` variant reproduces the run's own
 scores. Nothing upstream of decoding is rerun, so a variant takes ~20 s on 2 cores.
 
-Variants (any of them, comma-separated):
+Variants (any of them, comma-separated; the rescaling variants act on ``reconstruct.rescale_items``, the
+items' rescaling at prediction time, and leave the penalty CV and the betas' standardisation as shipped):
 
 * ``shipped``: the code as it is;
 * ``per-dimension``: held-out perception rescaled per dimension (Brain-Diffuser's rule, the default before);
 * ``none``: held-out perception not rescaled;
-* ``one-factor-all``: one factor for imagery too;
+* ``one-factor-all``: one factor for imagery too (each imagery group still centred on its own mean); the
+  shipped rule since issue 14's eleventh pass, so now the same as ``shipped``;
+* ``imagery-per-dimension``: imagery items scaled per dimension around their own mean (the rule before);
+* ``imagery-none``: imagery items not rescaled (the ridge's predictions as they are, as the oracle scores them);
+* ``imagery-perception-rule``: imagery items scaled as held-out perception (one factor, around the training mean);
 * ``imagery-pooled``: the two imagery groups (memory, text cue) rescaled together;
 * ``averaged-training``: the decoder fitted on each training stimulus' averaged betas instead of single trials;
 * ``scale-S``: held-out perception penalties scaled by ``S`` (instead of the joint CV's choice).
@@ -38,16 +43,21 @@ def _patched(variant: str):
     from bids_m2i.decoding import identification
     from bids_m2i.decoding import reconstruct
 
-    original = {"rescale": reconstruct.rescale_to_training, "groups": reconstruct._group_indices,
-                "fit": decoder_module.BrainDecoder.fit, "choose": identification.choose_penalty_scale}
+    original = {"rescale": decoder_module.rescale_to_training, "items": reconstruct.rescale_items,
+                "groups": reconstruct._group_indices, "fit": decoder_module.BrainDecoder.fit,
+                "choose": identification.choose_penalty_scale}
 
-    def rescale(raw, mean, sd, centre="items", per_dimension=True):
-        if variant == "per-dimension":
-            per_dimension = True
-        elif variant == "none" and centre == "training":
+    def rescale(raw, mean, sd, *, perception):
+        """The items' rescaling at prediction time (``predict_items``), as the variant changes it (other variants:
+        the shipped rule); the penalty CV and the betas' standardisation keep the shipped rule."""
+        if perception and variant == "none" or not perception and variant == "imagery-none":
             return np.asarray(raw, dtype=np.float32)
-        elif variant == "one-factor-all":
-            per_dimension = False
+        changed = {(True, "per-dimension"): ("training", True), (False, "one-factor-all"): ("items", False),
+                   (False, "imagery-per-dimension"): ("items", True),
+                   (False, "imagery-perception-rule"): ("training", False)}.get((perception, variant))
+        if changed is None:
+            return original["items"](raw, mean, sd, perception=perception)
+        centre, per_dimension = changed
         return original["rescale"](raw, mean, sd, centre=centre, per_dimension=per_dimension)
 
     def pooled_groups(trials, items):
@@ -71,7 +81,7 @@ def _patched(variant: str):
     @contextlib.contextmanager
     def context():
         try:
-            reconstruct.rescale_to_training = rescale
+            reconstruct.rescale_items = rescale
             if variant == "imagery-pooled":
                 reconstruct._group_indices = pooled_groups
             if variant == "averaged-training":
@@ -82,7 +92,7 @@ def _patched(variant: str):
                     lambda *a, **k: original["choose"](*a, **{**k, "scales": (value,)}))
             yield
         finally:
-            reconstruct.rescale_to_training = original["rescale"]
+            reconstruct.rescale_items = original["items"]
             reconstruct._group_indices = original["groups"]
             decoder_module.BrainDecoder.fit = original["fit"]
             identification.choose_penalty_scale = original["choose"]
@@ -90,7 +100,8 @@ def _patched(variant: str):
     return context()
 
 
-def score_variant(dataset: Path, stage_folder: Path, variant: str, subject: str = "01", size: int = 32) -> dict:
+def score_variant(dataset: Path, stage_folder: Path, variant: str, subject: str = "01", size: int = 32,
+                  text: bool = False) -> dict:
     from PIL import Image
 
     from bids_m2i.decoding import reconstruct
@@ -102,10 +113,12 @@ def score_variant(dataset: Path, stage_folder: Path, variant: str, subject: str 
     prepared = load_prepared(stage_folder / "trials.tsv", stage_folder / "targets.npz", stage_folder / "prepared.json")
     targets = load_truth(dataset, subject)["target_files"]
     with _patched(variant):
-        options = reconstruct.DecodingOptions(targets=("pixels",), n_perm=10)
+        options = reconstruct.DecodingOptions(targets=("pixels", "text") if text else ("pixels",), n_perm=10)
         fitted = reconstruct.fit_decoders(betas, prepared, options)
         predictions = reconstruct.predict_items(betas, prepared, fitted, options)
         recon = reconstruct.generate_reconstructions(predictions, prepared, options)
+        metrics = (reconstruct.evaluate_items(betas, prepared, fitted, predictions, recon, options).metrics
+                   if text else None)
     scores = {}
     for (condition, cue), part in predictions.table.groupby(["condition", "cue"]):
         rows = part.index.to_numpy()
@@ -118,6 +131,10 @@ def score_variant(dataset: Path, stage_folder: Path, variant: str, subject: str 
         truth = np.stack([truth[stim == n][0] for n in names])
         scores[f"{condition}/{cue}"] = {"pixcorr": float(np.mean(pattern_correlations(images, truth))),
                                         "twoway": twoway_identification(images, truth), "n_items": len(names)}
+    if metrics is not None:
+        # the text channel as the run's metrics table scores it (cue retrieval and two-way in the text space)
+        for row in metrics[metrics["feature_space"] == "text"].itertuples():
+            scores.setdefault(f"{row.condition}/{row.cue}", {})[f"text:{row.metric}"] = float(row.value)
     return scores
 
 
@@ -127,6 +144,8 @@ def main(argv=None) -> int:
     parser.add_argument("work_dir", type=Path, help="the run's -w folder")
     parser.add_argument("--variants", default="shipped,per-dimension")
     parser.add_argument("--subject", default="01")
+    parser.add_argument("--text", action="store_true",
+                        help="also decode the text space and score the text channel (the run's --target pixels text)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     found = sorted(args.work_dir.glob("**/decode_features*/betas.npy"))
@@ -135,8 +154,9 @@ def main(argv=None) -> int:
         return 66
     results = {}
     for variant in args.variants.split(","):
-        results[variant] = score_variant(args.dataset, found[0].parent, variant, args.subject)
-        cells = ", ".join(f"{group} {s['pixcorr']:.3f} / {s['twoway']:.3f}" for group, s in results[variant].items())
+        results[variant] = score_variant(args.dataset, found[0].parent, variant, args.subject, text=args.text)
+        cells = ", ".join(f"{group} {s['pixcorr']:.3f} / {s['twoway']:.3f}" for group, s in results[variant].items()
+                          if "pixcorr" in s)
         print(f"{variant}: {cells}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

@@ -27,7 +27,9 @@ GROUPS = {("perception", "none"): "perception", ("perception", "image"): "percep
           ("imagery", "image"): "imagery_memory", ("imagery", "text"): "imagery_text"}
 
 
-def score_run(dataset, output_dir, subject: str = "01", size: int = 32) -> dict:
+def run_items(dataset, output_dir, subject: str = "01", size: int = 32) -> dict:
+    """The run's reconstructions per scored group, one row per distinct stimulus (repeats averaged, as the
+    oracle's): {group: {``names``, ``predicted`` (n_items, n_pixels), ``targets`` (n_items, n_pixels)}}."""
     output_dir = Path(output_dir)
     truth = load_truth(dataset, subject)
     targets = truth["target_files"]
@@ -38,14 +40,20 @@ def score_run(dataset, output_dir, subject: str = "01", size: int = 32) -> dict:
     for (condition, cue), part in table.groupby(["condition", "cue"]):
         label = GROUPS.get((condition, cue), f"{condition}_{cue}")
         recon = np.stack([load_image(output_dir / f, size).ravel() for f in part["image"]])
-        truth_pixels = np.stack([load_image(targets[s], size).ravel() for s in part["stimulus"]])
-        # one row per distinct stimulus (repeats averaged), as the oracle
         names = list(pd.unique(part["stimulus"]))
         stim = part["stimulus"].to_numpy()
-        recon = np.stack([recon[stim == n].mean(0) for n in names])
-        truth_pixels = np.stack([truth_pixels[stim == n][0] for n in names])
+        out[label] = {"names": names, "predicted": np.stack([recon[stim == n].mean(0) for n in names]),
+                      "targets": np.stack([load_image(targets[n], size).ravel() for n in names])}
+    return out
+
+
+def score_run(dataset, output_dir, subject: str = "01", size: int = 32) -> dict:
+    decoding = Path(output_dir) / f"sub-{subject}" / "decoding"
+    out: dict = {}
+    for label, items in run_items(dataset, output_dir, subject, size).items():
+        recon, truth_pixels = items["predicted"], items["targets"]
         out[label] = {"pixcorr": float(np.mean(pattern_correlations(recon, truth_pixels))),
-                      "twoway": twoway_identification(recon, truth_pixels), "n_items": len(names)}
+                      "twoway": twoway_identification(recon, truth_pixels), "n_items": len(recon)}
     metrics_path = decoding / f"sub-{subject}_desc-metrics_table.tsv"
     if metrics_path.is_file():
         metrics = pd.read_csv(metrics_path, sep="\t", na_values=["n/a"])

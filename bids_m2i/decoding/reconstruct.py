@@ -437,8 +437,8 @@ def predict_items(betas: np.ndarray, prepared: PreparedTrials, fitted: FittedDec
                 hint="check the GLM outputs (statseries) or restrict the mask to voxels with finite betas")
         # rescaled within each (condition, cue) group: imagery predictions are weaker than perception ones, and
         # standardising them together would shrink one group and inflate the other. Held-out perception items
-        # share the training condition, so they are centred on the training mean and scaled by one factor (the
-        # decoder's balance between dimensions kept); other conditions on their own mean, per dimension
+        # share the training condition, so they are centred on the training mean; other conditions on their own
+        # mean; every group by one factor (the decoder's balance between dimensions kept)
         rescaled = np.empty_like(raw)
         for (condition, _cue), index in _group_indices(trials, items).items():
             rescaled[index] = rescale_items(raw[index], decoder.feature_mean, decoder.feature_sd,
@@ -492,8 +492,8 @@ def generate_reconstructions(predictions: ItemPredictions, prepared: PreparedTri
         image_meta = [{**common_meta, "Generator": "pixels", "ModelsTiny": False, "Prompt": "",
                        "Candidates": 1, "CandidateIndex": 0, "CandidateSeed": options.seed,
                        "GeneratorDescription": f"{how}, {PIXEL_SIZE}x{PIXEL_SIZE} RGB, rescaled to the training "
-                       "images' mean and spread (held-out perception: one factor for all pixels; imagery: per "
-                       "pixel)"} for _ in range(n_items)]
+                       "images' spread by one factor for all pixels (held-out perception: around the training "
+                       "mean; imagery: around the items' own mean)"} for _ in range(n_items)]
         return Reconstructions(pixel_images, image_meta, "pixels", tiny=prepared.tiny)
 
     from .generate import generate_images

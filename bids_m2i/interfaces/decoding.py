@@ -382,8 +382,8 @@ class GenerateImages(M2IInterface):
                                       datatype="decoding", suffix="features", extension=".npy", metadata={
                                           "FeatureSpace": recon.feature_space, "Rows": "rows of the predictions table",
                                           "Description": "decoded features rescaled to the training features' "
-                                          "mean and spread (held-out perception items: one factor for all "
-                                          "dimensions; imagery items: per dimension, on their own mean)"})
+                                          "spread by one factor for all dimensions (held-out perception items: "
+                                          "around the training mean; imagery items: around their own mean)"})
         self._results.update({"images": [str(p) for p in files["images"]], "image_meta": str(files["meta"]),
                               "features": str(files["features"]), "out_derivatives": written})
 

@@ -265,7 +265,8 @@ def methods_paragraphs(config, *, stages, output_dir: Path, subject: str) -> lis
                _own_decoder_facts(config, output_dir, subject))
             + " Predictions were rescaled to the training features' scale (Ozcelik & VanRullen 2023): for held-out "
             "perception trials by one factor that gives their deviations from the training mean the training "
-            "features' total variance, for imagery trials per dimension (mean and standard deviation). The "
+            "features' total variance, for imagery trials by one such factor for their deviations from their own "
+            "mean. The "
             "decoders were applied to held-out perception trials"
             + (" (repeats averaged)" if config.average_repeats else "")
             + " and to imagery trials, from memory and from a text cue (Caselles-Dupré et al. 2024). "

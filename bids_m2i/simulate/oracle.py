@@ -92,11 +92,12 @@ def _average_by(betas: np.ndarray, labels: pd.Series) -> tuple[list[str], np.nda
     return names, np.stack([betas[(labels == n).to_numpy()].mean(0) for n in names])
 
 
-def oracle_scores(dataset_dir, subject: str = "01", image_size: int = 32) -> dict:
-    """Scores of the ridge oracle (true amplitudes -> pixels) on one participant.
+def oracle_predictions(dataset_dir, subject: str = "01", image_size: int = 32) -> dict:
+    """The ridge oracle's predicted pixels of every scored item of one participant (the protocol above).
 
-    Returns a dict: ``alpha``, ``n_train_trials``, and per condition ``perception``, ``imagery_memory``,
-    ``imagery_text``: {``pixcorr``, ``twoway``, ``n_items``} (``twoway`` chance = 0.5).
+    Returns a dict: ``alpha``, ``n_train_trials``, ``image_size``, and per condition ``perception``,
+    ``imagery_memory``, ``imagery_text`` (those present): {``names`` (distinct stimuli, first-seen order),
+    ``predicted`` (n_items, n_pixels), ``targets`` (n_items, n_pixels)}.
     """
     truth = load_truth(dataset_dir, subject)
     design, betas = truth["design"], truth["betas"]
@@ -127,10 +128,23 @@ def oracle_scores(dataset_dir, subject: str = "01", image_size: int = 32) -> dic
         if not selection.any():
             continue
         names, averaged = _average_by(standard[selection], design.loc[selection, "stimulus"])
-        predicted = ridge_predict(weights, averaged)
-        truth_pixels = target_pixels(names)
-        result[label] = {"pixcorr": float(np.mean(pattern_correlations(predicted, truth_pixels))),
-                         "twoway": twoway_identification(predicted, truth_pixels), "n_items": len(names)}
+        result[label] = {"names": names, "predicted": ridge_predict(weights, averaged),
+                         "targets": target_pixels(names)}
+    return result
+
+
+def oracle_scores(dataset_dir, subject: str = "01", image_size: int = 32) -> dict:
+    """Scores of the ridge oracle (true amplitudes -> pixels) on one participant.
+
+    Returns a dict: ``alpha``, ``n_train_trials``, and per condition ``perception``, ``imagery_memory``,
+    ``imagery_text``: {``pixcorr``, ``twoway``, ``n_items``} (``twoway`` chance = 0.5).
+    """
+    result = oracle_predictions(dataset_dir, subject, image_size)
+    for label, items in result.items():
+        if isinstance(items, dict):
+            predicted, targets = items["predicted"], items["targets"]
+            result[label] = {"pixcorr": float(np.mean(pattern_correlations(predicted, targets))),
+                             "twoway": twoway_identification(predicted, targets), "n_items": len(predicted)}
     return result
 
 
