@@ -8,6 +8,7 @@ the top level or under its section (``[execution] nprocs = 4``).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -81,7 +82,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("clean_workdir", "execution", "bool", False, "Empty the working directory before running (only "
                "a folder m2i made, never one holding BIDS_DIR or OUTPUT_DIR).",
                ("--clean-workdir", "--clean_workdir")),
-    OptionSpec("nprocs", "execution", "int", None, "Maximum number of processes/threads (default: all cores).",
+    OptionSpec("nprocs", "execution", "int", None, "Maximum number of processes/threads (default: all cores; at most 4096).",
                ("--nprocs", "--n-cpus", "--n_cpus", "--nthreads")),
     OptionSpec("omp_nthreads", "execution", "int", 1, "Threads per process (torch, BLAS).",
                ("--omp-nthreads", "--omp_nthreads")),
@@ -102,7 +103,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("fd_threshold", "preproc", "float", 0.5, "Framewise-displacement threshold (mm) drawn in the "
                "report and used to count high-motion volumes.", ("--fd-threshold", "--fd_threshold")),
     OptionSpec("dummy_scans", "preproc", "int", None, "Number of non-steady-state volumes at the start of each "
-               "run (default: detected).", ("--dummy-scans", "--dummy_scans")),
+               "run (default: detected; fewer than each run's volumes).", ("--dummy-scans", "--dummy_scans")),
     # --- single-trial GLM ---
     OptionSpec("glm", "glm", "choice", "fithrf-denoise-rr", "Single-trial beta estimator.", choices=GLM_METHODS),
     OptionSpec("lss_split", "glm", "choice", "none", "With --glm lss: `condition` models the other trials per "
@@ -129,10 +130,10 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("captions", "decoding", "path", None, "Extra captions (one per line) for the caption bank of the "
                "text channel (`--target text`/`clip-text`), besides the training captions and cue texts.",
                metavar="FILE"),
-    OptionSpec("candidates", "decoding", "int", 1, "unclip: images generated per item (each its own seed); the one "
-               "whose CLIP embedding is closest to the decoded embedding is kept (best of N)."),
+    OptionSpec("candidates", "decoding", "int", 1, "unclip: images generated per item (each its own seed; 1 to 256); the "
+               "one whose CLIP embedding is closest to the decoded embedding is kept (best of N)."),
     OptionSpec("permutations", "decoding", "int", 1000, "Permutations behind each metric's p-value (0: no "
-               "p-values); changing it reruns only the evaluation."),
+               "p-values; at most 100,000); changing it reruns only the evaluation."),
     OptionSpec("average_repeats", "decoding", "bool", True, "Average the betas of a test stimulus' repeats "
                "before decoding.", ("--average-repeats/--no-average-repeats",)),
     OptionSpec("roi_mask", "decoding", "path", None, "Voxel-selection mask in the participant grid (NIfTI).",
@@ -316,7 +317,13 @@ def int_minimum(name: str) -> int:
 
 #: Largest values of integer options that have one. ``seed``: numpy refuses a seed beyond 64 bits deep inside a
 #: node (a traceback, exit 1), and the best-of-N candidates' seeds are seed + index; 32 bits leave room for them
-INT_MAXIMA = {"seed": 2**32 - 1}
+#: ``nprocs``: a count beyond a C int stopped nipype's scheduler with an OverflowError (exit 1); no machine has
+#: 4,096 cores for one participant. ``permutations``: each metric holds every permutation of its items in memory
+#: (100,000 x 1,000 items is 0.8 GB; 10^20 grew until the machine ran out); p-values resolve 1e-5 at the bound.
+#: ``candidates``: each is one unCLIP generation per item (MIRAGE keeps the best of 16). ``dummy_scans``: no run
+#: is that long (the runs' own lengths are checked when they are read)
+INT_MAXIMA = {"seed": 2**32 - 1, "nprocs": 4096, "permutations": 100_000, "candidates": 256,
+              "dummy_scans": 100_000}
 
 
 def int_maximum(name: str) -> int | None:
@@ -390,16 +397,17 @@ def coerce_value(spec: OptionSpec, value: Any, origin: str) -> Any:
             raise bad(f"an integer from {int_minimum(spec.name)} to {maximum}")
         return value
     if spec.kind == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise bad("a positive number")
+        # not `value <= 0` alone: nan and inf (TOML has both) pass it
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise bad("a positive (finite) number")
         return float(value)
     if spec.kind in ("str",):
         if not isinstance(value, str):
             raise bad("a string")
         return value
     if spec.kind == "path":
-        if not isinstance(value, str):
-            raise bad("a path (string)")
+        if not isinstance(value, str) or not value.strip():
+            raise bad("a path (a non-empty string)")
         return Path(value)
     if spec.kind == "choice":
         if not isinstance(value, str) or value not in spec.choices:
@@ -412,6 +420,8 @@ def coerce_value(spec: OptionSpec, value: Any, origin: str) -> Any:
         if spec.kind == "choices" and any(v not in spec.choices for v in items):
             raise bad("values among " + ", ".join(spec.choices))
         if spec.kind == "paths":
+            if any(not v.strip() for v in items):
+                raise bad("a list of paths (non-empty strings)")
             return [Path(v) for v in items]
         return list(items)
     raise AssertionError(spec.kind)  # pragma: no cover

@@ -29,10 +29,17 @@ def _quick_run(bids, tmp_path, *options):
 
 
 @pytest.fixture
-def no_login_names(monkeypatch):
-    """The environment of a batch job or a container started without a login: neither LOGNAME nor USER."""
+def no_login_names(monkeypatch, tmp_path):
+    """The environment of a batch job or a container started without a login: neither LOGNAME nor USER; on a
+    cluster's node, where SLURM's ``sbatch`` is on PATH (a stand-in here: m2i checks that it is there at start-up,
+    and the quick runs stop before any job is submitted)."""
     monkeypatch.delenv("LOGNAME", raising=False)
     monkeypatch.delenv("USER", raising=False)
+    bin_dir = tmp_path / "slurm-bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text("#!/bin/sh\nexit 1\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
 
 
 def test_slurm_plugin_without_logname_takes_the_account_name(two_participants, tmp_path, no_login_names):

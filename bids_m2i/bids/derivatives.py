@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..errors import OutputCreateError
+from ..errors import OutputCreateError, UsageError
 from ..utils import atomic
 
 CODE_URL = "https://github.com/bids-m2i/bids_m2i"
@@ -127,9 +127,47 @@ def dataset_description(source_dir: Path) -> dict[str, Any]:
     }
 
 
+def check_output_dir_is_ours(output_dir: Path) -> None:
+    """OUTPUT_DIR must not be another dataset: one whose dataset_description.json names another pipeline, or a
+    raw dataset. m2i rewrote their description, their .bidsignore and files in their sub-*/func (the simulator's
+    true brain mask was replaced by m2i's), exit 0. A description that cannot be read as one is left to the
+    steps that read it (the group level says what is missing)."""
+    description = Path(output_dir) / "dataset_description.json"
+    try:
+        found = json.loads(description.read_text("utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return
+    if not isinstance(found, dict) or not ({"Name", "BIDSVersion"} & set(found)):
+        return
+    generated = found.get("GeneratedBy")
+    names = [g.get("Name") for g in generated if isinstance(g, dict)] if isinstance(generated, list) else []
+    # a derivative that names no generator cannot be told apart from ours (hand-made, an old or a trimmed
+    # description): left alone. Refused: a raw dataset (DatasetType "raw", BIDS' default) and another generator
+    if found.get("DatasetType") == "derivative" and (not names or names[0] == "m2i"):
+        return
+    what = (f"the outputs of {names[0]}" if names and names[0] else
+            "a raw dataset" if found.get("DatasetType", "raw") == "raw" else "another derivatives dataset")
+    raise UsageError(f"OUTPUT_DIR {output_dir} holds {what} ({found.get('Name') or 'unnamed'}), not m2i's: m2i "
+                     "would overwrite its dataset_description.json and files", path=description,
+                     hint="give m2i a folder of its own, e.g. BIDS_DIR/derivatives/m2i")
+
+
+def _check_entry_kind(path: Path, folder: bool) -> None:
+    """An entry m2i writes in OUTPUT_DIR that exists as the other kind (a folder named .bidsignore, a file
+    named logs): exit 73 naming it, before any step (it was exit 1, or 73 naming OUTPUT_DIR itself)."""
+    if not (path.exists() or path.is_symlink()) or path.is_dir() == folder:
+        return
+    kind, wanted = ("a file", "a folder") if folder else ("a folder", "a file")
+    raise OutputCreateError(f"Cannot write OUTPUT_DIR's {path.name}: {path} is {kind}, m2i writes {wanted} there",
+                            path=path, hint="move it away, or choose another OUTPUT_DIR")
+
+
 def initialize_output_dataset(output_dir: Path, source_dir: Path) -> None:
     """Create OUTPUT_DIR with its dataset_description.json and .bidsignore (idempotent)."""
     output_dir = Path(output_dir)
+    _check_entry_kind(output_dir / "logs", folder=True)
+    _check_entry_kind(output_dir / "dataset_description.json", folder=False)
+    _check_entry_kind(output_dir / ".bidsignore", folder=False)
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "logs").mkdir(exist_ok=True)

@@ -93,6 +93,22 @@ _NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
 # ----------------------------------------------------------------------------------------------------
 # Reading
 # ----------------------------------------------------------------------------------------------------
+#: leading bytes of compressed and binary container formats: such a .tsv was read as Latin-1 and stopped with
+#: "line 3 has 2 fields but the header has 1", which sent the user looking for a bad row
+BINARY_SIGNATURES = {b"\x1f\x8b": "gzip", b"PK\x03\x04": "zip (or .xlsx)", b"BZh": "bzip2",
+                     b"\xfd7zXZ\x00": "xz", b"(\xb5/\xfd": "zstd", b"7z\xbc\xaf\x27\x1c": "7z",
+                     b"\xd0\xcf\x11\xe0": "an OLE file (.xls)"}
+
+
+def _check_not_compressed(raw: bytes, path: Path) -> None:
+    """65 for a .tsv that is a compressed or binary file (``gzip`` without renaming, a spreadsheet)."""
+    kind = next((name for magic, name in BINARY_SIGNATURES.items() if raw.startswith(magic)), None)
+    if kind is not None:
+        raise BadDataError(f"{path} is a binary or compressed file ({kind}), not tab-separated text", path=path,
+                           hint="BIDS .tsv files are plain text: decompress it (e.g. `gunzip -c FILE.tsv > "
+                           "plain.tsv`) or export the table as tab-separated text, under the same name")
+
+
 def _decode_events_bytes(raw: bytes, path: Path) -> str:
     """The text of an events file: UTF-8 (a BOM is dropped), else UTF-16 (Excel's "Unicode Text" export,
     tab separated; read as Latin-1 it gave column names full of NUL characters), else Latin-1."""
@@ -157,6 +173,7 @@ def read_events(path: str | os.PathLike) -> pd.DataFrame:
             hint="write a tab-separated header (onset, duration, ...) and one row per event, or exclude "
             "this run (--bids-filter-file)",
         )
+    _check_not_compressed(raw, path)
     text = _decode_events_bytes(raw, path)
     if "\r" in text:
         LOGGER.warning("%s has Windows (CRLF) or old Mac (CR) line ends; read anyway", path)
@@ -381,6 +398,8 @@ def _parse_rule(task: str, table: Mapping[str, Any], origin: str) -> TaskRule:
         elif key in _STR_KEYS:
             if not isinstance(value, str):
                 raise UsageError(f"{origin}: {where} {key} must be a string, got {value!r}", path=origin)
+            if key == "stim_file_template":
+                _check_template(value, where, origin)
             kwargs[key] = value
         elif key in _LIST_KEYS:
             if isinstance(value, (str, int, float)) and not isinstance(value, bool):
@@ -447,10 +466,29 @@ def _parse_template_patterns(value: Mapping[str, Any], where: str, origin: str) 
         except re.error as exc:
             raise UsageError(f"{origin}: {where} stim_file_template key {pattern!r} is not a regular expression: "
                              f"{exc}", path=origin) from exc
+        _check_template(template, where, origin)
         pairs.append((str(pattern), template))
     if not pairs:
         raise UsageError(f"{origin}: {where} stim_file_template is an empty table", path=origin)
     return tuple(pairs)
+
+
+def _check_template(template: str, where: str, origin: str) -> None:
+    """A ``stim_file_template`` whose fields are not plain names (``{stimulus.upper}``, ``{}``, a stray ``{``):
+    said when the map is read (64), not at the first trial row, and never as a file named after a method."""
+    import string
+
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        fields, problem = [], str(exc)
+    else:
+        bad = [name for name in fields if not name or name.isdigit() or "." in name]
+        problem = f"field {{{bad[0]}}} is not a column name" if bad else None
+    if problem:
+        raise UsageError(f"{origin}: {where} stim_file_template {template!r} cannot be used: {problem}", path=origin,
+                         hint="write fields as {column} of the events file or {stimulus}, e.g. "
+                         "stim_file_template = \"{stimulus}.png\" (docs/events.md)")
 
 
 def _overlap(*lists: Iterable[str]) -> str:
@@ -1178,10 +1216,7 @@ def _trial_fields(
     if rule.stim_file_column:
         stim_file = record[rule.stim_file_column]
     elif template is not None:
-        try:
-            stim_file = template.format(stimulus=stimulus, **record)
-        except (KeyError, IndexError, ValueError) as exc:
-            raise UsageError(f"{rule.origin}: stim_file_template cannot be filled: {exc}") from exc
+        stim_file = _fill_template(template, stimulus, record, rule, source)
         templated = True
     elif info.get("stim_file", NA) != NA:
         stim_file = info["stim_file"]
@@ -1224,6 +1259,22 @@ def _trial_fields(
         "cue_text": cue_text,
         "split": _split_of(rule, session, condition, role),
     }
+
+
+def _fill_template(template: str, stimulus: str, record: Mapping[str, str], rule: TaskRule, source) -> str:
+    """``stim_file_template`` filled with the row's columns and ``{stimulus}`` (the rule's stimulus, which wins
+    over a column of that name: m2i's own events have a ``stimulus`` column, and passing both to ``format``
+    stopped the documented example with 1, "unexpected failure"). A field the row cannot fill (an unknown
+    column, ``{stimulus.x}``, ``{stimulus[x]}``, a bad format spec) is the map's fault: 64 naming it."""
+    try:
+        return template.format(**{**record, "stimulus": stimulus})
+    except (KeyError, IndexError, ValueError, AttributeError, TypeError) as exc:
+        origin = rule.origin.rsplit(" [", 1)[0]  # "<map file> [task.x]": the file alone for the error's path
+        reason = f"no column {exc}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
+        raise UsageError(
+            f"{rule.origin}: stim_file_template {template!r} cannot be filled for {Path(source).name} ({reason})",
+            path=origin, hint="use {column} fields of the events file and {stimulus} only, e.g. "
+            "stim_file_template = \"{stimulus}.png\" (docs/events.md)") from exc
 
 
 def _template_for(rule: TaskRule, stimulus: str) -> str | None:

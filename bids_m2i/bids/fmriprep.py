@@ -126,7 +126,7 @@ def check_fmriprep_folder(folder: Path) -> dict:
         )
     try:
         return json.loads(description.read_text("utf-8"))
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}
 
 
@@ -311,7 +311,7 @@ def read_preproc_sidecar(preproc_bold: Path, if_unreadable: str) -> dict:
     if sidecar.is_file():
         try:
             meta = json.loads(sidecar.read_text("utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             LOGGER.warning("%s cannot be read: %s", sidecar, if_unreadable)
     return meta if isinstance(meta, dict) else {}
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..config import Config
-from ..errors import BadDataError, InputMissingError, unreadable_input_error
+from ..errors import BadDataError, InputMissingError, UsageError, unreadable_input_error
 from .layout import (BoldRun, combine_echoes, index_dataset, is_unfetched_link, load_bids_filters, select_bold_runs,
                      unfetched_content_error)
 
@@ -81,6 +81,7 @@ def read_bold_header(run: BoldRun) -> tuple[tuple[int, ...], float | None]:
         raise BadDataError(f"BOLD file {path} is not a 4-D time series (shape {shape})", path=path,
                            hint="a BOLD run needs one 3-D volume per time point")
     check_voxel_type(path, img.get_data_dtype())
+    check_voxel_to_world(path, img)
     check_data_complete(path, img)
     header_tr = None
     if len(zooms) >= 4 and zooms[3] > 0:
@@ -104,6 +105,59 @@ def check_voxel_type(path: Path, dtype) -> None:
     if dtype.fields is not None or dtype.kind not in "biuf":
         raise BadDataError(f"BOLD file {path} holds {dtype} voxels (RGB or another non-numeric type), not "
                            "intensities", path=path, hint="re-export the run from DICOM as a numeric 4-D image")
+
+
+def check_voxel_to_world(path: Path, img) -> None:
+    """A voxel-to-world affine that cannot be inverted (an all-zero sform written with sform_code 1, voxel sizes
+    of 0 in the header) puts every voxel at one point: motion correction, which inverts it, stopped with 1
+    ("Singular matrix" in a crash file) after the runs before it were processed."""
+    import numpy as np
+
+    affine = np.asarray(img.affine, dtype=float)
+    zooms = _stored_voxel_sizes(path, img)
+    linear = affine[:3, :3]
+    scale = np.abs(linear).max() if np.isfinite(linear).all() else 0.0
+    invertible = scale > 0 and abs(np.linalg.det(linear)) > 1e-12 * scale ** 3
+    # voxel sizes matter when the affine is built from them (no sform): nibabel replaces 0 by 1 mm, a guess
+    sizes_used = _affine_source(img) != "sform (srow_x/y/z)"
+    sizes = " x ".join(f"{z:g}" for z in zooms)
+    if not (np.isfinite(affine).all() and invertible):
+        reason = f"the header's {_affine_source(img)} cannot be inverted"
+    elif sizes_used and not all(z > 0 for z in zooms):
+        reason = f"its voxel sizes are {sizes} mm"
+    else:
+        return
+    raise BadDataError(
+        f"BOLD file {path} has no usable voxel-to-world transform ({reason}): motion correction and resampling "
+        "need one", path=path,
+        hint="the NIfTI header is damaged: re-convert the run from DICOM (dcm2niix), or fix its sform/qform and "
+        "pixdim (e.g. copy them from another run of the session with `fslcpgeom`)")
+
+
+def _stored_voxel_sizes(path: Path, img) -> list[float]:
+    """pixdim[1:4] as the file stores them: nibabel's loaded header has 0 already replaced by 1 (with a warning)."""
+    import numpy as np
+
+    zooms = [float(z) for z in img.header.get_zooms()[:3]]
+    try:
+        from nibabel.openers import ImageOpener
+
+        with ImageOpener(str(path)) as fh:
+            raw = type(img.header).from_fileobj(fh, check=False)
+        zooms = [float(z) for z in raw["pixdim"][1:4]]
+    except Exception:  # another format (NIfTI-2, Analyze): keep the loaded header's
+        pass
+    return [z if np.isfinite(z) else 0.0 for z in zooms]
+
+
+def _affine_source(img) -> str:
+    """Which header transform nibabel took the affine from (NIfTI: sform, else qform, else pixdim)."""
+    header = img.header
+    if getattr(header, "get_sform", None) and int(header["sform_code"]) > 0:
+        return "sform (srow_x/y/z)"
+    if getattr(header, "get_qform", None) and int(header["qform_code"]) > 0:
+        return "qform"
+    return "voxel sizes (pixdim)"
 
 
 def check_data_complete(path: Path, img) -> None:
@@ -171,6 +225,13 @@ def check_tr(run: BoldRun, header_tr: float | None) -> float:
             hint="m2i cannot model irregularly timed volumes; leave this run out (--task, --bids-filter-file) or, if "
             "the volumes are in fact evenly spaced, give that interval as RepetitionTime instead of VolumeTiming",
         )
+    folders = _sidecar_folders(run) if sidecar_tr is None else []
+    if folders:
+        raise BadDataError(
+            f"{folders[0]} is a folder, not a JSON sidecar: the RepetitionTime of {run.path.name} cannot be read "
+            "from it", path=folders[0],
+            hint="replace the folder with the run's JSON file (e.g. {\"RepetitionTime\": 2.0, ...}), or remove it "
+            "and give RepetitionTime in task-<label>_bold.json")
     if sidecar_tr is None:
         raise BadDataError(
             f"RepetitionTime is missing for {run.path.name} (no sidecar JSON defines it)",
@@ -205,6 +266,24 @@ def check_tr(run: BoldRun, header_tr: float | None) -> float:
         LOGGER.warning("%s: the NIfTI header has no TR; using the sidecar's %s s", run.path.name, sidecar_tr)
     check_slice_timing(run, float(sidecar_tr))
     return float(sidecar_tr)
+
+
+def _sidecar_folders(run: BoldRun) -> list[Path]:
+    """Folders named like a sidecar this run inherits (``*_bold.json`` whose entities are the run's, from the
+    run's folder up to the dataset root): pybids skips them, and the run's TR was then "missing"."""
+    from .layout import parse_entities
+
+    entities = set(parse_entities(run.path).items())
+    found = []
+    for folder in [run.path.parent, *run.path.parent.parents]:
+        try:
+            found += [p for p in sorted(folder.glob("*_bold.json"))
+                      if p.is_dir() and set(parse_entities(p).items()) <= entities]
+        except OSError:
+            break
+        if (folder / "dataset_description.json").exists():
+            break
+    return found
 
 
 def check_slice_timing(run: BoldRun, tr: float) -> None:
@@ -303,6 +382,8 @@ def collect_inputs(config: Config, work_dir: Path) -> dict[str, SubjectInputs]:
                     f"{MIN_GLM_VOLUMES})", path=run.path,
                     hint="exclude this run (--bids-filter-file, --task, --session-label) or stop before the GLM "
                     "with --stop-after preproc")
+            if not config.print_trials:
+                check_dummy_scans(config.dummy_scans, info)
             if run.events is None:
                 raise InputMissingError(
                     f"No events file for {run.path.name}", path=run.path,
@@ -331,6 +412,22 @@ def collect_inputs(config: Config, work_dir: Path) -> dict[str, SubjectInputs]:
 
         attach_fmriprep_inputs(out, config)
     return out
+
+
+def check_dummy_scans(dummy_scans: int | None, info: RunInfo) -> None:
+    """``--dummy-scans N`` leaves out the first N volumes of every run from the GLM: N at or near a run's length
+    left the GLM of that run 1 volume, and the run stopped with 65 "Run 01 has only 1 volumes -> check the BOLD
+    file" after the preprocessing of every run. The option is at fault, not the file: 64 now, before any step."""
+    if dummy_scans is None or dummy_scans <= 0:
+        return
+    left = info.n_volumes - min(int(dummy_scans), info.n_volumes - 1)  # the GLM keeps at least one (interfaces/glm)
+    if left >= MIN_GLM_VOLUMES:
+        return
+    raise UsageError(
+        f"--dummy-scans {dummy_scans} leaves {left} of the {info.n_volumes} volumes of {info.bold.path.name}: too "
+        f"few for the single-trial GLM (at least {MIN_GLM_VOLUMES})", path=info.bold.path,
+        hint=f"--dummy-scans counts the non-steady-state volumes at the start of each run (usually 0-10); give at "
+        f"most {max(info.n_volumes - MIN_GLM_VOLUMES, 0)} for this run, or leave the option out to detect them")
 
 
 #: sidecar keys whose value m2i computes with: a duplicate with another value is an error, not a warning
@@ -368,7 +465,7 @@ def check_sidecar_duplicate_keys(bold_paths: list[Path], bids_dir: Path) -> None
 
             try:
                 json.loads(sidecar.read_text(encoding="utf-8"), object_pairs_hook=pairs)
-            except (OSError, ValueError):  # unreadable or not JSON: index_dataset said so already, or will
+            except (OSError, ValueError, RecursionError):  # unreadable or not JSON: index_dataset says so
                 continue
             for key, values in duplicates:
                 shown = " and then ".join(json.dumps(v) for v in values)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -128,6 +129,8 @@ def check_dataset_root(bids_dir: Path) -> None:
         from ..errors import unreadable_input_error
 
         raise unreadable_input_error(description) from exc
+    except RecursionError:  # e.g. a huge [[[...]]] value: Python's parser gives up (was exit 1)
+        raise too_deep_json_error(description) from None
     except (ValueError, OSError) as exc:
         raise BadDataError(f"{description} is not valid JSON ({exc})", path=description,
                            hint=_json_hint(exc, "fix the file (the BIDS validator shows where)")) from exc
@@ -170,6 +173,10 @@ def index_dataset(bids_dir: Path, database_dir: Path | None):
             from ..errors import unreadable_input_error
 
             raise unreadable_input_error(first_unreadable(missing, bids_dir) if missing else bids_dir) from exc
+        if isinstance(exc, RecursionError):
+            # pybids names no file: find it (a sidecar nested deeper than Python's JSON parser goes)
+            deep = _json_too_deep(bids_dir)
+            raise too_deep_json_error(deep if deep is not None else bids_dir) from None
         if isinstance(exc.__cause__, (json.JSONDecodeError, UnicodeDecodeError)):
             raise _sidecar_json_error(exc, exc.__cause__) from exc
         not_object = _json_not_an_object(bids_dir) if isinstance(exc, (TypeError, ValueError)) else None
@@ -220,25 +227,46 @@ def _root_relative_indexer():
     return RootRelativeIndexer(validate=False)
 
 
-def _json_not_an_object(bids_dir: Path) -> tuple[Path, str] | None:
-    """The first JSON file of the dataset (outside derivatives/, sourcedata/ and hidden folders) whose top level is
-    not an object, with what it holds instead; ``None`` if every one is an object (or cannot be read: reported
-    elsewhere)."""
-    kinds = {list: "list", str: "string", type(None): "null", bool: "true/false", int: "number", float: "number"}
+def _dataset_json_files(bids_dir: Path):
+    """The JSON files pybids indexes: the dataset's, outside derivatives/, sourcedata/ and hidden folders."""
     for folder, dirs, files in os.walk(bids_dir):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not (
             Path(folder) == Path(bids_dir) and d in ("derivatives", "sourcedata")))
-        for name in sorted(files):
-            if not name.endswith(".json"):
-                continue
-            path = Path(folder) / name
-            try:
-                content = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            if not isinstance(content, dict):
-                return path, kinds.get(type(content), type(content).__name__)
+        yield from (Path(folder) / name for name in sorted(files) if name.endswith(".json"))
+
+
+def _json_not_an_object(bids_dir: Path) -> tuple[Path, str] | None:
+    """The first JSON file of the dataset whose top level is not an object, with what it holds instead; ``None``
+    if every one is an object (or cannot be read: reported elsewhere)."""
+    kinds = {list: "list", str: "string", type(None): "null", bool: "true/false", int: "number", float: "number"}
+    for path in _dataset_json_files(bids_dir):
+        try:
+            content = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError):
+            continue
+        if not isinstance(content, dict):
+            return path, kinds.get(type(content), type(content).__name__)
     return None
+
+
+def _json_too_deep(bids_dir: Path) -> Path | None:
+    """The first JSON file of the dataset nested too deeply for Python's JSON parser (``None`` if none is)."""
+    for path in _dataset_json_files(bids_dir):
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except RecursionError:
+            return path
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def too_deep_json_error(path: Path) -> BadDataError:
+    """65 for a JSON file nested thousands of levels deep (a generator's bug, a damaged file): Python's parser
+    stops with RecursionError, which ended the run with 1, "unexpected failure", naming no file."""
+    return BadDataError(f"{path} is nested too deeply to be read as JSON (thousands of levels of [ or {{)",
+                        path=path, hint="BIDS metadata is a flat object of keys: fix or regenerate the file "
+                        "(the BIDS validator shows the dataset's broken files)")
 
 
 def _json_hint(exc: Exception, default: str) -> str:
@@ -402,6 +430,9 @@ def load_bids_filters(path: Path | None) -> dict:
 
     try:
         data = json.loads(read_settings_text(path, "BIDS filter file"))
+    except RecursionError:
+        raise UsageError(f"BIDS filter file {path} is nested too deeply to be read as JSON", path=path,
+                         hint='write e.g. {"bold": {"run": 1}}') from None
     except ValueError as exc:
         raise UsageError(f"BIDS filter file {path} is not valid JSON: {exc}", path=path) from exc
     # a list of filter sets for "bold" selects their union (e.g. 2 perception runs plus every imagery run)
@@ -414,7 +445,41 @@ def load_bids_filters(path: Path | None) -> dict:
         raise UsageError(f"BIDS filter file {path}: unknown query name(s) {sorted(unknown)}", path=path,
                          hint='use "bold" for the functional runs')
     bold = data.get("bold", {})
+    for filters in bold if isinstance(bold, list) else [bold]:
+        for key, value in filters.items():
+            check_filter_value(path, key, value)
     return [dict(item) for item in bold] if isinstance(bold, list) else dict(bold)
+
+
+#: entities whose label is an index (a non-negative integer) in BIDS; pybids stores ``run`` as an integer
+INDEX_ENTITIES = ("run", "echo", "flip", "inv", "chunk")
+#: pybids keeps an index in SQLite, whose integers are 64-bit
+MAX_FILTER_INT = 2**63 - 1
+
+
+def check_filter_value(path: Path, key: str, value) -> None:
+    """A filter value pybids would misread (64 naming the file and the entity): ``"run": 1.5`` selected run 1
+    (pybids truncates), a huge integer stopped the run with 1 (OverflowError from SQLite), an object selected
+    nothing with 18 as if the dataset lacked the label."""
+    problem = None
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, (dict, list)):
+            problem = f"{json.dumps(item)[:60]} is a JSON {'object' if isinstance(item, dict) else 'list'}"
+        elif isinstance(item, bool) or item is None or isinstance(item, str):
+            continue  # strings, "*" and null are labels and fMRIPrep's any/absent; booleans are pybids options
+        elif isinstance(item, float) and (key in INDEX_ENTITIES and not item.is_integer() or not math.isfinite(item)):
+            problem = f"{item!r} is not a whole number"
+        elif isinstance(item, (int, float)) and abs(item) > MAX_FILTER_INT:
+            problem = f"{item!r} is out of range"
+        elif isinstance(item, (int, float)) and key in INDEX_ENTITIES and item < 0:
+            problem = f"{item!r} is negative"
+        if problem:
+            break
+    if problem:
+        example = f'"{key}": 1 or "{key}": [1, 2]' if key in INDEX_ENTITIES else f'"{key}": "label" or [...]'
+        raise UsageError(f"BIDS filter file {path}: the value of {key!r} is not a label: {problem}", path=path,
+                         hint=f"give a label string, or for an index entity ({', '.join(INDEX_ENTITIES)}) a whole "
+                         f'number >= 0, or a list of them: {example}; "*" is any value, null none')
 
 
 def select_bold_runs(layout, *, participants: list[str], sessions: list[str], tasks: list[str],
@@ -516,7 +581,34 @@ def select_bold_runs(layout, *, participants: list[str], sessions: list[str], ta
                     f"\"{value[len(_FILTER_PREFIXES[key]):]}\", not \"{value}\"; " + hint)
         raise NoDataSelected(f"The filters select no BOLD runs ({described})", hint=hint)
     _check_duplicates(selected)
+    warn_orphan_events(layout, sorted(selected), sessions, tasks)
     return selected
+
+
+def warn_orphan_events(layout, participants: list[str], sessions: list[str], tasks: list[str]) -> list[Path]:
+    """Warn about events files of the selected participants that no BOLD file of the dataset goes with (its BOLD
+    deleted, not fetched, or a folder in its place): the run was dropped without a word and the participant
+    processed with one run fewer (exit 0). Returns them."""
+    query = {"datatype": "func", "extension": ".tsv", "subject": participants}
+    for key, value in (("session", sessions), ("task", tasks)):
+        if value:
+            query[key] = value
+    try:
+        events = [Path(f.path) for f in layout.get(suffix="events", **query)]
+        bold = [parse_entities(f.path) for f in layout.get(**{**query, "suffix": "bold",
+                                                               "extension": [".nii", ".nii.gz"]})]
+    except Exception:  # a warning only is at stake
+        return []
+    # a BOLD file with every entity of the events file: the run's (multi-echo and part- files add entities);
+    # the exact match first, so that a dataset of thousands of runs is not compared pair by pair
+    exact = {frozenset(b.items()) for b in bold}
+    orphans = [path for path in sorted(events) if (wanted := frozenset(parse_entities(path).items())) not in exact
+               and not any(wanted <= b for b in exact)]
+    if orphans:
+        shown = ", ".join(p.name for p in orphans[:5]) + (f" and {len(orphans) - 5} more" if len(orphans) > 5 else "")
+        LOGGER.warning("%d events file(s) have no BOLD run beside them and are left out: %s (in %s); restore the "
+                       "run's _bold.nii[.gz] to process it", len(orphans), shown, orphans[0].parent)
+    return orphans
 
 
 #: the file-name prefix of each entity a filter file names (its values are the labels after it)

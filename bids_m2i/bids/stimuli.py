@@ -238,6 +238,9 @@ def relative_to_stimuli(stimuli_dir: str | os.PathLike, path: Path) -> str:
     return rel.replace(os.sep, "/")
 
 
+_WARNED_FOLDER_TABLES: set[str] = set()
+
+
 def load_stimuli_table(stimuli_dir: str | os.PathLike | None) -> dict[str, dict[str, str]]:
     """Read ``stimuli/stimuli.tsv`` (columns ``stimulus`` and any of ``category``, ``cue_text``, ...).
 
@@ -247,10 +250,18 @@ def load_stimuli_table(stimuli_dir: str | os.PathLike | None) -> dict[str, dict[
     if stimuli_dir is None:
         return {}
     path = Path(stimuli_dir) / "stimuli.tsv"
+    if path.is_dir():  # ignored without a word before: categories and cue texts went n/a
+        if str(path) in _WARNED_FOLDER_TABLES:  # read once per events file: one warning is enough
+            return {}
+        _WARNED_FOLDER_TABLES.add(str(path))
+        LOGGER.warning("%s is a folder, not a table: ignored (categories and cue texts come from the events only); "
+                       "make it a tab-separated file with a 'stimulus' column, or remove it", path)
+        return {}
     if not path.is_file():
         return {}
     from .events import read_events  # late import: events imports this module
 
+    check_stimuli_table_not_empty(path)
     table = read_events(path)
     if "stimulus" not in table.columns:
         raise BadDataError(
@@ -268,6 +279,19 @@ def load_stimuli_table(stimuli_dir: str | os.PathLike | None) -> dict[str, dict[
             continue
         out.setdefault(key, {k: v for k, v in record.items() if k != "stimulus"})
     return out
+
+
+def check_stimuli_table_not_empty(path: Path) -> None:
+    """An empty ``stimuli.tsv`` (65) with advice about that table: read_events called it an *events* file and
+    advised "one row per event, or exclude this run"."""
+    try:
+        empty = not path.read_bytes().strip()
+    except OSError:
+        return  # read_events says what is wrong with it
+    if empty:
+        raise BadDataError(f"The stimuli table {path} is empty", path=path,
+                           hint="write a tab-separated header with a 'stimulus' column and any of 'category', "
+                           "'cue_text' (the names the events use), then one row per stimulus; or remove the file")
 
 
 def missing_stimulus_files(trials, stimuli_dir: str | os.PathLike, roles=("trial",)) -> list[str]:
@@ -357,6 +381,13 @@ def check_decoding_stimuli(trials, stimuli_dir: str | os.PathLike, runs: list[di
         if dangling:
             raise unfetched_content_error(dangling, "stimulus images that decoding needs",
                                           Path(stimuli_dir).parent)
+    folders = [c for f in missing for c in stimulus_candidates(stimuli_dir, f)[:1] if c.is_dir()]
+    if folders:
+        raise BadDataError(
+            f"Stimulus {folders[0]} is a folder, not an image file"
+            + (f" ({len(folders) - 1} more stimulus paths are folders too)" if len(folders) > 1 else ""),
+            path=folders[0], hint="put the image file itself at that path (an unpacked archive or a copy may have "
+            "made a folder of that name), or fix the stimulus names in the events; or run with --stop-after glm")
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         expected = Path(stimuli_dir).joinpath(*missing[0].split("/"))
@@ -391,7 +422,9 @@ def _same_name_other_case(path: Path) -> Path | None:
     except OSError:
         return None
     wanted = unicodedata.normalize("NFC", path.name).casefold()
-    return next((path.parent / name for name in names if unicodedata.normalize("NFC", name).casefold() == wanted), None)
+    # the entry of the very name is no other-case twin (a folder where the image should be: said elsewhere)
+    return next((path.parent / name for name in names if name != path.name
+                 and unicodedata.normalize("NFC", name).casefold() == wanted), None)
 
 
 def _uninstalled_subdataset(stimuli_dir: Path) -> bool:

@@ -7,6 +7,7 @@ parsing. Positional arguments go first, as in every BIDS-App.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
@@ -51,6 +52,30 @@ def expand_multi_value_args(args: list[str]) -> list[str]:
     return out
 
 
+class NonEmptyPath(click.Path):
+    """A path that is not the empty string: ``-w "$WORKDIR"`` with the variable unset gave ``Path("")``, the
+    current folder, and a later ``--clean-workdir`` emptied it (exit 64 instead)."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            self.fail("an empty path was given (is a shell variable unset?)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+class PositiveFiniteFloat(click.FloatRange):
+    """A number > 0 that is finite: ``--mem-gb nan`` passed click's range check (every comparison with NaN is
+    false) and failed after the preprocessing; ``inf`` crashed the GLM's memory plan (exit 1)."""
+
+    def __init__(self):
+        super().__init__(min=0, min_open=True)
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
 def _click_option(spec: OptionSpec):
     flags = spec.cli_flags
     common = {"help": spec.help, "default": None, "show_default": False}
@@ -64,19 +89,19 @@ def _click_option(spec: OptionSpec):
         bounds = click.IntRange(min=int_minimum(spec.name), max=int_maximum(spec.name))
         return click.option(*flags, spec.name, type=bounds, **common)
     if spec.kind == "float":
-        return click.option(*flags, spec.name, type=click.FloatRange(min=0, min_open=True), **common)
+        return click.option(*flags, spec.name, type=PositiveFiniteFloat(), **common)
     if spec.kind in ("str",):
         return click.option(*flags, spec.name, type=str, metavar=spec.metavar, **common)
     if spec.kind == "path":
         # readable=False: click would answer an unreadable file with a usage error (64); check_paths names it, 66
-        return click.option(*flags, spec.name, type=click.Path(path_type=Path, readable=False), metavar=spec.metavar,
-                            **common)
+        return click.option(*flags, spec.name, type=NonEmptyPath(path_type=Path, readable=False),
+                            metavar=spec.metavar, **common)
     if spec.kind == "choice":
         return click.option(*flags, spec.name, type=click.Choice(spec.choices), **common)
     if spec.kind == "list":
         return click.option(*flags, spec.name, multiple=True, metavar=spec.metavar, help=spec.help)
     if spec.kind == "paths":
-        return click.option(*flags, spec.name, multiple=True, type=click.Path(path_type=Path, readable=False),
+        return click.option(*flags, spec.name, multiple=True, type=NonEmptyPath(path_type=Path, readable=False),
                             metavar=spec.metavar, help=spec.help)
     if spec.kind == "choices":
         return click.option(*flags, spec.name, multiple=True, type=click.Choice(spec.choices), help=spec.help)
@@ -105,10 +130,10 @@ def make_command(callback) -> click.Command:
         context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
         epilog=EPILOG,
     )
-    @click.argument("bids_dir", type=click.Path(path_type=Path))
-    @click.argument("output_dir", type=click.Path(path_type=Path))
+    @click.argument("bids_dir", type=NonEmptyPath(path_type=Path))
+    @click.argument("output_dir", type=NonEmptyPath(path_type=Path))
     @click.argument("analysis_level", type=click.Choice(ANALYSIS_LEVELS), metavar="{participant,group}")
-    @click.option("--config", "config_file", type=click.Path(path_type=Path, readable=False), default=None, metavar="FILE",
+    @click.option("--config", "config_file", type=NonEmptyPath(path_type=Path, readable=False), default=None, metavar="FILE",
                   help="TOML file with option values (command line > file > defaults).")
     @cli_options
     @click.version_option(__version__, "--version", prog_name="m2i", message="%(prog)s %(version)s")

@@ -95,6 +95,12 @@ def check_paths(config: Config) -> None:
     if work_dir.resolve() == output_dir.resolve():
         raise UsageError(f"The work dir is OUTPUT_DIR ({output_dir}): nipype's files would fill the derivatives "
                          "dataset", hint="give -w/--work-dir a folder of its own, e.g. OUTPUT_DIR/../work")
+    if is_inside(work_dir, output_dir):
+        # `-w OUTPUT_DIR/work`: its files (the pybids index, lock files, nipype's folders) made the derivatives
+        # dataset fail the BIDS validator (NOT_INCLUDED, EMPTY_FILE), and a group level would read them
+        raise UsageError(f"The work dir {work_dir} is inside OUTPUT_DIR {output_dir}: nipype's files would go "
+                         "into the derivatives dataset", hint="give -w/--work-dir a folder beside it, e.g. "
+                         f"{output_dir.parent / 'work'}")
     if config.clean_workdir:
         # --clean-workdir deletes the work dir: never with the input or the results inside it (`-w .` run from
         # the project folder deleted the dataset)
@@ -146,6 +152,13 @@ def check_paths(config: Config) -> None:
         raise UsageError("--candidates must be 1 or more")
     if (config.values.get("permutations") or 0) < 0:
         raise UsageError("--permutations must be 0 or more")
+    if not (config.print_trials and config.analysis_level == "participant"):
+        from ..bids.derivatives import check_output_dir_is_ours
+
+        if output_dir.resolve() == (bids_dir / "derivatives").resolve():
+            raise UsageError(f"OUTPUT_DIR {output_dir} is BIDS_DIR's derivatives folder, which holds the outputs of "
+                             "every pipeline", hint=f"give m2i a folder of its own there: {output_dir / 'm2i'}")
+        check_output_dir_is_ours(output_dir)
 
 
 def redirect_caches(work_dir: Path) -> None:
@@ -177,17 +190,24 @@ WORK_DIR_ENTRIES = {WORK_DIR_MARKER, WORK_DIR_IN_USE, WORK_DIR_PROBE_PREFIX, PAR
                     "features", "report", "candidates", "group", "shared"}
 
 
-def check_work_dir_is_ours(work_dir: Path) -> None:
-    """--clean-workdir deletes the folder: refuse one that holds files m2i did not make (a home folder, a
-    project folder given as ``-w .``), exit 64."""
+def _foreign_entries(work_dir: Path) -> set[str]:
+    """Names in the work dir that m2i does not make (empty when the folder cannot be listed)."""
     try:
         entries = {p.name for p in work_dir.iterdir()}
     except OSError:
-        return
+        return set()
     entries = {WORK_DIR_PROBE_PREFIX if name.startswith(WORK_DIR_PROBE_PREFIX) else name for name in entries}
-    if not entries or WORK_DIR_MARKER in entries or entries <= WORK_DIR_ENTRIES:
+    return entries - WORK_DIR_ENTRIES
+
+
+def check_work_dir_is_ours(work_dir: Path) -> None:
+    """--clean-workdir deletes the folder: refuse one that holds files m2i did not make (a home folder, a
+    project folder given as ``-w .``), exit 64. The marker vouches for a folder m2i made (its later contents:
+    m2i's only); it is never written into a folder that held other files (:func:`prepare_work_dir`)."""
+    foreign = _foreign_entries(work_dir)
+    if not foreign or (work_dir / WORK_DIR_MARKER).exists():
         return
-    shown = ", ".join(sorted(entries - WORK_DIR_ENTRIES)[:5])
+    shown = ", ".join(sorted(foreign)[:5])
     raise UsageError(f"--clean-workdir: {work_dir} holds files m2i did not make ({shown}); not emptying it",
                      path=work_dir, hint="give -w/--work-dir a folder of its own (e.g. ./work), or delete "
                      "what you no longer need yourself")
@@ -240,6 +260,9 @@ def prepare_work_dir(config: Config) -> Path:
 
             fcntl.flock(handle, fcntl.LOCK_SH)  # emptied: other runs may use it with this one (a downgrade)
     try:
+        # the marker lets --clean-workdir empty the folder later: never put it in a folder that already holds
+        # files m2i did not make (`-w .` in a project folder; the files there would go with the next clean)
+        foreign = work_dir.is_dir() and bool(_foreign_entries(work_dir))
         work_dir.mkdir(parents=True, exist_ok=True)
         if work_dir not in _WORK_DIR_LOCKS:
             lock_work_dir(work_dir, exclusive=False)
@@ -247,7 +270,10 @@ def prepare_work_dir(config: Config) -> Path:
         probe.write_text("ok")
         probe.unlink(missing_ok=True)
         marker = work_dir / WORK_DIR_MARKER
-        if not marker.exists():
+        if foreign and not marker.exists():
+            LOGGER.warning("The work dir %s holds files m2i did not make: m2i uses it, but --clean-workdir will "
+                           "not empty it (give -w a folder of its own, e.g. ./work)", work_dir)
+        elif not marker.exists():
             marker.write_text("A work dir of m2i: --clean-workdir may empty this folder.\n")
     except OSError as exc:
         raise OutputCreateError(f"Cannot write to the work dir {work_dir}: {exc.strerror}", path=work_dir,
@@ -361,6 +387,11 @@ def check_participant_folders_writable(output_dir: Path, subjects: list[str]) ->
     must be writable now (exit 73), not when the first result is published after the preprocessing."""
     for subject in subjects:
         root = Path(output_dir) / f"sub-{subject}"
+        if (root.exists() or root.is_symlink()) and not root.is_dir():
+            # a file in its place failed only when the first result was published, after the preprocessing (74)
+            raise OutputCreateError(f"Cannot write the results of sub-{subject}: {root} is a file, not a folder",
+                                    path=root, hint="move it away (m2i writes sub-<label>/ folders in OUTPUT_DIR), "
+                                    "or choose another OUTPUT_DIR")
         if not root.is_dir():
             continue
         for folder in [root, *(p for p in root.rglob("*") if p.is_dir() and not p.is_symlink())]:
@@ -566,6 +597,10 @@ def run(config: Config, on_log_file: Callable[[Path], None] | None = None,
     if config.print_trials and config.analysis_level == "participant":
         return print_trials(config)
     check_plugin_environment(config)
+    if config.analysis_level == "participant":
+        from ..workflows.base import check_plugin
+
+        check_plugin(config)
     if config.analysis_level == "participant" and config.shared_decoder:
         from ..workflows.shared import check_shared_decoders
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 TERMINAL_FORMAT = "%(asctime)s m2i %(levelname)s: %(message)s"
@@ -22,7 +24,23 @@ class NoTracebackFormatter(logging.Formatter):
             record.exc_info, record.exc_text, record.stack_info = saved
 
 
+#: the last warnings of m2i's own loggers: an engine that logs a warning and also raises it as a Python warning
+#: (for callers of the engine outside the app) showed it twice on the terminal, the second time with a source line
+_RECENT_OWN_WARNINGS: collections.deque = collections.deque(maxlen=32)
+
+
+def compact_warning(message, category, filename, lineno, line=None) -> str:
+    """A Python warning as one line, without the source line of code that ``warnings`` prints under it."""
+    return f"{category.__name__}: {message} ({Path(filename).name}:{lineno})"
+
+
 def _show_on_terminal(record: logging.LogRecord, verbosity: int) -> bool:
+    if record.name.startswith("m2i") and record.levelno >= logging.WARNING:
+        _RECENT_OWN_WARNINGS.append(record.getMessage())
+    if record.name == "py.warnings" and verbosity < 2:
+        text = record.getMessage()
+        if any(own and own in text for own in _RECENT_OWN_WARNINGS):
+            return False  # said already, by m2i's own logger (the log file keeps both)
     if verbosity >= 2 or record.name.startswith("m2i"):
         return True
     if record.name.startswith("nipype"):
@@ -46,6 +64,7 @@ def setup_terminal_logging(verbosity: int) -> logging.Handler:
     root.addHandler(handler)
     root.setLevel(logging.DEBUG)
     logging.captureWarnings(True)
+    warnings.formatwarning = compact_warning  # what captureWarnings logs: no source line on the terminal
     # nipype prints through its own stdout handler: route it through ours instead, so that its node messages
     # reach the log file (INFO) and the terminal only with -vv
     import nipype  # noqa: F401  (sets up nipype's loggers, which we then take over)

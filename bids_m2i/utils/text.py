@@ -14,6 +14,11 @@ from pathlib import Path
 from ..errors import UsageError
 
 
+#: settings files (--config, --events-map, --bids-filter-file, --plugin-args) are a few kB; a captions file can be
+#: long, and is read elsewhere
+SETTINGS_FILE_MAX_BYTES = 16 * 2**20
+
+
 def read_settings_text(path: str | Path, what: str) -> str:
     """The text of ``path`` (UTF-8, with or without a BOM, or UTF-16 with a BOM).
 
@@ -35,12 +40,17 @@ def read_settings_text(path: str | Path, what: str) -> str:
     if path.is_dir():
         raise UsageError(f"{what} {path} is a folder, not a file", path=path, hint="give the path of the file itself")
     try:
-        raw = path.read_bytes()
+        # bounded: `--config /dev/zero` (or a data file given by mistake) was read until memory ran out
+        with open(path, "rb") as handle:
+            raw = handle.read(SETTINGS_FILE_MAX_BYTES + 1)
     except (FileNotFoundError, PermissionError):  # the callers' own messages (and exit codes) as before
         raise
     except OSError as exc:
         raise UsageError(f"Cannot read {what.lower()} {path}: {exc.strerror or exc}", path=path,
                          hint="check the path and its permissions") from exc
+    if len(raw) > SETTINGS_FILE_MAX_BYTES:
+        raise UsageError(f"{what} {path} is larger than {SETTINGS_FILE_MAX_BYTES // 2**20} MB: not a settings file",
+                         path=path, hint="give the small text file (TOML or JSON) the option asks for")
     encoding = "utf-16" if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) else "utf-8-sig"
     try:
         return raw.decode(encoding).lstrip("\ufeff")

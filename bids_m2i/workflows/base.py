@@ -122,6 +122,67 @@ def _all_nodes(workflow):
             yield node
 
 
+#: the command each of nipype's batch plugins submits its jobs with (it fails on the first submission without it)
+BATCH_SUBMIT_COMMANDS = {"SLURM": "sbatch", "SLURMGraph": "sbatch", "SGE": "qsub", "SGEGraph": "qsub",
+                         "PBS": "qsub", "PBSGraph": "qsub", "LSF": "bsub", "OAR": "oarsub",
+                         "Condor": "condor_submit", "CondorDAGMan": "condor_submit_dag"}
+#: --plugin-args keys m2i knows the type of: (test, what the value must be)
+PLUGIN_ARG_TYPES = {
+    "n_procs": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer of at least 1"),
+    "memory_gb": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float("inf"),
+                  "a positive number"),
+    "maxtasksperchild": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+                         "an integer of at least 1"),
+    "max_jobs": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer of at least 1"),
+    "raise_insufficient": (lambda v: isinstance(v, bool), "true or false"),
+    "sbatch_args": (lambda v: isinstance(v, str), "a string"),
+    "qsub_args": (lambda v: isinstance(v, str), "a string"),
+    "bsub_args": (lambda v: isinstance(v, str), "a string"),
+}
+
+
+def nipype_plugin_names() -> list[str]:
+    """The execution plugins of the installed nipype (``MultiProc``, ``Linear``, ``SLURM``, ...)."""
+    from nipype.pipeline import plugins
+
+    return sorted(name[: -len("Plugin")] for name in dir(plugins)
+                  if name.endswith("Plugin") and name != "Plugin" and not name.startswith("_"))
+
+
+def check_plugin(config: Config) -> None:
+    """``--plugin`` and ``--plugin-args`` checked before anything is written (exit 64). An unknown or
+    mis-cased plugin, bad argument values or a batch plugin without its submit command failed in the scheduler
+    (exit 1, "see the crash file", of which there was none)."""
+    import shutil
+
+    plugin = config.plugin or "MultiProc"
+    known = nipype_plugin_names()
+    if plugin not in known:
+        same = [name for name in known if name.lower() == str(plugin).lower()]
+        raise UsageError(f"--plugin {plugin}: nipype has no such plugin",
+                         hint=f"did you mean {same[0]}?" if same else "nipype's plugins: " + ", ".join(known))
+    command = BATCH_SUBMIT_COMMANDS.get(plugin)
+    if command and shutil.which(command) is None:
+        raise UsageError(f"--plugin {plugin} submits its jobs with {command}, which is not on this machine's PATH",
+                         hint=f"run m2i where {command} is available (a cluster's login node), or drop --plugin "
+                         "to run here (MultiProc)")
+    plugin_settings(config)  # the arguments' errors now, not in the scheduler
+
+
+def _read_plugin_args(raw: str) -> str:
+    """``--plugin-args``: a JSON string or the path of a JSON file. A long JSON string (an ``sbatch_args`` of a
+    few options) is not a possible file name (ENAMETOOLONG, exit 1): it is taken as JSON then."""
+    try:
+        is_file = Path(raw).is_file()
+    except (OSError, ValueError):  # too long a name, a NUL byte
+        is_file = False
+    if not is_file:
+        return raw
+    from ..utils.text import read_settings_text
+
+    return read_settings_text(Path(raw), "--plugin-args file")
+
+
 def plugin_settings(config: Config) -> tuple[str, dict]:
     plugin = config.plugin or "MultiProc"
     args: dict = {}
@@ -129,14 +190,19 @@ def plugin_settings(config: Config) -> tuple[str, dict]:
         args = {"n_procs": config.n_procs, "memory_gb": config.memory_gb, "raise_insufficient": False}
     raw = config.plugin_args
     if raw:
-        text = Path(raw).read_text() if Path(raw).is_file() else raw
+        text = _read_plugin_args(raw)
         try:
             user_args = json.loads(text)
-        except ValueError as exc:
-            raise UsageError(f"--plugin-args is neither a JSON string nor a JSON file: {raw}",
+        except (ValueError, RecursionError) as exc:
+            raise UsageError(f"--plugin-args is neither a JSON string nor a JSON file: {raw[:200]}",
                              hint='e.g. --plugin-args \'{"maxtasksperchild": 1}\'') from exc
         if not isinstance(user_args, dict):
             raise UsageError("--plugin-args must be a JSON object")
+        for key, value in user_args.items():
+            test, expected = PLUGIN_ARG_TYPES.get(key, (None, None))
+            if test is not None and not test(value):
+                raise UsageError(f"--plugin-args: {key} must be {expected}, not {value!r}",
+                                 hint='e.g. --plugin-args \'{"n_procs": 4}\' (JSON: numbers unquoted, true/false)')
         args.update(user_args)
     if plugin == "MultiProc" and int(args.get("n_procs", 1)) > config.n_procs:
         args["n_procs"] = config.n_procs  # never more processes than --nprocs
@@ -254,8 +320,23 @@ def multiproc_runner(plugin_args: dict):
             gc.freeze()
             try:
                 return super().run(graph, config, updatehash=updatehash)
+            except BaseException:
+                # SIGTERM/SIGHUP (raised here as _Terminated) or Ctrl-C reached the main process only (`kill PID`,
+                # `docker stop`): the workers went on with their steps, published their results after
+                # "Terminated" was logged, and the exit waited for them (85 s in a test). Stop them now.
+                self._stop_workers()
+                raise
             finally:
                 gc.unfreeze()
+
+        def _stop_workers(self):
+            processes = dict(getattr(self.pool, "_processes", None) or {})
+            for process in processes.values():
+                if process.is_alive():
+                    process.terminate()
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            for process in processes.values():
+                process.join(timeout=10)
 
         def _async_callback(self, args):
             try:
