@@ -132,9 +132,16 @@ def test_report_can_leave_stimulus_images_out(tiny_full_run, tmp_path):
     assert pages[True].count('alt="stimulus ') > pages[False].count('alt="stimulus ') == 0
 
 
-def test_plugin_and_plugin_args_reach_nipype(tiny_full_run, monkeypatch):
+def test_plugin_and_plugin_args_reach_nipype(tiny_full_run, monkeypatch, tmp_path):
     """--plugin/--plugin-args are what nipype's Workflow.run receives (n_procs capped by --nprocs)."""
+    import os
+
     from nipype.pipeline.engine import Workflow
+
+    # SLURM's sbatch, which m2i looks for on PATH at start-up (a stand-in: Workflow.run is faked, nothing is submitted)
+    (tmp_path / "sbatch").write_text("#!/bin/sh\nexit 1\n")
+    (tmp_path / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ.get('PATH', '')}")
 
     seen = {}
 
