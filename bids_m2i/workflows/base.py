@@ -331,6 +331,10 @@ def multiproc_runner(plugin_args: dict):
 
         def _stop_workers(self):
             processes = dict(getattr(self.pool, "_processes", None) or {})
+            # when the whole job was signalled (SLURM, Ctrl-C) the workers stop by themselves: give them a moment,
+            # and signal only those still running (the main process alone was signalled)
+            for process in processes.values():
+                process.join(timeout=2)
             for process in processes.values():
                 if process.is_alive():
                     process.terminate()
@@ -391,6 +395,13 @@ def _init_worker(cwd: str) -> None:
 
 
 def _stop_worker(signum, frame):  # pragma: no cover - runs in the workers (tests/test_qa_run_lifecycle.py)
+    import signal
+
+    # once: a second signal (the main process stopping its workers after the whole job was signalled) must not
+    # interrupt this exit halfway, e.g. while the worker hands a result to the pool
+    for other in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGHUP", None)):
+        if other is not None:
+            signal.signal(other, signal.SIG_IGN)
     raise SystemExit(128 + signum)
 
 
