@@ -40,15 +40,11 @@ EXACT_ITEMS = 16          # up to this many items, the sign-flip distribution is
 
 def per_item_scores(predicted: np.ndarray, targets: np.ndarray) -> dict:
     """Per item: two-way (share of the other items' targets beaten by its own) and PixCorr."""
+    from imagination_diagnosis import per_item_twoway
+
     from bids_m2i.simulate.oracle import pattern_correlations
 
-    p = predicted - predicted.mean(1, keepdims=True)
-    t = targets - targets.mean(1, keepdims=True)
-    p = p / (np.linalg.norm(p, axis=1, keepdims=True) + 1e-12)
-    t = t / (np.linalg.norm(t, axis=1, keepdims=True) + 1e-12)
-    corr = p @ t.T
-    twoway = (np.diag(corr)[:, None] > corr).sum(1) / max(len(corr) - 1, 1)
-    return {"twoway": twoway, "pixcorr": pattern_correlations(predicted, targets)}
+    return {"twoway": per_item_twoway(predicted, targets), "pixcorr": pattern_correlations(predicted, targets)}
 
 
 def sign_flip_means(diff: np.ndarray, rng: np.random.Generator, n_random: int = 20000) -> np.ndarray:

@@ -131,7 +131,11 @@ def _decode_events_bytes(raw: bytes, path: Path) -> str:
         return raw.decode("latin-1")
 
 
-def read_events(path: str | os.PathLike) -> pd.DataFrame:
+EVENTS_EMPTY_HINT = ("write a tab-separated header (onset, duration, ...) and one row per event, or exclude this run "
+                     "(--bids-filter-file)")
+
+
+def read_events(path: str | os.PathLike, what: str = "Events file", empty_hint: str = EVENTS_EMPTY_HINT) -> pd.DataFrame:
     """Read a BIDS events (or any BIDS ``.tsv``) file as strings.
 
     Every value stays a string (``3079230.008270`` keeps its zeros); cells are stripped of surrounding
@@ -167,12 +171,8 @@ def read_events(path: str | os.PathLike) -> pd.DataFrame:
     except OSError as exc:
         raise BadDataError(f"Cannot read {path}: {exc.strerror or exc}", path=path) from exc
     if not raw.strip():
-        raise BadDataError(
-            f"Events file is empty: {path}",
-            path=path,
-            hint="write a tab-separated header (onset, duration, ...) and one row per event, or exclude "
-            "this run (--bids-filter-file)",
-        )
+        # `what`/`empty_hint`: the stimuli table is read here too, and an empty one is not an events file
+        raise BadDataError(f"{what} {path} is empty", path=path, hint=empty_hint)
     _check_not_compressed(raw, path)
     text = _decode_events_bytes(raw, path)
     if "\r" in text:

@@ -261,8 +261,9 @@ def load_stimuli_table(stimuli_dir: str | os.PathLike | None) -> dict[str, dict[
         return {}
     from .events import read_events  # late import: events imports this module
 
-    check_stimuli_table_not_empty(path)
-    table = read_events(path)
+    table = read_events(path, what="The stimuli table", empty_hint=(
+        "write a tab-separated header with a 'stimulus' column and any of 'category', 'cue_text' (the names the "
+        "events use), then one row per stimulus; or remove the file"))
     if "stimulus" not in table.columns:
         raise BadDataError(
             "stimuli.tsv has no 'stimulus' column",
@@ -279,19 +280,6 @@ def load_stimuli_table(stimuli_dir: str | os.PathLike | None) -> dict[str, dict[
             continue
         out.setdefault(key, {k: v for k, v in record.items() if k != "stimulus"})
     return out
-
-
-def check_stimuli_table_not_empty(path: Path) -> None:
-    """An empty ``stimuli.tsv`` (65) with advice about that table: read_events called it an *events* file and
-    advised "one row per event, or exclude this run"."""
-    try:
-        empty = not path.read_bytes().strip()
-    except OSError:
-        return  # read_events says what is wrong with it
-    if empty:
-        raise BadDataError(f"The stimuli table {path} is empty", path=path,
-                           hint="write a tab-separated header with a 'stimulus' column and any of 'category', "
-                           "'cue_text' (the names the events use), then one row per stimulus; or remove the file")
 
 
 def missing_stimulus_files(trials, stimuli_dir: str | os.PathLike, roles=("trial",)) -> list[str]:

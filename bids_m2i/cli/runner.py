@@ -74,7 +74,8 @@ def check_paths(config: Config) -> None:
 
     bids_dir, output_dir = config.bids_dir, config.output_dir
     check_dataset_root(bids_dir)
-    if not (config.print_trials and config.analysis_level == "participant"):  # --print-trials writes nothing
+    writes = not (config.print_trials and config.analysis_level == "participant")  # --print-trials writes nothing
+    if writes:
         check_is_folder_or_absent(output_dir, "OUTPUT_DIR")
         check_is_folder_or_absent(Path(config.work_dir), "The work dir (-w/--work-dir)")
     if output_dir.resolve() == bids_dir.resolve():
@@ -152,7 +153,7 @@ def check_paths(config: Config) -> None:
         raise UsageError("--candidates must be 1 or more")
     if (config.values.get("permutations") or 0) < 0:
         raise UsageError("--permutations must be 0 or more")
-    if not (config.print_trials and config.analysis_level == "participant"):
+    if writes:
         from ..bids.derivatives import check_output_dir_is_ours
 
         if output_dir.resolve() == (bids_dir / "derivatives").resolve():

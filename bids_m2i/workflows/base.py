@@ -126,18 +126,19 @@ def _all_nodes(workflow):
 BATCH_SUBMIT_COMMANDS = {"SLURM": "sbatch", "SLURMGraph": "sbatch", "SGE": "qsub", "SGEGraph": "qsub",
                          "PBS": "qsub", "PBSGraph": "qsub", "LSF": "bsub", "OAR": "oarsub",
                          "Condor": "condor_submit", "CondorDAGMan": "condor_submit_dag"}
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+_COUNT = (_is_count, "an integer of at least 1")
+_TEXT = (lambda v: isinstance(v, str), "a string")
 #: --plugin-args keys m2i knows the type of: (test, what the value must be)
 PLUGIN_ARG_TYPES = {
-    "n_procs": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer of at least 1"),
+    "n_procs": _COUNT, "maxtasksperchild": _COUNT, "max_jobs": _COUNT,
     "memory_gb": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float("inf"),
                   "a positive number"),
-    "maxtasksperchild": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
-                         "an integer of at least 1"),
-    "max_jobs": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer of at least 1"),
     "raise_insufficient": (lambda v: isinstance(v, bool), "true or false"),
-    "sbatch_args": (lambda v: isinstance(v, str), "a string"),
-    "qsub_args": (lambda v: isinstance(v, str), "a string"),
-    "bsub_args": (lambda v: isinstance(v, str), "a string"),
+    "sbatch_args": _TEXT, "qsub_args": _TEXT, "bsub_args": _TEXT,
 }
 
 
