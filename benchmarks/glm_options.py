@@ -3,7 +3,8 @@
 For each generator of ``bench_glm.py`` (same sessions, ``bench_glm.make_session``) and each seed, ours
 (``fithrf-denoise-rr``, in process, one thread) is fitted once with the engine's defaults and once per
 configuration (``NAME:key=value,key=value``: keyword arguments of ``estimate_single_trial_betas``; values are
-read as Python literals when they parse, else kept as strings). Each fit's scores (r_trial / test-retest as
+read as Python literals when they parse, else kept as strings; commas inside brackets belong to the value, so
+``low:fractions=[0.02,0.05,1.0]`` passes a list). Each fit's scores (r_trial / test-retest as
 ``bench_glm.py`` scores them) and PC count are kept as one JSON file in ``--results`` so an interrupted sweep
 resumes where it stopped. Two tables are printed: each configuration minus the default (PCs default → config),
 and each configuration (the default included) minus GLMsingle's type D, read from the cache that
@@ -37,11 +38,23 @@ import bench_glm  # noqa: E402
 import glm_ablation  # noqa: E402
 
 
+def _split_top_level(text: str) -> list[str]:
+    """Split at the commas outside brackets, so that a value may be a list: ``fractions=[0.02,0.05]``."""
+    items, depth, start = [], 0, 0
+    for position, char in enumerate(text):
+        depth += char in "([{"
+        depth -= char in ")]}"
+        if char == "," and depth == 0:
+            items.append(text[start:position])
+            start = position + 1
+    return items + [text[start:]]
+
+
 def parse_config(text: str) -> tuple[str, dict]:
     """``NAME:key=value,...`` -> (NAME, {key: value}); ``NAME`` alone has no options."""
     name, _, rest = text.partition(":")
     options = {}
-    for item in filter(None, rest.split(",")):
+    for item in filter(None, _split_top_level(rest)):
         key, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"configuration {text!r}: {item!r} is not key=value")

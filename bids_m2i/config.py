@@ -117,6 +117,10 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "(default), the narrower latency-ordered `medium` / `narrow` (better betas on dense designs in our "
                "benchmarks), or `auto` (chosen per session by cross-validation; docs/glm.md).",
                ("--hrf-library", "--hrf_library"), choices=HRF_LIBRARIES),
+    OptionSpec("fraction_pooling", "glm", "float", 0.0, "With --glm fithrf-denoise-rr: each voxel's ridge fraction "
+               "is chosen on its own cross-validation loss plus this weight times the session's median loss "
+               "curve (0: its own loss alone; docs/glm.md, \"The ridge fraction pooled over the session\").",
+               ("--fraction-pooling", "--fraction_pooling"), metavar="WEIGHT"),
     OptionSpec("zscore_betas", "glm", "bool", False, "z-score betas per voxel within session (NSD/MindEye).",
                ("--zscore-betas", "--zscore_betas")),
     # --- decoding ---
@@ -310,6 +314,10 @@ SETTINGS_FILE_HINT = "make it readable by this user (`chmod a+r FILE`, or use a 
 INT_OPTIONS_FROM_ONE = ("nprocs", "omp_nthreads", "candidates")
 
 
+#: Number options that take 0 (a weight that 0 switches off); the others must be above 0 (--mem-gb, thresholds).
+FLOAT_OPTIONS_FROM_ZERO = ("fraction_pooling",)
+
+
 def int_minimum(name: str) -> int:
     """Smallest value of the integer option ``name``."""
     return 1 if name in INT_OPTIONS_FROM_ONE else 0
@@ -398,8 +406,10 @@ def coerce_value(spec: OptionSpec, value: Any, origin: str) -> Any:
         return value
     if spec.kind == "float":
         # not `value <= 0` alone: nan and inf (TOML has both) pass it
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise bad("a positive (finite) number")
+        from_zero = spec.name in FLOAT_OPTIONS_FROM_ZERO
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                or value < 0 or (value == 0 and not from_zero)):
+            raise bad("a (finite) number of at least 0" if from_zero else "a positive (finite) number")
         return float(value)
     if spec.kind in ("str",):
         if not isinstance(value, str):
@@ -500,6 +510,10 @@ def build_config(bids_dir, output_dir, analysis_level, cli_values: dict[str, Any
     if values["glm"] == "lss" and values["glm_noise_model"] == "ar1":
         raise UsageError("--glm-noise-model ar1 is not implemented for --glm lss",
                          hint="use --glm-noise-model auto or ols with lss, or --glm lsa / fithrf-denoise-rr with ar1")
+    if values["fraction_pooling"] and values["glm"] != "fithrf-denoise-rr":
+        # the other methods have no ridge stage: the weight would be ignored without a word
+        raise UsageError(f"--fraction-pooling needs --glm fithrf-denoise-rr (the ridge stage it acts on), not "
+                         f"--glm {values['glm']}", hint="leave --fraction-pooling out, or use --glm fithrf-denoise-rr")
     # absolute paths: nipype runs every step in its own folder, where a relative path means something else
     for spec in OPTIONS:
         if spec.kind == "path" and values[spec.name] is not None:

@@ -33,9 +33,43 @@ def test_defaults_and_choices_reach_the_glm_node(tmp_path):
     (["--glm", "lss", "--glm-noise-model", "ar1"], 64),
     (["--hrf-library", "wide"], 64),
     (["--glm-noise-model", "ar2"], 64),
+    (["--glm", "lsa", "--fraction-pooling", "1"], 64),        # no ridge stage to act on
 ])
 def test_unsupported_glm_options_are_64_before_any_step(args, code, minimal_bids, tmp_path, capsys):
     assert run_cli([str(minimal_bids), str(tmp_path / "out"), "participant", "--skip-bids-validation", *args]) == code
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert not (tmp_path / "out" / "sub-01").exists()
+
+
+def test_fraction_pooling_reaches_the_glm_node_only_when_used(tmp_path):
+    from nipype.interfaces.base import isdefined
+
+    (node,) = _glm_nodes(tmp_path / "a", {})
+    assert not isdefined(node.inputs.fraction_pooling)           # unset: earlier runs' nodes keep their hash
+    (zero,) = _glm_nodes(tmp_path / "z", {"fraction_pooling": 0.0})
+    assert not isdefined(zero.inputs.fraction_pooling)           # 0 is the engine's default: left unset too
+    (used,) = _glm_nodes(tmp_path / "b", {"fraction_pooling": 1.5})
+    assert used.inputs.fraction_pooling == 1.5
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "x"])
+def test_fraction_pooling_must_be_a_finite_number_at_least_0(value, minimal_bids, tmp_path, capsys):
+    assert run_cli([str(minimal_bids), str(tmp_path / "out"), "participant", "--skip-bids-validation",
+                    "--fraction-pooling", value]) == 64
+    assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value,ok", [(0, True), (0.0, True), (2, True), (-0.5, False), (True, False), ("1", False)])
+def test_fraction_pooling_in_a_config_file(value, ok, tmp_path):
+    from bids_m2i.config import read_config_file
+    from bids_m2i.errors import UsageError
+
+    path = tmp_path / "c.toml"
+    path.write_text(f"fraction_pooling = {str(value).lower() if isinstance(value, bool) else repr(value)}\n"
+                    .replace("'", '"'))
+    if ok:
+        assert read_config_file(path)["fraction_pooling"] == float(value)
+    else:
+        with pytest.raises(UsageError, match="fraction_pooling"):
+            read_config_file(path)

@@ -15,6 +15,9 @@ def test_configurations_are_engine_keyword_arguments():
         "m", {"hrf_library": "medium", "hrf_noise_correction": 1.0, "max_pcs": 3})
     with pytest.raises(SystemExit, match="not key=value"):
         options.parse_config("m:hrf_library")
+    # a list value keeps its commas (fractions=[...] was split into items before)
+    assert options.parse_config("low:fractions=[0.02,0.05,1.0],fraction_pooling=1.0") == (
+        "low", {"fractions": [0.02, 0.05, 1.0], "fraction_pooling": 1.0})
 
 
 def test_sweep_scores_each_configuration_once_and_resumes(tmp_path, capsys):

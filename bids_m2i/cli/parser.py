@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from .. import __version__
-from ..config import OPTIONS, OptionSpec, int_maximum, int_minimum
+from ..config import FLOAT_OPTIONS_FROM_ZERO, OPTIONS, OptionSpec, int_maximum, int_minimum
 
 ANALYSIS_LEVELS = ("participant", "group")
 
@@ -63,11 +63,12 @@ class NonEmptyPath(click.Path):
 
 
 class PositiveFiniteFloat(click.FloatRange):
-    """A number > 0 that is finite: ``--mem-gb nan`` passed click's range check (every comparison with NaN is
-    false) and failed after the preprocessing; ``inf`` crashed the GLM's memory plan (exit 1)."""
+    """A number > 0 (or >= 0 with ``from_zero``) that is finite: ``--mem-gb nan`` passed click's range check
+    (every comparison with NaN is false) and failed after the preprocessing; ``inf`` crashed the GLM's memory
+    plan (exit 1)."""
 
-    def __init__(self):
-        super().__init__(min=0, min_open=True)
+    def __init__(self, from_zero: bool = False):
+        super().__init__(min=0, min_open=not from_zero)
 
     def convert(self, value, param, ctx):
         number = super().convert(value, param, ctx)
@@ -89,7 +90,8 @@ def _click_option(spec: OptionSpec):
         bounds = click.IntRange(min=int_minimum(spec.name), max=int_maximum(spec.name))
         return click.option(*flags, spec.name, type=bounds, **common)
     if spec.kind == "float":
-        return click.option(*flags, spec.name, type=PositiveFiniteFloat(), **common)
+        return click.option(*flags, spec.name, type=PositiveFiniteFloat(spec.name in FLOAT_OPTIONS_FROM_ZERO),
+                            metavar=spec.metavar, **common)
     if spec.kind in ("str",):
         return click.option(*flags, spec.name, type=str, metavar=spec.metavar, **common)
     if spec.kind == "path":

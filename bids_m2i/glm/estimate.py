@@ -21,7 +21,7 @@ from .denoise import (POOL_EXCLUSIONS, NoisePCAccumulator, _ols_trial_betas, bra
 from .design import MIN_ONSET, RunData, build_run_designs, polynomial_degree
 from .fithrf import (HRF_NOISE_CORRECTION, NoiseExplainedByKernel, drift_sum_of_squares, grouped_trial_betas,
                      library_fitted_ss, r2_beyond_drift, r2_from, total_sum_of_squares)
-from .fracridge import DEFAULT_FRACTIONS, N_ALPHAS, fractional_ridge_cv
+from .fracridge import DEFAULT_FRACTIONS, N_ALPHAS, fraction_loss_curves, fraction_order, fractional_ridge_cv
 from .hrf_library import DEFAULT_LIBRARY, check_library, describe_library
 from .library_choice import AUTO, choose_library
 from .session_library import SESSION, BasisFit, derive_library
@@ -243,7 +243,7 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
                                 selection_r2: str = "beyond-drift",
                                 pc_source: str = "drift-residuals", pool_exclusion: str = "none",
                                 pool_alpha: float = 0.05, pool_exclude=None, beta_units: str = "peak",
-                                n_pcs: int | None = None) -> GLMResult:
+                                n_pcs: int | None = None, fraction_pooling: float = 0.0) -> GLMResult:
     """Single-trial betas of one task of one session, all runs modelled together.
 
     Parameters
@@ -292,6 +292,11 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
         Library HRF chosen by R² of the full single-trial model (GLMsingle) or of the ON-OFF model.
     ridge_criterion : {"consistency", "ols-target"}
         Cross-validation criterion of the ridge fraction (``bids_m2i.glm.fracridge``).
+    fraction_pooling : float
+        ``fithrf-denoise-rr``: each voxel's ridge fraction is chosen on its own loss curve plus this weight
+        times the session's median curve (the median over the voxels that choose the number of PCs, each with
+        its HRF and the chosen PCs). 0 (default): each voxel's own curve alone. docs/glm.md, "The ridge fraction
+        pooled over the session".
     pc_criterion : {"ols-target", "consistency", "ridge", "condition-r2"}
         How the number of noise PCs is cross-validated (:func:`bids_m2i.glm.denoise.choose_n_pcs`): by the
         loss of the betas the method returns, the ridge stage's leave-one-repeat-out loss at each voxel's best
@@ -376,6 +381,10 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
                          hint="use 'ols-target', 'consistency', 'ridge' or 'condition-r2'")
     if ridge_criterion not in ("consistency", "ols-target"):
         raise UsageError(f"Unknown ridge_criterion {ridge_criterion!r}", hint="use 'consistency' or 'ols-target'")
+    if (isinstance(fraction_pooling, bool) or not isinstance(fraction_pooling, (int, float, np.floating))
+            or not (np.isfinite(fraction_pooling) and fraction_pooling >= 0)):
+        raise UsageError(f"fraction_pooling must be a number >= 0, got {fraction_pooling!r}",
+                         hint="0 chooses each voxel's ridge fraction on its own cross-validation loss")
     if n_pcs is not None and (isinstance(n_pcs, bool) or not isinstance(n_pcs, (int, np.integer))
                               or not 0 <= n_pcs <= max_pcs):
         raise UsageError(f"n_pcs must be a whole number from 0 to max_pcs ({max_pcs}), got {n_pcs!r}")
@@ -568,6 +577,7 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
                 fractions, seed, ridge_criterion, pc_criterion, ar1 if noise_model == "ar1" else None,
                 pc_search=(pc_search_hrf, pc_search_r2), pc_source=pc_source,
                 pool_exclusion=(pool_exclusion, pool_alpha), pool_exclude=pool_exclude, fixed_pcs=n_pcs,
+                fraction_pooling=float(fraction_pooling),
                 retained=(chunks[-1], data_runs, total) if chunks else None)
 
         # the units of the betas: one per-voxel factor, after every fit and before z-scoring (glm/units.py)
@@ -609,6 +619,7 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
         "hrf_noise_correction": hrf_noise_correction if noise_correction is not None else 0.0,
         "selection_r2": selection_r2 if effective == "fithrf-denoise-rr" else None,
         "ridge_criterion": ridge_criterion if effective == "fithrf-denoise-rr" else None,
+        "fraction_pooling": None,    # fithrf-denoise-rr: its weight and median curve (_denoise_and_ridge)
         "noise_model": noise_model,
         "ar1": ({"estimate": "lag-1 autocorrelation of the OLS residuals (chosen HRF and PCs), pooled over runs, "
                             "bias-corrected for the model (Worsley et al. 2002)", "bin_step": AR1_STEP,
@@ -805,7 +816,7 @@ def _denoise_and_ridge(model, runs, chunks, load, betas, r2, hrf_index, n_pcs_ma
                        repeats, n_trials, data_units, brain_threshold, noise_pool_r2, max_pcs, max_pc_voxels,
                        fractions, seed, ridge_criterion="consistency", pc_criterion="ridge",
                        ar1=None, pc_search=None, pc_source="drift-residuals", pool_exclusion=("none", 0.05),
-                       retained=None, pool_exclude=None, fixed_pcs=None) -> dict:
+                       retained=None, pool_exclude=None, fixed_pcs=None, fraction_pooling=0.0) -> dict:
     """GLMdenoise PCs, their number by cross-validation, then cross-validated fractional ridge (in place).
 
     ``pc_search``: (HRF index, R²) per voxel for the search over the number of PCs (default: ``hrf_index``,
@@ -877,6 +888,18 @@ def _denoise_and_ridge(model, runs, chunks, load, betas, r2, hrf_index, n_pcs_ma
             info["pc_selection"]["fixed"] = {"n_pcs": int(fixed_pcs), "used": 0}
     n_pcs_map[:] = n_pcs
 
+    pooling = None
+    info["fraction_pooling"] = {"weight": fraction_pooling}
+    if fraction_pooling > 0:
+        # the session's median loss curve, from the same voxels that judged the PC count (drawn again: the
+        # same seed gives the same sample), each with its HRF and the chosen PCs
+        sample = signal_voxel_sample(search_r2, brain, max_pc_voxels, seed, eligible=outside_pool)
+        median = _median_loss_curve(model, sample, load, hrf_index, n_pcs, repeats, fractions, ridge_criterion)
+        info["fraction_pooling"].update(n_voxels=int(sample.size), fractions=fraction_order(fractions),
+                                        median_loss=None if median is None else [float(v) for v in median])
+        if median is not None:
+            pooling = fraction_pooling * median
+
     for voxels in chunks:
         if retained is not None and voxels == retained[0]:
             data_runs, total = retained[1], retained[2]
@@ -897,13 +920,35 @@ def _denoise_and_ridge(model, runs, chunks, load, betas, r2, hrf_index, n_pcs_ma
                 r2[columns] = r2_from(fitted, total.index_select(0, index)).cpu().numpy()
                 for in_bin, white_ops, white_data in whitened_bins(model, group_data, int(kernel), n_pcs, bins):
                     final, chosen, _, _ = fractional_ridge_cv(white_ops, white_data, repeats, fractions,
-                                                              ridge_criterion, with_fitted=False)
+                                                              ridge_criterion, with_fitted=False, pooling=pooling)
                     betas[:, columns[in_bin]] = final.T.cpu().numpy()
                     frac[columns[in_bin]] = chosen.cpu().numpy()
                 continue
             final, chosen, _, fitted = fractional_ridge_cv(
-                operators, group_data, repeats, fractions, ridge_criterion)
+                operators, group_data, repeats, fractions, ridge_criterion, pooling=pooling)
             betas[:, columns] = final.T.cpu().numpy()
             frac[columns] = chosen.cpu().numpy()
             r2[columns] = r2_from(fitted, total.index_select(0, index)).cpu().numpy()
     return info
+
+
+def _median_loss_curve(model, sample, load, hrf_index, n_pcs, repeats, fractions, criterion):
+    """Median over ``sample``'s voxels of their ridge-stage loss at every fraction (:func:`fraction_order`), as a
+    tensor on the model's device; None for an empty sample.
+
+    The voxels are fitted with their HRF and the chosen PCs by OLS, whatever the noise model: the PC search has
+    just built those designs (one pass over 2,000 voxels, ~0.2 CPU s at V = 20,000), while the AR(1)-whitened
+    ones would be built twice (~1.2 s); the two medians differ by < 0.02 and have the same shape (docs/glm.md).
+    Each voxel's curve depends on its own data and HRF only, so the median does not depend on how the ridge
+    stage chunks the session."""
+    if sample.size == 0:
+        return None
+    data_runs, _ = load(sample)
+    kernels = hrf_index[sample]
+    curves = []
+    for kernel in np.unique(kernels):
+        index = torch.as_tensor(np.flatnonzero(kernels == kernel), device=model.device)
+        operators = [model.operators(run, int(kernel), n_pcs) for run in range(model.n_runs)]
+        curves.append(fraction_loss_curves(operators, [data.index_select(0, index) for data in data_runs], repeats,
+                                           fractions, criterion))
+    return torch.cat(curves, dim=1).median(dim=1).values

@@ -174,9 +174,30 @@ def ridge_cv_loss(operators: list[RunOperators], data_runs: list[torch.Tensor], 
     return best
 
 
+def fraction_loss_curves(operators: list[RunOperators], data_runs: list[torch.Tensor], repeats: RepeatStructure,
+                         fractions=DEFAULT_FRACTIONS, criterion: str = "consistency") -> torch.Tensor:
+    """Per voxel, the cross-validation loss of every fraction, shape (len(fraction_order(fractions)), n_voxels).
+
+    Rows follow :func:`fraction_order` (fraction 1, the OLS betas, first); the losses are those
+    :func:`fractional_ridge_cv` compares. Used for the session's median curve (``pooling``)."""
+    projections, ols, _, curve, grid = _ridge_path(operators, data_runs, with_fitted=False)
+    at_ols = _criterion(ols, ols, repeats, criterion)[None]
+    tried = fraction_order(fractions)[1:]
+    if not tried:
+        return at_ols
+    _, errors = _fraction_errors(operators, projections, ols, curve, grid, tried, repeats, criterion)
+    return torch.cat([at_ols, errors])
+
+
+def fraction_order(fractions) -> list[float]:
+    """The fractions in the order :func:`fractional_ridge_cv` scores them: 1 (OLS), then the others decreasing."""
+    return [1.0] + [float(f) for f in sorted(fractions, reverse=True) if f < 1.0]
+
+
 def fractional_ridge_cv(operators: list[RunOperators], data_runs: list[torch.Tensor],
                         repeats: RepeatStructure, fractions=DEFAULT_FRACTIONS,
-                        criterion: str = "consistency", with_fitted: bool = True):
+                        criterion: str = "consistency", with_fitted: bool = True,
+                        pooling: torch.Tensor | None = None):
     """Cross-validated fractional ridge with scale-and-offset, for voxels sharing one HRF.
 
     Parameters
@@ -194,6 +215,10 @@ def fractional_ridge_cv(operators: list[RunOperators], data_runs: list[torch.Ten
     fitted : Tensor, shape (n_voxels,)
         Explained sum of squares of the unregularised model (None with ``with_fitted=False``: the AR(1) path
         takes its R² from the unwhitened fit and does not need it).
+
+    ``pooling`` (optional, one value per fraction in :func:`fraction_order`): added to every voxel's loss
+    curve before its fraction is chosen, e.g. a weight times the session's median curve, so that a voxel
+    whose own curve is flat or noisy leans toward the fraction most voxels prefer (issue 13, eleventh pass).
     """
     projections, ols, fitted, curve, grid = _ridge_path(operators, data_runs, with_fitted)
     n_voxels = data_runs[0].shape[0]
@@ -201,9 +226,15 @@ def fractional_ridge_cv(operators: list[RunOperators], data_runs: list[torch.Ten
     best_error = _criterion(ols, ols, repeats, criterion)
     best_alpha = torch.zeros(n_voxels, dtype=ols.dtype, device=ols.device)   # α = 0: the OLS betas
     chosen = torch.ones(n_voxels, dtype=ols.dtype, device=ols.device)
-    tried = [f for f in sorted(fractions, reverse=True) if f < 1.0]
+    tried = fraction_order(fractions)[1:]
+    if pooling is not None:
+        if pooling.numel() != len(tried) + 1:
+            raise ValueError(f"pooling has {pooling.numel()} values for {len(tried) + 1} fractions")
+        best_error = best_error + pooling[0]
     if tried:
         alphas, errors = _fraction_errors(operators, projections, ols, curve, grid, tried, repeats, criterion)
+        if pooling is not None:
+            errors = errors + pooling[1:, None]
         # in order of decreasing fraction, a fraction replaces the best only if strictly better (ties keep the
         # larger fraction), as a sequential search would
         for row, fraction in enumerate(tried):
