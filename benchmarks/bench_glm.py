@@ -229,7 +229,8 @@ def _ours_inputs(data):
     return runs, trials
 
 
-def child_ours(method: str, data_path: str, out: str, threads: int, hrf_library: str = "broad") -> dict:
+def child_ours(method: str, data_path: str, out: str, threads: int, hrf_library: str = "broad",
+               fraction_pooling: float = 0.0) -> dict:
     import torch
 
     torch.set_num_threads(threads)
@@ -244,6 +245,8 @@ def child_ours(method: str, data_path: str, out: str, threads: int, hrf_library:
         kwargs = {"fractions": (1.0,)} if method == "fithrf-denoise" else {}
         if hrf_library != "broad":  # the engine's default library is "broad"; other values are issue-13 options
             kwargs["hrf_library"] = hrf_library
+        if fraction_pooling:        # issue 13's eleventh pass (default 0)
+            kwargs["fraction_pooling"] = fraction_pooling
         name = "fithrf-denoise-rr" if method == "fithrf-denoise" else method
         result = estimate_single_trial_betas(runs, trials, method=name, n_threads=threads, **kwargs)
         betas = result.betas
@@ -262,7 +265,8 @@ def child_ours(method: str, data_path: str, out: str, threads: int, hrf_library:
     return {"betas": {"": out}, "info": info}
 
 
-def child_node(method: str, folder: str, out: str, threads: int, hrf_library: str = "broad") -> dict:
+def child_node(method: str, folder: str, out: str, threads: int, hrf_library: str = "broad",
+               fraction_pooling: float = 0.0) -> dict:
     """The app's GLM node (``SingleTrialBetas``, as ``workflows/glm.py`` sets it up) in this fresh process: it
     reads the NIfTI runs, mask, confounds and trials, fits, writes the statseries, statmaps, events table and
     figures, and publishes them into a derivatives folder. Only the module that defines the node is imported
@@ -281,6 +285,7 @@ def child_node(method: str, folder: str, out: str, threads: int, hrf_library: st
         bold_files=spec["bold"], confounds_files=spec["confounds"], mask=spec["mask"], trials=spec["trials"],
         run_labels=spec["run_labels"], trs=spec["trs"], slice_timings=[None] * len(spec["bold"]), method=method,
         hrf_library=hrf_library, mem_gb=NODE_MEM_GB, n_threads=threads, seed=0,
+        **({"fraction_pooling": fraction_pooling} if fraction_pooling else {}),
         derivatives={"base_directory": str(work / "derivatives"), "files": node_derivative_files(method)})
     start = time.perf_counter()
     outputs = node.run(cwd=str(work)).outputs
@@ -560,6 +565,8 @@ def main(argv=None) -> int:
     parser.add_argument("--hrf-library", default="broad", choices=("broad", "narrow", "medium", "auto"),
                         help="ours' HRF library (bids_m2i.glm.hrf_library; default: the engine's default 'broad'; "
                              "'auto': one per session, bids_m2i.glm.library_choice)")
+    parser.add_argument("--fraction-pooling", type=float, default=0.0,
+                        help="ours' fraction_pooling (the engine's and m2i's --fraction-pooling; default 0)")
     parser.add_argument("--glmsingle-figures", default="on", choices=("on", "off"),
                         help="GLMsingle's figures: 'on' (default, as every run of this benchmark so far: its fit is "
                              "given a figuredir) or 'off' (its fit without figuredir: no figures)")
@@ -578,9 +585,10 @@ def main(argv=None) -> int:
         if method == "glmsingle":
             payload = child_glmsingle(data_path, out, args.threads, args.node_inputs, args.glmsingle_figures == "on")
         elif args.node_inputs and method in NODE_METHODS:
-            payload = child_node(method, args.node_inputs, out, args.threads, args.hrf_library)
+            payload = child_node(method, args.node_inputs, out, args.threads, args.hrf_library,
+                                 args.fraction_pooling)
         else:
-            payload = child_ours(method, data_path, out, args.threads, args.hrf_library)
+            payload = child_ours(method, data_path, out, args.threads, args.hrf_library, args.fraction_pooling)
         payload["peak_rss_mb"] = _peak_rss_mb()
         print(json.dumps(payload))
         return 0
@@ -622,6 +630,7 @@ def main(argv=None) -> int:
                     else:
                         payload, wall, peak, cpu = run_child(
                             python, ["--threads", str(args.threads), "--hrf-library", args.hrf_library,
+                                     "--fraction-pooling", str(args.fraction_pooling),
                                      "--glmsingle-figures", args.glmsingle_figures,
                                      *node_inputs, "--child", method, data_path, out], args.threads)
                         if "node" in payload:     # read back here, outside the measured process

@@ -33,3 +33,15 @@ def test_sweep_scores_each_configuration_once_and_resumes(tmp_path, capsys):
     assert options.main(argv) == 0
     second = capsys.readouterr().out
     assert "dg-low seed 0" not in second and second.split("minus the default")[1] == first.split("minus the default")[1]
+
+
+def test_bench_glm_passes_the_fraction_pooling_to_ours(tmp_path):
+    import numpy as np
+
+    bench = import_benchmark("bench_glm")
+    path = str(tmp_path / "session.npz")
+    bench.save_session(bench.make_session("dg-high", 300, 0, None), path)
+    fits = {w: bench.child_ours("fithrf-denoise-rr", path, str(tmp_path / f"w{w}.npy"), 1, fraction_pooling=w)
+            for w in (0.0, 1e6)}
+    assert fits[0.0]["info"]["median_frac"] != fits[1e6]["info"]["median_frac"] or not np.array_equal(
+        np.load(fits[0.0]["betas"][""]), np.load(fits[1e6]["betas"][""]))
