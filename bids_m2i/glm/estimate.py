@@ -845,7 +845,7 @@ def _denoise_and_ridge(model, runs, chunks, load, betas, r2, hrf_index, n_pcs_ma
         info["noise_pool"]["exclusion"] = _exclude_reliable(model, chunks, load, pool, hrf_index, n_trials,
                                                             repeats, alpha, seed)
         info["noise_pool"]["n_voxels"] = int(pool.sum())
-    n_pcs = 0
+    n_pcs, sample = 0, None
     # PCs are regressors too: a count that leaves a run no residual degrees of freedom fits that run exactly
     # (r² = 1), and the search rewarded such saturated models (short runs of many trials chose 10 PCs where the
     # counts that still fit chose 0). Only counts that leave every run at least one degree of freedom are tried.
@@ -868,6 +868,8 @@ def _denoise_and_ridge(model, runs, chunks, load, betas, r2, hrf_index, n_pcs_ma
         # voxels that carry signal choose the number of PCs
         candidates = signal_voxel_sample(search_r2, brain, max_pc_voxels, seed, eligible=outside_pool)
         data_runs, _ = load(candidates)
+        if fraction_pooling > 0:   # the same voxels give the session's median loss curve below
+            sample = (candidates, data_runs)
         n_pcs, scores = choose_n_pcs(model, data_runs, search_hrf[candidates], n_trials, repeats, max_pcs,
                                      criterion=pc_criterion, fractions=fractions)
         info["pc_selection"] = {"candidates": list(range(max_pcs + 1)), "median_cv_score": scores,
@@ -891,11 +893,13 @@ def _denoise_and_ridge(model, runs, chunks, load, betas, r2, hrf_index, n_pcs_ma
     pooling = None
     info["fraction_pooling"] = {"weight": fraction_pooling}
     if fraction_pooling > 0:
-        # the session's median loss curve, from the same voxels that judged the PC count (drawn again: the
-        # same seed gives the same sample), each with its HRF and the chosen PCs
-        sample = signal_voxel_sample(search_r2, brain, max_pc_voxels, seed, eligible=outside_pool)
-        median = _median_loss_curve(model, sample, load, hrf_index, n_pcs, repeats, fractions, ridge_criterion)
-        info["fraction_pooling"].update(n_voxels=int(sample.size), fractions=fraction_order(fractions),
+        # the session's median loss curve, from the voxels that judged the PC count (drawn here when no PCs were
+        # searched), each with its HRF and the chosen PCs
+        if sample is None:
+            voxels = signal_voxel_sample(search_r2, brain, max_pc_voxels, seed, eligible=outside_pool)
+            sample = (voxels, load(voxels)[0])
+        median = _median_loss_curve(model, *sample, hrf_index, n_pcs, repeats, fractions, ridge_criterion)
+        info["fraction_pooling"].update(n_voxels=int(sample[0].size), fractions=fraction_order(fractions),
                                         median_loss=None if median is None else [float(v) for v in median])
         if median is not None:
             pooling = fraction_pooling * median
@@ -932,8 +936,8 @@ def _denoise_and_ridge(model, runs, chunks, load, betas, r2, hrf_index, n_pcs_ma
     return info
 
 
-def _median_loss_curve(model, sample, load, hrf_index, n_pcs, repeats, fractions, criterion):
-    """Median over ``sample``'s voxels of their ridge-stage loss at every fraction (:func:`fraction_order`), as a
+def _median_loss_curve(model, sample, data_runs, hrf_index, n_pcs, repeats, fractions, criterion):
+    """Median over ``sample``'s voxels (their data: ``data_runs``) of their ridge-stage loss at every fraction (:func:`fraction_order`), as a
     tensor on the model's device; None for an empty sample.
 
     The voxels are fitted with their HRF and the chosen PCs by OLS, whatever the noise model: the PC search has
@@ -943,7 +947,6 @@ def _median_loss_curve(model, sample, load, hrf_index, n_pcs, repeats, fractions
     stage chunks the session."""
     if sample.size == 0:
         return None
-    data_runs, _ = load(sample)
     kernels = hrf_index[sample]
     curves = []
     for kernel in np.unique(kernels):

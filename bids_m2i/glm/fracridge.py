@@ -165,13 +165,7 @@ def ridge_cv_loss(operators: list[RunOperators], data_runs: list[torch.Tensor], 
     -------
     loss : Tensor, shape (n_voxels,)
     """
-    projections, ols, _, curve, grid = _ridge_path(operators, data_runs, with_fitted=False)
-    best = _criterion(ols, ols, repeats, criterion)
-    tried = [f for f in fractions if f < 1.0]
-    if tried:
-        _, errors = _fraction_errors(operators, projections, ols, curve, grid, tried, repeats, criterion)
-        best = torch.minimum(best, errors.min(0).values)
-    return best
+    return fraction_loss_curves(operators, data_runs, repeats, fractions, criterion).min(0).values
 
 
 def fraction_loss_curves(operators: list[RunOperators], data_runs: list[torch.Tensor], repeats: RepeatStructure,
