@@ -21,6 +21,7 @@ import torch
 
 from .fracridge import DEFAULT_FRACTIONS, search_loss
 from .model import SessionModel
+from .parallel import group_map
 from .reliability import RepeatStructure, leave_one_out_error
 
 
@@ -272,11 +273,18 @@ def _choose_n_pcs_ridge(model, data_runs, kernel_of_voxel, repeats, max_pcs, sto
     kept = {}  # count -> each run's operators, for the counts that may still be chosen (see below)
     for k in range(max_pcs + 1):
         loss = torch.zeros(n_voxels, dtype=data_runs[0].dtype, device=model.device)
-        per_run = [model.some_operators(run, kernels, k) for run in range(model.n_runs)]
-        for g, (index, data) in enumerate(zip(groups, group_data)):
-            operators = [run_operators[g] for run_operators in per_run]
-            # ridge_cv_loss's "consistency" loss in closed form (fracridge.search_loss; same loss, faster)
-            loss[index] = search_loss(operators, data, repeats, fractions)
+        with group_map(model.device) as map_groups:   # runs, then HRF groups, side by side (glm/parallel.py)
+            for run in range(model.n_runs):            # cached by the model: built here, only read by the runs
+                model.fixed_basis(run, k)
+            per_run = map_groups(lambda run: model.some_operators(run, kernels, k), range(model.n_runs))
+
+            def group_loss(g):
+                # ridge_cv_loss's "consistency" loss in closed form (fracridge.search_loss; same loss, faster)
+                return search_loss([run_operators[g] for run_operators in per_run], group_data[g], repeats,
+                                   fractions)
+
+            for index, group in zip(groups, map_groups(group_loss, range(len(groups)))):
+                loss[index] = group
         reference = loss if reference is None else reference
         scores.append(float(torch.median(reference - loss)))
         if k:  # the final fit rebuilds the chosen count; keep the cache small meanwhile

@@ -21,12 +21,14 @@ from .denoise import (POOL_EXCLUSIONS, NoisePCAccumulator, _ols_trial_betas, bra
 from .design import MIN_ONSET, RunData, build_run_designs, polynomial_degree
 from .fithrf import (HRF_NOISE_CORRECTION, NoiseExplainedByKernel, drift_sum_of_squares, grouped_trial_betas,
                      library_fitted_ss, r2_beyond_drift, r2_from, total_sum_of_squares)
-from .fracridge import DEFAULT_FRACTIONS, N_ALPHAS, fraction_loss_curves, fraction_order, fractional_ridge_cv
+from .fracridge import (DEFAULT_FRACTIONS, FRACTION_BATCH_ROWS, N_ALPHAS, fraction_loss_curves, fraction_order,
+                        fractional_ridge_cv)
 from .hrf_library import DEFAULT_LIBRARY, check_library, describe_library
 from .library_choice import AUTO, choose_library
 from .session_library import SESSION, BasisFit, derive_library
 from .lss import lss_betas
 from .model import SessionModel
+from .parallel import group_map, group_workers
 from .reliability import RepeatStructure, ncsnr
 from ..utils.torch_runtime import device_working_gb, resolve_device
 from .solvers import orthonormal_basis, percent_signal, torch_threads, zscore_rows
@@ -39,6 +41,11 @@ LOGGER = logging.getLogger("m2i.glm")
 METHODS = ("lsa", "lss", "fithrf", "fithrf-denoise-rr")
 METHOD_LABELS = {"lsa": "lsa", "lss": "lss", "fithrf": "fithrf", "fithrf-denoise-rr": "fithrfdenoiserr"}
 DEFAULT_WORKING_GB = 1.0
+# what each voxel-group worker beyond the first adds besides its share of the chunk (its thread's allocator
+# arena, torch's per-thread state). Measured at V = 20,000 (lib-nsd, one chunk): the fit's peak rose by 286, 413
+# and 500 MB with 1, 2 and 4 threads, against plans of 724, 797 and 942 MB (the second worker runs the two
+# largest HRF groups together, which the chunk's working set covers; each further worker added ~44 MB)
+PER_WORKER_BYTES = 64e6
 
 
 @dataclass
@@ -184,7 +191,7 @@ def _check_degrees_of_freedom(designs, runs: list[RunData]) -> None:
 
 
 def estimate_memory(n_voxels: int, n_volumes: int, n_trials: int, itemsize: int, input_itemsize: int,
-                    n_kernels: int, mem_gb: float | None, device_gb: float | None = None):
+                    n_kernels: int, mem_gb: float | None, device_gb: float | None = None, n_workers: int = 1):
     """Memory plan: bytes needed and the voxel chunk size that fits ``mem_gb``.
 
     The budget counts the caller's input arrays, the outputs and the per-chunk working set (python/torch
@@ -192,6 +199,11 @@ def estimate_memory(n_voxels: int, n_volumes: int, n_trials: int, itemsize: int,
     (:func:`~bids_m2i.utils.torch_runtime.device_working_gb`); the inputs and outputs stay in host memory, so
     on a GPU only the chunk is bounded by it (``--mem-gb`` is host memory: a 24 GB budget made one chunk of
     ~22 GB, more than many GPUs hold).
+
+    ``n_workers``: voxel groups fitted side by side (glm/parallel.py). Their per-voxel copies still sum to at
+    most the chunk's (the groups split it), but each worker holds its own fixed-size buffers (a batch of
+    fraction candidates, :data:`~bids_m2i.glm.fracridge.FRACTION_BATCH_ROWS` rows) and the allocator keeps an
+    arena per thread: :data:`PER_WORKER_BYTES` plus three batches for each worker beyond the first.
 
     Returns
     -------
@@ -201,7 +213,9 @@ def estimate_memory(n_voxels: int, n_volumes: int, n_trials: int, itemsize: int,
     input_bytes = n_voxels * n_volumes * input_itemsize
     output_bytes = n_voxels * (n_trials * 4 + 6 * 8)
     per_voxel = itemsize * (3 * n_volumes + 8 * n_trials + N_ALPHAS + 2 * n_kernels + 32)
-    fixed = input_bytes + output_bytes + 64e6  # designs, factorisations, bookkeeping
+    batch_bytes = 3 * FRACTION_BATCH_ROWS * n_trials * itemsize
+    fixed = (input_bytes + output_bytes + 64e6                      # designs, factorisations, bookkeeping
+             + max(int(n_workers) - 1, 0) * (PER_WORKER_BYTES + batch_bytes))
     if mem_gb is None:
         chunk = max(256, int(DEFAULT_WORKING_GB * 1e9 // per_voxel))
     else:
@@ -221,7 +235,7 @@ def estimate_memory(n_voxels: int, n_volumes: int, n_trials: int, itemsize: int,
     plan = {"input_gb": round(input_bytes / 1e9, 3), "output_gb": round(output_bytes / 1e9, 3),
             "working_gb": round(chunk * per_voxel / 1e9, 3),
             "total_gb": round((fixed + chunk * per_voxel) / 1e9, 3), "chunk_voxels": chunk,
-            "mem_gb": mem_gb}
+            "mem_gb": mem_gb, "n_workers": int(n_workers)}
     if device_gb is not None:
         plan["device_gb"] = round(device_gb, 3)
     return chunk, plan
@@ -501,7 +515,8 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
         collinear = None if effective == "lss" else _collinear_trials(model, [str(r.run) for r in runs])
         chunk, memory_plan = estimate_memory(n_voxels, sum(lengths), n_trials, torch.finfo(dtype).bits // 8,
                                              runs[0].data.dtype.itemsize, model.n_kernels, mem_gb,
-                                             device_working_gb(torch_device))
+                                             device_working_gb(torch_device),
+                                             n_workers=group_workers(torch_device))
         chunks = [slice(start, min(start + chunk, n_voxels)) for start in range(0, n_voxels, chunk)]
 
         betas = np.zeros((n_trials, n_voxels), dtype=np.float32)
@@ -911,7 +926,13 @@ def _denoise_and_ridge(model, runs, chunks, load, betas, r2, hrf_index, n_pcs_ma
             data_runs, _ = load(voxels)
             total = total_sum_of_squares(data_runs)
         kernels = hrf_index[voxels]
-        for kernel in np.unique(kernels):
+        present, sizes = np.unique(kernels, return_counts=True)
+        for run in range(model.n_runs):   # every kernel's operators, built here: the groups below only read them
+            for kernel in present:        # (the first missing one builds all missing kernels of the run at once)
+                model.operators(run, int(kernel), n_pcs)
+
+        def fit_group(kernel):
+            """The ridge stage of the chunk's voxels with this HRF; writes only their columns."""
             local = np.flatnonzero(kernels == kernel)
             index = torch.as_tensor(local, device=model.device)
             operators = [model.operators(run, int(kernel), n_pcs) for run in range(model.n_runs)]
@@ -927,18 +948,23 @@ def _denoise_and_ridge(model, runs, chunks, load, betas, r2, hrf_index, n_pcs_ma
                                                               ridge_criterion, with_fitted=False, pooling=pooling)
                     betas[:, columns[in_bin]] = final.T.cpu().numpy()
                     frac[columns[in_bin]] = chosen.cpu().numpy()
-                continue
+                return
             final, chosen, _, fitted = fractional_ridge_cv(
                 operators, group_data, repeats, fractions, ridge_criterion, pooling=pooling)
             betas[:, columns] = final.T.cpu().numpy()
             frac[columns] = chosen.cpu().numpy()
             r2[columns] = r2_from(fitted, total.index_select(0, index)).cpu().numpy()
+
+        # the HRF groups side by side (glm/parallel.py); the largest first, so that no thread is left with one
+        # large group at the end
+        with group_map(model.device) as map_groups:
+            map_groups(fit_group, present[np.argsort(-sizes, kind="stable")])
     return info
 
 
 def _median_loss_curve(model, sample, data_runs, hrf_index, n_pcs, repeats, fractions, criterion):
-    """Median over ``sample``'s voxels (their data: ``data_runs``) of their ridge-stage loss at every fraction (:func:`fraction_order`), as a
-    tensor on the model's device; None for an empty sample.
+    """Median over ``sample``'s voxels (their data: ``data_runs``) of their ridge-stage loss at every fraction
+    (:func:`fraction_order`), as a tensor on the model's device; None for an empty sample.
 
     The voxels are fitted with their HRF and the chosen PCs by OLS, whatever the noise model: the PC search has
     just built those designs (one pass over 2,000 voxels, ~0.2 CPU s at V = 20,000), while the AR(1)-whitened
