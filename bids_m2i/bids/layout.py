@@ -291,6 +291,14 @@ def _sidecar_json_error(exc: Exception, cause: Exception) -> BadDataError:
                         hint="save the file as UTF-8 (JSON files must be UTF-8)")
 
 
+def natural_key(path) -> tuple:
+    """Sort key of a path that orders its numbers by value: ``run-2`` before ``run-10`` (a text sort put run 10
+    between 1 and 2, and with it the GLM's runs, trials and outputs), ``sub-9`` before ``sub-10``; the text
+    itself breaks ties (``run-01`` against ``run-1``), so the order is total and the same on every machine."""
+    text = str(path)
+    return tuple(int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", text))), text
+
+
 #: a database folder younger than this is never taken for stale (its owner may be between creating it and
 #: locking it, or on another node whose locks this one cannot see)
 STALE_DATABASE_AGE_S = 120.0
@@ -524,7 +532,7 @@ def select_bold_runs(layout, *, participants: list[str], sessions: list[str], ta
     selected: dict[str, list[BoldRun]] = {}
     part_filtered = any("part" in f for f in filter_sets)
     left_out: list[str] = []
-    for bids_file in sorted(files, key=lambda f: f.path):
+    for bids_file in sorted(files, key=lambda f: natural_key(f.path)):
         path = Path(bids_file.path)
         entities = parse_entities(path)
         if "subject" not in entities or "task" not in entities:
@@ -664,13 +672,13 @@ def combine_echoes(selected: dict[str, list[BoldRun]], *, fmriprep: bool) -> dic
         kept = []
         for key, group in groups.items():
             if key in multi:
-                run = sorted(group, key=lambda r: r.path.name)[0]
+                run = sorted(group, key=lambda r: natural_key(r.path.name))[0]
                 entities = {k: v for k, v in run.entities.items() if k != "echo"}
                 group = [BoldRun(run.path, entities, run.events, run.metadata)]
             kept.extend(group)
         LOGGER.info("sub-%s: %d multi-echo run(s) use fMRIPrep's combined series (one run each, not one per echo)",
                     subject, len(multi))
-        out[subject] = sorted(kept, key=lambda r: r.path.name)
+        out[subject] = sorted(kept, key=lambda r: natural_key(r.path.name))
     return out
 
 
