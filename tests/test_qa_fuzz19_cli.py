@@ -79,6 +79,12 @@ def test_a_work_dir_m2i_made_is_still_emptied(minimal_bids, tmp_path, started):
     ({"Name": "raw study", "BIDSVersion": "1.10.0"}, "a raw dataset"),
     ({"Name": "fmriprep", "BIDSVersion": "1.10.0", "DatasetType": "derivative",
       "GeneratedBy": [{"Name": "fMRIPrep", "Version": "24.1.0"}]}, "the outputs of fMRIPrep"),
+    # fMRIPrep before 20.2 named itself the BIDS < 1.4 way (and wrote no DatasetType); a derivative that names
+    # its pipeline so was taken for ours
+    ({"Name": "fMRIPrep - fMRI PREProcessing workflow", "BIDSVersion": "1.1.1",
+      "PipelineDescription": {"Name": "fMRIPrep", "Version": "1.4.1"}}, "the outputs of fMRIPrep"),
+    ({"Name": "old pipeline", "BIDSVersion": "1.2.0", "DatasetType": "derivative",
+      "PipelineDescription": {"Name": "fitlins"}}, "the outputs of fitlins"),
 ])
 def test_output_dir_holding_another_dataset_is_refused(minimal_bids, tmp_path, capsys, started, description, what):
     out = tmp_path / "other"

@@ -141,6 +141,9 @@ def check_output_dir_is_ours(output_dir: Path) -> None:
         return
     generated = found.get("GeneratedBy")
     names = [g.get("Name") for g in generated if isinstance(g, dict)] if isinstance(generated, list) else []
+    legacy = found.get("PipelineDescription")    # BIDS derivatives before 1.4 (e.g. fMRIPrep 1.x, 20.1)
+    if not names and isinstance(legacy, dict) and legacy.get("Name"):
+        names = [legacy["Name"]]
     # a derivative that names no generator cannot be told apart from ours (hand-made, an old or a trimmed
     # description): left alone. Refused: a raw dataset (DatasetType "raw", BIDS' default) and another generator
     if found.get("DatasetType") == "derivative" and (not names or names[0] == "m2i"):
