@@ -84,7 +84,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
                ("--clean-workdir", "--clean_workdir")),
     OptionSpec("nprocs", "execution", "int", None, "Maximum number of processes/threads (default: all cores; at most 4096).",
                ("--nprocs", "--n-cpus", "--n_cpus", "--nthreads")),
-    OptionSpec("omp_nthreads", "execution", "int", 1, "Threads per process (torch, BLAS).",
+    OptionSpec("omp_nthreads", "execution", "int", 1, "Threads per process (torch, BLAS); the single-trial GLM "
+               "fits its voxel groups on them side by side, with the same betas for any count.",
                ("--omp-nthreads", "--omp_nthreads")),
     OptionSpec("mem_gb", "execution", "float", None, "Memory limit in GB (default: all memory).",
                ("--mem-gb", "--mem_gb", "--mem")),

@@ -64,7 +64,8 @@ def test_group_map_raises_a_groups_error_and_starts_no_more_groups(two_torch_thr
     assert torch.get_num_threads() == 2
 
 
-@pytest.mark.parametrize("options", [{}, {"noise_model": "ols", "hrf_library": "medium", "fraction_pooling": 1.0}])
+@pytest.mark.parametrize("options", [{}, {"noise_model": "ols", "hrf_library": "medium", "fraction_pooling": 1.0},
+                                     {"method": "fithrf"}, {"method": "lss"}])
 def test_betas_with_two_threads_equal_one_thread_and_reruns(two_torch_threads, options):
     """Every group's arithmetic is one thread's, and the stages left on torch's own threads (the HRF pass's
     products) split over voxels, not over sums: two threads give the one-thread betas bit for bit."""
@@ -74,7 +75,10 @@ def test_betas_with_two_threads_equal_one_thread_and_reruns(two_torch_threads, o
     sim = simulate_session(n_voxels=900, n_runs=3, n_volumes=140, n_stimuli=20, n_repeats=3, seed=4)
     one = estimate_single_trial_betas(sim.runs, sim.trials, max_pcs=4, n_threads=1, **options)
     two = [estimate_single_trial_betas(sim.runs, sim.trials, max_pcs=4, n_threads=2, **options) for _ in range(2)]
-    assert one.metadata["n_pcs"] > 0 and len(np.unique(one.hrf_index)) > 3     # PCs searched, several groups
+    if options.get("method", "fithrf-denoise-rr") == "fithrf-denoise-rr":
+        assert one.metadata["n_pcs"] > 0                                        # PCs searched
+    if options.get("method") != "lss":
+        assert len(np.unique(one.hrf_index)) > 3                                # several HRF groups
     assert two[0].metadata["n_threads"] == 2
     for result in two:
         for name in ("betas", "r2", "ncsnr", "hrf_index", "n_pcs", "frac"):

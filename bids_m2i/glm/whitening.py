@@ -30,6 +30,7 @@ import functools
 import numpy as np
 import torch
 
+from .parallel import group_map
 from .solvers import SINGULAR_TOLERANCE, RunOperators, stacked_operators
 
 AR1_STEP = 0.1
@@ -214,18 +215,29 @@ def whitened_trial_betas(model, data_runs: list[torch.Tensor], kernel_of_voxel: 
     betas = torch.zeros(n_voxels, n_trials, dtype=model.dtype, device=model.device)
     fitted = torch.zeros(n_voxels, dtype=model.dtype, device=model.device)
     rho = np.zeros(n_voxels)
-    for kernel in np.unique(kernel_of_voxel):
+    kernels = np.unique(kernel_of_voxel)
+    for run in range(model.n_runs):      # built here (the first missing kernel builds all): the groups only read
+        for kernel in kernels:
+            model.operators(run, int(kernel), n_pcs)
+
+    def fit_group(kernel):
+        """One HRF's voxels: their AR(1) bins, explained SS and GLS betas (returned; written below)."""
         voxels = np.flatnonzero(kernel_of_voxel == kernel)
         index = torch.as_tensor(voxels, device=model.device)
         group = [d.index_select(0, index) for d in data_runs]
         ols_ops = [model.operators(run, int(kernel), n_pcs) for run in range(model.n_runs)]
         group_rho, explained = estimate_ar1(ols_ops, group)
-        fitted[index] = explained.to(fitted.dtype)
         bins = quantise(group_rho, step)
-        rho[voxels] = bins
+        block = torch.zeros(voxels.size, n_trials, dtype=model.dtype, device=model.device)
         for local, operators, whitened in whitened_bins(model, group, int(kernel), n_pcs, bins):
-            block = torch.zeros(local.size, n_trials, dtype=model.dtype, device=model.device)
+            rows = torch.as_tensor(local, device=model.device)
             for run, (ops, data) in enumerate(zip(operators, whitened)):
-                block[:, model.designs[run].trial_slice] = ops.ols_from_projection(ops.project(data))
-            betas[torch.as_tensor(voxels[local], device=model.device)] = block
+                block[rows, model.designs[run].trial_slice] = ops.ols_from_projection(ops.project(data))
+        return voxels, index, bins, explained, block
+
+    with group_map(model.device) as map_groups:   # the HRF groups side by side (glm/parallel.py)
+        for voxels, index, bins, explained, block in map_groups(fit_group, kernels):
+            fitted[index] = explained.to(fitted.dtype)
+            rho[voxels] = bins
+            betas[index] = block
     return betas, fitted, rho
