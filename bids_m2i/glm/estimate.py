@@ -190,8 +190,29 @@ def _check_degrees_of_freedom(designs, runs: list[RunData]) -> None:
                                 "(--bids-filter-file); check that the events file belongs to this BOLD run")
 
 
+def design_memory_bytes(model: SessionModel, itemsize: int, max_pcs: int) -> float:
+    """What the session's designs and their factorisations hold, besides the voxels' data (bytes).
+
+    Per run, every kernel's trial regressors (float64, ``T × n``), and its factorised model (left vectors,
+    nuisance basis and right vectors in ``itemsize``) for four numbers of PCs at once (none, the one the PC
+    search is trying, and the counts it keeps for the final fit: usually one or two); while one run's kernels
+    are factorised, their reduced designs, Gram matrices and left vectors in float64. Small for usual runs
+    (~60 MB for 6 runs × 200 volumes × 60 trials, within the 64 MB always kept), it grows as ``T × n`` per
+    run: on 4 runs × 800 volumes × 300 trials (2,000 voxels) the fit's peak rose by 786–819 MiB (824–859 MB)
+    where the plan had counted 254 MB; with this estimate (749 MB) the plan is 940 MB (docs/glm.md, Solvers)."""
+    total, building = 0.0, 0.0
+    for run, trials in enumerate(model.trial_regressors):
+        n_kernels, n_volumes, n_trials = trials.shape
+        n_nuisance = model.nuisance_regressors[run].shape[2] + model.designs[run].fixed_nuisance.shape[1] + max_pcs
+        total += n_kernels * n_volumes * n_trials * 8
+        total += 4 * n_kernels * (n_volumes * (n_trials + n_nuisance) + n_trials * n_trials) * itemsize
+        building = max(building, 3 * n_kernels * n_volumes * n_trials * 8)
+    return total + building
+
+
 def estimate_memory(n_voxels: int, n_volumes: int, n_trials: int, itemsize: int, input_itemsize: int,
-                    n_kernels: int, mem_gb: float | None, device_gb: float | None = None, n_workers: int = 1):
+                    n_kernels: int, mem_gb: float | None, device_gb: float | None = None, n_workers: int = 1,
+                    design_bytes: float = 0.0):
     """Memory plan: bytes needed and the voxel chunk size that fits ``mem_gb``.
 
     The budget counts the caller's input arrays, the outputs and the per-chunk working set (python/torch
@@ -205,6 +226,9 @@ def estimate_memory(n_voxels: int, n_volumes: int, n_trials: int, itemsize: int,
     fraction candidates, :data:`~bids_m2i.glm.fracridge.FRACTION_BATCH_ROWS` rows) and the allocator keeps an
     arena per thread: :data:`PER_WORKER_BYTES` plus three batches for each worker beyond the first.
 
+    ``design_bytes``: :func:`design_memory_bytes`; counted where it exceeds the 64 MB kept for designs,
+    factorisations and bookkeeping (long runs of many trials).
+
     Returns
     -------
     chunk : int
@@ -214,7 +238,7 @@ def estimate_memory(n_voxels: int, n_volumes: int, n_trials: int, itemsize: int,
     output_bytes = n_voxels * (n_trials * 4 + 6 * 8)
     per_voxel = itemsize * (3 * n_volumes + 8 * n_trials + N_ALPHAS + 2 * n_kernels + 32)
     batch_bytes = 3 * FRACTION_BATCH_ROWS * n_trials * itemsize
-    fixed = (input_bytes + output_bytes + 64e6                      # designs, factorisations, bookkeeping
+    fixed = (input_bytes + output_bytes + max(64e6, design_bytes)   # designs, factorisations, bookkeeping
              + max(int(n_workers) - 1, 0) * (PER_WORKER_BYTES + batch_bytes))
     if mem_gb is None:
         chunk = max(256, int(DEFAULT_WORKING_GB * 1e9 // per_voxel))
@@ -235,7 +259,7 @@ def estimate_memory(n_voxels: int, n_volumes: int, n_trials: int, itemsize: int,
     plan = {"input_gb": round(input_bytes / 1e9, 3), "output_gb": round(output_bytes / 1e9, 3),
             "working_gb": round(chunk * per_voxel / 1e9, 3),
             "total_gb": round((fixed + chunk * per_voxel) / 1e9, 3), "chunk_voxels": chunk,
-            "mem_gb": mem_gb, "n_workers": int(n_workers)}
+            "mem_gb": mem_gb, "n_workers": int(n_workers), "design_gb": round(max(64e6, design_bytes) / 1e9, 3)}
     if device_gb is not None:
         plan["device_gb"] = round(device_gb, 3)
     return chunk, plan
@@ -516,7 +540,9 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
         chunk, memory_plan = estimate_memory(n_voxels, sum(lengths), n_trials, torch.finfo(dtype).bits // 8,
                                              runs[0].data.dtype.itemsize, model.n_kernels, mem_gb,
                                              device_working_gb(torch_device),
-                                             n_workers=group_workers(torch_device))
+                                             n_workers=group_workers(torch_device),
+                                             design_bytes=design_memory_bytes(model, torch.finfo(dtype).bits // 8,
+                                                                              max_pcs))
         chunks = [slice(start, min(start + chunk, n_voxels)) for start in range(0, n_voxels, chunk)]
 
         betas = np.zeros((n_trials, n_voxels), dtype=np.float32)

@@ -31,17 +31,22 @@ def glm_node_budget_gb(memory_gb: float, n_procs: int, n_threads: int, n_glm_nod
 
 def glm_need_gb(runs, n_trials: int) -> float:
     """Coarse upper bound of a GLM node's needs from the grid (the brain mask is a part of it): the process,
-    every run's voxels, the betas, and one raw run read whole."""
+    every run's voxels, the betas, one raw run read whole, and the designs (every library kernel's regressors
+    and factorisations grow as volumes × trials per run: ~40 bytes per kernel, volume and trial, the engine's
+    ``design_memory_bytes`` rounded up; 60 MB for 6 runs × 200 volumes × 60 trials, 0.8 GB for 4 × 800 × 300)."""
     n_voxels = 1
     for size in runs[0].shape:
         n_voxels *= int(size)
     volumes = sum(int(r.n_volumes) for r in runs)
     largest = max(int(r.n_volumes) for r in runs) * n_voxels * 4
-    return BASE_PROCESS_GB + (n_voxels * volumes * 4 + n_voxels * n_trials * 8 + largest) / 1e9
+    designs = DESIGN_KERNELS * volumes * (n_trials / max(len(runs), 1)) * 40
+    return BASE_PROCESS_GB + (n_voxels * volumes * 4 + n_voxels * n_trials * 8 + largest + designs) / 1e9
 
 
 # what a process holds before any data: python, numpy, torch and nipype imported (cli.runner says the same)
 BASE_PROCESS_GB = 0.6
+# kernels of the largest HRF library and the assumed HRF (glm/hrf_library.py), for glm_need_gb's designs
+DESIGN_KERNELS = 21
 
 
 def frame_timing(config, runs) -> dict:

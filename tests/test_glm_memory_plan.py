@@ -1,0 +1,41 @@
+"""The GLM's memory plan counts the designs and their factorisations (long runs of many trials).
+
+The plan kept a fixed 64 MB for them; on 4 runs × 800 volumes × 300 trials (2,000 voxels) the fit's peak rose
+by 824 MB where the plan said 254 MB, so a node could take three times its --mem-gb share. Measured in
+docs/glm.md ("Memory"); here the plan's arithmetic, on designs only (no fit)."""
+
+import torch
+from helpers import regular_trials
+
+from bids_m2i.glm.estimate import design_memory_bytes, estimate_memory
+from bids_m2i.glm.model import SessionModel
+
+
+def _model(n_runs, n_volumes, every):
+    _, designs, _ = regular_trials(n_runs, n_volumes, 1.6, every=every, n_stimuli=40)
+    return SessionModel(designs, "glover", with_library=True, dtype=torch.float32)
+
+
+def test_usual_runs_keep_the_fixed_allowance():
+    model = _model(6, 200, every=4.8)                  # 6 runs x 200 volumes, ~64 trials each
+    design = design_memory_bytes(model, 4, max_pcs=10)
+    assert 10e6 < design < 64e6
+    sizes = dict(n_voxels=20_000, n_volumes=1_200, n_trials=390, itemsize=4, input_itemsize=4, n_kernels=21,
+                 mem_gb=4.0)
+    assert estimate_memory(**sizes, design_bytes=design) == estimate_memory(**sizes)   # the plan as before
+    assert estimate_memory(**sizes)[1]["design_gb"] == 0.064
+
+
+def test_long_runs_of_many_trials_enter_the_plan():
+    model = _model(4, 800, every=4.0)                  # 4 runs x 800 volumes, ~316 trials each
+    design = design_memory_bytes(model, 4, max_pcs=10)
+    n_trials = sum(t.shape[2] for t in model.trial_regressors)
+    assert design > 600e6                              # the trial regressors alone: 21 x 800 x 316 x 8 B x 4 runs
+    sizes = dict(n_voxels=20_000, n_volumes=3_200, n_trials=n_trials, itemsize=4, input_itemsize=4, n_kernels=21,
+                 mem_gb=2.0)
+    old_chunk, old = estimate_memory(**sizes)
+    chunk, plan = estimate_memory(**sizes, design_bytes=design)
+    assert plan["design_gb"] > 0.6 and plan["total_gb"] <= 2.0 and old["total_gb"] <= 2.0
+    assert chunk < old_chunk                           # fewer voxels per chunk: the designs take their room
+    per_voxel = 4 * (3 * 3_200 + 8 * n_trials + 120 + 2 * 21 + 32)
+    assert abs((old_chunk - chunk) * per_voxel - (design - 64e6)) < 2 * per_voxel
