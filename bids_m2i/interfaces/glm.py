@@ -14,7 +14,7 @@ from nipype.interfaces.base import File, InputMultiObject, TraitedSpec, isdefine
 from ..errors import BadDataError, UsageError
 from .base import M2IInputSpec, M2IInterface, device_trait
 from .derivatives import derivatives_trait, publish_node_outputs
-from .images import load_bold, save_like
+from .images import load_bold, read_ahead, save_like
 
 LOGGER = logging.getLogger("m2i.glm")
 
@@ -106,6 +106,23 @@ def process_rss_gb() -> float:
         return psutil.Process().memory_info().rss / 1e9
     except Exception:  # pragma: no cover - no /proc and no psutil
         return 0.0
+
+
+def reading_threads(bold_files, n_mask_voxels: int, n_threads: int, room_gb: float) -> int:
+    """How many runs the node reads at once (``read_ahead``): up to ``n_threads``, while those runs read whole
+    (float32, from their headers) plus the one being masked, plus every run's masked copy, fit in ``room_gb``
+    (the node's budget less the process' baseline). Reading in turn holds one raw run, the engine's plan
+    leaves room for one (:func:`engine_memory_gb`); fewer than two threads would not read faster than one."""
+    import nibabel as nib
+
+    if n_threads < 2 or len(bold_files) < 2:
+        return 1
+    shapes = [nib.load(str(path)).shape for path in bold_files]
+    raw_gb = max(float(np.prod(shape)) for shape in shapes) * 4 / 1e9
+    masked_gb = sum(n_mask_voxels * (shape[3] if len(shape) == 4 else 1) for shape in shapes) * 4 / 1e9
+    fits = int((room_gb - masked_gb) // max(raw_gb, 1e-9)) - 1     # runs read ahead beside the one being masked
+    threads = min(int(n_threads), len(bold_files), fits)
+    return threads if threads >= 2 else 1
 
 
 def engine_memory_gb(node_budget_gb: float, baseline_gb: float, largest_run_gb: float) -> float:
@@ -266,10 +283,12 @@ class SingleTrialBetas(M2IInterface):
             raise ValueError(f"start_times has {len(start_times)} values for {len(self.inputs.bold_files)} runs")
         affine = None
         largest_run_gb = 0.0
-        for path, confounds_path, label, tr, slice_timing in zip(self.inputs.bold_files, self.inputs.confounds_files,
-                                                                 self.inputs.run_labels, self.inputs.trs,
-                                                                 slice_timings):
-            data, affine_run, _ = load_bold(path)
+        readers = reading_threads(self.inputs.bold_files, int(mask.sum()), self.inputs.n_threads,
+                                  self.inputs.mem_gb - baseline_gb)
+        for (path, confounds_path, label, tr, slice_timing), (data, affine_run, _) in zip(
+                zip(self.inputs.bold_files, self.inputs.confounds_files, self.inputs.run_labels, self.inputs.trs,
+                    slice_timings),
+                read_ahead(load_bold, self.inputs.bold_files, readers)):
             name = run_name(trials, label)  # the run, not the work dir's intermediate file name
             largest_run_gb = max(largest_run_gb, data.nbytes / 1e9)
             if data.shape[:3] != mask.shape:

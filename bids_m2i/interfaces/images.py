@@ -14,6 +14,34 @@ from ..errors import BadDataError
 LOGGER = logging.getLogger("m2i.interfaces")
 
 
+def read_ahead(function, items, threads: int):
+    """``function(item)`` for each item, yielded in order, computed ahead on ``threads`` threads (gunzip and numpy
+    release the GIL while they work); ``threads`` ≤ 1 computes each item when it is asked for, on this thread.
+
+    At most ``threads + 1`` results exist at a time: the one the caller holds and ``threads`` being computed or
+    waiting; the next item starts only when the caller asks for the following result, after it has let the
+    previous one go. An error is raised where its item is yielded, and the items not started yet never start."""
+    items = list(items)
+    if threads <= 1 or len(items) <= 1:
+        for item in items:
+            yield function(item)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="m2i-read")
+    pending = deque(pool.submit(function, item) for item in items[:threads])
+    try:
+        for following in items[threads:] + [None] * len(pending):
+            result = pending.popleft().result()
+            yield result
+            del result                   # the caller is done with it: room for the next one
+            if following is not None:
+                pending.append(pool.submit(function, following))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def load_bold(path: str | Path):
     """(data float32 (X,Y,Z,T), affine, header) with scaled integers applied and content checks.
 
