@@ -2,7 +2,7 @@
 
 from helpers import make_minimal_bids
 
-from bids_m2i.bids.layout import natural_key
+from bids_m2i.utils.paths import natural_key
 
 
 def test_natural_key_orders_numbers_by_value_and_is_total():
@@ -23,3 +23,14 @@ def test_runs_beyond_nine_come_after_run_nine(tmp_path):
     assert [r.bold.entities["run"] for r in inputs.runs] == ["1", "2", "9", "10", "11"]
     # the trials table (and so the GLM's design, statseries and events outputs) follows the same order
     assert list(dict.fromkeys(inputs.trials["run"])) == [r.bold.run for r in inputs.runs]
+
+
+def test_group_level_lists_participants_by_number(tmp_path):
+    from types import SimpleNamespace
+
+    from bids_m2i.workflows.group import expected_participants
+
+    for label in ("10", "2", "1", "11"):
+        (tmp_path / f"sub-{label}").mkdir()
+    config = SimpleNamespace(bids_dir=tmp_path, output_dir=tmp_path / "out", participant_label=[])
+    assert expected_participants(config) == ["1", "2", "10", "11"]

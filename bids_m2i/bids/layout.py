@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import BadDataError, InputMissingError, NoDataSelected, UsageError
-from ..utils.paths import is_inside
+from ..utils.paths import is_inside, natural_key
 
 LOGGER = logging.getLogger("m2i.bids")
 
@@ -289,14 +289,6 @@ def _sidecar_json_error(exc: Exception, cause: Exception) -> BadDataError:
                                                        "such file)"))
     return BadDataError(f"{where} is not UTF-8 text ({cause})", path=path,
                         hint="save the file as UTF-8 (JSON files must be UTF-8)")
-
-
-def natural_key(path) -> tuple:
-    """Sort key of a path that orders its numbers by value: ``run-2`` before ``run-10`` (a text sort put run 10
-    between 1 and 2, and with it the GLM's runs, trials and outputs), ``sub-9`` before ``sub-10``; the text
-    itself breaks ties (``run-01`` against ``run-1``), so the order is total and the same on every machine."""
-    text = str(path)
-    return tuple(int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", text))), text
 
 
 #: a database folder younger than this is never taken for stale (its owner may be between creating it and

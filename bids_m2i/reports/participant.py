@@ -14,6 +14,7 @@ import pandas as pd
 
 from .. import __version__
 from ..utils.atomic import write_text
+from ..utils.paths import natural_key
 from .methods import citations_markdown, methods_paragraphs
 from .numbers import format_number as _fmt
 
@@ -147,7 +148,7 @@ def build_participant_report(*, output_dir: Path, bids_dir: Path, subject: str, 
                 "beforeafter": "Temporal standard deviation before and after motion correction."}
     preproc_figures = []
     figures_dir = sub_dir / "figures"
-    bold_figs = sorted(figures_dir.glob("*_bold.svg")) if figures_dir.exists() else []
+    bold_figs = sorted(figures_dir.glob("*_bold.svg"), key=natural_key) if figures_dir.exists() else []
     by_run: dict[str, list[Path]] = {}
     for fig in bold_figs:
         by_run.setdefault(_run_name(fig), []).append(fig)

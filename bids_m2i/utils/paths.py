@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 
@@ -71,3 +72,11 @@ def check_readable(path: str | os.PathLike, root: str | os.PathLike | None = Non
         mode = os.X_OK if item is not path else (os.R_OK | os.X_OK if item.is_dir() else os.R_OK)
         if not os.access(item, mode):
             raise unreadable_input_error(item, hint=hint)
+
+
+def natural_key(path) -> tuple:
+    """Sort key of a path that orders its numbers by value: ``run-2`` before ``run-10`` (a text sort put run 10
+    between 1 and 2, and with it the GLM's runs, trials and outputs), ``sub-9`` before ``sub-10``; the text
+    itself breaks ties (``run-01`` against ``run-1``), so the order is total and the same on every machine."""
+    text = str(path)
+    return tuple(int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", text))), text

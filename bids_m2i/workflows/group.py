@@ -22,6 +22,7 @@ from ..bids.derivatives import space_entities_of, space_name_part
 from ..errors import InputMissingError, NoDataSelected
 from ..models.tiny import TINY_MODELS_NOTE
 from ..utils.atomic import write_text, write_tsv
+from ..utils.paths import natural_key
 
 LOGGER = logging.getLogger("m2i.group")
 
@@ -37,7 +38,7 @@ def expected_participants(config) -> list[str]:
     OUTPUT_DIR (a typo) is exit 18 as at the participant level, not a participant counted as "not finished".
     The group level reads only OUTPUT_DIR, so a participant whose derivatives are there counts even when its raw
     data are not in BIDS_DIR (moved, or a derivatives-only copy)."""
-    present = sorted(p.name[4:] for p in Path(config.bids_dir).glob("sub-*") if p.is_dir())
+    present = sorted((p.name[4:] for p in Path(config.bids_dir).glob("sub-*") if p.is_dir()), key=natural_key)
     if not config.participant_label:
         return present
     derived = {p.name[4:] for p in Path(config.output_dir).glob("sub-*") if p.is_dir()}
