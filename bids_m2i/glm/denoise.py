@@ -271,9 +271,9 @@ def _choose_n_pcs_ridge(model, data_runs, kernel_of_voxel, repeats, max_pcs, sto
     group_data = [[d.index_select(0, index) for d in data_runs] for index in groups]
     scores, reference = [], None
     kept = {}  # count -> each run's operators, for the counts that may still be chosen (see below)
-    for k in range(max_pcs + 1):
-        loss = torch.zeros(n_voxels, dtype=data_runs[0].dtype, device=model.device)
-        with group_map(model.device) as map_groups:   # runs, then HRF groups, side by side (glm/parallel.py)
+    with group_map(model.device) as map_groups:   # runs, then HRF groups, side by side (glm/parallel.py)
+        for k in range(max_pcs + 1):
+            loss = torch.zeros(n_voxels, dtype=data_runs[0].dtype, device=model.device)
             for run in range(model.n_runs):            # cached by the model: built here, only read by the runs
                 model.fixed_basis(run, k)
             per_run = map_groups(lambda run: model.some_operators(run, kernels, k), range(model.n_runs))
@@ -285,15 +285,15 @@ def _choose_n_pcs_ridge(model, data_runs, kernel_of_voxel, repeats, max_pcs, sto
 
             for index, group in zip(groups, map_groups(group_loss, range(len(groups)))):
                 loss[index] = group
-        reference = loss if reference is None else reference
-        scores.append(float(torch.median(reference - loss)))
-        if k:  # the final fit rebuilds the chosen count; keep the cache small meanwhile
-            model.forget(n_pcs=k)
-            # the chosen count is the first whose gain reaches `stop` of the best, and the best only grows, so a
-            # count below `stop` of the best so far is never chosen; the others' operators are kept for the final
-            # fit (model.keep_operators), which then factorises only the kernels no search voxel uses
-            kept[k] = per_run
-            kept = {count: ops for count, ops in kept.items() if scores[count] >= stop * max(scores)}
+            reference = loss if reference is None else reference
+            scores.append(float(torch.median(reference - loss)))
+            if k:  # the final fit rebuilds the chosen count; keep the cache small meanwhile
+                model.forget(n_pcs=k)
+                # the chosen count is the first whose gain reaches `stop` of the best, and the best only grows, so
+                # a count below `stop` of the best so far is never chosen; the others' operators are kept for the
+                # final fit (model.keep_operators), which then factorises only the kernels no search voxel uses
+                kept[k] = per_run
+                kept = {count: ops for count, ops in kept.items() if scores[count] >= stop * max(scores)}
     gains = np.asarray(scores)
     if gains.max() <= 0:
         return 0, scores

@@ -537,12 +537,12 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
             dtype=dtype, device=torch_device, library=hrf_library)
         del models
         collinear = None if effective == "lss" else _collinear_trials(model, [str(r.run) for r in runs])
-        chunk, memory_plan = estimate_memory(n_voxels, sum(lengths), n_trials, torch.finfo(dtype).bits // 8,
+        itemsize = torch.finfo(dtype).bits // 8
+        chunk, memory_plan = estimate_memory(n_voxels, sum(lengths), n_trials, itemsize,
                                              runs[0].data.dtype.itemsize, model.n_kernels, mem_gb,
                                              device_working_gb(torch_device),
                                              n_workers=group_workers(torch_device),
-                                             design_bytes=design_memory_bytes(model, torch.finfo(dtype).bits // 8,
-                                                                              max_pcs))
+                                             design_bytes=design_memory_bytes(model, itemsize, max_pcs))
         chunks = [slice(start, min(start + chunk, n_voxels)) for start in range(0, n_voxels, chunk)]
 
         betas = np.zeros((n_trials, n_voxels), dtype=np.float32)
@@ -953,9 +953,7 @@ def _denoise_and_ridge(model, runs, chunks, load, betas, r2, hrf_index, n_pcs_ma
             total = total_sum_of_squares(data_runs)
         kernels = hrf_index[voxels]
         present, sizes = np.unique(kernels, return_counts=True)
-        for run in range(model.n_runs):   # every kernel's operators, built here: the groups below only read them
-            for kernel in present:        # (the first missing one builds all missing kernels of the run at once)
-                model.operators(run, int(kernel), n_pcs)
+        model.build_operators(present, n_pcs)   # the groups below only read them
 
         def fit_group(kernel):
             """The ridge stage of the chunk's voxels with this HRF; writes only their columns."""

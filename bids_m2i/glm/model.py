@@ -78,6 +78,14 @@ class SessionModel:
                 self._cache[("trials", run, k, n_pcs)] = ops
         return self._cache[key]
 
+    def build_operators(self, kernels, n_pcs: int = 0) -> None:
+        """Build (and cache) every run's operators of ``kernels`` now, so that threads fitting voxel groups side
+        by side (glm/parallel.py) only read the cache: :meth:`operators` builds all missing kernels of a run
+        on its first miss, which two threads would otherwise do at once."""
+        for run in range(self.n_runs):
+            for kernel in kernels:
+                self.operators(run, int(kernel), n_pcs)
+
     def keep_operators(self, run: int, kernels, n_pcs: int, operators: list[RunOperators]) -> None:
         """Cache operators that :meth:`some_operators` built (the PC search's, for the count it chose), so
         :meth:`operators` does not factorise those kernels again. They are what :meth:`operators` would build:

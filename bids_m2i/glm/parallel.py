@@ -7,9 +7,9 @@ V = 20,000. With several threads on the CPU, :func:`group_map` instead runs whol
 threads, each with one torch thread (torch operations and numpy's LAPACK release the GIL while they compute).
 
 Reruns stay identical: every group is computed by one thread with one torch thread, so its arithmetic does not
-depend on which thread ran it or when, and the results come back in the groups' order. (The betas do depend
-on ``n_threads``, as before: the stages that stay on torch's intra-op threads, the HRF library pass's large
-products, sum in another order with two threads than with one.)
+depend on which thread ran it or when, and the results come back in the groups' order. The betas are also the
+same with any ``n_threads``: the stages left on torch's intra-op threads (the HRF library pass's large products)
+split their work over voxels, not over sums (tests/test_glm_parallel.py).
 """
 
 from __future__ import annotations

@@ -216,9 +216,7 @@ def whitened_trial_betas(model, data_runs: list[torch.Tensor], kernel_of_voxel: 
     fitted = torch.zeros(n_voxels, dtype=model.dtype, device=model.device)
     rho = np.zeros(n_voxels)
     kernels = np.unique(kernel_of_voxel)
-    for run in range(model.n_runs):      # built here (the first missing kernel builds all): the groups only read
-        for kernel in kernels:
-            model.operators(run, int(kernel), n_pcs)
+    model.build_operators(kernels, n_pcs)   # the groups below only read them
 
     def fit_group(kernel):
         """One HRF's voxels: their AR(1) bins, explained SS and GLS betas (returned; written below)."""
