@@ -39,3 +39,21 @@ def test_long_runs_of_many_trials_enter_the_plan():
     assert chunk < old_chunk                           # fewer voxels per chunk: the designs take their room
     per_voxel = 4 * (3 * 3_200 + 8 * n_trials + 120 + 2 * 21 + 32)
     assert abs((old_chunk - chunk) * per_voxel - (design - 64e6)) < 2 * per_voxel
+
+
+def test_each_worker_adds_a_pc_count_and_a_factorisation():
+    """The PC search tries one count per worker side by side (glm/denoise.py): each worker beyond the first
+    holds one more count's factorised models and factorises one run's kernels at a time. With one worker the
+    estimate is the one above (three counts kept + one tried)."""
+    model = _model(4, 800, every=4.0)
+    one, two = (design_memory_bytes(model, 4, max_pcs=10, n_workers=n) for n in (1, 2))
+    assert design_memory_bytes(model, 4, max_pcs=10) == one
+    counts = 0.0
+    building = 0.0
+    for run, trials in enumerate(model.trial_regressors):
+        k, t, n = trials.shape
+        e = model.nuisance_regressors[run].shape[2] + model.designs[run].fixed_nuisance.shape[1] + 10
+        counts += k * (t * (n + e) + n * n) * 4
+        building = max(building, 3 * k * t * n * 8)
+    assert abs((two - one) - (counts + building)) < 1.0
+    assert 0.2e9 < two - one < 0.3e9                   # ~240 MB more on these long runs

@@ -1,4 +1,4 @@
-"""HRF groups fitted side by side on several threads (bids_m2i/glm/parallel.py; issue 13, speed).
+"""HRF groups fitted side by side on several threads (bids_m2i/utils/parallel.py; issue 13, speed).
 
 No timing is asserted (benchmarks/bench_glm.py measures it); these pin what the threads must not change: the
 order of the results, one torch thread per group, errors, and the betas themselves.
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from bids_m2i.glm.parallel import group_map
+from bids_m2i.utils.parallel import group_map
 
 
 @pytest.fixture
@@ -61,6 +61,47 @@ def test_group_map_raises_a_groups_error_and_starts_no_more_groups(two_torch_thr
         with group_map(torch.device("cpu")) as map_groups:
             map_groups(work, range(40))
     assert len(started) < 40                                     # the queued groups were cancelled
+    assert torch.get_num_threads() == 2
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_lazy_group_map_yields_in_order_and_starts_few_items_ahead(two_torch_threads, threads):
+    """The PC search maps its counts lazily: results come in order, and while the caller holds one result no
+    more than the workers' count + 1 items are started and not taken, so few counts' operators exist at once."""
+    torch.set_num_threads(threads)
+    started, taken, most_ahead = [], [], [0]
+    lock = threading.Lock()
+
+    def work(item):
+        with lock:
+            started.append(item)
+            most_ahead[0] = max(most_ahead[0], len(started) - len(taken))
+        threading.Event().wait(0.02 if item == 0 else 0.001)   # the first item is the slowest
+        return -item
+
+    with group_map(torch.device("cpu")) as map_groups:
+        results = map_groups(work, range(20), lazy=True)
+        assert started == []                                   # nothing starts before it is asked for
+        for item, result in enumerate(results):
+            assert result == -item
+            taken.append(item)
+            threading.Event().wait(0.005)                      # the caller's own work on the result
+    assert len(taken) == 20
+    assert most_ahead[0] <= (threads + 1 if threads > 1 else 1)
+
+
+def test_lazy_group_map_raises_an_items_error_when_reached(two_torch_threads):
+    def work(item):
+        if item == 3:
+            raise ValueError("item 3 failed")
+        return item
+
+    seen = []
+    with pytest.raises(ValueError, match="item 3 failed"):
+        with group_map(torch.device("cpu")) as map_groups:
+            for result in map_groups(work, range(10), lazy=True):
+                seen.append(result)
+    assert seen == [0, 1, 2]
     assert torch.get_num_threads() == 2
 
 

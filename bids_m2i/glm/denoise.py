@@ -21,7 +21,7 @@ import torch
 
 from .fracridge import DEFAULT_FRACTIONS, search_loss
 from .model import SessionModel
-from .parallel import group_map
+from ..utils.parallel import group_map
 from .reliability import RepeatStructure, leave_one_out_error
 
 
@@ -269,22 +269,27 @@ def _choose_n_pcs_ridge(model, data_runs, kernel_of_voxel, repeats, max_pcs, sto
     kernels = np.unique(kernel_of_voxel)
     groups = [torch.as_tensor(np.flatnonzero(kernel_of_voxel == k), device=model.device) for k in kernels]
     group_data = [[d.index_select(0, index) for d in data_runs] for index in groups]
+    for k in range(max_pcs + 1):           # cached by the model: built here, only read by the counts' threads
+        for run in range(model.n_runs):
+            model.fixed_basis(run, k)
+
+    def count_loss(k):
+        """Every search voxel's loss with ``k`` PCs, and each run's operators of the search's kernels."""
+        per_run = [model.some_operators(run, kernels, k) for run in range(model.n_runs)]
+        loss = torch.zeros(n_voxels, dtype=data_runs[0].dtype, device=model.device)
+        for g, index in enumerate(groups):
+            # ridge_cv_loss's "consistency" loss in closed form (fracridge.search_loss; same loss, faster)
+            loss[index] = search_loss([run_operators[g] for run_operators in per_run], group_data[g], repeats,
+                                      fractions)
+        return loss, per_run
+
     scores, reference = [], None
     kept = {}  # count -> each run's operators, for the counts that may still be chosen (see below)
-    with group_map(model.device) as map_groups:   # runs, then HRF groups, side by side (glm/parallel.py)
-        for k in range(max_pcs + 1):
-            loss = torch.zeros(n_voxels, dtype=data_runs[0].dtype, device=model.device)
-            for run in range(model.n_runs):            # cached by the model: built here, only read by the runs
-                model.fixed_basis(run, k)
-            per_run = map_groups(lambda run: model.some_operators(run, kernels, k), range(model.n_runs))
-
-            def group_loss(g):
-                # ridge_cv_loss's "consistency" loss in closed form (fracridge.search_loss; same loss, faster)
-                return search_loss([run_operators[g] for run_operators in per_run], group_data[g], repeats,
-                                   fractions)
-
-            for index, group in zip(groups, map_groups(group_loss, range(len(groups)))):
-                loss[index] = group
+    # the counts side by side (utils/parallel.py): each count is one thread's work from its operators to its
+    # losses, so the counts cost alike and no barrier waits between the operators and the losses (two maps per
+    # count, over runs and HRF groups, left a thread idle at each); lazily, in order, to keep few counts' operators
+    with group_map(model.device) as map_counts:
+        for k, (loss, per_run) in enumerate(map_counts(count_loss, range(max_pcs + 1), lazy=True)):
             reference = loss if reference is None else reference
             scores.append(float(torch.median(reference - loss)))
             if k:  # the final fit rebuilds the chosen count; keep the cache small meanwhile

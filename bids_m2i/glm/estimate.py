@@ -28,7 +28,7 @@ from .library_choice import AUTO, choose_library
 from .session_library import SESSION, BasisFit, derive_library
 from .lss import lss_betas
 from .model import SessionModel
-from .parallel import group_map, group_workers
+from ..utils.parallel import group_map, group_workers
 from .reliability import RepeatStructure, ncsnr
 from ..utils.torch_runtime import device_working_gb, resolve_device
 from .solvers import orthonormal_basis, percent_signal, torch_threads, zscore_rows
@@ -190,24 +190,27 @@ def _check_degrees_of_freedom(designs, runs: list[RunData]) -> None:
                                 "(--bids-filter-file); check that the events file belongs to this BOLD run")
 
 
-def design_memory_bytes(model: SessionModel, itemsize: int, max_pcs: int) -> float:
+def design_memory_bytes(model: SessionModel, itemsize: int, max_pcs: int, n_workers: int = 1) -> float:
     """What the session's designs and their factorisations hold, besides the voxels' data (bytes).
 
     Per run, every kernel's trial regressors (float64, ``T × n``), and its factorised model (left vectors,
-    nuisance basis and right vectors in ``itemsize``) for four numbers of PCs at once (none, the one the PC
-    search is trying, and the counts it keeps for the final fit: usually one or two); while one run's kernels
-    are factorised, their reduced designs, Gram matrices and left vectors in float64. Small for usual runs
-    (~60 MB for 6 runs × 200 volumes × 60 trials, within the 64 MB always kept), it grows as ``T × n`` per
-    run: on 4 runs × 800 volumes × 300 trials (2,000 voxels) the fit's peak rose by 786–819 MiB (824–859 MB)
-    where the plan had counted 254 MB; with this estimate (749 MB) the plan is 940 MB (docs/glm.md, Solvers)."""
+    nuisance basis and right vectors in ``itemsize``) for three numbers of PCs (none, and the counts the PC
+    search keeps for the final fit: usually one or two) plus one per worker (``n_workers``: the PC search
+    tries that many counts side by side, utils/parallel.py); while a worker factorises one run's kernels, their
+    reduced designs, Gram matrices and left vectors in float64. Small for usual runs (~60 MB for 6 runs × 200
+    volumes × 60 trials, within the 64 MB always kept), it grows as ``T × n`` per run: on 4 runs × 800 volumes
+    × 300 trials (2,000 voxels) the fit's peak rose by 786–819 MiB (824–859 MB) where the plan had counted
+    254 MB; with this estimate (749 MB) the plan is 940 MB (docs/glm.md, Solvers). Two workers: the peak rose
+    by 1,011 MiB, the estimate is ~990 MB and the plan ~1.27 GB."""
     total, building = 0.0, 0.0
+    counts = 3 + max(int(n_workers), 1)
     for run, trials in enumerate(model.trial_regressors):
         n_kernels, n_volumes, n_trials = trials.shape
         n_nuisance = model.nuisance_regressors[run].shape[2] + model.designs[run].fixed_nuisance.shape[1] + max_pcs
         total += n_kernels * n_volumes * n_trials * 8
-        total += 4 * n_kernels * (n_volumes * (n_trials + n_nuisance) + n_trials * n_trials) * itemsize
+        total += counts * n_kernels * (n_volumes * (n_trials + n_nuisance) + n_trials * n_trials) * itemsize
         building = max(building, 3 * n_kernels * n_volumes * n_trials * 8)
-    return total + building
+    return total + max(int(n_workers), 1) * building
 
 
 def estimate_memory(n_voxels: int, n_volumes: int, n_trials: int, itemsize: int, input_itemsize: int,
@@ -221,7 +224,7 @@ def estimate_memory(n_voxels: int, n_volumes: int, n_trials: int, itemsize: int,
     on a GPU only the chunk is bounded by it (``--mem-gb`` is host memory: a 24 GB budget made one chunk of
     ~22 GB, more than many GPUs hold).
 
-    ``n_workers``: voxel groups fitted side by side (glm/parallel.py). Their per-voxel copies still sum to at
+    ``n_workers``: voxel groups fitted side by side (utils/parallel.py). Their per-voxel copies still sum to at
     most the chunk's (the groups split it), but each worker holds its own fixed-size buffers (a batch of
     fraction candidates, :data:`~bids_m2i.glm.fracridge.FRACTION_BATCH_ROWS` rows) and the allocator keeps an
     arena per thread: :data:`PER_WORKER_BYTES` plus three batches for each worker beyond the first.
@@ -542,7 +545,8 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
                                              runs[0].data.dtype.itemsize, model.n_kernels, mem_gb,
                                              device_working_gb(torch_device),
                                              n_workers=group_workers(torch_device),
-                                             design_bytes=design_memory_bytes(model, itemsize, max_pcs))
+                                             design_bytes=design_memory_bytes(model, itemsize, max_pcs,
+                                                                              group_workers(torch_device)))
         chunks = [slice(start, min(start + chunk, n_voxels)) for start in range(0, n_voxels, chunk)]
 
         betas = np.zeros((n_trials, n_voxels), dtype=np.float32)
@@ -979,7 +983,7 @@ def _denoise_and_ridge(model, runs, chunks, load, betas, r2, hrf_index, n_pcs_ma
             frac[columns] = chosen.cpu().numpy()
             r2[columns] = r2_from(fitted, total.index_select(0, index)).cpu().numpy()
 
-        # the HRF groups side by side (glm/parallel.py); the largest first, so that no thread is left with one
+        # the HRF groups side by side (utils/parallel.py); the largest first, so that no thread is left with one
         # large group at the end
         with group_map(model.device) as map_groups:
             map_groups(fit_group, present[np.argsort(-sizes, kind="stable")])

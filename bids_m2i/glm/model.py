@@ -80,7 +80,7 @@ class SessionModel:
 
     def build_operators(self, kernels, n_pcs: int = 0) -> None:
         """Build (and cache) every run's operators of ``kernels`` now, so that threads fitting voxel groups side
-        by side (glm/parallel.py) only read the cache: :meth:`operators` builds all missing kernels of a run
+        by side (utils/parallel.py) only read the cache: :meth:`operators` builds all missing kernels of a run
         on its first miss, which two threads would otherwise do at once."""
         for run in range(self.n_runs):
             for kernel in kernels:

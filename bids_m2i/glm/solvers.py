@@ -127,7 +127,9 @@ def stacked_operators(basis: np.ndarray, reduced: np.ndarray, dtype, device) -> 
     sing = np.sqrt(np.where(estimable, values, 0.0))
     left = np.where(estimable[:, None, :], reduced @ right / np.where(estimable, sing, 1.0)[:, None, :], 0.0)
     to = dict(dtype=dtype, device=device)
-    return [RunOperators(torch.as_tensor(np.ascontiguousarray(basis[b]), **to), torch.as_tensor(left[b], **to),
+    # a basis shared by all kernels arrives as a read-only broadcast view: np.require copies such a slice (torch
+    # warns on tensors over read-only memory, even where it converts them)
+    return [RunOperators(torch.as_tensor(np.require(basis[b], requirements=("C", "W")), **to), torch.as_tensor(left[b], **to),
                          torch.as_tensor(sing[b], **to), torch.as_tensor(right[b], **to))
             for b in range(reduced.shape[0])]
 

@@ -30,7 +30,7 @@ import functools
 import numpy as np
 import torch
 
-from .parallel import group_map
+from ..utils.parallel import group_map
 from .solvers import SINGULAR_TOLERANCE, RunOperators, stacked_operators
 
 AR1_STEP = 0.1
@@ -233,7 +233,7 @@ def whitened_trial_betas(model, data_runs: list[torch.Tensor], kernel_of_voxel: 
                 block[rows, model.designs[run].trial_slice] = ops.ols_from_projection(ops.project(data))
         return voxels, index, bins, explained, block
 
-    with group_map(model.device) as map_groups:   # the HRF groups side by side (glm/parallel.py)
+    with group_map(model.device) as map_groups:   # the HRF groups side by side (utils/parallel.py)
         for voxels, index, bins, explained, block in map_groups(fit_group, kernels):
             fitted[index] = explained.to(fitted.dtype)
             rho[voxels] = bins
