@@ -85,8 +85,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("nprocs", "execution", "int", None, "Maximum number of processes/threads (default: all cores; at most 4096).",
                ("--nprocs", "--n-cpus", "--n_cpus", "--nthreads")),
     OptionSpec("omp_nthreads", "execution", "int", 1, "Threads per process (torch, BLAS); the single-trial GLM "
-               "fits its voxel groups on them side by side (on the same preprocessed data, the same betas for "
-               "any count; head-motion correction's estimates differ slightly between counts).",
+               "fits its voxel groups on them side by side; preprocessing and the betas are the same for any count "
+               "(the decoders' fits differ in the last float32 bits between counts).",
                ("--omp-nthreads", "--omp_nthreads")),
     OptionSpec("mem_gb", "execution", "float", None, "Memory limit in GB (default: all memory).",
                ("--mem-gb", "--mem_gb", "--mem")),

@@ -15,6 +15,7 @@ import warnings
 import numpy as np
 import torch
 
+from ..utils.parallel import group_map
 from .sampling import (new_stack, resolve_device, sample_volumes, sampler_coords, sampler_matrix, slice_stack,
                        torch_threads)
 
@@ -55,10 +56,15 @@ def resample_torch(volumes: torch.Tensor, src_affine: np.ndarray, transforms: np
     ijk = _target_voxels(target_shape, volumes.device)
     out = torch.empty((volumes.shape[0], 1, nz, ny, nx), dtype=torch.float32, device=volumes.device)
     step = max(1, _POINTS_PER_CALL // max(1, ijk.shape[0]))
-    for start in range(0, volumes.shape[0], step):
+
+    def resample_chunk(start):
         stop = min(volumes.shape[0], start + step)
         _sample_stack(slice_stack(volumes[start:stop]), mats[start:stop], ijk, fill,
                       out=out[start:stop].view(stop - start, -1))
+
+    # chunks side by side, one torch thread each: the same values for any thread count (see resample_to_grid)
+    with group_map(volumes.device) as map_chunks:
+        map_chunks(resample_chunk, range(0, volumes.shape[0], step))
     return out
 
 
@@ -102,7 +108,8 @@ def resample_to_grid(data: np.ndarray, src_affine: np.ndarray, per_volume_transf
         ijk = _target_voxels(shape, dev)
         out_t = torch.from_numpy(out_tzyx).view(arr.shape[3], -1)
         step = max(1, min(int(chunk_size), _POINTS_PER_CALL // max(1, ijk.shape[0])))
-        for start in range(0, arr.shape[3], step):
+
+        def resample_chunk(start):
             stop = min(arr.shape[3], start + step)
             buf = new_stack(stop - start, nz, ny, nx, dev)
             # (X, Y, Z, n) -> (n, Z, Y, X): a plain copy for NIfTI's Fortran-ordered arrays
@@ -112,6 +119,13 @@ def resample_to_grid(data: np.ndarray, src_affine: np.ndarray, per_volume_transf
                 _sample_stack(buf, mats[start:stop], ijk, fill, out=out_t[start:stop])
             else:
                 out_t[start:stop] = _sample_stack(buf, mats[start:stop], ijk, fill).cpu()
+
+        # chunks of volumes side by side, one torch thread each (utils/parallel.py; in turn on one thread or a
+        # GPU): torch's own threads split a chunk's coordinate products and interpolation at points that depend
+        # on their count, which changed the last bits of some values; one thread per chunk gives the same
+        # values for any thread count. Each thread holds its own chunk's buffer.
+        with group_map(dev) as map_chunks:
+            map_chunks(resample_chunk, range(0, arr.shape[3], step))
     out = out_tzyx.transpose(3, 2, 1, 0)
     return out[..., 0] if single else out
 
@@ -121,7 +135,12 @@ def _copy_volumes(chunk: np.ndarray, dest: torch.Tensor) -> None:
     src = chunk.transpose(3, 2, 1, 0)
     if src.dtype != np.float32 or not src.dtype.isnative or min(src.strides) < 0:
         src = np.ascontiguousarray(src, dtype=np.float32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # read-only input (memory map): only read here
-        dest.copy_(torch.from_numpy(src))
+    if dest.device.type == "cpu":
+        # numpy's copy into the tensor's memory: a read-only input (memory map) needs no torch view, whose warning
+        # would need warnings.catch_warnings, which is not thread-safe (chunks are copied on several threads)
+        dest.numpy()[...] = src
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # read-only input (memory map): only read here
+            dest.copy_(torch.from_numpy(src))
     torch.nan_to_num_(dest, nan=0.0, posinf=0.0, neginf=0.0)
