@@ -57,3 +57,21 @@ def test_each_worker_adds_a_pc_count_and_a_factorisation():
         building = max(building, 3 * k * t * n * 8)
     assert abs((two - one) - (counts + building)) < 1.0
     assert 0.2e9 < two - one < 0.3e9                   # ~240 MB more on these long runs
+
+
+def test_the_workflows_coarse_need_covers_the_engines_designs_with_threads():
+    """The GLM node's share of --mem-gb is at least workflows.glm.glm_need_gb, whose designs term must cover
+    the engine's own estimate (design_memory_bytes) for the threads the node runs with, long runs included."""
+    from types import SimpleNamespace
+
+    from bids_m2i.workflows.glm import DESIGN_KERNELS, glm_need_gb
+
+    for n_runs, n_volumes, every in ((4, 800, 4.0), (6, 200, 4.8)):
+        model = _model(n_runs, n_volumes, every=every)
+        n_trials = sum(t.shape[2] for t in model.trial_regressors)
+        runs = [SimpleNamespace(shape=(1, 1, 1), n_volumes=n_volumes) for _ in range(n_runs)]
+        base = glm_need_gb(runs, n_trials, 1) - DESIGN_KERNELS * n_runs * n_volumes * (n_trials / n_runs) * 40 / 1e9
+        for threads in (1, 2, 4):
+            coarse = glm_need_gb(runs, n_trials, threads) - base
+            assert coarse * 1e9 >= design_memory_bytes(model, 4, max_pcs=10, n_workers=threads)
+        assert glm_need_gb(runs, n_trials, 2) > glm_need_gb(runs, n_trials, 1)

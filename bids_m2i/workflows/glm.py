@@ -29,17 +29,20 @@ def glm_node_budget_gb(memory_gb: float, n_procs: int, n_threads: int, n_glm_nod
     return float(min(float(memory_gb), max(share, float(need_gb))))
 
 
-def glm_need_gb(runs, n_trials: int) -> float:
+def glm_need_gb(runs, n_trials: int, n_threads: int = 1) -> float:
     """Coarse upper bound of a GLM node's needs from the grid (the brain mask is a part of it): the process,
     every run's voxels, the betas, one raw run read whole, and the designs (every library kernel's regressors
     and factorisations grow as volumes × trials per run: ~40 bytes per kernel, volume and trial, the engine's
-    ``design_memory_bytes`` rounded up; 60 MB for 6 runs × 200 volumes × 60 trials, 0.8 GB for 4 × 800 × 300)."""
+    ``design_memory_bytes`` rounded up; 60 MB for 6 runs × 200 volumes × 60 trials, 0.8 GB for 4 × 800 × 300),
+    and 16 bytes more for each thread beyond the first (its PC count's factorisations and one run's while it
+    builds them: the engine's estimate rose by 238 MB from 1 to 2 threads on 4 × 800 × 316)."""
     n_voxels = 1
     for size in runs[0].shape:
         n_voxels *= int(size)
     volumes = sum(int(r.n_volumes) for r in runs)
     largest = max(int(r.n_volumes) for r in runs) * n_voxels * 4
-    designs = DESIGN_KERNELS * volumes * (n_trials / max(len(runs), 1)) * 40
+    per_entry = DESIGN_BYTES + DESIGN_BYTES_PER_EXTRA_THREAD * max(int(n_threads) - 1, 0)
+    designs = DESIGN_KERNELS * volumes * (n_trials / max(len(runs), 1)) * per_entry
     return BASE_PROCESS_GB + (n_voxels * volumes * 4 + n_voxels * n_trials * 8 + largest + designs) / 1e9
 
 
@@ -47,6 +50,9 @@ def glm_need_gb(runs, n_trials: int) -> float:
 BASE_PROCESS_GB = 0.6
 # kernels of the largest HRF library and the assumed HRF (glm/hrf_library.py), for glm_need_gb's designs
 DESIGN_KERNELS = 21
+# bytes per kernel, volume and trial of the designs, and what each thread beyond the first adds (glm_need_gb)
+DESIGN_BYTES = 40
+DESIGN_BYTES_PER_EXTRA_THREAD = 16
 
 
 def frame_timing(config, runs) -> dict:
@@ -94,7 +100,7 @@ def init_single_trial_wf(config, subject_inputs, task: str, session: str | None,
                           (inputnode, merge_conf, [(f"confounds_{i}", f"in{i + 1}")])])
     n_trials = int((selected["role"] == "trial").sum()) if "role" in selected else len(selected)
     budget_gb = glm_node_budget_gb(config.memory_gb, config.n_procs, config.n_threads, n_glm_nodes,
-                                   glm_need_gb(runs, n_trials))
+                                   glm_need_gb(runs, n_trials, config.n_threads))
 
     ents = {"subject": subject_inputs.subject, "session": session, "task": task}
     ents.update(config.space_entities)  # space (+ cohort, res) of fMRIPrep inputs; none for func
