@@ -541,12 +541,11 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
         del models
         collinear = None if effective == "lss" else _collinear_trials(model, [str(r.run) for r in runs])
         itemsize = torch.finfo(dtype).bits // 8
+        workers = group_workers(torch_device)
         chunk, memory_plan = estimate_memory(n_voxels, sum(lengths), n_trials, itemsize,
                                              runs[0].data.dtype.itemsize, model.n_kernels, mem_gb,
-                                             device_working_gb(torch_device),
-                                             n_workers=group_workers(torch_device),
-                                             design_bytes=design_memory_bytes(model, itemsize, max_pcs,
-                                                                              group_workers(torch_device)))
+                                             device_working_gb(torch_device), n_workers=workers,
+                                             design_bytes=design_memory_bytes(model, itemsize, max_pcs, workers))
         chunks = [slice(start, min(start + chunk, n_voxels)) for start in range(0, n_voxels, chunk)]
 
         betas = np.zeros((n_trials, n_voxels), dtype=np.float32)

@@ -19,25 +19,20 @@ def read_ahead(function, items, threads: int):
     release the GIL while they work); ``threads`` ≤ 1 computes each item when it is asked for, on this thread.
 
     At most ``threads + 1`` results exist at a time: the one the caller holds and ``threads`` being computed or
-    waiting; the next item starts only when the caller asks for the following result, after it has let the
-    previous one go. An error is raised where its item is yielded, and the items not started yet never start."""
+    waiting (``utils.parallel.in_order_ahead``). An error is raised where its item is yielded, and the items not
+    started yet never start."""
     items = list(items)
     if threads <= 1 or len(items) <= 1:
         for item in items:
             yield function(item)
         return
-    from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
+    from ..utils.parallel import in_order_ahead
+
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="m2i-read")
-    pending = deque(pool.submit(function, item) for item in items[:threads])
     try:
-        for following in items[threads:] + [None] * len(pending):
-            result = pending.popleft().result()
-            yield result
-            del result                   # the caller is done with it: room for the next one
-            if following is not None:
-                pending.append(pool.submit(function, following))
+        yield from in_order_ahead(pool, function, items, threads)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 

@@ -93,7 +93,7 @@ class BuildParticipantGrid(M2IInterface):
         fixed = references[0]
         affines = [img.affine for img in images]
         compute = dict(n_threads=self.inputs.n_threads, device=self.inputs.device)
-        matrices = register_runs_to_first(references, affines, **compute)
+        matrices = register_runs_to_first(references, affines, device=self.inputs.device)
         on_grid, coverage = references_on_grid(references, affines, matrices, fixed_img.affine, fixed.shape,
                                                **compute)
         names = list(self.inputs.run_names) if isdefined(self.inputs.run_names) else None

@@ -25,7 +25,7 @@ log = logging.getLogger("m2i.preproc")
 COVERAGE_WARNING_SHARE = 0.10
 
 
-def register_runs_to_first(references, affines, *, n_threads: int = 1, device: str = "cpu") -> list[np.ndarray]:
+def register_runs_to_first(references, affines, *, device: str = "cpu") -> list[np.ndarray]:
     """Rigid transforms from the participant grid (first run's reference) to every run's reference.
 
     Parameters
@@ -49,8 +49,7 @@ def register_runs_to_first(references, affines, *, n_threads: int = 1, device: s
     fixed = flatten_intensity(references[0], brain=brain)
     cost_mask = dilate_mask(brain, 2)
     for ref, aff in zip(references[1:], affines[1:]):
-        out.append(register_rigid(flatten_intensity(ref), aff, fixed, affines[0], mask=cost_mask,
-                                  n_threads=n_threads, device=device))
+        out.append(register_rigid(flatten_intensity(ref), aff, fixed, affines[0], mask=cost_mask, device=device))
     return out
 
 

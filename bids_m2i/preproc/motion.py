@@ -404,7 +404,7 @@ def estimate_motion(data: np.ndarray, affine: np.ndarray, *, reference: np.ndarr
 
 
 def register_rigid(moving: np.ndarray, moving_affine: np.ndarray, fixed: np.ndarray, fixed_affine: np.ndarray, *,
-                   mask: np.ndarray | None = None, init: np.ndarray | None = None, n_threads: int = 1,
+                   mask: np.ndarray | None = None, init: np.ndarray | None = None,
                    device: str = "cpu") -> np.ndarray:
     """Rigidly register one 3-D image to another (grids, FOVs and affines may differ).
 
@@ -417,8 +417,8 @@ def register_rigid(moving: np.ndarray, moving_affine: np.ndarray, fixed: np.ndar
     mask : optional (X0, Y0, Z0) bool cost mask on the fixed grid (default: dilated brain mask of fixed).
     init : optional (4, 4) starting pull transform. Default: identity or a centre-of-mass translation,
         whichever fits better at the coarsest level (sessions may reposition the head by centimetres).
-    n_threads : accepted for the callers' sake; one volume is registered on one torch thread, so that the pose
-        is the same for any thread count.
+    device : ``cpu``, ``cuda`` or ``auto``. On the CPU one volume is registered on one torch thread (no thread
+        count to give), so that the pose is the same however many threads the process has.
 
     Returns
     -------
@@ -444,7 +444,7 @@ def register_rigid(moving: np.ndarray, moving_affine: np.ndarray, fixed: np.ndar
     cost_mask = mask if mask is not None else compute_brain_mask(fixed, dilate_vox=2)
     if not np.any(cost_mask):
         cost_mask = np.ones(fixed.shape[:3], dtype=bool)
-    # one torch thread whatever n_threads: torch's own threads split the sums over points at places that depend on
+    # one torch thread: torch's own threads split the sums over points at places that depend on
     # their count, and the pose between runs differed by ~1e-5 between 1 and 2 threads (and with it every
     # resampled run). One volume gains nothing from a second thread (64x64x32: 0.12-0.16 s with 1 or 2 threads)
     with torch_threads(1), torch.no_grad():

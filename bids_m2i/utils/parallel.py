@@ -38,8 +38,11 @@ def group_workers(device: torch.device) -> int:
     return torch.get_num_threads() if torch.device(device).type == "cpu" else 1
 
 
-def _bounded(pool: ThreadPoolExecutor, function, items, ahead: int) -> Iterator:
-    """``function``'s results in ``items``' order, with at most ``ahead`` items started and not yet taken."""
+def in_order_ahead(pool: ThreadPoolExecutor, function, items, ahead: int) -> Iterator:
+    """``function(item)`` for each item on ``pool``, yielded in ``items``' order, with at most ``ahead`` items
+    started and not yet taken: the next item starts only when the caller asks for the following result, after it
+    has let the previous one go. An item's error is raised where its result is yielded; the caller shuts the pool
+    down (with ``cancel_futures``, so the items not started never start)."""
     pending = collections.deque()
     for item in items:
         if len(pending) == ahead:
@@ -69,7 +72,7 @@ def group_map(device: torch.device) -> Iterator[GroupMap]:
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="m2i-glm-group")
 
     def run(function, items, lazy=False):
-        return _bounded(pool, function, items, workers + 1) if lazy else list(pool.map(function, items))
+        return in_order_ahead(pool, function, items, workers + 1) if lazy else list(pool.map(function, items))
 
     try:
         yield run
