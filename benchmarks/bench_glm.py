@@ -35,7 +35,9 @@ itself (ours: the node's run; GLMsingle: reading the runs and its fit).
 
 Metrics over responsive voxels: ``r_trial`` = median over voxels of the correlation over trials between the
 estimated and the true single-trial betas; ``test-retest`` = median over voxels of the mean over pairs of
-repeats of the across-stimulus correlation.
+repeats of the across-stimulus correlation; ``carry-over previous / next`` = median over voxels of how much of
+the previous / next trial's true amplitude a trial's beta carries (z-scored, within runs; :func:`carryover`),
+an error r_trial barely sees and a decoder does.
 
     nice -n 10 .venv/bin/python benchmarks/bench_glm.py --voxels 20000 --threads 1 \\
         --glmsingle-python /work/.venv-glm13/bin/python [--generators ours dg-nsd ...] [--seed 1] \\
@@ -481,6 +483,39 @@ def r_trial(estimated, truth, voxels):
     return (est * tru).sum(0) / np.maximum(np.sqrt((est ** 2).sum(0) * (tru ** 2).sum(0)), 1e-30)
 
 
+def carryover(estimated, truth, onsets, trial_run, voxels):
+    """Per voxel, how much of the previous and of the next trial's true amplitude each trial's beta carries.
+
+    Within each run, trials in onset order; for every trial with a neighbour on both sides, the z-scored beta is
+    regressed on the z-scored true amplitudes of the trial itself, the previous and the next trial (one least
+    squares per voxel). Returns the (previous, next) coefficients, shape (2, n_voxels). r_trial barely sees
+    this error (a neighbour's amplitude is independent of the trial's), but a decoder does: it reads the
+    neighbour's stimulus into the trial's pattern in every voxel alike (docs/glm.md, "Carry-over between
+    neighbouring trials"). Zero when the betas are unbiased by their neighbours.
+    """
+    onsets, trial_run = np.asarray(onsets, dtype=float), np.asarray(trial_run)
+    rows = []
+    for run in np.unique(trial_run):
+        order = np.flatnonzero(trial_run == run)
+        order = order[np.argsort(onsets[order], kind="stable")]
+        rows.extend((order[k], order[k - 1], order[k + 1]) for k in range(1, len(order) - 1))
+    if not rows:
+        return np.full((2, len(voxels)), np.nan)
+    rows = np.asarray(rows)
+
+    def zscored(a):
+        a = np.asarray(a, dtype=np.float64)[:, voxels]
+        return (a - a.mean(0)) / np.maximum(a.std(0), 1e-30)
+
+    est, tru = zscored(estimated), zscored(truth)
+    design = np.stack([tru[rows[:, 0]], tru[rows[:, 1]], tru[rows[:, 2]]], axis=-1)   # (n_rows, n_voxels, 3)
+    target = est[rows[:, 0]]                                                          # (n_rows, n_voxels)
+    gram = np.einsum("rvi,rvj->vij", design, design)
+    moment = np.einsum("rvi,rv->vi", design, target)
+    coef = np.linalg.solve(gram + 1e-9 * np.eye(3), moment[..., None])[..., 0]        # (n_voxels, 3)
+    return coef[:, 1:].T
+
+
 def test_retest(betas, stimulus):
     """Per voxel, mean over pairs of repeats (in trial order) of the across-stimulus correlation."""
     labels, counts = np.unique(stimulus, return_counts=True)
@@ -610,8 +645,9 @@ def main(argv=None) -> int:
         ceiling = float(np.median(test_retest(truth[:, responsive], stimulus)))
         print(f"\n{generator}: V = {args.voxels}, {len(session['runs'])} runs x {session['runs'][0].shape[1]} vols, "
               f"{truth.shape[0]} trials; truth test-retest {ceiling:.3f}")
-        print("| method | stage done at s | process s | process CPU s | peak RSS MB | r_trial | test-retest | notes |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+        print("| method | stage done at s | process s | process CPU s | peak RSS MB | r_trial | test-retest "
+              "| carry-over previous / next | notes |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
         with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
             data_path = os.path.join(tmp, "session.npz")
             save_session(session, data_path)
@@ -665,6 +701,8 @@ def main(argv=None) -> int:
                            "stage_s": stage_s, "process_s": wall, "process_cpu_s": cpu, "peak_rss_mb": peak,
                            "r_trial": float(np.median(r_trial(betas, truth, responsive))),
                            "test_retest": float(np.median(test_retest(betas[:, responsive], stimulus))),
+                           **dict(zip(("carryover_previous", "carryover_next"), np.median(carryover(
+                               betas, truth, session["onsets"], session["trial_run"], responsive), axis=1).tolist())),
                            "n_voxels": args.voxels, "truth_ceiling": ceiling,
                            **{k: v for k, v in info.items()
                               if k in ("n_pcs", "median_frac", "hrf_library_choice", "process", "engine_s",
@@ -683,7 +721,8 @@ def main(argv=None) -> int:
                     notes = ", ".join(f"{k} {row[k]:.3g}" if isinstance(row[k], float) else f"{k} {row[k]}"
                                       for k in keys if row.get(k) is not None)
                     print(f"| {row['method']} | {stage_s:.1f} | {wall:.1f} | {cpu:.1f} | {peak:.0f} | "
-                          f"{row['r_trial']:.3f} | {row['test_retest']:.3f} | {notes} |", flush=True)
+                          f"{row['r_trial']:.3f} | {row['test_retest']:.3f} | {row['carryover_previous']:+.3f} / "
+                          f"{row['carryover_next']:+.3f} | {notes} |", flush=True)
     if args.json:
         args.json.write_text(json.dumps(all_rows, indent=2))
     return 0

@@ -5,7 +5,9 @@ For each seed S: ``m2i-simulate ROOT/dS --preset demo --seed S`` (skipped when t
 predictions table exists), then :func:`score_against_truth.score_run` next to the oracle. Prints one markdown row
 per seed (perception PixCorr / two-way and their share of the oracle's, imagery from memory, pure imagination
 against ``derivatives/simulation/targets/`` with the oracle's two-way, the text channel's cue retrieval top-1,
-the pixel decoder's penalty scale) and writes every figure to ``ROOT/sweep-LABEL.json``.
+the pixel decoder's penalty scale, and the perception betas against the true amplitudes: r_trial and the
+carry-over of the previous trial, ``score_against_truth.betas_against_truth``) and writes every figure to
+``ROOT/sweep-LABEL.json``.
 
     python benchmarks/seed_sweep.py --root /tmp/sweep --seeds 0 1 2 --label after
     python benchmarks/seed_sweep.py --root /tmp/sweep --seeds 0 1 2 --label medium --m2i-args "--hrf-library medium"
@@ -23,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from score_against_truth import score_run  # noqa: E402
+from score_against_truth import betas_against_truth, score_run  # noqa: E402
 
 from bids_m2i.simulate.oracle import oracle_scores  # noqa: E402
 
@@ -42,7 +44,8 @@ def run_seed(root: Path, seed: int, label: str, extra: tuple[str, ...] = ()) -> 
     sidecar = out / "sub-01" / "decoding" / "sub-01_desc-pixelsridge_model.json"
     scale = json.loads(sidecar.read_text())["info"].get("penalty_scale", {}).get("chosen", 1.0) \
         if sidecar.is_file() else None
-    return {"seed": seed, "ours": ours, "oracle": oracle, "penalty_scale": scale}
+    betas = betas_against_truth(dataset, out, "01", "perception")
+    return {"seed": seed, "ours": ours, "oracle": oracle, "penalty_scale": scale, "betas": betas}
 
 
 def row(result: dict, label: str) -> str:
@@ -53,7 +56,8 @@ def row(result: dict, label: str) -> str:
             f"({p['pixcorr'] / oracle['perception']['pixcorr']:.0%} / {p['twoway'] / oracle['perception']['twoway']:.0%})"
             f" | {m['pixcorr']:.3f} / {m['twoway']:.3f} | {t['pixcorr']:.3f} / {t['twoway']:.3f} "
             f"({oracle['imagery_text']['twoway']:.3f}) | {text.get('value', float('nan')):.2f} "
-            f"(p {text.get('p_value', float('nan')):.3f}) | {result['penalty_scale']} |")
+            f"(p {text.get('p_value', float('nan')):.3f}) | {result['penalty_scale']} "
+            f"| {result['betas']['r_trial']:.3f} / {result['betas']['carryover_previous']:+.3f} |")
 
 
 def main(argv=None) -> int:
@@ -67,8 +71,9 @@ def main(argv=None) -> int:
     args.root.mkdir(parents=True, exist_ok=True)
     results = []
     print("| seed | run | perception PixCorr / 2-way (% of oracle) | imagery from memory PixCorr / 2-way "
-          "| pure imagination PixCorr / 2-way (oracle 2-way) | text top-1 | penalty scale |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+          "| pure imagination PixCorr / 2-way (oracle 2-way) | text top-1 | penalty scale "
+          "| perception betas: r_trial / carry-over of the previous trial |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for seed in args.seeds:
         result = run_seed(args.root, seed, args.label, tuple(args.m2i_args.split()))
         results.append(result)
