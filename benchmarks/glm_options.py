@@ -5,7 +5,8 @@ For each generator of ``bench_glm.py`` (same sessions, ``bench_glm.make_session`
 configuration (``NAME:key=value,key=value``: keyword arguments of ``estimate_single_trial_betas``; values are
 read as Python literals when they parse, else kept as strings; commas inside brackets belong to the value, so
 ``low:fractions=[0.02,0.05,1.0]`` passes a list). Each fit's scores (r_trial / test-retest as
-``bench_glm.py`` scores them) and PC count are kept as one JSON file in ``--results`` so an interrupted sweep
+``bench_glm.py`` scores them, and since the twelfth pass the carry-over of the previous / next trial,
+``bench_glm.carryover``) and PC count are kept as one JSON file in ``--results`` so an interrupted sweep
 resumes where it stopped. Two tables are printed: each configuration minus the default (PCs default → config),
 and each configuration (the default included) minus GLMsingle's type D, read from the cache that
 ``bench_glm.py --glmsingle-cache`` fills (a cell stays empty where the cache has no run for that session).
@@ -110,13 +111,17 @@ def main(argv=None) -> int:
                     start = time.process_time()
                     result = glm_ablation.fit(session, **options)
                     r, tr = glm_ablation.score(result.betas, session)
+                    carry = np.median(bench_glm.carryover(result.betas, session["true_betas"], session["onsets"],
+                                                          session["trial_run"], session["responsive"]), axis=1)
                     out.write_text(json.dumps({"generator": generator, "seed": seed, "config": name,
                                                "options": options, "r_trial": r, "test_retest": tr,
+                                               "carryover_previous": float(carry[0]),
+                                               "carryover_next": float(carry[1]),
                                                "n_pcs": result.metadata["n_pcs"],
                                                "hrf_library": result.metadata.get("hrf_library_name"),
                                                "cpu_s": time.process_time() - start}))
-                    print(f"{generator} seed {seed} {name}: {r:.4f} / {tr:.4f} ({result.metadata['n_pcs']} PCs)",
-                          flush=True)
+                    print(f"{generator} seed {seed} {name}: {r:.4f} / {tr:.4f} ({result.metadata['n_pcs']} PCs; "
+                          f"carry-over {carry[0]:+.3f} / {carry[1]:+.3f})", flush=True)
                 scores[generator, seed, name] = json.loads(out.read_text())
             if args.glmsingle_cache is not None:
                 session = session or bench_glm.make_session(generator, args.voxels, seed, table)

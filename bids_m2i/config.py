@@ -117,7 +117,9 @@ OPTIONS: tuple[OptionSpec, ...] = (
                choices=GLM_NOISE_MODELS),
     OptionSpec("hrf_library", "glm", "choice", "broad", "HRF library of --glm fithrf / fithrf-denoise-rr: `broad` "
                "(default), the narrower latency-ordered `medium` / `narrow` (better betas on dense designs in our "
-               "benchmarks), or `auto` (chosen per session by cross-validation; docs/glm.md).",
+               "benchmarks; `medium` with `--fraction-pooling 1` matches GLMsingle on every benchmark generator, "
+               "but on data with broader HRFs its betas carry more of the previous trial, which costs decoding), "
+               "or `auto` (chosen per session by cross-validation; docs/glm.md).",
                ("--hrf-library", "--hrf_library"), choices=HRF_LIBRARIES),
     OptionSpec("fraction_pooling", "glm", "float", 0.0, "With --glm fithrf-denoise-rr: each voxel's ridge fraction "
                "is chosen on its own cross-validation loss plus this weight times the session's median loss "

@@ -29,6 +29,7 @@ def test_sweep_scores_each_configuration_once_and_resumes(tmp_path, capsys):
     record = json.loads((tmp_path / "dg-low-seed0-v150-few.json").read_text())
     assert record["options"] == {"max_pcs": 1} and record["n_pcs"] <= 1
     assert -1 <= record["r_trial"] <= 1 and "| few | 0 |" in first
+    assert all(abs(record[k]) < 1 for k in ("carryover_previous", "carryover_next")) and "carry-over" in first
     # a second run reads the kept fits: nothing is fitted again, the same table is printed
     assert options.main(argv) == 0
     second = capsys.readouterr().out
