@@ -508,7 +508,7 @@ def carryover(estimated, truth, onsets, trial_run, voxels):
         return (a - a.mean(0)) / np.maximum(a.std(0), 1e-30)
 
     est, tru = zscored(estimated), zscored(truth)
-    design = np.stack([tru[rows[:, 0]], tru[rows[:, 1]], tru[rows[:, 2]]], axis=-1)   # (n_rows, n_voxels, 3)
+    design = tru[rows].transpose(0, 2, 1)   # (n_rows, n_voxels, 3): the trial's, the previous and the next truth
     target = est[rows[:, 0]]                                                          # (n_rows, n_voxels)
     gram = np.einsum("rvi,rvj->vij", design, design)
     moment = np.einsum("rvi,rv->vi", design, target)

@@ -26,6 +26,10 @@ import pandas as pd
 from bids_m2i.simulate.oracle import oracle_scores, pattern_correlations, twoway_identification
 from bids_m2i.simulate.truth import load_image, load_truth
 
+if str(Path(__file__).resolve().parent) not in sys.path:   # bench_glm beside it (a script, not a package)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_glm import carryover, r_trial, test_retest  # noqa: E402
+
 GROUPS = {("perception", "none"): "perception", ("perception", "image"): "perception",
           ("imagery", "image"): "imagery_memory", ("imagery", "text"): "imagery_text"}
 
@@ -73,9 +77,6 @@ def betas_against_truth(dataset, output_dir, subject: str = "01", task: str = "p
     ``bench_glm.py`` scores the GLM benchmark (medians over the responsive voxels): r_trial, test-retest and
     the carry-over of the previous / next trial's amplitude (``bench_glm.carryover``)."""
     import nibabel as nib
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_glm import carryover, r_trial, test_retest
 
     truth = load_truth(dataset, subject)
     design = truth["design"]
