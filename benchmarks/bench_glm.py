@@ -231,8 +231,8 @@ def _ours_inputs(data):
     return runs, trials
 
 
-def child_ours(method: str, data_path: str, out: str, threads: int, hrf_library: str = "broad",
-               fraction_pooling: float = 0.0) -> dict:
+def child_ours(method: str, data_path: str, out: str, threads: int, hrf_library: str | None = None,
+               fraction_pooling: float | None = None) -> dict:
     import torch
 
     torch.set_num_threads(threads)
@@ -245,9 +245,9 @@ def child_ours(method: str, data_path: str, out: str, threads: int, hrf_library:
     info = {}
     if method in STAGES or method in ("lsa", "lss"):
         kwargs = {"fractions": (1.0,)} if method == "fithrf-denoise" else {}
-        if hrf_library != "broad":  # the engine's default library is "broad"; other values are issue-13 options
+        if hrf_library is not None:       # None: the engine's default ("two-width")
             kwargs["hrf_library"] = hrf_library
-        if fraction_pooling:        # issue 13's eleventh pass (default 0)
+        if fraction_pooling is not None:  # None: the engine's default (1)
             kwargs["fraction_pooling"] = fraction_pooling
         name = "fithrf-denoise-rr" if method == "fithrf-denoise" else method
         result = estimate_single_trial_betas(runs, trials, method=name, n_threads=threads, **kwargs)
@@ -267,8 +267,8 @@ def child_ours(method: str, data_path: str, out: str, threads: int, hrf_library:
     return {"betas": {"": out}, "info": info}
 
 
-def child_node(method: str, folder: str, out: str, threads: int, hrf_library: str = "broad",
-               fraction_pooling: float = 0.0) -> dict:
+def child_node(method: str, folder: str, out: str, threads: int, hrf_library: str | None = None,
+               fraction_pooling: float | None = None) -> dict:
     """The app's GLM node (``SingleTrialBetas``, as ``workflows/glm.py`` sets it up) in this fresh process: it
     reads the NIfTI runs, mask, confounds and trials, fits, writes the statseries, statmaps, events table and
     figures, and publishes them into a derivatives folder. Only the module that defines the node is imported
@@ -286,8 +286,9 @@ def child_node(method: str, folder: str, out: str, threads: int, hrf_library: st
     node = SingleTrialBetas(
         bold_files=spec["bold"], confounds_files=spec["confounds"], mask=spec["mask"], trials=spec["trials"],
         run_labels=spec["run_labels"], trs=spec["trs"], slice_timings=[None] * len(spec["bold"]), method=method,
-        hrf_library=hrf_library, mem_gb=NODE_MEM_GB, n_threads=threads, seed=0,
-        **({"fraction_pooling": fraction_pooling} if fraction_pooling else {}),
+        mem_gb=NODE_MEM_GB, n_threads=threads, seed=0,
+        **({"hrf_library": hrf_library} if hrf_library is not None else {}),
+        **({"fraction_pooling": fraction_pooling} if fraction_pooling is not None else {}),
         derivatives={"base_directory": str(work / "derivatives"), "files": node_derivative_files(method)})
     start = time.perf_counter()
     outputs = node.run(cwd=str(work)).outputs
@@ -597,11 +598,12 @@ def main(argv=None) -> int:
                         help="folder keeping GLMsingle's betas and timings per (generator, seed, V, data hash); "
                              "a later run on the same data reads them instead of rerunning the peer (the table "
                              "says 'cached')")
-    parser.add_argument("--hrf-library", default="broad", choices=("broad", "narrow", "medium", "auto"),
-                        help="ours' HRF library (bids_m2i.glm.hrf_library; default: the engine's default 'broad'; "
-                             "'auto': one per session, bids_m2i.glm.library_choice)")
-    parser.add_argument("--fraction-pooling", type=float, default=0.0,
-                        help="ours' fraction_pooling (the engine's and m2i's --fraction-pooling; default 0)")
+    parser.add_argument("--hrf-library", default=None, choices=("two-width", "broad", "narrow", "medium", "auto"),
+                        help="ours' HRF library (bids_m2i.glm.hrf_library; default: the engine's default "
+                             "'two-width'; 'auto': one per session, bids_m2i.glm.library_choice)")
+    parser.add_argument("--fraction-pooling", type=float, default=None,
+                        help="ours' fraction_pooling (the engine's and m2i's --fraction-pooling; default: the "
+                             "engine's, 1)")
     parser.add_argument("--glmsingle-figures", default="on", choices=("on", "off"),
                         help="GLMsingle's figures: 'on' (default, as every run of this benchmark so far: its fit is "
                              "given a figuredir) or 'off' (its fit without figuredir: no figures)")
@@ -636,6 +638,9 @@ def main(argv=None) -> int:
           f"load {os.getloadavg()[0]:.1f}, threads per method {args.threads}, python {platform.python_version()}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     all_rows = []
+    # ours' options for the child processes: only those given (the others stay the engine's defaults)
+    ours_options = [*(["--hrf-library", args.hrf_library] if args.hrf_library is not None else []),
+                    *(["--fraction-pooling", str(args.fraction_pooling)] if args.fraction_pooling is not None else [])]
     for generator in args.generators:
         if generator == "lib-nsd" and table is None:
             print("\nlib-nsd skipped: needs --glmsingle-python (its HRF table)")
@@ -674,8 +679,7 @@ def main(argv=None) -> int:
                         for repeat in range(1 if method == "glmsingle" else args.repeats):
                             target = out if repeat == 0 else f"{out[:-4]}.{repeat}.npy"
                             samples.append(run_child(
-                                python, ["--threads", str(args.threads), "--hrf-library", args.hrf_library,
-                                         "--fraction-pooling", str(args.fraction_pooling),
+                                python, ["--threads", str(args.threads), *ours_options,
                                          "--glmsingle-figures", args.glmsingle_figures,
                                          *node_inputs, "--child", method, data_path, target], args.threads))
                         walls = [sample[1] for sample in samples]

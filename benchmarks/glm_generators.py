@@ -4,12 +4,15 @@ Nothing here imports ``bids_m2i``: the generator shares no code, no HRF family, 
 with ``bids_m2i.glm`` (whose own generator is ``bids_m2i.glm.simulation``). Its design follows issue 13:
 
 * runs × volumes, TR 1.6 s, 3 s trials, every stimulus shown ``n_repeats`` times, each repeat in another run;
-  onsets on the TR grid (as in NSD; GLMsingle's design matrix needs it), a trial every 3 TR (4.8 s), with blank
-  slots spread at random when the run has room;
+  onsets on the TR grid (as in NSD; GLMsingle's design matrix needs it), a trial every ``soa_volumes`` TR (3:
+  4.8 s), with blank slots spread at random when the run has room;
 * per-voxel HRF: either a double gamma with per-voxel delay and dispersion (``hrf_family="double-gamma"``), or
   one of GLMsingle's 20 library HRFs (``hrf_family="glmsingle-library"``; its table is read at benchmark time
   from the installed GLMsingle package, never copied here), each voxel's HRF a random blend of two
-  neighbouring members so that it is not exactly one of them;
+  neighbouring members so that it is not exactly one of them; or the family of m2i's demo simulator
+  (``hrf_family="demo-simulator"``, docs/simulator.md "HRFs", restated here from its parameter ranges: the
+  undershoot's ratio applies to the gamma densities, so it is shallower and later than the double gamma's, and
+  the responses broader);
 * each trial's response is a 3 s boxcar convolved with the voxel's HRF on a 0.05 s grid, sampled at the volume
   times, scaled so that a single trial's response peaks at the trial's amplitude (``beta``);
 * noise (in % of a per-voxel baseline): per-voxel AR(1) with a per-voxel coefficient, global components shared
@@ -81,6 +84,22 @@ def double_gamma_hrfs(n_voxels: int, rng: np.random.Generator, length: float = 3
     return hrf
 
 
+def demo_simulator_hrfs(n_voxels: int, rng: np.random.Generator, length: float = 32.0):
+    """Per-voxel HRFs of the demo simulator's family, shape (n_voxels, n_fine), peak 1: positive gamma with its
+    mode at 4.5–7 s and scale 0.7–1.2 s, minus 0.08–0.40 × an undershoot gamma density whose mode is 6–11 s
+    after the peak (scale 0.8–1.4 s); each parameter uniform and independent here (the simulator also smooths
+    them over space)."""
+    t = np.arange(0, length, FINE_DT)
+    u = rng.uniform(size=(5, n_voxels))
+    peak, scale = 4.5 + 2.5 * u[0], 0.7 + 0.5 * u[1]
+    u_peak, u_scale = peak + 6.0 + 5.0 * u[2], 0.8 + 0.6 * u[3]
+    ratio = 0.08 + 0.32 * u[4]
+    main = gamma.pdf(t[None], (peak / scale + 1.0)[:, None], scale=scale[:, None])
+    under = gamma.pdf(t[None], (u_peak / u_scale + 1.0)[:, None], scale=u_scale[:, None])
+    hrf = main - ratio[:, None] * under
+    return hrf / hrf.max(1, keepdims=True)
+
+
 def glmsingle_library_hrfs(n_voxels: int, rng: np.random.Generator, table_path: str, length: float = 32.0):
     """Per-voxel HRFs blended from two neighbouring members of GLMsingle's library (Prince et al. 2022).
 
@@ -138,12 +157,12 @@ def simulate(n_voxels: int = 20000, n_runs: int = 6, n_volumes: int = 200, tr: f
              trial_duration: float = 3.0, n_stimuli: int = 120, n_repeats: int = 3, noise: str = "nsd",
              hrf_family: str = "double-gamma", glmsingle_table: str | None = None,
              responsive_fraction: float = 0.3, thermal_sd: float = 0.7, global_sd: float = 0.45,
-             drift_sd: float = 0.8, n_global: int = 6, seed: int = 0) -> Session:
+             drift_sd: float = 0.8, n_global: int = 6, soa_volumes: int = 3, seed: int = 0) -> Session:
     """Simulate one session (module docstring). ``noise`` scales thermal, global and drift noise:
     ``low`` 0.5, ``nsd`` 1, ``high`` 2 (:data:`NOISE_PRESETS`)."""
     rng = np.random.default_rng(seed)
     factor = NOISE_PRESETS[noise]
-    onsets, stimulus, trial_run = _schedule(rng, n_runs, n_volumes, tr, n_stimuli, n_repeats)
+    onsets, stimulus, trial_run = _schedule(rng, n_runs, n_volumes, tr, n_stimuli, n_repeats, soa_volumes)
     n_trials = onsets.size
 
     # true single-trial amplitudes (peak of one trial's response, % of baseline)
@@ -162,6 +181,8 @@ def simulate(n_voxels: int = 20000, n_runs: int = 6, n_volumes: int = 200, tr: f
         if not glmsingle_table:
             raise ValueError("hrf_family='glmsingle-library' needs glmsingle_table (the installed package's tsv)")
         hrf = glmsingle_library_hrfs(n_voxels, rng, glmsingle_table)
+    elif hrf_family == "demo-simulator":
+        hrf = demo_simulator_hrfs(n_voxels, rng)
     else:
         raise ValueError(f"unknown hrf_family {hrf_family!r}")
     boxcar = np.ones(int(round(trial_duration / FINE_DT)))
@@ -201,7 +222,7 @@ def simulate(n_voxels: int = 20000, n_runs: int = 6, n_volumes: int = 200, tr: f
     params = dict(n_voxels=n_voxels, n_runs=n_runs, n_volumes=n_volumes, tr=tr, trial_duration=trial_duration,
                   n_stimuli=n_stimuli, n_repeats=n_repeats, noise=noise, noise_factor=factor,
                   hrf_family=hrf_family, responsive_fraction=responsive_fraction, thermal_sd=thermal_sd,
-                  global_sd=global_sd, drift_sd=drift_sd, n_global=n_global, seed=seed)
+                  global_sd=global_sd, drift_sd=drift_sd, n_global=n_global, soa_volumes=soa_volumes, seed=seed)
     return Session(runs=runs, tr=tr, onsets=onsets, durations=np.full(n_trials, trial_duration),
                    trial_run=trial_run, stimulus=stimulus, true_betas=true_betas.astype(np.float32),
                    responsive=responsive, params=params)

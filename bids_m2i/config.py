@@ -27,7 +27,7 @@ DEVICES = ("auto", "cpu", "cuda")
 SPACES = ("func", "T1w")  # the usual values; --space also takes any standard space label fMRIPrep writes
 LSS_SPLITS = ("none", "condition")
 GLM_NOISE_MODELS = ("auto", "ols", "ar1")
-HRF_LIBRARIES = ("broad", "medium", "narrow", "auto")
+HRF_LIBRARIES = ("two-width", "broad", "medium", "narrow", "auto")
 
 
 @dataclass(frozen=True)
@@ -115,16 +115,15 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "fits the betas after AR(1) prewhitening, `ols` as GLMsingle does; `auto`: `ar1` for the fitted-HRF "
                "methods, `ols` for lsa/lss (docs/glm.md).", ("--glm-noise-model", "--glm_noise_model"),
                choices=GLM_NOISE_MODELS),
-    OptionSpec("hrf_library", "glm", "choice", "broad", "HRF library of --glm fithrf / fithrf-denoise-rr: `broad` "
-               "(default), the narrower latency-ordered `medium` / `narrow` (better betas on dense designs in our "
-               "benchmarks; `medium` with `--fraction-pooling 1` matches GLMsingle on every benchmark generator, "
-               "but on data with broader HRFs its betas carry more of the previous trial, which costs decoding), "
-               "or `auto` (chosen per session by cross-validation; docs/glm.md).",
+    OptionSpec("hrf_library", "glm", "choice", "two-width", "HRF library of --glm fithrf / fithrf-denoise-rr: "
+               "`two-width` (default: ten latencies, each in a medium and a wider shape, chosen per voxel), "
+               "`broad` (the previous default), the narrower latency-ordered `medium` / `narrow`, or "
+               "`auto` (one of broad, medium, narrow per session by cross-validation; docs/glm.md).",
                ("--hrf-library", "--hrf_library"), choices=HRF_LIBRARIES),
-    OptionSpec("fraction_pooling", "glm", "float", 0.0, "With --glm fithrf-denoise-rr: each voxel's ridge fraction "
+    OptionSpec("fraction_pooling", "glm", "float", None, "With --glm fithrf-denoise-rr: each voxel's ridge fraction "
                "is chosen on its own cross-validation loss plus this weight times the session's median loss "
-               "curve (0: its own loss alone; docs/glm.md, \"The ridge fraction pooled over the session\").",
-               ("--fraction-pooling", "--fraction_pooling"), metavar="WEIGHT"),
+               "curve (default 1; 0: its own loss alone; docs/glm.md, \"The ridge fraction pooled over the "
+               "session\").", ("--fraction-pooling", "--fraction_pooling"), metavar="WEIGHT"),
     OptionSpec("zscore_betas", "glm", "bool", False, "z-score betas per voxel within session (NSD/MindEye).",
                ("--zscore-betas", "--zscore_betas")),
     # --- decoding ---

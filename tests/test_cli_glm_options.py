@@ -24,7 +24,7 @@ def _glm_nodes(tmp_path, values):
 
 def test_defaults_and_choices_reach_the_glm_node(tmp_path):
     (node,) = _glm_nodes(tmp_path / "a", {})
-    assert (node.inputs.noise_model, node.inputs.hrf_library) == ("auto", "broad")
+    assert (node.inputs.noise_model, node.inputs.hrf_library) == ("auto", "two-width")
     (node,) = _glm_nodes(tmp_path / "b", {"glm_noise_model": "ols", "hrf_library": "narrow"})
     assert (node.inputs.noise_model, node.inputs.hrf_library) == ("ols", "narrow")
 
@@ -42,15 +42,16 @@ def test_unsupported_glm_options_are_64_before_any_step(args, code, minimal_bids
     assert not (tmp_path / "out" / "sub-01").exists()
 
 
-def test_fraction_pooling_reaches_the_glm_node_only_when_used(tmp_path):
-    from nipype.interfaces.base import isdefined
-
+def test_fraction_pooling_default_and_given_values_reach_the_glm_node(tmp_path):
     (node,) = _glm_nodes(tmp_path / "a", {})
-    assert not isdefined(node.inputs.fraction_pooling)           # unset: earlier runs' nodes keep their hash
+    assert node.inputs.fraction_pooling == 1.0                   # the default since issue 13's thirteenth pass
     (zero,) = _glm_nodes(tmp_path / "z", {"fraction_pooling": 0.0})
-    assert not isdefined(zero.inputs.fraction_pooling)           # 0 is the engine's default: left unset too
+    assert zero.inputs.fraction_pooling == 0.0                   # 0 turns it off: it must reach the engine
     (used,) = _glm_nodes(tmp_path / "b", {"fraction_pooling": 1.5})
     assert used.inputs.fraction_pooling == 1.5
+    # the default weight does not stop the methods without a ridge stage (only a weight given for them does)
+    (lsa,) = _glm_nodes(tmp_path / "c", {"glm": "lsa"})
+    assert lsa.inputs.method == "lsa"
 
 
 @pytest.mark.parametrize("value", ["-1", "nan", "inf", "x"])

@@ -52,13 +52,13 @@ def test_betas_are_on_the_true_peak_scale(duration):
 
 
 def _two_shape_session(seed=0, n_per_shape=12, noise_sd=0.05):
-    """Voxels with the same true peak amplitudes but two library HRFs: an early one with a deep undershoot
-    (index 10, its 3 s response reaches 1.25 × the plateau) and a late broad one (index 9, 0.39 ×). The responses
+    """Voxels with the same true peak amplitudes but two HRFs of the broad library: an early one with a deep
+    undershoot (index 10, its 3 s response reaches 1.25 × the plateau) and a late broad one (index 9, 0.39 ×). The responses
     are computed here on a fine grid (the kernel convolved with the trial's boxcar, scaled to peak 1, sampled at
     the volume times), not by the model's regressors."""
     rng = np.random.default_rng(seed)
     tr, n_volumes, duration, dt = 1.6, 160, 3.0, 0.016
-    kernels = library_kernels(tr, 100)[[10, 9]]          # sampled every tr / 100 = 0.016 s
+    kernels = library_kernels(tr, 100, name="broad")[[10, 9]]   # sampled every tr / 100 = 0.016 s
     responses = [np.convolve(k, np.ones(int(round(duration / dt)))) for k in kernels]
     responses = [r / r.max() for r in responses]
     n_stimuli = 30
@@ -85,7 +85,8 @@ def _two_shape_session(seed=0, n_per_shape=12, noise_sd=0.05):
 
 def test_same_peak_response_same_scale_whatever_the_hrf():
     runs, trials, n = _two_shape_session()
-    result = estimate_single_trial_betas(runs, trials, method="fithrf", data_units="percent", precision="double")
+    result = estimate_single_trial_betas(runs, trials, method="fithrf", data_units="percent", precision="double",
+                                         hrf_library="broad")
     assert (result.hrf_index[:n] == 10).all() and (result.hrf_index[n:] == 9).all()
     truth = trials.sort_values(["run", "onset"])["beta"].to_numpy()[:, None]
     slopes = _slopes(result.betas, np.repeat(truth, 2 * n, axis=1))
@@ -94,7 +95,7 @@ def test_same_peak_response_same_scale_whatever_the_hrf():
     assert 0.95 < np.median(slopes) < 1.05
     # in plateau units the two shapes' betas differ by their kernels' ratio (0.39 / 1.25: about 0.31)
     plateau = estimate_single_trial_betas(runs, trials, method="fithrf", data_units="percent",
-                                          precision="double", beta_units="plateau")
+                                          precision="double", beta_units="plateau", hrf_library="broad")
     plateau_slopes = _slopes(plateau.betas, np.repeat(truth, 2 * n, axis=1))
     assert np.median(plateau_slopes[:n]) / np.median(plateau_slopes[n:]) < 0.4
 

@@ -1,4 +1,5 @@
-"""The HRF libraries: the default "broad" one and the "narrow" option (issue 13)."""
+"""The HRF libraries: the default "two-width" one, the "broad" one (the default before issue 13's thirteenth pass)
+and the latency-ordered options (issue 13)."""
 
 import numpy as np
 import pytest
@@ -25,8 +26,6 @@ def test_narrow_library_is_latency_ordered_and_narrower_than_broad():
     widths = np.array([_fwhm(k) for k in narrow])
     assert np.all((widths > 2.2) & (widths < 3.8))
     assert np.median([_fwhm(k) for k in broad]) > widths.max()
-    # the default is the broad library
-    np.testing.assert_array_equal(library_kernels(1.6), broad)
     # the medium library: the same peaks, FWHM 4-5 s
     medium = library_kernels(1.6, name="medium")
     np.testing.assert_allclose(medium.sum(1), 1.0)
@@ -36,12 +35,34 @@ def test_narrow_library_is_latency_ordered_and_narrower_than_broad():
     assert np.all(np.diff(medium_peaks) > 0) and medium_peaks[0] < 3.5 and medium_peaks[-1] > 6.5
 
 
+def test_two_width_library_is_the_default_and_crosses_ten_latencies_with_two_widths():
+    two = library_kernels(1.6, name="two-width")
+    np.testing.assert_array_equal(library_kernels(1.6), two)       # the default
+    assert two.shape == (20, two.shape[1])
+    np.testing.assert_allclose(two.sum(1), 1.0)
+    members = describe_library(name="two-width")
+    peaks = np.array([m["time_to_peak_s"] for m in members])
+    widths = np.array([_fwhm(k) for k in two])
+    # members 0-9 and 10-19: the same ten latencies (3-7 s), in order
+    assert np.all(np.diff(peaks[:10]) > 0) and np.all(np.diff(peaks[10:]) > 0)
+    np.testing.assert_allclose(peaks[:10], peaks[10:], atol=0.05)
+    assert 2.8 < peaks[0] < 3.3 and 6.7 < peaks[9] < 7.3
+    # the first ten have the medium library's widths, the others are wider at every latency
+    medium_widths = np.array([_fwhm(k) for k in library_kernels(1.6, name="medium")])
+    assert medium_widths.min() - 0.1 <= widths[:10].min() and widths[:10].max() <= medium_widths.max() + 0.1
+    assert np.all(widths[10:] > widths[:10] + 0.5)
+    assert widths[10:].max() < np.array([_fwhm(k) for k in library_kernels(1.6, name="broad")]).max()
+
+
 def test_library_choice_reaches_the_model_and_the_sidecar():
     sim = simulate_session(n_voxels=200, n_runs=3, n_volumes=150, n_stimuli=40, n_repeats=3, seed=21)
-    broad = estimate_single_trial_betas(sim.runs, sim.trials, method="fithrf")
+    default = estimate_single_trial_betas(sim.runs, sim.trials, method="fithrf")
+    assert default.metadata["hrf_library_name"] == "two-width"
+    assert default.metadata["hrf_library"] == describe_library()
+    broad = estimate_single_trial_betas(sim.runs, sim.trials, method="fithrf", hrf_library="broad")
     narrow = estimate_single_trial_betas(sim.runs, sim.trials, method="fithrf", hrf_library="narrow")
     assert broad.metadata["hrf_library_name"] == "broad"
-    assert broad.metadata["hrf_library"] == describe_library()
+    assert broad.metadata["hrf_library"] == describe_library(name="broad")
     assert narrow.metadata["hrf_library_name"] == "narrow"
     assert narrow.metadata["hrf_library"] == describe_library(name="narrow")
     assert not np.array_equal(broad.betas, narrow.betas)

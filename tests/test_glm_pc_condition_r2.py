@@ -72,9 +72,11 @@ def test_condition_r2_count_beats_the_beta_agreement_count_on_the_independent_ge
     s, runs, trials = sessions[noise]
     scores = {}
     for criterion in ("ols-target", "condition-r2"):
-        # measured with the noise pool and PCs of the fifth pass (the defaults before the seventh)
+        # measured with the noise pool and PCs of the fifth pass (the defaults before the seventh) and its HRF
+        # library and ridge (the defaults before the thirteenth)
         result = estimate_single_trial_betas(runs, trials, method="fithrf-denoise-rr", pc_criterion=criterion,
-                                             selection_r2="with-drift", pc_source="onoff-residuals", n_threads=1)
+                                             selection_r2="with-drift", pc_source="onoff-residuals", n_threads=1,
+                                             hrf_library="broad", fraction_pooling=0.0)
         rt = float(np.median(r_trial(result.betas, s.true_betas, s.responsive)))
         retest = float(np.median(retest_reliability(result.betas[:, s.responsive], result.trial_rows["stimulus"])))
         scores[criterion] = (rt, retest, result.metadata["n_pcs"], result.metadata["pc_selection"])

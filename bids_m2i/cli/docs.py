@@ -13,6 +13,7 @@ def _default_text(spec) -> str:
         "nprocs": "all cores", "mem_gb": "all memory", "space": "`func` (`T1w` with `--derivatives`)",
         "models_dir": "`$M2I_MODELS_DIR`", "work_dir": "`./work`", "dummy_scans": "detected",
         "participant_label": "all", "session_label": "all", "task": "all", "top_k_voxels": "chosen by CV",
+        "fraction_pooling": "`1` (fithrf-denoise-rr)",
     }
     if spec.name in special:
         return special[spec.name]

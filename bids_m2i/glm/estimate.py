@@ -284,7 +284,7 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
                                 selection_r2: str = "beyond-drift",
                                 pc_source: str = "drift-residuals", pool_exclusion: str = "none",
                                 pool_alpha: float = 0.05, pool_exclude=None, beta_units: str = "peak",
-                                n_pcs: int | None = None, fraction_pooling: float = 0.0) -> GLMResult:
+                                n_pcs: int | None = None, fraction_pooling: float = 1.0) -> GLMResult:
     """Single-trial betas of one task of one session, all runs modelled together.
 
     Parameters
@@ -336,18 +336,20 @@ def estimate_single_trial_betas(runs: list[RunData], trials: pd.DataFrame, metho
     fraction_pooling : float
         ``fithrf-denoise-rr``: each voxel's ridge fraction is chosen on its own loss curve plus this weight
         times the session's median curve (the median over the voxels that choose the number of PCs, each with
-        its HRF and the chosen PCs). 0 (default): each voxel's own curve alone. docs/glm.md, "The ridge fraction
-        pooled over the session".
+        its HRF and the chosen PCs). 0: each voxel's own curve alone (the default until issue 13's thirteenth
+        pass); 1 (default): docs/glm.md, "The ridge fraction pooled over the session" and "One library of two
+        widths".
     pc_criterion : {"ols-target", "consistency", "ridge", "condition-r2"}
         How the number of noise PCs is cross-validated (:func:`bids_m2i.glm.denoise.choose_n_pcs`): by the
         loss of the betas the method returns, the ridge stage's leave-one-repeat-out loss at each voxel's best
         fraction (``"ridge"``, default since issue 13's seventh pass), by the unregularised betas
         (``"ols-target"``, the default before) or by the leave-one-run-out time-series R² of a condition-level
         model (``"condition-r2"``). docs/glm.md, "The number of PCs by the ridge stage's loss".
-    hrf_library : {"broad", "narrow", "medium", "auto", "session"}
+    hrf_library : {"two-width", "broad", "narrow", "medium", "auto", "session"}
         The HRF library of the fitted-HRF methods (:mod:`bids_m2i.glm.hrf_library`; docs/glm.md): the default
-        ``"broad"``, or the latency-ordered ``"narrow"`` (FWHM 2.5–3.5 s) or ``"medium"`` (FWHM 4–5 s) family
-        (issue-13 options: better r_trial on the GLM benchmarks; docs/glm.md gives what each costs), or
+        ``"two-width"`` (ten latencies in two widths, FWHM 4–5 s and 5–6.5 s; issue 13's thirteenth pass), the
+        ``"broad"`` library (the default before), or the latency-ordered ``"narrow"`` (FWHM 2.5–3.5 s) or
+        ``"medium"`` (FWHM 4–5 s) family (issue-13 options; docs/glm.md gives what each costs), or
         ``"auto"``: one of the three per session, the one whose unregularised betas best predict held-out runs
         (:mod:`bids_m2i.glm.library_choice`; broad when no stimulus is shown in two runs), or ``"session"``: a
         20-member latency-ordered library derived from this session's own response shapes

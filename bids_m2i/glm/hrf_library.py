@@ -16,7 +16,7 @@ that grows with the delay (``0.9 * d / 6``: later responses are broader, as meas
 strong undershoot (``ratio`` 0.15 and 0.45, undershoot delay ``d + 6`` s, dispersion 0.9). Glover's canonical
 HRF (delay 6, dispersion 0.9, undershoot 12, ratio 0.48) sits inside this family. The spread mirrors the range
 covered by GLMsingle's library (Prince et al. 2022, eLife 11:e77599), but the shapes are our own. This is the
-``"broad"`` library (the default).
+``"broad"`` library (the default until issue 13's thirteenth pass, now an option).
 
 The ``"narrow"`` library (an option; issue 13) is a one-parameter family ordered by latency: member ``i`` has its
 peak (the gamma mode, ``delay - dispersion``) at ``3 + 4 i / 19`` s (3–7 s), a full width at half maximum
@@ -29,6 +29,15 @@ family is GLMsingle's; the shapes are our own.
 
 The ``"medium"`` library (an option; issue 13) is the same latency-ordered family with FWHM ``4 + i / 19`` s
 (4–5 s): between the two others (docs/glm.md, "HRF library").
+
+The ``"two-width"`` library (the default since issue 13's thirteenth pass) crosses ten latencies with two
+widths: members 0–9 have their peaks at ``3 + 4 k / 9`` s (3–7 s) with the medium library's widths (FWHM
+``4 + k / 9`` s), members 10–19 the same peaks with FWHM ``5 + 1.5 k / 9`` s (5–6.5 s); undershoots as in the
+narrow library (8 s after the peak, ratio 0.35 → 0.05 with latency). Each voxel's choice between the two widths
+is what the single-width libraries lack: the medium widths suit HRFs with a deep undershoot (GLMsingle's NSD
+library, the benchmark's double gammas), the wider ones the demo simulator's shallower, broader responses, where
+the medium library alone takes a share of the previous trial into each beta (docs/glm.md, "One library of two
+widths").
 """
 
 from __future__ import annotations
@@ -48,9 +57,13 @@ NARROW_FWHM = np.linspace(2.5, 3.5, N_NARROW)           # s, full width at half 
 MEDIUM_FWHM = np.linspace(4.0, 5.0, N_NARROW)           # s, the "medium" library (same peaks and undershoots)
 NARROW_RATIOS = np.linspace(0.35, 0.05, N_NARROW)       # undershoot / peak
 NARROW_UNDERSHOOT_LAG = 8.0                             # s after the peak
+# the "two-width" library: ten latencies, each in the medium library's width and in a wider one
+TWO_WIDTH_PEAKS = np.linspace(3.0, 7.0, 10)             # s, mode of the positive gamma
+TWO_WIDTH_FWHM = (np.linspace(4.0, 5.0, 10), np.linspace(5.0, 6.5, 10))  # s: members 0-9, then 10-19
+TWO_WIDTH_RATIOS = np.linspace(0.35, 0.05, 10)          # undershoot / peak, by latency
 GAMMA_FWHM = 2.0 * np.sqrt(2.0 * np.log(2.0))           # FWHM / sd of a normal (gamma approximation)
-LIBRARIES = ("broad", "narrow", "medium")
-DEFAULT_LIBRARY = "broad"
+LIBRARIES = ("broad", "narrow", "medium", "two-width")
+DEFAULT_LIBRARY = "two-width"
 
 
 def gamma_pdf(times: np.ndarray, shape: float, loc: float, scale: float) -> np.ndarray:
@@ -116,9 +129,10 @@ def _broad_params() -> list[DoubleGammaParams]:
     return members
 
 
-def _latency_ordered_params(widths: np.ndarray) -> list[DoubleGammaParams]:
+def _latency_ordered_params(widths: np.ndarray, peaks: np.ndarray = NARROW_PEAKS,
+                            ratios: np.ndarray = NARROW_RATIOS) -> list[DoubleGammaParams]:
     members = []
-    for peak, fwhm, ratio in zip(NARROW_PEAKS, widths, NARROW_RATIOS):
+    for peak, fwhm, ratio in zip(peaks, widths, ratios):
         # a gamma of shape delay/dispersion and scale dispersion has mode delay - dispersion and variance
         # delay * dispersion: solve both for the requested peak and width
         variance = (fwhm / GAMMA_FWHM) ** 2
@@ -128,6 +142,11 @@ def _latency_ordered_params(widths: np.ndarray) -> list[DoubleGammaParams]:
                                          undershoot=round(float(delay + NARROW_UNDERSHOOT_LAG), 4),
                                          u_dispersion=1.0, ratio=round(float(ratio), 4)))
     return members
+
+
+def _two_width_params() -> list[DoubleGammaParams]:
+    return [member for widths in TWO_WIDTH_FWHM
+            for member in _latency_ordered_params(widths, TWO_WIDTH_PEAKS, TWO_WIDTH_RATIOS)]
 
 
 def check_library(name: str) -> str:
@@ -140,10 +159,12 @@ def check_library(name: str) -> str:
 
 
 def library_params(name: str = DEFAULT_LIBRARY) -> list[DoubleGammaParams]:
-    """The members of the HRF library ``name`` (``"broad"``, ``"narrow"``, ``"medium"``), in index order (module
-    docstring)."""
+    """The members of the HRF library ``name`` (``"broad"``, ``"narrow"``, ``"medium"``, ``"two-width"``), in index
+    order (module docstring)."""
     if check_library(name) == "broad":
         return _broad_params()
+    if name == "two-width":
+        return _two_width_params()
     return _latency_ordered_params(NARROW_FWHM if name == "narrow" else MEDIUM_FWHM)
 
 

@@ -219,9 +219,10 @@ class _SingleTrialInputSpec(M2IInputSpec):
     lss_split = traits.Str("none", usedefault=True)
     zscore = traits.Bool(False, usedefault=True)
     noise_model = traits.Enum("auto", "ols", "ar1", usedefault=True)
-    hrf_library = traits.Enum("broad", "medium", "narrow", "auto", usedefault=True)
-    fraction_pooling = traits.Range(low=0.0, desc="--fraction-pooling: weight of the session's median ridge loss "
-                                    "curve in each voxel's fraction choice (unset: 0)")
+    hrf_library = traits.Enum("two-width", "broad", "medium", "narrow", "auto", usedefault=True)
+    # a default that is hashed: a work dir of the versions whose default was 0 recomputes its betas
+    fraction_pooling = traits.Range(low=0.0, value=1.0, usedefault=True, desc="--fraction-pooling: weight of the "
+                                    "session's median ridge loss curve in each voxel's fraction choice")
     # not hashed: the budget changes the voxel chunks, not the betas, and depends on --nprocs and on how many
     # GLM nodes the run has (a run of one more participant must not recompute the finished ones)
     mem_gb = traits.Float(4.0, usedefault=True, nohash=True,
@@ -327,7 +328,7 @@ class SingleTrialBetas(M2IInterface):
                 zscore=self.inputs.zscore, mem_gb=engine_gb, n_threads=self.inputs.n_threads,
                 device=self.inputs.device, seed=self.inputs.seed, noise_model=self.inputs.noise_model,
                 hrf_library=self.inputs.hrf_library,
-                fraction_pooling=self.inputs.fraction_pooling if isdefined(self.inputs.fraction_pooling) else 0.0,
+                fraction_pooling=self.inputs.fraction_pooling,
             )
         except UsageError as exc:
             # the engine names the budget it was given, which is not the figure the user passed: say how it came

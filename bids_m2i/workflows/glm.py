@@ -129,8 +129,8 @@ def init_single_trial_wf(config, subject_inputs, task: str, session: str | None,
         mem_gb=budget_gb, n_threads=config.n_threads, device=_device(config),
         seed=config.seed, derivatives={"base_directory": output_dir, "files": files},
         **({"events_notes": notes} if notes else {}), **frame_timing(config, runs),
-        # set only when used: an unset input keeps the hash of earlier runs' nodes
-        **({"fraction_pooling": config.fraction_pooling} if config.fraction_pooling else {})),
+        # unset: the interface's default (1)
+        **({"fraction_pooling": config.fraction_pooling} if config.fraction_pooling is not None else {})),
         name="estimate_betas", n_procs=config.n_threads, mem_gb=budget_gb)
     workflow.connect([(merge_bold, glm, [("out", "bold_files")]), (merge_conf, glm, [("out", "confounds_files")]),
                       (inputnode, glm, [("brain_mask", "mask")]),
