@@ -64,6 +64,11 @@ class Session:
     params: dict = field(default_factory=dict)
 
 
+def _gamma_by_mode(t: np.ndarray, mode: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Gamma densities on ``t`` with per-voxel mode and scale (mode = (shape − 1) · scale), (n_voxels, t.size)."""
+    return gamma.pdf(t[None], (mode / scale + 1.0)[:, None], scale=scale[:, None])
+
+
 def double_gamma_hrfs(n_voxels: int, rng: np.random.Generator, length: float = 32.0):
     """Per-voxel double gammas (shape, scale parametrisation), shape (n_voxels, n_fine), peak 1.
 
@@ -73,13 +78,10 @@ def double_gamma_hrfs(n_voxels: int, rng: np.random.Generator, length: float = 3
     t = np.arange(0, length, FINE_DT)
     peak = rng.uniform(4.0, 7.0, n_voxels)
     scale = rng.uniform(0.7, 1.2, n_voxels)
-    shape = peak / scale + 1.0                                    # gamma mode = (shape - 1) * scale
     u_peak = peak + rng.uniform(7.0, 11.0, n_voxels)
     u_scale = rng.uniform(0.8, 1.4, n_voxels)
-    u_shape = u_peak / u_scale + 1.0
     ratio = rng.uniform(0.1, 0.35, n_voxels)
-    main = gamma.pdf(t[None], shape[:, None], scale=scale[:, None])
-    under = gamma.pdf(t[None], u_shape[:, None], scale=u_scale[:, None])
+    main, under = _gamma_by_mode(t, peak, scale), _gamma_by_mode(t, u_peak, u_scale)
     hrf = main / main.max(1, keepdims=True) - ratio[:, None] * under / under.max(1, keepdims=True)
     return hrf
 
@@ -94,9 +96,7 @@ def demo_simulator_hrfs(n_voxels: int, rng: np.random.Generator, length: float =
     peak, scale = 4.5 + 2.5 * u[0], 0.7 + 0.5 * u[1]
     u_peak, u_scale = peak + 6.0 + 5.0 * u[2], 0.8 + 0.6 * u[3]
     ratio = 0.08 + 0.32 * u[4]
-    main = gamma.pdf(t[None], (peak / scale + 1.0)[:, None], scale=scale[:, None])
-    under = gamma.pdf(t[None], (u_peak / u_scale + 1.0)[:, None], scale=u_scale[:, None])
-    hrf = main - ratio[:, None] * under
+    hrf = _gamma_by_mode(t, peak, scale) - ratio[:, None] * _gamma_by_mode(t, u_peak, u_scale)
     return hrf / hrf.max(1, keepdims=True)
 
 

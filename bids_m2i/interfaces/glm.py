@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 from nipype.interfaces.base import File, InputMultiObject, TraitedSpec, isdefined, traits
 
+from ..config import HRF_LIBRARIES
 from ..errors import BadDataError, UsageError
 from .base import M2IInputSpec, M2IInterface, device_trait
 from .derivatives import derivatives_trait, publish_node_outputs
@@ -219,7 +220,7 @@ class _SingleTrialInputSpec(M2IInputSpec):
     lss_split = traits.Str("none", usedefault=True)
     zscore = traits.Bool(False, usedefault=True)
     noise_model = traits.Enum("auto", "ols", "ar1", usedefault=True)
-    hrf_library = traits.Enum("two-width", "broad", "medium", "narrow", "auto", usedefault=True)
+    hrf_library = traits.Enum(*HRF_LIBRARIES, usedefault=True)   # the first is the default, as on the CLI
     # a default that is hashed: a work dir of the versions whose default was 0 recomputes its betas
     fraction_pooling = traits.Range(low=0.0, value=1.0, usedefault=True, desc="--fraction-pooling: weight of the "
                                     "session's median ridge loss curve in each voxel's fraction choice")
